@@ -1,0 +1,142 @@
+"""Split every training iteration into phases, on every rank.
+
+Marks are taken at the boundaries the Ultralytics loop exposes: the batch arriving (data wait
+ends), the host-to-device copy ending, the forward pass + loss ending, the last gradient being
+computed (a post-accumulate hook on the first layer's weight, whose gradient autograd produces
+last), `backward()` returning (DDP has waited for every AllReduce by then), and the optimizer
+step. Device phases are read from CUDA events on a GPU; data wait and step time from the host
+clock. A step is turned into a StepSample once its events have completed, so the loop never
+synchronizes for us.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from probes.clock import Clock, Mark
+from probes.comm import BucketTiming
+from yoloprof.records import BucketSample, StepSample
+
+PHASE_MARKS = ("batch", "h2d_end", "fwd_end", "grad_end", "bwd_end", "opt_start", "opt_end", "end")
+
+
+@dataclass
+class _Step:
+    index: int
+    epoch: int
+    warmup: bool
+    prev_end: Optional[Mark]
+    epoch_start: Optional[Mark]
+    marks: dict[str, Mark] = field(default_factory=dict)
+    buckets: list[BucketTiming] = field(default_factory=list)
+    images: int = 0
+    t_end_s: float = 0.0
+
+
+class StepProbe:
+    def __init__(self, rank: int, warmup_steps: int, clock: Clock, sink: Callable[[StepSample], None]):
+        self.rank = rank
+        self.warmup_steps = warmup_steps
+        self.clock = clock
+        self.sink = sink
+        self.steps_started = 0
+        self.current: Optional[_Step] = None
+        self._pending: deque[_Step] = deque()
+        self._last_end: Optional[Mark] = None
+        self._epoch_start: Optional[Mark] = None
+
+    # -- boundaries, called from the trainer ------------------------------------------------
+    def epoch_start(self) -> None:
+        self._epoch_start = Mark(time.perf_counter())
+
+    def batch_start(self, epoch: int) -> None:
+        idx = self.steps_started
+        self.steps_started += 1
+        self.current = _Step(idx, epoch, idx < self.warmup_steps, self._last_end, self._epoch_start)
+        self._epoch_start = None
+        self.current.marks["batch"] = self.clock.mark()
+
+    def mark(self, name: str, once: bool = False) -> None:
+        step = self.current
+        if step is None or (once and name in step.marks):
+            return
+        step.marks[name] = self.clock.mark()
+
+    def set_images(self, n: int) -> None:
+        if self.current is not None:
+            self.current.images = int(n)
+
+    def bucket_launched(self, timing: BucketTiming) -> None:
+        if self.current is not None:
+            self.current.buckets.append(timing)
+
+    def batch_end(self) -> None:
+        step = self.current
+        if step is None:
+            return
+        step.marks["end"] = self.clock.mark()
+        step.t_end_s = time.time()
+        self._last_end = Mark(step.marks["end"].host_s)  # host-only copy for the next data wait
+        self._pending.append(step)
+        self.current = None
+        self.flush(block=False)
+
+    def flush(self, block: bool) -> None:
+        """Emit every finished step whose device work has completed (all of them when block)."""
+        if block and self.clock.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        while self._pending and (block or self._ready(self._pending[0])):
+            self.sink(self._sample(self._pending.popleft()))
+
+    # -- turning marks into a sample ---------------------------------------------------------
+    def _ready(self, step: _Step) -> bool:
+        return all(self.clock.ready(m) for m in step.marks.values()) and all(
+            b.end is not None and self.clock.ready(b.end) for b in step.buckets
+        )
+
+    def _sample(self, s: _Step) -> StepSample:
+        m, ms, host = s.marks, self.clock.ms, Clock.host_ms
+        start = s.prev_end or s.epoch_start or m["batch"]
+        step_ms = host(start, m["end"])
+        data_wait = host(s.epoch_start or s.prev_end or m["batch"], m["batch"])
+        h2d = ms(m["batch"], m.get("h2d_end"))
+        fwd = ms(m.get("h2d_end"), m.get("fwd_end"))
+        grad_end = m.get("grad_end")
+        bwd = ms(m.get("fwd_end"), grad_end or m.get("bwd_end"))
+        comm_wait = ms(grad_end, m.get("bwd_end")) if grad_end is not None else None
+        stepped = "opt_end" in m
+        opt = ms(m.get("opt_start"), m.get("opt_end")) if stepped else 0.0
+        parts = [data_wait, h2d, fwd, bwd, comm_wait, opt]
+        other = step_ms - sum(p for p in parts if p is not None) if None not in (h2d, fwd, bwd) else None
+        buckets = [
+            BucketSample(b.index, b.size_bytes, ms(b.start, b.end) if b.end is not None else None) for b in s.buckets
+        ]
+        comm = None
+        if s.buckets and all(b.end is not None for b in s.buckets):
+            comm = ms(s.buckets[0].start, s.buckets[-1].end)
+            comm = max(comm, max((b.allreduce_ms or 0.0) for b in buckets))
+        return StepSample(
+            rank=self.rank,
+            step=s.index,
+            epoch=s.epoch,
+            warmup=s.warmup,
+            t_end_s=s.t_end_s,
+            images=s.images,
+            step_ms=step_ms,
+            data_wait_ms=data_wait,
+            h2d_ms=h2d,
+            forward_ms=fwd,
+            backward_ms=bwd,
+            comm_wait_ms=comm_wait,
+            optimizer_ms=opt,
+            other_ms=other,
+            optimizer_stepped=stepped,
+            comm_ms=comm,
+            buckets=buckets,
+            timing="cuda_event" if self.clock.cuda else "host",
+        )

@@ -1,0 +1,68 @@
+"""results.csv: one row per trial, best first; empty cells where a value was not measured."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Optional
+
+from yoloprof.records import Ranking, TrialResult
+
+COLUMNS = [
+    "trial_id", "status", "world_size", "batch", "workers", "amp", "pin_memory", "cache", "nccl",
+    "img_per_s", "step_ms_p50", "step_ms_p90", "data_wait_frac", "comm_ms_p50", "comm_frac",
+    "peak_mem_mib", "gpu_util_pct", "bottleneck", "position",
+    "img_per_s_p10", "img_per_s_p90", "comm_wait_ms_p50", "workers_effective", "accumulate", "rank_skew",
+    "measured_steps", "error",
+]  # fmt: skip
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def ordered(results: list[TrialResult], ranking: Ranking) -> list[TrialResult]:
+    by_id = {r.trial_id: r for r in results}
+    return [by_id[v.trial_id] for v in ranking.verdicts if v.trial_id in by_id]
+
+
+def rows(results: list[TrialResult], ranking: Ranking) -> list[dict[str, Optional[object]]]:
+    verdicts = {v.trial_id: v for v in ranking.verdicts}
+    out = []
+    for r in ordered(results, ranking):
+        v = verdicts[r.trial_id]
+        k = r.knobs
+        out.append({
+            "trial_id": r.trial_id, "status": r.status, "world_size": r.world_size,
+            "batch": k.batch, "workers": k.workers, "amp": k.amp, "pin_memory": k.pin_memory,
+            "cache": k.cache, "nccl": k.nccl,
+            "img_per_s": r.img_per_s, "step_ms_p50": r.step_ms_p50, "step_ms_p90": r.step_ms_p90,
+            "data_wait_frac": r.data_wait_frac, "comm_ms_p50": r.comm_ms_p50, "comm_frac": r.comm_frac,
+            "peak_mem_mib": r.peak_mem_mib, "gpu_util_pct": r.gpu_util_pct,
+            "bottleneck": v.bottleneck, "position": v.position,
+            "img_per_s_p10": r.img_per_s_p10, "img_per_s_p90": r.img_per_s_p90,
+            "comm_wait_ms_p50": r.comm_wait_ms_p50, "workers_effective": r.workers_effective,
+            "accumulate": r.accumulate, "rank_skew": r.rank_skew, "measured_steps": r.measured_steps,
+            "error": r.error,
+        })  # fmt: skip
+    return out
+
+
+def render(results: list[TrialResult], ranking: Ranking) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows(results, ranking):
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def write(path: Path, results: list[TrialResult], ranking: Ranking) -> None:
+    Path(path).write_text(render(results, ranking))

@@ -1,0 +1,46 @@
+"""Shared fixtures: the recorded CPU scan, a private cache folder, and a tiny dataset."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CPU_SCAN = FIXTURES / "cpu-scan"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Keep datasets and Ultralytics settings out of the user's home during tests."""
+    cache = tmp_path_factory.mktemp("yoloprof-cache")
+    old = {k: os.environ.get(k) for k in ("YOLOPROF_CACHE", "YOLO_CONFIG_DIR", "YOLO_OFFLINE", "MPLCONFIGDIR")}
+    os.environ["YOLOPROF_CACHE"] = str(cache)
+    os.environ["YOLO_CONFIG_DIR"] = str(cache / "ultralytics")
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["MPLCONFIGDIR"] = str(cache / "matplotlib")
+    yield cache
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """16 training images at 160x120: enough for a few DDP steps at imgsz 64."""
+    from yoloprof.dataset import SyntheticSpec, generate
+
+    root = tmp_path_factory.mktemp("data")
+    return generate(root / "tiny", SyntheticSpec(images=16, width=160, height=120, val_images=4, seed=1))
+
+
+@pytest.fixture
+def cpu_scan_copy(tmp_path) -> Path:
+    """A writable copy of the recorded real CPU scan."""
+    dst = tmp_path / "scan"
+    shutil.copytree(CPU_SCAN, dst)
+    return dst

@@ -1,0 +1,107 @@
+"""Rank records -> TrialResult, on hand-made records with exact numbers and on the recorded real scan."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import CPU_SCAN
+from yoloprof import aggregate
+from yoloprof.aggregate import LaunchOutcome
+from yoloprof.records import Knobs, RankEnd, RankRecords, StepSample, TrialResult, TrialSpec, read_json
+
+KNOBS = Knobs(8, 2, False, False, "off", "default")
+SPEC = TrialSpec("t1", KNOBS, 2, "cpu", [], "yolo11n.yaml", "/d.yaml", 64, "SGD", 1, 4, {})
+
+
+def step(rank, i, step_ms, wait, comm_wait, images=4, warmup=False):
+    fwd = (step_ms - wait - comm_wait) / 2
+    return StepSample(rank=rank, step=i, epoch=0, warmup=warmup, t_end_s=float(i), images=images, step_ms=step_ms,
+                      data_wait_ms=wait, h2d_ms=0.0, forward_ms=fwd, backward_ms=fwd, comm_wait_ms=comm_wait,
+                      optimizer_ms=0.0, other_ms=0.0, optimizer_stepped=False, comm_ms=comm_wait * 2)  # fmt: skip
+
+
+def ranks_with(steps0, steps1):
+    end = lambda r: RankEnd(r, "ok", 100.0 + r, "rss")  # noqa: E731
+    return [RankRecords(0, None, steps0, end(0)), RankRecords(1, None, steps1, end(1))]
+
+
+def test_exact_throughput_percentiles_and_fractions():
+    warm = [step(0, 0, 999, 500, 0, warmup=True)]
+    r0 = warm + [step(0, i, ms, 10, 20) for i, ms in enumerate([100, 100, 200, 100], start=1)]
+    r1 = [step(1, 0, 999, 500, 0, warmup=True)] + [step(1, i, ms, 30, 5) for i, ms in enumerate([100, 100, 200, 100], start=1)]
+    res = aggregate.aggregate(SPEC, ranks_with(r0, r1), LaunchOutcome(0, wall_s=9.0))
+    assert res.status == "ok" and res.measured_steps == 4
+    # 4 steps x 2 ranks x 4 images over 0.5 s of the slowest rank (warm-up excluded)
+    assert res.img_per_s == pytest.approx(32 / 0.5)
+    assert res.step_ms_p50 == pytest.approx(100) and res.step_ms_p90 == pytest.approx(170)
+    assert res.data_wait_frac == pytest.approx((40 / 500 + 120 / 500) / 2)
+    assert res.comm_frac == pytest.approx((80 / 500 + 20 / 500) / 2)
+    assert res.comm_wait_ms_p50 == pytest.approx(12.5)
+    assert res.breakdown.step_ms == pytest.approx(125)
+    assert res.peak_mem_mib == 101.0
+    # busy = step - wait - comm: rank0 median 70, rank1 median 65
+    assert res.rank_skew == pytest.approx(70 / 65 - 1)
+    # per-step rates 80, 80, 40, 80 img/s: p10 interpolates 40 -> 80 at 0.3
+    assert res.img_per_s_p10 == pytest.approx(52) and res.img_per_s_p90 == pytest.approx(80)
+
+
+def test_only_steps_on_every_rank_count():
+    r0 = [step(0, i, 100, 0, 0) for i in range(4)]
+    r1 = [step(1, i, 100, 0, 0) for i in range(3)]  # rank 1 lost its last line
+    res = aggregate.aggregate(SPEC, ranks_with(r0, r1), LaunchOutcome(0))
+    assert res.measured_steps == 3
+
+
+@pytest.mark.parametrize("outcome,ends,status,words", [
+    (LaunchOutcome(None, timed_out=True, wall_s=30.0), ("ok", "ok"), "timeout", "timed out after 30 s"),
+    (LaunchOutcome(1), ("oom", "error"), "oom", "injected oom"),
+    (LaunchOutcome(1), ("ok", "error"), "error", "injected error"),
+    (LaunchOutcome(1), ("ok", None), "error", "rank 1: ended without a record"),
+    (LaunchOutcome(None, interrupted=True), ("ok", "ok"), "interrupted", "interrupted"),
+])  # fmt: skip
+def test_failure_statuses(outcome, ends, status, words):
+    ranks = []
+    for r, st in enumerate(ends):
+        end = None if st is None else RankEnd(r, st, 1.0, "rss", error=None if st == "ok" else f"injected {st}")
+        ranks.append(RankRecords(r, None, [step(r, 0, 100, 0, 0)], end))
+    res = aggregate.aggregate(SPEC, ranks, outcome)
+    assert res.status == status and words in res.error
+    assert res.img_per_s is None
+
+
+def test_recorded_scan_reaggregates_to_the_saved_results():
+    for tdir in sorted((CPU_SCAN / "trials").iterdir()):
+        spec = read_json(tdir / "spec.json", TrialSpec)
+        saved = read_json(tdir / "result.json", TrialResult)
+        again = aggregate.aggregate(spec, aggregate.read_ranks(tdir), read_json(tdir / "launch.json", LaunchOutcome))
+        assert again.img_per_s == pytest.approx(saved.img_per_s, rel=1e-9)
+        assert again.step_ms_p50 == pytest.approx(saved.step_ms_p50, rel=1e-9)
+        assert again.status == "ok" and again.measured_steps == spec.measured_steps
+        # throughput is the measured images over the measured time of the slowest rank
+        ranks = aggregate.read_ranks(tdir)
+        measured = [[s for s in r.steps if not s.warmup] for r in ranks]
+        images = sum(s.images for steps in measured for s in steps)
+        span = max(sum(s.step_ms for s in steps) for steps in measured) / 1e3
+        assert again.img_per_s == pytest.approx(images / span)
+        assert images == spec.knobs.batch * spec.measured_steps
+
+
+def test_a_missing_rank_file_is_an_error_not_a_crash(tmp_path):
+    tdir = tmp_path / "t"
+    shutil.copytree(next((CPU_SCAN / "trials").iterdir()), tdir)
+    (tdir / "rank1.jsonl").unlink()
+    spec = read_json(tdir / "spec.json", TrialSpec)
+    res = aggregate.aggregate(spec, aggregate.read_ranks(tdir), LaunchOutcome(0))
+    assert res.status == "error" and "rank 1" in res.error
+
+
+def test_a_truncated_last_line_is_skipped(tmp_path):
+    tdir = tmp_path / "t"
+    shutil.copytree(next((CPU_SCAN / "trials").iterdir()), tdir)
+    lines = (tdir / "rank0.jsonl").read_text().splitlines()
+    (tdir / "rank0.jsonl").write_text("\n".join(lines[:-1] + [lines[-1][:30]]) + "\n")
+    ranks = aggregate.read_ranks(tdir)
+    assert ranks[0].end is None and len(ranks[0].steps) == len(json.loads("[" + ",".join(lines[1:-1]) + "]"))

@@ -1,0 +1,84 @@
+"""The plan: knob parsing, the product, and what is dropped for the hardware, with reasons."""
+
+from __future__ import annotations
+
+import pytest
+
+from yoloprof import plan
+from yoloprof.errors import UsageError
+from yoloprof.plan import Hardware
+
+CPU = Hardware("cpu", 2, [], cpu_count=2, gpus_on_machine=0)
+GPU4 = Hardware("cuda", 4, [0, 1, 2, 3], cpu_count=32, gpus_on_machine=4)
+
+
+def test_product_of_knob_lists_on_gpus():
+    given = {"batch": [32, 64], "workers": [4, 8], "amp": [True, False], "pin_memory": None, "cache": None,
+             "nccl": ["default", "ring", "tree"]}  # fmt: skip
+    p = plan.make_plan(GPU4, given)
+    assert len(p.knobs) == 2 * 2 * 2 * 1 * 1 * 3
+    assert p.dropped == []
+    specs = plan.specs(p, GPU4, model="m.yaml", data="/d.yaml", imgsz=640, optimizer="SGD", warmup=5, steps=20)
+    ids = [s.trial_id for s in specs]
+    assert len(set(ids)) == len(ids)
+    ring = next(s for s in specs if s.knobs.nccl == "ring")
+    assert ring.env["NCCL_ALGO"] == "Ring" and ring.env["OMP_NUM_THREADS"] == "8"
+    assert all(s.world_size == 4 and s.gpus == [0, 1, 2, 3] for s in specs)
+
+
+def test_cpu_drops_gpu_only_knobs_with_reasons():
+    given = {"batch": [8, 16], "workers": [0, 2], "amp": [True, False], "pin_memory": [True, False], "cache": None,
+             "nccl": ["default", "ring"]}  # fmt: skip
+    p = plan.make_plan(CPU, given)
+    assert len(p.knobs) == 4  # batch x workers only
+    assert {k.amp for k in p.knobs} == {False} and {k.pin_memory for k in p.knobs} == {False}
+    assert {k.nccl for k in p.knobs} == {"default"}
+    text = " | ".join(p.dropped)
+    assert "AMP needs a GPU" in text and "pinned memory" in text and "NCCL runs on GPUs only" in text
+
+
+def test_workers_that_ultralytics_caps_to_the_same_value_are_deduplicated():
+    hw = Hardware("cuda", 2, [0, 1], cpu_count=16, gpus_on_machine=8)  # cap: 16 // 8 = 2 per rank
+    p = plan.make_plan(hw, {"workers": [1, 2, 4, 8], "batch": [32]})
+    assert [k.workers for k in p.knobs] == [1, 2]
+    assert any("workers 4" in d and "caps workers per rank at 2" in d for d in p.dropped)
+
+
+def test_defaults_give_a_small_useful_plan():
+    assert len(plan.make_plan(CPU, {}).knobs) == 4
+    p = plan.make_plan(GPU4, {})
+    assert {k.batch for k in p.knobs} == {64, 128} and all(k.amp and k.pin_memory for k in p.knobs)
+
+
+def test_one_gpu_drops_nccl_presets():
+    hw = Hardware("cuda", 1, [0], cpu_count=16, gpus_on_machine=1)
+    p = plan.make_plan(hw, {"nccl": ["default", "ring"]})
+    assert {k.nccl for k in p.knobs} == {"default"} and "one GPU" in p.dropped[0]
+
+
+@pytest.mark.parametrize("flag,text,minimum", [
+    ("--batch", "0", 1), ("--batch", "8,", 1), ("--batch", "8,8", 1), ("--workers", "-1", 0), ("--batch", "x", 1),
+])  # fmt: skip
+def test_bad_int_lists(flag, text, minimum):
+    with pytest.raises(UsageError, match=flag):
+        plan.parse_ints(flag, text, minimum)
+
+
+def test_choices_and_nccl_parsing():
+    assert plan.parse_choices("--amp", "on,off", plan._BOOL) == [True, False]
+    assert plan.parse_choices("--cache", "off,ram,disk", plan._CACHE) == ["off", "ram", "disk"]
+    with pytest.raises(UsageError, match="maybe"):
+        plan.parse_choices("--amp", "maybe", plan._BOOL)
+    with pytest.raises(UsageError, match="same setting"):
+        plan.parse_choices("--amp", "on,true", plan._BOOL)
+    assert plan.parse_nccl("default,NCCL_ALGO=Ring+NCCL_MIN_CTAS=8") == ["default", "NCCL_ALGO=Ring+NCCL_MIN_CTAS=8"]
+    assert plan.nccl_env("NCCL_ALGO=Ring+NCCL_MIN_CTAS=8") == {"NCCL_ALGO": "Ring", "NCCL_MIN_CTAS": "8"}
+    with pytest.raises(UsageError, match="not a preset"):
+        plan.parse_nccl("fastest")
+    with pytest.raises(UsageError, match="not a preset"):
+        plan.parse_nccl("LD_PRELOAD=x")
+
+
+def test_batch_must_split_evenly_over_ranks():
+    with pytest.raises(UsageError, match="not a multiple of the 4 ranks"):
+        plan.make_plan(GPU4, {"batch": [30]})

@@ -1,0 +1,57 @@
+"""Positions follow throughput; each bottleneck rule fires on its evidence and only then."""
+
+from __future__ import annotations
+
+import pytest
+
+from yoloprof import ranking
+from yoloprof.records import Knobs, RankStat, TrialResult
+
+K = Knobs(16, 2, True, True, "off", "default")
+
+
+def result(tid="t", status="ok", img=100.0, data=0.02, comm=0.02, mem=None, total=None, busy=(50.0, 51.0)):
+    ranks = [RankStat(i, 60.0, b, 1.0, 1.0, mem) for i, b in enumerate(busy)]
+    return TrialResult(tid, status, K, len(busy), "cuda", img_per_s=img, data_wait_frac=data, comm_frac=comm,
+                       peak_mem_mib=mem, device_mem_total_mib=total, ranks=ranks,
+                       rank_skew=max(busy) / min(busy) - 1)  # fmt: skip
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    (dict(), "compute"),
+    (dict(data=0.38), "input"),
+    (dict(comm=0.25), "communication"),
+    (dict(data=0.15, comm=0.30), "communication"),  # the larger share wins
+    (dict(data=0.30, comm=0.15), "input"),
+    (dict(mem=75000.0, total=81559.0), "memory"),
+    (dict(busy=(50.0, 70.0)), "straggler"),
+    (dict(status="oom", img=None), "memory"),
+])  # fmt: skip
+def test_bottleneck_rules(kwargs, expected):
+    b, evidence = ranking.classify(result(**kwargs))
+    assert b == expected
+    assert evidence
+
+
+def test_thresholds_are_limits_not_guesses():
+    assert ranking.classify(result(data=ranking.INPUT_FRAC - 0.001))[0] == "compute"
+    assert ranking.classify(result(data=ranking.INPUT_FRAC))[0] == "input"
+    b, ev = ranking.classify(result(busy=(50.0, 50.0 * (1 + ranking.STRAGGLER_SKEW) + 1)))
+    assert b == "straggler" and "rank 1" in ev
+
+
+def test_positions_are_by_throughput_and_failed_trials_have_none():
+    rs = [result("a", img=50), result("b", img=150), result("c", status="error", img=None), result("d", img=100)]
+    rk = ranking.rank_trials(rs)
+    pos = {v.trial_id: v.position for v in rk.verdicts}
+    assert pos == {"b": 1, "d": 2, "a": 3, "c": None}
+    assert rk.best_trial_id == "b"
+    assert [v.trial_id for v in rk.verdicts] == ["b", "d", "a", "c"]
+    assert "b (" in ranking.headline(rs, rk) and "3.00x the slowest" in ranking.headline(rs, rk)
+
+
+def test_headline_when_nothing_finished():
+    rs = [result("a", status="timeout", img=None)]
+    rs[0].error = "timed out after 30 s"
+    text = ranking.headline(rs, ranking.rank_trials(rs))
+    assert text.startswith("No trial finished") and "timed out" in text

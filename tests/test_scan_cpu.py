@@ -1,0 +1,115 @@
+"""A real scan: torchrun, 2 gloo ranks, Ultralytics training; then training from its best.yaml."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from yoloprof import aggregate
+from yoloprof.records import ScanMeta, TrialResult, read_json
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def run_cli(*args, cwd=None, timeout=600):
+    return subprocess.run([str(BIN / "yoloprof"), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def scan(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scan") / "s"
+    proc = run_cli("scan", "--device", "cpu", "--nproc", "2", "--data", str(tiny_data), "--imgsz", "64",
+                   "--batch", "4", "--workers", "0,1", "--steps", "3", "--warmup", "1", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def test_scan_prints_its_choices_progress_and_ranked_table(scan):
+    out, proc = scan
+    text = proc.stdout
+    assert "2 CPU ranks with gloo" in text and "plan: 2 trials" in text
+    assert "[1/2] t01-b4-w0-fp32" in text and "[2/2] t02-b4-w1-fp32" in text
+    assert "trials, best first" in text and "Best: " in text and str(out / "best.yaml") in text
+
+
+def test_every_rank_recorded_the_same_steps(scan):
+    out, _ = scan
+    meta = read_json(out / "scan.json", ScanMeta)
+    assert meta.world_size == 2 and meta.device == "cpu" and len(meta.trial_ids) == 2
+    for tid in meta.trial_ids:
+        ranks = aggregate.read_ranks(out / "trials" / tid)
+        assert [r.rank for r in ranks] == [0, 1]
+        for r in ranks:
+            assert r.info.backend == "gloo" and r.info.world_size == 2 and r.info.batch_per_rank == 2
+            assert r.end.status == "ok" and r.end.mem_source == "rss" and r.end.peak_mem_mib > 100
+            assert [s.warmup for s in r.steps] == [True, False, False, False]
+            for s in r.steps:
+                assert s.images == 2 and s.step_ms > 0 and s.forward_ms > 0 and s.backward_ms > 0
+                assert s.data_wait_ms >= 0 and s.comm_wait_ms >= 0
+                parts = s.data_wait_ms + s.h2d_ms + s.forward_ms + s.backward_ms + s.comm_wait_ms + s.optimizer_ms
+                assert parts + s.other_ms == pytest.approx(s.step_ms)
+        assert [s.step for s in ranks[0].steps] == [s.step for s in ranks[1].steps] == [0, 1, 2, 3]
+        assert ranks[0].info.workers_effective == (0 if "-w0-" in tid else 1)
+
+
+def test_allreduce_buckets_match_the_models_gradients(scan):
+    from ultralytics.nn.tasks import DetectionModel
+
+    out, _ = scan
+    model = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
+    grad_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if ".dfl" not in n)
+    for tid in read_json(out / "scan.json", ScanMeta).trial_ids:
+        ranks = aggregate.read_ranks(out / "trials" / tid)
+        sizes = {tuple(b.size_bytes for b in s.buckets) for r in ranks for s in r.steps}
+        assert len(sizes) == 1, "every step on every rank reduces the same buckets"
+        (buckets,) = sizes
+        assert len(buckets) >= 2 and sum(buckets) == grad_bytes
+        assert all(b.allreduce_ms > 0 for r in ranks for s in r.steps for b in s.buckets)
+        result = read_json(out / "trials" / tid / "result.json", TrialResult)
+        assert result.bucket_sizes_bytes == list(buckets) and result.comm_ms_p50 > 0
+
+
+def test_results_csv_positions_follow_throughput(scan):
+    out, _ = scan
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert [r["position"] for r in rows] == ["1", "2"]
+    assert float(rows[0]["img_per_s"]) >= float(rows[1]["img_per_s"]) > 0
+    for r in rows:
+        result = read_json(out / "trials" / r["trial_id"] / "result.json", TrialResult)
+        assert float(r["img_per_s"]) == pytest.approx(result.img_per_s, rel=1e-5)
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["workers"] == int(rows[0]["workers"]) and best["batch"] == 4 and best["device"] == "cpu"
+
+
+def _train_env(tmp_path):
+    return {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(tmp_path / "cfg"), "MPLCONFIGDIR": str(tmp_path / "mpl")}
+
+
+def test_yolo_train_cfg_best_yaml_trains_as_it_is(scan, tmp_path):
+    out, _ = scan
+    proc = subprocess.run(
+        [str(BIN / "yolo"), "train", f"cfg={out / 'best.yaml'}", "epochs=1", f"project={tmp_path}", "name=cli"],
+        capture_output=True, text=True, cwd=tmp_path, env=_train_env(tmp_path), timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (tmp_path / "cli" / "weights" / "last.pt").is_file()
+    assert "1 epochs completed" in proc.stdout + proc.stderr
+
+
+def test_python_api_trains_from_best_yaml(scan, tmp_path):
+    out, _ = scan
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    code = (f"from ultralytics import YOLO; YOLO({best['model']!r}).train(cfg={str(out / 'best.yaml')!r}, "
+            f"epochs=1, project={str(tmp_path)!r}, name='api')")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env=_train_env(tmp_path), timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (tmp_path / "api" / "weights" / "last.pt").is_file()

@@ -1,0 +1,185 @@
+"""Rank records -> TrialResult. Pure: reads JSON lines, imports no torch.
+
+Conventions: only measured (non-warmup) steps count, and only step indices that every rank
+reported; a step's duration is its slowest rank's (the ranks wait for each other in AllReduce);
+phase times are means per step (so they add up to the mean step), the headline step time is a
+median with p90 beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from yoloprof.records import (
+    Breakdown,
+    RankEnd,
+    RankInfo,
+    RankRecords,
+    RankStat,
+    StepSample,
+    TrialResult,
+    TrialSpec,
+    from_dict,
+)
+from yoloprof.stats import mean, median, quantile
+
+PHASES = ("data_wait_ms", "h2d_ms", "forward_ms", "backward_ms", "comm_wait_ms", "optimizer_ms", "other_ms")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclass
+class LaunchOutcome:
+    """What the launcher saw of a trial's processes."""
+
+    returncode: Optional[int]
+    timed_out: bool = False
+    interrupted: bool = False
+    wall_s: Optional[float] = None
+    rank_exitcodes: Optional[dict] = None
+
+
+def read_rank_file(path: Path) -> RankRecords:
+    rank = int(re.sub(r"\D", "", path.stem) or 0)
+    info, end, steps = None, None, []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a killed process
+        kind = obj.pop("kind", None)
+        if kind == "info":
+            info = from_dict(RankInfo, obj)
+        elif kind == "step":
+            steps.append(from_dict(StepSample, obj))
+        elif kind == "end":
+            end = from_dict(RankEnd, obj)
+    return RankRecords(rank, info, steps, end)
+
+
+def read_ranks(trial_dir: Path) -> list[RankRecords]:
+    files = sorted(Path(trial_dir).glob("rank*.jsonl"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    return [read_rank_file(p) for p in files]
+
+
+def log_tail(path: Path, lines: int = 15) -> list[str]:
+    """Last lines of a log, with progress-bar redraws and colour codes removed."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return []
+    out = []
+    for raw in text.splitlines():
+        line = _ANSI.sub("", raw.split("\r")[-1]).rstrip()
+        if line.strip():
+            out.append(line)
+    return out[-lines:]
+
+
+def _status(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome) -> tuple[str, Optional[str]]:
+    if outcome.interrupted:
+        return "interrupted", "the scan was interrupted while this trial ran"
+    if outcome.timed_out:
+        reached = ", ".join(f"rank {r.rank} at step {r.steps[-1].step if r.steps else 'none'}" for r in ranks)
+        return "timeout", f"timed out after {outcome.wall_s:.0f} s ({reached or 'no rank started'})"
+    ends = [r.end for r in ranks if r.end is not None]
+    for end in ends:
+        if end.status == "oom":
+            return "oom", end.error
+    for end in ends:
+        if end.status != "ok":
+            return "error", end.error
+    missing = sorted(set(range(spec.world_size)) - {r.rank for r in ranks if r.end is not None})
+    if missing:
+        codes = outcome.rank_exitcodes or {}
+        detail = ", ".join(f"rank {m}" + (f" exit code {codes[m]}" if m in codes else "") for m in missing)
+        return "error", f"{detail}: ended without a record (killed or crashed)"
+    if outcome.returncode not in (0, None):
+        return "error", f"torchrun exited with code {outcome.returncode}"
+    return "ok", None
+
+
+def _common_measured(ranks: list[RankRecords]) -> dict[int, list[StepSample]]:
+    per_rank = [{s.step: s for s in r.steps if not s.warmup} for r in ranks]
+    common = set.intersection(*(set(d) for d in per_rank)) if per_rank else set()
+    return {k: [d[k] for d in per_rank] for k in sorted(common)}
+
+
+def _rank_stat(rank: RankRecords, steps: list[StepSample]) -> RankStat:
+    busy = [s.step_ms - s.data_wait_ms - (s.comm_wait_ms or 0.0) for s in steps]
+    return RankStat(
+        rank=rank.rank,
+        step_ms_p50=median(s.step_ms for s in steps),
+        busy_ms_p50=median(busy),
+        data_wait_ms_p50=median(s.data_wait_ms for s in steps),
+        comm_wait_ms_p50=median(s.comm_wait_ms for s in steps),
+        peak_mem_mib=rank.end.peak_mem_mib if rank.end else None,
+    )
+
+
+def _frac(steps: list[StepSample], field: str) -> Optional[float]:
+    total = sum(s.step_ms for s in steps)
+    parts = [getattr(s, field) for s in steps]
+    if not total or any(p is None for p in parts):
+        return None
+    return sum(parts) / total
+
+
+def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome) -> TrialResult:
+    status, error = _status(spec, ranks, outcome)
+    result = TrialResult(
+        trial_id=spec.trial_id,
+        status=status,
+        knobs=spec.knobs,
+        world_size=spec.world_size,
+        device=spec.device,
+        error=error,
+        wall_s=outcome.wall_s,
+    )
+    infos = [r.info for r in ranks if r.info is not None]
+    if infos:
+        result.workers_effective = infos[0].workers_effective
+        result.amp_effective = infos[0].amp_effective
+        result.accumulate = infos[0].accumulate
+    peaks = [r.end.peak_mem_mib for r in ranks if r.end and r.end.peak_mem_mib is not None]
+    result.peak_mem_mib = max(peaks) if peaks else None
+    totals = [r.end.device_mem_total_mib for r in ranks if r.end and r.end.device_mem_total_mib]
+    result.device_mem_total_mib = min(totals) if totals else None
+
+    by_step = _common_measured(ranks) if len(ranks) == spec.world_size else {}
+    result.measured_steps = len(by_step)
+    if status != "ok" or not by_step:
+        if status == "ok":
+            result.status, result.error = "error", "no measured step was recorded on every rank"
+        return result
+
+    per_rank = [[steps[i] for steps in by_step.values()] for i in range(len(ranks))]
+    step_ms = [max(s.step_ms for s in group) for group in by_step.values()]
+    images = [sum(s.images for s in group) for group in by_step.values()]
+    span_s = max(sum(s.step_ms for s in steps) for steps in per_rank) / 1e3
+    rates = [n / (ms / 1e3) for n, ms in zip(images, step_ms) if ms > 0]
+
+    result.img_per_s = sum(images) / span_s if span_s > 0 else None
+    result.img_per_s_p10 = quantile(rates, 0.1)
+    result.img_per_s_p90 = quantile(rates, 0.9)
+    result.step_ms_p50 = quantile(step_ms, 0.5)
+    result.step_ms_p90 = quantile(step_ms, 0.9)
+    result.data_wait_frac = median(_frac(steps, "data_wait_ms") for steps in per_rank)
+    if spec.world_size > 1:
+        result.comm_ms_p50 = median(median(s.comm_ms for s in steps) for steps in per_rank)
+        result.comm_wait_ms_p50 = median(median(s.comm_wait_ms for s in steps) for steps in per_rank)
+        result.comm_frac = median(_frac(steps, "comm_wait_ms") for steps in per_rank)
+        first = next((s for s in per_rank[0] if s.buckets), None)
+        result.bucket_sizes_bytes = [b.size_bytes for b in first.buckets] if first else []
+
+    means = {p: [mean(getattr(s, p) for s in steps) for steps in per_rank] for p in PHASES + ("step_ms",)}
+    result.breakdown = Breakdown(**{p: median(v) for p, v in means.items()})
+    if spec.world_size <= 1:
+        result.breakdown.comm_wait_ms = None
+    result.ranks = [_rank_stat(r, steps) for r, steps in zip(ranks, per_rank)]
+    busy = [r.busy_ms_p50 for r in result.ranks if r.busy_ms_p50]
+    result.rank_skew = (max(busy) / min(busy) - 1.0) if len(busy) > 1 else None
+    return result

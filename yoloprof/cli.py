@@ -1,0 +1,114 @@
+"""Command line: flag parsing only; the work is in scan, outputs and dataset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from yoloprof import __version__
+from yoloprof.errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, like every other input error
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="yoloprof", description="Measure and tune multi-GPU Ultralytics YOLO training.")
+    p.add_argument("--version", action="version", version=f"yoloprof {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("scan", help="run short real DDP trials over settings and rank them")
+    s.add_argument("--gpus", help="GPU indices, one rank each (default: every visible GPU)")
+    s.add_argument("--device", help="'cpu' to run CPU ranks with gloo even where GPUs exist")
+    s.add_argument("--nproc", type=int, help="CPU ranks (default 2)")
+    s.add_argument("--model", help="model YAML or local .pt (default yolo11n.yaml, built without download)")
+    s.add_argument("--data", help="data yaml (default: a synthetic dataset yoloprof generates once)")
+    s.add_argument("--imgsz", type=int, help="image size (default 640 on GPU, 128 on CPU)")
+    s.add_argument("--optimizer", default="SGD", help="optimizer, pinned so short and long runs match (default SGD)")
+    s.add_argument("--steps", type=int, default=20, help="measured steps per trial (default 20)")
+    s.add_argument("--warmup", type=int, default=5, help="warm-up steps per trial, not measured (default 5)")
+    s.add_argument("--out", help="scan folder (default runs/yoloprof/scan-N, never overwriting)")
+    s.add_argument("--trial-timeout", type=float, help="seconds before a trial is ended as hung")
+    for flag, example in (("batch", "16,32 (global, all ranks)"), ("workers", "2,8 (per rank)"), ("amp", "on,off"),
+                          ("pin-memory", "on,off"), ("cache", "off,ram,disk"), ("nccl", "default,ring,tree")):  # fmt: skip
+        s.add_argument(f"--{flag}", help=f"comma list, e.g. {example}")
+
+    r = sub.add_parser("report", help="rebuild report.html, results.csv and best.* from a scan folder")
+    r.add_argument("dir", help="a scan folder")
+
+    d = sub.add_parser("dataset", help="write the synthetic YOLO dataset yoloprof uses by default")
+    d.add_argument("--out", required=True, help="folder to create")
+    d.add_argument("--images", type=int, default=512, help="training images (default 512)")
+    d.add_argument("--size", default="640x480", help="image size WxH (default 640x480)")
+    return p
+
+
+def _cmd_scan(args, argv: list[str], console: Console) -> int:
+    from reports.terminal import ranked_table
+    from yoloprof import scan
+
+    keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
+            "batch", "workers", "amp", "pin_memory", "cache", "nccl", "trial_timeout")  # fmt: skip
+    req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])
+    out, folder, code = scan.run(req, console)
+    _print_outputs(console, out, folder, ranked_table)
+    return code
+
+
+def _print_outputs(console: Console, out, folder: Path, ranked_table) -> None:
+    console.print(ranked_table(out.results, out.ranking))
+    console.print(f"[bold]{out.headline}[/]")
+    names = ["scan.json", "results.csv", "ranking.json", "report.html", "best.yaml", "best.env", "best.sh"]
+    console.print("Wrote: " + ", ".join(str(folder / n) for n in names if (folder / n).exists()))
+    if (folder / "best.sh").exists():
+        console.print(f"Train with it: source {folder / 'best.env'} && yolo train cfg={folder / 'best.yaml'}")
+
+
+def _cmd_report(args, console: Console) -> int:
+    from reports.terminal import ranked_table
+    from yoloprof import outputs
+
+    out = outputs.write_all(Path(args.dir))
+    _print_outputs(console, out, Path(args.dir), ranked_table)
+    return 0
+
+
+def _cmd_dataset(args, console: Console) -> int:
+    from yoloprof.dataset import SyntheticSpec, generate
+
+    try:
+        w, h = (int(x) for x in args.size.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size {args.size}: give WxH, e.g. 640x480") from None
+    if args.images < 2 or min(w, h) < 32:
+        raise UsageError("--images must be >= 2 and --size at least 32x32")
+    out = Path(args.out)
+    if out.exists():
+        raise UsageError(f"--out {out}: already exists; give a new folder")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: the parent folder {out.parent} does not exist")
+    path = generate(out, SyntheticSpec(images=args.images, width=w, height=h, val_images=max(args.images // 16, 2)))
+    console.print(f"Wrote {args.images} training images ({w}x{h}); data yaml: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=max(console.width, 140))  # logs and CI: keep the table readable
+    try:
+        args = _parser().parse_args(argv)
+        if args.cmd == "scan":
+            return _cmd_scan(args, argv, console)
+        if args.cmd == "report":
+            return _cmd_report(args, console)
+        return _cmd_dataset(args, console)
+    except UsageError as exc:
+        print(f"yoloprof: error: {exc}", file=sys.stderr)
+        return 2

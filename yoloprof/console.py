@@ -1,0 +1,66 @@
+"""Live progress while trials run: trial k of n, its settings, its steps, its result as it lands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from yoloprof.ranking import knob_text
+from yoloprof.records import TrialResult, TrialSpec
+
+
+class ScanProgress:
+    def __init__(self, console: Console, total: int):
+        self.console = console
+        self.total = total
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        )  # fmt: skip
+        self._trials = None
+        self._steps = None
+        self._spec: Optional[TrialSpec] = None
+        self._rank0: Optional[Path] = None
+        self._seen = 0
+        self._k = 0
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self._trials = self.progress.add_task("trials", total=self.total)
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def start(self, k: int, spec: TrialSpec, trial_dir: Path) -> None:
+        self._spec, self._rank0, self._seen, self._k = spec, trial_dir / "rank0.jsonl", 0, k
+        desc = f"trial {k}/{self.total} {spec.trial_id}"
+        if self._steps is None:
+            self._steps = self.progress.add_task(desc, total=spec.total_steps)
+        else:
+            self.progress.reset(self._steps, total=spec.total_steps, description=desc)
+
+    def poll(self) -> None:
+        try:
+            text = self._rank0.read_text()
+        except (OSError, AttributeError):
+            return
+        seen = text.count('"kind": "step"')
+        if seen != self._seen:
+            self._seen = seen
+            self.progress.update(self._steps, completed=seen)
+
+    def done(self, r: TrialResult) -> None:
+        self.progress.advance(self._trials)
+        head = f"[{self._k}/{self.total}] {r.trial_id}  ({knob_text(r)})"
+        if r.status == "ok":
+            self.console.print(
+                f"{head}: [bold]{r.img_per_s:.1f} img/s[/], step {r.step_ms_p50:.0f} ms, "
+                f"data wait {100 * (r.data_wait_frac or 0):.0f}%"
+                + (f", exposed AllReduce {100 * r.comm_frac:.0f}%" if r.comm_frac is not None else "")
+            )
+        else:
+            self.console.print(f"{head}: [red]{r.status}[/] {r.error or ''}")

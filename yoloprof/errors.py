@@ -1,0 +1,5 @@
+"""Errors a user can fix: the CLI prints their one line and exits 2, never a traceback."""
+
+
+class UsageError(Exception):
+    """Bad input. The message says what is wrong and how to fix it, in one line."""

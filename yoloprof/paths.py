@@ -1,0 +1,26 @@
+"""Where yoloprof keeps things: its cache (datasets, Ultralytics settings) and scan folders."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+SCAN_MARKER = "scan.json"
+
+
+def cache_dir() -> Path:
+    if os.environ.get("YOLOPROF_CACHE"):
+        return Path(os.environ["YOLOPROF_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "yoloprof"
+
+
+def next_scan_dir(root: Path = Path("runs/yoloprof")) -> Path:
+    """runs/yoloprof/scan-N with N one above the highest present: an earlier scan is never overwritten."""
+    taken = [int(m.group(1)) for p in root.glob("scan-*") if (m := re.fullmatch(r"scan-(\d+)", p.name))]
+    return root / f"scan-{max(taken, default=0) + 1}"
+
+
+def trial_dir(scan_dir: Path, trial_id: str) -> Path:
+    return Path(scan_dir) / "trials" / trial_id

@@ -1,0 +1,209 @@
+"""Knob lists -> the trials to run. Pure: no torch.
+
+The plan is the product of the knob lists, minus values that cannot matter on this hardware
+(each dropped value is kept with its reason, for the terminal and the report) and minus
+workers values that Ultralytics would cap to the same number.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+from yoloprof.errors import UsageError
+from yoloprof.records import Knobs, TrialSpec
+
+# Named NCCL settings. NCCL files most of these under debugging variables: a recommendation that
+# sets one says so and shows the gain it measured. LL128 is left out on purpose (it can corrupt
+# data where unsupported).
+NCCL_PRESETS: dict[str, dict[str, str]] = {
+    "default": {},
+    "ring": {"NCCL_ALGO": "Ring"},
+    "tree": {"NCCL_ALGO": "Tree"},
+    "simple": {"NCCL_PROTO": "Simple"},
+    "no-p2p": {"NCCL_P2P_DISABLE": "1"},
+    "no-shm": {"NCCL_SHM_DISABLE": "1"},
+    "buff8m": {"NCCL_BUFFSIZE": str(8 * 2**20)},
+}
+_CUSTOM_NCCL = re.compile(r"^NCCL_[A-Z0-9_]+=[^+=\s]+(\+NCCL_[A-Z0-9_]+=[^+=\s]+)*$")
+
+_BOOL = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+_CACHE = {"off": "off", "false": "off", "none": "off", "ram": "ram", "true": "ram", "disk": "disk"}
+
+
+@dataclass
+class Hardware:
+    device: str  # "cpu" | "cuda"
+    world_size: int
+    gpus: list[int]
+    cpu_count: int
+    gpus_on_machine: int  # Ultralytics divides the cores by this, not by the world size
+
+
+@dataclass
+class Axes:
+    batch: list[int]
+    workers: list[int]
+    amp: list[bool]
+    pin_memory: list[bool]
+    cache: list[str]
+    nccl: list[str]
+
+
+@dataclass
+class Plan:
+    axes: Axes
+    knobs: list[Knobs]
+    dropped: list[str] = field(default_factory=list)
+
+
+def nccl_env(preset: str) -> dict[str, str]:
+    if preset in NCCL_PRESETS:
+        return dict(NCCL_PRESETS[preset])
+    return dict(pair.split("=", 1) for pair in preset.split("+"))
+
+
+def _items(flag: str, text: str) -> list[str]:
+    items = [t.strip() for t in str(text).split(",")]
+    if not text or any(not t for t in items):
+        raise UsageError(f"{flag} '{text}' has an empty value; give a comma list such as {flag} 8,16")
+    if len(set(items)) != len(items):
+        raise UsageError(f"{flag} '{text}' repeats a value; list each value once")
+    return items
+
+
+def parse_ints(flag: str, text: str, minimum: int) -> list[int]:
+    out = []
+    for item in _items(flag, text):
+        if not re.fullmatch(r"[+-]?\d+", item) or int(item) < minimum:
+            raise UsageError(f"{flag} '{item}' is not a whole number >= {minimum}; e.g. {flag} {max(minimum, 1)},{max(minimum, 1) * 2}")
+        out.append(int(item))
+    return out
+
+
+def parse_choices(flag: str, text: str, table: dict) -> list:
+    out = []
+    for item in _items(flag, text):
+        if item.lower() not in table:
+            raise UsageError(f"{flag} '{item}' is not one of {', '.join(sorted(set(table)))}")
+        value = table[item.lower()]
+        if value in out:
+            raise UsageError(f"{flag} '{text}' names the same setting twice")
+        out.append(value)
+    return out
+
+
+def parse_nccl(text: str) -> list[str]:
+    out = []
+    for item in _items("--nccl", text):
+        if item not in NCCL_PRESETS and not _CUSTOM_NCCL.match(item):
+            raise UsageError(
+                f"--nccl '{item}' is not a preset ({', '.join(NCCL_PRESETS)}) "
+                "nor NCCL_NAME=value[+NCCL_NAME=value]"
+            )
+        out.append(item)
+    return out
+
+
+def default_axes(hw: Hardware) -> Axes:
+    n = max(hw.world_size, 1)
+    if hw.device == "cuda":
+        return Axes([16 * n, 32 * n], [2, 8], [True], [True], ["off"], ["default"])
+    return Axes([4 * n, 8 * n], [0, 2], [False], [False], ["off"], ["default"])
+
+
+def workers_cap(hw: Hardware) -> int:
+    """Ultralytics' per-rank cap: min(os.cpu_count() // GPUs on the machine, workers, batches)."""
+    return max(hw.cpu_count // max(hw.gpus_on_machine, 1), 0) if hw.device == "cuda" else hw.cpu_count
+
+
+def _fit_to_hardware(axes: Axes, hw: Hardware, dropped: list[str]) -> Axes:
+    if hw.device != "cuda":
+        if True in axes.amp:
+            dropped.append("amp on: AMP needs a GPU; CPU trials train in FP32")
+        if True in axes.pin_memory:
+            dropped.append("pin_memory on: pinned memory only speeds copies to a GPU")
+        if axes.nccl != ["default"]:
+            extra = ", ".join(n for n in axes.nccl if n != "default")
+            dropped.append(f"nccl {extra}: NCCL runs on GPUs only; CPU ranks use gloo")
+        axes = Axes(axes.batch, axes.workers, [False], [False], axes.cache, ["default"])
+    elif hw.world_size <= 1 and axes.nccl != ["default"]:
+        dropped.append("nccl presets: one GPU runs no AllReduce, so NCCL settings cannot matter")
+        axes = Axes(axes.batch, axes.workers, axes.amp, axes.pin_memory, axes.cache, ["default"])
+    for b in axes.batch:
+        if b % max(hw.world_size, 1):
+            raise UsageError(
+                f"--batch {b} is not a multiple of the {hw.world_size} ranks; the global batch is split evenly, "
+                f"use e.g. {hw.world_size * max(b // hw.world_size, 1)}"
+            )
+    cap, kept, seen = workers_cap(hw), [], {}
+    for w in axes.workers:
+        eff = min(w, cap)
+        if eff in seen:
+            dropped.append(
+                f"workers {w}: Ultralytics caps workers per rank at {cap} "
+                f"(os.cpu_count() {hw.cpu_count} // {max(hw.gpus_on_machine, 1)} GPUs on the machine), "
+                f"so it would run the same as workers {seen[eff]}"
+            )
+            continue
+        seen[eff] = w
+        kept.append(w)
+    return Axes(axes.batch, kept, axes.amp, axes.pin_memory, axes.cache, axes.nccl)
+
+
+def make_plan(hw: Hardware, given: dict[str, Optional[list]]) -> Plan:
+    """`given` maps axis name -> parsed list, or None for the default."""
+    base = default_axes(hw)
+    axes = Axes(**{name: given.get(name) or getattr(base, name) for name in base.__dataclass_fields__})
+    dropped: list[str] = []
+    axes = _fit_to_hardware(axes, hw, dropped)
+    knobs = [
+        Knobs(batch=b, workers=w, amp=a, pin_memory=p, cache=c, nccl=n)
+        for b, w, a, p, c, n in itertools.product(
+            axes.batch, axes.workers, axes.amp, axes.pin_memory, axes.cache, axes.nccl
+        )
+    ]
+    return Plan(axes, knobs, dropped)
+
+
+def trial_id(index: int, k: Knobs) -> str:
+    parts = [f"t{index:02d}", f"b{k.batch}", f"w{k.workers}", "amp" if k.amp else "fp32"]
+    if k.pin_memory:
+        parts.append("pin")
+    if k.cache != "off":
+        parts.append(f"cache-{k.cache}")
+    if k.nccl != "default":
+        parts.append(re.sub(r"[^A-Za-z0-9]+", "-", k.nccl).strip("-").lower()[:40])
+    return "-".join(parts)
+
+
+def omp_threads(cpu_count: int, world_size: int) -> int:
+    """Cores per rank: what the trials run with (torchrun alone would set 1)."""
+    return max(cpu_count // max(world_size, 1), 1)
+
+
+def specs(plan: Plan, hw: Hardware, *, model: str, data: str, imgsz: int, optimizer: str,
+          warmup: int, steps: int) -> list[TrialSpec]:
+    threads = omp_threads(hw.cpu_count, hw.world_size)
+    out = []
+    for i, k in enumerate(plan.knobs, start=1):
+        env = {"OMP_NUM_THREADS": str(threads), **nccl_env(k.nccl)}
+        out.append(
+            TrialSpec(
+                trial_id=trial_id(i, k),
+                knobs=k,
+                world_size=hw.world_size,
+                device=hw.device,
+                gpus=list(hw.gpus),
+                model=model,
+                data=data,
+                imgsz=imgsz,
+                optimizer=optimizer,
+                warmup_steps=warmup,
+                measured_steps=steps,
+                env=env,
+            )
+        )
+    return out

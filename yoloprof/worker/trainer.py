@@ -1,0 +1,158 @@
+"""The Ultralytics DetectionTrainer as a trial runs it: real training, our launcher, our probes.
+
+Only what a measurement needs is changed (see ScanTrainer); the loop, the dataloader, the loss,
+the optimizer and DDP are Ultralytics' own, so a trial costs what `yolo train` would cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from datetime import timedelta
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import ultralytics.models.yolo.detect.train as detect_train
+from ultralytics.data import build_dataloader
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import RANK
+from ultralytics.utils.torch_utils import unwrap_model
+
+from probes import comm
+from probes.steps import StepProbe
+from yoloprof.records import TrialSpec
+
+# A hang is ended by the scan's per-trial timeout; the process group's own timeout is a backstop.
+PG_TIMEOUT = timedelta(minutes=30)
+
+
+class TrialComplete(Exception):
+    """Raised on the same step on every rank to end training without validation or saving."""
+
+
+def trial_overrides(spec: TrialSpec, project: str) -> dict:
+    """Ultralytics arguments of a trial: the user's config plus what a short measurement needs."""
+    k = spec.knobs
+    return dict(
+        model=spec.model,
+        data=spec.data,
+        imgsz=spec.imgsz,
+        batch=k.batch,
+        workers=k.workers,
+        amp=k.amp,
+        cache={"off": False, "ram": "ram", "disk": "disk"}[k.cache],
+        device=",".join(str(g) for g in spec.gpus) if spec.device == "cuda" else "cpu",
+        optimizer=spec.optimizer,
+        epochs=1000,  # never reaches the final epoch, which would validate and save
+        close_mosaic=0,  # a short run would otherwise train without mosaic
+        warmup_epochs=0,  # measure the steady state: full gradient accumulation, final lr
+        val=False,
+        save=False,
+        plots=False,
+        project=project,
+        name="ultralytics",
+        exist_ok=True,
+        verbose=False,
+    )
+
+
+class _TimedLoss:
+    """Stands in for the scaled loss so the probe sees `backward()` return."""
+
+    def __init__(self, loss: torch.Tensor, after: Callable[[], None]):
+        self._loss, self._after = loss, after
+
+    def backward(self, *args, **kwargs):
+        self._loss.backward(*args, **kwargs)
+        self._after()
+
+
+class _TimedScaler:
+    def __init__(self, scaler, after_backward: Callable[[], None]):
+        self._scaler, self._after = scaler, after_backward
+
+    def scale(self, loss):
+        return _TimedLoss(self._scaler.scale(loss), self._after)
+
+    def __getattr__(self, name):
+        return getattr(self._scaler, name)
+
+
+@contextlib.contextmanager
+def _cpu_capable_ddp():
+    """Ultralytics wraps with device_ids=[device.index], which DDP rejects for a CPU module."""
+
+    class ScanDDP(DistributedDataParallel):
+        def __init__(self, module, device_ids=None, **kwargs):
+            if device_ids is not None and all(i is None for i in device_ids):
+                device_ids = None
+            super().__init__(module, device_ids=device_ids, **kwargs)
+
+    saved = torch.nn.parallel.DistributedDataParallel
+    torch.nn.parallel.DistributedDataParallel = ScanDDP
+    try:
+        yield
+    finally:
+        torch.nn.parallel.DistributedDataParallel = saved
+
+
+class ScanTrainer(DetectionTrainer):
+    def __init__(self, spec: TrialSpec, probe: StepProbe, project: str, on_ready: Callable, on_step: Callable):
+        self.spec, self.probe = spec, probe
+        self._on_ready, self._on_step = on_ready, on_step
+        # pin_memory has no cfg argument in Ultralytics 8.4: hand it to build_dataloader directly.
+        detect_train.build_dataloader = functools.partial(build_dataloader, pin_memory=spec.knobs.pin_memory)
+        super().__init__(overrides=trial_overrides(spec, project))
+        self.args.workers = spec.knobs.workers  # Ultralytics forces 0 on CPU; the scan measures the value asked
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:
+            self.world_size = world  # Ultralytics forces 0 on CPU, which would also zero the loss
+        self.ddp = False  # our torchrun already launched every rank
+        self.add_callback("on_train_start", lambda t: self._on_ready(self))
+        self.add_callback("on_train_epoch_start", lambda t: self.probe.epoch_start())
+        self.add_callback("on_train_batch_start", lambda t: self.probe.batch_start(self.epoch))
+        self.add_callback("on_train_batch_end", lambda t: self._batch_end())
+
+    # -- process group and model wrapping ------------------------------------------------------
+    def _setup_ddp(self):
+        if self.spec.device == "cuda":
+            return super()._setup_ddp()
+        dist.init_process_group("gloo", timeout=PG_TIMEOUT, rank=RANK, world_size=self.world_size)
+
+    def _setup_train(self):
+        with _cpu_capable_ddp():
+            super()._setup_train()
+        self._attach_probes()
+
+    def _attach_probes(self):
+        probe = self.probe
+        self.model.register_forward_hook(lambda m, i, o: probe.mark("fwd_end", once=True))
+        first = next(p for p in unwrap_model(self.model).parameters() if p.requires_grad)
+        first.register_post_accumulate_grad_hook(lambda p: probe.mark("grad_end"))
+        self.scaler = _TimedScaler(self.scaler, lambda: probe.mark("bwd_end"))
+        self.comm_state: Optional[comm.CommState] = None
+        if isinstance(self.model, DistributedDataParallel):
+            self.comm_state = comm.attach(self.model, probe.clock, probe.bucket_launched)
+
+    # -- the loop's boundaries ------------------------------------------------------------------
+    def preprocess_batch(self, batch):
+        batch = super().preprocess_batch(batch)
+        self.probe.set_images(batch["img"].shape[0])
+        self.probe.mark("h2d_end")
+        return batch
+
+    def optimizer_step(self):
+        self.probe.mark("opt_start")
+        super().optimizer_step()
+        self.probe.mark("opt_end")
+
+    def _batch_end(self):
+        self.probe.batch_end()
+        self._on_step(self)
+        if self.probe.steps_started >= self.spec.total_steps:
+            self.probe.flush(block=True)
+            raise TrialComplete()
