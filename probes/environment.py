@@ -68,6 +68,10 @@ def gpus() -> list[GpuInfo]:
     return out
 
 
+def available_ram_mib() -> float:
+    return psutil.virtual_memory().available / 2**20
+
+
 def collect(env_vars: Optional[dict[str, str]] = None) -> Environment:
     import torch
 

@@ -66,3 +66,65 @@ def breakdown(results: list[TrialResult]) -> Optional[str]:
     ax.set_xlabel("mean ms per step (median rank)")
     ax.legend(ncol=4, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     return _svg(fig)
+
+
+def against_ceilings(views: list) -> Optional[str]:
+    """img/s per trial with its compute ceiling and input ceiling marked (views: TrialVsCeilings, best first)."""
+    rows = [v for v in views if v.img_per_s and (v.compute_img_s or v.input_img_s)][::-1]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.2))
+    y = list(range(len(rows)))
+    ax.barh(y, [v.img_per_s for v in rows], color="#1f77b4", label="achieved in training")
+    cy = [i for i, v in zip(y, rows) if v.compute_img_s]
+    ax.scatter([v.compute_img_s for v in rows if v.compute_img_s], cy, marker="|", s=300, color="#2ca02c",
+               linewidths=3, label="compute ceiling (no input, no AllReduce)", zorder=3)  # fmt: skip
+    iy = [i for i, v in zip(y, rows) if v.input_img_s]
+    ax.scatter([v.input_img_s for v in rows if v.input_img_s], iy, marker="|", s=300, color="#d62728",
+               linewidths=3, label="input ceiling (loaders alone)", zorder=3)  # fmt: skip
+    ax.set_yticks(y, [v.trial_id for v in rows])
+    ax.set_xlabel("images/s, all ranks")
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    return _svg(fig)
+
+
+def busbw(ceilings: list, achieved: list[tuple[int, float]]) -> Optional[str]:
+    """AllReduce bus bandwidth against message size: the probe per preset, and buckets timed in training."""
+    curves = [c for c in ceilings if c.points]
+    if not curves and not achieved:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for c in curves:
+        pts = sorted((p.size_bytes, p.busbw_gbs) for p in c.points)
+        ax.plot([s / 2**20 for s, _ in pts], [b for _, b in pts], marker="o", ms=3, label=f"probe, {c.backend} {c.nccl}")
+    if achieved:
+        ax.scatter([s / 2**20 for s, _ in achieved], [b for _, b in achieved], color="#d62728", marker="x", zorder=3,
+                   label="model buckets during training")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("message size (MiB)")
+    ax.set_ylabel("busbw (GB/s)")
+    ax.legend(fontsize=8, frameon=False)
+    return _svg(fig)
+
+
+def compute_memory(points: list, total_mib: Optional[float]) -> Optional[str]:
+    """Peak memory and compute img/s against batch per rank, with the device limit."""
+    ok = [p for p in points if p.status == "ok" and p.img_per_s]
+    if len({p.batch for p in ok}) < 1:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for amp in sorted({p.amp for p in ok}):
+        pts = sorted((p.batch, p.img_per_s, p.peak_mem_mib) for p in ok if p.amp == amp)
+        label = "amp" if amp else "fp32"
+        a1.plot([b for b, _, _ in pts], [r for _, r, _ in pts], marker="o", label=label)
+        a2.plot([b for b, _, _ in pts], [m or 0 for _, _, m in pts], marker="o", label=label)
+    if total_mib:
+        a2.axhline(total_mib, color="#d62728", ls="--", lw=1, label="device memory")
+    a1.set_xlabel("batch per rank")
+    a1.set_ylabel("img/s on one device")
+    a2.set_xlabel("batch per rank")
+    a2.set_ylabel("peak MiB")
+    a1.legend(fontsize=8, frameon=False)
+    a2.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return _svg(fig)

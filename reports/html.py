@@ -12,7 +12,8 @@ from reports import charts
 from reports.config_files import BestConfig, render_env, render_yaml
 from reports.csv_table import ordered
 from reports.csv_table import rows as table_rows
-from yoloprof.records import Ranking, ScanMeta, TrialResult
+from yoloprof import against
+from yoloprof.records import ScanMeta
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -57,15 +58,40 @@ def env_rows(meta: ScanMeta) -> list[tuple[str, str]]:
     ]  # fmt: skip
 
 
-def render(
-    meta: ScanMeta,
-    results: list[TrialResult],
-    ranking: Ranking,
-    headline: str,
-    best: Optional[TrialResult],
-    best_cfg: Optional[BestConfig],
-    title: str,
-) -> str:
+def _ceiling_context(out) -> dict:
+    c = out.ceilings
+    views = [against.against(r, c) for r in ordered(out.results, out.ranking)] if c.any else []
+    best_bw = against.achieved_bucket_busbw(out.best) if out.best else []
+    probe_bw = {size: bw for a in c.allreduce if a.nccl == (out.best.knobs.nccl if out.best else "default")
+                for size, bw in against.bucket_busbw(a).items()}  # fmt: skip
+    link = [dict(size=s, achieved=bw, probe=probe_bw.get(s), frac=bw / probe_bw[s] if probe_bw.get(s) else None)
+            for s, bw in best_bw]  # fmt: skip
+    figures = []
+    svg = charts.against_ceilings(views)
+    if svg:
+        figures.append(dict(title="Trials against the ceilings", svg=svg, caption=(
+            "Bars: images/s achieved in training. Green: the compute ceiling at the trial's batch and AMP (the "
+            "training step on one device with the batch already there, times the ranks). Red: the input ceiling "
+            "at the trial's workers (the dataloaders alone, all ranks at once). A bar far below green with red "
+            "near it is input-bound.")))  # fmt: skip
+    if c.compute is not None:
+        svg = charts.compute_memory(c.compute.points, c.compute.device_mem_total_mib)
+        if svg:
+            figures.append(dict(title="Compute and memory against batch", svg=svg, caption=(
+                "One device, no data loading. " + (
+                    "Largest batch per rank within 90% of device memory: "
+                    + ", ".join(f"{k} {v}" for k, v in c.compute.max_batch_fit.items()) + "."
+                    if c.compute.max_batch_fit else (c.compute.note or "")))))  # fmt: skip
+    svg = charts.busbw(c.allreduce, best_bw)
+    if svg:
+        figures.append(dict(title="AllReduce bus bandwidth", svg=svg, caption=(
+            "Probe: an nccl-tests style sweep on the scan's ranks and backend, busbw = algbw x 2(n-1)/n. "
+            "Crosses: the best trial's DDP buckets as timed in training (launch to completion).")))  # fmt: skip
+    return dict(views=views, link=link, ceilings=c, ceiling_figures=figures)
+
+
+def render(out, best_cfg: Optional[BestConfig], title: str) -> str:
+    meta, results, ranking, best = out.meta, out.results, out.ranking, out.best
     verdicts = {v.trial_id: v for v in ranking.verdicts}
     rows = table_rows(results, ranking)
     for row in rows:
@@ -86,7 +112,7 @@ def render(
         meta=meta,
         title=title,
         created=dt.datetime.fromtimestamp(meta.created_s).strftime("%Y-%m-%d %H:%M"),
-        headline=headline,
+        headline=out.headline,
         best=best,
         command=command,
         best_yaml=render_yaml(meta, best, best_cfg) if best and best_cfg else "",
@@ -97,4 +123,7 @@ def render(
         figures=figures,
         findings=best_cfg.findings if best_cfg else [],
         env_rows=env_rows(meta),
+        fmt=_num,
+        pct=_pct,
+        **_ceiling_context(out),
     )

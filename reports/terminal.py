@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reports.csv_table import ordered
-from yoloprof.records import Ranking, TrialResult
+from yoloprof.records import AllReduceCeiling, ComputeCeiling, LoaderCeiling, Ranking, TrialResult
 
 
 def fmt(v: Optional[float], spec: str = ".1f", suffix: str = "") -> str:
@@ -44,3 +44,42 @@ def ranked_table(results: list[TrialResult], ranking: Ranking, title: str = "yol
 def print_summary(console: Console, results: list[TrialResult], ranking: Ranking, headline: str) -> None:
     console.print(ranked_table(results, ranking))
     console.print(headline)
+
+
+def loader_table(c: LoaderCeiling) -> Table:
+    t = Table(title=f"Input ceiling: the dataloader alone (imgsz {c.imgsz}, cache {c.cache})", header_style="bold")
+    for col in ("workers/rank", "ran", "ranks", "batch/rank", "img/s per rank", "img/s machine", "CPU %", "status"):
+        t.add_column(col, justify="right")
+    for p in c.points:
+        t.add_row(str(p.workers), str(p.workers_effective), str(p.ranks), str(p.batch_per_rank), fmt(p.img_per_s_rank),
+                  fmt(p.img_per_s_machine), fmt(p.cpu_pct, ".0f"), p.status if p.status == "ok" else f"[red]{p.error}[/]")  # fmt: skip
+    return t
+
+
+def compute_table(c: ComputeCeiling) -> Table:
+    t = Table(title=f"Compute ceiling: one {c.device_name}, batch already on the device", header_style="bold")
+    for col in ("batch/rank", "amp", "img/s", "step ms", "peak MiB", "status"):
+        t.add_column(col, justify="right")
+    for p in c.points:
+        t.add_row(str(p.batch), "on" if p.amp else "off", fmt(p.img_per_s), fmt(p.step_ms_p50, ".0f"),
+                  fmt(p.peak_mem_mib, ".0f"), p.status if p.status == "ok" else f"[red]{p.status}: {p.error}[/]")  # fmt: skip
+    if c.max_batch_fit:
+        t.caption = "largest batch per rank within 90% of device memory: " + ", ".join(
+            f"{k} {v}" for k, v in c.max_batch_fit.items())
+    elif c.note:
+        t.caption = c.note
+    return t
+
+
+def allreduce_table(c: AllReduceCeiling) -> Table:
+    t = Table(title=f"Link ceiling: AllReduce on {c.world_size} ranks, {c.backend}, nccl preset {c.nccl}",
+              header_style="bold")  # fmt: skip
+    for col in ("size", "time us", "algbw GB/s", "busbw GB/s", "iters", ""):
+        t.add_column(col, justify="right")
+    for p in c.points:
+        size = f"{p.size_bytes / 2**20:.2f} MiB" if p.size_bytes >= 2**20 else f"{p.size_bytes / 1024:.0f} KiB"
+        t.add_row(size, fmt(p.time_us, ".0f"), fmt(p.algbw_gbs, ".3f"), fmt(p.busbw_gbs, ".3f"), str(p.iters),
+                  "model bucket" if p.is_bucket else "")  # fmt: skip
+    if c.status != "ok":
+        t.caption = f"[red]{c.error}[/]"
+    return t

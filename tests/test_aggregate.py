@@ -56,10 +56,11 @@ def test_only_steps_on_every_rank_count():
 
 
 @pytest.mark.parametrize("outcome,ends,status,words", [
-    (LaunchOutcome(None, timed_out=True, wall_s=30.0), ("ok", "ok"), "timeout", "timed out after 30 s"),
+    (LaunchOutcome(None, timed_out=True, wall_s=30.0), ("ok", "ok"), "timeout", "hung: after 30 s; rank 0 last finished step 0"),
     (LaunchOutcome(1), ("oom", "error"), "oom", "injected oom"),
     (LaunchOutcome(1), ("ok", "error"), "error", "injected error"),
-    (LaunchOutcome(1), ("ok", None), "error", "rank 1: ended without a record"),
+    (LaunchOutcome(1), ("ok", None), "error", "rank 1 ended without a record"),
+    (LaunchOutcome(1, rank_exitcodes={"1": -9}), ("ok", None), "error", "rank 1 killed by SIGKILL"),
     (LaunchOutcome(None, interrupted=True), ("ok", "ok"), "interrupted", "interrupted"),
 ])  # fmt: skip
 def test_failure_statuses(outcome, ends, status, words):

@@ -82,3 +82,11 @@ def test_choices_and_nccl_parsing():
 def test_batch_must_split_evenly_over_ranks():
     with pytest.raises(UsageError, match="not a multiple of the 4 ranks"):
         plan.make_plan(GPU4, {"batch": [30]})
+
+
+def test_cache_ram_under_ddp_counts_one_copy_per_rank():
+    # 10000 images at 640: up to 10000 * 640 * 640 * 3 B = 11.4 GiB per rank
+    skip, why = plan.cache_ram_risk(10000, 640, 4, available_mib=30 * 1024)
+    assert skip and "4 ranks x up to 11.4 GiB = 45.8 GiB" in why and "cache=disk" in why
+    skip, why = plan.cache_ram_risk(10000, 640, 1, available_mib=30 * 1024)
+    assert not skip and "one copy of the dataset per rank" in why

@@ -75,8 +75,8 @@ def test_html_is_self_contained_and_escapes_user_strings(cpu_scan_copy):
     evil = '<script>alert("x")</script>'
     meta = dataclasses.replace(out.meta, model=f"{evil}.yaml", dataset=dataclasses.replace(
         out.meta.dataset, classes=[evil, "<b>car</b>"]))
-    page = html.render(meta, out.results, out.ranking, out.headline, out.best,
-                       config_files.best_config(meta, out.best), title=str(cpu_scan_copy))  # fmt: skip
+    out = dataclasses.replace(out, meta=meta)
+    page = html.render(out, config_files.best_config(meta, out.best), title=str(cpu_scan_copy))
     assert evil not in page and "&lt;script&gt;alert(" in page and "<b>car</b>" not in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched from a host
     assert "@import" not in page and not re.search(r"url\((?!#)", page)  # only in-page references

@@ -26,6 +26,7 @@ from yoloprof.records import (
     from_dict,
 )
 from yoloprof.stats import mean, median, quantile
+from yoloprof.telemetry import summarize
 
 PHASES = ("data_wait_ms", "h2d_ms", "forward_ms", "backward_ms", "comm_wait_ms", "optimizer_ms", "other_ms")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -40,6 +41,7 @@ class LaunchOutcome:
     interrupted: bool = False
     wall_s: Optional[float] = None
     rank_exitcodes: Optional[dict] = None
+    timeout_reason: Optional[str] = None
 
 
 def read_rank_file(path: Path) -> RankRecords:
@@ -79,12 +81,33 @@ def log_tail(path: Path, lines: int = 15) -> list[str]:
     return out[-lines:]
 
 
+_TORCHRUN_FAILURE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank[^)]*\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
+
+
+def torchrun_exitcodes(log_text: str) -> dict[int, int]:
+    """Per-rank exit codes from torchrun's failure summary (a negative code is the signal)."""
+    return {int(r): int(c) for r, c in _TORCHRUN_FAILURE.findall(log_text)}
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}" + (" (the kernel's OOM killer sends it too)" if name == "SIGKILL" else "")
+    return f"exit code {code}"
+
+
 def _status(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome) -> tuple[str, Optional[str]]:
     if outcome.interrupted:
         return "interrupted", "the scan was interrupted while this trial ran"
     if outcome.timed_out:
-        reached = ", ".join(f"rank {r.rank} at step {r.steps[-1].step if r.steps else 'none'}" for r in ranks)
-        return "timeout", f"timed out after {outcome.wall_s:.0f} s ({reached or 'no rank started'})"
+        reached = ", ".join(f"rank {r.rank} last finished step {r.steps[-1].step if r.steps else 'none'}" for r in ranks)
+        why = outcome.timeout_reason or f"after {outcome.wall_s:.0f} s"
+        return "timeout", f"hung: {why}; {reached or 'no rank started'}"
     ends = [r.end for r in ranks if r.end is not None]
     for end in ends:
         if end.status == "oom":
@@ -94,9 +117,10 @@ def _status(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome) -
             return "error", end.error
     missing = sorted(set(range(spec.world_size)) - {r.rank for r in ranks if r.end is not None})
     if missing:
-        codes = outcome.rank_exitcodes or {}
-        detail = ", ".join(f"rank {m}" + (f" exit code {codes[m]}" if m in codes else "") for m in missing)
-        return "error", f"{detail}: ended without a record (killed or crashed)"
+        codes = {int(k): v for k, v in (outcome.rank_exitcodes or {}).items()}
+        detail = ", ".join(f"rank {m} " + (_describe_exit(codes[m]) if m in codes else "ended without a record")
+                           for m in missing)  # fmt: skip
+        return "error", detail
     if outcome.returncode not in (0, None):
         return "error", f"torchrun exited with code {outcome.returncode}"
     return "ok", None
@@ -128,7 +152,21 @@ def _frac(steps: list[StepSample], field: str) -> Optional[float]:
     return sum(parts) / total
 
 
-def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome) -> TrialResult:
+def measured_window(ranks: list[RankRecords]) -> Optional[tuple[float, float]]:
+    """Wall-clock start and end of the measured steps (all ranks), for lining telemetry up with them."""
+    starts, ends = [], []
+    for r in ranks:
+        measured = [s for s in r.steps if not s.warmup]
+        if not measured:
+            continue
+        starts.append(measured[0].t_end_s - measured[0].step_ms / 1e3)
+        ends.append(measured[-1].t_end_s)
+    return (min(starts), max(ends)) if starts else None
+
+
+def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
+              telemetry: Optional[tuple] = None) -> TrialResult:  # fmt: skip
+    """telemetry: what yoloprof.telemetry.read_telemetry returned for the trial, if anything."""
     status, error = _status(spec, ranks, outcome)
     result = TrialResult(
         trial_id=spec.trial_id,
@@ -174,6 +212,10 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome)
         result.comm_frac = median(_frac(steps, "comm_wait_ms") for steps in per_rank)
         first = next((s for s in per_rank[0] if s.buckets), None)
         result.bucket_sizes_bytes = [b.size_bytes for b in first.buckets] if first else []
+        result.bucket_allreduce_ms_p50 = [
+            median(b.allreduce_ms for steps in per_rank for s in steps for b in s.buckets if b.index == first.buckets[i].index)
+            for i in range(len(result.bucket_sizes_bytes))
+        ] if first else []  # fmt: skip
 
     means = {p: [mean(getattr(s, p) for s in steps) for steps in per_rank] for p in PHASES + ("step_ms",)}
     result.breakdown = Breakdown(**{p: median(v) for p, v in means.items()})
@@ -182,4 +224,10 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome)
     result.ranks = [_rank_stat(r, steps) for r, steps in zip(ranks, per_rank)]
     busy = [r.busy_ms_p50 for r in result.ranks if r.busy_ms_p50]
     result.rank_skew = (max(busy) / min(busy) - 1.0) if len(busy) > 1 else None
+    window = measured_window(ranks)
+    if telemetry is not None and window is not None:
+        header, gpu, cpu, notes = telemetry
+        result.telemetry = summarize(header, gpu, cpu, window[0], window[1], sum(images))
+        result.gpu_util_pct = result.telemetry.gpu_util_mean_pct
+        result.notes += [n for n in notes if n not in result.notes]
     return result

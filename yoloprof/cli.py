@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from yoloprof import __version__
-from yoloprof.errors import UsageError
+from yoloprof.errors import ScanFailed, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +38,19 @@ def _parser() -> argparse.ArgumentParser:
                           ("pin-memory", "on,off"), ("cache", "off,ram,disk"), ("nccl", "default,ring,tree")):  # fmt: skip
         s.add_argument(f"--{flag}", help=f"comma list, e.g. {example}")
 
+    s.add_argument("--resume", metavar="DIR", help="finish an interrupted scan: run only the trials without a result")
+    s.add_argument("--no-ceilings", action="store_true", help="skip the input, compute and link ceilings after the trials")
+
+    pr = sub.add_parser("probe", help="measure one ceiling alone: loader (input), compute, allreduce (link)")
+    pr.add_argument("kind", choices=("loader", "compute", "allreduce"))
+    for flag in ("--gpus", "--device", "--model", "--data", "--out", "--batch", "--workers", "--amp", "--cache", "--nccl"):
+        pr.add_argument(flag)
+    pr.add_argument("--nproc", type=int)
+    pr.add_argument("--imgsz", type=int)
+    pr.add_argument("--optimizer", default="SGD")
+    pr.add_argument("--steps", type=int, default=20, help="timed steps or batches (default 20)")
+    pr.add_argument("--warmup", type=int, default=5)
+
     r = sub.add_parser("report", help="rebuild report.html, results.csv and best.* from a scan folder")
     r.add_argument("dir", help="a scan folder")
 
@@ -53,11 +66,29 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
     from yoloprof import scan
 
     keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
-            "batch", "workers", "amp", "pin_memory", "cache", "nccl", "trial_timeout")  # fmt: skip
+            "batch", "workers", "amp", "pin_memory", "cache", "nccl", "trial_timeout", "no_ceilings")  # fmt: skip
     req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])
-    out, folder, code = scan.run(req, console)
+    if args.resume:
+        others = [k for k in keys if k not in ("trial_timeout", "no_ceilings", "optimizer", "steps", "warmup")
+                  and getattr(args, k) is not None]  # fmt: skip
+        if others:
+            raise UsageError(f"--resume runs the saved plan as it was; drop --{others[0].replace('_', '-')}")
+        out, folder, code = scan.resume(args.resume, req, console)
+    else:
+        out, folder, code = scan.run(req, console)
     _print_outputs(console, out, folder, ranked_table)
     return code
+
+
+def _cmd_probe(args, argv: list[str], console: Console) -> int:
+    from yoloprof import scan
+
+    keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
+            "batch", "workers", "amp", "cache", "nccl")  # fmt: skip
+    req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])
+    out = scan.run_probe(args.kind, req, console)
+    console.print(f"Wrote: {', '.join(str(p) for p in sorted(out.glob('*.json')))}")
+    return 0
 
 
 def _print_outputs(console: Console, out, folder: Path, ranked_table) -> None:
@@ -106,9 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.cmd == "scan":
             return _cmd_scan(args, argv, console)
+        if args.cmd == "probe":
+            return _cmd_probe(args, argv, console)
         if args.cmd == "report":
             return _cmd_report(args, console)
         return _cmd_dataset(args, console)
     except UsageError as exc:
         print(f"yoloprof: error: {exc}", file=sys.stderr)
         return 2
+    except ScanFailed as exc:
+        print(f"yoloprof: scan stopped: {exc}", file=sys.stderr)
+        return 1

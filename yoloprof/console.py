@@ -23,7 +23,6 @@ class ScanProgress:
         self._trials = None
         self._steps = None
         self._spec: Optional[TrialSpec] = None
-        self._rank0: Optional[Path] = None
         self._seen = 0
         self._k = 0
 
@@ -36,22 +35,26 @@ class ScanProgress:
         self.progress.__exit__(*exc)
 
     def start(self, k: int, spec: TrialSpec, trial_dir: Path) -> None:
-        self._spec, self._rank0, self._seen, self._k = spec, trial_dir / "rank0.jsonl", 0, k
+        self._spec, self._seen, self._k = spec, 0, k
         desc = f"trial {k}/{self.total} {spec.trial_id}"
         if self._steps is None:
             self._steps = self.progress.add_task(desc, total=spec.total_steps)
         else:
             self.progress.reset(self._steps, total=spec.total_steps, description=desc)
 
-    def poll(self) -> None:
-        try:
-            text = self._rank0.read_text()
-        except (OSError, AttributeError):
-            return
-        seen = text.count('"kind": "step"')
+    def poll(self, watch) -> None:
+        seen = min(watch.steps) if watch.steps else 0  # the slowest rank's steps
         if seen != self._seen:
             self._seen = seen
             self.progress.update(self._steps, completed=seen)
+
+    def kept(self, k: int, r: TrialResult) -> None:
+        self.progress.advance(self._trials)
+        self.console.print(f"[{k}/{self.total}] {r.trial_id}: kept from the earlier run ({r.status})")
+
+    def skip(self, k: int, r: TrialResult) -> None:
+        self.progress.advance(self._trials)
+        self.console.print(f"[{k}/{self.total}] {r.trial_id}: [yellow]skipped[/] {r.error}")
 
     def done(self, r: TrialResult) -> None:
         self.progress.advance(self._trials)

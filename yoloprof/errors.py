@@ -3,3 +3,7 @@
 
 class UsageError(Exception):
     """Bad input. The message says what is wrong and how to fix it, in one line."""
+
+
+class ScanFailed(Exception):
+    """The scan stopped early for a reason every trial would hit (exit code 1)."""

@@ -11,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -38,15 +40,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_command(spec: TrialSpec, spec_path: Path, port: int) -> list[str]:
+def torchrun_prefix(nproc: int, port: int) -> list[str]:
     return [
+        sys.executable, "-m", "yoloprof.orphan_guard",
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes=1",
-        f"--nproc-per-node={spec.world_size}",
+        f"--nproc-per-node={nproc}",
         "--master-addr=127.0.0.1",
         f"--master-port={port}",
-        "-m", "yoloprof.worker", str(spec_path),
     ]  # fmt: skip
+
+
+def torchrun_command(spec: TrialSpec, spec_path: Path, port: int) -> list[str]:
+    return torchrun_prefix(spec.world_size, port) + ["-m", "yoloprof.worker", str(spec_path)]
 
 
 def kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
@@ -66,8 +72,58 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
             return
 
 
-class TrialInterrupted(Exception):
-    """The scan was asked to stop (SIGINT/SIGTERM) while a trial ran."""
+TELEMETRY_FILE = "telemetry.jsonl"
+
+
+@dataclass
+class HangPolicy:
+    """When a trial counts as hung. A hard limit when the user gives one (--trial-timeout), else
+    derived from the trial's own speed: no new step for 20 times its median step (at least 2
+    minutes), or no first step within the start-up allowance (dataset caching can be slow)."""
+
+    total_s: Optional[float] = None
+    startup_s: float = 900.0
+    stall_factor: float = 20.0
+    min_stall_s: float = 120.0
+
+
+class TrialWatch:
+    """Reads the ranks' step records while the trial runs: progress for the display and the watchdog."""
+
+    def __init__(self, trial_dir: Path, world_size: int):
+        self.files = [Path(trial_dir) / f"rank{r}.jsonl" for r in range(world_size)]
+        self.steps = [0] * world_size
+        self.step_ms: list[float] = []
+        self._offsets = [0] * world_size
+
+    def poll(self) -> bool:
+        """Read what the ranks appended; True if any rank finished a step since the last poll."""
+        moved = False
+        for r, path in enumerate(self.files):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self._offsets[r])
+                    chunk = f.read()
+            except OSError:
+                continue
+            end = chunk.rfind(b"\n") + 1  # only whole lines; a line being written waits for the next poll
+            self._offsets[r] += end
+            for line in chunk[:end].splitlines():
+                if b'"kind": "step"' in line:
+                    self.steps[r] += 1
+                    moved = True
+                    if r == 0:
+                        try:
+                            self.step_ms.append(float(json.loads(line)["step_ms"]))
+                        except (ValueError, KeyError):
+                            pass
+        return moved
+
+    def stall_limit_s(self, policy: HangPolicy) -> float:
+        if not self.step_ms:
+            return policy.startup_s
+        typical = sorted(self.step_ms)[len(self.step_ms) // 2] / 1e3
+        return max(policy.min_stall_s, policy.stall_factor * typical)
 
 
 def run_trial(
@@ -75,31 +131,48 @@ def run_trial(
     trial_dir: Path,
     *,
     cache_dir: Path,
-    timeout_s: float,
-    on_poll: Optional[Callable[[], None]] = None,
+    policy: HangPolicy = HangPolicy(),
+    on_poll: Optional[Callable[[TrialWatch], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     extra_env: Optional[dict[str, str]] = None,
+    telemetry_interval_s: float = 0.1,
 ) -> LaunchOutcome:
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
     spec_path = trial_dir / "spec.json"
     write_json(spec_path, spec)
     env = {**os.environ, **offline_env(cache_dir), **spec.env, **(extra_env or {})}
-    port = free_port()
-    cmd = torchrun_command(spec, spec_path, port)
+    cmd = torchrun_command(spec, spec_path, free_port())
     (trial_dir / "cmd.txt").write_text(" ".join(cmd) + "\n")
-    start = time.monotonic()
-    with open(trial_dir / "launcher.log", "wb") as log:
+    watch = TrialWatch(trial_dir, spec.world_size)
+    start = last_move = time.monotonic()
+    timeout_reason, interrupted = None, False
+    from probes.telemetry import TelemetrySampler
+
+    sampler = TelemetrySampler(trial_dir / TELEMETRY_FILE, interval_s=telemetry_interval_s,
+                               gpus=spec.gpus if spec.device == "cuda" else [])  # fmt: skip
+    with open(trial_dir / "launcher.log", "wb") as log, sampler:
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
         )
-        timed_out = interrupted = False
+        sampler.attach(proc.pid)
         try:
             while proc.poll() is None:
+                now = time.monotonic()
+                if watch.poll():
+                    last_move = now
                 if on_poll is not None:
-                    on_poll()
-                if time.monotonic() - start > timeout_s:
-                    timed_out = True
+                    on_poll(watch)
+                if policy.total_s is not None and now - start > policy.total_s:
+                    timeout_reason = f"--trial-timeout {policy.total_s:.0f} s reached"
+                elif policy.total_s is None and now - last_move > watch.stall_limit_s(policy):
+                    limit = watch.stall_limit_s(policy)
+                    timeout_reason = (
+                        f"no first step within {limit:.0f} s" if not watch.step_ms else
+                        f"no step for {now - last_move:.0f} s (limit {limit:.0f} s: "
+                        f"{policy.stall_factor:.0f} x the median step, at least {policy.min_stall_s:.0f} s)"
+                    )  # fmt: skip
+                if timeout_reason is not None:
                     break
                 if should_stop is not None and should_stop():
                     interrupted = True
@@ -107,9 +180,11 @@ def run_trial(
                 time.sleep(0.25)
         finally:
             kill_group(proc)
+    watch.poll()
     return LaunchOutcome(
         returncode=proc.returncode,
-        timed_out=timed_out,
+        timed_out=timeout_reason is not None,
         interrupted=interrupted,
         wall_s=time.monotonic() - start,
+        timeout_reason=timeout_reason,
     )

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from yoloprof import aggregate
+from yoloprof import aggregate, against
 from yoloprof.errors import UsageError
 from yoloprof.paths import SCAN_MARKER, trial_dir
+from yoloprof.telemetry import read_telemetry
 from yoloprof.ranking import headline, rank_trials
 from yoloprof.records import SCHEMA_VERSION, Ranking, RecordError, ScanMeta, TrialResult, TrialSpec, read_json, write_json
 
 LAUNCH_FILE = "launch.json"
+TELEMETRY_FILE = "telemetry.jsonl"  # written by probes.telemetry (yoloprof.launch.TELEMETRY_FILE)
 RESULT_FILE = "result.json"
 
 
@@ -29,6 +31,7 @@ class ScanOutputs:
     headline: str
     best: Optional[TrialResult]
     missing: list[str]  # planned trials with no result yet
+    ceilings: against.Ceilings
 
 
 def load_meta(scan_dir: Path) -> ScanMeta:
@@ -60,7 +63,8 @@ def trial_result(scan_dir: Path, trial_id: str) -> Optional[TrialResult]:
         if (tdir / LAUNCH_FILE).is_file() and (tdir / "spec.json").is_file():
             spec = read_json(tdir / "spec.json", TrialSpec)
             outcome = read_json(tdir / LAUNCH_FILE, aggregate.LaunchOutcome)
-            result = aggregate.aggregate(spec, aggregate.read_ranks(tdir), outcome)
+            telemetry = read_telemetry(tdir / TELEMETRY_FILE) if (tdir / TELEMETRY_FILE).is_file() else None
+            result = aggregate.aggregate(spec, aggregate.read_ranks(tdir), outcome, telemetry)
             saved = read_json(tdir / RESULT_FILE, TrialResult) if (tdir / RESULT_FILE).is_file() else None
             if saved is not None:  # facts only the scan knew when the trial ended
                 result.stderr_tail, result.notes = saved.stderr_tail, saved.notes
@@ -81,7 +85,8 @@ def collect(scan_dir: Path) -> ScanOutputs:
         (results.append(r) if r is not None else missing.append(tid))
     ranking = rank_trials(results)
     best = next((r for r in results if r.trial_id == ranking.best_trial_id), None)
-    return ScanOutputs(meta, results, ranking, headline(results, ranking), best, missing)
+    ceilings = against.load(Path(scan_dir) / "ceilings")
+    return ScanOutputs(meta, results, ranking, headline(results, ranking), best, missing, ceilings)
 
 
 def write_all(scan_dir: Path) -> ScanOutputs:
@@ -97,6 +102,6 @@ def write_all(scan_dir: Path) -> ScanOutputs:
     else:
         for name in ("best.yaml", "best.env", "best.sh"):
             (scan_dir / name).unlink(missing_ok=True)
-    page = html.render(out.meta, out.results, out.ranking, out.headline, out.best, best_cfg, title=str(scan_dir))
+    page = html.render(out, best_cfg, title=str(scan_dir))
     (scan_dir / "report.html").write_text(page)
     return out

@@ -16,10 +16,10 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "yoloprof"
 
 
-def next_scan_dir(root: Path = Path("runs/yoloprof")) -> Path:
-    """runs/yoloprof/scan-N with N one above the highest present: an earlier scan is never overwritten."""
-    taken = [int(m.group(1)) for p in root.glob("scan-*") if (m := re.fullmatch(r"scan-(\d+)", p.name))]
-    return root / f"scan-{max(taken, default=0) + 1}"
+def next_run_dir(kind: str = "scan", root: Path = Path("runs/yoloprof")) -> Path:
+    """runs/yoloprof/<kind>-N with N one above the highest present: an earlier run is never overwritten."""
+    taken = [int(m.group(1)) for p in root.glob(f"{kind}-*") if (m := re.fullmatch(rf"{kind}-(\d+)", p.name))]
+    return root / f"{kind}-{max(taken, default=0) + 1}"
 
 
 def trial_dir(scan_dir: Path, trial_id: str) -> Path:

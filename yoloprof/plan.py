@@ -133,6 +133,8 @@ def _fit_to_hardware(axes: Axes, hw: Hardware, dropped: list[str]) -> Axes:
         dropped.append("nccl presets: one GPU runs no AllReduce, so NCCL settings cannot matter")
         axes = Axes(axes.batch, axes.workers, axes.amp, axes.pin_memory, axes.cache, ["default"])
     for b in axes.batch:
+        if b < hw.world_size:
+            raise UsageError(f"--batch {b} is smaller than the {hw.world_size} ranks; each rank needs at least one image")
         if b % max(hw.world_size, 1):
             raise UsageError(
                 f"--batch {b} is not a multiple of the {hw.world_size} ranks; the global batch is split evenly, "
@@ -157,6 +159,7 @@ def make_plan(hw: Hardware, given: dict[str, Optional[list]]) -> Plan:
     """`given` maps axis name -> parsed list, or None for the default."""
     base = default_axes(hw)
     axes = Axes(**{name: given.get(name) or getattr(base, name) for name in base.__dataclass_fields__})
+    axes.batch = sorted(axes.batch)  # small batches first: an OOM then skips the larger ones instead of running them
     dropped: list[str] = []
     axes = _fit_to_hardware(axes, hw, dropped)
     knobs = [
@@ -207,3 +210,21 @@ def specs(plan: Plan, hw: Hardware, *, model: str, data: str, imgsz: int, optimi
             )
         )
     return out
+
+
+def cache_ram_risk(train_images: int, imgsz: int, ranks: int, available_mib: float) -> tuple[bool, str]:
+    """(skip?, why) for a cache=ram trial: under DDP every rank caches the whole dataset.
+
+    Ultralytics checks per rank that twice its own copy fits in free RAM, so N ranks all pass the
+    check and then hold N copies. The estimate is an upper bound: images resized to imgsz on the
+    long side, 3 bytes a pixel.
+    """
+    each_mib = train_images * imgsz * imgsz * 3 / 2**20
+    total = each_mib * max(ranks, 1)
+    copies = f"{ranks} ranks x up to {each_mib / 1024:.1f} GiB = {total / 1024:.1f} GiB"
+    if total > 0.8 * available_mib:
+        return True, (
+            f"cache=ram skipped: every rank caches its own copy of the dataset ({copies}) and only "
+            f"{available_mib / 1024:.1f} GiB RAM is free; the machine would run out of memory. Use cache=disk"
+        )
+    return False, f"cache=ram under DDP holds one copy of the dataset per rank ({copies}; {available_mib / 1024:.1f} GiB free)"

@@ -115,6 +115,8 @@ class TrialSpec:
     warmup_steps: int
     measured_steps: int
     env: dict[str, str]  # variables set for this trial only (NCCL preset, OMP_NUM_THREADS)
+    mode: str = "train"  # "train", or "compute": one static batch on the device, no data loading
+    overrides: dict[str, Any] = field(default_factory=dict)  # extra Ultralytics arguments (compute probe: nbs)
     schema: int = SCHEMA_VERSION
 
     @property
@@ -208,6 +210,148 @@ class RankRecords:
 
 
 # ---------------------------------------------------------------------------------------------
+# Telemetry sampled while a trial runs (trials/<id>/telemetry.jsonl: a header, then samples)
+
+
+@dataclass
+class TelemetryHeader:
+    interval_s: float
+    gpus: list[int]  # CUDA indices as the scan sees them
+    nvml_indices: list[int]  # the physical NVML index of each, same order (CUDA_VISIBLE_DEVICES may reorder)
+    gpu_status: str  # "ok", or "not measured: <reason>"
+    unsupported: list[str] = field(default_factory=list)  # GpuSample fields the device answered NotSupported
+    t_start_s: float = 0.0
+
+
+@dataclass
+class GpuSample:
+    """One NVML reading of one GPU. None: the device does not support the field."""
+
+    t_s: float  # time.time(), the clock of StepSample.t_end_s
+    gpu: int
+    sm_util_pct: Optional[float] = None
+    mem_util_pct: Optional[float] = None
+    mem_used_mib: Optional[float] = None
+    mem_total_mib: Optional[float] = None
+    power_w: Optional[float] = None
+    energy_j: Optional[float] = None  # cumulative counter since the driver loaded
+    sm_clock_mhz: Optional[float] = None
+    mem_clock_mhz: Optional[float] = None
+    temp_c: Optional[float] = None
+    throttle_reasons: Optional[list[str]] = None
+    pcie_tx_mib_s: Optional[float] = None
+    pcie_rx_mib_s: Optional[float] = None
+    nvlink_tx_mib_s: Optional[float] = None
+    nvlink_rx_mib_s: Optional[float] = None
+
+
+@dataclass
+class CpuSample:
+    t_s: float
+    cpu_pct_per_core: list[float]
+    loader_workers: int  # DataLoader worker processes alive under the trial
+    loader_cpu_pct: float  # their CPU, summed (100 = one core busy)
+    loader_rss_mib: float
+    ranks_cpu_pct: float  # the rank processes' own CPU, summed
+    ranks_rss_mib: float
+    mem_available_mib: float
+
+
+@dataclass
+class TelemetrySummary:
+    """Telemetry over a trial's measured steps; None where not measured (see gpu_status)."""
+
+    gpu_status: str
+    gpu_util_mean_pct: Optional[float] = None
+    gpu_util_p10_pct: Optional[float] = None
+    gpu_mem_used_peak_mib: Optional[float] = None
+    power_w_mean: Optional[float] = None
+    energy_j: Optional[float] = None
+    energy_j_per_img: Optional[float] = None
+    sm_clock_mhz_mean: Optional[float] = None
+    throttle_reasons: list[str] = field(default_factory=list)
+    cpu_util_mean_pct: Optional[float] = None  # all cores, 100 = every core busy
+    cpu_busy_cores_frac: Optional[float] = None  # share of samples with every core above 90%
+    loader_cpu_pct_mean: Optional[float] = None
+    loader_rss_peak_mib: Optional[float] = None
+    mem_available_min_mib: Optional[float] = None
+    samples: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Ceilings: what the input pipeline, the model's compute and the link can do alone (ceilings/*.json)
+
+
+@dataclass
+class AllReducePoint:
+    size_bytes: int
+    time_us: float  # per AllReduce: mean over timed iterations, slowest rank
+    algbw_gbs: float  # size / time (GB/s, 1e9 bytes)
+    busbw_gbs: float  # algbw x 2(n-1)/n, comparable with nccl-tests
+    iters: int
+    is_bucket: bool = False  # one of the model's own DDP bucket sizes
+
+
+@dataclass
+class AllReduceCeiling:
+    backend: str  # "nccl" | "gloo"
+    world_size: int
+    nccl: str  # preset name ("default" on gloo)
+    device: str  # "cuda" | "cpu"
+    dtype: str
+    timing: str  # "cuda_event" | "host"
+    points: list[AllReducePoint]
+    status: str = "ok"
+    error: Optional[str] = None
+
+
+@dataclass
+class LoaderPoint:
+    workers: int  # asked, per rank
+    workers_effective: int  # after Ultralytics' cap
+    ranks: int  # loaders run at once, one per rank, as in training
+    batch_per_rank: int
+    batches: int  # timed batches per rank
+    img_per_s_rank: Optional[float]  # median rank
+    img_per_s_machine: Optional[float]  # all ranks together
+    cpu_pct: Optional[float]  # CPU of all loader processes and their workers (100 = one core)
+    status: str = "ok"
+    error: Optional[str] = None
+
+
+@dataclass
+class LoaderCeiling:
+    data: str
+    imgsz: int
+    cache: str
+    points: list[LoaderPoint]
+
+
+@dataclass
+class ComputePoint:
+    batch: int  # per rank (one device)
+    amp: bool
+    status: str  # ok | oom | error | timeout
+    img_per_s: Optional[float] = None  # one device, no data loading
+    step_ms_p50: Optional[float] = None
+    peak_mem_mib: Optional[float] = None
+    mem_source: Optional[str] = None
+    trial_id: Optional[str] = None
+    error: Optional[str] = None
+
+
+@dataclass
+class ComputeCeiling:
+    device: str
+    device_name: str
+    device_mem_total_mib: Optional[float]
+    points: list[ComputePoint]
+    max_batch_fit: dict[str, int] = field(default_factory=dict)  # "amp"/"fp32" -> largest batch within the margin
+    mem_margin_frac: float = 0.10
+    note: Optional[str] = None
+
+
+# ---------------------------------------------------------------------------------------------
 # What the parent concludes
 
 
@@ -253,11 +397,13 @@ class TrialResult:
     comm_frac: Optional[float] = None
     peak_mem_mib: Optional[float] = None
     device_mem_total_mib: Optional[float] = None
-    gpu_util_pct: Optional[float] = None
+    gpu_util_pct: Optional[float] = None  # mean SM utilisation over the measured steps
+    telemetry: Optional[TelemetrySummary] = None
     rank_skew: Optional[float] = None  # slowest rank's busy time over the fastest's, minus 1
     breakdown: Optional[Breakdown] = None
     ranks: list[RankStat] = field(default_factory=list)
     bucket_sizes_bytes: list[int] = field(default_factory=list)
+    bucket_allreduce_ms_p50: list[float] = field(default_factory=list)  # per bucket, median rank and step
     measured_steps: int = 0
     workers_effective: Optional[int] = None
     amp_effective: Optional[bool] = None
@@ -340,4 +486,5 @@ class ScanMeta:
     trial_ids: list[str]
     environment: Environment
     trial_deviations: list[str]  # how a trial differs from plain `yolo train` with the same config
+    specs: list[TrialSpec] = field(default_factory=list)  # the plan, in order: what --resume runs
     schema: int = SCHEMA_VERSION

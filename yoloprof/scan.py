@@ -7,7 +7,6 @@ first (flags, hardware, data, model, output folder), so a mistake costs one line
 from __future__ import annotations
 
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +14,10 @@ from typing import Optional
 
 from rich.console import Console
 
-from yoloprof import __version__, aggregate, datainfo, launch, outputs, paths, plan
-from yoloprof.console import ScanProgress
+from yoloprof import __version__, datainfo, launch, outputs, paths, plan, runner
 from yoloprof.dataset import SyntheticSpec, ensure
-from yoloprof.errors import UsageError
-from yoloprof.records import DatasetInfo, Environment, ScanMeta, TrialSpec, write_json
+from yoloprof.errors import ScanFailed, UsageError
+from yoloprof.records import DatasetInfo, Environment, RecordError, ScanMeta, read_json, write_json
 
 DEFAULT_MODEL = "yolo11n.yaml"
 DEFAULT_CPU_RANKS = 2
@@ -44,6 +42,7 @@ class ScanRequest:
     cache: Optional[str] = None
     nccl: Optional[str] = None
     trial_timeout: Optional[float] = None
+    no_ceilings: bool = False
     command: list[str] = field(default_factory=list)
 
 
@@ -111,9 +110,9 @@ def resolve_data(req: ScanRequest, console: Console) -> DatasetInfo:
     return datainfo.inspect(ensure(paths.cache_dir(), spec))
 
 
-def prepare_out(req: ScanRequest) -> Path:
+def prepare_out(req: ScanRequest, kind: str = "scan") -> Path:
     if req.out is None:
-        out = paths.next_scan_dir()
+        out = paths.next_run_dir(kind)
     else:
         out = Path(req.out).expanduser()
         if out.exists() and not out.is_dir():
@@ -152,37 +151,20 @@ def trial_deviations(hw: plan.Hardware, req: ScanRequest, steps: int, warmup: in
     return out
 
 
-def _tail_logs(tdir: Path, result) -> list[str]:
-    tails = []
-    for log in sorted(tdir.glob("rank*.log")):
-        lines = aggregate.log_tail(log, 12)
-        if lines:
-            tails += [f"[{log.stem}] {line}" for line in lines]
-    return tails or [f"[launcher] {line}" for line in aggregate.log_tail(tdir / "launcher.log", 12)]
+@dataclass
+class Context:
+    """Everything a scan or a probe needs, checked before any process is launched."""
+
+    env: Environment
+    hw: plan.Hardware
+    hw_why: str
+    plan: plan.Plan
+    imgsz: int
+    dataset: DatasetInfo
+    model: str
 
 
-class _StopFlag:
-    """SIGINT/SIGTERM end the running trial cleanly; the scan then writes what finished."""
-
-    def __init__(self):
-        self.signum: Optional[int] = None
-        self._saved = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._saved[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
-
-
-def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, int]:
-    """Returns the outputs, the scan folder and the exit code (0, or 128 + signal when interrupted)."""
+def prepare(req: ScanRequest, console: Console) -> Context:
     check_numbers(req)
     given = parse_axes(req)
     from probes import environment
@@ -195,11 +177,15 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
     hw, hw_why = resolve_hardware(req, env)
     the_plan = plan.make_plan(hw, given)
     imgsz = req.imgsz or (640 if hw.device == "cuda" else 128)
-    for b in the_plan.axes.batch:
-        if b < hw.world_size:
-            raise UsageError(f"--batch {b} is smaller than the {hw.world_size} ranks; each rank needs at least one image")
     dataset = resolve_data(req, console)
     model = model_check.resolve(req.model or DEFAULT_MODEL, len(dataset.classes))
+    return Context(env, hw, hw_why, the_plan, imgsz, dataset, model)
+
+
+def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, int]:
+    """Returns the outputs, the scan folder and the exit code (0, or 128 + signal when interrupted)."""
+    ctx = prepare(req, console)
+    hw, the_plan, dataset, model, imgsz = ctx.hw, ctx.plan, ctx.dataset, ctx.model, ctx.imgsz
     out = prepare_out(req)
     specs = plan.specs(the_plan, hw, model=model, data=dataset.data, imgsz=imgsz, optimizer=req.optimizer,
                        warmup=req.warmup, steps=req.steps)  # fmt: skip
@@ -219,39 +205,119 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
         axes={k: list(v) for k, v in vars(the_plan.axes).items()},
         dropped=the_plan.dropped,
         trial_ids=[s.trial_id for s in specs],
-        environment=env,
+        specs=specs,
+        environment=ctx.env,
         trial_deviations=trial_deviations(hw, req, req.steps, req.warmup),
     )
     write_json(out / paths.SCAN_MARKER, meta)
     console.print(f"[bold]yoloprof scan[/] -> {out}")
-    console.print(f"  ranks: {hw_why}")
+    console.print(f"  ranks: {ctx.hw_why}")
     console.print(f"  model: {model}   imgsz: {imgsz}   optimizer: {req.optimizer}   steps: {req.warmup} warm-up + {req.steps} measured")
     console.print(f"  data: {dataset.data} ({dataset.train_images} images{', synthetic: speed only' if dataset.synthetic else ''})")
     for d in the_plan.dropped:
         console.print(f"  [yellow]not tried[/]: {d}")
-    console.print(f"  plan: {len(specs)} trials")
-    code = execute(out, specs, meta, req, console)
+    console.print(f"  plan: {len(specs)} trials" + ("" if req.no_ceilings else ", then the input, compute and link ceilings"))
+    return finish(out, meta, ctx, req, console)
+
+
+def finish(out: Path, meta: ScanMeta, ctx: Context, req: ScanRequest, console: Console):
+    """Trials (those without a result), then ceilings, then every output; used by scan and --resume."""
+    policy = launch.HangPolicy(total_s=req.trial_timeout)
+    try:
+        code = runner.execute(out, meta.specs, meta, policy, console)
+    except runner.ScanStopped as exc:
+        outputs.write_all(out)
+        raise ScanFailed(str(exc)) from None
+    if code == 0 and not req.no_ceilings and not (out / "ceilings" / "compute.json").is_file():
+        run_ceilings(out / "ceilings", ctx, req, console, bucket_sizes=_measured_buckets(out, meta))
     result = outputs.write_all(out)
+    if code:
+        console.print(f"[yellow]Interrupted[/]: what finished is written; resume with: yoloprof scan --resume {out}")
     return result, out, code
 
 
-def execute(out: Path, specs: list[TrialSpec], meta: ScanMeta, req: ScanRequest, console: Console) -> int:
-    timeout = req.trial_timeout or 1800.0
-    with _StopFlag() as stop, ScanProgress(console, len(specs)) as progress:
-        for i, spec in enumerate(specs, start=1):
-            tdir = paths.trial_dir(out, spec.trial_id)
-            progress.start(i, spec, tdir)
-            outcome = launch.run_trial(
-                spec, tdir, cache_dir=paths.cache_dir(), timeout_s=timeout,
-                on_poll=progress.poll, should_stop=lambda: stop.signum is not None,
-            )  # fmt: skip
-            write_json(tdir / outputs.LAUNCH_FILE, outcome)
-            result = aggregate.aggregate(spec, aggregate.read_ranks(tdir), outcome)
-            if result.status != "ok":
-                result.stderr_tail = _tail_logs(tdir, result)
-            write_json(tdir / outputs.RESULT_FILE, result)
-            progress.done(result)
-            if stop.signum is not None:
-                console.print(f"[yellow]Interrupted[/]: the results so far are in {out}.")
-                return 128 + stop.signum
-    return 0
+def resume(folder: str, req: ScanRequest, console: Console):
+    """`yoloprof scan --resume DIR`: the saved plan, only the trials without a result."""
+    out = Path(folder).expanduser()
+    meta = outputs.load_meta(out)
+    if not meta.specs:
+        raise UsageError(f"--resume {out}: scan.json holds no plan to resume")
+    os.environ.update(launch.offline_env(paths.cache_dir()))
+    from probes import environment
+
+    env = environment.collect()
+    if meta.device == "cuda":
+        missing = [g for g in meta.gpus if g not in {x.index for x in env.gpus}]
+        if missing:
+            raise UsageError(f"--resume {out}: the scan ran on GPUs {meta.gpus}; GPU {missing[0]} is not visible now")
+    hw = plan.Hardware(meta.device, meta.world_size, meta.gpus, env.cpu_count, len(env.gpus))
+    axes = plan.Axes(**meta.axes)
+    ctx = Context(env, hw, "as the scan planned", plan.Plan(axes, [s.knobs for s in meta.specs]), meta.imgsz,
+                  meta.dataset, meta.model)  # fmt: skip
+    req = ScanRequest(optimizer=meta.optimizer, warmup=meta.warmup_steps, steps=meta.measured_steps,
+                      trial_timeout=req.trial_timeout, no_ceilings=req.no_ceilings, command=req.command)  # fmt: skip
+    todo = [s.trial_id for s in meta.specs if not _has_result(out, s.trial_id)]
+    console.print(f"[bold]yoloprof scan --resume[/] {out}: {len(meta.specs) - len(todo)} of {len(meta.specs)} trials "
+                  f"have results; running {len(todo)}")  # fmt: skip
+    return finish(out, meta, ctx, req, console)
+
+
+def _has_result(out: Path, trial_id: str) -> bool:
+    path = paths.trial_dir(out, trial_id) / outputs.RESULT_FILE
+    try:
+        return path.is_file() and read_json(path).get("status") not in runner.RESUMABLE
+    except RecordError:
+        return False
+
+
+def _measured_buckets(out: Path, meta: ScanMeta) -> list[int]:
+    for tid in meta.trial_ids:
+        r = outputs.trial_result(out, tid)
+        if r is not None and r.bucket_sizes_bytes:
+            return r.bucket_sizes_bytes
+    return []
+
+
+def run_ceilings(folder: Path, ctx: Context, req: ScanRequest, console: Console, *, bucket_sizes: list[int],
+                 which: tuple[str, ...] = ("loader", "compute", "allreduce")) -> None:  # fmt: skip
+    """The three ceilings for this scan's knobs: workers for input, batch x AMP for compute, presets for link."""
+    from reports import terminal
+    from yoloprof import ceilings
+
+    hw, axes, n = ctx.hw, ctx.plan.axes, max(ctx.hw.world_size, 1)
+    if "loader" in which:
+        console.print("Input ceiling: the dataloader alone, one loader per rank at once...")
+        c = ceilings.loader(folder, data=ctx.dataset.data, model=ctx.model, imgsz=ctx.imgsz,
+                            batch_per_rank=max(min(axes.batch) // n, 1), workers=axes.workers, ranks=n,
+                            device=hw.device, cache=axes.cache[0], cache_dir=paths.cache_dir(), batches=req.steps)  # fmt: skip
+        console.print(terminal.loader_table(c))
+    if "compute" in which:
+        console.print("Compute ceiling: the training step on one device, batch already there...")
+        specs = ceilings.compute_specs(hw, axes.batch, axes.amp, model=ctx.model, data=ctx.dataset.data,
+                                       imgsz=ctx.imgsz, optimizer=req.optimizer, warmup=req.warmup, steps=req.steps)  # fmt: skip
+        gpu = next((g for g in ctx.env.gpus if hw.gpus and g.index == hw.gpus[0]), None)
+        c = ceilings.compute(folder, specs, cache_dir=paths.cache_dir(), device_name=gpu.name if gpu else "cpu",
+                             device_mem_total_mib=gpu.mem_total_mib if gpu else None)  # fmt: skip
+        console.print(terminal.compute_table(c))
+    if "allreduce" in which:
+        if n < 2:
+            console.print("Link ceiling: not measured (one rank runs no AllReduce).")
+            return
+        console.print("Link ceiling: AllReduce sweep on the scan's ranks...")
+        for preset in axes.nccl:
+            c = ceilings.allreduce(folder, hw=hw, preset=preset, bucket_sizes=bucket_sizes, cache_dir=paths.cache_dir())
+            console.print(terminal.allreduce_table(c))
+
+
+def run_probe(kind: str, req: ScanRequest, console: Console) -> Path:
+    """`yoloprof probe loader|compute|allreduce`: one ceiling, standalone, into runs/yoloprof/probe-N."""
+    ctx = prepare(req, console)
+    out = prepare_out(req, kind="probe")
+    console.print(f"[bold]yoloprof probe {kind}[/] -> {out}   ({ctx.hw_why}; model {ctx.model}, imgsz {ctx.imgsz})")
+    buckets = []
+    if kind == "allreduce":
+        from probes import model_check
+
+        buckets = model_check.ddp_bucket_sizes(ctx.model, len(ctx.dataset.classes))
+    run_ceilings(out, ctx, req, console, bucket_sizes=buckets, which=(kind,))
+    return out

@@ -47,7 +47,12 @@ def _error_line(exc: BaseException) -> str:
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return (
+        isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+        or "out of memory" in text
+        or "can't allocate memory" in text  # the CPU allocator
+    )
 
 
 def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int) -> RankEnd:
@@ -92,11 +97,12 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int) -> Rank
         )
 
     def on_step(t: ScanTrainer) -> None:
-        faults.maybe_fail(probe.steps_started - 1, rank)
+        faults.maybe_fail(probe.steps_started - 1, rank, spec.trial_id)
 
     trainer = None
     status, error = "ok", None
     try:
+        faults.maybe_fail(0, rank, spec.trial_id, setup=True)
         trainer = ScanTrainer(spec, probe, str(trial_dir), on_ready, on_step)
         trainer.train()
         status, error = "error", "training ended before the planned steps"
@@ -128,6 +134,9 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int) -> Rank
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from yoloprof.orphan_guard import die_with_parent
+
+    die_with_parent()  # torchrun killed with the scan takes its ranks along
     spec_path = Path(argv[0])
     trial_dir = spec_path.parent
     rank = int(os.environ.get("RANK", "0"))

@@ -1,13 +1,17 @@
-"""Failures on demand, for tests only: YOLOPROF_TEST_FAULT="<kind>@<step>[:rank<r>]".
+"""Failures on demand, for tests only. Without YOLOPROF_TEST_FAULT nothing here runs.
 
-kinds: raise (an exception), oom (a torch OutOfMemoryError), exit (the process dies with a
-signal-like code), hang (sleep forever), badstep (never raises; reserved). Without the variable
-nothing here runs.
+YOLOPROF_TEST_FAULT="<kind>@<step>[:rank<r>][:trial=<part of a trial id>][;<another fault>]"
+
+kinds, at the end of step <step> (or during set-up for `fatal`):
+  raise  an exception                     oom    a torch.OutOfMemoryError
+  alloc  a real allocation past the limit kill   SIGKILL to the rank itself
+  hang   sleep forever (a stuck rank)     fatal  FileNotFoundError before the first step
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -19,29 +23,52 @@ ENV = "YOLOPROF_TEST_FAULT"
 class Fault:
     kind: str
     step: int
-    rank: Optional[int]
+    rank: Optional[int] = None
+    trial: Optional[str] = None
+
+    def applies(self, step: int, rank: int, trial_id: str) -> bool:
+        return (
+            self.step == step
+            and (self.rank is None or self.rank == rank)
+            and (self.trial is None or self.trial in trial_id)
+        )
 
 
-def parse(text: Optional[str]) -> Optional[Fault]:
-    if not text:
-        return None
-    where, _, rank = text.partition(":rank")
-    kind, _, step = where.partition("@")
-    return Fault(kind, int(step or 0), int(rank) if rank else None)
+def parse(text: Optional[str]) -> list[Fault]:
+    faults = []
+    for item in (text or "").split(";"):
+        if not item.strip():
+            continue
+        where, *quals = item.strip().split(":")
+        kind, _, step = where.partition("@")
+        fault = Fault(kind, int(step or 0))
+        for q in quals:
+            if q.startswith("rank"):
+                fault.rank = int(q[4:])
+            elif q.startswith("trial="):
+                fault.trial = q[6:]
+        faults.append(fault)
+    return faults
 
 
-def maybe_fail(step: int, rank: int) -> None:
-    fault = parse(os.environ.get(ENV))
-    if fault is None or fault.step != step or (fault.rank is not None and fault.rank != rank):
-        return
-    if fault.kind == "raise":
-        raise RuntimeError(f"injected failure at step {step} on rank {rank}")
-    if fault.kind == "oom":
-        import torch
+def maybe_fail(step: int, rank: int, trial_id: str, setup: bool = False) -> None:
+    for fault in parse(os.environ.get(ENV)):
+        if (fault.kind == "fatal") != setup or not fault.applies(step if not setup else fault.step, rank, trial_id):
+            continue
+        if fault.kind == "fatal":
+            raise FileNotFoundError(f"injected: a file every trial needs is missing (rank {rank})")
+        if fault.kind == "raise":
+            raise RuntimeError(f"injected failure at step {step} on rank {rank}")
+        if fault.kind == "oom":
+            import torch
 
-        raise torch.OutOfMemoryError(f"injected out of memory at step {step} on rank {rank}")
-    if fault.kind == "exit":
-        os._exit(137)
-    if fault.kind == "hang":
-        while True:
-            time.sleep(3600)
+            raise torch.OutOfMemoryError(f"injected out of memory at step {step} on rank {rank}")
+        if fault.kind == "alloc":
+            import torch
+
+            torch.empty(1 << 45, dtype=torch.uint8).fill_(1)  # 32 TiB: the allocator refuses it
+        if fault.kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if fault.kind == "hang":
+            while True:
+                time.sleep(3600)

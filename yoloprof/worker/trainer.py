@@ -37,7 +37,7 @@ class TrialComplete(Exception):
 def trial_overrides(spec: TrialSpec, project: str) -> dict:
     """Ultralytics arguments of a trial: the user's config plus what a short measurement needs."""
     k = spec.knobs
-    return dict(
+    base = dict(
         model=spec.model,
         data=spec.data,
         imgsz=spec.imgsz,
@@ -58,6 +58,36 @@ def trial_overrides(spec: TrialSpec, project: str) -> dict:
         exist_ok=True,
         verbose=False,
     )
+    return {**base, **spec.overrides}
+
+
+class StaticBatchLoader:
+    """One real batch, already on the device, served forever: the loop's own compute, no data loading.
+
+    The batch comes from the user's dataloader (real images, real boxes), so the loss costs what it
+    costs in training; the loader is closed after that one fetch.
+    """
+
+    def __init__(self, loader, device: torch.device):
+        batch = next(iter(loader))
+        self.batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        self.dataset, self.batch_size, self.sampler = loader.dataset, loader.batch_size, loader.sampler
+        self.num_workers, self.pin_memory, self._len = 0, False, len(loader)
+        if hasattr(loader, "close"):
+            loader.close()
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self):
+        for _ in range(self._len):
+            yield dict(self.batch)  # preprocess_batch replaces entries; keep ours intact
+
+    def reset(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class _TimedLoss:
@@ -126,6 +156,8 @@ class ScanTrainer(DetectionTrainer):
     def _setup_train(self):
         with _cpu_capable_ddp():
             super()._setup_train()
+        if self.spec.mode == "compute":
+            self.train_loader = StaticBatchLoader(self.train_loader, self.device)
         self._attach_probes()
 
     def _attach_probes(self):

@@ -1,0 +1,169 @@
+"""Run the three ceilings on the scan's own model, data and hardware.
+
+input:   the training dataloader alone, one loader per rank at once (probes/loader_bench.py)
+compute: the training loop on one device with one batch already there (a world-size-1 trial in
+         "compute" mode, so loss, backward, optimizer and accumulation are Ultralytics' own)
+link:    an nccl-tests style AllReduce sweep on the scan's ranks and backend (probes/allreduce_bench.py)
+
+Each writes JSON into a folder (a scan's `ceilings/`, or a `yoloprof probe` folder) and a failure
+is recorded in the point, never raised: a ceiling is evidence, not a precondition.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from yoloprof import aggregate, launch, plan
+from yoloprof.memory_fit import max_batch_fit
+from yoloprof.records import (
+    AllReduceCeiling, ComputeCeiling, ComputePoint, Knobs, LoaderCeiling, LoaderPoint, RecordError, TrialSpec,
+    read_json, write_json,
+)  # fmt: skip
+from yoloprof.stats import median
+
+PROBE_TIMEOUT_S = 900.0
+
+
+def _env(cache_dir: Path, extra: Optional[dict] = None) -> dict:
+    return {**os.environ, **launch.offline_env(cache_dir), **(extra or {})}
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    try:
+        for p in procs:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+    finally:
+        for p in procs:
+            launch.kill_group(p, grace_s=2.0)
+
+
+def loader(out: Path, *, data: str, model: str, imgsz: int, batch_per_rank: int, workers: list[int], ranks: int,
+           device: str, cache: str, cache_dir: Path, batches: int = 20, warmup: int = 3) -> LoaderCeiling:  # fmt: skip
+    points = []
+    for w in workers:
+        raw = Path(out) / "raw" / f"loader-w{w}"
+        raw.mkdir(parents=True, exist_ok=True)
+        procs = []
+        for r in range(ranks):
+            cmd = [sys.executable, "-m", "probes.loader_bench", "--data", data, "--model", model, "--imgsz", str(imgsz),
+                   "--batch", str(batch_per_rank), "--workers", str(w), "--cache", cache, "--device", device,
+                   "--rank", str(r), "--ranks", str(ranks), "--barrier", str(raw / "barrier"),
+                   "--batches", str(batches), "--warmup", str(warmup), "--out", str(raw / f"rank{r}.json")]  # fmt: skip
+            log = open(raw / f"rank{r}.log", "wb")
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=_env(cache_dir, {"OMP_NUM_THREADS": "1"}), start_new_session=True))  # fmt: skip
+            log.close()
+        finished = _wait_all(procs, PROBE_TIMEOUT_S)
+        results = []
+        for r in range(ranks):
+            try:
+                results.append(read_json(raw / f"rank{r}.json"))
+            except (OSError, RecordError):
+                results.append({"status": "error", "error": "no result (timed out or killed)" if not finished else
+                                " ".join(aggregate.log_tail(raw / f"rank{r}.log", 1)) or "no result"})  # fmt: skip
+        bad = next((x for x in results if x.get("status") != "ok"), None)
+        ok = [x for x in results if x.get("status") == "ok"]
+        points.append(LoaderPoint(
+            workers=w, workers_effective=ok[0]["workers_effective"] if ok else w, ranks=ranks,
+            batch_per_rank=batch_per_rank, batches=batches,
+            img_per_s_rank=median(x["img_per_s"] for x in ok) if not bad else None,
+            img_per_s_machine=sum(x["img_per_s"] for x in ok) if not bad else None,
+            cpu_pct=sum(x["cpu_pct"] for x in ok) if not bad else None,
+            status="ok" if not bad else "error", error=bad.get("error") if bad else None,
+        ))  # fmt: skip
+    ceiling = LoaderCeiling(data=data, imgsz=imgsz, cache=cache, points=points)
+    write_json(Path(out) / "loader.json", ceiling)
+    return ceiling
+
+
+def compute_specs(hw: plan.Hardware, batches: list[int], amps: list[bool], *, model: str, data: str, imgsz: int,
+                  optimizer: str, warmup: int, steps: int) -> list[TrialSpec]:  # fmt: skip
+    """One world-size-1 trial per per-rank batch and AMP setting; nbs keeps the trials' accumulation."""
+    specs = []
+    n = max(hw.world_size, 1)
+    for b in sorted({max(B // n, 1) for B in batches}):
+        accumulate = max(round(64 / (b * n)), 1)  # what a DDP trial with global batch b*n accumulates
+        for amp in amps:
+            knobs = Knobs(batch=b, workers=0, amp=amp, pin_memory=False, cache="off", nccl="default")
+            specs.append(TrialSpec(
+                trial_id=f"compute-b{b}-{'amp' if amp else 'fp32'}", knobs=knobs, world_size=1, device=hw.device,
+                gpus=hw.gpus[:1], model=model, data=data, imgsz=imgsz, optimizer=optimizer, warmup_steps=warmup,
+                measured_steps=steps, env={"OMP_NUM_THREADS": str(plan.omp_threads(hw.cpu_count, n))},
+                mode="compute", overrides={"nbs": accumulate * b},
+            ))  # fmt: skip
+    return specs
+
+
+def compute(out: Path, specs: list[TrialSpec], *, cache_dir: Path, device_name: str,
+            device_mem_total_mib: Optional[float], on_point: Optional[Callable] = None) -> ComputeCeiling:  # fmt: skip
+    points = []
+    for spec in specs:
+        tdir = Path(out) / "compute" / spec.trial_id
+        outcome = launch.run_trial(spec, tdir, cache_dir=cache_dir)
+        write_json(tdir / "launch.json", outcome)
+        r = aggregate.aggregate(spec, aggregate.read_ranks(tdir), outcome)
+        p = ComputePoint(batch=spec.knobs.batch, amp=spec.knobs.amp, status=r.status, img_per_s=r.img_per_s,
+                         step_ms_p50=r.step_ms_p50, peak_mem_mib=r.peak_mem_mib,
+                         mem_source="cuda_reserved" if spec.device == "cuda" else "rss",
+                         trial_id=spec.trial_id, error=r.error)  # fmt: skip
+        points.append(p)
+        if on_point is not None:
+            on_point(p)
+    ceiling = ComputeCeiling(device=specs[0].device if specs else "cpu", device_name=device_name,
+                             device_mem_total_mib=device_mem_total_mib, points=points)  # fmt: skip
+    if ceiling.device == "cuda" and device_mem_total_mib:
+        for amp, key in ((True, "amp"), (False, "fp32")):
+            fit = max_batch_fit([p for p in points if p.amp == amp], device_mem_total_mib, ceiling.mem_margin_frac)
+            if fit is not None:
+                ceiling.max_batch_fit[key] = fit
+    else:
+        ceiling.note = "no device memory limit on CPU: the largest batch that fits is not estimated"
+    write_json(Path(out) / "compute.json", ceiling)
+    return ceiling
+
+
+def allreduce(out: Path, *, hw: plan.Hardware, preset: str, bucket_sizes: list[int], cache_dir: Path,
+              sizes_max: int = 256 * 2**20, target_s: float = 0.2) -> AllReduceCeiling:  # fmt: skip
+    name = preset if preset in plan.NCCL_PRESETS else "custom-" + str(abs(hash(preset)) % 10**6)
+    raw = Path(out) / "raw" / f"allreduce-{name}"
+    raw.mkdir(parents=True, exist_ok=True)
+    result = raw / "result.json"
+    cmd = launch.torchrun_prefix(hw.world_size, launch.free_port()) + [
+        "-m", "probes.allreduce_bench", "--out", str(result), "--sizes-max", str(sizes_max),
+        "--nccl-preset", preset, "--target-s", str(target_s),
+        "--backend", "nccl" if hw.device == "cuda" else "gloo",
+    ] + (["--extra-sizes", ",".join(map(str, bucket_sizes))] if bucket_sizes else [])  # fmt: skip
+    env = _env(cache_dir, {**plan.nccl_env(preset), "OMP_NUM_THREADS": str(plan.omp_threads(hw.cpu_count, hw.world_size))})
+    if hw.device == "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in _physical(hw.gpus))
+    with open(raw / "launcher.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)  # fmt: skip
+        finished = _wait_all([proc], PROBE_TIMEOUT_S)
+    try:
+        ceiling = read_json(result, AllReduceCeiling)
+    except (OSError, RecordError):
+        why = "timed out" if not finished else " ".join(aggregate.log_tail(raw / "launcher.log", 1)) or "no result"
+        ceiling = AllReduceCeiling(backend="nccl" if hw.device == "cuda" else "gloo", world_size=hw.world_size,
+                                   nccl=preset, device=hw.device, dtype="float32", timing="n/a", points=[],
+                                   status="error", error=why)  # fmt: skip
+    write_json(Path(out) / f"allreduce-{name}.json", ceiling)
+    return ceiling
+
+
+def _physical(gpus: list[int]) -> list[str]:
+    """CUDA indices as this process sees them -> what CUDA_VISIBLE_DEVICES must say for a child."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not visible:
+        return [str(g) for g in gpus]
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    return [entries[g] for g in gpus]
