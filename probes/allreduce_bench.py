@@ -176,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                                   nccl=args.nccl_preset, device="cuda" if cuda else "cpu", dtype="float32",
                                   timing="cuda_event" if cuda else "host", points=[], status="error",
                                   error=_one_line(exc))  # fmt: skip
-    if rank == 0:  # before the teardown, which may block when a peer is gone
+    # Before the teardown, which may block when a peer is gone. On failure every rank writes (atomically,
+    # so the file is always whole): torchrun may SIGTERM rank 0 as soon as another rank exits.
+    if rank == 0 or result.status != "ok":
         write_json(args.out, result)
     _destroy()
     sys.stdout.flush()

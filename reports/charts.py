@@ -128,3 +128,54 @@ def compute_memory(points: list, total_mib: Optional[float]) -> Optional[str]:
     a2.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return _svg(fig)
+
+
+def over_time(timelines: list) -> Optional[str]:
+    """Data wait per step and utilisation over the measured steps, one panel per trial (outputs.Timeline)."""
+    tls = [t for t in timelines if t is not None and t.step_t_s]
+    if not tls:
+        return None
+    fig, axes = plt.subplots(len(tls), 1, figsize=(7, 2.4 * len(tls)), squeeze=False)
+    for ax, tl in zip(axes[:, 0], tls):
+        starts = [t - ms / 1e3 for t, ms in zip(tl.step_t_s, tl.step_ms)]
+        ax.bar(starts, tl.data_wait_ms, width=[0.95 * ms / 1e3 for ms in tl.step_ms], align="edge", color="#d62728",
+               alpha=0.6, label="data wait (ms, per step)")  # fmt: skip
+        ax.set_ylabel("data wait ms")
+        ax.set_title(tl.trial_id, fontsize=9, loc="left")
+        if tl.util_t_s:
+            ax2 = ax.twinx()
+            ax2.plot(tl.util_t_s, tl.util_pct, color="#1f77b4", lw=1.2, label=f"{tl.util_source} utilisation %")
+            ax2.set_ylim(0, 105)
+            ax2.set_ylabel(f"{tl.util_source} util %")
+            ax2.spines["right"].set_visible(True)
+        ax.set_xlabel("seconds into the measured steps")
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def against_knob(results: list, knob: str, series_knob: str, ceilings: dict) -> Optional[str]:
+    """img/s against one knob (workers or batch), a line per value of another, with ceiling lines.
+
+    ceilings: label -> {x: img/s} drawn dashed (e.g. the input ceiling by workers, compute by batch).
+    """
+    ok = [r for r in results if r.status == "ok" and r.img_per_s]
+    xs = sorted({getattr(r.knobs, knob) for r in ok})
+    if len(xs) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for sv in sorted({getattr(r.knobs, series_knob) for r in ok}, key=str):
+        pts = {}
+        for r in ok:
+            if getattr(r.knobs, series_knob) == sv:
+                pts[getattr(r.knobs, knob)] = max(pts.get(getattr(r.knobs, knob), 0), r.img_per_s)
+        if pts:
+            ax.plot(sorted(pts), [pts[x] for x in sorted(pts)], marker="o", label=f"trials, {series_knob} {sv} (best)")
+    for label, pts in ceilings.items():
+        color = "#d62728" if label.startswith("input") else ("#2ca02c" if "fp32" not in label else "#8c564b")
+        if len(pts) >= 1:
+            ax.plot(sorted(pts), [pts[x] for x in sorted(pts)], ls="--", marker="_", color=color, label=label)
+    ax.set_xticks(xs)
+    ax.set_xlabel(f"{knob}{' per rank' if knob == 'workers' else ' (global)'}")
+    ax.set_ylabel("images/s, all ranks")
+    ax.legend(fontsize=8, frameon=False)
+    return _svg(fig)

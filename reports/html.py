@@ -12,7 +12,8 @@ from reports import charts
 from reports.config_files import BestConfig, render_env, render_yaml
 from reports.csv_table import ordered
 from reports.csv_table import rows as table_rows
-from yoloprof import against
+from yoloprof import advice, against, baselines, plan
+from yoloprof import ranking as ranking_mod
 from yoloprof.records import ScanMeta
 
 _ENV = jinja2.Environment(
@@ -34,6 +35,7 @@ NUM_COLS = [
     ("img_per_s", _num(".1f")), ("img_per_s_p10", _num(".1f")), ("img_per_s_p90", _num(".1f")),
     ("step_ms_p50", _num(".0f")), ("step_ms_p90", _num(".0f")), ("data_wait_frac", _pct),
     ("comm_ms_p50", _num(".1f")), ("comm_frac", _pct), ("peak_mem_mib", _num(".0f")), ("gpu_util_pct", _num(".0f")),
+    ("energy_j_per_img", _num(".2f")),
 ]  # fmt: skip
 
 
@@ -90,12 +92,42 @@ def _ceiling_context(out) -> dict:
     return dict(views=views, link=link, ceilings=c, ceiling_figures=figures)
 
 
-def render(out, best_cfg: Optional[BestConfig], title: str) -> str:
+def _advice_context(out) -> dict:
+    meta, results, best = out.meta, out.results, out.best
+    verdicts = {v.trial_id: v for v in out.ranking.verdicts}
+    ctx = dict(effects=advice.effects(results), path=[], reference=None, untested=[], gains=[])
+    ctx["gains"] = ranking_mod.gains(results, out.ranking, meta.baselines)
+    if best is None:
+        return ctx
+    by_id = {r.trial_id: r for r in results}
+    for role in (baselines.YOURS, baselines.DEFAULTS):
+        ref = by_id.get(meta.baselines.get(role, ""))
+        if ref is not None and ref.status == "ok" and ref.trial_id != best.trial_id:
+            ctx["reference"], ctx["path"] = f"{role} ({ref.trial_id})", advice.path_to_best(best, ref, results)
+            break
+    env = meta.environment
+    hw = plan.Hardware(meta.device, meta.world_size, meta.gpus, env.cpu_count, len(env.gpus))
+    fit = None
+    if out.ceilings.compute is not None:
+        fit = out.ceilings.compute.max_batch_fit.get("amp" if best.knobs.amp else "fp32")
+    ctx["untested"] = [
+        dict(text=u.text, command=advice.next_scan(meta.command, u.flags))
+        for u in advice.untested(best, verdicts[best.trial_id].bottleneck, results, meta.device, plan.workers_cap(hw), fit)
+    ]  # fmt: skip
+    return ctx
+
+
+def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[list] = None) -> str:
     meta, results, ranking, best = out.meta, out.results, out.ranking, out.best
     verdicts = {v.trial_id: v for v in ranking.verdicts}
     rows = table_rows(results, ranking)
+    roles = {tid: role for role, tid in meta.baselines.items()}
+    by_id = {r.trial_id: r for r in results}
     for row in rows:
-        row["evidence"] = verdicts[row["trial_id"]].evidence
+        v = verdicts[row["trial_id"]]
+        row["evidence"], row["label"], row["role"] = v.evidence, v.label or v.bottleneck, roles.get(row["trial_id"])
+        tel = by_id[row["trial_id"]].telemetry
+        row["energy_j_per_img"] = tel.energy_j_per_img if tel else None
     figures = []
     ranked = ordered(results, ranking)
     svg = charts.throughput(ranked)
@@ -107,6 +139,12 @@ def render(out, best_cfg: Optional[BestConfig], title: str) -> str:
             "Mean milliseconds per step by phase. Data wait: blocked on the next batch. Exposed AllReduce: "
             "after the last gradient, waiting for gradient synchronisation. Device phases are timed with CUDA "
             "events on GPUs, with the host clock on CPU.")))  # fmt: skip
+    svg = charts.over_time(timelines or [])
+    if svg:
+        figures.append(dict(title="Over time: the best and the slowest trial", svg=svg, caption=(
+            "Bars: data wait of each measured step on rank 0 (width: the step). Line: GPU utilisation from NVML "
+            "where a GPU was sampled, else the CPU's (all cores). Time 0 is the start of the first measured step.")))  # fmt: skip
+    figures += _knob_figures(out)
     command = "source best.env && yolo train cfg=best.yaml"
     return _ENV.get_template("report.html.j2").render(
         meta=meta,
@@ -125,5 +163,38 @@ def render(out, best_cfg: Optional[BestConfig], title: str) -> str:
         env_rows=env_rows(meta),
         fmt=_num,
         pct=_pct,
+        ranks_of={r.trial_id: r.ranks for r in results},
+        gpu_status=next((r.telemetry.gpu_status for r in results if r.telemetry), "not measured: no telemetry"),
         **_ceiling_context(out),
+        **_advice_context(out),
     )
+
+
+def _knob_figures(out) -> list[dict]:
+    c, n, figs = out.ceilings, max(out.meta.world_size, 1), []
+    loader = {p.workers: p.img_per_s_machine for p in c.loader.points if p.img_per_s_machine} if c.loader else {}
+    svg = charts.against_knob(out.results, "workers", "batch", {"input ceiling (loaders alone)": loader} if loader else {})
+    if svg:
+        figs.append(dict(title="Images/s against workers", svg=svg, caption=(
+            "Each line: the trials at one batch size (the best of their other settings). Dashed: what the "
+            "dataloaders deliver alone at each workers value, all ranks at once.")))  # fmt: skip
+    lines = {}
+    if c.compute:
+        for amp in sorted({p.amp for p in c.compute.points}):
+            pts = {p.batch * n: p.img_per_s * n for p in c.compute.points if p.amp == amp and p.img_per_s}
+            if pts:
+                lines[f"compute ceiling, {'amp' if amp else 'fp32'}"] = pts
+    svg = charts.against_knob(out.results, "batch", "workers", lines)
+    if svg:
+        figs.append(dict(title="Images/s against batch", svg=svg, caption=(
+            "Each line: the trials at one workers value. Dashed: the training step alone on one device with the "
+            "batch already there, times the ranks.")))  # fmt: skip
+    return figs
+
+
+def render_compare(comparison, a_title: str, b_title: str) -> str:
+    def sign(v):
+        return "n/a" if v is None else f"{v:+.1f}"
+
+    return _ENV.get_template("compare.html.j2").render(
+        c=comparison, a_title=a_title, b_title=b_title, fmt=_num, pct=_pct, sign=sign)

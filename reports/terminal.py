@@ -37,7 +37,7 @@ def ranked_table(results: list[TrialResult], ranking: Ranking, title: str = "yol
         style = "bold green" if v.position == 1 else ""
         t.add_row(str(v.position), r.trial_id, f"[{style}]{fmt(r.img_per_s)}[/]" if style else fmt(r.img_per_s),
                   spread, f"{fmt(r.step_ms_p50, '.0f')} / p90 {fmt(r.step_ms_p90, '.0f')}", pct(r.data_wait_frac), comm,
-                  fmt(r.peak_mem_mib, ".0f"), v.bottleneck or "")  # fmt: skip
+                  fmt(r.peak_mem_mib, ".0f"), v.label or v.bottleneck or "")  # fmt: skip
     return t
 
 

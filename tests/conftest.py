@@ -29,6 +29,15 @@ def _private_cache(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """In-process CLI tests run scan.prepare, which sets Ultralytics' variables for its own process."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """16 training images at 160x120: enough for a few DDP steps at imgsz 64."""

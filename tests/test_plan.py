@@ -7,6 +7,7 @@ import pytest
 from yoloprof import plan
 from yoloprof.errors import UsageError
 from yoloprof.plan import Hardware
+from yoloprof.records import Knobs
 
 CPU = Hardware("cpu", 2, [], cpu_count=2, gpus_on_machine=0)
 GPU4 = Hardware("cuda", 4, [0, 1, 2, 3], cpu_count=32, gpus_on_machine=4)
@@ -90,3 +91,22 @@ def test_cache_ram_under_ddp_counts_one_copy_per_rank():
     assert skip and "4 ranks x up to 11.4 GiB = 45.8 GiB" in why and "cache=disk" in why
     skip, why = plan.cache_ram_risk(10000, 640, 1, available_mib=30 * 1024)
     assert not skip and "one copy of the dataset per rank" in why
+
+
+def test_ultralytics_defaults_and_your_settings_join_the_plan_once():
+    from yoloprof import baselines
+
+    hw = Hardware("cuda", 4, [0, 1, 2, 3], cpu_count=16, gpus_on_machine=4)  # workers cap 4
+    p = plan.make_plan(hw, {"batch": [16, 32], "workers": [2, 4]})
+    mine = baselines.parse_baseline("batch=32,workers=8,amp=off", hw)
+    roles = baselines.add(p, hw, mine, with_defaults=True)
+    # defaults = batch 16, workers 8 (capped to 4: the planned b16 w4 trial), AMP and pinned memory on
+    assert roles[baselines.DEFAULTS] == Knobs(16, 4, True, True, "off", "default")
+    assert roles[baselines.YOURS] == Knobs(32, 8, False, True, "off", "default") and p.knobs[0] == roles[baselines.YOURS]
+    assert len(p.knobs) == 5
+    with pytest.raises(UsageError, match="multiple of the 4 ranks"):
+        baselines.parse_baseline("batch=10", hw)
+    with pytest.raises(UsageError, match="not a setting yoloprof varies"):
+        baselines.parse_baseline("lr0=0.1", hw)
+    cpu = baselines.ultralytics_defaults(Hardware("cpu", 2, [], 2, 0))
+    assert (cpu.batch, cpu.workers, cpu.amp) == (16, 0, False)  # yolo train on CPU forces workers=0

@@ -55,3 +55,38 @@ def test_headline_when_nothing_finished():
     rs[0].error = "timed out after 30 s"
     text = ranking.headline(rs, ranking.rank_trials(rs))
     assert text.startswith("No trial finished") and "timed out" in text
+
+
+def test_tested_effects_and_the_path_to_the_best_trial():
+    from dataclasses import replace as rep
+
+    from yoloprof import advice
+
+    def t(tid, img, data, **k):
+        r = result(tid, img=img, data=data)
+        r.knobs = rep(K, **k)
+        return r
+
+    rs = [t("a", 100, 0.38, workers=4), t("b", 131, 0.04, workers=8), t("c", 150, 0.03, workers=8, batch=32),
+          t("d", 90, 0.40, workers=4, amp=False)]  # fmt: skip
+    eff = advice.effects(rs)
+    texts = [e.text for e in eff]
+    assert "workers 4 -> 8: +31% images/s, data wait 38% -> 4% (a -> b)" in texts
+    assert any(e.knob == "batch" and e.before == "16" and e.after == "32" and e.gain == pytest.approx(150 / 131 - 1) for e in eff)
+    assert any(e.knob == "amp" and e.before == "off" and e.from_trial == "d" for e in eff)
+    assert all(len({e.from_trial, e.to_trial}) == 2 for e in eff) and not any(e.from_trial == "a" and e.to_trial == "c" for e in eff)
+    path = advice.path_to_best(rs[2], rs[0], rs)
+    assert path[0].startswith("batch 16 -> 32: +15% images/s") and "(b -> c)" in path[0]
+    assert path[1].startswith("workers 4 -> 8: untested alone")
+
+
+def test_untested_suggestions_come_with_the_scan_that_tests_them():
+    from yoloprof import advice
+
+    best = result("b", data=0.3)
+    out = advice.untested(best, "input", [best], "cuda", workers_cap=16)
+    assert out[0].flags == "--workers 2,4" and "none above 2 tried" in out[0].text
+    cmd = advice.next_scan(["yoloprof", "scan", "--gpus", "0,1", "--workers", "2", "--out", "x", "--batch=16"], out[0].flags)
+    assert cmd == "yoloprof scan --gpus 0,1 --batch=16 --workers 2,4"
+    comm = advice.untested(best, "communication", [best], "cuda", workers_cap=16)
+    assert [u.flags for u in comm] == ["--batch 16,32", "--nccl default,ring,tree"]

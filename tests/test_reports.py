@@ -103,3 +103,65 @@ def test_csv_cells_are_empty_for_unmeasured_values(cpu_scan_copy):
     text = csv_table.render(results, rank_trials(results))
     last = list(csv.DictReader(text.splitlines()))[-1]
     assert last["trial_id"] == "tx" and last["position"] == "" and last["img_per_s"] == "" and last["error"] == "boom"
+
+
+def test_compare_finds_where_the_time_moved(cpu_scan_copy):
+    from yoloprof.compare import compare
+
+    a = outputs.collect(cpu_scan_copy)
+    faster = dataclasses.replace(a.best, img_per_s=a.best.img_per_s * 1.5, trial_id="tb",
+                                 breakdown=dataclasses.replace(a.best.breakdown, data_wait_ms=1.0))  # fmt: skip
+    b = dataclasses.replace(a, results=[faster], best=faster)
+    c = compare(a, b)
+    assert c.best_ratio == pytest.approx(1.5)
+    assert c.phases[0].phase == "data_wait_ms" and c.phases[0].b_ms == 1.0
+    assert "is 1.50x best of A" in c.summary and "data wait" in c.summary
+    assert len(c.pairs) == 1 and c.pairs[0].ratio == pytest.approx(1.5)
+    assert c.env_changes == []
+
+
+def test_recorded_scan_with_failed_trials(tmp_path):
+    import shutil
+
+    from conftest import FIXTURES
+
+    scan = tmp_path / "fail"
+    shutil.copytree(FIXTURES / "cpu-scan-failures", scan)
+    out = outputs.write_all(scan)
+    status = {r.trial_id: r.status for r in out.results}
+    assert status == {"t01-b2-w0-fp32": "oom", "t02-b2-w1-fp32": "error", "t03-b4-w0-fp32": "skipped",
+                      "t04-b4-w1-fp32": "ok"}  # fmt: skip
+    by = {r.trial_id: r for r in out.results}
+    assert "can't allocate memory" in by["t01-b2-w0-fp32"].error
+    assert by["t02-b2-w1-fp32"].error.startswith("rank 1 killed by SIGKILL") and "torchrun then stopped" in by["t02-b2-w1-fp32"].error
+    assert by["t03-b4-w0-fp32"].error.startswith("oom at batch 2")
+    verdicts = {v.trial_id: v for v in out.ranking.verdicts}
+    assert verdicts["t01-b2-w0-fp32"].bottleneck == "memory" and verdicts["t04-b4-w1-fp32"].position == 1
+    assert [v.position for v in out.ranking.verdicts] == [1, None, None, None]
+    assert out.headline.endswith("3 of 4 trials did not finish.")
+    rows = list(csv.DictReader((scan / "results.csv").open()))
+    assert [r["img_per_s"] == "" for r in rows] == [False, True, True, True]
+    page = (scan / "report.html").read_text()
+    assert "can&#39;t allocate memory" in page and "oom at batch 2" in page
+
+
+def test_recorded_scan_against_its_ceilings(cpu_scan_copy):
+    from yoloprof import against
+
+    out = outputs.collect(cpu_scan_copy)
+    c = out.ceilings
+    assert c.loader and c.compute and c.allreduce and c.allreduce[0].status == "ok"
+    assert [p.workers for p in c.loader.points] == [0, 2] and [p.batch for p in c.compute.points] == [4, 8]
+    for r in out.results:
+        v = against.against(r, c)
+        point = next(p for p in c.compute.points if p.batch == r.knobs.batch // 2)
+        assert v.compute_img_s == pytest.approx(point.img_per_s * 2)  # two ranks
+        assert 0.2 < v.pipeline_eff < 1.0  # training reaches part of what the device alone can do, never more
+        assert v.input_headroom > 1.0
+    bw = against.achieved_bucket_busbw(out.best)
+    assert [s for s, _ in bw] == out.best.bucket_sizes_bytes == [9306532, 1055104]
+    probe = against.bucket_busbw(c.allreduce[0])
+    assert set(probe) == {9306532, 1055104} and all(b < probe[s] for s, b in bw)  # contention in training
+    tel = out.best.telemetry
+    assert tel.gpu_status == "not measured: no GPU in this run" and tel.gpu_util_mean_pct is None
+    assert 0 < tel.cpu_util_mean_pct <= 100 and tel.samples > 10

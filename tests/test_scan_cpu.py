@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from yoloprof.records import ScanMeta
+
 from yoloprof import aggregate
 from yoloprof.records import ScanMeta, TrialResult, read_json
 
@@ -18,21 +20,52 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-def run_cli(*args, cwd=None, timeout=600):
-    return subprocess.run([str(BIN / "yoloprof"), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+NETBLOCK = Path(__file__).parent / "netblock"
+SECRETS = {"MY_API_TOKEN": "tok-5e5e5e", "NCCL_TEST_KEY": "key-6f6f6f", "AWS_SECRET_ACCESS_KEY": "sec-7a7a7a",
+           "CUDA_DB_PASSWORD": "pw-8b8b8b"}  # fmt: skip
+
+
+def run_cli(*args, cwd=None, timeout=600, env=None):
+    return subprocess.run([str(BIN / "yoloprof"), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env=env)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def scan(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("scan") / "s"
+    """One real scan with the network blocked for every process, a fresh HOME and secrets in the environment."""
+    root = tmp_path_factory.mktemp("scan")
+    out, home, netlog = root / "s", root / "home", root / "net.log"
+    home.mkdir()
+    env = {**os.environ, **SECRETS, "PYTHONPATH": str(NETBLOCK), "YOLOPROF_TEST_NETLOG": str(netlog), "HOME": str(home),
+           "NCCL_DEBUG": "WARN", "OMP_PROC_BIND": "false"}  # fmt: skip
+    probe = "import socket\ntry: socket.create_connection(('203.0.113.7', 80), timeout=1)\nexcept OSError: pass"
+    subprocess.run([sys.executable, "-c", probe], env=env, timeout=30)
+    assert "203.0.113.7" in netlog.read_text()  # the blocker is live in child processes
+    netlog.unlink()
     proc = run_cli("scan", "--device", "cpu", "--nproc", "2", "--data", str(tiny_data), "--imgsz", "64",
-                   "--batch", "4", "--workers", "0,1", "--steps", "3", "--warmup", "1", "--out", str(out), "--no-ceilings")  # fmt: skip
+                   "--batch", "4", "--workers", "0,1", "--steps", "3", "--warmup", "1", "--out", str(out), "--no-ceilings",
+                   "--no-defaults", cwd=root, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc
+    return out, proc, root
+
+
+def test_no_network_no_home_folders_no_secrets(scan):
+    out, proc, root = scan
+    assert not (root / "net.log").exists(), (root / "net.log").read_text()  # not one connection or lookup was tried
+    assert list((root / "home").iterdir()) == []  # Ultralytics' settings and runs went to yoloprof's folders
+    assert not (root / "runs" / "detect").exists()
+    written = [p for p in out.rglob("*") if p.is_file()]
+    for p in written:
+        text = p.read_bytes()
+        for value in SECRETS.values():
+            assert value.encode() not in text, f"{value} leaked into {p}"
+    env_vars = read_json(out / "scan.json", ScanMeta).environment.env_vars
+    assert env_vars.get("NCCL_DEBUG") == "WARN" and env_vars.get("OMP_PROC_BIND") == "false"
+    assert not set(SECRETS) & set(env_vars)
 
 
 def test_scan_prints_its_choices_progress_and_ranked_table(scan):
-    out, proc = scan
+    out, proc, _ = scan
     text = proc.stdout
     assert "2 CPU ranks with gloo" in text and "plan: 2 trials" in text
     assert "[1/2] t01-b4-w0-fp32" in text and "[2/2] t02-b4-w1-fp32" in text
@@ -40,7 +73,7 @@ def test_scan_prints_its_choices_progress_and_ranked_table(scan):
 
 
 def test_every_rank_recorded_the_same_steps(scan):
-    out, _ = scan
+    out, _, _ = scan
     meta = read_json(out / "scan.json", ScanMeta)
     assert meta.world_size == 2 and meta.device == "cpu" and len(meta.trial_ids) == 2
     for tid in meta.trial_ids:
@@ -62,7 +95,7 @@ def test_every_rank_recorded_the_same_steps(scan):
 def test_allreduce_buckets_match_the_models_gradients(scan):
     from ultralytics.nn.tasks import DetectionModel
 
-    out, _ = scan
+    out, _, _ = scan
     model = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
     grad_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if ".dfl" not in n)
     for tid in read_json(out / "scan.json", ScanMeta).trial_ids:
@@ -77,7 +110,7 @@ def test_allreduce_buckets_match_the_models_gradients(scan):
 
 
 def test_results_csv_positions_follow_throughput(scan):
-    out, _ = scan
+    out, _, _ = scan
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     assert [r["position"] for r in rows] == ["1", "2"]
@@ -90,11 +123,12 @@ def test_results_csv_positions_follow_throughput(scan):
 
 
 def _train_env(tmp_path):
-    return {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(tmp_path / "cfg"), "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    return {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(tmp_path / "cfg"), "MPLCONFIGDIR": str(tmp_path / "mpl"),
+            "YOLO_VERBOSE": "True"}
 
 
 def test_yolo_train_cfg_best_yaml_trains_as_it_is(scan, tmp_path):
-    out, _ = scan
+    out, _, _ = scan
     proc = subprocess.run(
         [str(BIN / "yolo"), "train", f"cfg={out / 'best.yaml'}", "epochs=1", f"project={tmp_path}", "name=cli"],
         capture_output=True, text=True, cwd=tmp_path, env=_train_env(tmp_path), timeout=600,
@@ -105,7 +139,7 @@ def test_yolo_train_cfg_best_yaml_trains_as_it_is(scan, tmp_path):
 
 
 def test_python_api_trains_from_best_yaml(scan, tmp_path):
-    out, _ = scan
+    out, _, _ = scan
     best = yaml.safe_load((out / "best.yaml").read_text())
     code = (f"from ultralytics import YOLO; YOLO({best['model']!r}).train(cfg={str(out / 'best.yaml')!r}, "
             f"epochs=1, project={str(tmp_path)!r}, name='api')")  # fmt: skip

@@ -118,8 +118,12 @@ def _status(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome) -
     missing = sorted(set(range(spec.world_size)) - {r.rank for r in ranks if r.end is not None})
     if missing:
         codes = {int(k): v for k, v in (outcome.rank_exitcodes or {}).items()}
+        # torchrun SIGTERMs the surviving ranks once one fails: those are consequences, not the cause
+        causes = [m for m in missing if codes.get(m) != -15] or missing
         detail = ", ".join(f"rank {m} " + (_describe_exit(codes[m]) if m in codes else "ended without a record")
-                           for m in missing)  # fmt: skip
+                           for m in causes)  # fmt: skip
+        if len(causes) < len(missing):
+            detail += "; torchrun then stopped the other ranks"
         return "error", detail
     if outcome.returncode not in (0, None):
         return "error", f"torchrun exited with code {outcome.returncode}"
@@ -134,6 +138,7 @@ def _common_measured(ranks: list[RankRecords]) -> dict[int, list[StepSample]]:
 
 def _rank_stat(rank: RankRecords, steps: list[StepSample]) -> RankStat:
     busy = [s.step_ms - s.data_wait_ms - (s.comm_wait_ms or 0.0) for s in steps]
+    breakdown = Breakdown(**{p: mean(getattr(s, p) for s in steps) for p in PHASES + ("step_ms",)})
     return RankStat(
         rank=rank.rank,
         step_ms_p50=median(s.step_ms for s in steps),
@@ -141,6 +146,7 @@ def _rank_stat(rank: RankRecords, steps: list[StepSample]) -> RankStat:
         data_wait_ms_p50=median(s.data_wait_ms for s in steps),
         comm_wait_ms_p50=median(s.comm_wait_ms for s in steps),
         peak_mem_mib=rank.end.peak_mem_mib if rank.end else None,
+        breakdown=breakdown,
     )
 
 

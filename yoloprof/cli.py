@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{flag}", help=f"comma list, e.g. {example}")
 
     s.add_argument("--resume", metavar="DIR", help="finish an interrupted scan: run only the trials without a result")
+    s.add_argument("--baseline", metavar="K=V,...", help="your current settings, measured as a trial to compare with "
+                   "(e.g. batch=32,workers=4,amp=off; unnamed knobs keep Ultralytics' defaults)")
+    s.add_argument("--no-defaults", action="store_true", help="do not add a trial with Ultralytics' default settings")
     s.add_argument("--no-ceilings", action="store_true", help="skip the input, compute and link ceilings after the trials")
 
     pr = sub.add_parser("probe", help="measure one ceiling alone: loader (input), compute, allreduce (link)")
@@ -54,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="rebuild report.html, results.csv and best.* from a scan folder")
     r.add_argument("dir", help="a scan folder")
 
+    c = sub.add_parser("compare", help="a side-by-side report of two scans (before/after a change)")
+    c.add_argument("dir_a", help="the scan before")
+    c.add_argument("dir_b", help="the scan after")
+    c.add_argument("--out", help="folder for compare.html (default runs/yoloprof/compare-N)")
+
     d = sub.add_parser("dataset", help="write the synthetic YOLO dataset yoloprof uses by default")
     d.add_argument("--out", required=True, help="folder to create")
     d.add_argument("--images", type=int, default=512, help="training images (default 512)")
@@ -66,11 +74,12 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
     from yoloprof import scan
 
     keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
-            "batch", "workers", "amp", "pin_memory", "cache", "nccl", "trial_timeout", "no_ceilings")  # fmt: skip
+            "batch", "workers", "amp", "pin_memory", "cache", "nccl", "trial_timeout", "no_ceilings", "baseline",
+            "no_defaults")  # fmt: skip
     req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])
     if args.resume:
         others = [k for k in keys if k not in ("trial_timeout", "no_ceilings", "optimizer", "steps", "warmup")
-                  and getattr(args, k) is not None]  # fmt: skip
+                  and getattr(args, k) not in (None, False)]  # fmt: skip
         if others:
             raise UsageError(f"--resume runs the saved plan as it was; drop --{others[0].replace('_', '-')}")
         out, folder, code = scan.resume(args.resume, req, console)
@@ -109,6 +118,29 @@ def _cmd_report(args, console: Console) -> int:
     return 0
 
 
+def _cmd_compare(args, console: Console) -> int:
+    from reports import html
+    from yoloprof import outputs, paths
+    from yoloprof.compare import compare
+
+    a, b = outputs.collect(Path(args.dir_a)), outputs.collect(Path(args.dir_b))
+    out = Path(args.out) if args.out else paths.next_run_dir("compare")
+    out.mkdir(parents=True, exist_ok=True)
+    result = compare(a, b)
+    (out / "compare.html").write_text(html.render_compare(result, str(args.dir_a), str(args.dir_b)))
+    console.print(f"[bold]{result.summary}[/]")
+    for m in result.phases:
+        if m.delta_ms is not None:
+            console.print(f"  {m.phase.replace('_ms', ''):<14} {m.a_ms:8.1f} -> {m.b_ms:8.1f} ms/step ({m.delta_ms:+.1f})")
+    for p in result.pairs:
+        if p.ratio is not None:
+            console.print(f"  same settings: {p.a.trial_id} {p.a.img_per_s:.1f} -> {p.b.trial_id} {p.b.img_per_s:.1f} img/s ({p.ratio:.2f}x)")
+    for what, x, y in result.env_changes:
+        console.print(f"  changed: {what}: {x} -> {y}")
+    console.print(f"Wrote: {out / 'compare.html'}")
+    return 0
+
+
 def _cmd_dataset(args, console: Console) -> int:
     from yoloprof.dataset import SyntheticSpec, generate
 
@@ -139,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_scan(args, argv, console)
         if args.cmd == "probe":
             return _cmd_probe(args, argv, console)
+        if args.cmd == "compare":
+            return _cmd_compare(args, console)
         if args.cmd == "report":
             return _cmd_report(args, console)
         return _cmd_dataset(args, console)

@@ -30,6 +30,7 @@ def offline_env(cache_dir: Path) -> dict[str, str]:
         "YOLO_CONFIG_DIR": str(cache_dir / "ultralytics"),
         "MPLCONFIGDIR": str(cache_dir / "matplotlib"),
         "HF_HUB_OFFLINE": "1",
+        "YOLO_VERBOSE": "True",  # the rank logs are where a failing trial explains itself
         "PYTHONUNBUFFERED": "1",
     }
 

@@ -86,7 +86,7 @@ def collect(scan_dir: Path) -> ScanOutputs:
     ranking = rank_trials(results)
     best = next((r for r in results if r.trial_id == ranking.best_trial_id), None)
     ceilings = against.load(Path(scan_dir) / "ceilings")
-    return ScanOutputs(meta, results, ranking, headline(results, ranking), best, missing, ceilings)
+    return ScanOutputs(meta, results, ranking, headline(results, ranking, meta.baselines), best, missing, ceilings)
 
 
 def write_all(scan_dir: Path) -> ScanOutputs:
@@ -102,6 +102,54 @@ def write_all(scan_dir: Path) -> ScanOutputs:
     else:
         for name in ("best.yaml", "best.env", "best.sh"):
             (scan_dir / name).unlink(missing_ok=True)
-    page = html.render(out, best_cfg, title=str(scan_dir))
+    ok = [v.trial_id for v in out.ranking.verdicts if v.position is not None]
+    timelines = [timeline(scan_dir, tid) for tid in dict.fromkeys(ok[:1] + ok[-1:])]
+    page = html.render(out, best_cfg, title=str(scan_dir), timelines=timelines)
     (scan_dir / "report.html").write_text(page)
     return out
+
+
+@dataclass
+class Timeline:
+    """One trial's measured steps and telemetry on one time axis (seconds from the first measured step)."""
+
+    trial_id: str
+    step_t_s: list[float]  # end of each measured step, rank 0
+    data_wait_ms: list[float]
+    step_ms: list[float]
+    util_t_s: list[float]  # telemetry sample times
+    util_pct: list[float]  # GPU SM utilisation (mean over GPUs), or CPU utilisation where no GPU was sampled
+    util_source: str  # "GPU" | "CPU"
+    gpu_status: str
+
+
+def timeline(scan_dir: Path, trial_id: str) -> Optional[Timeline]:
+    tdir = trial_dir(scan_dir, trial_id)
+    ranks = aggregate.read_ranks(tdir)
+    window = aggregate.measured_window(ranks)
+    if not ranks or window is None:
+        return None
+    t0, t1 = window
+    steps = [s for s in ranks[0].steps if not s.warmup]
+    header, gpu, cpu, _ = read_telemetry(tdir / TELEMETRY_FILE)
+    by_t: dict[float, list[float]] = {}
+    for g in gpu:
+        if t0 <= g.t_s <= t1 and g.sm_util_pct is not None:
+            by_t.setdefault(g.t_s, []).append(g.sm_util_pct)
+    if by_t:
+        ts = sorted(by_t)
+        util, source = [sum(by_t[t]) / len(by_t[t]) for t in ts], "GPU"
+    else:
+        c = [x for x in cpu if t0 <= x.t_s <= t1 and x.cpu_pct_per_core]
+        ts = [x.t_s for x in c]
+        util, source = [sum(x.cpu_pct_per_core) / len(x.cpu_pct_per_core) for x in c], "CPU"
+    return Timeline(
+        trial_id=trial_id,
+        step_t_s=[s.t_end_s - t0 for s in steps],
+        data_wait_ms=[s.data_wait_ms for s in steps],
+        step_ms=[s.step_ms for s in steps],
+        util_t_s=[t - t0 for t in ts],
+        util_pct=util,
+        util_source=source,
+        gpu_status=header.gpu_status if header else "not measured: no telemetry was recorded",
+    )

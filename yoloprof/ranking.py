@@ -23,6 +23,10 @@ MEMORY_FRAC = 0.90
 # we compare each rank's own work (step minus waits), at the critical level.
 STRAGGLER_SKEW = 0.20
 
+# CPU-starved: the ranks wait for data while every core is above 90% busy (probes.cpu_telemetry) in at
+# least half the samples; "more workers did not help" is then the expected outcome, not a mystery.
+CPU_STARVED_FRAC = 0.5
+
 BOTTLENECKS = ("input", "compute", "communication", "memory", "straggler")
 
 
@@ -65,7 +69,13 @@ def rank_trials(results: list[TrialResult]) -> Ranking:
     verdicts = []
     for r in results:
         bottleneck, evidence = classify(r)
-        verdicts.append(Verdict(r.trial_id, position.get(r.trial_id), bottleneck, evidence))
+        label = None
+        tel = r.telemetry
+        if bottleneck == "input" and tel is not None and (tel.cpu_busy_cores_frac or 0) >= CPU_STARVED_FRAC:
+            label = "input (CPU-starved)"
+            evidence += (f"; every core was busy in {100 * tel.cpu_busy_cores_frac:.0f}% of samples, so more workers "
+                         "have no CPU to run on")  # fmt: skip
+        verdicts.append(Verdict(r.trial_id, position.get(r.trial_id), bottleneck, evidence, label))
     verdicts.sort(key=lambda v: (v.position is None, v.position or 0))
     return Ranking(verdicts=verdicts, best_trial_id=ok[0].trial_id if ok else None)
 
@@ -85,7 +95,19 @@ def knob_text(r: TrialResult) -> str:
     return ", ".join(parts)
 
 
-def headline(results: list[TrialResult], ranking: Ranking) -> str:
+def gains(results: list[TrialResult], ranking: Ranking, baselines: dict[str, str]) -> list[tuple[str, str, Optional[float]]]:
+    """(role, trial id, best img/s over the baseline's - 1, None if the baseline did not finish)."""
+    by_id = {r.trial_id: r for r in results}
+    best = by_id.get(ranking.best_trial_id) if ranking.best_trial_id else None
+    out = []
+    for role, tid in baselines.items():
+        base = by_id.get(tid)
+        ok = best is not None and base is not None and base.status == "ok" and base.img_per_s
+        out.append((role, tid, best.img_per_s / base.img_per_s - 1 if ok else None))
+    return out
+
+
+def headline(results: list[TrialResult], ranking: Ranking, baselines: Optional[dict[str, str]] = None) -> str:
     """The verdict in one sentence."""
     by_id = {r.trial_id: r for r in results}
     verdicts = {v.trial_id: v for v in ranking.verdicts}
@@ -98,9 +120,19 @@ def headline(results: list[TrialResult], ranking: Ranking) -> str:
     ok = [r for r in results if r.status == "ok" and r.img_per_s]
     slowest = min(ok, key=lambda r: r.img_per_s)
     text = f"Best: {best.trial_id} ({knob_text(best)}) at {best.img_per_s:.1f} img/s"
-    if slowest is not best:
+    against = []
+    for role, tid, gain in gains(results, ranking, baselines or {}):
+        if tid == best.trial_id:
+            against.append(f"which is {role}: nothing measured beat them")
+        elif gain is not None:
+            against.append(f"{100 * gain:+.0f}% over {role} ({tid})")
+        else:
+            against.append(f"{role} ({tid}) did not finish")
+    if against:
+        text += ", " + ", ".join(against)
+    elif slowest is not best:
         text += f", {best.img_per_s / slowest.img_per_s:.2f}x the slowest trial ({slowest.trial_id})"
-    text += f". It is bound by {v.bottleneck}: {v.evidence}."
+    text += f". It is bound by {v.label or v.bottleneck}: {v.evidence}."
     failed = [r for r in results if r.status != "ok"]
     if failed:
         text += f" {len(failed)} of {len(results)} trials did not finish."

@@ -377,6 +377,7 @@ class RankStat:
     data_wait_ms_p50: float
     comm_wait_ms_p50: Optional[float]
     peak_mem_mib: Optional[float]
+    breakdown: Optional[Breakdown] = None  # this rank's mean ms per step by phase
 
 
 @dataclass
@@ -421,6 +422,7 @@ class Verdict:
     position: Optional[int]  # 1 = best; None for trials that did not finish
     bottleneck: Optional[str]  # input | compute | communication | memory | straggler
     evidence: str
+    label: Optional[str] = None  # a finer name where the evidence shows one, e.g. "input (CPU-starved)"
 
 
 @dataclass
@@ -487,4 +489,5 @@ class ScanMeta:
     environment: Environment
     trial_deviations: list[str]  # how a trial differs from plain `yolo train` with the same config
     specs: list[TrialSpec] = field(default_factory=list)  # the plan, in order: what --resume runs
+    baselines: dict[str, str] = field(default_factory=dict)  # "Ultralytics defaults" / "your settings" -> trial id
     schema: int = SCHEMA_VERSION

@@ -14,7 +14,7 @@ from typing import Optional
 
 from rich.console import Console
 
-from yoloprof import __version__, datainfo, launch, outputs, paths, plan, runner
+from yoloprof import __version__, baselines, datainfo, launch, outputs, paths, plan, runner
 from yoloprof.dataset import SyntheticSpec, ensure
 from yoloprof.errors import ScanFailed, UsageError
 from yoloprof.records import DatasetInfo, Environment, RecordError, ScanMeta, read_json, write_json
@@ -43,6 +43,8 @@ class ScanRequest:
     nccl: Optional[str] = None
     trial_timeout: Optional[float] = None
     no_ceilings: bool = False
+    baseline: Optional[str] = None  # the user's current settings, "batch=32,workers=4,amp=off"
+    no_defaults: bool = False
     command: list[str] = field(default_factory=list)
 
 
@@ -162,6 +164,7 @@ class Context:
     imgsz: int
     dataset: DatasetInfo
     model: str
+    roles: dict = field(default_factory=dict)  # baseline role -> Knobs
 
 
 def prepare(req: ScanRequest, console: Console) -> Context:
@@ -171,15 +174,18 @@ def prepare(req: ScanRequest, console: Console) -> Context:
 
     user_env = environment.safe_env()  # as the user set it, before we add ours
     os.environ.update(launch.offline_env(paths.cache_dir()))  # before anything imports ultralytics
+    os.environ["YOLO_VERBOSE"] = "False"  # this process only: trials get YOLO_VERBOSE=True for their logs
     from probes import model_check
 
     env = environment.collect(user_env)
     hw, hw_why = resolve_hardware(req, env)
     the_plan = plan.make_plan(hw, given)
+    mine = baselines.parse_baseline(req.baseline, hw) if req.baseline else None
+    roles = baselines.add(the_plan, hw, mine, with_defaults=not req.no_defaults)
     imgsz = req.imgsz or (640 if hw.device == "cuda" else 128)
     dataset = resolve_data(req, console)
     model = model_check.resolve(req.model or DEFAULT_MODEL, len(dataset.classes))
-    return Context(env, hw, hw_why, the_plan, imgsz, dataset, model)
+    return Context(env, hw, hw_why, the_plan, imgsz, dataset, model, roles)
 
 
 def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, int]:
@@ -206,6 +212,7 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
         dropped=the_plan.dropped,
         trial_ids=[s.trial_id for s in specs],
         specs=specs,
+        baselines={role: next(s.trial_id for s in specs if s.knobs == k) for role, k in ctx.roles.items()},
         environment=ctx.env,
         trial_deviations=trial_deviations(hw, req, req.steps, req.warmup),
     )
@@ -216,6 +223,8 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
     console.print(f"  data: {dataset.data} ({dataset.train_images} images{', synthetic: speed only' if dataset.synthetic else ''})")
     for d in the_plan.dropped:
         console.print(f"  [yellow]not tried[/]: {d}")
+    for role, tid in meta.baselines.items():
+        console.print(f"  baseline: {role} = {tid}")
     console.print(f"  plan: {len(specs)} trials" + ("" if req.no_ceilings else ", then the input, compute and link ceilings"))
     return finish(out, meta, ctx, req, console)
 
@@ -243,6 +252,7 @@ def resume(folder: str, req: ScanRequest, console: Console):
     if not meta.specs:
         raise UsageError(f"--resume {out}: scan.json holds no plan to resume")
     os.environ.update(launch.offline_env(paths.cache_dir()))
+    os.environ["YOLO_VERBOSE"] = "False"
     from probes import environment
 
     env = environment.collect()

@@ -1,0 +1,81 @@
+"""The trials every recommendation is measured against: Ultralytics' defaults and the user's own.
+
+A gain means something only against what the user would otherwise run, so the plan always holds
+a trial with Ultralytics' defaults (unless --no-defaults) and, with --baseline, one with the
+user's current settings. A baseline equal to a planned trial (Ultralytics caps workers the same
+way) is that trial, not a second run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+from yoloprof.errors import UsageError
+from yoloprof.plan import _BOOL, _CACHE, NCCL_PRESETS, Hardware, Plan, workers_cap
+from yoloprof.records import Knobs
+
+DEFAULTS = "Ultralytics defaults"
+YOURS = "your settings"
+
+
+def ultralytics_defaults(hw: Hardware) -> Knobs:
+    """What `yolo train` runs with no arguments (batch 16, workers 8, AMP and pinned memory on GPU)."""
+    n = max(hw.world_size, 1)
+    batch = max(16 // n, 1) * n  # Ultralytics gives each rank batch // world size
+    if hw.device == "cuda":
+        return Knobs(batch=batch, workers=8, amp=True, pin_memory=True, cache="off", nccl="default")
+    return Knobs(batch=batch, workers=0, amp=False, pin_memory=False, cache="off", nccl="default")  # CPU: workers=0
+
+
+def parse_baseline(text: str, hw: Hardware) -> Knobs:
+    """--baseline batch=32,workers=4,amp=off: unnamed knobs keep Ultralytics' defaults."""
+    k = ultralytics_defaults(hw)
+    for item in (t.strip() for t in text.split(",")):
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not value:
+            raise UsageError(f"--baseline '{item}': give key=value pairs, e.g. --baseline batch=32,workers=4,amp=off")
+        try:
+            if key in ("batch", "workers"):
+                v = int(value)
+                if v < (1 if key == "batch" else 0):
+                    raise ValueError
+                k = replace(k, **{key: v})
+            elif key in ("amp", "pin_memory"):
+                k = replace(k, **{key: _BOOL[value.lower()]})
+            elif key == "cache":
+                k = replace(k, cache=_CACHE[value.lower()])
+            elif key == "nccl" and value in NCCL_PRESETS:
+                k = replace(k, nccl=value)
+            else:
+                raise KeyError
+        except (ValueError, KeyError):
+            raise UsageError(f"--baseline '{item}': not a setting yoloprof varies "
+                             "(batch, workers, amp, pin_memory, cache, nccl) with a valid value") from None  # fmt: skip
+    if k.batch % max(hw.world_size, 1) or k.batch < hw.world_size:
+        raise UsageError(f"--baseline batch={k.batch}: must be a multiple of the {hw.world_size} ranks")
+    if hw.device != "cuda":
+        k = replace(k, amp=False, pin_memory=False, nccl="default")
+    return k
+
+
+def _same_run(a: Knobs, b: Knobs, hw: Hardware) -> bool:
+    cap = workers_cap(hw)
+    return replace(a, workers=min(a.workers, cap)) == replace(b, workers=min(b.workers, cap))
+
+
+def add(plan: Plan, hw: Hardware, baseline: Optional[Knobs], with_defaults: bool) -> dict[str, Knobs]:
+    """Put the baselines into the plan (first, so an interrupted scan still has them); role -> knobs."""
+    roles: dict[str, Knobs] = {}
+    wanted = ([(DEFAULTS, ultralytics_defaults(hw))] if with_defaults else []) + (
+        [(YOURS, baseline)] if baseline is not None else [])  # fmt: skip
+    front = []
+    for role, knobs in wanted:
+        hit = next((k for k in front + plan.knobs if _same_run(k, knobs, hw)), None)
+        if hit is None:
+            front.append(knobs)
+            hit = knobs
+        roles[role] = hit
+    plan.knobs = front + plan.knobs
+    return roles
