@@ -14,7 +14,7 @@ import yaml
 from yoloprof.records import ScanMeta
 
 from yoloprof import aggregate
-from yoloprof.records import ScanMeta, TrialResult, read_json
+from yoloprof.records import TrialResult, read_json
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

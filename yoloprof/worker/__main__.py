@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from yoloprof.records import RankEnd, RankInfo, StepSample, TrialSpec, read_json, to_dict
+from yoloprof.records import RankEnd, RankInfo, TrialSpec, read_json, to_dict
 
 
 class RankWriter:

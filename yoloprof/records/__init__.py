@@ -1,0 +1,23 @@
+"""The typed record chain: TrialSpec -> rank records -> TrialResult -> Ranking -> report.
+
+Every record is a dataclass that round-trips through JSON (`to_dict` / `from_dict`), so a scan
+folder can be re-analysed and re-rendered without the hardware it was measured on. Units live in
+field names. A value that could not be measured is None ("n/a"), never a made-up number.
+"""
+
+from yoloprof.records.base import SCHEMA_VERSION, RecordError, from_dict, read_json, to_dict, write_json
+from yoloprof.records.ceilings import (
+    AllReduceCeiling, AllReducePoint, ComputeCeiling, ComputePoint, LoaderCeiling, LoaderPoint,
+)
+from yoloprof.records.result import Breakdown, RankStat, Ranking, TrialResult, Verdict
+from yoloprof.records.scan import DatasetInfo, Environment, GpuInfo, ScanMeta
+from yoloprof.records.telemetry import CpuSample, GpuSample, TelemetryHeader, TelemetrySummary
+from yoloprof.records.trial import BucketSample, Knobs, RankEnd, RankInfo, RankRecords, StepSample, TrialSpec
+
+__all__ = [
+    "SCHEMA_VERSION", "RecordError", "from_dict", "read_json", "to_dict", "write_json",
+    "AllReduceCeiling", "AllReducePoint", "ComputeCeiling", "ComputePoint", "LoaderCeiling", "LoaderPoint",
+    "Breakdown", "RankStat", "Ranking", "TrialResult", "Verdict", "DatasetInfo", "Environment", "GpuInfo",
+    "ScanMeta", "CpuSample", "GpuSample", "TelemetryHeader", "TelemetrySummary", "BucketSample", "Knobs",
+    "RankEnd", "RankInfo", "RankRecords", "StepSample", "TrialSpec",
+]  # fmt: skip

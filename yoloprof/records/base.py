@@ -1,0 +1,84 @@
+"""JSON for the typed record chain: TrialSpec -> rank records -> TrialResult -> Ranking -> report.
+
+Every record is a dataclass that round-trips through JSON (`to_dict` / `from_dict`), so a scan
+folder can be re-analysed and re-rendered without the hardware it was measured on. Units live in
+field names. A value that could not be measured is None ("n/a"), never a made-up number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+T = typing.TypeVar("T")
+
+
+class RecordError(ValueError):
+    """A saved record that cannot be read back (corrupt, truncated, or from another schema)."""
+
+
+def _decode(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _decode(args[0], value) if len(args) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_decode(item, v) for v in value]
+    if origin is dict:
+        _, item = typing.get_args(tp) or (Any, Any)
+        return {k: _decode(item, v) for k, v in value.items()}
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict) -> T:
+    """Build a record from its dict, ignoring unknown keys so older readers survive newer fields."""
+    if not isinstance(data, dict):
+        raise RecordError(f"expected an object for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _decode(hints[f.name], data[f.name])
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise RecordError(f"{cls.__name__}: {exc}") from None
+
+
+def to_dict(record: Any) -> dict:
+    return dataclasses.asdict(record)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write atomically (temp file + rename) so an interrupted scan never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_dict(payload) if dataclasses.is_dataclass(payload) else payload
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, cls: type[T] | None = None) -> Any:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"{path} cannot be read ({exc}); the file is corrupt or truncated") from None
+    return from_dict(cls, data) if cls is not None else data

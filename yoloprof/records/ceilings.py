@@ -1,0 +1,81 @@
+"""What the input pipeline, the compute and the link can do alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
+
+
+# ---------------------------------------------------------------------------------------------
+# Ceilings: what the input pipeline, the model's compute and the link can do alone (ceilings/*.json)
+
+
+@dataclass
+class AllReducePoint:
+    size_bytes: int
+    time_us: float  # per AllReduce: mean over timed iterations, slowest rank
+    algbw_gbs: float  # size / time (GB/s, 1e9 bytes)
+    busbw_gbs: float  # algbw x 2(n-1)/n, comparable with nccl-tests
+    iters: int
+    is_bucket: bool = False  # one of the model's own DDP bucket sizes
+
+
+@dataclass
+class AllReduceCeiling:
+    backend: str  # "nccl" | "gloo"
+    world_size: int
+    nccl: str  # preset name ("default" on gloo)
+    device: str  # "cuda" | "cpu"
+    dtype: str
+    timing: str  # "cuda_event" | "host"
+    points: list[AllReducePoint]
+    status: str = "ok"
+    error: Optional[str] = None
+
+
+@dataclass
+class LoaderPoint:
+    workers: int  # asked, per rank
+    workers_effective: int  # after Ultralytics' cap
+    ranks: int  # loaders run at once, one per rank, as in training
+    batch_per_rank: int
+    batches: int  # timed batches per rank
+    img_per_s_rank: Optional[float]  # median rank
+    img_per_s_machine: Optional[float]  # all ranks together
+    cpu_pct: Optional[float]  # CPU of all loader processes and their workers (100 = one core)
+    status: str = "ok"
+    error: Optional[str] = None
+
+
+@dataclass
+class LoaderCeiling:
+    data: str
+    imgsz: int
+    cache: str
+    points: list[LoaderPoint]
+
+
+@dataclass
+class ComputePoint:
+    batch: int  # per rank (one device)
+    amp: bool
+    status: str  # ok | oom | error | timeout
+    img_per_s: Optional[float] = None  # one device, no data loading
+    step_ms_p50: Optional[float] = None
+    peak_mem_mib: Optional[float] = None
+    mem_source: Optional[str] = None
+    trial_id: Optional[str] = None
+    error: Optional[str] = None
+
+
+@dataclass
+class ComputeCeiling:
+    device: str
+    device_name: str
+    device_mem_total_mib: Optional[float]
+    points: list[ComputePoint]
+    max_batch_fit: dict[str, int] = field(default_factory=dict)  # "amp"/"fp32" -> largest batch within the margin
+    mem_margin_frac: float = 0.10
+    note: Optional[str] = None

@@ -1,0 +1,90 @@
+"""What the scan concludes from a trial, and the ranking of all of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from yoloprof.records.telemetry import TelemetrySummary
+from yoloprof.records.trial import Knobs
+from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
+
+
+# ---------------------------------------------------------------------------------------------
+# What the parent concludes
+
+
+@dataclass
+class Breakdown:
+    """Mean milliseconds per step by phase (median across ranks)."""
+
+    data_wait_ms: float
+    h2d_ms: Optional[float]
+    forward_ms: Optional[float]
+    backward_ms: Optional[float]
+    comm_wait_ms: Optional[float]
+    optimizer_ms: Optional[float]
+    other_ms: Optional[float]
+    step_ms: float
+
+
+@dataclass
+class RankStat:
+    rank: int
+    step_ms_p50: float
+    busy_ms_p50: float  # step minus data wait and exposed comm: this rank's own work
+    data_wait_ms_p50: float
+    comm_wait_ms_p50: Optional[float]
+    peak_mem_mib: Optional[float]
+    breakdown: Optional[Breakdown] = None  # this rank's mean ms per step by phase
+
+
+@dataclass
+class TrialResult:
+    trial_id: str
+    status: str  # ok | error | timeout | oom | skipped | interrupted
+    knobs: Knobs
+    world_size: int
+    device: str
+    img_per_s: Optional[float] = None
+    img_per_s_p10: Optional[float] = None  # per-step spread of the global rate
+    img_per_s_p90: Optional[float] = None
+    step_ms_p50: Optional[float] = None
+    step_ms_p90: Optional[float] = None
+    data_wait_frac: Optional[float] = None
+    comm_ms_p50: Optional[float] = None
+    comm_wait_ms_p50: Optional[float] = None
+    comm_frac: Optional[float] = None
+    peak_mem_mib: Optional[float] = None
+    device_mem_total_mib: Optional[float] = None
+    gpu_util_pct: Optional[float] = None  # mean SM utilisation over the measured steps
+    telemetry: Optional[TelemetrySummary] = None
+    rank_skew: Optional[float] = None  # slowest rank's busy time over the fastest's, minus 1
+    breakdown: Optional[Breakdown] = None
+    ranks: list[RankStat] = field(default_factory=list)
+    bucket_sizes_bytes: list[int] = field(default_factory=list)
+    bucket_allreduce_ms_p50: list[float] = field(default_factory=list)  # per bucket, median rank and step
+    measured_steps: int = 0
+    workers_effective: Optional[int] = None
+    amp_effective: Optional[bool] = None
+    accumulate: Optional[int] = None
+    wall_s: Optional[float] = None
+    error: Optional[str] = None
+    stderr_tail: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass
+class Verdict:
+    trial_id: str
+    position: Optional[int]  # 1 = best; None for trials that did not finish
+    bottleneck: Optional[str]  # input | compute | communication | memory | straggler
+    evidence: str
+    label: Optional[str] = None  # a finer name where the evidence shows one, e.g. "input (CPU-starved)"
+
+
+@dataclass
+class Ranking:
+    verdicts: list[Verdict]
+    best_trial_id: Optional[str]

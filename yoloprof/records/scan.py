@@ -1,0 +1,71 @@
+"""The scan as a whole: scan.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from yoloprof.records.trial import TrialSpec
+from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
+
+
+# ---------------------------------------------------------------------------------------------
+# The scan as a whole (scan.json)
+
+
+@dataclass
+class GpuInfo:
+    index: int  # CUDA index as the scan process sees it
+    name: str
+    mem_total_mib: Optional[float]
+
+
+@dataclass
+class Environment:
+    hostname: str
+    platform: str
+    python: str
+    cpu_count: int
+    ram_total_mib: Optional[float]
+    torch: str
+    ultralytics: str
+    cuda: Optional[str]
+    nccl: Optional[str]
+    driver: Optional[str]
+    gpus: list[GpuInfo]
+    ultralytics_cfg_keys: list[str]  # what `ultralytics.cfg.get_cfg` accepts in this install
+    env_vars: dict[str, str]  # allow-listed variables only (see yoloprof.environment)
+
+
+@dataclass
+class DatasetInfo:
+    data: str
+    train_images: int
+    val_images: int
+    classes: list[str]
+    synthetic: bool
+    image_size: Optional[str] = None  # "640x480" for the synthetic set
+
+
+@dataclass
+class ScanMeta:
+    yoloprof_version: str
+    created_s: float
+    command: list[str]
+    device: str
+    world_size: int
+    gpus: list[int]
+    model: str
+    imgsz: int
+    optimizer: str
+    warmup_steps: int
+    measured_steps: int
+    dataset: DatasetInfo
+    axes: dict[str, list[Any]]
+    dropped: list[str]  # knob values the plan left out, each with its reason
+    trial_ids: list[str]
+    environment: Environment
+    trial_deviations: list[str]  # how a trial differs from plain `yolo train` with the same config
+    specs: list[TrialSpec] = field(default_factory=list)  # the plan, in order: what --resume runs
+    baselines: dict[str, str] = field(default_factory=dict)  # "Ultralytics defaults" / "your settings" -> trial id
+    schema: int = SCHEMA_VERSION

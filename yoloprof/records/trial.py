@@ -1,0 +1,132 @@
+"""What a trial is, and what each of its ranks records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
+
+
+# ---------------------------------------------------------------------------------------------
+# What a trial is
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The settings a scan varies. `batch` is global (all ranks together), as in `yolo train`."""
+
+    batch: int
+    workers: int
+    amp: bool
+    pin_memory: bool
+    cache: str  # "off" | "ram" | "disk"
+    nccl: str  # an NCCL preset name from yoloprof.plan.NCCL_PRESETS
+
+
+@dataclass
+class TrialSpec:
+    trial_id: str
+    knobs: Knobs
+    world_size: int
+    device: str  # "cpu" or "cuda"
+    gpus: list[int]  # CUDA indices as the scan process sees them; empty on CPU
+    model: str
+    data: str  # absolute path of the data yaml
+    imgsz: int
+    optimizer: str
+    warmup_steps: int
+    measured_steps: int
+    env: dict[str, str]  # variables set for this trial only (NCCL preset, OMP_NUM_THREADS)
+    mode: str = "train"  # "train", or "compute": one static batch on the device, no data loading
+    overrides: dict[str, Any] = field(default_factory=dict)  # extra Ultralytics arguments (compute probe: nbs)
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup_steps + self.measured_steps
+
+
+# ---------------------------------------------------------------------------------------------
+# What each rank records (one JSON object per line in trials/<id>/rank<r>.jsonl)
+
+
+@dataclass
+class BucketSample:
+    """One DDP gradient bucket's AllReduce in one step."""
+
+    index: int
+    size_bytes: int
+    allreduce_ms: Optional[float]  # launch to completion (CUDA events on GPU)
+
+
+@dataclass
+class StepSample:
+    """One training iteration on one rank. Phase times sum to step_ms together with other_ms."""
+
+    rank: int
+    step: int  # 0-based iteration index within the trial, identical on every rank
+    epoch: int
+    warmup: bool
+    t_end_s: float  # wall clock (time.time) at the end of the step, shared with telemetry
+    images: int
+    step_ms: float  # end of previous step to end of this one, host clock
+    data_wait_ms: float  # blocked waiting for the next batch, host clock
+    h2d_ms: Optional[float]
+    forward_ms: Optional[float]  # forward pass and loss
+    backward_ms: Optional[float]  # backward compute until the last gradient is ready
+    comm_wait_ms: Optional[float]  # after the last gradient, waiting for AllReduce (exposed comm)
+    optimizer_ms: Optional[float]  # 0.0 on steps where gradients only accumulate
+    other_ms: Optional[float]  # bookkeeping, logging, epoch ends: step_ms minus the phases
+    optimizer_stepped: bool
+    comm_ms: Optional[float] = None  # first bucket launch to last bucket done; None without DDP
+    buckets: list[BucketSample] = field(default_factory=list)
+    timing: str = "host"  # "host" or "cuda_event" for the device phases
+
+
+@dataclass
+class RankInfo:
+    """Written once per rank when training is set up."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    pid: int
+    hostname: str
+    device: str  # e.g. "cpu", "cuda:1"
+    device_name: str
+    backend: Optional[str]  # "gloo", "nccl", or None without a process group
+    batch_per_rank: int
+    accumulate: int
+    workers_requested: int
+    workers_effective: int  # after Ultralytics' cap min(cpu_count // GPUs on the machine, workers, batches)
+    pin_memory_effective: bool
+    amp_effective: bool
+    dataset_images: int
+    batches_per_epoch: int
+    ddp_bucket_cap_mb: Optional[float]
+    torch_threads: int
+    t_start_s: float
+
+
+@dataclass
+class RankEnd:
+    rank: int
+    status: str  # "ok" | "error" | "oom"
+    peak_mem_mib: Optional[float]
+    mem_source: str  # "cuda_reserved" | "rss"
+    peak_mem_allocated_mib: Optional[float] = None
+    device_mem_total_mib: Optional[float] = None
+    last_step: Optional[int] = None
+    error: Optional[str] = None
+    t_end_s: float = 0.0
+
+
+@dataclass
+class RankRecords:
+    """Everything one rank wrote, parsed."""
+
+    rank: int
+    info: Optional[RankInfo]
+    steps: list[StepSample]
+    end: Optional[RankEnd]
