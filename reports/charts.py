@@ -179,3 +179,20 @@ def against_knob(results: list, knob: str, series_knob: str, ceilings: dict) -> 
     ax.set_ylabel("images/s, all ranks")
     ax.legend(fontsize=8, frameon=False)
     return _svg(fig)
+
+
+def scaling(groups: list) -> Optional[str]:
+    """images/s against ranks per settings group (yoloprof.scaling), with the linear ideal dashed."""
+    if not groups:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for g in groups:
+        xs = [p.world_size for p in g.points]
+        line = ax.plot(xs, [p.img_per_s for p in g.points], marker="o", label=g.settings)[0]
+        base = g.points[0]
+        ax.plot(xs, [base.img_per_s * x / base.world_size for x in xs], ls="--", color=line.get_color(), alpha=0.5)
+    ax.set_xticks(sorted({p.world_size for g in groups for p in g.points}))
+    ax.set_xlabel("ranks")
+    ax.set_ylabel("images/s, all ranks")
+    ax.legend(fontsize=7, frameon=False, title="dashed: linear scaling", title_fontsize=7)
+    return _svg(fig)

@@ -12,7 +12,7 @@ from reports import charts
 from reports.config_files import BestConfig, render_env, render_yaml
 from reports.csv_table import ordered
 from reports.csv_table import rows as table_rows
-from yoloprof import advice, against, baselines, plan
+from yoloprof import advice, against, baselines, plan, scaling
 from yoloprof import ranking as ranking_mod
 from yoloprof.records import ScanMeta
 
@@ -145,6 +145,7 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
             "Bars: data wait of each measured step on rank 0 (width: the step). Line: GPU utilisation from NVML "
             "where a GPU was sampled, else the CPU's (all cores). Time 0 is the start of the first measured step.")))  # fmt: skip
     figures += _knob_figures(out)
+    scale_groups = scaling.groups(results)
     command = "source best.env && yolo train cfg=best.yaml"
     return _ENV.get_template("report.html.j2").render(
         meta=meta,
@@ -164,6 +165,8 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         fmt=_num,
         pct=_pct,
         ranks_of={r.trial_id: r.ranks for r in results},
+        scale_groups=scale_groups,
+        scale_svg=charts.scaling(scale_groups),
         gpu_status=next((r.telemetry.gpu_status for r in results if r.telemetry), "not measured: no telemetry"),
         **_ceiling_context(out),
         **_advice_context(out),

@@ -106,3 +106,35 @@ def test_a_truncated_last_line_is_skipped(tmp_path):
     (tdir / "rank0.jsonl").write_text("\n".join(lines[:-1] + [lines[-1][:30]]) + "\n")
     ranks = aggregate.read_ranks(tdir)
     assert ranks[0].end is None and len(ranks[0].steps) == len(json.loads("[" + ",".join(lines[1:-1]) + "]"))
+
+
+def test_a_rank_sigkilled_while_ram_ran_out_is_oom():
+    from yoloprof.records import CpuSample
+
+    ranks = [RankRecords(0, None, [step(0, 0, 100, 0, 0)], RankEnd(0, "ok", 1.0, "rss")),
+             RankRecords(1, None, [step(1, 0, 100, 0, 0)], None)]  # fmt: skip
+    outcome = LaunchOutcome(1, rank_exitcodes={"1": -9})
+    cpu = lambda free: CpuSample(0.0, [100.0], 0, 0.0, 0.0, 0.0, 0.0, free)  # noqa: E731
+    res = aggregate.aggregate(SPEC, ranks, outcome, (None, [], [cpu(20000.0), cpu(300.0)], []))
+    assert res.status == "oom" and "free RAM fell from 20000 to 300 MiB" in res.error
+    res = aggregate.aggregate(SPEC, ranks, outcome, (None, [], [cpu(20000.0), cpu(15000.0)], []))
+    assert res.status == "error" and "killed by SIGKILL" in res.error
+
+
+def test_hang_watchdog_limits_follow_the_trials_own_speed(tmp_path):
+    import json as _json
+
+    from yoloprof.launch import HangPolicy, TrialWatch
+
+    watch = TrialWatch(tmp_path, 2)
+    policy = HangPolicy(startup_s=900, stall_factor=20, min_stall_s=120)
+    assert not watch.poll() and watch.stall_limit_s(policy) == 900  # no step yet: the start-up allowance
+    with open(tmp_path / "rank0.jsonl", "w") as f:
+        for ms in (9000.0, 10000.0, 11000.0):
+            f.write(_json.dumps({"kind": "step", "step_ms": ms}) + "\n")
+        f.write('{"kind": "step", "step_ms": 1')  # a line being written is not read yet
+    assert watch.poll() and watch.steps == [3, 0]
+    assert watch.stall_limit_s(policy) == pytest.approx(200.0)  # 20 x the median step of 10 s
+    fast = TrialWatch(tmp_path / "none", 1)
+    fast.step_ms = [50.0]
+    assert fast.stall_limit_s(policy) == 120.0  # never below the floor

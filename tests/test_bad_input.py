@@ -69,6 +69,10 @@ TABLE = [
     (["--out", "{t}/afile"], "is a file", False),
     (["--out", "/proc/yoloprof-scan"], "cannot write there", False),  # unwritable even for root
     (["--nccl", "fastest"], "not a preset", False),
+    (["--ranks", "0"], "--ranks '0' is not a whole number >= 1", False),
+    (["--ranks", "1,4", "--nproc", "2"], "--ranks 4: the scan has 2 ranks (--nproc sets them)", False),
+    (["--gpus", "0,1", "--ranks", "1,3"], "--ranks 3: the scan has 2 ranks (--gpus sets them)", True),
+    (["--baseline", "lr0=0.01"], "not a setting yoloprof varies", False),
     (["--resume", "{t}/notascan"], "not a yoloprof scan folder", False),
     (["--resume", "{t}/notascan", "--batch", "8"], "drop --batch", False),
 ]

@@ -110,3 +110,28 @@ def test_ultralytics_defaults_and_your_settings_join_the_plan_once():
         baselines.parse_baseline("lr0=0.1", hw)
     cpu = baselines.ultralytics_defaults(Hardware("cpu", 2, [], 2, 0))
     assert (cpu.batch, cpu.workers, cpu.amp) == (16, 0, False)  # yolo train on CPU forces workers=0
+
+
+def test_scaling_runs_each_setting_at_every_world_size_with_the_same_batch_per_rank():
+    hw = Hardware("cuda", 4, [3, 5, 6, 7], cpu_count=32, gpus_on_machine=8)
+    p = plan.make_plan(hw, {"batch": [64], "workers": [4]})
+    specs = plan.specs(p, hw, model="m.yaml", data="/d", imgsz=640, optimizer="SGD", warmup=1, steps=2,
+                       world_sizes=plan.parse_world_sizes("4,1,2", hw))  # fmt: skip
+    assert [(s.world_size, s.knobs.batch, s.gpus) for s in specs] == [(1, 16, [3]), (2, 32, [3, 5]), (4, 64, [3, 5, 6, 7])]
+    assert [s.trial_id for s in specs] == ["t01-b16-w4-amp-pin-r1", "t02-b32-w4-amp-pin-r2", "t03-b64-w4-amp-pin-r4"]
+    assert [s.env["OMP_NUM_THREADS"] for s in specs] == ["32", "16", "8"]
+    with pytest.raises(UsageError, match="--ranks 8: the scan has 4 ranks"):
+        plan.parse_world_sizes("2,8", hw)
+
+
+def test_scaling_speedup_and_efficiency():
+    from yoloprof import scaling
+    from yoloprof.records import TrialResult
+
+    k = lambda b: Knobs(b, 4, True, True, "off", "default")  # noqa: E731
+    rs = [TrialResult("a", "ok", k(16), 1, "cuda", img_per_s=100.0), TrialResult("b", "ok", k(32), 2, "cuda", img_per_s=190.0),
+          TrialResult("c", "ok", k(64), 4, "cuda", img_per_s=340.0, comm_frac=0.2),
+          TrialResult("d", "ok", k(128), 4, "cuda", img_per_s=400.0)]  # fmt: skip
+    (g,) = scaling.groups(rs)  # d has 32 per rank and no partner: no group
+    assert g.settings.startswith("batch 16/rank, workers 4, amp")
+    assert [(p.world_size, p.speedup, p.efficiency) for p in g.points] == [(1, 1.0, 1.0), (2, 1.9, 0.95), (4, 3.4, 0.85)]

@@ -165,3 +165,23 @@ def test_recorded_scan_against_its_ceilings(cpu_scan_copy):
     tel = out.best.telemetry
     assert tel.gpu_status == "not measured: no GPU in this run" and tel.gpu_util_mean_pct is None
     assert 0 < tel.cpu_util_mean_pct <= 100 and tel.samples > 10
+
+
+def test_recorded_scaling_scan(tmp_path):
+    import shutil
+
+    from conftest import FIXTURES
+    from yoloprof import scaling
+
+    scan = tmp_path / "scale"
+    shutil.copytree(FIXTURES / "cpu-scan-scaling", scan)
+    out = outputs.write_all(scan)
+    (g,) = scaling.groups(out.results)
+    assert [p.world_size for p in g.points] == [1, 2] and g.settings.startswith("batch 4/rank")
+    one, two = g.points
+    assert one.speedup == 1.0 and two.speedup == pytest.approx(two.img_per_s / one.img_per_s)
+    assert two.efficiency == pytest.approx(two.speedup / 2)
+    r1 = next(r for r in out.results if r.world_size == 1)
+    assert r1.comm_frac is None and r1.bucket_sizes_bytes == []  # one rank: no AllReduce, n/a not 0
+    page = (scan / "report.html").read_text()
+    assert "<h2>Scaling</h2>" in page and "speed-up" in page

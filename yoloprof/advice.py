@@ -72,6 +72,8 @@ def effects(results: list[TrialResult]) -> list[Effect]:
     out = []
     for a in ok:
         for b in ok:
+            if a.world_size != b.world_size:
+                continue  # scaling is its own section
             diff = [k for k in KNOBS if getattr(a.knobs, k) != getattr(b.knobs, k)]
             if len(diff) != 1:
                 continue
@@ -94,7 +96,7 @@ def path_to_best(best: TrialResult, reference: TrialResult, results: list[TrialR
         if va == vb:
             continue
         twin = next((r for r in results if r.status == "ok" and r.img_per_s and r.trial_id != best.trial_id
-                     and all(getattr(r.knobs, k) == (va if k == knob else getattr(best.knobs, k)) for k in KNOBS)), None)  # fmt: skip
+                     and r.world_size == best.world_size and all(getattr(r.knobs, k) == (va if k == knob else getattr(best.knobs, k)) for k in KNOBS)), None)  # fmt: skip
         if twin is None:
             lines.append(f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: untested alone (no trial changes only {knob})")
         else:

@@ -29,6 +29,9 @@ from yoloprof.stats import mean, median, quantile
 from yoloprof.telemetry import summarize
 
 PHASES = ("data_wait_ms", "h2d_ms", "forward_ms", "backward_ms", "comm_wait_ms", "optimizer_ms", "other_ms")
+# A rank SIGKILLed while free RAM fell below this share of what was free during the trial was
+# taken by the kernel's OOM killer (its log is not readable here; the telemetry is the evidence).
+OOM_KILL_FREE_FRAC = 0.05
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -174,6 +177,12 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
               telemetry: Optional[tuple] = None) -> TrialResult:  # fmt: skip
     """telemetry: what yoloprof.telemetry.read_telemetry returned for the trial, if anything."""
     status, error = _status(spec, ranks, outcome)
+    if status == "error" and "SIGKILL" in (error or "") and telemetry is not None:
+        free = [c.mem_available_mib for c in telemetry[2]]
+        if free and min(free) < OOM_KILL_FREE_FRAC * max(free):
+            status = "oom"
+            error = (f"{error.split(' (')[0]} while free RAM fell from {max(free):.0f} to {min(free):.0f} MiB: "
+                     "the kernel's OOM killer")  # fmt: skip
     result = TrialResult(
         trial_id=spec.trial_id,
         status=status,

@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="DIR", help="finish an interrupted scan: run only the trials without a result")
     s.add_argument("--baseline", metavar="K=V,...", help="your current settings, measured as a trial to compare with "
                    "(e.g. batch=32,workers=4,amp=off; unnamed knobs keep Ultralytics' defaults)")
+    s.add_argument("--ranks", help="world sizes to compare, e.g. 1,2,4 (scaling; same batch per rank; "
+                   "--batch is global at the largest)")
     s.add_argument("--no-defaults", action="store_true", help="do not add a trial with Ultralytics' default settings")
     s.add_argument("--no-ceilings", action="store_true", help="skip the input, compute and link ceilings after the trials")
 
@@ -75,7 +77,7 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
 
     keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
             "batch", "workers", "amp", "pin_memory", "cache", "nccl", "trial_timeout", "no_ceilings", "baseline",
-            "no_defaults")  # fmt: skip
+            "no_defaults", "ranks")  # fmt: skip
     req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])
     if args.resume:
         others = [k for k in keys if k not in ("trial_timeout", "no_ceilings", "optimizer", "steps", "warmup")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from yoloprof.errors import UsageError
@@ -188,28 +188,32 @@ def omp_threads(cpu_count: int, world_size: int) -> int:
 
 
 def specs(plan: Plan, hw: Hardware, *, model: str, data: str, imgsz: int, optimizer: str,
-          warmup: int, steps: int) -> list[TrialSpec]:
-    threads = omp_threads(hw.cpu_count, hw.world_size)
+          warmup: int, steps: int, world_sizes: Optional[list[int]] = None) -> list[TrialSpec]:  # fmt: skip
+    """Trials in plan order. With several world sizes (scaling), each runs at every size with the same
+    batch per rank, as when GPUs are added: the batch lists are global at the largest size."""
+    sizes = sorted(world_sizes or [hw.world_size])
+    full = max(hw.world_size, 1)
     out = []
-    for i, k in enumerate(plan.knobs, start=1):
-        env = {"OMP_NUM_THREADS": str(threads), **nccl_env(k.nccl)}
-        out.append(
-            TrialSpec(
-                trial_id=trial_id(i, k),
-                knobs=k,
-                world_size=hw.world_size,
-                device=hw.device,
-                gpus=list(hw.gpus),
-                model=model,
-                data=data,
-                imgsz=imgsz,
-                optimizer=optimizer,
-                warmup_steps=warmup,
-                measured_steps=steps,
-                env=env,
-            )
-        )
+    for k in plan.knobs:
+        for r in sizes:
+            knobs = k if r == full else replace(k, batch=max(k.batch // full, 1) * r)
+            env = {"OMP_NUM_THREADS": str(omp_threads(hw.cpu_count, r)), **nccl_env(k.nccl)}
+            tid = trial_id(len(out) + 1, knobs) + (f"-r{r}" if len(sizes) > 1 else "")
+            out.append(TrialSpec(
+                trial_id=tid, knobs=knobs, world_size=r, device=hw.device,
+                gpus=list(hw.gpus[:r]) if hw.device == "cuda" else [], model=model, data=data, imgsz=imgsz,
+                optimizer=optimizer, warmup_steps=warmup, measured_steps=steps, env=env,
+            ))  # fmt: skip
     return out
+
+
+def parse_world_sizes(text: str, hw: Hardware) -> list[int]:
+    sizes = parse_ints("--ranks", text, 1)
+    too_many = [r for r in sizes if r > hw.world_size]
+    if too_many:
+        raise UsageError(f"--ranks {too_many[0]}: the scan has {hw.world_size} ranks "
+                         f"({'--gpus' if hw.device == 'cuda' else '--nproc'} sets them)")  # fmt: skip
+    return sorted(sizes)
 
 
 def cache_ram_risk(train_images: int, imgsz: int, ranks: int, available_mib: float) -> tuple[bool, str]:

@@ -45,6 +45,7 @@ class ScanRequest:
     no_ceilings: bool = False
     baseline: Optional[str] = None  # the user's current settings, "batch=32,workers=4,amp=off"
     no_defaults: bool = False
+    ranks: Optional[str] = None  # world sizes to compare (scaling), e.g. "1,2,4"
     command: list[str] = field(default_factory=list)
 
 
@@ -165,6 +166,7 @@ class Context:
     dataset: DatasetInfo
     model: str
     roles: dict = field(default_factory=dict)  # baseline role -> Knobs
+    world_sizes: Optional[list[int]] = None  # several: a scaling scan
 
 
 def prepare(req: ScanRequest, console: Console) -> Context:
@@ -178,14 +180,18 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     from probes import model_check
 
     env = environment.collect(user_env)
+    on_cpu = req.device == "cpu" or (not env.gpus and req.gpus is None)
+    if req.ranks is not None and req.nproc is None and on_cpu:  # CPU scaling: as many ranks as the largest size
+        req.nproc = max(plan.parse_ints("--ranks", req.ranks, 1))
     hw, hw_why = resolve_hardware(req, env)
+    world_sizes = plan.parse_world_sizes(req.ranks, hw) if req.ranks else None
     the_plan = plan.make_plan(hw, given)
     mine = baselines.parse_baseline(req.baseline, hw) if req.baseline else None
     roles = baselines.add(the_plan, hw, mine, with_defaults=not req.no_defaults)
     imgsz = req.imgsz or (640 if hw.device == "cuda" else 128)
     dataset = resolve_data(req, console)
     model = model_check.resolve(req.model or DEFAULT_MODEL, len(dataset.classes))
-    return Context(env, hw, hw_why, the_plan, imgsz, dataset, model, roles)
+    return Context(env, hw, hw_why, the_plan, imgsz, dataset, model, roles, world_sizes)
 
 
 def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, int]:
@@ -194,7 +200,7 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
     hw, the_plan, dataset, model, imgsz = ctx.hw, ctx.plan, ctx.dataset, ctx.model, ctx.imgsz
     out = prepare_out(req)
     specs = plan.specs(the_plan, hw, model=model, data=dataset.data, imgsz=imgsz, optimizer=req.optimizer,
-                       warmup=req.warmup, steps=req.steps)  # fmt: skip
+                       warmup=req.warmup, steps=req.steps, world_sizes=ctx.world_sizes)  # fmt: skip
     meta = ScanMeta(
         yoloprof_version=__version__,
         created_s=time.time(),
@@ -212,13 +218,15 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
         dropped=the_plan.dropped,
         trial_ids=[s.trial_id for s in specs],
         specs=specs,
-        baselines={role: next(s.trial_id for s in specs if s.knobs == k) for role, k in ctx.roles.items()},
+        baselines={role: next(s.trial_id for s in specs if s.knobs == k and s.world_size == hw.world_size)
+                   for role, k in ctx.roles.items()},
         environment=ctx.env,
         trial_deviations=trial_deviations(hw, req, req.steps, req.warmup),
     )
     write_json(out / paths.SCAN_MARKER, meta)
     console.print(f"[bold]yoloprof scan[/] -> {out}")
-    console.print(f"  ranks: {ctx.hw_why}")
+    console.print(f"  ranks: {ctx.hw_why}" + (f"; scaling over {ctx.world_sizes} ranks, same batch per rank"
+                                               if ctx.world_sizes and len(ctx.world_sizes) > 1 else ""))
     console.print(f"  model: {model}   imgsz: {imgsz}   optimizer: {req.optimizer}   steps: {req.warmup} warm-up + {req.steps} measured")
     console.print(f"  data: {dataset.data} ({dataset.train_images} images{', synthetic: speed only' if dataset.synthetic else ''})")
     for d in the_plan.dropped:
