@@ -1,7 +1,13 @@
 """CPU readings of a trial's process tree: the cores, the ranks, their DataLoader workers, free RAM.
 
 "More workers did not help" is usually a machine whose cores are all busy: this is the evidence.
-Process objects are kept between reads so cpu_percent() covers the interval since the last one.
+Process objects are kept between reads so cpu_percent() covers the interval since the last one
+(a process seen for the first time counts 0 in that read: it has no interval yet).
+
+Finding the tree costs a read of every process on the machine (psutil walks all of /proc for
+children(recursive=True)): milliseconds on a busy box, too much every 100 ms. So the tree is
+walked once a second, or at once when one of its processes is gone, and each read between
+looks only at the processes already known.
 """
 
 from __future__ import annotations
@@ -14,75 +20,93 @@ import psutil
 from yoloprof.records import CpuSample
 
 MIB = 2**20
-RANK_MARK = "yoloprof.worker"
+RANK_MARK = "yoloprof.worker"  # in every rank's command line (python -u -m yoloprof.worker spec.json)
+LAUNCHERS = ("torch.distributed.run", "torchrun")  # ... and in torchrun's, which is no rank
+
+
+def is_rank_cmdline(cmdline: list[str]) -> bool:
+    launcher = any(a == m or a.endswith("/" + m) for a in cmdline for m in LAUNCHERS)
+    return not launcher and any(RANK_MARK in a for a in cmdline)
 
 
 class CpuReader:
-    REDISCOVER_S = 1.0  # walking the tree and reading command lines is the expensive part: not every read
+    WALK_S = 1.0  # walk the tree at most this often...
+    WALK_SHARE = 0.01  # ...and less often if a walk would take more than this share of the time
 
     def __init__(self, root_pid: Optional[int] = None):
-        self.root_pid = root_pid
-        self._procs: dict[int, psutil.Process] = {}
-        self._cmdlines: dict[int, str] = {}
-        self._tree_cache: tuple[list[psutil.Process], list[psutil.Process]] = ([], [])
-        self._tree_at = -1e9
+        self.root_pid = root_pid  # torchrun or a wrapper of it; may be set later (the sampler starts first)
+        self._procs: dict[int, psutil.Process] = {}  # pid -> the Process whose cpu_percent() has a baseline
+        self._marked: dict[int, bool] = {}  # pid -> a rank's command line (read once per process)
+        self._ranks: list[psutil.Process] = []
+        self._workers: list[psutil.Process] = []
+        self._root: Optional[psutil.Process] = None
+        self._next_walk = 0.0  # time.monotonic() of the next walk
         psutil.cpu_percent(percpu=True)  # start the per-core interval
 
-    def _tree(self) -> tuple[list[psutil.Process], list[psutil.Process]]:
-        now = time.monotonic()
-        if now - self._tree_at >= self.REDISCOVER_S or not self._tree_cache[0]:
-            self._tree_cache, self._tree_at = self._walk(), now
-        return self._tree_cache
-
-    def _walk(self) -> tuple[list[psutil.Process], list[psutil.Process]]:
-        if self.root_pid is None:
-            return [], []
+    def _walk(self) -> None:
+        """Find the ranks (a rank's command line, a parent without one: a forked DataLoader worker
+        inherits its rank's) and the loader workers (any descendant of a rank)."""
+        t0 = time.monotonic()
         try:
-            everyone = psutil.Process(self.root_pid).children(recursive=True)
+            if self._root is None or self._root.pid != self.root_pid:
+                self._root = psutil.Process(self.root_pid)
+            found = self._root.children(recursive=True)
         except psutil.Error:
-            return [], []
-        ranks, workers, parent = [], [], {}
-        for p in everyone:
+            found = []
+        procs, parent = {}, {}
+        for p in found:
+            old = self._procs.get(p.pid)
+            p = old if old is not None and old == p else p  # equality includes the start time: pid reuse is new
             try:
-                parent[p.pid] = p.ppid()
-                if p.pid not in self._cmdlines:
-                    self._cmdlines[p.pid] = " ".join(p.cmdline())
-                if RANK_MARK in self._cmdlines[p.pid]:
-                    ranks.append(p)
+                with p.oneshot():
+                    if p.status() == psutil.STATUS_ZOMBIE:
+                        continue  # exited, not yet reaped by its parent
+                    ppid = p.ppid()
+                if p.pid not in self._marked or old is not p:
+                    self._marked[p.pid] = is_rank_cmdline(p.cmdline())
             except psutil.Error:
-                continue
-        rank_pids = {p.pid for p in ranks}
-        ranks = [p for p in ranks if parent.get(p.pid) not in rank_pids]  # a worker inherits its rank's cmdline
-        rank_pids = {p.pid for p in ranks}
-        workers = [p for p in everyone if p.pid not in rank_pids and parent.get(p.pid) in rank_pids]
-        return ranks, workers
+                continue  # gone, or not ours to read
+            procs[p.pid], parent[p.pid] = p, ppid
+        self._procs = procs
+        self._marked = {pid: m for pid, m in self._marked.items() if pid in procs}
+        marked = {pid for pid, m in self._marked.items() if m}
+        ranks = {pid for pid in marked if parent[pid] not in marked}
+        workers, frontier = set(), ranks
+        while frontier:
+            frontier = {pid for pid, pp in parent.items() if pp in frontier and pid not in workers}
+            workers |= frontier
+        self._ranks = [procs[pid] for pid in sorted(ranks)]
+        self._workers = [procs[pid] for pid in sorted(workers)]
+        now = time.monotonic()
+        self._next_walk = now + max(self.WALK_S, (now - t0) / self.WALK_SHARE)
 
-    def _usage(self, procs: list[psutil.Process]) -> tuple[float, float]:
-        cpu = rss = 0.0
+    def _usage(self, procs: list[psutil.Process]) -> tuple[int, float, float]:
+        """(alive, CPU % summed, RSS MiB summed)."""
+        alive, cpu, rss = 0, 0.0, 0.0
         for p in procs:
-            cached = self._procs.setdefault(p.pid, p)
             try:
-                with cached.oneshot():
-                    cpu += cached.cpu_percent(None)
-                    rss += cached.memory_info().rss / MIB
+                with p.oneshot():  # one read of /proc/<pid>/stat for status and CPU
+                    if p.status() == psutil.STATUS_ZOMBIE:
+                        raise psutil.ZombieProcess(p.pid)  # exited since the walk: no longer a worker
+                    c, r = p.cpu_percent(None), p.memory_info().rss / MIB
             except psutil.Error:
-                self._procs.pop(p.pid, None)
-                self._tree_at = -1e9  # something exited: look at the tree again next read
-        return cpu, rss
+                self._next_walk = 0.0  # the tree changed: look again next read
+                continue
+            alive, cpu, rss = alive + 1, cpu + c, rss + r
+        return alive, cpu, rss
 
     def read(self, t_s: Optional[float] = None) -> CpuSample:
         t_s = time.time() if t_s is None else t_s
-        ranks, workers = self._tree()
-        alive = {p.pid for p in ranks + workers}
-        for pid in [pid for pid in self._procs if pid not in alive]:
-            del self._procs[pid]
-            self._cmdlines.pop(pid, None)
-        ranks_cpu, ranks_rss = self._usage(ranks)
-        loader_cpu, loader_rss = self._usage(workers)
+        per_core = [float(x) for x in psutil.cpu_percent(percpu=True)]
+        if self.root_pid is not None and (time.monotonic() >= self._next_walk or self._root is None
+                                          or self._root.pid != self.root_pid):  # fmt: skip
+            self._walk()
+        _, ranks_cpu, ranks_rss = self._usage(self._ranks)
+        workers, loader_cpu, loader_rss = self._usage(self._workers)
         return CpuSample(
             t_s=t_s,
-            cpu_pct_per_core=[float(x) for x in psutil.cpu_percent(percpu=True)],
-            loader_workers=len(workers),
+            cpu_pct_per_core=per_core,
+            loader_workers=workers,
             loader_cpu_pct=loader_cpu,
             loader_rss_mib=loader_rss,
             ranks_cpu_pct=ranks_cpu,

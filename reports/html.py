@@ -167,7 +167,7 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         ranks_of={r.trial_id: r.ranks for r in results},
         scale_groups=scale_groups,
         scale_svg=charts.scaling(scale_groups),
-        gpu_status=next((r.telemetry.gpu_status for r in results if r.telemetry), "not measured: no telemetry"),
+        gpu_status=next((r.telemetry.gpu_status for r in results if r.telemetry), "not measured: no telemetry file"),
         **_ceiling_context(out),
         **_advice_context(out),
     )

@@ -151,5 +151,5 @@ def timeline(scan_dir: Path, trial_id: str) -> Optional[Timeline]:
         util_t_s=[t - t0 for t in ts],
         util_pct=util,
         util_source=source,
-        gpu_status=header.gpu_status if header else "not measured: no telemetry was recorded",
+        gpu_status=header.gpu_status if header else "not measured: no telemetry file",
     )

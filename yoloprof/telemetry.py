@@ -6,6 +6,7 @@ support): the report prints "n/a" with the reason, never a zero.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Optional
@@ -14,11 +15,15 @@ from yoloprof.records import CpuSample, GpuSample, RecordError, TelemetryHeader,
 from yoloprof.stats import mean, quantile
 
 BUSY_CORE_PCT = 90.0  # a core this busy has nothing left for DataLoader workers
+NO_FILE = "not measured: no telemetry file"
 
 
 def read_telemetry(path: Path) -> tuple[Optional[TelemetryHeader], list[GpuSample], list[CpuSample], list[str]]:
-    """(header, GPU samples, CPU samples, notes: unsupported fields and reader errors)."""
-    header, gpu, cpu, notes = None, [], [], []
+    """(header, GPU samples, CPU samples, notes: the unsupported GPU fields and the readers' errors).
+
+    A missing file reads as nothing; a line cut short by a killed scan is skipped.
+    """
+    header, gpu, cpu, unsupported, errors = None, [], [], [], []
     try:
         lines = Path(path).read_text(errors="replace").splitlines()
     except OSError:
@@ -29,58 +34,66 @@ def read_telemetry(path: Path) -> tuple[Optional[TelemetryHeader], list[GpuSampl
             kind = obj.pop("kind", None)
             if kind == "header":
                 header = from_dict(TelemetryHeader, obj)
+                unsupported += header.unsupported
             elif kind == "gpu":
                 gpu.append(from_dict(GpuSample, obj))
             elif kind == "cpu":
                 cpu.append(from_dict(CpuSample, obj))
             elif kind == "unsupported":
-                notes.append("not supported by the device: " + ", ".join(obj.get("fields", [])))
+                unsupported += [str(f) for f in obj.get("fields", [])]
             elif kind == "error":
-                notes.append(f"{obj.get('source')} sampling stopped: {obj.get('message')}")
-        except (ValueError, RecordError):
-            continue  # a line cut short by a killed scan
-    return header, gpu, cpu, notes
+                errors.append(f"{obj.get('source')} telemetry stopped: {obj.get('message')}")
+        except (ValueError, TypeError, AttributeError, RecordError):
+            continue
+    notes = ["not supported by the GPU: " + ", ".join(dict.fromkeys(unsupported))] if unsupported else []
+    return header, gpu, cpu, notes + errors
 
 
 def _energy(samples: list[GpuSample]) -> Optional[float]:
-    """Joules used by one GPU over its samples: the energy counter, else power integrated over time."""
-    with_counter = [s for s in samples if s.energy_j is not None]
-    if len(with_counter) >= 2:
-        return with_counter[-1].energy_j - with_counter[0].energy_j
-    with_power = [s for s in samples if s.power_w is not None]
-    if len(with_power) >= 2:
-        return sum((b.t_s - a.t_s) * (a.power_w + b.power_w) / 2 for a, b in zip(with_power, with_power[1:]))
+    """Joules one GPU used over its samples: the energy counter, else its power integrated (trapezoids)."""
+    counter = [s.energy_j for s in samples if s.energy_j is not None]
+    if len(counter) >= 2 and counter[-1] >= counter[0]:  # a counter that went back was reset (driver reload)
+        return counter[-1] - counter[0]
+    power = [s for s in samples if s.power_w is not None]
+    if len(power) >= 2:
+        return sum((b.t_s - a.t_s) * (a.power_w + b.power_w) / 2 for a, b in itertools.pairwise(power))
     return None
 
 
-def summarize(header: Optional[TelemetryHeader], gpu: list[GpuSample], cpu: list[CpuSample], t0_s: float,
-              t1_s: float, images: int) -> TelemetrySummary:  # fmt: skip
-    status = header.gpu_status if header is not None else "not measured: no telemetry was recorded"
-    g = [s for s in gpu if t0_s <= s.t_s <= t1_s]
-    c = [s for s in cpu if t0_s <= s.t_s <= t1_s]
-    out = TelemetrySummary(gpu_status=status, samples=len(g) + len(c))
+def _gpu_summary(out: TelemetrySummary, g: list[GpuSample], images: int) -> None:
+    out.gpu_util_mean_pct = mean(s.sm_util_pct for s in g)
+    by_time: dict[float, list[float]] = {}
+    for s in g:
+        if s.sm_util_pct is not None:
+            by_time.setdefault(s.t_s, []).append(s.sm_util_pct)
+    out.gpu_util_p10_pct = quantile([sum(v) / len(v) for v in by_time.values()], 0.1)
+    out.gpu_mem_used_peak_mib = max((s.mem_used_mib for s in g if s.mem_used_mib is not None), default=None)
+    out.power_w_mean = mean(s.power_w for s in g)
+    out.sm_clock_mhz_mean = mean(s.sm_clock_mhz for s in g)
+    out.throttle_reasons = sorted({r for s in g for r in (s.throttle_reasons or [])})
+    per_gpu = [_energy(sorted((s for s in g if s.gpu == k), key=lambda s: s.t_s)) for k in sorted({s.gpu for s in g})]
+    if all(e is not None for e in per_gpu):  # a GPU without either would make the sum an undercount
+        out.energy_j = sum(per_gpu)
+        out.energy_j_per_img = out.energy_j / images if images > 0 else None
+
+
+def _cpu_summary(out: TelemetrySummary, c: list[CpuSample]) -> None:
+    cores = [s.cpu_pct_per_core for s in c if s.cpu_pct_per_core]
+    out.cpu_util_mean_pct = mean(sum(x) / len(x) for x in cores)
+    out.cpu_busy_cores_frac = sum(all(v >= BUSY_CORE_PCT for v in x) for x in cores) / len(cores) if cores else None
+    out.loader_cpu_pct_mean = mean(s.loader_cpu_pct for s in c)
+    out.loader_rss_peak_mib = max((s.loader_rss_mib for s in c if s.loader_rss_mib is not None), default=None)
+    out.mem_available_min_mib = min((s.mem_available_mib for s in c if s.mem_available_mib is not None), default=None)
+
+
+def summarize(header: Optional[TelemetryHeader], gpu_samples: list[GpuSample], cpu_samples: list[CpuSample],
+              t0_s: float, t1_s: float, images: int) -> TelemetrySummary:  # fmt: skip
+    """Telemetry over [t0_s, t1_s], the trial's measured steps; images: those trained in the window."""
+    g = [s for s in gpu_samples if t0_s <= s.t_s <= t1_s]
+    c = [s for s in cpu_samples if t0_s <= s.t_s <= t1_s]
+    out = TelemetrySummary(gpu_status=header.gpu_status if header is not None else NO_FILE, samples=len(g) + len(c))
     if g:
-        util = [s.sm_util_pct for s in g if s.sm_util_pct is not None]
-        out.gpu_util_mean_pct = mean(util)
-        by_time: dict[float, list[float]] = {}
-        for s in g:
-            if s.sm_util_pct is not None:
-                by_time.setdefault(s.t_s, []).append(s.sm_util_pct)
-        out.gpu_util_p10_pct = quantile([sum(v) / len(v) for v in by_time.values()], 0.1)
-        used = [s.mem_used_mib for s in g if s.mem_used_mib is not None]
-        out.gpu_mem_used_peak_mib = max(used) if used else None
-        out.power_w_mean = mean(s.power_w for s in g)
-        out.sm_clock_mhz_mean = mean(s.sm_clock_mhz for s in g)
-        out.throttle_reasons = sorted({r for s in g for r in (s.throttle_reasons or []) if r != "idle"})
-        per_gpu = [_energy([s for s in g if s.gpu == k]) for k in sorted({s.gpu for s in g})]
-        if per_gpu and all(e is not None for e in per_gpu):
-            out.energy_j = sum(per_gpu)
-            out.energy_j_per_img = out.energy_j / images if images else None
+        _gpu_summary(out, g, images)
     if c:
-        out.cpu_util_mean_pct = mean(sum(s.cpu_pct_per_core) / len(s.cpu_pct_per_core) for s in c if s.cpu_pct_per_core)
-        busy = [all(x >= BUSY_CORE_PCT for x in s.cpu_pct_per_core) for s in c if s.cpu_pct_per_core]
-        out.cpu_busy_cores_frac = sum(busy) / len(busy) if busy else None
-        out.loader_cpu_pct_mean = mean(s.loader_cpu_pct for s in c)
-        out.loader_rss_peak_mib = max(s.loader_rss_mib for s in c)
-        out.mem_available_min_mib = min(s.mem_available_mib for s in c)
+        _cpu_summary(out, c)
     return out
