@@ -1,17 +1,29 @@
 # Two commands on a fresh machine:  make scan  (a real scan on the built-in defaults)  and  make test.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch first, from the versions this machine holds; a torch already in the venv is kept.
+# torch first, from the versions this machine holds; a torch already in the venv is kept, unless
+# TORCH is given on the command line: `make install TORCH="torch torchvision --index-url .../cu126"`
+# replaces it (what `yoloprof doctor` prints when the driver is older than torch's CUDA).
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 SCAN_ARGS ?=
+ifeq ($(origin TORCH),command line)
+REPLACE_TORCH := 1
+endif
 
-.PHONY: install scan test clean
+.PHONY: install scan test clean FORCE
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(if $(REPLACE_TORCH),FORCE)
 	test -x $(PY) || python3 -m venv $(VENV)
+ifdef REPLACE_TORCH
+	$(PY) -m pip uninstall -q -y torch torchvision || true
+	$(PY) -m pip install -q $(TORCH)
+else
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
+endif
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
+
+FORCE:
 
 install: $(VENV)/.installed
 

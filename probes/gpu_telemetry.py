@@ -88,14 +88,18 @@ def _check_order(environ: Mapping[str, str], count: int, nvml: Any) -> None:
                            "set CUDA_DEVICE_ORDER=PCI_BUS_ID or name the GPUs by UUID")  # fmt: skip
 
 
+def visible_physical(environ: Mapping[str, str], nvml: Any = pynvml) -> tuple[list[int], str]:
+    """Physical NVML indices in CUDA's order as CUDA_VISIBLE_DEVICES leaves them, and why the list ends early."""
+    count = nvml.nvmlDeviceGetCount()
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    return (list(range(count)), "") if visible is None else _visible(visible, count, nvml)
+
+
 def resolve_nvml_indices(cuda_indices: list[int], environ: Mapping[str, str], nvml: Any = pynvml) -> list[int]:
     """CUDA index (as this process sees it) -> physical NVML index. NVML must be initialised."""
     count = nvml.nvmlDeviceGetCount()
     visible = environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        physical, why = list(range(count)), ""
-    else:
-        physical, why = _visible(visible, count, nvml)
+    physical, why = visible_physical(environ, nvml)
     if visible is None or any(e.strip().lstrip("+-").isdigit() for e in visible.split(",")):
         _check_order(environ, count, nvml)  # integer indices are in CUDA's order; UUIDs are not
     out = []

@@ -14,7 +14,7 @@ COLUMNS = [
     "img_per_s", "step_ms_p50", "step_ms_p90", "data_wait_frac", "comm_ms_p50", "comm_frac",
     "peak_mem_mib", "gpu_util_pct", "bottleneck", "position",
     "img_per_s_p10", "img_per_s_p90", "comm_wait_ms_p50", "workers_effective", "accumulate", "rank_skew",
-    "measured_steps", "error",
+    "measured_steps", "error", "epoch_boundary_steps", "epoch_boundary_ms_p50", "mem_overhead_mib",
 ]  # fmt: skip
 
 
@@ -50,7 +50,8 @@ def rows(results: list[TrialResult], ranking: Ranking) -> list[dict[str, Optiona
             "img_per_s_p10": r.img_per_s_p10, "img_per_s_p90": r.img_per_s_p90,
             "comm_wait_ms_p50": r.comm_wait_ms_p50, "workers_effective": r.workers_effective,
             "accumulate": r.accumulate, "rank_skew": r.rank_skew, "measured_steps": r.measured_steps,
-            "error": r.error,
+            "error": r.error, "epoch_boundary_steps": r.epoch_boundary_steps,
+            "epoch_boundary_ms_p50": r.epoch_boundary_ms_p50, "mem_overhead_mib": r.mem_overhead_mib,
         })  # fmt: skip
     return out
 

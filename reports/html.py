@@ -12,7 +12,7 @@ from reports import charts
 from reports.config_files import BestConfig, render_env, render_yaml
 from reports.csv_table import ordered
 from reports.csv_table import rows as table_rows
-from yoloprof import advice, against, baselines, plan, scaling
+from yoloprof import advice, against, baselines, memory_fit, plan, scaling
 from yoloprof import ranking as ranking_mod
 from yoloprof.records import ScanMeta
 
@@ -80,16 +80,27 @@ def _ceiling_context(out) -> dict:
         svg = charts.compute_memory(c.compute.points, c.compute.device_mem_total_mib)
         if svg:
             figures.append(dict(title="Compute and memory against batch", svg=svg, caption=(
-                "One device, no data loading. " + (
-                    "Largest batch per rank within 90% of device memory: "
-                    + ", ".join(f"{k} {v}" for k, v in c.compute.max_batch_fit.items()) + "."
-                    if c.compute.max_batch_fit else (c.compute.note or "")))))  # fmt: skip
+                "One device, no data loading. " + _fit_text(c.compute, out.results))))
     svg = charts.busbw(c.allreduce, best_bw)
     if svg:
         figures.append(dict(title="AllReduce bus bandwidth", svg=svg, caption=(
             "Probe: an nccl-tests style sweep on the scan's ranks and backend, busbw = algbw x 2(n-1)/n. "
             "Crosses: the best trial's DDP buckets as timed in training (launch to completion).")))  # fmt: skip
     return dict(views=views, link=link, ceilings=c, ceiling_figures=figures)
+
+
+def _fit_text(compute, results) -> str:
+    if not compute.max_batch_fit:
+        return compute.note or ""
+    one = ", ".join(f"{k} {v}" for k, v in compute.max_batch_fit.items())
+    ddp, overhead = memory_fit.ddp_fits(compute, results)
+    if overhead is None:
+        return (f"Largest batch per rank within 90% of device memory, measured on one device: {one}. Under DDP a "
+                "rank also holds its CUDA context, NCCL buffers and gradient buckets, not measured here (no NVML "
+                "reading from a DDP trial), so DDP fits less.")  # fmt: skip
+    return (f"Largest batch per rank within 90% of device memory under DDP: "
+            f"{', '.join(f'{k} {v}' for k, v in ddp.items()) or 'none'} (one device alone: {one}; a DDP rank holds "
+            f"{overhead:.0f} MiB more, measured by NVML in the DDP trials: CUDA context, NCCL buffers, buckets).")
 
 
 def _advice_context(out) -> dict:
@@ -109,7 +120,8 @@ def _advice_context(out) -> dict:
     hw = plan.Hardware(meta.device, meta.world_size, meta.gpus, env.cpu_count, len(env.gpus))
     fit = None
     if out.ceilings.compute is not None:
-        fit = out.ceilings.compute.max_batch_fit.get("amp" if best.knobs.amp else "fp32")
+        ddp, overhead = memory_fit.ddp_fits(out.ceilings.compute, results)
+        fit = (ddp if overhead is not None else out.ceilings.compute.max_batch_fit).get("amp" if best.knobs.amp else "fp32")
     ctx["untested"] = [
         dict(text=u.text, command=advice.next_scan(meta.command, u.flags))
         for u in advice.untested(best, verdicts[best.trial_id].bottleneck, results, meta.device, plan.workers_cap(hw), fit)

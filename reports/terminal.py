@@ -1,4 +1,4 @@
-"""The ranked table and the verdict in the terminal (rich)."""
+"""The ranked table, the verdict and the doctor's view in the terminal (rich)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 from reports.csv_table import ordered
-from yoloprof.records import AllReduceCeiling, ComputeCeiling, LoaderCeiling, Ranking, TrialResult
+from yoloprof.records import (
+    AllReduceCeiling, ComputeCeiling, DoctorReport, Finding, LoaderCeiling, Ranking, TrialResult,
+)  # fmt: skip
 
 
 def fmt(v: Optional[float], spec: str = ".1f", suffix: str = "") -> str:
@@ -83,3 +85,60 @@ def allreduce_table(c: AllReduceCeiling) -> Table:
     if c.status != "ok":
         t.caption = f"[red]{c.error}[/]"
     return t
+
+
+def _gib(mib: Optional[float]) -> str:
+    return fmt(None if mib is None else mib / 1024, ".1f", " GiB")
+
+
+def doctor_view(r: DoctorReport, found: list[Finding], plan_why: str) -> list:
+    """`yoloprof doctor`: the readings, the GPUs and their links, then the findings with their fixes."""
+    facts = Table.grid(padding=(0, 2))
+    checks = "; ".join(f"{' '.join(f'{k}={v}' for k, v in c.env.items()) or 'as set'}: {c.status}"
+                       + (f" in {c.wall_s:.1f} s" if c.status == "ok" else "") for c in r.collectives)  # fmt: skip
+    for k, v in (
+        ("plan", f"{plan_why}; up to {fmt(r.workers_per_rank, 'd')} DataLoader worker(s) per rank"),
+        ("torch", f"{r.torch}, built for CUDA {r.torch_cuda or 'none (CPU-only build)'}; NCCL {r.nccl or 'n/a'}"),
+        ("driver", f"{r.driver}, runs CUDA up to {r.driver_cuda or 'n/a'}" if r.driver else f"n/a (NVML {r.nvml_status})"),
+        ("GPUs", f"torch sees {len(r.torch_gpus)}, NVML {len(r.nvml_gpus) if r.nvml_status == 'ok' else 'n/a'}"
+                 + (f" ({r.torch_cuda_error})" if r.torch_cuda_error and not r.torch_gpus else "")
+                 + (f"; CUDA_VISIBLE_DEVICES={r.cuda_visible_devices}" if r.cuda_visible_devices is not None else "")),
+        ("CPU", f"{r.cpu_count} cores" + (f", {r.cpu_count / r.ranks:.1f} per rank" if r.ranks else "")),
+        ("RAM", f"{_gib(r.ram_total_mib)}, {_gib(r.ram_available_mib)} available"),
+        ("/dev/shm", f"{_gib(r.shm_total_mib)}, {_gib(r.shm_free_mib)} free"),
+        ("open files", f"{r.nofile_soft or 'unlimited'} (hard {r.nofile_hard or 'unlimited'})"),
+        ("AllReduce", f"{r.collectives[0].backend}, {r.collectives[0].world_size} ranks: {checks}" if r.collectives
+         else "not run (one rank)"),
+    ):  # fmt: skip
+        facts.add_row(f"[bold]{k}[/]", v)
+    out: list = [facts]
+    if r.nvml_gpus or r.torch_gpus:
+        t = Table(title="GPUs (NVML index = nvidia-smi's; CUDA index = torch's under CUDA_VISIBLE_DEVICES)")
+        for col in ("NVML", "CUDA", "name", "memory", "UUID"):
+            t.add_column(col)
+        for g in r.nvml_gpus:
+            t.add_row(str(g.nvml_index), "hidden" if g.cuda_index is None else str(g.cuda_index), g.name or "n/a",
+                      _gib(g.mem_total_mib), g.uuid or "n/a")  # fmt: skip
+        if not r.nvml_gpus:
+            for g in r.torch_gpus:
+                t.add_row("n/a", str(g.index), g.name, _gib(g.mem_total_mib), "n/a")
+        out.append(t)
+    if r.links:
+        ids = sorted({x.gpu_a for x in r.links} | {x.gpu_b for x in r.links})
+        cell = {(x.gpu_a, x.gpu_b): "NV" if x.nvlink else (x.pcie or "n/a") for x in r.links}
+        t = Table(title="GPU links (CUDA indices)", caption="NV NVLink, PIX/PXB PCIe switch(es), PHB PCIe host bridge, "
+                  "NODE host bridges of one CPU, SYS across CPU sockets")  # fmt: skip
+        t.add_column("")
+        for i in ids:
+            t.add_column(f"GPU{i}", justify="center")
+        for a in ids:
+            t.add_row(f"GPU{a}", *("X" if a == b else cell.get((min(a, b), max(a, b)), "n/a") for b in ids))
+        out.append(t)
+    t = Table(title="Findings", header_style="bold", show_lines=True)
+    for col in ("", "finding", "fix"):
+        t.add_column(col)
+    style = {"error": "[bold red]error[/]", "warn": "[yellow]warn[/]", "ok": "[green]ok[/]"}
+    for f in found:
+        t.add_row(style[f.severity], f.what, f.fix or "")
+    out.append(t)
+    return out

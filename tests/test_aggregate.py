@@ -138,3 +138,66 @@ def test_hang_watchdog_limits_follow_the_trials_own_speed(tmp_path):
     fast = TrialWatch(tmp_path / "none", 1)
     fast.step_ms = [50.0]
     assert fast.stall_limit_s(policy) == 120.0  # never below the floor
+
+
+def boundary_step(rank, i, step_ms, epoch_end_ms):
+    s = step(rank, i, step_ms, 5, 5)
+    s.epoch_boundary, s.epoch_end_ms = True, epoch_end_ms
+    return s
+
+
+def test_epoch_boundary_steps_are_left_out_of_the_steady_state_and_costed_apart():
+    # 3 batches per epoch: steps 3 and 6 start an epoch and carry 200 ms (rank 0) / 180 ms (rank 1) of epoch end
+    def rank(r, end_ms):
+        return [boundary_step(r, i, 100 + end_ms, end_ms) if i in (3, 6) else step(r, i, 100, 5, 5) for i in range(1, 8)]
+
+    res = aggregate.aggregate(SPEC, ranks_with(rank(0, 200), rank(1, 180)), LaunchOutcome(0))
+    assert res.measured_steps == 5 and res.epoch_boundary_steps == 2
+    assert res.step_ms_p90 == pytest.approx(100)  # with the boundary steps in, p90 would be 300 ms
+    assert res.img_per_s == pytest.approx(5 * 8 / 0.5)
+    assert res.epoch_end_ms_p50 == pytest.approx(200)  # the slowest rank's end-of-epoch work
+    assert res.epoch_boundary_ms_p50 == pytest.approx(200)  # 300 ms boundary step over the 100 ms steady step
+    assert res.notes == []
+
+
+def test_every_step_a_boundary_keeps_the_figures_and_says_why():
+    r0 = [boundary_step(0, i, 150, 50) for i in range(1, 4)]
+    r1 = [boundary_step(1, i, 150, 50) for i in range(1, 4)]
+    ranks = ranks_with(r0, r1)
+    ranks[0].info = None
+    res = aggregate.aggregate(SPEC, ranks, LaunchOutcome(0))
+    assert res.status == "ok" and res.measured_steps == 3 and res.step_ms_p50 == pytest.approx(150)
+    assert res.epoch_boundary_ms_p50 is None  # no steady step to compare with
+    assert any("Every measured step started an epoch" in n for n in res.notes)
+
+
+def test_colour_codes_never_reach_the_result():
+    ends = [RankEnd(0, "error", None, "rss", error="\x1b[34m\x1b[1mtrain: \x1b[0mNo labels found in /d/labels.cache"),
+            RankEnd(1, "ok", None, "rss")]
+    ranks = [RankRecords(0, None, [], ends[0]), RankRecords(1, None, [], ends[1])]
+    res = aggregate.aggregate(SPEC, ranks, LaunchOutcome(1))
+    assert res.error == "train: No labels found in /d/labels.cache"
+
+
+def test_colour_codes_are_stripped_from_every_output(cpu_scan_copy):
+    from reports.terminal import ranked_table
+    from rich.console import Console
+
+    from yoloprof import outputs
+    from yoloprof.text import error_line
+
+    assert error_line(RuntimeError("\x1b[31mboom\x1b[0m\nsecond line")) == "RuntimeError: boom"
+    rank1 = cpu_scan_copy / "trials" / "t02-b8-w2-fp32" / "rank1.jsonl"
+    lines = rank1.read_text().splitlines()
+    end = json.loads(lines[-1])
+    end.update(status="error", error="\x1b[34m\x1b[1mtrain: \x1b[0mNo labels found in /d/labels.cache")
+    rank1.write_text("\n".join(lines[:-1] + [json.dumps(end)]) + "\n")
+    out = outputs.write_all(cpu_scan_copy)
+    bad = next(r for r in out.results if r.trial_id == "t02-b8-w2-fp32")
+    assert bad.status == "error" and bad.error == "train: No labels found in /d/labels.cache"
+    console = Console(record=True, width=200, color_system=None)
+    console.print(ranked_table(out.results, out.ranking))
+    for text in ((cpu_scan_copy / "results.csv").read_text(), (cpu_scan_copy / "report.html").read_text(),
+                 console.export_text()):  # fmt: skip
+        assert "\x1b" not in text and "\\u001b" not in text
+    assert "No labels found" in (cpu_scan_copy / "results.csv").read_text()

@@ -88,17 +88,21 @@ def test_phases_add_up_exactly(fake):
     assert out[0].optimizer_ms == 0.0 and not out[0].optimizer_stepped
 
 
-def test_epoch_boundary_goes_to_other_not_data_wait(fake):
+def test_epoch_boundary_is_timed_apart_from_data_wait_and_other(fake):
     out = []
     probe = StepProbe(rank=0, warmup_steps=0, clock=Clock(cuda=False), sink=out.append)
     probe.epoch_start()
     run_step(probe, fake, wait=1, h2d=1, fwd=1, bwd=2, comm_tail=0, opt=None, other=0)
+    run_step(probe, fake, wait=2, h2d=1, fwd=1, bwd=2, comm_tail=0, opt=None, other=0)
     fake.advance_ms(40)  # epoch-end bookkeeping
     probe.epoch_start()
     run_step(probe, fake, wait=7, h2d=1, fwd=1, bwd=2, comm_tail=0, opt=None, other=0)
-    s = out[1]
-    assert s.data_wait_ms == pytest.approx(7)
-    assert s.other_ms == pytest.approx(40)
+    assert [s.epoch_boundary for s in out] == [True, False, True]
+    assert out[1].epoch_end_ms is None and out[0].epoch_end_ms is None  # the trial's first step has no previous epoch
+    s = out[2]
+    assert s.data_wait_ms == pytest.approx(7) and s.host_data_wait_ms == pytest.approx(7)
+    assert s.epoch_end_ms == pytest.approx(40)
+    assert s.other_ms == pytest.approx(0)
     assert s.step_ms == pytest.approx(40 + 7 + 1 + 1 + 2)
 
 
@@ -116,3 +120,117 @@ def test_missing_grad_hook_leaves_comm_wait_unmeasured(fake):
     probe.batch_end()
     assert out[0].backward_ms == pytest.approx(20)
     assert out[0].comm_wait_ms is None
+
+
+# -- a GPU's timeline, simulated: the host enqueues work and runs ahead; the device runs it in order --
+
+
+class FakeDevice:
+    """One CUDA stream: work runs in order, an event completes when the work queued before it has."""
+
+    def __init__(self, ft: FakeTime):
+        self.ft, self.busy_until = ft, ft.now
+        self.broken = False
+
+    def launch(self, ms: float) -> None:
+        self.busy_until = max(self.busy_until, self.ft.now) + ms / 1e3
+
+    def event(self) -> "FakeEvent":
+        if self.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return FakeEvent(self, max(self.ft.now, self.busy_until))
+
+    def synchronize(self) -> None:
+        if self.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        self.ft.now = max(self.ft.now, self.busy_until)
+
+
+class FakeEvent:
+    def __init__(self, dev: FakeDevice, t: float):
+        self.dev, self.t = dev, t
+
+    def query(self) -> bool:
+        if self.dev.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.dev.ft.now >= self.t
+
+    def elapsed_time(self, other: "FakeEvent") -> float:
+        if self.dev.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return (other.t - self.t) * 1e3
+
+
+def gpu_step(probe, ft, dev, *, host_wait):
+    """A rank that never synchronizes: ~3 ms of host enqueue for 97 ms of device work."""
+    ft.advance_ms(host_wait)
+    probe.batch_start(epoch=0)
+    t_batch = ft.now
+    for name, host_ms, device_ms in (("h2d_end", 0.5, 2), ("fwd_end", 1, 30), ("grad_end", 1, 60), ("bwd_end", 0, 0)):
+        dev.launch(device_ms)
+        ft.advance_ms(host_ms)
+        probe.mark(name)
+    probe.mark("opt_start")
+    dev.launch(5)
+    ft.advance_ms(0.5)
+    probe.mark("opt_end")
+    ft.advance_ms(0.2)
+    probe.batch_end()
+    return t_batch
+
+
+def test_gpu_data_wait_is_the_devices_idle_gap_not_the_hosts_wait(fake):
+    dev = FakeDevice(fake)
+    out = []
+    probe = StepProbe(0, 0, Clock(cuda=True, new_event=dev.event, synchronize=dev.synchronize), out.append)
+    probe.epoch_start()
+    gpu_step(probe, fake, dev, host_wait=1)
+    # The host waits 20 ms for the loader while the GPU still runs ~94 ms of the previous step: no stall.
+    gpu_step(probe, fake, dev, host_wait=20)
+    # Then the loader is slow: the host waits 300 ms and the GPU idles for the part it had no work.
+    idle_from = dev.busy_until  # the device finishes the second step here (~168 ms after its host did)
+    t_batch = gpu_step(probe, fake, dev, host_wait=300)
+    probe.flush(block=True)
+    assert [s.timing for s in out] == ["cuda_event"] * 3
+    busy, stalled = out[1], out[2]
+    assert busy.host_data_wait_ms == pytest.approx(20)
+    assert busy.data_wait_ms == pytest.approx(0)  # the host-clock wait would have said 20 ms of input stall
+    assert busy.step_ms == pytest.approx(97)  # the device's step, not the host's 23 ms
+    assert stalled.host_data_wait_ms == pytest.approx(300)
+    assert stalled.data_wait_ms == pytest.approx((t_batch - idle_from) * 1e3) and 100 < stalled.data_wait_ms < 300
+    for s in out[1:]:  # the phases add up to the step, and nothing is negative
+        parts = [s.data_wait_ms, s.h2d_ms, s.forward_ms, s.backward_ms, s.comm_wait_ms, s.optimizer_ms]
+        assert min(parts + [s.other_ms]) >= 0
+        assert sum(parts) + s.other_ms == pytest.approx(s.step_ms)
+        assert (s.h2d_ms, s.forward_ms, s.backward_ms, s.optimizer_ms) == (pytest.approx(2), pytest.approx(30),
+                                                                            pytest.approx(60), pytest.approx(5))
+
+
+def test_sync_mode_times_on_the_host_after_each_synchronize(fake):
+    dev = FakeDevice(fake)
+    out = []
+    probe = StepProbe(0, 0, Clock(cuda=True, sync=True, new_event=dev.event, synchronize=dev.synchronize), out.append)
+    probe.epoch_start()
+    gpu_step(probe, fake, dev, host_wait=1)
+    gpu_step(probe, fake, dev, host_wait=20)
+    s = out[1]
+    assert s.timing == "cuda_sync"
+    assert s.forward_ms == pytest.approx(30)  # the host's 1 ms enqueue overlaps the device's 30 ms
+    assert s.data_wait_ms == pytest.approx(20)  # synchronized: the host's wait is the device's idle time
+
+
+def test_a_sticky_device_error_still_flushes_without_raising(fake):
+    dev = FakeDevice(fake)
+    out = []
+    clock = Clock(cuda=True, new_event=dev.event, synchronize=dev.synchronize)
+    probe = StepProbe(0, 0, clock, out.append)
+    probe.epoch_start()
+    gpu_step(probe, fake, dev, host_wait=1)
+    gpu_step(probe, fake, dev, host_wait=1)
+    dev.broken = True  # an illegal address: every query and synchronize raises from now on
+    probe.batch_start(epoch=0)
+    probe.mark("h2d_end")
+    probe.flush_after_failure()  # before: the event query raised again here and the end record was lost
+    assert "illegal memory access" in clock.device_error
+    assert [s.step for s in out] == [0, 1]  # the finished steps are written; the failed one is not
+    assert out[1].timing == "host_after_device_error" and out[1].forward_ms is None and out[1].step_ms > 0

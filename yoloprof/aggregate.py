@@ -1,7 +1,9 @@
 """Rank records -> TrialResult. Pure: reads JSON lines, imports no torch.
 
 Conventions: only measured (non-warmup) steps count, and only step indices that every rank
-reported; a step's duration is its slowest rank's (the ranks wait for each other in AllReduce);
+reported; a step that starts an epoch carries the previous epoch's end (validation off, still
+metrics, broadcasts and memory clean-up) and is left out of the steady state, its extra cost kept
+on its own; a step's duration is its slowest rank's (the ranks wait for each other in AllReduce);
 phase times are means per step (so they add up to the mean step), the headline step time is a
 median with p90 beside it.
 """
@@ -27,12 +29,12 @@ from yoloprof.records import (
 )
 from yoloprof.stats import mean, median, quantile
 from yoloprof.telemetry import summarize
+from yoloprof.text import strip_ansi
 
 PHASES = ("data_wait_ms", "h2d_ms", "forward_ms", "backward_ms", "comm_wait_ms", "optimizer_ms", "other_ms")
 # A rank SIGKILLed while free RAM fell below this share of what was free during the trial was
 # taken by the kernel's OOM killer (its log is not readable here; the telemetry is the evidence).
 OOM_KILL_FREE_FRAC = 0.05
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 @dataclass
@@ -45,6 +47,8 @@ class LaunchOutcome:
     wall_s: Optional[float] = None
     rank_exitcodes: Optional[dict] = None
     timeout_reason: Optional[str] = None
+    release_s: Optional[float] = None  # from the kill until processes and GPU memory were gone
+    release_note: Optional[str] = None  # what still held on when the wait ran out
 
 
 def read_rank_file(path: Path) -> RankRecords:
@@ -78,7 +82,7 @@ def log_tail(path: Path, lines: int = 15) -> list[str]:
         return []
     out = []
     for raw in text.splitlines():
-        line = _ANSI.sub("", raw.split("\r")[-1]).rstrip()
+        line = strip_ansi(raw.split("\r")[-1]).rstrip()
         if line.strip():
             out.append(line)
     return out[-lines:]
@@ -114,10 +118,10 @@ def _status(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome) -
     ends = [r.end for r in ranks if r.end is not None]
     for end in ends:
         if end.status == "oom":
-            return "oom", end.error
-    for end in ends:
-        if end.status != "ok":
-            return "error", end.error
+            return "oom", strip_ansi(end.error)
+    failed = sorted((e for e in ends if e.status != "ok"), key=lambda e: e.t_end_s or float("inf"))
+    if failed:  # the first rank to fail is the cause; the others fail because a peer left the collective
+        return "error", strip_ansi(failed[0].error)
     missing = sorted(set(range(spec.world_size)) - {r.rank for r in ranks if r.end is not None})
     if missing:
         codes = {int(k): v for k, v in (outcome.rank_exitcodes or {}).items()}
@@ -133,10 +137,24 @@ def _status(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome) -
     return "ok", None
 
 
-def _common_measured(ranks: list[RankRecords]) -> dict[int, list[StepSample]]:
+def _common_measured(ranks: list[RankRecords]) -> tuple[dict[int, list[StepSample]], dict[int, list[StepSample]]]:
+    """Measured steps every rank recorded, split into the steady state and the steps that start an epoch."""
     per_rank = [{s.step: s for s in r.steps if not s.warmup} for r in ranks]
     common = set.intersection(*(set(d) for d in per_rank)) if per_rank else set()
-    return {k: [d[k] for d in per_rank] for k in sorted(common)}
+    steps = {k: [d[k] for d in per_rank] for k in sorted(common)}
+    steady = {k: g for k, g in steps.items() if not any(s.epoch_boundary for s in g)}
+    return steady, {k: g for k, g in steps.items() if k not in steady}
+
+
+def _boundary_cost(result: TrialResult, steady: dict, boundary: dict) -> None:
+    """What starting an epoch costs on top of a steady step: the epoch-time prediction needs it."""
+    result.epoch_boundary_steps = len(boundary)
+    ends = [max(s.epoch_end_ms for s in g if s.epoch_end_ms is not None) for g in boundary.values()
+            if any(s.epoch_end_ms is not None for s in g)]  # fmt: skip
+    result.epoch_end_ms_p50 = median(ends) if ends else None
+    if boundary and steady:
+        typical = median(max(s.step_ms for s in g) for g in steady.values())
+        result.epoch_boundary_ms_p50 = median(max(s.step_ms for s in g) for g in boundary.values()) - typical
 
 
 def _rank_stat(rank: RankRecords, steps: list[StepSample]) -> RankStat:
@@ -173,6 +191,29 @@ def measured_window(ranks: list[RankRecords]) -> Optional[tuple[float, float]]:
     return (min(starts), max(ends)) if starts else None
 
 
+def mem_overhead(spec: TrialSpec, ranks: list[RankRecords], gpu_samples: list,
+                 bucket_sizes_bytes: list[int]) -> Optional[float]:  # fmt: skip
+    """Device memory a rank holds beyond its allocator's reserved peak, worst rank, in MiB.
+
+    NVML's used memory on the rank's GPU (less what was used there before the rank started: the
+    telemetry's first readings) minus the caching allocator's reserved peak: the CUDA context and
+    NCCL's buffers, which no world-size-1 probe sees. Plus the DDP reducer's gradient buckets, which
+    a DDP rank allocates through the allocator but a world-size-1 run does not. None off GPU.
+    """
+    if spec.device != "cuda" or not gpu_samples:
+        return None
+    out = []
+    for r in ranks:
+        if r.end is None or r.end.mem_source != "cuda_reserved" or r.end.peak_mem_mib is None or r.rank >= len(spec.gpus):
+            continue
+        used = [g.mem_used_mib for g in gpu_samples if g.gpu == spec.gpus[r.rank] and g.mem_used_mib is not None]
+        if len(used) >= 2:
+            out.append(max(used) - min(used) - r.end.peak_mem_mib)
+    if not out:
+        return None
+    return max(max(out), 0.0) + (sum(bucket_sizes_bytes) / 2**20 if spec.world_size > 1 else 0.0)
+
+
 def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
               telemetry: Optional[tuple] = None) -> TrialResult:  # fmt: skip
     """telemetry: what yoloprof.telemetry.read_telemetry returned for the trial, if anything."""
@@ -192,8 +233,11 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
         error=error,
         wall_s=outcome.wall_s,
     )
+    if outcome.release_note:
+        result.notes.append(f"{outcome.release_note}; the next trial may have started with less memory.")
     infos = [r.info for r in ranks if r.info is not None]
     if infos:
+        result.batches_per_epoch = infos[0].batches_per_epoch
         result.workers_effective = infos[0].workers_effective
         result.amp_effective = infos[0].amp_effective
         result.accumulate = infos[0].accumulate
@@ -202,12 +246,19 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
     totals = [r.end.device_mem_total_mib for r in ranks if r.end and r.end.device_mem_total_mib]
     result.device_mem_total_mib = min(totals) if totals else None
 
-    by_step = _common_measured(ranks) if len(ranks) == spec.world_size else {}
+    steady, boundary = _common_measured(ranks) if len(ranks) == spec.world_size else ({}, {})
+    by_step = steady or boundary
     result.measured_steps = len(by_step)
     if status != "ok" or not by_step:
         if status == "ok":
             result.status, result.error = "error", "no measured step was recorded on every rank"
         return result
+    _boundary_cost(result, steady, boundary)
+    if not steady:
+        result.notes.append(
+            f"Every measured step started an epoch ({result.batches_per_epoch} batch(es) per epoch), so these figures "
+            "include end-of-epoch work: give a larger dataset or a smaller batch for steady-state figures."
+        )
 
     per_rank = [[steps[i] for steps in by_step.values()] for i in range(len(ranks))]
     step_ms = [max(s.step_ms for s in group) for group in by_step.values()]
@@ -243,6 +294,7 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
     if telemetry is not None and window is not None:
         header, gpu, cpu, notes = telemetry
         result.telemetry = summarize(header, gpu, cpu, window[0], window[1], sum(images))
+        result.mem_overhead_mib = mem_overhead(spec, ranks, gpu, result.bucket_sizes_bytes)
         result.gpu_util_pct = result.telemetry.gpu_util_mean_pct
         result.notes += [n for n in notes if n not in result.notes]
     return result

@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("dir_b", help="the scan after")
     c.add_argument("--out", help="folder for compare.html (default runs/yoloprof/compare-N)")
 
+    dr = sub.add_parser("doctor", help="check GPUs, driver, NCCL, /dev/shm, limits and a first AllReduce before a scan")
+    dr.add_argument("--gpus", help="GPU indices a scan would use (default: every visible GPU)")
+    dr.add_argument("--device", help="'cpu' to check CPU ranks with gloo even where GPUs exist")
+    dr.add_argument("--nproc", type=int, help="CPU ranks (default 2)")
+    dr.add_argument("--timeout", type=float, default=60.0, help="seconds for each AllReduce try (default 60)")
+    dr.add_argument("--json", metavar="OUT", help="also write the readings and findings to this JSON file")
+
     d = sub.add_parser("dataset", help="write the synthetic YOLO dataset yoloprof uses by default")
     d.add_argument("--out", required=True, help="folder to create")
     d.add_argument("--images", type=int, default=512, help="training images (default 512)")
@@ -88,6 +95,9 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
     else:
         out, folder, code = scan.run(req, console)
     _print_outputs(console, out, folder, ranked_table)
+    if code == scan.NO_TRIAL_OK:
+        print(f"yoloprof: no trial finished; each trial's error is in {folder / 'results.csv'} and its rank logs "
+              f"in {folder / 'trials'}/<trial>/", file=sys.stderr)  # fmt: skip
     return code
 
 
@@ -143,6 +153,27 @@ def _cmd_compare(args, console: Console) -> int:
     return 0
 
 
+def _cmd_doctor(args, console: Console) -> int:
+    from reports.terminal import doctor_view
+    from yoloprof import preflight, scan
+    from yoloprof.doctor import one_line
+    from yoloprof.records import to_dict, write_json
+
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout {args.timeout}: give seconds > 0 (default 60)")
+    req = scan.ScanRequest(gpus=args.gpus, device=args.device, nproc=args.nproc)
+    scan.check_numbers(req)
+    report, found, why = preflight.examine(req, args.timeout, console)
+    for part in doctor_view(report, found, why):
+        console.print(part)
+    if args.json:
+        write_json(Path(args.json), {"report": to_dict(report), "findings": [to_dict(f) for f in found]})
+    errors = [one_line(f) for f in found if f.severity == "error"]
+    for line in errors:
+        print(f"yoloprof: error: {line}", file=sys.stderr)
+    return 2 if errors else 0
+
+
 def _cmd_dataset(args, console: Console) -> int:
     from yoloprof.dataset import SyntheticSpec, generate
 
@@ -177,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_compare(args, console)
         if args.cmd == "report":
             return _cmd_report(args, console)
+        if args.cmd == "doctor":
+            return _cmd_doctor(args, console)
         return _cmd_dataset(args, console)
     except UsageError as exc:
         print(f"yoloprof: error: {exc}", file=sys.stderr)

@@ -6,6 +6,7 @@ trials into one clear line.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -16,6 +17,7 @@ from yoloprof.records import DatasetInfo
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm", ".heic"}
 LABEL_CHECK_LIMIT = 2000  # label files read per split; enough to catch a systematic error quickly
+IMAGES_DIR = f"{os.sep}images{os.sep}"  # Ultralytics swaps the last one for /labels/ to find an image's labels
 
 
 def _names(data: dict, path: Path) -> list[str]:
@@ -53,11 +55,25 @@ def _split_images(root: Path, entry, split: str, path: Path) -> list[Path]:
 
 
 def _label_file(image: Path) -> Path:
-    parts = list(image.parts)
-    if "images" in parts:
-        i = len(parts) - 1 - parts[::-1].index("images")
-        parts[i] = "labels"
-    return Path(*parts).with_suffix(".txt")
+    """Where Ultralytics looks for an image's labels (data/utils.py img2label_paths), to the letter:
+    the last '/images/' in the path string becomes '/labels/', and the extension becomes .txt."""
+    return Path(f"{os.sep}labels{os.sep}".join(str(image).rsplit(IMAGES_DIR, 1)).rsplit(".", 1)[0] + ".txt")
+
+
+def require_labels(images: list[Path], split: str, path: Path) -> None:
+    """Ultralytics stops training with "No labels found" when not one train image has a label file
+    (some without are background images, which is fine). Stops at the first label it finds, so a
+    labelled dataset costs one stat; an unlabelled one costs one stat per image."""
+    if any(_label_file(image).is_file() for image in images):
+        return
+    first = _label_file(images[0])
+    if IMAGES_DIR in str(images[0]):
+        fix = "put one .txt per image, named like it, in the labels/ folder beside images/"
+    else:
+        fix = ("Ultralytics finds labels by replacing /images/ in an image's path with /labels/: keep the images "
+               "in an images/ folder and their .txt labels in a labels/ folder beside it")
+    raise UsageError(f"{path}: none of the {len(images)} {split} images has a label file "
+                     f"(looked for {first.name} in {first.parent}); {fix}")  # fmt: skip
 
 
 def check_labels(images: list[Path], nc: int) -> None:
@@ -102,6 +118,7 @@ def inspect(data_yaml: str | Path) -> DatasetInfo:
     names = _names(data, path)
     train = _split_images(root, data["train"], "train", path)
     val = _split_images(root, data["val"], "val", path)
+    require_labels(train, "train", path)
     check_labels(train, len(names))
     check_labels(val, len(names))
     manifest = synthetic.read_manifest(path)

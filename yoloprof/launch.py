@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from yoloprof.aggregate import LaunchOutcome
+from yoloprof.aggregate import LaunchOutcome, read_ranks
 from yoloprof.records import TrialSpec, write_json
 
 
@@ -71,6 +71,38 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
             os.killpg(proc.pid, 0)
         except ProcessLookupError:
             return
+
+
+GONE_TIMEOUT_S = 60.0  # a rank tearing down its CUDA context can take seconds after SIGKILL
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs (a zombie has exited: it holds no memory)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    import psutil
+
+    for p in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+def wait_gone(pgid: int, timeout_s: float = GONE_TIMEOUT_S, poll_s: float = 0.1) -> Optional[float]:
+    """Seconds until the whole group had exited, or None if some process outlived timeout_s."""
+    start = time.monotonic()
+    while group_alive(pgid):
+        if time.monotonic() - start > timeout_s:
+            return None
+        time.sleep(poll_s)
+    return time.monotonic() - start
 
 
 TELEMETRY_FILE = "telemetry.jsonl"
@@ -152,6 +184,9 @@ def run_trial(
 
     sampler = TelemetrySampler(trial_dir / TELEMETRY_FILE, interval_s=telemetry_interval_s,
                                gpus=spec.gpus if spec.device == "cuda" else [])  # fmt: skip
+    from probes.gpu_release import ReleaseWatch
+
+    release = ReleaseWatch(spec.gpus if spec.device == "cuda" else [])  # the GPUs' memory before the trial
     with open(trial_dir / "launcher.log", "wb") as log, sampler:
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
@@ -181,11 +216,22 @@ def run_trial(
                 time.sleep(0.25)
         finally:
             kill_group(proc)
+    wall_s = time.monotonic() - start
     watch.poll()
-    return LaunchOutcome(
-        returncode=proc.returncode,
-        timed_out=timeout_reason is not None,
-        interrupted=interrupted,
-        wall_s=time.monotonic() - start,
-        timeout_reason=timeout_reason,
-    )
+    outcome = LaunchOutcome(returncode=proc.returncode, timed_out=timeout_reason is not None, interrupted=interrupted,
+                            wall_s=wall_s, timeout_reason=timeout_reason)  # fmt: skip
+    release_s = wait_gone(proc.pid)  # the next trial must never meet this one's processes or memory
+    if release_s is None:
+        outcome.release_note = f"processes of this trial outlived {GONE_TIMEOUT_S:.0f} s after being killed"
+    try:
+        waited_s, held = release.wait(_rank_pids(trial_dir))
+    finally:
+        release.close()
+    outcome.release_s = (release_s or 0.0) + waited_s
+    if held is not None:
+        outcome.release_note = f"GPU memory not released {waited_s:.0f} s after the trial ended: {held}"
+    return outcome
+
+
+def _rank_pids(trial_dir: Path) -> set[int]:
+    return {r.info.pid for r in read_ranks(trial_dir) if r.info is not None}

@@ -15,6 +15,7 @@ from yoloprof import aggregate, against
 from yoloprof.errors import UsageError
 from yoloprof.paths import SCAN_MARKER, trial_dir
 from yoloprof.telemetry import read_telemetry
+from yoloprof.text import strip_ansi
 from yoloprof.ranking import headline, rank_trials
 from yoloprof.records import SCHEMA_VERSION, Ranking, RecordError, ScanMeta, TrialResult, TrialSpec, read_json, write_json
 
@@ -71,7 +72,9 @@ def trial_result(scan_dir: Path, trial_id: str) -> Optional[TrialResult]:
                 result.gpu_util_pct = result.gpu_util_pct if result.gpu_util_pct is not None else saved.gpu_util_pct
             return result
         if (tdir / RESULT_FILE).is_file():
-            return read_json(tdir / RESULT_FILE, TrialResult)
+            result = read_json(tdir / RESULT_FILE, TrialResult)
+            result.error = strip_ansi(result.error)  # records written before errors were cleaned
+            return result
     except RecordError as exc:
         raise UsageError(f"trial {trial_id}: {exc}") from None
     return None

@@ -14,13 +14,14 @@ from typing import Optional
 
 from rich.console import Console
 
-from yoloprof import __version__, baselines, datainfo, launch, outputs, paths, plan, runner
+from yoloprof import __version__, baselines, datainfo, doctor, launch, outputs, paths, plan, preflight, runner
 from yoloprof.dataset import SyntheticSpec, ensure
 from yoloprof.errors import ScanFailed, UsageError
 from yoloprof.records import DatasetInfo, Environment, RecordError, ScanMeta, read_json, write_json
 
 DEFAULT_MODEL = "yolo11n.yaml"
 DEFAULT_CPU_RANKS = 2
+NO_TRIAL_OK = 1  # exit code of a scan that ran to the end without one trial finishing
 
 
 @dataclass
@@ -180,6 +181,8 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     from probes import model_check
 
     env = environment.collect(user_env)
+    checks = preflight.readings(env, req.device)  # the doctor's cheap checks: no subprocess
+    doctor.gate(checks)  # NVML sees GPUs that torch does not: stop, unless --device cpu
     on_cpu = req.device == "cpu" or (not env.gpus and req.gpus is None)
     if req.ranks is not None and req.nproc is None and on_cpu:  # CPU scaling: as many ranks as the largest size
         req.nproc = max(plan.parse_ints("--ranks", req.ranks, 1))
@@ -191,11 +194,12 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     imgsz = req.imgsz or (640 if hw.device == "cuda" else 128)
     dataset = resolve_data(req, console)
     model = model_check.resolve(req.model or DEFAULT_MODEL, len(dataset.classes))
+    preflight.before_scan(checks, hw, max(the_plan.axes.workers), console)  # on 2+ GPUs: a first NCCL AllReduce
     return Context(env, hw, hw_why, the_plan, imgsz, dataset, model, roles, world_sizes)
 
 
 def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, int]:
-    """Returns the outputs, the scan folder and the exit code (0, or 128 + signal when interrupted)."""
+    """Returns the outputs, the scan folder and the exit code (0, NO_TRIAL_OK, or 128 + signal when interrupted)."""
     ctx = prepare(req, console)
     hw, the_plan, dataset, model, imgsz = ctx.hw, ctx.plan, ctx.dataset, ctx.model, ctx.imgsz
     out = prepare_out(req)
@@ -246,10 +250,15 @@ def finish(out: Path, meta: ScanMeta, ctx: Context, req: ScanRequest, console: C
         outputs.write_all(out)
         raise ScanFailed(str(exc)) from None
     if code == 0 and not req.no_ceilings and not (out / "ceilings" / "compute.json").is_file():
-        run_ceilings(out / "ceilings", ctx, req, console, bucket_sizes=_measured_buckets(out, meta))
+        if outputs.collect(out).ranking.best_trial_id is None:  # ceilings explain trials; none finished
+            console.print("Ceilings: not run, since no trial finished (fix the trials' errors first).")
+        else:
+            run_ceilings(out / "ceilings", ctx, req, console, bucket_sizes=_measured_buckets(out, meta))
     result = outputs.write_all(out)
     if code:
         console.print(f"[yellow]Interrupted[/]: what finished is written; resume with: yoloprof scan --resume {out}")
+    elif result.ranking.best_trial_id is None:
+        code = NO_TRIAL_OK  # everything is written; a script or CI job must still see that nothing was measured
     return result, out, code
 
 
@@ -265,6 +274,7 @@ def resume(folder: str, req: ScanRequest, console: Console):
 
     env = environment.collect()
     if meta.device == "cuda":
+        doctor.gate(preflight.readings(env, "cuda"))
         missing = [g for g in meta.gpus if g not in {x.index for x in env.gpus}]
         if missing:
             raise UsageError(f"--resume {out}: the scan ran on GPUs {meta.gpus}; GPU {missing[0]} is not visible now")

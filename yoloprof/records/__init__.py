@@ -9,6 +9,7 @@ from yoloprof.records.base import SCHEMA_VERSION, RecordError, from_dict, read_j
 from yoloprof.records.ceilings import (
     AllReduceCeiling, AllReducePoint, ComputeCeiling, ComputePoint, LoaderCeiling, LoaderPoint,
 )
+from yoloprof.records.doctor import CollectiveCheck, DoctorReport, Finding, GpuLink, NvmlGpu
 from yoloprof.records.result import Breakdown, RankStat, Ranking, TrialResult, Verdict
 from yoloprof.records.scan import DatasetInfo, Environment, GpuInfo, ScanMeta
 from yoloprof.records.telemetry import CpuSample, GpuSample, TelemetryHeader, TelemetrySummary
@@ -19,5 +20,6 @@ __all__ = [
     "AllReduceCeiling", "AllReducePoint", "ComputeCeiling", "ComputePoint", "LoaderCeiling", "LoaderPoint",
     "Breakdown", "RankStat", "Ranking", "TrialResult", "Verdict", "DatasetInfo", "Environment", "GpuInfo",
     "ScanMeta", "CpuSample", "GpuSample", "TelemetryHeader", "TelemetrySummary", "BucketSample", "Knobs",
-    "RankEnd", "RankInfo", "RankRecords", "StepSample", "TrialSpec",
+    "RankEnd", "RankInfo", "RankRecords", "StepSample", "TrialSpec", "CollectiveCheck", "DoctorReport", "Finding",
+    "GpuLink", "NvmlGpu",
 ]  # fmt: skip

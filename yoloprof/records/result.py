@@ -57,6 +57,7 @@ class TrialResult:
     comm_frac: Optional[float] = None
     peak_mem_mib: Optional[float] = None
     device_mem_total_mib: Optional[float] = None
+    mem_overhead_mib: Optional[float] = None  # per rank beyond the allocator (context, NCCL, DDP buckets); GPU only
     gpu_util_pct: Optional[float] = None  # mean SM utilisation over the measured steps
     telemetry: Optional[TelemetrySummary] = None
     rank_skew: Optional[float] = None  # slowest rank's busy time over the fastest's, minus 1
@@ -64,7 +65,11 @@ class TrialResult:
     ranks: list[RankStat] = field(default_factory=list)
     bucket_sizes_bytes: list[int] = field(default_factory=list)
     bucket_allreduce_ms_p50: list[float] = field(default_factory=list)  # per bucket, median rank and step
-    measured_steps: int = 0
+    measured_steps: int = 0  # steady-state steps every rank recorded (epoch-boundary steps left out)
+    epoch_boundary_steps: int = 0  # measured steps that started an epoch, left out of the figures above
+    epoch_end_ms_p50: Optional[float] = None  # end-of-epoch work a boundary step carried (slowest rank)
+    epoch_boundary_ms_p50: Optional[float] = None  # a boundary step's time over the steady median step
+    batches_per_epoch: Optional[int] = None
     workers_effective: Optional[int] = None
     amp_effective: Optional[bool] = None
     accumulate: Optional[int] = None

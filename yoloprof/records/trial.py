@@ -40,6 +40,7 @@ class TrialSpec:
     env: dict[str, str]  # variables set for this trial only (NCCL preset, OMP_NUM_THREADS)
     mode: str = "train"  # "train", or "compute": one static batch on the device, no data loading
     overrides: dict[str, Any] = field(default_factory=dict)  # extra Ultralytics arguments (compute probe: nbs)
+    sync_phases: bool = False  # synchronize the device around every phase (the GPU check's reference run)
     schema: int = SCHEMA_VERSION
 
     @property
@@ -62,7 +63,11 @@ class BucketSample:
 
 @dataclass
 class StepSample:
-    """One training iteration on one rank. Phase times sum to step_ms together with other_ms."""
+    """One training iteration on one rank. data_wait_ms + h2d_ms + forward_ms + backward_ms +
+    comm_wait_ms + optimizer_ms + epoch_end_ms + other_ms = step_ms (the parts that were measured).
+
+    On a GPU (timing "cuda_event") every span is on the device's timeline: the host of a rank that
+    never synchronizes runs ahead of its GPU, so only device time adds up to the step."""
 
     rank: int
     step: int  # 0-based iteration index within the trial, identical on every rank
@@ -70,18 +75,21 @@ class StepSample:
     warmup: bool
     t_end_s: float  # wall clock (time.time) at the end of the step, shared with telemetry
     images: int
-    step_ms: float  # end of previous step to end of this one, host clock
-    data_wait_ms: float  # blocked waiting for the next batch, host clock
+    step_ms: float  # end of previous step to end of this one (device timeline on a GPU)
+    data_wait_ms: float  # exposed input stall: idle until the batch was handed over (GPU: the device's gap)
     h2d_ms: Optional[float]
     forward_ms: Optional[float]  # forward pass and loss
     backward_ms: Optional[float]  # backward compute until the last gradient is ready
     comm_wait_ms: Optional[float]  # after the last gradient, waiting for AllReduce (exposed comm)
     optimizer_ms: Optional[float]  # 0.0 on steps where gradients only accumulate
-    other_ms: Optional[float]  # bookkeeping, logging, epoch ends: step_ms minus the phases
+    other_ms: Optional[float]  # bookkeeping, logging: step_ms minus every measured part
     optimizer_stepped: bool
     comm_ms: Optional[float] = None  # first bucket launch to last bucket done; None without DDP
     buckets: list[BucketSample] = field(default_factory=list)
-    timing: str = "host"  # "host" or "cuda_event" for the device phases
+    timing: str = "host"  # "host", "cuda_event", "cuda_sync" (the GPU check's reference), "host_after_device_error"
+    host_data_wait_ms: Optional[float] = None  # the host blocked on the loader (on a GPU, not the stall)
+    epoch_boundary: bool = False  # the first step of an epoch: not steady state
+    epoch_end_ms: Optional[float] = None  # the previous epoch's end-of-epoch work, carried by this step
 
 
 @dataclass

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from yoloprof.records import RankEnd, RankInfo, TrialSpec, read_json, to_dict
+from yoloprof.text import error_line
 
 
 class RankWriter:
@@ -39,11 +40,6 @@ def _redirect_output(log: Path) -> None:
     os.close(fd)
 
 
-def _error_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
-
-
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -53,6 +49,15 @@ def _is_oom(exc: BaseException) -> bool:
         or "out of memory" in text
         or "can't allocate memory" in text  # the CPU allocator
     )
+
+
+def _quietly(fn):
+    """fn(), or None if it raises: for clean-up on a device that may be broken."""
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        return None
 
 
 def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int) -> RankEnd:
@@ -66,7 +71,8 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int) -> Rank
     from yoloprof.worker.trainer import ScanTrainer, TrialComplete
 
     offline.patch_ultralytics()
-    probe = StepProbe(rank, spec.warmup_steps, Clock(cuda=spec.device == "cuda"), lambda s: writer.write("step", s))
+    clock = Clock(cuda=spec.device == "cuda", sync=spec.sync_phases)
+    probe = StepProbe(rank, spec.warmup_steps, clock, lambda s: writer.write("step", s))
 
     def on_ready(t: ScanTrainer) -> None:
         loader = t.train_loader
@@ -97,7 +103,7 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int) -> Rank
         )
 
     def on_step(t: ScanTrainer) -> None:
-        faults.maybe_fail(probe.steps_started - 1, rank, spec.trial_id)
+        faults.maybe_fail(probe.steps_started - 1, rank, spec.trial_id, clock=clock)
 
     trainer = None
     status, error = "ok", None
@@ -110,13 +116,15 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int) -> Rank
         pass
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a record
         traceback.print_exc()
-        status, error = ("oom" if _is_oom(exc) else "error"), _error_line(exc)
-        probe.flush(block=False)
+        status, error = ("oom" if _is_oom(exc) else "error"), error_line(exc)
+        # After a sticky CUDA error every device query raises again: nothing below may raise, or the
+        # rank would end without its end record and the report would not know why.
+        probe.flush_after_failure()
     device = trainer.device if trainer is not None else torch.device("cpu")
-    peak = memory.peak(device)
+    peak = _quietly(lambda: memory.peak(device)) or memory.MemoryPeak(None, None, None, "n/a")
     for loader in (getattr(trainer, "train_loader", None), getattr(trainer, "test_loader", None)):
         if hasattr(loader, "close"):
-            loader.close()
+            _quietly(loader.close)
     if dist.is_initialized() and status == "ok":
         dist.destroy_process_group()
     return RankEnd(
@@ -143,7 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     _redirect_output(trial_dir / f"rank{rank}.log")
     spec = read_json(spec_path, TrialSpec)
     writer = RankWriter(trial_dir / f"rank{rank}.jsonl")
-    end = run(spec, trial_dir, writer, rank)
+    try:
+        end = run(spec, trial_dir, writer, rank)
+    except BaseException as exc:  # noqa: BLE001 - the last line of defence for the end record
+        traceback.print_exc()
+        end = RankEnd(rank=rank, status="error", peak_mem_mib=None, mem_source="n/a", error=error_line(exc),
+                      t_end_s=time.time())  # fmt: skip
     writer.write("end", end)
     writer.close()
     return 0 if end.status == "ok" else 1

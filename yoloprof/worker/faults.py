@@ -6,6 +6,10 @@ kinds, at the end of step <step> (or during set-up for `fatal`):
   raise  an exception                     oom    a torch.OutOfMemoryError
   alloc  a real allocation past the limit kill   SIGKILL to the rank itself
   hang   sleep forever (a stuck rank)     fatal  FileNotFoundError before the first step
+  sticky a CUDA illegal-address error after which every device query raises again (the rank's
+         clock stands in for the device)
+and inside the model's forward, where Ultralytics' own OOM handling catches it:
+  oomabove  the CUDA out-of-memory error whenever a rank's batch is larger than <step> images
 """
 
 from __future__ import annotations
@@ -51,8 +55,42 @@ def parse(text: Optional[str]) -> list[Fault]:
     return faults
 
 
-def maybe_fail(step: int, rank: int, trial_id: str, setup: bool = False) -> None:
+STICKY_ERROR = "CUDA error: an illegal memory access was encountered"
+
+
+def attach_model_faults(model, rank: int, trial_id: str) -> None:
+    """`oomabove@N`: the model's forward raises the CUDA OOM message for a batch above N images, as a
+    convolution that runs out of device memory would, inside the try block where Ultralytics catches it."""
     for fault in parse(os.environ.get(ENV)):
+        if fault.kind != "oomabove" or not (fault.rank is None or fault.rank == rank) or (
+                fault.trial is not None and fault.trial not in trial_id):  # fmt: skip
+            continue
+        limit = fault.step
+
+        def too_big(module, args, limit=limit):
+            x = args[0]
+            n = int((x["img"] if isinstance(x, dict) else x).shape[0])
+            if n > limit:
+                import torch
+
+                raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 20.00 MiB (injected: batch {n} > {limit})")
+
+        model.register_forward_pre_hook(too_big)
+
+
+def make_device_sticky(clock) -> None:
+    """From now on the clock's device queries raise, as they do after an illegal address."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(STICKY_ERROR)
+
+    clock.cuda, clock._new_event, clock._synchronize = True, broken, broken
+
+
+def maybe_fail(step: int, rank: int, trial_id: str, setup: bool = False, clock=None) -> None:
+    for fault in parse(os.environ.get(ENV)):
+        if fault.kind == "oomabove":
+            continue
         if (fault.kind == "fatal") != setup or not fault.applies(step if not setup else fault.step, rank, trial_id):
             continue
         if fault.kind == "fatal":
@@ -67,6 +105,9 @@ def maybe_fail(step: int, rank: int, trial_id: str, setup: bool = False) -> None
             import torch
 
             torch.empty(1 << 45, dtype=torch.uint8).fill_(1)  # 32 TiB: the allocator refuses it
+        if fault.kind == "sticky" and clock is not None:
+            make_device_sticky(clock)
+            raise RuntimeError(STICKY_ERROR)
         if fault.kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         if fault.kind == "hang":

@@ -25,9 +25,14 @@ from ultralytics.utils.torch_utils import unwrap_model
 from probes import comm
 from probes.steps import StepProbe
 from yoloprof.records import TrialSpec
+from yoloprof.worker import faults
 
 # A hang is ended by the scan's per-trial timeout; the process group's own timeout is a backstop.
 PG_TIMEOUT = timedelta(minutes=30)
+
+
+# Ultralytics' `_oom_retries >= 3` check (engine/trainer.py) re-raises the OOM instead of halving the batch.
+OOM_RETRIES_EXHAUSTED = 3
 
 
 class TrialComplete(Exception):
@@ -143,7 +148,7 @@ class ScanTrainer(DetectionTrainer):
             self.world_size = world  # Ultralytics forces 0 on CPU, which would also zero the loss
         self.ddp = False  # our torchrun already launched every rank
         self.add_callback("on_train_start", lambda t: self._on_ready(self))
-        self.add_callback("on_train_epoch_start", lambda t: self.probe.epoch_start())
+        self.add_callback("on_train_epoch_start", lambda t: self._epoch_start())
         self.add_callback("on_train_batch_start", lambda t: self.probe.batch_start(self.epoch))
         self.add_callback("on_train_batch_end", lambda t: self._batch_end())
 
@@ -159,6 +164,7 @@ class ScanTrainer(DetectionTrainer):
         if self.spec.mode == "compute":
             self.train_loader = StaticBatchLoader(self.train_loader, self.device)
         self._attach_probes()
+        faults.attach_model_faults(self.model, RANK if RANK >= 0 else 0, self.spec.trial_id)
 
     def _attach_probes(self):
         probe = self.probe
@@ -171,6 +177,13 @@ class ScanTrainer(DetectionTrainer):
             self.comm_state = comm.attach(self.model, probe.clock, probe.bucket_launched)
 
     # -- the loop's boundaries ------------------------------------------------------------------
+    def _epoch_start(self):
+        # With one rank (RANK -1) Ultralytics answers an OOM in the first epoch by halving the batch and
+        # retrying, up to 3 times, and resets its counter before each epoch: a trial would then report
+        # `ok` at a batch it never ran. An exhausted counter, set where it sticks, makes the OOM an OOM.
+        self._oom_retries = OOM_RETRIES_EXHAUSTED
+        self.probe.epoch_start()
+
     def preprocess_batch(self, batch):
         batch = super().preprocess_batch(batch)
         self.probe.set_images(batch["img"].shape[0])
