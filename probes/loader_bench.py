@@ -1,12 +1,33 @@
 """The input ceiling: the user's Ultralytics training dataloader alone, no model.
 
 One process per rank, all at once (they share the machine's cores as the ranks of a training run
-do), each building the dataset and loader the way DetectionTrainer does (same augmentation,
-imgsz, batch per rank, cache, and Ultralytics' workers cap) and timing batches after its workers
-have started. The processes line up on a file barrier before timing, so their windows overlap.
+do), each loading exactly as that rank of a trial does, then timing batches after its workers have
+started. What "exactly" takes, and why:
+
+- the same call: `build_dataloader(dataset, batch, workers, shuffle=True, rank=..., drop_last=...,
+  pin_memory=..., device=...)` as DetectionTrainer.get_dataloader makes it, with the dataset built
+  under `torch_distributed_zero_first` (rank 0 writes the labels cache, the others wait), and the
+  seeds the trainer sets (`init_seeds(seed + 1 + RANK)`, RANK/LOCAL_RANK/WORLD_SIZE exported before
+  Ultralytics is imported, as torchrun exports them to a trial);
+- a per-rank shard: with more than one rank the processes form a gloo process group (a FileStore on
+  a file the caller names: no port to race for) and pass rank=r, so Ultralytics builds its own
+  DistributedSampler. A DistributedSampler of ours would have to copy what build_dataloader derives
+  from it: the workers cap `min(os.cpu_count() // nd, workers, batches)` counts the shard's batches
+  (and runs a one-batch shard with no workers at all), and the sampler's seed. Calling it as the
+  trainer does keeps those rules Ultralytics' own, in this release and the next. One rank is a
+  world-size-1 trial: rank -1, no sampler, as Ultralytics does when WORLD_SIZE is 1;
+- the rank's own device: `--device cuda:N` is the CUDA index the trial's rank uses (gpus[r] in the
+  scan's CUDA_VISIBLE_DEVICES, inherited unchanged), made current before the loader's iterator
+  starts, because the pin-memory thread pins for the current device. Inheriting the environment
+  also keeps nd (the devices Ultralytics divides the cores by) the trial's;
+- pin_memory as the trial's (Ultralytics still turns it off without a GPU: `nd > 0 and pin_memory`).
+
+The group's barrier lines the ranks' timed windows up. Each process writes one JSON to --out,
+also on failure (status "error").
 
     python -m probes.loader_bench --data D --imgsz 640 --batch 16 --workers 8 --rank 0 --ranks 4 \\
-        --barrier DIR --out OUT.json [--device cuda|cpu] [--cache off|ram|disk] [--batches 20 --warmup 3]
+        --rendezvous FILE --out OUT.json [--device cuda:N|cpu] [--pin-memory on|off] [--cache off|ram|disk]
+        [--batches 20 --warmup 3]
 """
 
 from __future__ import annotations
@@ -16,9 +37,14 @@ import json
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import psutil
+
+from yoloprof.text import error_line
+
+GROUP_TIMEOUT = timedelta(minutes=10)  # a peer that died closes its sockets sooner; the scan's timeout backs it up
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -32,54 +58,79 @@ def _cpu_seconds(proc: psutil.Process) -> float:
     return total
 
 
-def _barrier(folder: Path, rank: int, ranks: int, timeout_s: float = 600.0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"ready{rank}").write_text("")
-    deadline = time.monotonic() + timeout_s
-    while len(list(folder.glob("ready*"))) < ranks:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the other loader processes never became ready")
-        time.sleep(0.01)
+def distributed_env(rank: int, ranks: int) -> dict[str, str]:
+    """What torchrun exports to a trial's rank; Ultralytics reads it once, at import (RANK, LOCAL_RANK)."""
+    return {"WORLD_SIZE": str(ranks), "RANK": str(rank), "LOCAL_RANK": str(rank)} if ranks > 1 else {}
 
 
-def build_loader(data_yaml: str, imgsz: int, batch: int, workers: int, cache: str, device: str, model: str):
+def join_group(rendezvous: str, rank: int, ranks: int) -> bool:
+    """A gloo group of the probe processes, so build_dataloader shards as in training. False for one rank."""
+    if ranks <= 1:
+        return False
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=Path(rendezvous).resolve().as_uri(), rank=rank, world_size=ranks,
+                            timeout=GROUP_TIMEOUT)  # fmt: skip
+    return True
+
+
+def build_loader(data_yaml: str, imgsz: int, batch: int, workers: int, cache: str, device: str, model: str,
+                 pin_memory: bool, rank: int = -1):  # fmt: skip
+    """The train loader of a trial's rank `rank` (-1: one rank, no sampler), on `device`."""
+    import torch
     from ultralytics.cfg import get_cfg
     from ultralytics.data import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
+    from ultralytics.utils import RANK
+    from ultralytics.utils.torch_utils import init_seeds, torch_distributed_zero_first
 
     from yoloprof.worker import offline
 
     offline.patch_ultralytics()
     cfg = get_cfg(overrides=dict(data=data_yaml, imgsz=imgsz, batch=batch, workers=workers, model=model,
                                  cache={"off": False}.get(cache, cache), close_mosaic=0))  # fmt: skip
+    init_seeds(cfg.seed + 1 + RANK, deterministic=cfg.deterministic)  # BaseTrainer.__init__
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # BaseTrainer._setup_ddp; the pin-memory thread pins for this device
     data = check_det_dataset(data_yaml)
-    dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="train", rect=False, stride=32)
-    import torch
-
-    dev = torch.device("cuda:0" if device == "cuda" else "cpu")
-    return build_dataloader(dataset, batch=batch, workers=workers, shuffle=True, rank=-1, device=dev)
+    with torch_distributed_zero_first(rank):
+        dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="train", rect=False, stride=32)
+    return build_dataloader(dataset, batch=batch, workers=workers, shuffle=True, rank=rank,
+                            drop_last=bool(cfg.compile), pin_memory=pin_memory, device=dev)  # fmt: skip
 
 
 def _forever(loader):
     """Epoch after epoch, as training iterates (the loader's workers persist across epochs)."""
+    epoch = 0
     while True:
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)  # as BaseTrainer does each epoch: a new shuffle per epoch
         yield from loader
+        epoch += 1
 
 
 def run(args) -> dict:
-    loader = build_loader(args.data, args.imgsz, args.batch, args.workers, args.cache, args.device, args.model)
+    os.environ.update(distributed_env(args.rank, args.ranks))  # before Ultralytics is imported
+    grouped = join_group(args.rendezvous, args.rank, args.ranks)
+    loader = build_loader(args.data, args.imgsz, args.batch, args.workers, args.cache, args.device, args.model,
+                          args.pin_memory == "on", rank=args.rank if grouped else -1)  # fmt: skip
     it = _forever(loader)
     for _ in range(args.warmup):
         next(it)
-    if args.barrier:
-        _barrier(Path(args.barrier), args.rank, args.ranks)
+    if grouped:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank's timed window starts together, as the ranks of a trial load at once
     me = psutil.Process()
     cpu0, t0, images = _cpu_seconds(me), time.perf_counter(), 0
     for _ in range(args.batches):
         images += int(next(it)["img"].shape[0])
     elapsed = time.perf_counter() - t0
     cpu = _cpu_seconds(me) - cpu0
-    out = dict(rank=args.rank, workers_effective=loader.num_workers, images=images, elapsed_s=elapsed,
+    out = dict(rank=args.rank, device=str(args.device), pin_memory=args.pin_memory == "on",
+               pin_memory_effective=bool(loader.pin_memory), sampler=type(loader.sampler).__name__,
+               batches_per_epoch=len(loader), workers_effective=loader.num_workers, images=images, elapsed_s=elapsed,
                img_per_s=images / elapsed, cpu_pct=100.0 * cpu / elapsed, status="ok", error=None)  # fmt: skip
     if hasattr(loader, "close"):
         loader.close()
@@ -94,19 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, required=True, help="per rank")
     p.add_argument("--workers", type=int, required=True, help="per rank")
     p.add_argument("--cache", default="off")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda:N: the CUDA index this rank's trial uses")
+    p.add_argument("--pin-memory", choices=("on", "off"), default="on", help="Ultralytics' default is on")
     p.add_argument("--rank", type=int, default=0)
     p.add_argument("--ranks", type=int, default=1)
-    p.add_argument("--barrier")
+    p.add_argument("--rendezvous", help="a file all ranks name (absent or empty at start); needed for --ranks > 1")
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
+        if args.ranks > 1 and not args.rendezvous:
+            raise ValueError("--ranks > 1 needs --rendezvous FILE")
         result = run(args)
     except Exception as exc:  # noqa: BLE001 - recorded, the scan goes on
-        line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        result = dict(rank=args.rank, status="error", error=f"{type(exc).__name__}: {line}")
+        result = dict(rank=args.rank, status="error", error=error_line(exc))
     Path(args.out).write_text(json.dumps(result) + "\n")
     sys.stdout.flush()
     os._exit(0 if result["status"] == "ok" else 1)  # skip teardown: the loader's workers are closed

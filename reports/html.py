@@ -74,8 +74,8 @@ def _ceiling_context(out) -> dict:
         figures.append(dict(title="Trials against the ceilings", svg=svg, caption=(
             "Bars: images/s achieved in training. Green: the compute ceiling at the trial's batch and AMP (the "
             "training step on one device with the batch already there, times the ranks). Red: the input ceiling "
-            "at the trial's workers (the dataloaders alone, all ranks at once). A bar far below green with red "
-            "near it is input-bound.")))  # fmt: skip
+            "at the trial's workers and pin_memory (the dataloaders alone, all ranks at once). A bar far below "
+            "green with red near it is input-bound.")))  # fmt: skip
     if c.compute is not None:
         svg = charts.compute_memory(c.compute.points, c.compute.device_mem_total_mib)
         if svg:
@@ -187,8 +187,13 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
 
 def _knob_figures(out) -> list[dict]:
     c, n, figs = out.ceilings, max(out.meta.world_size, 1), []
-    loader = {p.workers: p.img_per_s_machine for p in c.loader.points if p.img_per_s_machine} if c.loader else {}
-    svg = charts.against_knob(out.results, "workers", "batch", {"input ceiling (loaders alone)": loader} if loader else {})
+    loader: dict[str, dict] = {}  # a dashed line per pin_memory value the probe measured (one when it measured one)
+    pts = [p for p in c.loader.points if p.img_per_s_machine] if c.loader else []
+    pins = {p.pin_memory for p in pts}
+    for p in pts:
+        pin = f", pin_memory {'on' if p.pin_memory else 'off'}" if len(pins) > 1 else ""
+        loader.setdefault(f"input ceiling (loaders alone{pin})", {})[p.workers] = p.img_per_s_machine
+    svg = charts.against_knob(out.results, "workers", "batch", loader)
     if svg:
         figs.append(dict(title="Images/s against workers", svg=svg, caption=(
             "Each line: the trials at one batch size (the best of their other settings). Dashed: what the "

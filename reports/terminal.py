@@ -50,11 +50,15 @@ def print_summary(console: Console, results: list[TrialResult], ranking: Ranking
 
 def loader_table(c: LoaderCeiling) -> Table:
     t = Table(title=f"Input ceiling: the dataloader alone (imgsz {c.imgsz}, cache {c.cache})", header_style="bold")
-    for col in ("workers/rank", "ran", "ranks", "batch/rank", "img/s per rank", "img/s machine", "CPU %", "status"):
+    for col in ("workers/rank", "ran", "pin_memory", "ranks", "batch/rank", "img/s per rank", "img/s machine", "CPU %",
+                "status"):  # fmt: skip
         t.add_column(col, justify="right")
     for p in c.points:
-        t.add_row(str(p.workers), str(p.workers_effective), str(p.ranks), str(p.batch_per_rank), fmt(p.img_per_s_rank),
-                  fmt(p.img_per_s_machine), fmt(p.cpu_pct, ".0f"), p.status if p.status == "ok" else f"[red]{p.error}[/]")  # fmt: skip
+        pin = "n/a" if p.pin_memory is None else ("on" if p.pin_memory else "off") + (
+            " (off: no GPU)" if p.pin_memory and p.pin_memory_effective is False else "")
+        t.add_row(str(p.workers), str(p.workers_effective), pin, str(p.ranks), str(p.batch_per_rank),
+                  fmt(p.img_per_s_rank), fmt(p.img_per_s_machine), fmt(p.cpu_pct, ".0f"),
+                  p.status if p.status == "ok" else f"[red]{p.error}[/]")  # fmt: skip
     return t
 
 
@@ -66,11 +70,16 @@ def compute_table(c: ComputeCeiling) -> Table:
         t.add_row(str(p.batch), "on" if p.amp else "off", fmt(p.img_per_s), fmt(p.step_ms_p50, ".0f"),
                   fmt(p.peak_mem_mib, ".0f"), p.status if p.status == "ok" else f"[red]{p.status}: {p.error}[/]")  # fmt: skip
     if c.max_batch_fit:
-        t.caption = "largest batch per rank within 90% of device memory: " + ", ".join(
-            f"{k} {v}" for k, v in c.max_batch_fit.items())
+        t.caption = "largest batch within 90% of device memory on one device alone: " + ", ".join(
+            f"{k} {v}" for k, v in c.max_batch_fit.items()) + " (a DDP rank fits less: the report subtracts its measured overhead)"
     elif c.note:
         t.caption = c.note
     return t
+
+
+# An AllReduce whose host enqueue took this share of its measured time or more may have been timed by Python's
+# enqueue rate, not the link (probes/allreduce_bench.py records enqueue_us on GPU).
+ENQUEUE_BOUND_FRAC = 0.8
 
 
 def allreduce_table(c: AllReduceCeiling) -> Table:
@@ -80,8 +89,9 @@ def allreduce_table(c: AllReduceCeiling) -> Table:
         t.add_column(col, justify="right")
     for p in c.points:
         size = f"{p.size_bytes / 2**20:.2f} MiB" if p.size_bytes >= 2**20 else f"{p.size_bytes / 1024:.0f} KiB"
-        t.add_row(size, fmt(p.time_us, ".0f"), fmt(p.algbw_gbs, ".3f"), fmt(p.busbw_gbs, ".3f"), str(p.iters),
-                  "model bucket" if p.is_bucket else "")  # fmt: skip
+        host_bound = p.enqueue_us is not None and p.enqueue_us >= ENQUEUE_BOUND_FRAC * p.time_us
+        note = ", ".join(x for x in ("model bucket" if p.is_bucket else "", "host-bound?" if host_bound else "") if x)
+        t.add_row(size, fmt(p.time_us, ".0f"), fmt(p.algbw_gbs, ".3f"), fmt(p.busbw_gbs, ".3f"), str(p.iters), note)
     if c.status != "ok":
         t.caption = f"[red]{c.error}[/]"
     return t

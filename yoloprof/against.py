@@ -2,7 +2,7 @@
 
 compute ceiling: the one-device compute rate at the trial's per-rank batch and AMP, times the ranks
 (what the GPUs could do if input and AllReduce cost nothing); input ceiling: what the loaders at the
-trial's workers value delivered for the whole machine with no model running.
+trial's workers and pin_memory values delivered for the whole machine with no model running.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from yoloprof.records import (
-    AllReduceCeiling, ComputeCeiling, LoaderCeiling, RecordError, TrialResult, from_dict,
+    AllReduceCeiling, ComputeCeiling, Knobs, LoaderCeiling, LoaderPoint, RecordError, TrialResult, from_dict,
 )  # fmt: skip
 
 
@@ -67,7 +67,7 @@ def against(r: TrialResult, c: Ceilings) -> TrialVsCeilings:
         compute = hit.img_per_s * n if hit else None
     loader = None
     if c.loader is not None:
-        hit = next((p for p in c.loader.points if p.workers == k.workers and p.img_per_s_machine), None)
+        hit = next((p for p in c.loader.points if loader_matches(p, k) and p.img_per_s_machine), None)
         loader = hit.img_per_s_machine if hit else None
     rate = r.img_per_s if r.status == "ok" else None
     return TrialVsCeilings(
@@ -78,6 +78,12 @@ def against(r: TrialResult, c: Ceilings) -> TrialVsCeilings:
         pipeline_eff=rate / compute if rate and compute else None,
         input_headroom=loader / rate if rate and loader else None,
     )
+
+
+def loader_matches(p: LoaderPoint, k: Knobs) -> bool:
+    """The loader point that loaded as this trial's ranks did: its workers, and its pin_memory where
+    the point records one (older records did not: they match on workers alone)."""
+    return p.workers == k.workers and (p.pin_memory is None or p.pin_memory == k.pin_memory)
 
 
 def bucket_busbw(c: AllReduceCeiling) -> dict[int, float]:

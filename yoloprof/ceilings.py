@@ -1,6 +1,7 @@
 """Run the three ceilings on the scan's own model, data and hardware.
 
-input:   the training dataloader alone, one loader per rank at once (probes/loader_bench.py)
+input:   the training dataloader alone, one loader per rank at once, each loading as that rank of a
+         trial does: its own shard, device and pin_memory (probes/loader_bench.py)
 compute: the training loop on one device with one batch already there (a world-size-1 trial in
          "compute" mode, so loss, backward, optimizer and accumulation are Ultralytics' own)
 link:    an nccl-tests style AllReduce sweep on the scan's ranks and backend (probes/allreduce_bench.py)
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from yoloprof import aggregate, launch, plan
 from yoloprof.memory_fit import max_batch_fit
@@ -33,56 +34,108 @@ def _env(cache_dir: Path, extra: Optional[dict] = None) -> dict:
     return {**os.environ, **launch.offline_env(cache_dir), **(extra or {})}
 
 
-def _wait_all(procs: list[subprocess.Popen], timeout_s: float) -> bool:
+def _wait_all(procs: list[subprocess.Popen], timeout_s: float, peers_grace_s: Optional[float] = None) -> bool:
+    """True when every process ended in time. peers_grace_s: once one fails, the others get this long
+    (a rank that died before joining their process group would leave them waiting for its timeout)."""
     deadline = time.monotonic() + timeout_s
     try:
-        for p in procs:
-            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        while any(p.poll() is None for p in procs):
+            if time.monotonic() > deadline:
+                return False
+            if peers_grace_s is not None and any(p.poll() not in (None, 0) for p in procs):
+                deadline = min(deadline, time.monotonic() + peers_grace_s)
+            time.sleep(0.05)
         return True
-    except subprocess.TimeoutExpired:
-        return False
     finally:
         for p in procs:
             launch.kill_group(p, grace_s=2.0)
 
 
+def rank_devices(device: str, gpus: Optional[list[int]], ranks: int) -> list[str]:
+    """The device each rank's loader feeds: the one that rank of a trial uses, never cuda:0 for all.
+
+    A trial's rank r runs on CUDA index gpus[r] (Ultralytics' `device="2,3"` picks devices[LOCAL_RANK])
+    with the scan's CUDA_VISIBLE_DEVICES inherited unchanged. The probes inherit it too, so the same
+    index names the same GPU (`_physical` says which one) and Ultralytics counts the same devices
+    when it divides the cores among workers. No gpus: the first `ranks` indices, as a trial's default.
+    """
+    if device != "cuda":
+        return ["cpu"] * ranks
+    gpus = list(gpus) if gpus else list(range(ranks))
+    if len(gpus) < ranks:
+        raise ValueError(f"{ranks} loader ranks need {ranks} GPUs, got {gpus}")
+    return [f"cuda:{g}" for g in gpus[:ranks]]
+
+
+def loader_commands(raw: Path, *, data: str, model: str, imgsz: int, batch_per_rank: int, workers: int,
+                    pin_memory: bool, ranks: int, devices: list[str], cache: str, batches: int,
+                    warmup: int) -> list[list[str]]:  # fmt: skip
+    """One probe command per rank; they meet at raw/rendezvous (a gloo FileStore, see probes/loader_bench)."""
+    return [[sys.executable, "-m", "probes.loader_bench", "--data", data, "--model", model, "--imgsz", str(imgsz),
+             "--batch", str(batch_per_rank), "--workers", str(workers), "--pin-memory", "on" if pin_memory else "off",
+             "--cache", cache, "--device", devices[r], "--rank", str(r), "--ranks", str(ranks),
+             "--rendezvous", str(raw / "rendezvous"), "--batches", str(batches), "--warmup", str(warmup),
+             "--out", str(raw / f"rank{r}.json")] for r in range(ranks)]  # fmt: skip
+
+
 def loader(out: Path, *, data: str, model: str, imgsz: int, batch_per_rank: int, workers: list[int], ranks: int,
-           device: str, cache: str, cache_dir: Path, batches: int = 20, warmup: int = 3) -> LoaderCeiling:  # fmt: skip
+           device: str, cache: str, cache_dir: Path, pin_memory: Sequence[bool] = (True,),
+           gpus: Optional[list[int]] = None, batches: int = 20, warmup: int = 3) -> LoaderCeiling:  # fmt: skip
+    """One point per workers x pin_memory value, each loading as the trials' ranks do (probes/loader_bench).
+
+    pin_memory: the scan's planned values (Ultralytics' own default, on, when not given); gpus: the
+    scan's CUDA indices, one per rank.
+    """
+    devices = rank_devices(device, gpus, ranks)
     points = []
     for w in workers:
-        raw = Path(out) / "raw" / f"loader-w{w}"
-        raw.mkdir(parents=True, exist_ok=True)
-        procs = []
-        for r in range(ranks):
-            cmd = [sys.executable, "-m", "probes.loader_bench", "--data", data, "--model", model, "--imgsz", str(imgsz),
-                   "--batch", str(batch_per_rank), "--workers", str(w), "--cache", cache, "--device", device,
-                   "--rank", str(r), "--ranks", str(ranks), "--barrier", str(raw / "barrier"),
-                   "--batches", str(batches), "--warmup", str(warmup), "--out", str(raw / f"rank{r}.json")]  # fmt: skip
-            log = open(raw / f"rank{r}.log", "wb")
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=_env(cache_dir, {"OMP_NUM_THREADS": "1"}), start_new_session=True))  # fmt: skip
-            log.close()
-        finished = _wait_all(procs, PROBE_TIMEOUT_S)
-        results = []
-        for r in range(ranks):
-            try:
-                results.append(read_json(raw / f"rank{r}.json"))
-            except (OSError, RecordError):
-                results.append({"status": "error", "error": "no result (timed out or killed)" if not finished else
-                                " ".join(aggregate.log_tail(raw / f"rank{r}.log", 1)) or "no result"})  # fmt: skip
-        bad = next((x for x in results if x.get("status") != "ok"), None)
-        ok = [x for x in results if x.get("status") == "ok"]
-        points.append(LoaderPoint(
-            workers=w, workers_effective=ok[0]["workers_effective"] if ok else w, ranks=ranks,
-            batch_per_rank=batch_per_rank, batches=batches,
-            img_per_s_rank=median(x["img_per_s"] for x in ok) if not bad else None,
-            img_per_s_machine=sum(x["img_per_s"] for x in ok) if not bad else None,
-            cpu_pct=sum(x["cpu_pct"] for x in ok) if not bad else None,
-            status="ok" if not bad else "error", error=bad.get("error") if bad else None,
-        ))  # fmt: skip
+        for pin in pin_memory:
+            raw = Path(out) / "raw" / f"loader-w{w}-pin{'on' if pin else 'off'}"
+            raw.mkdir(parents=True, exist_ok=True)
+            for stale in [raw / "rendezvous", *(raw / f"rank{r}.json" for r in range(ranks))]:
+                stale.unlink(missing_ok=True)  # a FileStore must start empty; an old result must not pass as new
+            cmds = loader_commands(raw, data=data, model=model, imgsz=imgsz, batch_per_rank=batch_per_rank, workers=w,
+                                   pin_memory=pin, ranks=ranks, devices=devices, cache=cache, batches=batches,
+                                   warmup=warmup)  # fmt: skip
+            points.append(_loader_point(raw, cmds, cache_dir, w, pin, ranks, batch_per_rank, batches))
     ceiling = LoaderCeiling(data=data, imgsz=imgsz, cache=cache, points=points)
     write_json(Path(out) / "loader.json", ceiling)
     return ceiling
+
+
+def _loader_point(raw: Path, cmds: list[list[str]], cache_dir: Path, w: int, pin: bool, ranks: int,
+                  batch_per_rank: int, batches: int) -> LoaderPoint:  # fmt: skip
+    env = _env(cache_dir, {"OMP_NUM_THREADS": str(plan.omp_threads(os.cpu_count() or 1, ranks))})  # as the trials'
+    procs = []
+    for r, cmd in enumerate(cmds):
+        log = open(raw / f"rank{r}.log", "wb")
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      env=env, start_new_session=True))  # fmt: skip
+        log.close()
+    finished = _wait_all(procs, PROBE_TIMEOUT_S, peers_grace_s=30.0)
+    results = []
+    for r in range(ranks):
+        try:
+            results.append(read_json(raw / f"rank{r}.json"))
+        except (OSError, RecordError):
+            results.append({"status": "error", "error": "no result (timed out or killed)" if not finished else
+                            " ".join(aggregate.log_tail(raw / f"rank{r}.log", 1)) or "no result"})  # fmt: skip
+    # The cause, not its echo: a rank's failure reaches its peers as gloo's "Connection closed by peer".
+    bads = sorted((x for x in results if x.get("status") != "ok"),
+                  key=lambda x: "closed by peer" in str(x.get("error")))  # fmt: skip
+    bad = bads[0] if bads else None
+    ok = [x for x in results if x.get("status") == "ok"]
+    first = ok[0] if ok else {}
+    return LoaderPoint(
+        workers=w, workers_effective=first.get("workers_effective", w), ranks=ranks,
+        batch_per_rank=batch_per_rank, batches=batches,
+        img_per_s_rank=median(x["img_per_s"] for x in ok) if not bad else None,
+        img_per_s_machine=sum(x["img_per_s"] for x in ok) if not bad else None,
+        cpu_pct=sum(x["cpu_pct"] for x in ok) if not bad else None,
+        status="ok" if not bad else "error", error=bad.get("error") if bad else None,
+        pin_memory=pin, pin_memory_effective=first.get("pin_memory_effective"),
+        batches_per_epoch=first.get("batches_per_epoch"), devices=[x.get("device") for x in ok] if not bad else [],
+    )  # fmt: skip
 
 
 def compute_specs(hw: plan.Hardware, batches: list[int], amps: list[bool], *, model: str, data: str, imgsz: int,

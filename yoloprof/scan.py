@@ -317,7 +317,8 @@ def run_ceilings(folder: Path, ctx: Context, req: ScanRequest, console: Console,
         console.print("Input ceiling: the dataloader alone, one loader per rank at once...")
         c = ceilings.loader(folder, data=ctx.dataset.data, model=ctx.model, imgsz=ctx.imgsz,
                             batch_per_rank=max(min(axes.batch) // n, 1), workers=axes.workers, ranks=n,
-                            device=hw.device, cache=axes.cache[0], cache_dir=paths.cache_dir(), batches=req.steps)  # fmt: skip
+                            device=hw.device, cache=axes.cache[0], cache_dir=paths.cache_dir(), batches=req.steps,
+                            pin_memory=axes.pin_memory, gpus=hw.gpus)  # fmt: skip
         console.print(terminal.loader_table(c))
     if "compute" in which:
         console.print("Compute ceiling: the training step on one device, batch already there...")

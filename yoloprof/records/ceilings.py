@@ -20,6 +20,9 @@ class AllReducePoint:
     busbw_gbs: float  # algbw x 2(n-1)/n, comparable with nccl-tests
     iters: int
     is_bucket: bool = False  # one of the model's own DDP bucket sizes
+    # GPU only (None on CPU and in older records): the host's time to enqueue one op in the timed window,
+    # slowest rank. Close to time_us, the window was timed by Python's enqueue rate rather than the link.
+    enqueue_us: Optional[float] = None
 
 
 @dataclass
@@ -47,6 +50,12 @@ class LoaderPoint:
     cpu_pct: Optional[float]  # CPU of all loader processes and their workers (100 = one core)
     status: str = "ok"
     error: Optional[str] = None
+    # Recorded since the probe loads as a trial's rank does; None / [] in older records (unknown: they pinned
+    # whenever a GPU was there, fed cuda:0 from every rank and had no per-rank shard).
+    pin_memory: Optional[bool] = None  # asked, as the trials' pin_memory knob
+    pin_memory_effective: Optional[bool] = None  # after Ultralytics' `nd > 0 and pin_memory`
+    batches_per_epoch: Optional[int] = None  # per rank: the rank's shard (DistributedSampler) over batch_per_rank
+    devices: list[str] = field(default_factory=list)  # per rank, the device its loader fed ("cuda:N" CUDA index, "cpu")
 
 
 @dataclass
