@@ -84,7 +84,7 @@ def build_loader(data_yaml: str, imgsz: int, batch: int, workers: int, cache: st
     from ultralytics.utils import RANK
     from ultralytics.utils.torch_utils import init_seeds, torch_distributed_zero_first
 
-    from yoloprof.worker import offline
+    from probes import offline
 
     offline.patch_ultralytics()
     cfg = get_cfg(overrides=dict(data=data_yaml, imgsz=imgsz, batch=batch, workers=workers, model=model,

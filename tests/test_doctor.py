@@ -14,7 +14,7 @@ import pytest
 
 from fake_nvml import UUIDS, patched
 from probes import collective_check, environment, system_check
-from yoloprof import cli, doctor, plan, preflight
+from yoloprof import cli, collective, doctor, plan, preflight
 from yoloprof.errors import UsageError
 from yoloprof.records import CollectiveCheck, DoctorReport, Environment, GpuInfo, NvmlGpu, from_dict, to_dict
 
@@ -200,18 +200,18 @@ def test_nccl_retries_with_p2p_disabled_only_when_needed(monkeypatch, tmp_path):
         calls.append((extra, visible))
         return check(next(answers), extra)
 
-    monkeypatch.setattr(collective_check, "_once", once)
+    monkeypatch.setattr(collective, "_once", once)
     monkeypatch.delenv("NCCL_P2P_DISABLE", raising=False)
-    out = collective_check.run(2, backend="nccl", timeout_s=5, gpus=["3", "1"], work_dir=tmp_path)
+    out = collective.run(2, backend="nccl", timeout_s=5, gpus=["3", "1"], work_dir=tmp_path)
     assert [c.status for c in out] == ["hang", "ok"] and calls == [({}, "3,1"), ({"NCCL_P2P_DISABLE": "1"}, "3,1")]
     monkeypatch.setenv("NCCL_P2P_DISABLE", "1")  # already set by the user: nothing else to try
     answers, calls[:] = iter(["hang"]), []
-    assert [c.status for c in collective_check.run(2, backend="nccl", timeout_s=5)] == ["hang"] and len(calls) == 1
+    assert [c.status for c in collective.run(2, backend="nccl", timeout_s=5)] == ["hang"] and len(calls) == 1
 
 
 def test_scan_runs_the_collective_on_gpus_only(monkeypatch):
     runs = mock.Mock(return_value=[check("hang", error="no answer within 60 s"), check("ok", collective_check.P2P_OFF)])
-    monkeypatch.setattr(collective_check, "run", runs)
+    monkeypatch.setattr(collective, "run", runs)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
     console = mock.Mock()
     cpu = plan.Hardware("cpu", 2, [], 2, 0)
@@ -231,11 +231,11 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_gloo_collective_for_real_and_a_hang_caught(tmp_path, monkeypatch):
-    (ok,) = collective_check.run(2, backend="gloo", timeout_s=60, work_dir=tmp_path / "ok")
+    (ok,) = collective.run(2, backend="gloo", timeout_s=60, work_dir=tmp_path / "ok")
     assert (ok.status, ok.phases, ok.error, ok.env) == ("ok", ["done", "done"], None, {}) and ok.wall_s < 60
     monkeypatch.setenv(collective_check.HANG_ENV, "p2p")  # rank 1 stalls unless NCCL_P2P_DISABLE=1
     monkeypatch.delenv("NCCL_P2P_DISABLE", raising=False)
-    hang, retry = collective_check.run(2, backend="gloo", timeout_s=25, work_dir=tmp_path / "hang",
+    hang, retry = collective.run(2, backend="gloo", timeout_s=25, work_dir=tmp_path / "hang",
                                        settings=[{}, collective_check.P2P_OFF])  # fmt: skip
     assert (hang.status, hang.phases, hang.error) == ("hang", ["all_reduce", "all_reduce"], "no answer within 25 s")
     assert 25 <= hang.wall_s < 35

@@ -1,6 +1,6 @@
 """The doctor's checks in order, for `yoloprof doctor` and for the start of every scan and probe.
 
-Readings come from probes/ (system_check: milliseconds, no subprocess; collective_check: a
+Readings come from probes/ (system_check: milliseconds, no subprocess; yoloprof.collective: a
 torchrun of seconds), judgement from yoloprof.doctor. A CPU scan adds no subprocess; a scan on 2+
 GPUs runs the collective check first, because a hang there would hang every trial for 15 minutes.
 """
@@ -30,14 +30,14 @@ def planned(report: DoctorReport, hw: plan.Hardware, workers: int) -> DoctorRepo
     return dataclasses.replace(report, device=hw.device, ranks=hw.world_size, workers_per_rank=workers)
 
 
-def collective(report: DoctorReport, hw: plan.Hardware, timeout_s: float, console: Console) -> DoctorReport:
-    from probes import collective_check
+def first_collective(report: DoctorReport, hw: plan.Hardware, timeout_s: float, console: Console) -> DoctorReport:
+    from yoloprof import collective  # the parent side: torchrun, timeout, retry
 
     backend = "nccl" if hw.device == "cuda" else "gloo"
     console.print(f"Checking a {backend} AllReduce across {hw.world_size} ranks (at most {timeout_s:.0f} s a try)...")
     visible = [e.strip() for e in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if e.strip()]
     gpus = [visible[g] if visible else str(g) for g in hw.gpus] if hw.device == "cuda" else None
-    checks = collective_check.run(hw.world_size, backend=backend, timeout_s=timeout_s, gpus=gpus)
+    checks = collective.run(hw.world_size, backend=backend, timeout_s=timeout_s, gpus=gpus)
     return dataclasses.replace(report, collectives=checks)
 
 
@@ -46,7 +46,7 @@ def before_scan(report: DoctorReport, hw: plan.Hardware, workers: int, console: 
     """Warnings printed, an error raised as a UsageError: all before the first trial."""
     report = planned(report, hw, workers)
     if hw.device == "cuda" and hw.world_size >= 2:
-        report = collective(report, hw, timeout_s, console)
+        report = first_collective(report, hw, timeout_s, console)
     found = doctor.findings(report)
     for f in found:
         if f.severity == "warn":
@@ -72,5 +72,5 @@ def examine(req, timeout_s: float, console: Console) -> tuple[DoctorReport, list
     devices = hw.world_size if hw.device == "cpu" else len(env.gpus)
     report = planned(report, hw, doctor.ultralytics_workers(env.cpu_count, devices))
     if hw.world_size >= 2:
-        report = collective(report, hw, timeout_s, console)
+        report = first_collective(report, hw, timeout_s, console)
     return report, doctor.findings(report), why

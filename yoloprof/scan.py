@@ -149,7 +149,7 @@ def trial_deviations(hw: plan.Hardware, req: ScanRequest, steps: int, warmup: in
             "gloo ranks with the workers shown, so the CPU figures show the measurement, not CPU training advice."
         )
     else:
-        from yoloprof.worker.offline import AMP_CHECK_NOTE
+        from probes.offline import AMP_CHECK_NOTE
 
         out.append(AMP_CHECK_NOTE + ".")
     return out

@@ -67,7 +67,8 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int) -> Rank
     from probes import memory
     from probes.clock import Clock
     from probes.steps import StepProbe
-    from yoloprof.worker import faults, offline
+    from probes import offline
+    from yoloprof.worker import faults
     from yoloprof.worker.trainer import ScanTrainer, TrialComplete
 
     offline.patch_ultralytics()
