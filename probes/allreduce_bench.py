@@ -29,6 +29,7 @@ import time
 from datetime import timedelta
 from typing import Optional
 
+from probes import known_costs
 from yoloprof.records import AllReduceCeiling, AllReducePoint, write_json
 from yoloprof.text import error_line
 
@@ -170,9 +171,10 @@ def sweep(args, cuda: bool) -> AllReduceCeiling:
     big = torch.zeros(plan[-1][0] // DTYPE_BYTES, dtype=torch.float32, device=device)
     dist.all_reduce(big[:1])  # connect (NCCL creates its communicator lazily) outside any estimate
     points = []
+    timed = known_costs.LateCalls(dist, "all_reduce", known_costs.sleeper("allreduce", rank))  # tests only
     for size, is_bucket in plan:
         buf = big[: size // DTYPE_BYTES]
-        t_s, enqueue_s, iters = measure(dist, torch, buf, args, cuda, device)
+        t_s, enqueue_s, iters = measure(timed, torch, buf, args, cuda, device)
         p = point(size, t_s, iters, n, is_bucket, enqueue_s)
         points.append(p)
         if rank == 0:

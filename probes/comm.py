@@ -32,6 +32,7 @@ class CommState:
     process_group: Optional[dist.ProcessGroup] = None
     sink: Optional[Callable[[BucketTiming], None]] = None  # receives each bucket as it launches
     buckets_seen: list[int] = field(default_factory=list)
+    late: Optional[Callable[[], None]] = None  # tests only: completes each AllReduce this late (known_costs)
 
 
 def timed_allreduce_hook(state: CommState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -40,6 +41,9 @@ def timed_allreduce_hook(state: CommState, bucket: dist.GradBucket) -> torch.fut
     if state.sink is not None:
         state.sink(timing)
     fut = allreduce_hook(state.process_group, bucket)
+    if state.late is not None:
+        late = state.late
+        fut = fut.then(lambda f: (late(), f.value())[1])
 
     def done(f: torch.futures.Future) -> torch.Tensor:
         timing.end = state.clock.mark()
@@ -48,7 +52,9 @@ def timed_allreduce_hook(state: CommState, bucket: dist.GradBucket) -> torch.fut
     return fut.then(done)
 
 
-def attach(ddp_model: torch.nn.Module, clock: Clock, sink: Callable[[BucketTiming], None]) -> CommState:
-    state = CommState(clock=clock, sink=sink)
+def attach(ddp_model: torch.nn.Module, clock: Clock, sink: Callable[[BucketTiming], None], rank: int = 0) -> CommState:
+    from probes import known_costs
+
+    state = CommState(clock=clock, sink=sink, late=known_costs.sleeper("comm", rank))
     ddp_model.register_comm_hook(state, timed_allreduce_hook)
     return state

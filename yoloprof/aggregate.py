@@ -171,6 +171,26 @@ def _rank_stat(rank: RankRecords, steps: list[StepSample]) -> RankStat:
     )
 
 
+def rank_skew(per_rank: list[list[StepSample]]) -> tuple[Optional[float], Optional[int], Optional[int]]:
+    """(skew, slow rank index, fast rank index): how much more one rank works than another, step by
+    step: the largest median over steps of their difference in own work (step minus waits), over the
+    other's median. Paired per step, so noise that slows every rank at once cancels, and two ranks
+    that take turns being slower are no straggler; one that is slower in most steps is."""
+    if len(per_rank) < 2:
+        return None, None, None
+    busy = [[s.step_ms - s.data_wait_ms - (s.comm_wait_ms or 0.0) for s in steps] for steps in per_rank]
+    meds = [median(b) for b in busy]
+    best = (None, None, None)
+    for i, mine in enumerate(busy):
+        for j, theirs in enumerate(busy):
+            if i == j or not meds[j] or meds[j] <= 0:
+                continue
+            skew = median(a - b for a, b in zip(mine, theirs)) / meds[j]
+            if best[0] is None or skew > best[0]:
+                best = (skew, i, j)
+    return best
+
+
 def _frac(steps: list[StepSample], field: str) -> Optional[float]:
     total = sum(s.step_ms for s in steps)
     parts = [getattr(s, field) for s in steps]
@@ -288,8 +308,10 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
     if spec.world_size <= 1:
         result.breakdown.comm_wait_ms = None
     result.ranks = [_rank_stat(r, steps) for r, steps in zip(ranks, per_rank)]
-    busy = [r.busy_ms_p50 for r in result.ranks if r.busy_ms_p50]
-    result.rank_skew = (max(busy) / min(busy) - 1.0) if len(busy) > 1 else None
+    skew, slow, fast = rank_skew(per_rank)
+    result.rank_skew = skew
+    if skew is not None:
+        result.slow_rank, result.fast_rank = ranks[slow].rank, ranks[fast].rank
     window = measured_window(ranks)
     if telemetry is not None and window is not None:
         header, gpu, cpu, notes = telemetry

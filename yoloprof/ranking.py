@@ -45,8 +45,9 @@ def classify(r: TrialResult) -> tuple[Optional[str], str]:
             f"of {r.device_mem_total_mib:.0f} MiB (limit {_pct(MEMORY_FRAC)})"
         )
     if r.rank_skew is not None and r.rank_skew > STRAGGLER_SKEW and r.ranks:
-        slow = max(r.ranks, key=lambda s: s.busy_ms_p50)
-        fast = min(r.ranks, key=lambda s: s.busy_ms_p50)
+        by_rank = {s.rank: s for s in r.ranks}
+        slow = by_rank.get(r.slow_rank) or max(r.ranks, key=lambda s: s.busy_ms_p50)  # records before the pair
+        fast = by_rank.get(r.fast_rank) or min(r.ranks, key=lambda s: s.busy_ms_p50)
         return "straggler", (
             f"rank {slow.rank} works {slow.busy_ms_p50:.0f} ms per step, rank {fast.rank} {fast.busy_ms_p50:.0f} ms "
             f"(+{_pct(r.rank_skew)}, limit {_pct(STRAGGLER_SKEW)}); the others wait in AllReduce"

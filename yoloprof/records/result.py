@@ -60,7 +60,9 @@ class TrialResult:
     mem_overhead_mib: Optional[float] = None  # per rank beyond the allocator (context, NCCL, DDP buckets); GPU only
     gpu_util_pct: Optional[float] = None  # mean SM utilisation over the measured steps
     telemetry: Optional[TelemetrySummary] = None
-    rank_skew: Optional[float] = None  # slowest rank's busy time over the fastest's, minus 1
+    rank_skew: Optional[float] = None  # median per-step excess of one rank's own work over another's, relative
+    slow_rank: Optional[int] = None  # the pair behind rank_skew
+    fast_rank: Optional[int] = None
     breakdown: Optional[Breakdown] = None
     ranks: list[RankStat] = field(default_factory=list)
     bucket_sizes_bytes: list[int] = field(default_factory=list)

@@ -22,7 +22,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
-from probes import comm
+from probes import comm, known_costs
 from probes.steps import StepProbe
 from yoloprof.records import TrialSpec
 from yoloprof.worker import faults
@@ -138,6 +138,7 @@ def _cpu_capable_ddp():
 class ScanTrainer(DetectionTrainer):
     def __init__(self, spec: TrialSpec, probe: StepProbe, project: str, on_ready: Callable, on_step: Callable):
         self.spec, self.probe = spec, probe
+        self._optimizer_cost = None  # set with the probes (tests only: YOLOPROF_TEST_COST)
         self._on_ready, self._on_step = on_ready, on_step
         # pin_memory has no cfg argument in Ultralytics 8.4: hand it to build_dataloader directly.
         detect_train.build_dataloader = functools.partial(build_dataloader, pin_memory=spec.knobs.pin_memory)
@@ -149,7 +150,7 @@ class ScanTrainer(DetectionTrainer):
         self.ddp = False  # our torchrun already launched every rank
         self.add_callback("on_train_start", lambda t: self._on_ready(self))
         self.add_callback("on_train_epoch_start", lambda t: self._epoch_start())
-        self.add_callback("on_train_batch_start", lambda t: self.probe.batch_start(self.epoch))
+        self.add_callback("on_train_batch_start", lambda t: self._batch_start())
         self.add_callback("on_train_batch_end", lambda t: self._batch_end())
 
     # -- process group and model wrapping ------------------------------------------------------
@@ -164,7 +165,10 @@ class ScanTrainer(DetectionTrainer):
         if self.spec.mode == "compute":
             self.train_loader = StaticBatchLoader(self.train_loader, self.device)
         self._attach_probes()
-        faults.attach_model_faults(self.model, RANK if RANK >= 0 else 0, self.spec.trial_id)
+        rank = RANK if RANK >= 0 else 0
+        faults.attach_model_faults(self.model, rank, self.spec.trial_id)
+        known_costs.attach(self, rank)  # tests only: YOLOPROF_TEST_COST
+        self._optimizer_cost = known_costs.sleeper("optimizer", rank)
 
     def _attach_probes(self):
         probe = self.probe
@@ -174,7 +178,7 @@ class ScanTrainer(DetectionTrainer):
         self.scaler = _TimedScaler(self.scaler, lambda: probe.mark("bwd_end"))
         self.comm_state: Optional[comm.CommState] = None
         if isinstance(self.model, DistributedDataParallel):
-            self.comm_state = comm.attach(self.model, probe.clock, probe.bucket_launched)
+            self.comm_state = comm.attach(self.model, probe.clock, probe.bucket_launched, probe.rank)
 
     # -- the loop's boundaries ------------------------------------------------------------------
     def _epoch_start(self):
@@ -193,7 +197,13 @@ class ScanTrainer(DetectionTrainer):
     def optimizer_step(self):
         self.probe.mark("opt_start")
         super().optimizer_step()
+        if self._optimizer_cost is not None:
+            self._optimizer_cost()
         self.probe.mark("opt_end")
+
+    def _batch_start(self):
+        self.probe.batch_start(self.epoch)
+        known_costs.set_step(self.probe.steps_started - 1)  # tests only: costs on odd steps
 
     def _batch_end(self):
         self.probe.batch_end()

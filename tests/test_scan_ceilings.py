@@ -1,0 +1,70 @@
+"""A real small CPU scan without --no-ceilings: the three ceilings are measured, saved and reported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def scan(tiny_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ceil")
+    out = root / "s"
+    proc = subprocess.run([str(BIN / "yoloprof"), "scan", "--device", "cpu", "--nproc", "2", "--data", str(tiny_data),
+                           "--imgsz", "64", "--batch", "4", "--workers", "0", "--steps", "2", "--warmup", "1",
+                           "--no-defaults", "--out", str(out)],
+                          capture_output=True, text=True, cwd=root, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def test_scan_writes_the_three_ceilings_with_measured_points(scan):
+    out, proc = scan
+    c = out / "ceilings"
+    loader = json.loads((c / "loader.json").read_text())
+    compute = json.loads((c / "compute.json").read_text())
+    link = json.loads((c / "allreduce-default.json").read_text())
+    # input: one loader per rank at the scan's workers (0) and batch per rank (4 / 2 ranks)
+    assert [(p["workers"], p["ranks"], p["batch_per_rank"], p["status"]) for p in loader["points"]] == [(0, 2, 2, "ok")]
+    (lp,) = loader["points"]
+    assert lp["img_per_s_machine"] == pytest.approx(lp["img_per_s_rank"] * 2) and lp["img_per_s_rank"] > 0
+    assert loader["imgsz"] == 64
+    # compute: the batch per rank, fp32 on CPU; its img/s is the probe's own measured images over measured time
+    (cp,) = compute["points"]
+    assert (cp["batch"], cp["amp"], cp["status"]) == (2, False, "ok")
+    steps = [json.loads(x) for x in (c / "compute" / cp["trial_id"] / "rank0.jsonl").read_text().splitlines()]
+    measured = [s for s in steps if s.get("kind") == "step" and not s["warmup"]]
+    assert measured
+    want = sum(s["images"] for s in measured) / (sum(s["step_ms"] for s in measured) / 1e3)
+    assert cp["img_per_s"] == pytest.approx(want, rel=1e-9)
+    # link: an AllReduce sweep on the scan's 2 gloo ranks, including the trial's own gradient bucket sizes
+    assert (link["status"], link["world_size"], link["backend"]) == ("ok", 2, "gloo")
+    assert all(p["time_us"] > 0 and p["busbw_gbs"] > 0 for p in link["points"])
+    trial = json.loads((out / "trials" / "t01-b4-w0-fp32" / "result.json").read_text())
+    buckets = {p["size_bytes"] for p in link["points"] if p["is_bucket"]}
+    assert trial["bucket_sizes_bytes"] and buckets == set(trial["bucket_sizes_bytes"])
+    for line in ("Input ceiling: the dataloader alone", "Compute ceiling: the training step on one device",
+                 "Link ceiling: AllReduce sweep on the scan's ranks"):  # fmt: skip
+        assert line in proc.stdout
+
+
+def test_report_sets_the_trial_against_the_measured_ceilings(scan):
+    out, _ = scan
+    page = (out / "report.html").read_text()
+    assert "Not measured: this scan ran without ceilings" not in page
+    assert "Input ceiling (imgsz 64, cache off):" in page and "Compute ceiling (cpu):" in page
+    assert "<h3>Trials against the ceilings" in page and "<h3>AllReduce bus bandwidth" in page
+    compute = json.loads((out / "ceilings" / "compute.json").read_text())["points"][0]["img_per_s"]
+    loader = json.loads((out / "ceilings" / "loader.json").read_text())["points"][0]["img_per_s_machine"]
+    img = json.loads((out / "trials" / "t01-b4-w0-fp32" / "result.json").read_text())["img_per_s"]
+    # the trial's row: achieved, compute ceiling x 2 ranks, efficiency, input ceiling of the machine
+    row = (f'<td class="l">t01-b4-w0-fp32</td><td>{img:.1f}</td><td>{2 * compute:.1f}</td>'
+           f'<td>{100 * img / (2 * compute):.0f}%</td><td>{loader:.1f}</td>')  # fmt: skip
+    assert row in page
