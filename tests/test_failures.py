@@ -24,6 +24,17 @@ def scan_cmd(data, out, *extra):
     return [str(BIN / "yoloprof"), "scan", *SMALL, "--data", str(data), "--out", str(out), *extra]
 
 
+def held_at(out: Path, trial: str, step: int) -> bool:
+    """The trial's rank 0 recorded `step`: with a `wait@<step>` fault it is now held there, still running."""
+    f = out / "trials" / trial / "rank0.jsonl"
+    return f.exists() and f'"kind": "step", "rank": 0, "step": {step},' in f.read_text()
+
+
+def held(fault: str, release: Path) -> dict:
+    """Environment for a scan whose trials block where `fault` says until `release` exists."""
+    return {**os.environ, "YOLOPROF_TEST_FAULT": fault, "YOLOPROF_TEST_RELEASE": str(release)}
+
+
 def run_scan(data, out, *extra, fault=None, timeout=600):
     env = {**os.environ, **({"YOLOPROF_TEST_FAULT": fault} if fault else {})}
     return subprocess.run(scan_cmd(data, out, *extra), capture_output=True, text=True, env=env, timeout=timeout)
@@ -105,18 +116,18 @@ def test_a_failure_every_trial_would_hit_stops_the_scan(tiny_data, tmp_path):
 def test_sigkill_mid_trial_and_between_trials_then_resume(tiny_data, tmp_path):
     out = tmp_path / "s"
     args = ("--batch", "2", "--workers", "0,1,2")
-    # 1) SIGKILL while t01 trains: the trial's processes must die with the scan
-    p = subprocess.Popen(scan_cmd(tiny_data, out, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / "trials" / "t01-b2-w0-fp32" / "rank0.jsonl"
-    assert wait_for(lambda: first.exists() and '"kind": "step"' in first.read_text())
+    # 1) SIGKILL while t01 trains (held at step 1, so certainly still running): its processes die with the scan
+    env = held("wait@1:trial=t01", tmp_path / "never")
+    p = subprocess.Popen(scan_cmd(tiny_data, out, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    assert wait_for(lambda: held_at(out, "t01-b2-w0-fp32", 1))
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert wait_for(lambda: not leftovers(out), timeout=20), leftovers(out)
     assert results(out) == {}
-    # 2) resume; SIGKILL right after t01's result lands (between trials)
+    # 2) resume; SIGKILL after t01's result lands, while t02 is held at step 1 (between trials, no race)
     p = subprocess.Popen([str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    assert wait_for(lambda: (out / "trials" / "t01-b2-w0-fp32" / "result.json").exists())
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=held("wait@1:trial=t02", tmp_path / "never"))  # fmt: skip
+    assert wait_for(lambda: (out / "trials" / "t01-b2-w0-fp32" / "result.json").exists() and held_at(out, "t02-b2-w1-fp32", 1))
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert wait_for(lambda: not leftovers(out), timeout=20), leftovers(out)
@@ -136,10 +147,9 @@ def test_sigkill_mid_trial_and_between_trials_then_resume(tiny_data, tmp_path):
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_ends_the_trial_writes_results_and_says_how_to_resume(tiny_data, tmp_path, sig, code):
     out = tmp_path / "s"
-    p = subprocess.Popen(scan_cmd(tiny_data, out, "--batch", "2", "--workers", "0,1"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    first = out / "trials" / "t01-b2-w0-fp32" / "rank0.jsonl"
-    assert wait_for(lambda: first.exists() and '"kind": "step"' in first.read_text())
+    p = subprocess.Popen(scan_cmd(tiny_data, out, "--batch", "2", "--workers", "0,1"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=held("wait@1:trial=t01", tmp_path / "never"))  # fmt: skip
+    assert wait_for(lambda: held_at(out, "t01-b2-w0-fp32", 1))  # held there: the signal meets a running trial
     p.send_signal(sig)
     stdout, stderr = p.communicate(timeout=120)
     assert p.returncode == code, stderr[-2000:]

