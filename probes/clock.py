@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from yoloprof.text import error_line
+
 
 @dataclass
 class Mark:
@@ -62,7 +64,7 @@ class Clock:
 
     def _broken(self, exc: BaseException) -> None:
         if self.device_error is None:
-            self.device_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            self.device_error = error_line(exc)
 
     def mark(self) -> Mark:
         if not self.cuda:

@@ -16,6 +16,7 @@ from typing import Optional
 
 from probes.collective_check import P2P_OFF, RESULT
 from yoloprof import launch
+from yoloprof.aggregate import log_tail
 from yoloprof.records import CollectiveCheck
 
 
@@ -61,10 +62,7 @@ def _once(world_size: int, backend: str, timeout_s: float, extra: dict[str, str]
 
 def _tail(log: Path) -> str:
     """The last line that says something (torchrun ends with its own summary, the cause is above it)."""
-    try:
-        lines = [x.strip() for x in log.read_text(errors="replace").splitlines() if x.strip()]
-    except OSError:
-        return ""
+    lines = [x.strip() for x in log_tail(log, 200)]  # colour codes and progress redraws already gone
     causes = [x for x in lines if "Error" in x or "error" in x]
     return (causes or lines or [""])[-1][:300]
 
