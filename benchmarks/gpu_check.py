@@ -108,7 +108,8 @@ def _yoloprof(*args: str) -> int:
 
 
 def _phase_check(scan: Path, best: TrialResult, gpu: int, cache: Path) -> Check:
-    from yoloprof import aggregate, launch
+    from yoloprof.analysis import aggregate
+    from yoloprof.scan import launch
     from yoloprof.records import read_json, TrialSpec
 
     spec = read_json(scan / "trials" / best.trial_id / "spec.json", TrialSpec)
@@ -127,7 +128,9 @@ def _phase_check(scan: Path, best: TrialResult, gpu: int, cache: Path) -> Check:
 
 def _oom_search(scan: Path, fit: int, amp: bool, gpu: int, cache: Path, imgsz: int) -> list[ComputePoint]:
     """Compute-probe points at the fit and above it, doubling until a batch runs out of memory."""
-    from yoloprof import ceilings, paths, plan
+    from yoloprof import paths
+    from yoloprof.scan import ceilings
+    from yoloprof.search import plan
     from yoloprof.records import read_json, ScanMeta
 
     meta = read_json(scan / "scan.json", ScanMeta)

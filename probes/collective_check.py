@@ -5,7 +5,7 @@
 
 A hang at the first collective is the most reported multi-GPU failure (peer-to-peer broken between
 consumer GPUs, ACS/IOMMU, the wrong network interface), and Ultralytics waits 3 hours on it. `run`
-(yoloprof.collective, the parent side, no torch) gives the ranks seconds, ends the whole process group on a timeout and,
+(yoloprof.scan.collective, the parent side, no torch) gives the ranks seconds, ends the whole process group on a timeout and,
 on NCCL, tries again with NCCL_P2P_DISABLE=1, so the doctor can name the setting that works.
 Each rank writes where it is (start, init, all_reduce, done) to DIR/rank<R>.json as it goes, so a
 hang says whether the ranks never met or met and then waited on the collective.

@@ -182,7 +182,7 @@ def against_knob(results: list, knob: str, series_knob: str, ceilings: dict) -> 
 
 
 def scaling(groups: list) -> Optional[str]:
-    """images/s against ranks per settings group (yoloprof.scaling), with the linear ideal dashed."""
+    """images/s against ranks per settings group (yoloprof.analysis.scaling), with the linear ideal dashed."""
     if not groups:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.4))

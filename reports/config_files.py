@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from yoloprof.plan import nccl_env, omp_threads
+from yoloprof.search.plan import nccl_env, omp_threads
 from yoloprof.records import ScanMeta, TrialResult
 
 

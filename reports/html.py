@@ -12,8 +12,9 @@ from reports import charts
 from reports.config_files import BestConfig, render_env, render_yaml
 from reports.csv_table import ordered
 from reports.csv_table import rows as table_rows
-from yoloprof import advice, against, baselines, memory_fit, plan, scaling
-from yoloprof import ranking as ranking_mod
+from yoloprof.analysis import advice, against, memory_fit, scaling
+from yoloprof.search import baselines, plan
+from yoloprof.analysis import ranking as ranking_mod
 from yoloprof.records import ScanMeta
 
 _ENV = jinja2.Environment(

@@ -41,7 +41,7 @@ def _restore_environ():
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """16 training images at 160x120: enough for a few DDP steps at imgsz 64."""
-    from yoloprof.dataset import SyntheticSpec, generate
+    from yoloprof.data.dataset import SyntheticSpec, generate
 
     root = tmp_path_factory.mktemp("data")
     return generate(root / "tiny", SyntheticSpec(images=16, width=160, height=120, val_images=4, seed=1))

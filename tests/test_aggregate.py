@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from conftest import CPU_SCAN
-from yoloprof import aggregate
-from yoloprof.aggregate import LaunchOutcome
+from yoloprof.analysis import aggregate
+from yoloprof.analysis.aggregate import LaunchOutcome
 from yoloprof.records import Knobs, RankEnd, RankRecords, StepSample, TrialSpec, read_json
 
 KNOBS = Knobs(8, 2, False, False, "off", "default")
@@ -124,7 +124,7 @@ def test_a_rank_sigkilled_while_ram_ran_out_is_oom():
 def test_hang_watchdog_limits_follow_the_trials_own_speed(tmp_path):
     import json as _json
 
-    from yoloprof.launch import HangPolicy, TrialWatch
+    from yoloprof.scan.launch import HangPolicy, TrialWatch
 
     watch = TrialWatch(tmp_path, 2)
     policy = HangPolicy(startup_s=900, stall_factor=20, min_stall_s=120)
@@ -211,7 +211,7 @@ def test_rank_skew_is_paired_step_by_step_so_common_noise_is_no_straggler():
     res = aggregate.aggregate(SPEC, ranks_with(r0, r1), LaunchOutcome(0))
     # step by step: rank 0 - rank 1 has median -1 ms, rank 1 - rank 0 median +1 ms (over rank 0's 90 ms)
     assert res.rank_skew == pytest.approx(1 / 90) and (res.slow_rank, res.fast_rank) == (1, 0)
-    from yoloprof import ranking
+    from yoloprof.analysis import ranking
 
     assert ranking.classify(res)[0] != "straggler"
     # a rank that is slower in most steps is one, and is named, though its median is not the higher one

@@ -14,7 +14,8 @@ import torch
 
 from probes import allreduce_bench
 from probes.allreduce_bench import MIN_OPS_PER_WINDOW, bus_bandwidth, iterations, ops_per_window, point, sizes
-from yoloprof import ceilings, plan
+from yoloprof.scan import ceilings
+from yoloprof.search import plan
 from yoloprof.records import AllReduceCeiling, read_json
 
 

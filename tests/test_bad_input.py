@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from probes import environment, model_check
-from yoloprof import cli, datainfo
+from yoloprof import cli
+from yoloprof.data import datainfo
 from yoloprof.errors import UsageError
 from yoloprof.records import Environment, GpuInfo
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from yoloprof import aggregate, against, ceilings, launch, plan
-from yoloprof.memory_fit import fit_line, max_batch_fit
+from yoloprof.analysis import aggregate, against
+from yoloprof.scan import ceilings, launch
+from yoloprof.search import plan
+from yoloprof.analysis.memory_fit import fit_line, max_batch_fit
 from yoloprof.records import (
     ComputeCeiling, ComputePoint, Knobs, LoaderCeiling, LoaderPoint, TrialResult, TrialSpec, read_json,
 )  # fmt: skip

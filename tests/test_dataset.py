@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from yoloprof import datainfo, dataset
-from yoloprof.dataset import SyntheticSpec
+from yoloprof.data import datainfo, dataset
+from yoloprof.data.dataset import SyntheticSpec
 
 
 def test_generated_dataset_is_valid_yolo_format(tiny_data):

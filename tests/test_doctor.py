@@ -14,7 +14,10 @@ import pytest
 
 from fake_nvml import UUIDS, patched
 from probes import collective_check, environment, system_check
-from yoloprof import cli, collective, doctor, plan, preflight
+from yoloprof import cli
+from yoloprof.scan import collective, preflight
+from yoloprof.analysis import doctor
+from yoloprof.search import plan
 from yoloprof.errors import UsageError
 from yoloprof.records import CollectiveCheck, DoctorReport, Environment, GpuInfo, NvmlGpu, from_dict, to_dict
 

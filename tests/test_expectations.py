@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES
-from yoloprof import aggregate, outputs, ranking
-from yoloprof.aggregate import LaunchOutcome
+from yoloprof import outputs
+from yoloprof.analysis import aggregate, ranking
+from yoloprof.analysis.aggregate import LaunchOutcome
 from yoloprof.records import Knobs, TelemetrySummary, TrialResult, TrialSpec, read_json
 
 TRIAL_DIRS = sorted(p for p in FIXTURES.glob("*/trials/*") if (p / "rank0.jsonl").is_file())

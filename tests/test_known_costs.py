@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from yoloprof import aggregate, ceilings, launch, plan, ranking
+from yoloprof.analysis import aggregate, ranking
+from yoloprof.scan import ceilings, launch
+from yoloprof.search import plan
 from yoloprof.records import Knobs, TrialSpec, read_json, AllReduceCeiling
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from yoloprof.aggregate import mem_overhead
-from yoloprof.memory_fit import ddp_fits, max_batch_fit
+from yoloprof.analysis.aggregate import mem_overhead
+from yoloprof.analysis.memory_fit import ddp_fits, max_batch_fit
 from yoloprof.records import (
     ComputeCeiling, ComputePoint, GpuSample, Knobs, RankEnd, RankRecords, TrialResult, TrialSpec,
 )  # fmt: skip

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from yoloprof import plan
+from yoloprof.search import plan
 from yoloprof.errors import UsageError
-from yoloprof.plan import Hardware
+from yoloprof.search.plan import Hardware
 from yoloprof.records import Knobs
 
 CPU = Hardware("cpu", 2, [], cpu_count=2, gpus_on_machine=0)
@@ -94,7 +94,7 @@ def test_cache_ram_under_ddp_counts_one_copy_per_rank():
 
 
 def test_ultralytics_defaults_and_your_settings_join_the_plan_once():
-    from yoloprof import baselines
+    from yoloprof.search import baselines
 
     hw = Hardware("cuda", 4, [0, 1, 2, 3], cpu_count=16, gpus_on_machine=4)  # workers cap 4
     p = plan.make_plan(hw, {"batch": [16, 32], "workers": [2, 4]})
@@ -125,7 +125,7 @@ def test_scaling_runs_each_setting_at_every_world_size_with_the_same_batch_per_r
 
 
 def test_scaling_speedup_and_efficiency():
-    from yoloprof import scaling
+    from yoloprof.analysis import scaling
     from yoloprof.records import TrialResult
 
     k = lambda b: Knobs(b, 4, True, True, "off", "default")  # noqa: E731

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from yoloprof import ranking
+from yoloprof.analysis import ranking
 from yoloprof.records import Knobs, RankStat, TrialResult
 
 K = Knobs(16, 2, True, True, "off", "default")
@@ -60,7 +60,7 @@ def test_headline_when_nothing_finished():
 def test_tested_effects_and_the_path_to_the_best_trial():
     from dataclasses import replace as rep
 
-    from yoloprof import advice
+    from yoloprof.analysis import advice
 
     def t(tid, img, data, **k):
         r = result(tid, img=img, data=data)
@@ -81,7 +81,7 @@ def test_tested_effects_and_the_path_to_the_best_trial():
 
 
 def test_untested_suggestions_come_with_the_scan_that_tests_them():
-    from yoloprof import advice
+    from yoloprof.analysis import advice
 
     best = result("b", data=0.3)
     out = advice.untested(best, "input", [best], "cuda", workers_cap=16)

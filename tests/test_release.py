@@ -15,8 +15,8 @@ import pynvml
 import pytest
 
 from probes.gpu_release import ReleaseWatch
-from yoloprof import launch
-from yoloprof.aggregate import LaunchOutcome, aggregate
+from yoloprof.scan import launch
+from yoloprof.analysis.aggregate import LaunchOutcome, aggregate
 from yoloprof.records import Knobs, TrialSpec
 
 GIB = 2**30

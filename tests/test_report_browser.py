@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from yoloprof import outputs
-from yoloprof.compare import compare
+from yoloprof.analysis.compare import compare
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api")

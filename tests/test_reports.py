@@ -97,7 +97,7 @@ def test_report_on_a_folder_that_is_not_a_scan(tmp_path):
 def test_csv_cells_are_empty_for_unmeasured_values(cpu_scan_copy):
     out = outputs.collect(cpu_scan_copy)
     failed = dataclasses.replace(out.results[0], trial_id="tx", status="error", img_per_s=None, error="boom")
-    from yoloprof.ranking import rank_trials
+    from yoloprof.analysis.ranking import rank_trials
 
     results = out.results + [failed]
     text = csv_table.render(results, rank_trials(results))
@@ -106,7 +106,7 @@ def test_csv_cells_are_empty_for_unmeasured_values(cpu_scan_copy):
 
 
 def test_compare_finds_where_the_time_moved(cpu_scan_copy):
-    from yoloprof.compare import compare
+    from yoloprof.analysis.compare import compare
 
     a = outputs.collect(cpu_scan_copy)
     faster = dataclasses.replace(a.best, img_per_s=a.best.img_per_s * 1.5, trial_id="tb",
@@ -146,7 +146,7 @@ def test_recorded_scan_with_failed_trials(tmp_path):
 
 
 def test_recorded_scan_against_its_ceilings(cpu_scan_copy):
-    from yoloprof import against
+    from yoloprof.analysis import against
 
     out = outputs.collect(cpu_scan_copy)
     c = out.ceilings
@@ -171,7 +171,7 @@ def test_recorded_scaling_scan(tmp_path):
     import shutil
 
     from conftest import FIXTURES
-    from yoloprof import scaling
+    from yoloprof.analysis import scaling
 
     scan = tmp_path / "scale"
     shutil.copytree(FIXTURES / "cpu-scan-scaling", scan)

@@ -10,8 +10,9 @@ import pytest
 from rich.console import Console
 
 from conftest import CPU_SCAN
-from yoloprof import launch, outputs, runner
-from yoloprof.aggregate import LaunchOutcome
+from yoloprof import outputs
+from yoloprof.scan import launch, runner
+from yoloprof.analysis.aggregate import LaunchOutcome
 from yoloprof.records import TrialResult, TrialSpec, read_json
 
 RECORDED = CPU_SCAN / "trials" / "t01-b8-w0-fp32"  # a real 2-rank trial: what the fake launcher "runs"
@@ -107,7 +108,7 @@ def test_default_watchdog_ends_a_real_hang_by_the_stall_rule(tiny_data, tmp_path
 
     import psutil
 
-    from yoloprof import aggregate
+    from yoloprof.analysis import aggregate
     from yoloprof.records import Knobs
 
     spec = TrialSpec(trial_id="t01-hang", knobs=Knobs(4, 0, False, False, "off", "default"), world_size=2,

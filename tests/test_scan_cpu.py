@@ -13,7 +13,7 @@ import yaml
 
 from yoloprof.records import ScanMeta
 
-from yoloprof import aggregate
+from yoloprof.analysis import aggregate
 from yoloprof.records import TrialResult, read_json
 
 pytestmark = pytest.mark.slow

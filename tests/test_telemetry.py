@@ -15,7 +15,7 @@ import pytest
 
 from probes import cpu_telemetry, gpu_telemetry, telemetry
 from yoloprof.records import CpuSample, GpuSample, TelemetryHeader
-from yoloprof.telemetry import read_telemetry, summarize
+from yoloprof.analysis.telemetry import read_telemetry, summarize
 
 UUIDS = ["GPU-8f3c1111-0000", "GPU-8f3c2222-0000", "GPU-1b2e3333-0000", "GPU-c0de4444-0000"]
 NOT_SUPPORTED = pynvml.NVML_ERROR_NOT_SUPPORTED

@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_scan(args, argv: list[str], console: Console) -> int:
     from reports.terminal import ranked_table
-    from yoloprof import scan
+    from yoloprof.scan import orchestrate as scan
 
     keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
             "batch", "workers", "amp", "pin_memory", "cache", "nccl", "trial_timeout", "no_ceilings", "baseline",
@@ -102,7 +102,7 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
 
 
 def _cmd_probe(args, argv: list[str], console: Console) -> int:
-    from yoloprof import scan
+    from yoloprof.scan import orchestrate as scan
 
     keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
             "batch", "workers", "amp", "cache", "nccl")  # fmt: skip
@@ -133,7 +133,7 @@ def _cmd_report(args, console: Console) -> int:
 def _cmd_compare(args, console: Console) -> int:
     from reports import html
     from yoloprof import outputs, paths
-    from yoloprof.compare import compare
+    from yoloprof.analysis.compare import compare
 
     a, b = outputs.collect(Path(args.dir_a)), outputs.collect(Path(args.dir_b))
     out = Path(args.out) if args.out else paths.next_run_dir("compare")
@@ -155,8 +155,8 @@ def _cmd_compare(args, console: Console) -> int:
 
 def _cmd_doctor(args, console: Console) -> int:
     from reports.terminal import doctor_view
-    from yoloprof import preflight, scan
-    from yoloprof.doctor import one_line
+    from yoloprof.scan import preflight, orchestrate as scan
+    from yoloprof.analysis.doctor import one_line
     from yoloprof.records import to_dict, write_json
 
     if args.timeout <= 0:
@@ -175,7 +175,7 @@ def _cmd_doctor(args, console: Console) -> int:
 
 
 def _cmd_dataset(args, console: Console) -> int:
-    from yoloprof.dataset import SyntheticSpec, generate
+    from yoloprof.data.dataset import SyntheticSpec, generate
 
     try:
         w, h = (int(x) for x in args.size.lower().split("x"))

@@ -8,7 +8,7 @@ from typing import Optional
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from yoloprof.ranking import knob_text
+from yoloprof.analysis.ranking import knob_text
 from yoloprof.records import TrialResult, TrialSpec
 
 

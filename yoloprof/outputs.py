@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from yoloprof import aggregate, against
+from yoloprof.analysis import aggregate, against
 from yoloprof.errors import UsageError
 from yoloprof.paths import SCAN_MARKER, trial_dir
-from yoloprof.telemetry import read_telemetry
+from yoloprof.analysis.telemetry import read_telemetry
 from yoloprof.text import strip_ansi
-from yoloprof.ranking import headline, rank_trials
+from yoloprof.analysis.ranking import headline, rank_trials
 from yoloprof.records import SCHEMA_VERSION, Ranking, RecordError, ScanMeta, TrialResult, TrialSpec, read_json, write_json
 
 LAUNCH_FILE = "launch.json"
-TELEMETRY_FILE = "telemetry.jsonl"  # written by probes.telemetry (yoloprof.launch.TELEMETRY_FILE)
+TELEMETRY_FILE = "telemetry.jsonl"  # written by probes.telemetry (yoloprof.scan.launch.TELEMETRY_FILE)
 RESULT_FILE = "result.json"
 
 

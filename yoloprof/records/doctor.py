@@ -1,6 +1,6 @@
 """`yoloprof doctor`: what the machine looks like to torch and NVML, and the findings drawn from it.
 
-Collected in probes/system_check.py and probes/collective_check.py, judged in yoloprof/doctor.py.
+Collected in probes/system_check.py and probes/collective_check.py, judged in yoloprof/analysis/doctor.py.
 A value that could not be read is None ("n/a"), never a guess.
 """
 

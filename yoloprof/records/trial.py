@@ -21,7 +21,7 @@ class Knobs:
     amp: bool
     pin_memory: bool
     cache: str  # "off" | "ram" | "disk"
-    nccl: str  # an NCCL preset name from yoloprof.plan.NCCL_PRESETS
+    nccl: str  # an NCCL preset name from yoloprof.search.plan.NCCL_PRESETS
 
 
 @dataclass

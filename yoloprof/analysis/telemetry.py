@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from yoloprof.records import CpuSample, GpuSample, RecordError, TelemetryHeader, TelemetrySummary, from_dict
-from yoloprof.stats import mean, quantile
+from yoloprof.analysis.stats import mean, quantile
 
 BUSY_CORE_PCT = 90.0  # a core this busy has nothing left for DataLoader workers
 NO_FILE = "not measured: no telemetry file"

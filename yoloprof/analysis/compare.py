@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from yoloprof.aggregate import PHASES
+from yoloprof.analysis.aggregate import PHASES
 from yoloprof.outputs import ScanOutputs
 from yoloprof.records import TrialResult
 

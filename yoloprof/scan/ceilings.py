@@ -19,13 +19,15 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from yoloprof import aggregate, launch, plan
-from yoloprof.memory_fit import max_batch_fit
+from yoloprof.analysis import aggregate
+from yoloprof.scan import launch
+from yoloprof.search import plan
+from yoloprof.analysis.memory_fit import max_batch_fit
 from yoloprof.records import (
     AllReduceCeiling, ComputeCeiling, ComputePoint, Knobs, LoaderCeiling, LoaderPoint, RecordError, TrialSpec,
     read_json, write_json,
 )  # fmt: skip
-from yoloprof.stats import median
+from yoloprof.analysis.stats import median
 
 PROBE_TIMEOUT_S = 900.0
 

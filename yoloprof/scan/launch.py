@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from yoloprof.aggregate import LaunchOutcome, read_ranks
+from yoloprof.analysis.aggregate import LaunchOutcome, read_ranks
 from yoloprof.records import TrialSpec, write_json
 
 

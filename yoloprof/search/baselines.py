@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Optional
 
 from yoloprof.errors import UsageError
-from yoloprof.plan import _BOOL, _CACHE, NCCL_PRESETS, Hardware, Plan, workers_cap
+from yoloprof.search.plan import _BOOL, _CACHE, NCCL_PRESETS, Hardware, Plan, workers_cap
 from yoloprof.records import Knobs
 
 DEFAULTS = "Ultralytics defaults"

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Optional
 
 from probes.collective_check import P2P_OFF, RESULT
-from yoloprof import launch
-from yoloprof.aggregate import log_tail
+from yoloprof.scan import launch
+from yoloprof.analysis.aggregate import log_tail
 from yoloprof.records import CollectiveCheck
 
 

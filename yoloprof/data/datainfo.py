@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from yoloprof import dataset as synthetic
+from yoloprof.data import dataset as synthetic
 from yoloprof.errors import UsageError
 from yoloprof.records import DatasetInfo
 

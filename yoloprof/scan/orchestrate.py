@@ -14,8 +14,12 @@ from typing import Optional
 
 from rich.console import Console
 
-from yoloprof import __version__, baselines, datainfo, doctor, launch, outputs, paths, plan, preflight, runner
-from yoloprof.dataset import SyntheticSpec, ensure
+from yoloprof import __version__, outputs, paths
+from yoloprof.search import baselines, plan
+from yoloprof.data import datainfo
+from yoloprof.analysis import doctor
+from yoloprof.scan import launch, preflight, runner
+from yoloprof.data.dataset import SyntheticSpec, ensure
 from yoloprof.errors import ScanFailed, UsageError
 from yoloprof.records import DatasetInfo, Environment, RecordError, ScanMeta, read_json, write_json
 
@@ -310,7 +314,7 @@ def run_ceilings(folder: Path, ctx: Context, req: ScanRequest, console: Console,
                  which: tuple[str, ...] = ("loader", "compute", "allreduce")) -> None:  # fmt: skip
     """The three ceilings for this scan's knobs: workers for input, batch x AMP for compute, presets for link."""
     from reports import terminal
-    from yoloprof import ceilings
+    from yoloprof.scan import ceilings
 
     hw, axes, n = ctx.hw, ctx.plan.axes, max(ctx.hw.world_size, 1)
     if "loader" in which:

@@ -27,8 +27,8 @@ from yoloprof.records import (
     TrialSpec,
     from_dict,
 )
-from yoloprof.stats import mean, median, quantile
-from yoloprof.telemetry import summarize
+from yoloprof.analysis.stats import mean, median, quantile
+from yoloprof.analysis.telemetry import summarize
 from yoloprof.text import strip_ansi
 
 PHASES = ("data_wait_ms", "h2d_ms", "forward_ms", "backward_ms", "comm_wait_ms", "optimizer_ms", "other_ms")
@@ -236,7 +236,7 @@ def mem_overhead(spec: TrialSpec, ranks: list[RankRecords], gpu_samples: list,
 
 def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
               telemetry: Optional[tuple] = None) -> TrialResult:  # fmt: skip
-    """telemetry: what yoloprof.telemetry.read_telemetry returned for the trial, if anything."""
+    """telemetry: what yoloprof.analysis.telemetry.read_telemetry returned for the trial, if anything."""
     status, error = _status(spec, ranks, outcome)
     if status == "error" and "SIGKILL" in (error or "") and telemetry is not None:
         free = [c.mem_available_mib for c in telemetry[2]]

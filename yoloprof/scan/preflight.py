@@ -1,7 +1,7 @@
 """The doctor's checks in order, for `yoloprof doctor` and for the start of every scan and probe.
 
-Readings come from probes/ (system_check: milliseconds, no subprocess; yoloprof.collective: a
-torchrun of seconds), judgement from yoloprof.doctor. A CPU scan adds no subprocess; a scan on 2+
+Readings come from probes/ (system_check: milliseconds, no subprocess; yoloprof.scan.collective: a
+torchrun of seconds), judgement from yoloprof.analysis.doctor. A CPU scan adds no subprocess; a scan on 2+
 GPUs runs the collective check first, because a hang there would hang every trial for 15 minutes.
 """
 
@@ -12,7 +12,10 @@ import os
 
 from rich.console import Console
 
-from yoloprof import doctor, launch, paths, plan
+from yoloprof import paths
+from yoloprof.analysis import doctor
+from yoloprof.scan import launch
+from yoloprof.search import plan
 from yoloprof.errors import UsageError
 from yoloprof.records import DoctorReport, Environment, Finding
 
@@ -31,7 +34,7 @@ def planned(report: DoctorReport, hw: plan.Hardware, workers: int) -> DoctorRepo
 
 
 def first_collective(report: DoctorReport, hw: plan.Hardware, timeout_s: float, console: Console) -> DoctorReport:
-    from yoloprof import collective  # the parent side: torchrun, timeout, retry
+    from yoloprof.scan import collective  # the parent side: torchrun, timeout, retry
 
     backend = "nccl" if hw.device == "cuda" else "gloo"
     console.print(f"Checking a {backend} AllReduce across {hw.world_size} ranks (at most {timeout_s:.0f} s a try)...")
@@ -58,7 +61,7 @@ def before_scan(report: DoctorReport, hw: plan.Hardware, workers: int, console: 
 def examine(req, timeout_s: float, console: Console) -> tuple[DoctorReport, list[Finding], str]:
     """`yoloprof doctor`: every reading and the collective check on the ranks a scan would use."""
     from probes import environment
-    from yoloprof import scan
+    from yoloprof.scan import orchestrate as scan
 
     os.environ.update(launch.offline_env(paths.cache_dir()))  # before anything imports ultralytics
     os.environ["YOLO_VERBOSE"] = "False"

@@ -14,9 +14,12 @@ from typing import Optional
 
 from rich.console import Console
 
-from yoloprof import aggregate, launch, outputs, paths, plan
+from yoloprof import outputs, paths
+from yoloprof.analysis import aggregate
+from yoloprof.scan import launch
+from yoloprof.search import plan
 from yoloprof.console import ScanProgress
-from yoloprof.failures import OomTracker, fatal_reason
+from yoloprof.analysis.failures import OomTracker, fatal_reason
 from yoloprof.records import ScanMeta, TrialResult, TrialSpec, write_json
 
 RESUMABLE = ("interrupted",)  # statuses that --resume runs again

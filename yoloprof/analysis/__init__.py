@@ -1,0 +1,1 @@
+"""Pure functions over records: what the trials mean. No torch, no ultralytics."""

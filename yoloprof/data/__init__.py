@@ -1,0 +1,1 @@
+"""The built-in synthetic dataset and the checks on a user's dataset."""

@@ -1,0 +1,1 @@
+"""Orchestration: check inputs, run trials with torchrun, ceilings, resume."""

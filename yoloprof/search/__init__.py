@@ -1,0 +1,1 @@
+"""Which trials to run: the knob space, the plan, pruning and the strategy."""
