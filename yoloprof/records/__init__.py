@@ -11,6 +11,7 @@ from yoloprof.records.ceilings import (
 )
 from yoloprof.records.doctor import CollectiveCheck, DoctorReport, Finding, GpuLink, NvmlGpu
 from yoloprof.records.result import Breakdown, RankStat, Ranking, TrialResult, Verdict
+from yoloprof.records.search import Decision
 from yoloprof.records.scan import DatasetInfo, Environment, GpuInfo, ScanMeta
 from yoloprof.records.telemetry import CpuSample, GpuSample, TelemetryHeader, TelemetrySummary
 from yoloprof.records.trial import BucketSample, Knobs, RankEnd, RankInfo, RankRecords, StepSample, TrialSpec
@@ -21,5 +22,5 @@ __all__ = [
     "Breakdown", "RankStat", "Ranking", "TrialResult", "Verdict", "DatasetInfo", "Environment", "GpuInfo",
     "ScanMeta", "CpuSample", "GpuSample", "TelemetryHeader", "TelemetrySummary", "BucketSample", "Knobs",
     "RankEnd", "RankInfo", "RankRecords", "StepSample", "TrialSpec", "CollectiveCheck", "DoctorReport", "Finding",
-    "GpuLink", "NvmlGpu",
+    "GpuLink", "NvmlGpu", "Decision",
 ]  # fmt: skip

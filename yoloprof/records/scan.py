@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from yoloprof.records.search import Decision
 from yoloprof.records.trial import TrialSpec
 from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
 
@@ -68,4 +69,9 @@ class ScanMeta:
     trial_deviations: list[str]  # how a trial differs from plain `yolo train` with the same config
     specs: list[TrialSpec] = field(default_factory=list)  # the plan, in order: what --resume runs
     baselines: dict[str, str] = field(default_factory=dict)  # "Ultralytics defaults" / "your settings" -> trial id
+    strategy: str = "grid"  # "grid": the product of the knob lists; "auto": ceilings, then coordinate descent
+    budget_s: Optional[float] = None  # auto: the wall time the scan may spend, ceilings included
+    precision: Optional[float] = None  # a trial measures until its images/s interval is within +-precision
+    max_steps: Optional[int] = None
+    decisions: list[Decision] = field(default_factory=list)  # auto: every choice with its reason
     schema: int = SCHEMA_VERSION

@@ -41,11 +41,22 @@ class TrialSpec:
     mode: str = "train"  # "train", or "compute": one static batch on the device, no data loading
     overrides: dict[str, Any] = field(default_factory=dict)  # extra Ultralytics arguments (compute probe: nbs)
     sync_phases: bool = False  # synchronize the device around every phase (the GPU check's reference run)
+    # Measured until precise: measured_steps is then the minimum, max_steps the most a trial may measure, and
+    # it stops once the 95% interval of its images/s is within +-precision (yoloprof.analysis.intervals).
+    max_steps: Optional[int] = None  # None: exactly measured_steps
+    precision: Optional[float] = None  # relative half-width, 0.03 = +-3%
+    repeat_of: Optional[str] = None  # a confirmation run of the same configuration as this trial id
     schema: int = SCHEMA_VERSION
 
     @property
     def total_steps(self) -> int:
-        return self.warmup_steps + self.measured_steps
+        """The most steps the trial may run (warm-up included)."""
+        return self.warmup_steps + max(self.measured_steps, self.max_steps or 0)
+
+    @property
+    def env_key(self) -> tuple:
+        """What a rank process is launched with: trials with the same key can share one launch."""
+        return (self.world_size, self.device, tuple(self.gpus), tuple(sorted(self.env.items())))
 
 
 # ---------------------------------------------------------------------------------------------
