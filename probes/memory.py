@@ -1,4 +1,9 @@
-"""Peak memory of one rank: the CUDA caching allocator on a GPU, the process RSS on CPU."""
+"""Peak memory of one rank: the CUDA caching allocator on a GPU, the process RSS on CPU.
+
+A rank that runs several trials (a pool) resets the peaks before each one, so a trial's peak is
+its own: the allocator's counters on a GPU, the kernel's high-water mark (VmHWM, reset through
+/proc/self/clear_refs) on CPU.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,29 @@ class MemoryPeak:
     source: str
 
 
+def _vm_hwm_mib() -> Optional[float]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def reset(device: Optional[torch.device]) -> None:
+    """Start a new trial's peaks: free cached blocks, zero the allocator's and the kernel's peaks."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux >= 4.0: reset VmHWM to the current RSS
+    except OSError:
+        pass
+
+
 def peak(device: torch.device) -> MemoryPeak:
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory / MIB
@@ -28,5 +56,7 @@ def peak(device: torch.device) -> MemoryPeak:
             total,
             "cuda_reserved",
         )
-    # ru_maxrss is KiB on Linux: the rank process itself, not its DataLoader workers.
-    return MemoryPeak(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, None, None, "rss")
+    # The rank process itself, not its DataLoader workers; VmHWM is what a pool resets between trials.
+    hwm = _vm_hwm_mib()
+    return MemoryPeak(hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      None, None, "rss")  # fmt: skip

@@ -90,6 +90,12 @@ class StepProbe:
         self.current = None
         self.flush(block=False)
 
+    def restart(self) -> None:
+        """The next step starts now: time the probe itself spent since the last step's end (the
+        stopping rule's broadcast) is not training's and stays out of every span."""
+        if self._last_end is not None:
+            self._last_end = self.clock.mark()
+
     def flush(self, block: bool) -> None:
         """Emit every finished step whose device work has completed (all of them when block)."""
         if block:

@@ -33,20 +33,29 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: the page inlines it
 
 
-def throughput(results: list[TrialResult]) -> Optional[str]:
-    """Trials in the order given (best first), drawn top to bottom."""
+def throughput(results: list[TrialResult], intervals: Optional[dict] = None) -> Optional[str]:
+    """Trials in the order given (best first), drawn top to bottom. intervals: trial id -> (low, high), the
+    95% interval drawn as black whiskers; the per-step p10 and p90 are grey ticks."""
     ok = [r for r in results if r.status == "ok" and r.img_per_s]
     if not ok:
         return None
     ok = ok[::-1]
+    intervals = intervals or {}
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(ok) + 1.0))
-    y = range(len(ok))
+    y = list(range(len(ok)))
     vals = [r.img_per_s for r in ok]
-    lo = [max(r.img_per_s - (r.img_per_s_p10 or r.img_per_s), 0) for r in ok]
-    hi = [max((r.img_per_s_p90 or r.img_per_s) - r.img_per_s, 0) for r in ok]
-    ax.barh(list(y), vals, xerr=[lo, hi], color="#1f77b4", ecolor="#444", capsize=2)
-    ax.set_yticks(list(y), [r.trial_id for r in ok])
-    ax.set_xlabel("images/s, all ranks (whiskers: per-step p10-p90)")
+    ax.barh(y, vals, color="#1f77b4")
+    ci = [intervals.get(r.trial_id) or (None, None) for r in ok]
+    lo = [r.img_per_s - low if low is not None else 0.0 for r, (low, _) in zip(ok, ci)]
+    hi = [high - r.img_per_s if high is not None else 0.0 for r, (_, high) in zip(ok, ci)]
+    if any(lo) or any(hi):
+        ax.errorbar(vals, y, xerr=[lo, hi], fmt="none", ecolor="#111", capsize=3, lw=1.2)
+    for i, r in zip(y, ok):
+        marks = [x for x in (r.img_per_s_p10, r.img_per_s_p90) if x is not None]
+        if marks:
+            ax.scatter(marks, [i] * len(marks), marker="|", s=60, color="#888", zorder=3)
+    ax.set_yticks(y, [r.trial_id for r in ok])
+    ax.set_xlabel("images/s, all ranks (whiskers: 95% interval; grey ticks: per-step p10, p90)")
     return _svg(fig)
 
 

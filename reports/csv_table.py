@@ -1,4 +1,8 @@
-"""results.csv: one row per trial, best first; empty cells where a value was not measured."""
+"""results.csv: one row per trial, best first; empty cells where a value was not measured.
+
+img_per_s_ci_low/high: the trial's own 95% interval (batch means over its steps), widened to the pooled
+run-to-run spread where repeats measured it. img_per_s_config*: its configuration's combined figure (the
+mean of its runs) and that mean's interval, what the ranking orders by."""
 
 from __future__ import annotations
 
@@ -7,14 +11,16 @@ import io
 from pathlib import Path
 from typing import Optional
 
+from yoloprof.analysis import noise
 from yoloprof.records import Ranking, TrialResult
 
 COLUMNS = [
     "trial_id", "status", "world_size", "batch", "workers", "amp", "pin_memory", "cache", "nccl",
-    "img_per_s", "step_ms_p50", "step_ms_p90", "data_wait_frac", "comm_ms_p50", "comm_frac",
+    "img_per_s", "img_per_s_ci_low", "img_per_s_ci_high", "step_ms_p50", "step_ms_p90", "data_wait_frac", "comm_ms_p50", "comm_frac",
     "peak_mem_mib", "gpu_util_pct", "bottleneck", "position",
     "img_per_s_p10", "img_per_s_p90", "comm_wait_ms_p50", "workers_effective", "accumulate", "rank_skew",
     "measured_steps", "error", "epoch_boundary_steps", "epoch_boundary_ms_p50", "mem_overhead_mib",
+    "tied_with_best", "repeat_of", "img_per_s_config", "img_per_s_config_ci_low", "img_per_s_config_ci_high",
 ]  # fmt: skip
 
 
@@ -35,15 +41,17 @@ def ordered(results: list[TrialResult], ranking: Ranking) -> list[TrialResult]:
 
 def rows(results: list[TrialResult], ranking: Ranking) -> list[dict[str, Optional[object]]]:
     verdicts = {v.trial_id: v for v in ranking.verdicts}
+    rtr = noise.run_to_run(results)
     out = []
     for r in ordered(results, ranking):
         v = verdicts[r.trial_id]
         k = r.knobs
+        low, high = noise.trial_interval(r, rtr)
         out.append({
             "trial_id": r.trial_id, "status": r.status, "world_size": r.world_size,
             "batch": k.batch, "workers": k.workers, "amp": k.amp, "pin_memory": k.pin_memory,
             "cache": k.cache, "nccl": k.nccl,
-            "img_per_s": r.img_per_s, "step_ms_p50": r.step_ms_p50, "step_ms_p90": r.step_ms_p90,
+            "img_per_s": r.img_per_s, "img_per_s_ci_low": low, "img_per_s_ci_high": high, "step_ms_p50": r.step_ms_p50, "step_ms_p90": r.step_ms_p90,
             "data_wait_frac": r.data_wait_frac, "comm_ms_p50": r.comm_ms_p50, "comm_frac": r.comm_frac,
             "peak_mem_mib": r.peak_mem_mib, "gpu_util_pct": r.gpu_util_pct,
             "bottleneck": v.bottleneck, "position": v.position,
@@ -52,6 +60,9 @@ def rows(results: list[TrialResult], ranking: Ranking) -> list[dict[str, Optiona
             "accumulate": r.accumulate, "rank_skew": r.rank_skew, "measured_steps": r.measured_steps,
             "error": r.error, "epoch_boundary_steps": r.epoch_boundary_steps,
             "epoch_boundary_ms_p50": r.epoch_boundary_ms_p50, "mem_overhead_mib": r.mem_overhead_mib,
+            "tied_with_best": v.tied_with_best if v.position is not None else None, "repeat_of": v.repeat_of,
+            "img_per_s_config": v.img_per_s, "img_per_s_config_ci_low": v.img_per_s_ci_low,
+            "img_per_s_config_ci_high": v.img_per_s_ci_high,
         })  # fmt: skip
     return out
 

@@ -12,7 +12,7 @@ from reports import charts
 from reports.config_files import BestConfig, render_env, render_yaml
 from reports.csv_table import ordered
 from reports.csv_table import rows as table_rows
-from yoloprof.analysis import advice, against, memory_fit, scaling
+from yoloprof.analysis import advice, against, memory_fit, noise, scaling
 from yoloprof.search import baselines, plan
 from yoloprof.analysis import ranking as ranking_mod
 from yoloprof.records import ScanMeta
@@ -30,6 +30,13 @@ def _num(spec: str):
 
 def _pct(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{100 * v:.0f}%"
+
+
+def _interval(v: Optional[float], low: Optional[float], high: Optional[float]) -> str:
+    """'112.4 (108.9-115.8)'; the figure alone where it has no interval."""
+    if v is None:
+        return "n/a"
+    return f"{v:.1f}" if low is None or high is None else f"{v:.1f} ({low:.1f}-{high:.1f})"
 
 
 NUM_COLS = [
@@ -123,11 +130,67 @@ def _advice_context(out) -> dict:
     if out.ceilings.compute is not None:
         ddp, overhead = memory_fit.ddp_fits(out.ceilings.compute, results)
         fit = (ddp if overhead is not None else out.ceilings.compute.max_batch_fit).get("amp" if best.knobs.amp else "fp32")
-    ctx["untested"] = [
-        dict(text=u.text, command=advice.next_scan(meta.command, u.flags))
-        for u in advice.untested(best, verdicts[best.trial_id].bottleneck, results, meta.device, plan.workers_cap(hw), fit)
-    ]  # fmt: skip
+    v = verdicts[best.trial_id]
+    seen: set = set()
+    for bound in v.bottlenecks or [v.bottleneck]:  # "input + communication": what would test either
+        for u in advice.untested(best, bound, results, meta.device, plan.workers_cap(hw), fit):
+            if u.flags not in seen:
+                seen.add(u.flags)
+                ctx["untested"].append(dict(text=u.text, command=advice.next_scan(meta.command, u.flags)))
     return ctx
+
+
+# The auto search's stages in the order it takes them, with the heading each gets in the report.
+SEARCH_STAGES = [
+    ("space", "Space: values the hardware rules out"),
+    ("ceilings", "Ceilings: values the probes rule out (or keep)"),
+    ("start", "Start: the reference run"),
+    ("descent", "Descent: one knob at a time from the incumbent"),
+    ("confirm", "Confirm: repeats of the contenders"),
+    ("budget", "Budget: what the budget left out"),
+]
+_STRUCK = ("pruned", "skipped-budget")  # decisions that ran nothing: shown apart from tried / adopted
+
+
+def _minutes(seconds: Optional[float]) -> str:
+    return "" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def steps_text(meta: ScanMeta) -> Optional[str]:
+    """'each trial measured 20 to 60 steps, until its images/s was within +-3% (95% interval)'; None for fixed steps."""
+    if not meta.precision or not meta.max_steps or meta.max_steps <= meta.measured_steps:
+        return None
+    return (f"each trial measured {meta.measured_steps} to {meta.max_steps} steps, until its images/s was within "
+            f"±{100 * meta.precision:.3g}% (95% interval)")  # fmt: skip
+
+
+def budget_used_s(meta: ScanMeta) -> Optional[float]:
+    """The scan wall time spent by the last decision the search took (the largest recorded)."""
+    used = [d.budget_used_s for d in meta.decisions if d.budget_used_s is not None]
+    return max(used) if used else None
+
+
+def _search_context(meta: ScanMeta, anchors: dict[str, str]) -> dict:
+    """'How the scan searched' (auto scans with decisions), and the step-range note for grid scans."""
+    steps = steps_text(meta)
+    if meta.strategy != "auto" or not meta.decisions:
+        return dict(search=None, steps_note=steps)
+    known = [s for s, _ in SEARCH_STAGES]
+    titles = dict(SEARCH_STAGES) | {d.stage: d.stage for d in meta.decisions if d.stage not in known}
+    groups = []
+    for stage in dict.fromkeys(known + [d.stage for d in meta.decisions]):
+        rows = [dict(kind=d.kind, setting="" if d.knob is None else f"{d.knob}={d.value}" if d.value is not None
+                     else d.knob, trial_id=d.trial_id, anchor=anchors.get(d.trial_id or ""), reason=d.reason,
+                     minutes=_minutes(d.budget_used_s), css="struck" if d.kind in _STRUCK else f"kind-{d.kind}")
+                for d in meta.decisions if d.stage == stage]  # fmt: skip
+        if rows:
+            groups.append(dict(stage=stage, title=titles[stage], rows=rows))
+    used = budget_used_s(meta)
+    budget = (f"{_minutes(used) or 'n/a'} of {_minutes(meta.budget_s)} min used" if meta.budget_s
+              else f"{_minutes(used) or 'n/a'} min used (no budget recorded)")  # fmt: skip
+    precision = steps or f"each trial measured {meta.measured_steps} steps (fixed, no precision target)"
+    return dict(search=dict(strategy=meta.strategy, budget=budget, precision=precision, groups=groups,
+                            trials=len(meta.trial_ids)), steps_note=None)  # fmt: skip
 
 
 def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[list] = None) -> str:
@@ -139,13 +202,18 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
     for row in rows:
         v = verdicts[row["trial_id"]]
         row["evidence"], row["label"], row["role"] = v.evidence, v.label or v.bottleneck, roles.get(row["trial_id"])
+        row["recommended"] = row["trial_id"] == ranking.recommended_trial_id
+        row["tied"] = bool(v.tied_with_best) and not row["recommended"]
+        row["uncertainty"] = v.uncertainty or ""
         tel = by_id[row["trial_id"]].telemetry
         row["energy_j_per_img"] = tel.energy_j_per_img if tel else None
     figures = []
     ranked = ordered(results, ranking)
-    svg = charts.throughput(ranked)
+    svg = charts.throughput(ranked, {r.trial_id: noise.trial_interval(r, noise.run_to_run(results)) for r in ranked})
     if svg:
-        figures.append(dict(title="Throughput", caption="images/s per trial; whiskers show the per-step p10-p90.", svg=svg))
+        figures.append(dict(title="Throughput", caption=(
+            "images/s per trial. Black whiskers: the 95% interval (batch means over the trial's steps, widened to "
+            "the run-to-run spread where repeats measured it); grey ticks: the per-step p10 and p90."), svg=svg))
     svg = charts.breakdown(ranked)
     if svg:
         figures.append(dict(title="Where a step's time goes", svg=svg, caption=(
@@ -165,6 +233,9 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         title=title,
         created=dt.datetime.fromtimestamp(meta.created_s).strftime("%Y-%m-%d %H:%M"),
         headline=out.headline,
+        ranking=ranking,
+        run_to_run=noise.run_to_run(results).text(),
+        interval=_interval,
         best=best,
         command=command,
         best_yaml=render_yaml(meta, best, best_cfg) if best and best_cfg else "",
@@ -183,6 +254,7 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         gpu_status=next((r.telemetry.gpu_status for r in results if r.telemetry), "not measured: no telemetry file"),
         **_ceiling_context(out),
         **_advice_context(out),
+        **_search_context(meta, {t: f"trial-{t}" for t in meta.trial_ids}),  # links to the trials table's rows
     )
 
 
@@ -217,5 +289,8 @@ def render_compare(comparison, a_title: str, b_title: str) -> str:
     def sign(v):
         return "n/a" if v is None else f"{v:+.1f}"
 
+    def pm(v):
+        return "" if v is None else f"±{v:.1f}"
+
     return _ENV.get_template("compare.html.j2").render(
-        c=comparison, a_title=a_title, b_title=b_title, fmt=_num, pct=_pct, sign=sign)
+        c=comparison, a_title=a_title, b_title=b_title, fmt=_num, pct=_pct, sign=sign, pm=pm)

@@ -220,3 +220,52 @@ def test_rank_skew_is_paired_step_by_step_so_common_noise_is_no_straggler():
     assert (res.slow_rank, res.fast_rank) == (1, 0) and res.rank_skew == pytest.approx(31 / 90)
     bottleneck, evidence = ranking.classify(res)
     assert bottleneck == "straggler" and evidence.startswith("rank 1 works"), evidence
+
+
+def test_interval_of_the_global_rate_and_of_the_shares_by_batch_means():
+    """12 steps -> 3 blocks of 4. Per block, the images of both ranks over the slowest rank's steps: 32 images per
+    400, 800 and 400 ms -> 80, 40, 80 img/s; the interval is carried onto img_per_s (images over the slowest
+    rank's total time)."""
+    import math
+    import statistics
+    from dataclasses import replace
+
+    times = [100] * 4 + [200] * 4 + [100] * 4
+    r0 = [step(0, i, ms, 10, 20) for i, ms in enumerate(times)]
+    r1 = [step(1, i, ms, 30 if i < 4 else 10, 5) for i, ms in enumerate(times)]
+    spec = replace(SPEC, trial_id="t2", repeat_of="t1", measured_steps=12)
+    res = aggregate.aggregate(spec, ranks_with(r0, r1), LaunchOutcome(0))
+    assert res.repeat_of == "t1" and res.img_per_s == pytest.approx(96 / 1.6)
+    half = 4.303 * statistics.stdev([80.0, 40.0, 80.0]) / math.sqrt(3)  # t975(2)
+    assert res.img_per_s_ci_low == pytest.approx(max(60 - half, 0.0)) and res.img_per_s_ci_high == pytest.approx(60 + half)
+    assert res.img_per_s_ci_method == "batch means over 3 blocks of 4 steps"
+    # data wait: rank 0 10 ms of every step; rank 1 30 ms in the first block, 10 after; median rank's bounds
+    s0 = [0.1, 10 / 200, 0.1]
+    s1 = [0.3, 10 / 200, 0.1]
+    bounds = lambda s: (sum(s) / 3, 4.303 * statistics.stdev(s) / math.sqrt(3))  # noqa: E731
+    lows, highs = [], []
+    for s, est in ((s0, 120 / 1600), (s1, 200 / 1600)):
+        _, h = bounds(s)
+        lows.append(max(est - h, 0.0))
+        highs.append(min(est + h, 1.0))
+    assert res.data_wait_frac_ci == [pytest.approx(sum(lows) / 2), pytest.approx(sum(highs) / 2)]
+    assert res.comm_frac_ci is not None and res.comm_frac_ci[0] <= res.comm_frac <= res.comm_frac_ci[1]
+
+
+def test_too_few_steps_leave_the_interval_empty_and_say_why():
+    r0 = [step(0, i, 100, 10, 20) for i in range(1, 5)]
+    r1 = [step(1, i, 100, 10, 20) for i in range(1, 5)]
+    res = aggregate.aggregate(SPEC, ranks_with(r0, r1), LaunchOutcome(0))
+    assert res.img_per_s_ci_low is None and res.img_per_s_ci_high is None and res.data_wait_frac_ci is None
+    assert res.img_per_s_ci_method == "no interval: 4 steps are fewer than 3 blocks of 4" and res.repeat_of is None
+
+
+def test_recorded_scan_intervals():
+    """t03 of the recorded CPU scan: 20 steady steps -> 5 blocks of 4, +-7.9% at 95%."""
+    tdir = CPU_SCAN / "trials" / "t03-b16-w0-fp32"
+    spec = read_json(tdir / "spec.json", TrialSpec)
+    res = aggregate.aggregate(spec, aggregate.read_ranks(tdir), read_json(tdir / "launch.json", LaunchOutcome))
+    assert res.img_per_s_ci_method == "batch means over 5 blocks of 4 steps"
+    assert (res.img_per_s_ci_low, res.img_per_s_ci_high) == (pytest.approx(38.600, abs=1e-3), pytest.approx(45.214, abs=1e-3))
+    assert res.data_wait_frac_ci == [pytest.approx(0.1215, abs=1e-4), pytest.approx(0.1336, abs=1e-4)]
+    assert res.comm_frac_ci[0] < res.comm_frac < res.comm_frac_ci[1] < 0.13

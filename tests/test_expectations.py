@@ -7,6 +7,8 @@ that aggregate() wrote. A wrong formula in aggregate, ranking or the verdict fai
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import statistics
 from pathlib import Path
@@ -128,7 +130,8 @@ def test_recorded_winner_is_cpu_starved_and_its_worker_twin_is_not(cpu_scan_copy
     t03 = expected_from_raw(cpu_scan_copy / "trials" / "t03-b16-w0-fp32")["data_wait_frac"]
     t04 = expected_from_raw(cpu_scan_copy / "trials" / "t04-b16-w2-fp32")["data_wait_frac"]
     assert t03 >= ranking.INPUT_FRAC > t04
-    assert v["t03-b16-w0-fp32"].bottleneck == "input" and v["t03-b16-w0-fp32"].label == "input (CPU-starved)"
+    # t03's exposed AllReduce is 7% with a 95% interval reaching 12%: both shares can bound a run of it
+    assert v["t03-b16-w0-fp32"].bottleneck == "input" and v["t03-b16-w0-fp32"].label == "input (CPU-starved) + communication"
     assert v["t04-b16-w2-fp32"].bottleneck == "compute" and v["t04-b16-w2-fp32"].label is None
     assert "bound by input (CPU-starved)" in out.headline
 
@@ -140,7 +143,9 @@ K = Knobs(16, 2, False, False, "off", "default")
 
 def hand(tid, img, data=0.02, comm=None, busy_frac=None, status="ok"):
     tel = None if busy_frac is None else TelemetrySummary("none", cpu_busy_cores_frac=busy_frac)
-    return TrialResult(tid, status, K, 2, "cpu", img_per_s=img, data_wait_frac=data, comm_frac=comm, telemetry=tel)
+    # distinct settings per trial id: trials with the same settings are runs of one configuration (analysis.noise)
+    knobs = dataclasses.replace(K, batch=K.batch + sum(map(ord, tid)) % 1000)
+    return TrialResult(tid, status, knobs, 2, "cpu", img_per_s=img, data_wait_frac=data, comm_frac=comm, telemetry=tel)
 
 
 @pytest.mark.parametrize("data,busy,bottleneck,label", [

@@ -17,7 +17,8 @@ from yoloprof.records import TrialResult, read_json
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-SMALL = ["--device", "cpu", "--nproc", "2", "--imgsz", "64", "--steps", "3", "--warmup", "1", "--no-ceilings", "--no-defaults"]
+SMALL = ["--device", "cpu", "--nproc", "2", "--imgsz", "64", "--steps", "3", "--warmup", "1", "--no-ceilings", "--no-defaults",
+         "--precision", "off"]
 
 
 def scan_cmd(data, out, *extra):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from yoloprof.analysis import ranking
@@ -11,8 +13,10 @@ K = Knobs(16, 2, True, True, "off", "default")
 
 
 def result(tid="t", status="ok", img=100.0, data=0.02, comm=0.02, mem=None, total=None, busy=(50.0, 51.0)):
+    """A hand-built trial; its batch follows its id, so trials with different ids are different configurations."""
     ranks = [RankStat(i, 60.0, b, 1.0, 1.0, mem) for i, b in enumerate(busy)]
-    return TrialResult(tid, status, K, len(busy), "cuda", img_per_s=img, data_wait_frac=data, comm_frac=comm,
+    knobs = replace(K, batch=16 + sum(map(ord, tid)) % 1000)
+    return TrialResult(tid, status, knobs, len(busy), "cuda", img_per_s=img, data_wait_frac=data, comm_frac=comm,
                        peak_mem_mib=mem, device_mem_total_mib=total, ranks=ranks,
                        rank_skew=max(busy) / min(busy) - 1)  # fmt: skip
 
@@ -83,7 +87,7 @@ def test_tested_effects_and_the_path_to_the_best_trial():
 def test_untested_suggestions_come_with_the_scan_that_tests_them():
     from yoloprof.analysis import advice
 
-    best = result("b", data=0.3)
+    best = replace(result("b", data=0.3), knobs=K)
     out = advice.untested(best, "input", [best], "cuda", workers_cap=16)
     assert out[0].flags == "--workers 2,4" and "none above 2 tried" in out[0].text
     cmd = advice.next_scan(["yoloprof", "scan", "--gpus", "0,1", "--workers", "2", "--out", "x", "--batch=16"], out[0].flags)

@@ -16,7 +16,7 @@ from yoloprof.records import write_json
 from reports import config_files, csv_table, html
 
 REQUIRED = ["trial_id", "status", "world_size", "batch", "workers", "amp", "pin_memory", "cache", "nccl", "img_per_s",
-            "step_ms_p50", "step_ms_p90", "data_wait_frac", "comm_ms_p50", "comm_frac", "peak_mem_mib",
+            "img_per_s_ci_low", "img_per_s_ci_high", "step_ms_p50", "step_ms_p90", "data_wait_frac", "comm_ms_p50", "comm_frac", "peak_mem_mib",
             "gpu_util_pct", "bottleneck", "position"]  # fmt: skip
 
 
@@ -33,7 +33,20 @@ def test_report_dir_rebuilds_every_output(cpu_scan_copy):
     assert [int(r["position"]) for r in rows] == [1, 2, 3, 4] and rates == sorted(rates, reverse=True)
     assert all(r["gpu_util_pct"] == "" for r in rows)  # no GPU: empty, never 0
     assert {r["bottleneck"] for r in rows} <= {"input", "compute", "communication", "memory", "straggler"}
-    assert json.loads((cpu_scan_copy / "ranking.json").read_text())["best_trial_id"] == rows[0]["trial_id"]
+    ranking = json.loads((cpu_scan_copy / "ranking.json").read_text())
+    # t03 (41.9 img/s, 95% 38.6-45.2) and t04 (39.9, 36.6-43.1) are tied; t03 is the fastest and uses no workers
+    assert ranking["best_trial_id"] == ranking["recommended_trial_id"] == ranking["fastest_trial_id"] == rows[0]["trial_id"]
+    assert ranking["tied"] == ["t03-b16-w0-fp32", "t04-b16-w2-fp32"] and ranking["run_to_run_rel"] is None
+    assert "tied within ±11%" in ranking["recommendation_reason"]
+    assert ranking["verdicts"][0]["uncertainty"] == "batch means within the run; run-to-run noise not measured"
+    assert [r["tied_with_best"] for r in rows] == ["true", "true", "false", "false"]
+    for r in rows:  # every interval brackets its figure
+        assert float(r["img_per_s_ci_low"]) < float(r["img_per_s"]) < float(r["img_per_s_ci_high"])
+    assert float(rows[0]["img_per_s_ci_low"]) == pytest.approx(38.600, abs=1e-3)
+    assert float(rows[0]["img_per_s_ci_high"]) == pytest.approx(45.214, abs=1e-3)
+    page = (cpu_scan_copy / "report.html").read_text()
+    assert "41.9 (38.6-45.2)" in page and ">recommended<" in page and ">tied<" in page
+    assert "recommending t03-b16-w0-fp32" in page
 
 
 def test_best_yaml_is_accepted_by_ultralytics_get_cfg(cpu_scan_copy):
@@ -105,19 +118,51 @@ def test_csv_cells_are_empty_for_unmeasured_values(cpu_scan_copy):
     assert last["trial_id"] == "tx" and last["position"] == "" and last["img_per_s"] == "" and last["error"] == "boom"
 
 
+def _scaled(r, k: float, **kw):
+    """A trial whose throughput (and its interval) is k times r's."""
+    return dataclasses.replace(r, img_per_s=r.img_per_s * k, img_per_s_ci_low=r.img_per_s_ci_low * k,
+                               img_per_s_ci_high=r.img_per_s_ci_high * k, **kw)  # fmt: skip
+
+
 def test_compare_finds_where_the_time_moved(cpu_scan_copy):
     from yoloprof.analysis.compare import compare
 
     a = outputs.collect(cpu_scan_copy)
-    faster = dataclasses.replace(a.best, img_per_s=a.best.img_per_s * 1.5, trial_id="tb",
-                                 breakdown=dataclasses.replace(a.best.breakdown, data_wait_ms=1.0))  # fmt: skip
+    faster = _scaled(a.best, 1.5, trial_id="tb", breakdown=dataclasses.replace(a.best.breakdown, data_wait_ms=1.0))
     b = dataclasses.replace(a, results=[faster], best=faster)
     c = compare(a, b)
-    assert c.best_ratio == pytest.approx(1.5)
-    assert c.phases[0].phase == "data_wait_ms" and c.phases[0].b_ms == 1.0
-    assert "is 1.50x best of A" in c.summary and "data wait" in c.summary
-    assert len(c.pairs) == 1 and c.pairs[0].ratio == pytest.approx(1.5)
+    assert c.best_ratio == pytest.approx(1.5) and c.beyond_noise
+    # both sides +-7.9% relative: the ratio's interval is 1.5 x exp(+-sqrt(2) log 1.079)
+    assert c.best_ratio_low == pytest.approx(1.5 * 1.0789 ** -2 ** 0.5, rel=2e-3)
+    assert c.best_ratio_low > 1.3 and c.best_ratio_high < 1.75
+    assert c.phases[0].phase == "data_wait_ms" and c.phases[0].b_ms == 1.0 and c.phases[0].beyond_noise
+    assert "is 1.50x best of A" in c.summary and "data wait" in c.summary and "beyond the noise" in c.summary
+    assert len(c.pairs) == 1 and c.pairs[0].ratio == pytest.approx(1.5) and c.pairs[0].beyond_noise
     assert c.env_changes == []
+
+
+def test_compare_of_identical_scans_is_no_measurable_change(cpu_scan_copy, tmp_path):
+    import shutil
+
+    from yoloprof.analysis.compare import compare
+
+    other = tmp_path / "again"
+    shutil.copytree(cpu_scan_copy, other)
+    a, b = outputs.collect(cpu_scan_copy), outputs.collect(other)
+    c = compare(a, b)
+    assert c.best_ratio == pytest.approx(1.0) and not c.beyond_noise
+    assert c.best_ratio_low == pytest.approx(0.90, abs=0.01) and c.best_ratio_high == pytest.approx(1.11, abs=0.01)
+    assert c.summary.startswith("No measurable change") and "no phase of the step moved beyond the noise" in c.summary
+    assert not any(m.beyond_noise for m in c.phases) and not any(p.beyond_noise for p in c.pairs)
+    # a rerun 6% slower with data wait moved within its interval: still no measurable change
+    t03 = b.best
+    slower = _scaled(t03, 0.94, breakdown=dataclasses.replace(t03.breakdown, data_wait_ms=t03.breakdown.data_wait_ms * 1.02))
+    b2 = dataclasses.replace(b, results=[slower if r is t03 else r for r in b.results], best=slower)
+    c = compare(a, b2)
+    assert c.best_ratio == pytest.approx(0.94) and not c.beyond_noise and c.summary.startswith("No measurable change")
+    assert "0.94x" in c.summary and "largest move" not in c.summary
+    page = html.render_compare(c, "A", "B")
+    assert "No measurable change" in page and "within noise" in page
 
 
 def test_recorded_scan_with_failed_trials(tmp_path):

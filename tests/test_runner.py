@@ -56,7 +56,7 @@ def test_cache_ram_trial_is_skipped_when_the_copies_would_not_fit(tmp_path, monk
     monkeypatch.setattr(probes.environment, "available_ram_mib", lambda: free_mib)
     out, meta, specs = _plan(tmp_path, train_images=65536)
     assert specs[0].imgsz == 128 and specs[0].world_size == 2
-    code = runner.execute(out, specs, meta, launch.HangPolicy(), Console(file=io.StringIO()))
+    code = runner.execute(out, specs, meta, launch.HangPolicy(), Console(file=io.StringIO()), reuse=False)
     assert code == 0
     ram = read_json(out / "trials" / "t01-ram" / "result.json", TrialResult)
     off = read_json(out / "trials" / "t02-off" / "result.json", TrialResult)
@@ -82,7 +82,7 @@ def test_the_cache_ram_check_counts_every_rank(tmp_path, monkeypatch, fake_launc
 
     monkeypatch.setattr(probes.environment, "available_ram_mib", lambda: 5120.0)
     out, meta, specs = _plan(tmp_path, train_images=65536)
-    runner.execute(out, specs, meta, launch.HangPolicy(), Console(file=io.StringIO()))
+    runner.execute(out, specs, meta, launch.HangPolicy(), Console(file=io.StringIO()), reuse=False)
     assert read_json(out / "trials" / "t01-ram" / "result.json", TrialResult).status == "skipped"
 
 

@@ -30,7 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="data yaml (default: a synthetic dataset yoloprof generates once)")
     s.add_argument("--imgsz", type=int, help="image size (default 640 on GPU, 128 on CPU)")
     s.add_argument("--optimizer", default="SGD", help="optimizer, pinned so short and long runs match (default SGD)")
-    s.add_argument("--steps", type=int, default=20, help="measured steps per trial (default 20)")
+    s.add_argument("--steps", type=int, default=20, help="measured steps per trial, at least (default 20)")
+    s.add_argument("--max-steps", type=int, help="measured steps per trial, at most (default 3 x --steps)")
+    s.add_argument("--precision", help="measure each trial until its images/s is known within this, 95%% "
+                   "interval half-width (default 3%%; 'off': exactly --steps)")
+    s.add_argument("--strategy", choices=("auto", "grid"), help="auto: ceilings, then a search over every knob within "
+                   "--budget (the default); grid: every combination of the lists (the default when you name lists)")
+    s.add_argument("--budget", help="auto: wall time for the whole scan, e.g. 5m, 300s, 1h (default 5m on CPU, "
+                   "10m on GPUs)")
+    s.add_argument("--no-reuse", action="store_true", help="launch torchrun for every trial instead of reusing "
+                   "ranks between trials of the same environment")
     s.add_argument("--warmup", type=int, default=5, help="warm-up steps per trial, not measured (default 5)")
     s.add_argument("--out", help="scan folder (default runs/yoloprof/scan-N, never overwriting)")
     s.add_argument("--trial-timeout", type=float, help="seconds before a trial is ended as hung")
@@ -84,10 +93,10 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
 
     keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
             "batch", "workers", "amp", "pin_memory", "cache", "nccl", "trial_timeout", "no_ceilings", "baseline",
-            "no_defaults", "ranks")  # fmt: skip
+            "no_defaults", "ranks", "strategy", "budget", "precision", "max_steps", "no_reuse")  # fmt: skip
     req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])
     if args.resume:
-        others = [k for k in keys if k not in ("trial_timeout", "no_ceilings", "optimizer", "steps", "warmup")
+        others = [k for k in keys if k not in ("trial_timeout", "no_ceilings", "optimizer", "steps", "warmup", "no_reuse")
                   and getattr(args, k) not in (None, False)]  # fmt: skip
         if others:
             raise UsageError(f"--resume runs the saved plan as it was; drop --{others[0].replace('_', '-')}")
@@ -113,7 +122,12 @@ def _cmd_probe(args, argv: list[str], console: Console) -> int:
 
 
 def _print_outputs(console: Console, out, folder: Path, ranked_table) -> None:
+    from reports.terminal import search_summary
+
     console.print(ranked_table(out.results, out.ranking))
+    summary = search_summary(out.meta)
+    if summary:
+        console.print(summary)
     console.print(f"[bold]{out.headline}[/]")
     names = ["scan.json", "results.csv", "ranking.json", "report.html", "best.yaml", "best.env", "best.sh"]
     console.print("Wrote: " + ", ".join(str(folder / n) for n in names if (folder / n).exists()))

@@ -12,8 +12,17 @@ from yoloprof.analysis.ranking import knob_text
 from yoloprof.records import TrialResult, TrialSpec
 
 
+def _interval(r: TrialResult) -> str:
+    """' (+-3.1%, 95%)' for a trial with a within-run interval, ' (no interval: ...)' for one without."""
+    if r.img_per_s_ci_low is not None and r.img_per_s_ci_high is not None and r.img_per_s:
+        return f" (±{100 * (r.img_per_s_ci_high - r.img_per_s_ci_low) / 2 / r.img_per_s:.1f}%, 95%)"
+    if r.img_per_s_ci_method:
+        return f" ({r.img_per_s_ci_method})"
+    return ""
+
+
 class ScanProgress:
-    def __init__(self, console: Console, total: int):
+    def __init__(self, console: Console, total: Optional[int]):  # None: not known ahead (auto search)
         self.console = console
         self.total = total
         self.progress = Progress(
@@ -26,6 +35,9 @@ class ScanProgress:
         self._seen = 0
         self._k = 0
 
+    def _of(self, k: int) -> str:
+        return f"{k}/{self.total}" if self.total is not None else str(k)
+
     def __enter__(self):
         self.progress.__enter__()
         self._trials = self.progress.add_task("trials", total=self.total)
@@ -36,7 +48,7 @@ class ScanProgress:
 
     def start(self, k: int, spec: TrialSpec, trial_dir: Path) -> None:
         self._spec, self._seen, self._k = spec, 0, k
-        desc = f"trial {k}/{self.total} {spec.trial_id}"
+        desc = f"trial {self._of(k)} {spec.trial_id}"
         if self._steps is None:
             self._steps = self.progress.add_task(desc, total=spec.total_steps)
         else:
@@ -50,20 +62,22 @@ class ScanProgress:
 
     def kept(self, k: int, r: TrialResult) -> None:
         self.progress.advance(self._trials)
-        self.console.print(f"[{k}/{self.total}] {r.trial_id}: kept from the earlier run ({r.status})")
+        self.console.print(f"[{self._of(k)}] {r.trial_id}: kept from the earlier run ({r.status})")
 
     def skip(self, k: int, r: TrialResult) -> None:
         self.progress.advance(self._trials)
-        self.console.print(f"[{k}/{self.total}] {r.trial_id}: [yellow]skipped[/] {r.error}")
+        self.console.print(f"[{self._of(k)}] {r.trial_id}: [yellow]skipped[/] {r.error}")
 
     def done(self, r: TrialResult) -> None:
         self.progress.advance(self._trials)
-        head = f"[{self._k}/{self.total}] {r.trial_id}  ({knob_text(r)})"
+        head = f"[{self._of(self._k)}] {r.trial_id}  ({knob_text(r)})"
         if r.status == "ok":
             self.console.print(
-                f"{head}: [bold]{r.img_per_s:.1f} img/s[/], step {r.step_ms_p50:.0f} ms, "
+                f"{head}: [bold]{r.img_per_s:.1f} img/s[/]{_interval(r)}, step {r.step_ms_p50:.0f} ms, "
                 f"data wait {100 * (r.data_wait_frac or 0):.0f}%"
                 + (f", exposed AllReduce {100 * r.comm_frac:.0f}%" if r.comm_frac is not None else "")
             )
         else:
             self.console.print(f"{head}: [red]{r.status}[/] {r.error or ''}")
+        if r.repeat_of:
+            self.console.print(f"  (a repeat of {r.repeat_of}: the same settings again, for the run-to-run noise)")

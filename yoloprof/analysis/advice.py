@@ -7,9 +7,11 @@ no trial tried is labelled untested and comes with the scan that would test it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Optional
 
+from yoloprof.analysis import noise
 from yoloprof.records import Knobs, TrialResult
 
 KNOBS = [f.name for f in fields(Knobs)]
@@ -23,8 +25,11 @@ class Effect:
     after: str
     from_trial: str
     to_trial: str
-    gain: float  # images/s of to_trial over from_trial, minus 1
+    gain: float  # images/s of to_trial's configuration over from_trial's (runs averaged), minus 1
     text: str
+    beyond_noise: bool = True  # the ratio's 95% interval excludes 1 (analysis.noise.difference)
+    low: Optional[float] = None  # 95% interval of the ratio (to / from); None where no interval was recorded
+    high: Optional[float] = None
 
 
 @dataclass
@@ -66,9 +71,18 @@ def _evidence(knob: str, a: TrialResult, b: TrialResult) -> str:
     return f"step {step(a)} -> {step(b)}, peak memory {mem(a)} -> {mem(b)}"
 
 
+def _ratio(d: noise.Difference) -> tuple[Optional[float], Optional[float]]:
+    if not d.known:
+        return None, None
+    return d.low, (d.high if math.isfinite(d.high) else None)
+
+
 def effects(results: list[TrialResult]) -> list[Effect]:
-    """Every one-knob pair of finished trials, from the lower setting to the higher one."""
+    """Every one-knob pair of finished configurations (repeats averaged), from the lower setting to the
+    higher one. A difference inside the noise reads "no measurable effect (x% to y%)", never a gain."""
     ok = [r for r in results if r.status == "ok" and r.img_per_s]
+    firsts = {c.first for c in noise.configurations(results)}
+    ok = [r for r in ok if r.trial_id in firsts]
     out = []
     for a in ok:
         for b in ok:
@@ -81,15 +95,18 @@ def effects(results: list[TrialResult]) -> list[Effect]:
             va, vb = getattr(a.knobs, knob), getattr(b.knobs, knob)
             if _order(knob, va) >= _order(knob, vb):
                 continue
-            gain = b.img_per_s / a.img_per_s - 1
-            text = (f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: {100 * gain:+.0f}% images/s, "
+            d = noise.difference(results, a.trial_id, b.trial_id)
+            text = (f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: {d.gain_text()}, "
                     f"{_evidence(knob, a, b)} ({a.trial_id} -> {b.trial_id})")  # fmt: skip
-            out.append(Effect(knob, _show(knob, va), _show(knob, vb), a.trial_id, b.trial_id, gain, text))
-    return sorted(out, key=lambda e: (KNOBS.index(e.knob), -abs(e.gain)))
+            low, high = _ratio(d)
+            out.append(Effect(knob, _show(knob, va), _show(knob, vb), a.trial_id, b.trial_id, d.gain, text,
+                              d.beyond_noise, low, high))  # fmt: skip
+    return sorted(out, key=lambda e: (KNOBS.index(e.knob), not e.beyond_noise, -abs(e.gain)))
 
 
 def path_to_best(best: TrialResult, reference: TrialResult, results: list[TrialResult]) -> list[str]:
-    """How each setting that differs between the reference and the best trial was tested."""
+    """How each setting that differs between the reference and the best trial was tested; a change inside the
+    noise reads "no measurable effect"."""
     lines = []
     for knob in KNOBS:
         va, vb = getattr(reference.knobs, knob), getattr(best.knobs, knob)
@@ -100,8 +117,8 @@ def path_to_best(best: TrialResult, reference: TrialResult, results: list[TrialR
         if twin is None:
             lines.append(f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: untested alone (no trial changes only {knob})")
         else:
-            gain = best.img_per_s / twin.img_per_s - 1
-            lines.append(f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: {100 * gain:+.0f}% images/s with everything "
+            d = noise.difference(results, twin.trial_id, best.trial_id)
+            lines.append(f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: {d.gain_text()} with everything "
                          f"else as in the best trial, {_evidence(knob, twin, best)} ({twin.trial_id} -> {best.trial_id})")  # fmt: skip
     return lines
 

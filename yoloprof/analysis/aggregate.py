@@ -11,6 +11,7 @@ median with p90 beside it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from yoloprof.records import (
     TrialSpec,
     from_dict,
 )
+from yoloprof.analysis import intervals
 from yoloprof.analysis.stats import mean, median, quantile
 from yoloprof.analysis.telemetry import summarize
 from yoloprof.text import strip_ansi
@@ -199,6 +201,35 @@ def _frac(steps: list[StepSample], field: str) -> Optional[float]:
     return sum(parts) / total
 
 
+def _throughput_interval(result: TrialResult, images: list[float], step_ms: list[float]) -> None:
+    """The 95% batch-means interval of img_per_s over the steps in order (the global rate per step: every
+    rank's images over the slowest rank's step). The interval's relative bounds are carried over to the point
+    estimate img_per_s (images over the slowest rank's total time), which differs from the per-step form by
+    the ranks' drift only."""
+    iv = intervals.throughput(images, step_ms)
+    if iv is None:
+        return
+    result.img_per_s_ci_method = iv.method
+    if not math.isfinite(iv.high) or not iv.estimate or not result.img_per_s:
+        return  # too few steps: no interval, and the method says so
+    scale = result.img_per_s / iv.estimate
+    result.img_per_s_ci_low, result.img_per_s_ci_high = iv.low * scale, iv.high * scale
+
+
+def _frac_interval(per_rank: list[list[StepSample]], field: str) -> Optional[list[float]]:
+    """[low, high] of a share of the step: each rank's batch-means interval, median rank's bounds (as the
+    share itself is the median rank's). None where a part was not measured or too few steps."""
+    ivs = []
+    for steps in per_rank:
+        iv = intervals.fraction([getattr(s, field) for s in steps], [s.step_ms for s in steps])
+        if iv is None or iv.method.startswith("no interval"):
+            return None
+        ivs.append(iv)
+    if not ivs:
+        return None
+    return [median(iv.low for iv in ivs), median(iv.high for iv in ivs)]
+
+
 def measured_window(ranks: list[RankRecords]) -> Optional[tuple[float, float]]:
     """Wall-clock start and end of the measured steps (all ranks), for lining telemetry up with them."""
     starts, ends = [], []
@@ -245,6 +276,7 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
             error = (f"{error.split(' (')[0]} while free RAM fell from {max(free):.0f} to {min(free):.0f} MiB: "
                      "the kernel's OOM killer")  # fmt: skip
     result = TrialResult(
+        repeat_of=getattr(spec, "repeat_of", None),
         trial_id=spec.trial_id,
         status=status,
         knobs=spec.knobs,
@@ -287,15 +319,18 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
     rates = [n / (ms / 1e3) for n, ms in zip(images, step_ms) if ms > 0]
 
     result.img_per_s = sum(images) / span_s if span_s > 0 else None
+    _throughput_interval(result, images, step_ms)
     result.img_per_s_p10 = quantile(rates, 0.1)
     result.img_per_s_p90 = quantile(rates, 0.9)
     result.step_ms_p50 = quantile(step_ms, 0.5)
     result.step_ms_p90 = quantile(step_ms, 0.9)
     result.data_wait_frac = median(_frac(steps, "data_wait_ms") for steps in per_rank)
+    result.data_wait_frac_ci = _frac_interval(per_rank, "data_wait_ms")
     if spec.world_size > 1:
         result.comm_ms_p50 = median(median(s.comm_ms for s in steps) for steps in per_rank)
         result.comm_wait_ms_p50 = median(median(s.comm_wait_ms for s in steps) for steps in per_rank)
         result.comm_frac = median(_frac(steps, "comm_wait_ms") for steps in per_rank)
+        result.comm_frac_ci = _frac_interval(per_rank, "comm_wait_ms")
         first = next((s for s in per_rank[0] if s.buckets), None)
         result.bucket_sizes_bytes = [b.size_bytes for b in first.buckets] if first else []
         result.bucket_allreduce_ms_p50 = [

@@ -49,12 +49,20 @@ class TrialResult:
     img_per_s: Optional[float] = None
     img_per_s_p10: Optional[float] = None  # per-step spread of the global rate
     img_per_s_p90: Optional[float] = None
+    # 95% interval of img_per_s within this run (batch means over its steady steps, yoloprof.analysis.intervals);
+    # None with a method saying why where it could not be computed (too few steps), None without one in old records
+    img_per_s_ci_low: Optional[float] = None
+    img_per_s_ci_high: Optional[float] = None
+    img_per_s_ci_method: Optional[str] = None
+    repeat_of: Optional[str] = None  # a confirmation run of the same configuration as this trial id
     step_ms_p50: Optional[float] = None
     step_ms_p90: Optional[float] = None
     data_wait_frac: Optional[float] = None
+    data_wait_frac_ci: Optional[list[float]] = None  # [low, high], 95%, batch means (median rank's bounds)
     comm_ms_p50: Optional[float] = None
     comm_wait_ms_p50: Optional[float] = None
     comm_frac: Optional[float] = None
+    comm_frac_ci: Optional[list[float]] = None  # [low, high], 95%, batch means (median rank's bounds)
     peak_mem_mib: Optional[float] = None
     device_mem_total_mib: Optional[float] = None
     mem_overhead_mib: Optional[float] = None  # per rank beyond the allocator (context, NCCL, DDP buckets); GPU only
@@ -89,9 +97,24 @@ class Verdict:
     bottleneck: Optional[str]  # input | compute | communication | memory | straggler
     evidence: str
     label: Optional[str] = None  # a finer name where the evidence shows one, e.g. "input (CPU-starved)"
+    bottlenecks: list[str] = field(default_factory=list)  # every bound the evidence cannot tell apart, primary first
+    tied_with_best: bool = False  # its configuration is not beyond the noise of the fastest one
+    img_per_s: Optional[float] = None  # its configuration's combined figure: the mean over its runs
+    img_per_s_ci_low: Optional[float] = None  # 95% interval of that mean (run-to-run spread where measured)
+    img_per_s_ci_high: Optional[float] = None
+    uncertainty: Optional[str] = None  # how that interval was computed
+    runs: list[str] = field(default_factory=list)  # trial ids of its configuration, the original first
+    repeat_of: Optional[str] = None  # this trial repeats that one's configuration
 
 
 @dataclass
 class Ranking:
     verdicts: list[Verdict]
-    best_trial_id: Optional[str]
+    best_trial_id: Optional[str]  # the recommended trial (best.yaml): the cheapest of those tied with the fastest
+    recommended_trial_id: Optional[str] = None
+    fastest_trial_id: Optional[str] = None  # first run of the configuration with the highest combined img/s
+    tied: list[str] = field(default_factory=list)  # first trial ids of the configurations tied with the fastest
+    recommendation_reason: Optional[str] = None
+    run_to_run_rel: Optional[float] = None  # pooled relative spread of repeated runs of one configuration
+    run_to_run_df: int = 0  # its degrees of freedom: sum over repeated configurations of (runs - 1)
+    run_to_run_configs: int = 0  # how many configurations were repeated

@@ -8,7 +8,9 @@ from typing import Optional
 
 @dataclass
 class Decision:
-    stage: str  # "ceilings" (pruning), "descent" (coordinate descent), "confirm" (repeats), "budget"
+    # "space" (values the hardware rules out), "ceilings" (pruning), "start" (the reference run),
+    # "descent" (coordinate descent), "confirm" (repeats), "budget"
+    stage: str
     kind: str  # "pruned" | "tried" | "adopted" | "kept" | "repeat" | "skipped-budget" | "done"
     reason: str  # one sentence a user can check against the figures it cites
     knob: Optional[str] = None

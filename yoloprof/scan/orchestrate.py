@@ -7,6 +7,7 @@ first (flags, hardware, data, model, output folder), so a mistake costs one line
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,50 @@ class ScanRequest:
     baseline: Optional[str] = None  # the user's current settings, "batch=32,workers=4,amp=off"
     no_defaults: bool = False
     ranks: Optional[str] = None  # world sizes to compare (scaling), e.g. "1,2,4"
+    strategy: Optional[str] = None  # "auto" | "grid"; None: grid where knob lists are given, else auto
+    budget: Optional[str] = None  # auto: "5m", "300s", "0.5h" or minutes
+    precision: Optional[str] = None  # "3%", "0.03" or "off"
+    max_steps: Optional[int] = None
+    no_reuse: bool = False  # a torchrun launch per trial instead of rank pools
     command: list[str] = field(default_factory=list)
+
+
+DEFAULT_PRECISION = 0.03
+MAX_STEPS_FACTOR = 3  # a trial measures at most 3x its minimum steps unless --max-steps says otherwise
+DEFAULT_BUDGET_S = {"cpu": 300.0, "cuda": 600.0}
+
+
+def parse_precision(text: Optional[str]) -> Optional[float]:
+    if text is None:
+        return DEFAULT_PRECISION
+    if str(text).strip().lower() in ("off", "none", "0"):
+        return None
+    raw = str(text).strip()
+    try:
+        value = float(raw.rstrip("%")) / (100 if raw.endswith("%") else 1)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise UsageError(f"--precision {text}: give the interval's half-width as 3% or 0.03 (or off for fixed steps)")
+    return value
+
+
+def parse_budget(text: Optional[str], device: str) -> float:
+    """Seconds; a bare number is minutes."""
+    if text is None:
+        return DEFAULT_BUDGET_S[device]
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", str(text).lower())
+    if not m or float(m.group(1)) <= 0:
+        raise UsageError(f"--budget {text}: give a time such as 5m, 300s or 1h")
+    return float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600, None: 60}[m.group(2)]
+
+
+def resolve_strategy(req: ScanRequest, given: dict) -> str:
+    if req.strategy not in (None, "auto", "grid"):
+        raise UsageError(f"--strategy {req.strategy}: use auto (search within a budget) or grid (every combination)")
+    if req.strategy is not None:
+        return req.strategy
+    return "grid" if any(v is not None for v in given.values()) or req.ranks else "auto"
 
 
 def parse_axes(req: ScanRequest) -> dict[str, Optional[list]]:
@@ -76,6 +120,8 @@ def check_numbers(req: ScanRequest) -> None:
         raise UsageError(f"--nproc {req.nproc}: run at least 1 rank")
     if req.trial_timeout is not None and req.trial_timeout <= 0:
         raise UsageError(f"--trial-timeout {req.trial_timeout}: give seconds > 0")
+    if req.max_steps is not None and req.max_steps < req.steps:
+        raise UsageError(f"--max-steps {req.max_steps}: must be at least --steps {req.steps} (the minimum)")
 
 
 def resolve_hardware(req: ScanRequest, env: Environment) -> tuple[plan.Hardware, str]:
@@ -139,9 +185,12 @@ def prepare_out(req: ScanRequest, kind: str = "scan") -> Path:
     return out
 
 
-def trial_deviations(hw: plan.Hardware, req: ScanRequest, steps: int, warmup: int) -> list[str]:
+def trial_deviations(hw: plan.Hardware, req: ScanRequest, steps: int, warmup: int,
+                     precision: Optional[float] = None, max_steps: Optional[int] = None) -> list[str]:  # fmt: skip
+    measured = (f"{steps} to {max_steps} measured iterations (until the 95% interval of its images/s is within "
+                f"+-{100 * precision:.0f}%)" if precision and max_steps and max_steps > steps else f"{steps} measured iterations")
     out = [
-        f"Each trial trains {warmup} warm-up + {steps} measured iterations, then stops on the same step on every "
+        f"Each trial trains {warmup} warm-up + {measured}, then stops on the same step on every "
         "rank, without validation or checkpoints.",
         "Trials set close_mosaic=0 and warmup_epochs=0 to measure the steady state of training (mosaic on, full "
         "gradient accumulation, final learning-rate schedule), not its first or last epochs.",
@@ -172,6 +221,12 @@ class Context:
     model: str
     roles: dict = field(default_factory=dict)  # baseline role -> Knobs
     world_sizes: Optional[list[int]] = None  # several: a scaling scan
+    strategy: str = "grid"
+    budget_s: Optional[float] = None
+    precision: Optional[float] = None
+    max_steps: Optional[int] = None
+    given: dict = field(default_factory=dict)  # the knob lists the user named (None: not named)
+    baseline: Optional[object] = None  # the user's --baseline Knobs
 
 
 def prepare(req: ScanRequest, console: Console) -> Context:
@@ -199,16 +254,25 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     dataset = resolve_data(req, console)
     model = model_check.resolve(req.model or DEFAULT_MODEL, len(dataset.classes))
     preflight.before_scan(checks, hw, max(the_plan.axes.workers), console)  # on 2+ GPUs: a first NCCL AllReduce
-    return Context(env, hw, hw_why, the_plan, imgsz, dataset, model, roles, world_sizes)
+    precision = parse_precision(req.precision)
+    max_steps = req.max_steps or (req.steps * MAX_STEPS_FACTOR if precision else None)
+    strategy = resolve_strategy(req, given)
+    if strategy == "auto" and req.ranks:
+        raise UsageError("--ranks compares world sizes over a grid; add --strategy grid")
+    budget_s = parse_budget(req.budget, hw.device) if strategy == "auto" else None
+    return Context(env, hw, hw_why, the_plan, imgsz, dataset, model, roles, world_sizes, strategy, budget_s,
+                   precision, max_steps, given, mine)  # fmt: skip
 
 
 def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, int]:
     """Returns the outputs, the scan folder and the exit code (0, NO_TRIAL_OK, or 128 + signal when interrupted)."""
+    started = time.monotonic()
     ctx = prepare(req, console)
     hw, the_plan, dataset, model, imgsz = ctx.hw, ctx.plan, ctx.dataset, ctx.model, ctx.imgsz
     out = prepare_out(req)
-    specs = plan.specs(the_plan, hw, model=model, data=dataset.data, imgsz=imgsz, optimizer=req.optimizer,
-                       warmup=req.warmup, steps=req.steps, world_sizes=ctx.world_sizes)  # fmt: skip
+    specs = [] if ctx.strategy == "auto" else plan.specs(
+        the_plan, hw, model=model, data=dataset.data, imgsz=imgsz, optimizer=req.optimizer, warmup=req.warmup,
+        steps=req.steps, world_sizes=ctx.world_sizes, precision=ctx.precision, max_steps=ctx.max_steps)  # fmt: skip
     meta = ScanMeta(
         yoloprof_version=__version__,
         created_s=time.time(),
@@ -227,29 +291,48 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
         trial_ids=[s.trial_id for s in specs],
         specs=specs,
         baselines={role: next(s.trial_id for s in specs if s.knobs == k and s.world_size == hw.world_size)
-                   for role, k in ctx.roles.items()},
+                   for role, k in ctx.roles.items()} if specs else {},  # auto: set when the search runs its start
         environment=ctx.env,
-        trial_deviations=trial_deviations(hw, req, req.steps, req.warmup),
+        trial_deviations=trial_deviations(hw, req, req.steps, req.warmup, ctx.precision, ctx.max_steps),
+        strategy=ctx.strategy,
+        budget_s=ctx.budget_s,
+        precision=ctx.precision,
+        max_steps=ctx.max_steps,
     )
     write_json(out / paths.SCAN_MARKER, meta)
     console.print(f"[bold]yoloprof scan[/] -> {out}")
     console.print(f"  ranks: {ctx.hw_why}" + (f"; scaling over {ctx.world_sizes} ranks, same batch per rank"
                                                if ctx.world_sizes and len(ctx.world_sizes) > 1 else ""))
-    console.print(f"  model: {model}   imgsz: {imgsz}   optimizer: {req.optimizer}   steps: {req.warmup} warm-up + {req.steps} measured")
+    measured = (f"{req.steps}-{ctx.max_steps} measured, until img/s is known within +-{100 * ctx.precision:.0f}%"
+                if ctx.precision and ctx.max_steps and ctx.max_steps > req.steps else f"{req.steps} measured")
+    console.print(f"  model: {model}   imgsz: {imgsz}   optimizer: {req.optimizer}   steps: {req.warmup} warm-up + {measured}")
     console.print(f"  data: {dataset.data} ({dataset.train_images} images{', synthetic: speed only' if dataset.synthetic else ''})")
     for d in the_plan.dropped:
         console.print(f"  [yellow]not tried[/]: {d}")
     for role, tid in meta.baselines.items():
         console.print(f"  baseline: {role} = {tid}")
-    console.print(f"  plan: {len(specs)} trials" + ("" if req.no_ceilings else ", then the input, compute and link ceilings"))
-    return finish(out, meta, ctx, req, console)
+    if ctx.strategy == "auto":
+        console.print(f"  plan: auto, within {ctx.budget_s / 60:.1f} min: " + ("" if req.no_ceilings else
+                      "the input, compute and link ceilings, then ") + "a search from Ultralytics' defaults"
+                      + ("" if ctx.baseline is None else " and your settings") + ", then repeats of the contenders")
+    else:
+        console.print(f"  plan: {len(specs)} trials" + ("" if req.no_ceilings else ", then the input, compute and link ceilings"))
+    return finish(out, meta, ctx, req, console, started)
 
 
-def finish(out: Path, meta: ScanMeta, ctx: Context, req: ScanRequest, console: Console):
-    """Trials (those without a result), then ceilings, then every output; used by scan and --resume."""
+def finish(out: Path, meta: ScanMeta, ctx: Context, req: ScanRequest, console: Console,
+           started: Optional[float] = None):  # fmt: skip
+    """Trials (those without a result), then ceilings, then every output; used by scan and --resume.
+    The auto strategy measures its ceilings first (they prune its space)."""
+    started = time.monotonic() if started is None else started
     policy = launch.HangPolicy(total_s=req.trial_timeout)
     try:
-        code = runner.execute(out, meta.specs, meta, policy, console)
+        if meta.strategy == "auto":
+            from yoloprof.scan import auto
+
+            code = auto.run(out, meta, ctx, req, console, started)
+        else:
+            code = runner.execute(out, meta.specs, meta, policy, console, reuse=not req.no_reuse)
     except runner.ScanStopped as exc:
         outputs.write_all(out)
         raise ScanFailed(str(exc)) from None
@@ -284,10 +367,14 @@ def resume(folder: str, req: ScanRequest, console: Console):
             raise UsageError(f"--resume {out}: the scan ran on GPUs {meta.gpus}; GPU {missing[0]} is not visible now")
     hw = plan.Hardware(meta.device, meta.world_size, meta.gpus, env.cpu_count, len(env.gpus))
     axes = plan.Axes(**meta.axes)
+    yours = meta.baselines.get(baselines.YOURS)
     ctx = Context(env, hw, "as the scan planned", plan.Plan(axes, [s.knobs for s in meta.specs]), meta.imgsz,
-                  meta.dataset, meta.model)  # fmt: skip
+                  meta.dataset, meta.model, strategy=meta.strategy, budget_s=meta.budget_s, precision=meta.precision,
+                  max_steps=meta.max_steps, given=dict(meta.axes) if meta.strategy == "auto" else {},
+                  baseline=next((s.knobs for s in meta.specs if s.trial_id == yours), None))  # fmt: skip
     req = ScanRequest(optimizer=meta.optimizer, warmup=meta.warmup_steps, steps=meta.measured_steps,
-                      trial_timeout=req.trial_timeout, no_ceilings=req.no_ceilings, command=req.command)  # fmt: skip
+                      trial_timeout=req.trial_timeout, no_ceilings=req.no_ceilings, command=req.command,
+                      no_reuse=req.no_reuse, no_defaults=baselines.DEFAULTS not in meta.baselines)  # fmt: skip
     todo = [s.trial_id for s in meta.specs if not _has_result(out, s.trial_id)]
     console.print(f"[bold]yoloprof scan --resume[/] {out}: {len(meta.specs) - len(todo)} of {len(meta.specs)} trials "
                   f"have results; running {len(todo)}")  # fmt: skip

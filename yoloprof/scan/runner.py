@@ -17,6 +17,7 @@ from rich.console import Console
 from yoloprof import outputs, paths
 from yoloprof.analysis import aggregate
 from yoloprof.scan import launch
+from yoloprof.scan.pool import RankPool
 from yoloprof.search import plan
 from yoloprof.console import ScanProgress
 from yoloprof.analysis.failures import OomTracker, fatal_reason
@@ -61,11 +62,15 @@ def _not_run(spec: TrialSpec, status: str, why: str) -> TrialResult:
 
 
 def run_one(spec: TrialSpec, tdir: Path, policy: launch.HangPolicy, progress: ScanProgress, stop: StopFlag,
-            note: Optional[str]) -> tuple[TrialResult, list]:  # fmt: skip
+            note: Optional[str], pools: Optional["Pools"] = None) -> tuple[TrialResult, list]:  # fmt: skip
     if tdir.exists():
         shutil.rmtree(tdir)  # a trial cut short by an earlier, interrupted run starts over
-    outcome = launch.run_trial(spec, tdir, cache_dir=paths.cache_dir(), policy=policy, on_poll=progress.poll,
-                               should_stop=lambda: stop.signum is not None)  # fmt: skip
+    should_stop = lambda: stop.signum is not None  # noqa: E731
+    if pools is None:
+        outcome = launch.run_trial(spec, tdir, cache_dir=paths.cache_dir(), policy=policy, on_poll=progress.poll,
+                                   should_stop=should_stop)  # fmt: skip
+    else:
+        outcome = pools.get(spec).run(spec, tdir, policy=policy, on_poll=progress.poll, should_stop=should_stop)
     outcome.rank_exitcodes = aggregate.torchrun_exitcodes(
         (tdir / "launcher.log").read_text(errors="replace") if (tdir / "launcher.log").exists() else "")
     write_json(tdir / outputs.LAUNCH_FILE, outcome)
@@ -79,42 +84,113 @@ def run_one(spec: TrialSpec, tdir: Path, policy: launch.HangPolicy, progress: Sc
     return result, ranks
 
 
-def execute(out: Path, specs: list[TrialSpec], meta: ScanMeta, policy: launch.HangPolicy, console: Console) -> int:
-    """Run every trial without a result; 0, or 128 + the signal that interrupted the scan."""
-    ooms, done = OomTracker(), []
-    with StopFlag() as stop, ScanProgress(console, len(specs)) as progress:
-        for i, spec in enumerate(specs, start=1):
-            tdir = paths.trial_dir(out, spec.trial_id)
-            previous = outputs.trial_result(out, spec.trial_id) if (tdir / outputs.RESULT_FILE).is_file() else None
-            if previous is not None and previous.status not in RESUMABLE:
-                progress.kept(i, previous)
-                ooms.record(previous)
-                done.append(previous)
-                continue
-            note = None
-            skip = ooms.skip_reason(spec)
-            if skip is None and spec.knobs.cache == "ram":
-                from probes.environment import available_ram_mib
+def discard(out: Path, trial_id: str) -> None:
+    """Forget a trial's folder (a resumed auto search that proposes something else under its id)."""
+    tdir = paths.trial_dir(out, trial_id)
+    if tdir.exists():
+        shutil.rmtree(tdir)
 
-                risky, note = plan.cache_ram_risk(meta.dataset.train_images, spec.imgsz, spec.world_size,
-                                                  available_ram_mib())  # fmt: skip
-                skip = note if risky else None
-            if skip is not None:
-                if tdir.exists():
-                    shutil.rmtree(tdir)
-                result = _not_run(spec, "skipped", skip)
-                write_json(tdir / outputs.RESULT_FILE, result)
-                progress.skip(i, result)
-                continue
-            progress.start(i, spec, tdir)
-            result, ranks = run_one(spec, tdir, policy, progress, stop, note)
-            progress.done(result)
-            ooms.record(result)
-            if stop.signum is not None:
-                return 128 + stop.signum
-            reason = fatal_reason(result, ranks, done)
-            done.append(result)
-            if reason is not None:
-                raise ScanStopped(f"trial {spec.trial_id} failed before its first step with an error every trial "
-                                  f"would hit: {reason}")  # fmt: skip
+
+class Pools:
+    """The rank pool of the current environment; a trial with another environment, or after a
+    failure, gets a new one (scan folder/pools/pool-N). N is never reused, also across resumes:
+    ranks of a new pool must not find an earlier pool's job files."""
+
+    def __init__(self, out: Path):
+        self.out, self.current = out, None
+        taken = [int(p.name[5:]) for p in (out / "pools").glob("pool-*") if p.name[5:].isdigit()]
+        self.count = max(taken, default=0)
+
+    def get(self, spec: TrialSpec) -> RankPool:
+        if self.current is not None and not self.current.accepts(spec):
+            self.current.close()
+            self.current = None
+        if self.current is None:
+            self.count += 1
+            self.current = RankPool(spec, self.out / "pools" / f"pool-{self.count}", cache_dir=paths.cache_dir())
+        return self.current
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+            self.current = None
+
+
+class TrialRunner:
+    """Runs trials one at a time and keeps every result: resume, skips, OOM chains, fatal errors.
+    Used by the grid (a list known up front) and the auto search (one proposal at a time)."""
+
+    def __init__(self, out: Path, meta: ScanMeta, policy: launch.HangPolicy, console: Console,
+                 total: Optional[int], reuse: bool = True):  # fmt: skip
+        self.out, self.meta, self.policy = out, meta, policy
+        self.ooms, self.done = OomTracker(), []
+        self.stop, self.progress = StopFlag(), ScanProgress(console, total)
+        self.pools = Pools(out) if reuse else None
+        self.k = 0
+
+    def __enter__(self):
+        self.stop.__enter__()
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.pools is not None:
+                self.pools.close()
+        finally:
+            self.progress.__exit__(*exc)
+            self.stop.__exit__(*exc)
+
+    @property
+    def interrupted(self) -> Optional[int]:
+        return None if self.stop.signum is None else 128 + self.stop.signum
+
+    def run(self, spec: TrialSpec) -> TrialResult:
+        """The trial's result (kept from an earlier run when it has one); raises ScanStopped on an error
+        every trial would hit. Check `interrupted` after each call."""
+        self.k += 1
+        out, i = self.out, self.k
+        tdir = paths.trial_dir(out, spec.trial_id)
+        previous = outputs.trial_result(out, spec.trial_id) if (tdir / outputs.RESULT_FILE).is_file() else None
+        if previous is not None and previous.status not in RESUMABLE:
+            self.progress.kept(i, previous)
+            self.ooms.record(previous)
+            self.done.append(previous)
+            return previous
+        note = None
+        skip = self.ooms.skip_reason(spec)
+        if skip is None and spec.knobs.cache == "ram":
+            from probes.environment import available_ram_mib
+
+            risky, note = plan.cache_ram_risk(self.meta.dataset.train_images, spec.imgsz, spec.world_size,
+                                              available_ram_mib())  # fmt: skip
+            skip = note if risky else None
+        if skip is not None:
+            if tdir.exists():
+                shutil.rmtree(tdir)
+            result = _not_run(spec, "skipped", skip)
+            write_json(tdir / outputs.RESULT_FILE, result)
+            self.progress.skip(i, result)
+            self.done.append(result)
+            return result
+        self.progress.start(i, spec, tdir)
+        result, ranks = run_one(spec, tdir, self.policy, self.progress, self.stop, note, self.pools)
+        self.progress.done(result)
+        self.ooms.record(result)
+        reason = fatal_reason(result, ranks, self.done) if self.stop.signum is None else None
+        self.done.append(result)
+        if reason is not None:
+            raise ScanStopped(f"trial {spec.trial_id} failed before its first step with an error every trial "
+                              f"would hit: {reason}")  # fmt: skip
+        return result
+
+
+def execute(out: Path, specs: list[TrialSpec], meta: ScanMeta, policy: launch.HangPolicy, console: Console,
+            reuse: bool = True) -> int:  # fmt: skip
+    """Run every trial without a result; 0, or 128 + the signal that interrupted the scan."""
+    with TrialRunner(out, meta, policy, console, len(specs), reuse) as runner:
+        for spec in specs:
+            runner.run(spec)
+            if runner.interrupted:
+                return runner.interrupted
     return 0

@@ -188,7 +188,8 @@ def omp_threads(cpu_count: int, world_size: int) -> int:
 
 
 def specs(plan: Plan, hw: Hardware, *, model: str, data: str, imgsz: int, optimizer: str,
-          warmup: int, steps: int, world_sizes: Optional[list[int]] = None) -> list[TrialSpec]:  # fmt: skip
+          warmup: int, steps: int, world_sizes: Optional[list[int]] = None, precision: Optional[float] = None,
+          max_steps: Optional[int] = None) -> list[TrialSpec]:  # fmt: skip
     """Trials in plan order. With several world sizes (scaling), each runs at every size with the same
     batch per rank, as when GPUs are added: the batch lists are global at the largest size."""
     sizes = sorted(world_sizes or [hw.world_size])
@@ -203,8 +204,21 @@ def specs(plan: Plan, hw: Hardware, *, model: str, data: str, imgsz: int, optimi
                 trial_id=tid, knobs=knobs, world_size=r, device=hw.device,
                 gpus=list(hw.gpus[:r]) if hw.device == "cuda" else [], model=model, data=data, imgsz=imgsz,
                 optimizer=optimizer, warmup_steps=warmup, measured_steps=steps, env=env,
+                precision=precision, max_steps=max_steps,
             ))  # fmt: skip
     return out
+
+
+def spec_for(knobs: Knobs, index: int, hw: Hardware, *, model: str, data: str, imgsz: int, optimizer: str, warmup: int,
+             steps: int, precision: Optional[float] = None, max_steps: Optional[int] = None,
+             repeat_of: Optional[str] = None) -> TrialSpec:  # fmt: skip
+    """One trial at the scan's full world size: what the auto search runs, proposal by proposal."""
+    tid = trial_id(index, knobs) + ("-rep" if repeat_of else "")
+    env = {"OMP_NUM_THREADS": str(omp_threads(hw.cpu_count, hw.world_size)), **nccl_env(knobs.nccl)}
+    return TrialSpec(trial_id=tid, knobs=knobs, world_size=hw.world_size, device=hw.device,
+                     gpus=list(hw.gpus) if hw.device == "cuda" else [], model=model, data=data, imgsz=imgsz,
+                     optimizer=optimizer, warmup_steps=warmup, measured_steps=steps, env=env, precision=precision,
+                     max_steps=max_steps, repeat_of=repeat_of)  # fmt: skip
 
 
 def parse_world_sizes(text: str, hw: Hardware) -> list[int]:

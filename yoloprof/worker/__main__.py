@@ -1,11 +1,19 @@
-"""One rank of one trial: `python -m torch.distributed.run ... -m yoloprof.worker SPEC.json`.
+"""One rank: `python -m torch.distributed.run ... -m yoloprof.worker SPEC.json` runs one trial,
+`... -m yoloprof.worker --pool DIR` runs the trials the scan hands it, one after another.
 
-Writes trials/<id>/rank<r>.jsonl (a RankInfo line, a StepSample line per step, a RankEnd line)
-and sends everything the rank prints to trials/<id>/rank<r>.log.
+Per trial it writes trials/<id>/rank<r>.jsonl (a RankInfo line, a StepSample line per step, a
+RankEnd line) and sends everything the rank prints to trials/<id>/rank<r>.log.
+
+A pool keeps what is costly and trial-independent (imports, the process group, the CUDA context)
+and builds everything a trial measures afresh: trainer, model, optimizer, dataloader and its
+workers, DDP wrapper, probes, memory peaks. A rank whose trial did not end `ok` leaves the pool
+(exit 1): torchrun then stops its peers, and the scan launches a new pool, so no trial ever runs
+in a process whose state a failure may have spoiled.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -60,7 +68,7 @@ def _quietly(fn):
         return None
 
 
-def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int) -> RankEnd:
+def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled: bool = False) -> RankEnd:
     import torch
     import torch.distributed as dist
 
@@ -72,8 +80,17 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int) -> Rank
     from yoloprof.worker.trainer import ScanTrainer, TrialComplete
 
     offline.patch_ultralytics()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    memory.reset(torch.device("cuda", spec.gpus[local]) if spec.device == "cuda" and spec.gpus else None)
     clock = Clock(cuda=spec.device == "cuda", sync=spec.sync_phases)
-    probe = StepProbe(rank, spec.warmup_steps, clock, lambda s: writer.write("step", s))
+    steady: list[tuple[int, float]] = []  # (images, step_ms) of measured steady steps: the stopping rule's input
+
+    def sink(s) -> None:
+        writer.write("step", s)
+        if not s.warmup and not s.epoch_boundary:
+            steady.append((s.images, s.step_ms))
+
+    probe = StepProbe(rank, spec.warmup_steps, clock, sink)
 
     def on_ready(t: ScanTrainer) -> None:
         loader = t.train_loader
@@ -110,7 +127,7 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int) -> Rank
     status, error = "ok", None
     try:
         faults.maybe_fail(0, rank, spec.trial_id, setup=True)
-        trainer = ScanTrainer(spec, probe, str(trial_dir), on_ready, on_step)
+        trainer = ScanTrainer(spec, probe, str(trial_dir), on_ready, on_step, precise=lambda: _precise(spec, steady))
         trainer.train()
         status, error = "error", "training ended before the planned steps"
     except TrialComplete:
@@ -126,9 +143,9 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int) -> Rank
     for loader in (getattr(trainer, "train_loader", None), getattr(trainer, "test_loader", None)):
         if hasattr(loader, "close"):
             _quietly(loader.close)
-    if dist.is_initialized() and status == "ok":
+    if dist.is_initialized() and status == "ok" and not pooled:
         dist.destroy_process_group()
-    return RankEnd(
+    end = RankEnd(
         rank=rank,
         status=status,
         peak_mem_mib=peak.peak_mib,
@@ -139,6 +156,59 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int) -> Rank
         error=error,
         t_end_s=time.time(),
     )
+    if pooled:  # the next trial must not inherit this one's model, optimizer or cached blocks
+        del trainer
+        gc.collect()
+        if device.type == "cuda":
+            _quietly(torch.cuda.empty_cache)
+    return end
+
+
+def _precise(spec: TrialSpec, steady: list[tuple[int, float]]) -> bool:
+    from yoloprof.analysis.intervals import precise_enough
+
+    if spec.precision is None:
+        return False
+    return precise_enough([n for n, _ in steady], [ms for _, ms in steady], spec.precision)
+
+
+POLL_S = 0.02
+
+
+def _next_job(pool_dir: Path, n: int) -> dict:
+    """Wait for the scan's n-th job (written atomically by yoloprof.scan.launch.RankPool)."""
+    path = pool_dir / f"job-{n:04d}.json"
+    while not path.is_file():
+        time.sleep(POLL_S)
+    return json.loads(path.read_text())
+
+
+def run_pool(pool_dir: Path, rank: int) -> int:
+    n = 1
+    while True:
+        job = _next_job(pool_dir, n)
+        if job.get("stop"):
+            return 0
+        end = run_spec(Path(job["spec"]), rank, pooled=True)
+        if end.status != "ok":
+            return 1  # leave the pool: torchrun stops the peers, the scan relaunches for the next trial
+        n += 1
+
+
+def run_spec(spec_path: Path, rank: int, pooled: bool = False) -> RankEnd:
+    trial_dir = spec_path.parent
+    _redirect_output(trial_dir / f"rank{rank}.log")
+    spec = read_json(spec_path, TrialSpec)
+    writer = RankWriter(trial_dir / f"rank{rank}.jsonl")
+    try:
+        end = run(spec, trial_dir, writer, rank, pooled=pooled)
+    except BaseException as exc:  # noqa: BLE001 - the last line of defence for the end record
+        traceback.print_exc()
+        end = RankEnd(rank=rank, status="error", peak_mem_mib=None, mem_source="n/a", error=error_line(exc),
+                      t_end_s=time.time())  # fmt: skip
+    writer.write("end", end)
+    writer.close()
+    return end
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,21 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     from yoloprof.orphan_guard import die_with_parent
 
     die_with_parent()  # torchrun killed with the scan takes its ranks along
-    spec_path = Path(argv[0])
-    trial_dir = spec_path.parent
     rank = int(os.environ.get("RANK", "0"))
-    _redirect_output(trial_dir / f"rank{rank}.log")
-    spec = read_json(spec_path, TrialSpec)
-    writer = RankWriter(trial_dir / f"rank{rank}.jsonl")
-    try:
-        end = run(spec, trial_dir, writer, rank)
-    except BaseException as exc:  # noqa: BLE001 - the last line of defence for the end record
-        traceback.print_exc()
-        end = RankEnd(rank=rank, status="error", peak_mem_mib=None, mem_source="n/a", error=error_line(exc),
-                      t_end_s=time.time())  # fmt: skip
-    writer.write("end", end)
-    writer.close()
-    return 0 if end.status == "ok" else 1
+    if argv[0] == "--pool":
+        return run_pool(Path(argv[1]), rank)
+    return 0 if run_spec(Path(argv[0]), rank).status == "ok" else 1
 
 
 if __name__ == "__main__":

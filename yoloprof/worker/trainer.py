@@ -35,6 +35,11 @@ PG_TIMEOUT = timedelta(minutes=30)
 OOM_RETRIES_EXHAUSTED = 3
 
 
+# The stopping rule (measured until precise) is checked every CHECK_EVERY measured steps past the minimum:
+# rank 0 decides from its own steps and broadcasts, so every rank stops on the same step.
+CHECK_EVERY = 5
+
+
 class TrialComplete(Exception):
     """Raised on the same step on every rank to end training without validation or saving."""
 
@@ -136,8 +141,9 @@ def _cpu_capable_ddp():
 
 
 class ScanTrainer(DetectionTrainer):
-    def __init__(self, spec: TrialSpec, probe: StepProbe, project: str, on_ready: Callable, on_step: Callable):
-        self.spec, self.probe = spec, probe
+    def __init__(self, spec: TrialSpec, probe: StepProbe, project: str, on_ready: Callable, on_step: Callable,
+                 precise: Optional[Callable[[], bool]] = None):  # fmt: skip
+        self.spec, self.probe, self._precise = spec, probe, precise
         self._optimizer_cost = None  # set with the probes (tests only: YOLOPROF_TEST_COST)
         self._on_ready, self._on_step = on_ready, on_step
         # pin_memory has no cfg argument in Ultralytics 8.4: hand it to build_dataloader directly.
@@ -155,9 +161,17 @@ class ScanTrainer(DetectionTrainer):
 
     # -- process group and model wrapping ------------------------------------------------------
     def _setup_ddp(self):
+        pooled = dist.is_initialized()  # a rank pool: the process group outlives the trial
         if self.spec.device == "cuda":
-            return super()._setup_ddp()
-        dist.init_process_group("gloo", timeout=PG_TIMEOUT, rank=RANK, world_size=self.world_size)
+            saved = dist.init_process_group
+            if pooled:
+                dist.init_process_group = lambda *a, **k: None  # keep Ultralytics' device set-up, skip the init
+            try:
+                return super()._setup_ddp()
+            finally:
+                dist.init_process_group = saved
+        if not pooled:
+            dist.init_process_group("gloo", timeout=PG_TIMEOUT, rank=RANK, world_size=self.world_size)
 
     def _setup_train(self):
         with _cpu_capable_ddp():
@@ -208,6 +222,20 @@ class ScanTrainer(DetectionTrainer):
     def _batch_end(self):
         self.probe.batch_end()
         self._on_step(self)
-        if self.probe.steps_started >= self.spec.total_steps:
+        if self.probe.steps_started >= self.spec.total_steps or self._stop_now():
             self.probe.flush(block=True)
             raise TrialComplete()
+
+    def _stop_now(self) -> bool:
+        """Measured until precise: the same answer on every rank, on the same step."""
+        spec = self.spec
+        past = self.probe.steps_started - spec.warmup_steps - spec.measured_steps
+        if spec.precision is None or self._precise is None or past < 0 or past % CHECK_EVERY:
+            return False
+        stop = bool(self._precise()) if RANK in (-1, 0) else False
+        if dist.is_initialized() and self.world_size > 1:
+            flag = torch.tensor([int(stop)], device=self.device if spec.device == "cuda" else "cpu")
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        self.probe.restart()  # the check is ours, not training's: the next step starts after it
+        return stop

@@ -1,0 +1,113 @@
+"""`--strategy auto` as the scan runs it: ceilings first, pruning, then the search one trial at a time.
+
+The search (yoloprof.search.strategy) decides; this module measures what it asks for, keeps the
+plan in scan.json after every trial (so an interrupted scan resumes where it stopped), and hands
+the search the noise test of yoloprof.analysis.noise.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+
+from yoloprof import paths
+from yoloprof.analysis import against, noise
+from yoloprof.analysis.ranking import classify
+from yoloprof.records import ScanMeta, TrialResult, write_json
+from yoloprof.scan import launch, runner
+from yoloprof.search import baselines, plan
+from yoloprof.search.prune import prune
+from yoloprof.search.space import Space, auto_space
+from yoloprof.search.strategy import AutoSearch
+
+
+def beats(results: list[TrialResult], candidate: str, incumbent: str) -> bool:
+    """The candidate's configuration is faster than the incumbent's beyond the noise."""
+    d = noise.difference(results, incumbent, candidate)
+    return d.ratio > 1.0 and d.beyond_noise
+
+
+def bottleneck(r: TrialResult) -> Optional[str]:
+    return classify(r)[0]
+
+
+def space_for(ctx, meta: ScanMeta) -> Space:
+    risky, why = plan.cache_ram_risk(meta.dataset.train_images, ctx.imgsz, ctx.hw.world_size, _free_ram_mib())
+    return auto_space(ctx.hw, ctx.given, dataset_fits_ram=not risky, ram_reason=why if risky else None)
+
+
+def _free_ram_mib() -> float:
+    from probes.environment import available_ram_mib
+
+    return available_ram_mib()
+
+
+def axes_of(space: Space) -> plan.Axes:
+    v = space.values
+    return plan.Axes(list(v["batch"]), list(v["workers"]), list(v["amp"]), list(v["pin_memory"]), ["off"], list(v["nccl"]))
+
+
+def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -> int:
+    """0, or 128 + the signal that interrupted the scan. `started`: time.monotonic() when the scan began
+    (the budget counts ceilings and set-up too)."""
+    from yoloprof.scan import orchestrate
+
+    hw = ctx.hw
+    space = space_for(ctx, meta)
+    ctx.plan = plan.Plan(axes_of(space), [], ctx.plan.dropped)
+    meta.axes = {k: list(v) for k, v in space.values.items()}  # the whole space: --resume rebuilds it from here
+    if not req.no_ceilings and not (out / "ceilings" / "compute.json").is_file():
+        from probes import model_check
+
+        buckets = model_check.ddp_bucket_sizes(ctx.model, len(ctx.dataset.classes)) if hw.world_size > 1 else []
+        orchestrate.run_ceilings(out / "ceilings", ctx, req, console, bucket_sizes=buckets)
+    pruned = prune(space, against.load(out / "ceilings"), hw)
+    defaults = baselines.ultralytics_defaults(hw)
+    start = ctx.baseline or defaults
+    roles = {baselines.YOURS: ctx.baseline} if ctx.baseline is not None else {}
+    references = []
+    if not req.no_defaults:
+        roles = {baselines.DEFAULTS: defaults, **roles}
+        if ctx.baseline is not None:
+            references.append(defaults)
+    search = AutoSearch.from_pruned(pruned, start, meta.budget_s, beats=beats, contenders=noise.contenders,
+                                    bottleneck=bottleneck, references=references)  # fmt: skip
+    done_before = {s.trial_id: s for s in meta.specs}  # --resume: trials that may already have results
+    meta.specs, meta.trial_ids = [], []
+    results: list[TrialResult] = []
+    console.print(f"  auto: {space.size()} combinations in the space; searching within {meta.budget_s / 60:.1f} min")
+    policy = launch.HangPolicy(total_s=req.trial_timeout)
+    with runner.TrialRunner(out, meta, policy, console, None, reuse=not req.no_reuse) as trials:
+        while True:
+            proposal = search.propose(results, time.monotonic() - started)
+            _save(out, meta, space, pruned, search)
+            if proposal is None:
+                break
+            spec = plan.spec_for(proposal.knobs, len(meta.specs) + 1, hw, model=ctx.model, data=ctx.dataset.data,
+                                 imgsz=ctx.imgsz, optimizer=req.optimizer, warmup=req.warmup, steps=req.steps,
+                                 precision=ctx.precision, max_steps=ctx.max_steps, repeat_of=proposal.repeat_of)  # fmt: skip
+            earlier = done_before.get(spec.trial_id)
+            if earlier is not None and (earlier.knobs, earlier.repeat_of) != (spec.knobs, spec.repeat_of):
+                runner.discard(out, spec.trial_id)  # the resumed search went another way: that trial is stale
+            meta.specs.append(spec)
+            meta.trial_ids.append(spec.trial_id)
+            for role, k in roles.items():
+                if role not in meta.baselines and space.same_run(k, spec.knobs):
+                    meta.baselines[role] = spec.trial_id
+            _save(out, meta, space, pruned, search)
+            why = proposal.why.removeprefix(f"{proposal.stage}: ").removeprefix("confirmation: ")
+            console.print(f"  [dim]{proposal.stage}: {why}[/]")
+            results.append(trials.run(spec))
+            if trials.interrupted:
+                return trials.interrupted
+    _save(out, meta, space, pruned, search)
+    return 0
+
+
+def _save(out: Path, meta: ScanMeta, space: Space, pruned, search: AutoSearch) -> None:
+    meta.decisions = list(space.dropped) + list(pruned.decisions) + list(search.decisions)
+    write_json(out / paths.SCAN_MARKER, meta)
+

@@ -1,0 +1,137 @@
+"""The auto search's knob space: per knob, the values worth trying on this hardware, in order.
+
+`--strategy auto` explores every knob instead of the product of a few lists, so the space is
+wide on purpose; what cannot matter on the hardware is dropped here (with the same reasons the
+grid plan gives), what the measured ceilings rule out is dropped later (prune.py), and the
+descent (strategy.py) only walks the rest. Pure: no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+from yoloprof.errors import UsageError
+from yoloprof.records import Decision, Knobs
+from yoloprof.search.plan import Hardware, workers_cap
+
+KNOBS = ("batch", "workers", "amp", "pin_memory", "cache", "nccl")
+ORDINAL = ("batch", "workers")  # walked one step up or down; the others are categories, every value tried
+
+GPU_BATCH_PER_RANK = (8, 16, 32, 64, 128)
+CPU_BATCH_PER_RANK = (4, 8, 16)
+WORKERS = (0, 1, 2, 4, 8, 16)
+AUTO_NCCL = ("default", "ring", "tree", "simple", "no-shm", "buff8m")  # no-p2p: debug-only, never auto
+
+
+@dataclass
+class Space:
+    """Candidate values per knob (batch and workers ascending) and what was left out, with why."""
+
+    values: dict[str, list]
+    dropped: list[Decision] = field(default_factory=list)
+    workers_cap: Optional[int] = None  # Ultralytics' per-rank cap: workers values above it run as the cap
+
+    def same_run(self, a: Knobs, b: Knobs) -> bool:
+        """Whether two configurations train identically (workers above the cap run as the cap)."""
+        return self.effective(a) == self.effective(b)
+
+    def effective(self, k: Knobs) -> Knobs:
+        return k if self.workers_cap is None else replace(k, workers=min(k.workers, self.workers_cap))
+
+    def without(self, knob: str, value: Any) -> None:
+        self.values[knob] = [v for v in self.values[knob] if v != value]
+
+    def size(self) -> int:
+        """Configurations in the full product: what `--strategy grid` over this space would run."""
+        n = 1
+        for vals in self.values.values():
+            n *= max(len(vals), 1)
+        return n
+
+
+def show(value: Any) -> str:
+    """A value as the report shows it: "on"/"off" for switches."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def knobs_text(k: Knobs) -> str:
+    return (f"batch {k.batch}, workers {k.workers}, amp {show(k.amp)}, pin_memory {show(k.pin_memory)}, "
+            f"cache {k.cache}, nccl {k.nccl}")  # fmt: skip
+
+
+def _drop(space: Space, knob: str, value: Any, reason: str) -> None:
+    space.without(knob, value)
+    space.dropped.append(Decision(stage="space", kind="pruned", reason=reason, knob=knob, value=show(value)))
+
+
+def auto_space(hw: Hardware, given: Optional[dict[str, Optional[list]]] = None, *,
+               dataset_fits_ram: bool = False, ram_reason: Optional[str] = None) -> Space:  # fmt: skip
+    """The space for `--strategy auto`. `given` maps knob -> the user's explicit list (or None): a list
+    replaces that knob's candidates, then the hardware drops what cannot matter, as for the grid.
+    `ram_reason`: why cache=ram is left out (plan.cache_ram_risk's text) when the dataset does not fit."""
+    given = given or {}
+    n, gpu = max(hw.world_size, 1), hw.device == "cuda"
+    auto: dict[str, list] = {
+        "batch": [b * n for b in (GPU_BATCH_PER_RANK if gpu else CPU_BATCH_PER_RANK)],
+        "workers": list(WORKERS),
+        "amp": [True, False],
+        "pin_memory": [True, False],
+        "cache": ["off", "disk", "ram"],
+        "nccl": list(AUTO_NCCL),
+    }
+    space = Space({k: list(given.get(k) or auto[k]) for k in KNOBS}, workers_cap=workers_cap(hw))
+    for k in ORDINAL:
+        space.values[k] = sorted(space.values[k])
+
+    for b in space.values["batch"]:
+        if b < n or b % n:
+            raise UsageError(f"--batch {b} is not a multiple of the {n} ranks; the global batch is split evenly, "
+                             f"use e.g. {n * max(b // n, 1)}")  # fmt: skip
+    if not gpu:
+        if True in space.values["amp"]:
+            _drop(space, "amp", True, "amp on: AMP needs a GPU; CPU trials train in FP32")
+        if True in space.values["pin_memory"]:
+            _drop(space, "pin_memory", True, "pin_memory on: pinned memory only speeds copies to a GPU")
+        for preset in [p for p in space.values["nccl"] if p != "default"]:
+            _drop(space, "nccl", preset, f"nccl {preset}: NCCL runs on GPUs only; CPU ranks use gloo")
+    elif hw.world_size <= 1:
+        for preset in [p for p in space.values["nccl"] if p != "default"]:
+            _drop(space, "nccl", preset,
+                  f"nccl {preset}: one GPU runs no AllReduce, so NCCL settings cannot matter")  # fmt: skip
+    for k in ("amp", "pin_memory"):
+        space.values[k] = space.values[k] or [False]
+    space.values["nccl"] = space.values["nccl"] or ["default"]
+    if not given.get("nccl") and gpu and hw.world_size > 1:
+        space.dropped.append(Decision(
+            stage="space", kind="pruned", knob="nccl", value="no-p2p",
+            reason="nccl no-p2p: a debugging switch (the fix for hangs on some consumer GPUs), slower wherever "
+                   "P2P works; auto never tries it, ask for it with --nccl no-p2p",
+        ))  # fmt: skip
+    if "ram" in space.values["cache"] and not dataset_fits_ram:
+        _drop(space, "cache", "ram", ram_reason or (
+            "cache ram: the dataset was not shown to fit in RAM once per rank (every DDP rank caches its own copy); "
+            "cache disk is tried instead"))  # fmt: skip
+
+    cap, seen = workers_cap(hw), {}
+    for w in list(space.values["workers"]):
+        eff = min(w, cap)
+        if eff in seen:
+            _drop(space, "workers", w,
+                  f"workers {w}: Ultralytics caps workers per rank at {cap} (os.cpu_count() {hw.cpu_count} // "
+                  f"{max(hw.gpus_on_machine, 1)} GPUs on the machine), "
+                  f"so it would run the same as workers {seen[eff]}")  # fmt: skip
+        else:
+            seen[eff] = w
+    return space
+
+
+def neighbours(space: Space, knob: str, current: Any) -> tuple[Optional[Any], Optional[Any]]:
+    """(next value down, next value up) around `current` for batch and workers; `current` itself need not
+    be in the space (a pruned start value still has neighbours)."""
+    vals = space.values[knob]
+    down = [v for v in vals if v < current]
+    up = [v for v in vals if v > current]
+    return (down[-1] if down else None), (up[0] if up else None)
