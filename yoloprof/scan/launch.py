@@ -119,6 +119,18 @@ class HangPolicy:
     stall_factor: float = 20.0
     min_stall_s: float = 120.0
 
+    def reason(self, watch: "TrialWatch", running_s: float, still_s: float) -> Optional[str]:
+        """Why the trial counts as hung now (`still_s`: time since its last new step), or None."""
+        if self.total_s is not None:
+            return f"--trial-timeout {self.total_s:.0f} s reached" if running_s > self.total_s else None
+        limit = watch.stall_limit_s(self)
+        if still_s <= limit:
+            return None
+        if not watch.step_ms:
+            return f"no first step within {limit:.0f} s"
+        return (f"no step for {still_s:.0f} s (limit {limit:.0f} s: {self.stall_factor:.0f} x the median step, "
+                f"at least {self.min_stall_s:.0f} s)")  # fmt: skip
+
 
 class TrialWatch:
     """Reads the ranks' step records while the trial runs: progress for the display and the watchdog."""
@@ -199,15 +211,7 @@ def run_trial(
                     last_move = now
                 if on_poll is not None:
                     on_poll(watch)
-                if policy.total_s is not None and now - start > policy.total_s:
-                    timeout_reason = f"--trial-timeout {policy.total_s:.0f} s reached"
-                elif policy.total_s is None and now - last_move > watch.stall_limit_s(policy):
-                    limit = watch.stall_limit_s(policy)
-                    timeout_reason = (
-                        f"no first step within {limit:.0f} s" if not watch.step_ms else
-                        f"no step for {now - last_move:.0f} s (limit {limit:.0f} s: "
-                        f"{policy.stall_factor:.0f} x the median step, at least {policy.min_stall_s:.0f} s)"
-                    )  # fmt: skip
+                timeout_reason = policy.reason(watch, now - start, now - last_move)
                 if timeout_reason is not None:
                     break
                 if should_stop is not None and should_stop():

@@ -113,15 +113,7 @@ class RankPool:
                 ends = _ends(trial_dir, spec.world_size)
                 if all(e is not None for e in ends) or self.proc.poll() is not None:
                     break
-                if policy.total_s is not None and now - start > policy.total_s:
-                    timeout_reason = f"--trial-timeout {policy.total_s:.0f} s reached"
-                elif policy.total_s is None and now - last_move > watch.stall_limit_s(policy):
-                    limit = watch.stall_limit_s(policy)
-                    timeout_reason = (
-                        f"no first step within {limit:.0f} s" if not watch.step_ms else
-                        f"no step for {now - last_move:.0f} s (limit {limit:.0f} s: "
-                        f"{policy.stall_factor:.0f} x the median step, at least {policy.min_stall_s:.0f} s)"
-                    )  # fmt: skip
+                timeout_reason = policy.reason(watch, now - start, now - last_move)
                 if timeout_reason is not None:
                     break
                 if should_stop is not None and should_stop():
