@@ -94,3 +94,17 @@ def test_untested_suggestions_come_with_the_scan_that_tests_them():
     assert cmd == "yoloprof scan --gpus 0,1 --batch=16 --workers 2,4"
     comm = advice.untested(best, "communication", [best], "cuda", workers_cap=16)
     assert [u.flags for u in comm] == ["--batch 16,32", "--nccl default,ring,tree"]
+
+
+def test_a_straggler_whose_own_allreduce_is_long_is_communication_bound_too():
+    # rank 1 works 70 ms to rank 0's 50: a straggler. Where rank 1 itself, which waits for nobody, still
+    # waits in AllReduce, the link costs the step on its own; the larger of the two costs comes first.
+    r = result(busy=(50.0, 70.0))
+    assert ranking.bounds(r)[0] == ["straggler"]  # 1 ms of 60 in AllReduce: under COMM_FRAC
+    r.ranks[1].comm_wait_ms_p50 = 40.0  # 67% of its step, and more than the 20 ms of skew
+    names, evidence = ranking.bounds(r)
+    assert names == ["communication", "straggler"]
+    assert "rank 1 itself waits 40 ms (67% of its step" in evidence
+    r.ranks[1].comm_wait_ms_p50 = 10.0  # 17%: a bound, but the skew costs more
+    assert ranking.bounds(r)[0] == ["straggler", "communication"]
+    assert ranking.rank_trials([r]).verdicts[0].label == "straggler + communication"

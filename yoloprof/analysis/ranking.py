@@ -2,8 +2,9 @@
 
 Thresholds are named and sourced (../shared/ANCHORS.md). The bottleneck of a trial is the first
 rule that fires, in this order: memory (it broke or nearly broke the device), straggler (one
-rank holds the others back), then input or communication (whichever takes the larger share of
-the step), else compute, which is where a well-fed training run should be.
+rank holds the others back; with communication where the slowest rank itself waits in AllReduce),
+then input or communication (whichever takes the larger share of the step), else compute, which
+is where a well-fed training run should be.
 """
 
 from __future__ import annotations
@@ -62,10 +63,19 @@ def bounds(r: TrialResult) -> tuple[list[str], str]:
         by_rank = {s.rank: s for s in r.ranks}
         slow = by_rank.get(r.slow_rank) or max(r.ranks, key=lambda s: s.busy_ms_p50)  # records before the pair
         fast = by_rank.get(r.fast_rank) or min(r.ranks, key=lambda s: s.busy_ms_p50)
-        return ["straggler"], (
+        evidence = (
             f"rank {slow.rank} works {slow.busy_ms_p50:.0f} ms per step, rank {fast.rank} {fast.busy_ms_p50:.0f} ms "
             f"(+{_pct(r.rank_skew)}, limit {_pct(STRAGGLER_SKEW)}); the others wait in AllReduce"
         )
+        # The slowest rank waits for nobody, so AllReduce it still waits in is the link's own cost: a second
+        # bound, first where it costs the step more than the skew does.
+        own = (slow.comm_wait_ms_p50 or 0.0) / slow.step_ms_p50 if slow.step_ms_p50 else 0.0
+        if own < COMM_FRAC:
+            return ["straggler"], evidence
+        evidence += (f"; rank {slow.rank} itself waits {slow.comm_wait_ms_p50:.0f} ms ({_pct(own)} of its step, limit "
+                     f"{_pct(COMM_FRAC)}) in AllReduce, so communication bounds it too")  # fmt: skip
+        skew_ms = slow.busy_ms_p50 - fast.busy_ms_p50
+        return (["communication", "straggler"] if slow.comm_wait_ms_p50 > skew_ms else ["straggler", "communication"]), evidence
     data = r.data_wait_frac or 0.0
     comm = r.comm_frac or 0.0
     data_ci = r.data_wait_frac_ci if r.data_wait_frac is not None else None
