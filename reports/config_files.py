@@ -3,6 +3,10 @@
 best.yaml holds only keys the installed Ultralytics accepts (the list recorded in scan.json from
 `ultralytics.cfg`), so `yolo train cfg=best.yaml` takes it as it is. What a cfg file cannot hold
 goes to best.env with a comment, or to findings when nothing can hold it.
+
+With --cfg, best.yaml is the user's own config, every key as they wrote it and in their order, with
+only the measured settings the recommended trial changed against "your settings" rewritten, each
+with the difference that was measured (a team reviews a diff of their config, not a new file).
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ from pathlib import Path
 
 import yaml
 
+from yoloprof.analysis import noise
+from yoloprof.search.baselines import YOURS
 from yoloprof.search.plan import nccl_env, omp_threads
-from yoloprof.records import ScanMeta, TrialResult
+from yoloprof.search.usercfg import MEASURED
+from yoloprof.records import Knobs, ScanMeta, TrialResult
 
 
 @dataclass
@@ -23,13 +30,28 @@ class BestConfig:
     cfg: dict
     env: list[tuple[str, str, str]]  # (name, value, why)
     findings: list[str] = field(default_factory=list)
+    comments: dict[str, str] = field(default_factory=dict)  # --cfg: key -> what was measured against your value
+    header: list[str] = field(default_factory=list)  # --cfg: what changed, against which trial
 
 
 def _yaml_line(key: str, v) -> str:
     return yaml.safe_dump({key: v}, default_flow_style=False, allow_unicode=True).strip()
 
 
-def best_config(meta: ScanMeta, best: TrialResult, baseline: TrialResult | None = None) -> BestConfig:
+def _scalar(v) -> str:
+    """A value as YAML writes it (true, not True)."""
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _cfg_value(knobs: Knobs, key: str):
+    """A knob as Ultralytics takes it in a config."""
+    v = getattr(knobs, key)
+    return {"off": False, "ram": "ram", "disk": "disk"}[v] if key == "cache" else v
+
+
+def best_config(meta: ScanMeta, best: TrialResult, baseline: TrialResult | None = None,
+                results: list[TrialResult] | None = None) -> BestConfig:  # fmt: skip
+    """`results` (every trial's) give --cfg's comments their measured difference and its interval."""
     k = best.knobs
     wanted = {
         "model": meta.model,
@@ -38,20 +60,24 @@ def best_config(meta: ScanMeta, best: TrialResult, baseline: TrialResult | None 
         "batch": k.batch,
         "workers": k.workers,
         "amp": k.amp,
-        "cache": {"off": False, "ram": "ram", "disk": "disk"}[k.cache],
+        "cache": _cfg_value(k, "cache"),
         "device": ",".join(map(str, meta.gpus)) if meta.device == "cuda" else "cpu",
         "optimizer": meta.optimizer,
     }
     accepted = set(meta.environment.ultralytics_cfg_keys)
-    cfg = {key: v for key, v in wanted.items() if key in accepted}
-    findings = [f"'{key}' is not an argument of Ultralytics {meta.environment.ultralytics}; left out of best.yaml"
-                for key in wanted if key not in accepted]
+    comments, header = {}, []
+    if meta.train_cfg_args:
+        cfg, comments, header, findings = _user_config(meta, best, results or [], accepted)
+    else:
+        cfg = {key: v for key, v in wanted.items() if key in accepted}
+        findings = [f"'{key}' is not an argument of Ultralytics {meta.environment.ultralytics}; left out of best.yaml"
+                    for key in wanted if key not in accepted]  # fmt: skip
     if meta.device == "cuda" and "pin_memory" not in accepted:
         findings.append(
             f"pin_memory={'on' if k.pin_memory else 'off'} was measured best, but Ultralytics "
             f"{meta.environment.ultralytics} has no setting for it (its dataloader always pins on GPU)"
         )
-    elif "pin_memory" in accepted:
+    elif "pin_memory" in accepted and not meta.train_cfg_args:  # --cfg: written only where it changed
         cfg["pin_memory"] = k.pin_memory
     env = []
     for name, value in sorted(nccl_env(k.nccl).items()):
@@ -59,11 +85,53 @@ def best_config(meta: ScanMeta, best: TrialResult, baseline: TrialResult | None 
     if meta.device == "cuda" or meta.world_size > 1:
         threads = str(omp_threads(meta.environment.cpu_count, meta.world_size))
         env.append(("OMP_NUM_THREADS", threads, "the value the trials ran with; torchrun sets 1 when it is unset"))
-    return BestConfig(best.trial_id, cfg, env, findings)
+    return BestConfig(best.trial_id, cfg, env, findings, comments, header)
+
+
+def _user_config(meta: ScanMeta, best: TrialResult, results: list[TrialResult], accepted: set):
+    """(cfg, comments, header, findings): the user's config, changed only where the recommended trial's
+    knobs differ from their settings' trial. A change within the noise is still written (it is what was
+    recommended) and its comment says so; the measurement's own overrides are never written."""
+    args, yid = dict(meta.train_cfg_args), meta.baselines.get(YOURS)
+    yours = next((s.knobs for s in meta.specs if s.trial_id == yid), None)
+    keys = MEASURED + (("pin_memory",) if "pin_memory" in accepted else ())  # a release that has the argument
+    changed = [key for key in keys if yours is not None and getattr(yours, key) != getattr(best.knobs, key)
+               and not (key in args and args[key] == _cfg_value(best.knobs, key))]  # your trial ran a capped value
+    d = noise.difference(results, yid, best.trial_id) if yid else None
+    if d is None or d.ratio != d.ratio:  # nan: your settings' trial has no figure
+        status = next((r.status for r in results if r.trial_id == yid), "no result")
+        gain = f"your settings' trial {yid} did not finish ({status}), so no difference was measured"
+    else:
+        gain = d.gain_text("img/s")
+    cfg, comments, findings = dict(args), {}, []
+    for key in changed:
+        if key not in accepted and key not in args:
+            findings.append(f"'{key}' is not an argument of Ultralytics {meta.environment.ultralytics}; "
+                            "left out of best.yaml")  # fmt: skip
+            continue
+        was = _scalar(args[key]) if key in args else f"{_scalar(_cfg_value(yours, key))} (not in your config)"
+        cfg[key] = _cfg_value(best.knobs, key)
+        others = [c for c in changed if c != key]
+        comments[key] = (f"was {was}: {gain}" + (f", together with {' and '.join(others)}" if others else "")
+                         + f", yoloprof {best.trial_id}")  # fmt: skip
+    rate = f" ({best.img_per_s:.1f} img/s)" if best.img_per_s else ""
+    header = [f"# yoloprof {meta.yoloprof_version}: your config {meta.train_cfg or ''}, with the recommended trial "
+              f"{best.trial_id}{rate} against your settings (trial {yid or 'not run'})."]  # fmt: skip
+    header.append(f"# Changed: {', '.join(comments)} (each line says what was measured); every other line is yours."
+                  if comments else "# Nothing to change: your batch, workers, amp and cache were the recommended ones.")
+    return cfg, comments, header, findings
 
 
 def render_yaml(meta: ScanMeta, best: TrialResult, cfg: BestConfig) -> str:
     rate = f"{best.img_per_s:.1f} img/s" if best.img_per_s else "n/a"
+    if cfg.header:  # --cfg: the user's file, changed lines commented
+        lines = [*cfg.header,
+                 "# Train with:  yolo train cfg=best.yaml   (arguments on the command line win over this file)"]
+        if meta.dataset.synthetic and "data" not in meta.train_cfg_args:
+            lines.append("# data: measured on yoloprof's synthetic speed-test dataset; your config names none.")
+        lines += [_yaml_line(key, v) + (f"  # {cfg.comments[key]}" if key in cfg.comments else "")
+                  for key, v in cfg.cfg.items()]  # fmt: skip
+        return "\n".join(lines) + "\n"
     lines = [
         f"# yoloprof {meta.yoloprof_version}: best of {len(meta.trial_ids)} trials, trial {best.trial_id} ({rate}).",
         "# Train with:  yolo train cfg=best.yaml epochs=...   (arguments on the command line win over this file)",
@@ -99,7 +167,12 @@ def render_sh(meta: ScanMeta, best: TrialResult) -> str:
 
 def write(out_dir: Path, meta: ScanMeta, best: TrialResult) -> BestConfig:
     out_dir = Path(out_dir)
-    cfg = best_config(meta, best)
+    results = None
+    if meta.train_cfg_args:  # the comments need every trial's figure (run-to-run noise pools over repeats)
+        from yoloprof.outputs import trial_result
+
+        results = [r for r in (trial_result(out_dir, tid) for tid in meta.trial_ids) if r is not None]
+    cfg = best_config(meta, best, results=results)
     (out_dir / "best.yaml").write_text(render_yaml(meta, best, cfg))
     (out_dir / "best.env").write_text(render_env(best, cfg))
     sh = out_dir / "best.sh"

@@ -2,7 +2,9 @@
 
 img_per_s_ci_low/high: the trial's own 95% interval (batch means over its steps), widened to the pooled
 run-to-run spread where repeats measured it. img_per_s_config*: its configuration's combined figure (the
-mean of its runs) and that mean's interval, what the ranking orders by."""
+mean of its runs) and that mean's interval, what the ranking orders by. epoch_s (95% band epoch_s_low/high),
+run_h, cost_epoch, cost_run, energy_*_kwh: the training run it predicts (yoloprof.analysis.epoch; the run's
+epochs and price are in scan.json run_plan); epoch_parts_missing: what those figures could not include."""
 
 from __future__ import annotations
 
@@ -12,15 +14,22 @@ from pathlib import Path
 from typing import Optional
 
 from yoloprof.analysis import noise
-from yoloprof.records import Ranking, TrialResult
+from yoloprof.records import EpochPrediction, Ranking, RunPlan, TrialResult
+
+PREDICTED = ("epoch_s", "epoch_s_low", "epoch_s_high", "run_h", "run_h_low", "run_h_high", "cost_epoch", "cost_run",
+             "energy_epoch_kwh", "energy_run_kwh", "steps_s", "val_s", "save_s", "boundary_s", "no_mosaic_epoch_s",
+             "once_s")  # fmt: skip
 
 COLUMNS = [
     "trial_id", "status", "world_size", "batch", "workers", "amp", "pin_memory", "cache", "nccl",
     "img_per_s", "img_per_s_ci_low", "img_per_s_ci_high", "step_ms_p50", "step_ms_p90", "data_wait_frac", "comm_ms_p50", "comm_frac",
     "peak_mem_mib", "gpu_util_pct", "bottleneck", "position",
+    "epoch_s", "epoch_s_low", "epoch_s_high", "run_h", "run_h_low", "run_h_high", "cost_epoch", "cost_run",
     "img_per_s_p10", "img_per_s_p90", "comm_wait_ms_p50", "workers_effective", "accumulate", "rank_skew",
     "measured_steps", "error", "epoch_boundary_steps", "epoch_boundary_ms_p50", "mem_overhead_mib",
     "tied_with_best", "repeat_of", "img_per_s_config", "img_per_s_config_ci_low", "img_per_s_config_ci_high",
+    "energy_epoch_kwh", "energy_run_kwh", "steps_s", "val_s", "save_s", "boundary_s", "no_mosaic_epoch_s", "once_s",
+    "epoch_parts_missing",
 ]  # fmt: skip
 
 
@@ -39,7 +48,9 @@ def ordered(results: list[TrialResult], ranking: Ranking) -> list[TrialResult]:
     return [by_id[v.trial_id] for v in ranking.verdicts if v.trial_id in by_id]
 
 
-def rows(results: list[TrialResult], ranking: Ranking) -> list[dict[str, Optional[object]]]:
+def rows(results: list[TrialResult], ranking: Ranking, predictions: Optional[dict[str, EpochPrediction]] = None,
+         run_plan: Optional[RunPlan] = None) -> list[dict[str, Optional[object]]]:  # fmt: skip
+    predictions = predictions or {}
     verdicts = {v.trial_id: v for v in ranking.verdicts}
     rtr = noise.run_to_run(results)
     out = []
@@ -64,17 +75,22 @@ def rows(results: list[TrialResult], ranking: Ranking) -> list[dict[str, Optiona
             "img_per_s_config": v.img_per_s, "img_per_s_config_ci_low": v.img_per_s_ci_low,
             "img_per_s_config_ci_high": v.img_per_s_ci_high,
         })  # fmt: skip
+        p = predictions.get(r.trial_id) or EpochPrediction(r.trial_id)
+        out[-1].update({k: getattr(p, k) for k in PREDICTED})
+        out[-1]["epoch_parts_missing"] = "; ".join(p.parts_missing) or None
     return out
 
 
-def render(results: list[TrialResult], ranking: Ranking) -> str:
+def render(results: list[TrialResult], ranking: Ranking, predictions: Optional[dict[str, EpochPrediction]] = None,
+           run_plan: Optional[RunPlan] = None) -> str:  # fmt: skip
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in rows(results, ranking):
+    for row in rows(results, ranking, predictions, run_plan):
         writer.writerow({k: _cell(v) for k, v in row.items()})
     return buf.getvalue()
 
 
-def write(path: Path, results: list[TrialResult], ranking: Ranking) -> None:
-    Path(path).write_text(render(results, ranking))
+def write(path: Path, results: list[TrialResult], ranking: Ranking,
+          predictions: Optional[dict[str, EpochPrediction]] = None, run_plan: Optional[RunPlan] = None) -> None:  # fmt: skip
+    Path(path).write_text(render(results, ranking, predictions, run_plan))

@@ -8,7 +8,7 @@ from typing import Optional
 
 import jinja2
 
-from reports import charts
+from reports import charts, epoch_view
 from reports.config_files import BestConfig, render_env, render_yaml
 from reports.csv_table import ordered
 from reports.csv_table import rows as table_rows
@@ -207,6 +207,7 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         row["uncertainty"] = v.uncertainty or ""
         tel = by_id[row["trial_id"]].telemetry
         row["energy_j_per_img"] = tel.energy_j_per_img if tel else None
+        row.update(epoch_view.table_cells(out.predictions.get(row["trial_id"])))
     figures = []
     ranked = ordered(results, ranking)
     svg = charts.throughput(ranked, {r.trial_id: noise.trial_interval(r, noise.run_to_run(results)) for r in ranked})
@@ -250,6 +251,11 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         pct=_pct,
         ranks_of={r.trial_id: r.ranks for r in results},
         scale_groups=scale_groups,
+        scale_epoch={pt.trial_id: epoch_view.table_cells(out.predictions.get(pt.trial_id))
+                     for g in scale_groups for pt in g.points},
+        training=epoch_view.context(out.predictions.get(ranking.best_trial_id or ""), meta.run_plan, out.epoch_costs,
+                                    meta.device, best.world_size if best else meta.world_size),
+        run_plan=meta.run_plan,
         scale_svg=charts.scaling(scale_groups),
         gpu_status=next((r.telemetry.gpu_status for r in results if r.telemetry), "not measured: no telemetry file"),
         **_ceiling_context(out),

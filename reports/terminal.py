@@ -9,8 +9,10 @@ from rich.table import Table
 
 from reports.csv_table import ordered
 from yoloprof.analysis import noise
+from yoloprof.analysis.epoch import duration, duration_band
 from yoloprof.records import (
-    AllReduceCeiling, ComputeCeiling, DoctorReport, Finding, LoaderCeiling, Ranking, ScanMeta, TrialResult,
+    AllReduceCeiling, ComputeCeiling, DoctorReport, EpochPrediction, Finding, LoaderCeiling, Ranking, RunPlan, ScanMeta,
+    TrialResult,
 )  # fmt: skip
 
 
@@ -31,21 +33,57 @@ def interval_text(v: Optional[float], low: Optional[float], high: Optional[float
     return f"{v:.1f} ({low:.1f}-{high:.1f})"
 
 
-def ranked_table(results: list[TrialResult], ranking: Ranking, title: str = "yoloprof: trials, best first") -> Table:
+def epoch_cells(p: Optional[EpochPrediction], rp: RunPlan) -> list[str]:
+    """'11.8 min (11.2-12.5)', '19.7 h' and, with a price, '$49.25': what a team plans in, with its band."""
+    if p is None or p.epoch_s is None:
+        return ["n/a", "n/a"] + (["n/a"] if rp.gpu_hour_price is not None else [])
+    cells = [duration_band(p.epoch_s, p.epoch_s_low, p.epoch_s_high),
+             duration(p.run_h * 3600) if p.run_h is not None else "n/a"]
+    if rp.gpu_hour_price is not None:
+        cells.append(money(p.cost_run, rp.currency))
+    return cells
+
+
+def epoch_caption(p: Optional[EpochPrediction], rp: RunPlan) -> str:
+    text = (f"epoch = its steps at the trial's rate + epoch start + validation + saving, as measured; "
+            f"run = {rp.epochs} epochs ({rp.source}), close_mosaic {rp.close_mosaic}, set-up and final validation")
+    if rp.gpu_hour_price is not None:
+        text += f"; cost at {rp.gpu_hour_price:g} {rp.currency} per GPU-hour (rank-hour on CPU)"
+    if p is not None and p.parts_missing:
+        text += "; not included: " + "; ".join(p.parts_missing)
+    return text
+
+
+def money(v: Optional[float], currency: str) -> str:
+    return "n/a" if v is None else f"{v:,.2f} {currency}"
+
+
+def ranked_table(results: list[TrialResult], ranking: Ranking, title: str = "yoloprof: trials, best first",
+                 predictions: Optional[dict[str, EpochPrediction]] = None, run_plan: Optional[RunPlan] = None) -> Table:  # fmt: skip
     verdicts = {v.trial_id: v for v in ranking.verdicts}
     rtr = noise.run_to_run(results)
+    predictions, rp = predictions or {}, run_plan or RunPlan()
     t = Table(title=title, header_style="bold")
-    for col, just in (("#", "right"), ("trial", "left"), ("img/s (95%)", "right"),
-                      ("p10-p90", "right"), ("step ms", "right"), ("data wait", "right"),
+    lead = [("epoch (95%)", "right"), (f"{rp.epochs} epochs", "right")] if predictions else []
+    if predictions and rp.gpu_hour_price is not None:
+        lead.append(("cost", "right"))
+    # With the epoch columns the per-step spread and step times give way (results.csv and the report keep
+    # them): a terminal is ~140 columns and the trial names must stay readable.
+    spread_col = [] if lead else [("p10-p90", "right"), ("step ms", "right")]
+    for col, just in (("#", "right"), ("trial", "left"), *lead, ("img/s (95%)", "right"), *spread_col,
+                      ("data wait", "right"),
                       ("AllReduce exposed", "right"), ("peak MiB", "right"), ("bound by", "left")):  # fmt: skip
-        t.add_column(col, justify=just, no_wrap=col in ("#", "img/s (95%)"))
+        t.add_column(col, justify=just, no_wrap=col in ("#", "img/s (95%)", "epoch (95%)"))
     for r in ordered(results, ranking):
         v = verdicts[r.trial_id]
+        pad = [""] * len(lead)
         if r.status != "ok":
-            t.add_row("-", r.trial_id, f"[red]{r.status}[/]", "", "", "", "", fmt(r.peak_mem_mib, ".0f"),
-                      v.evidence[:80])  # fmt: skip
+            t.add_row("-", r.trial_id, *pad, f"[red]{r.status}[/]", *[""] * (2 + len(spread_col)),
+                      fmt(r.peak_mem_mib, ".0f"), v.evidence[:80])  # fmt: skip
             continue
-        spread = f"{fmt(r.img_per_s_p10)}-{fmt(r.img_per_s_p90)}"
+        pad = epoch_cells(predictions.get(r.trial_id), rp) if lead else []
+        spread = [f"{fmt(r.img_per_s_p10)}-{fmt(r.img_per_s_p90)}",
+                  f"{fmt(r.step_ms_p50, '.0f')} / p90 {fmt(r.step_ms_p90, '.0f')}"] if spread_col else []
         comm = "n/a" if r.comm_frac is None else f"{fmt(r.comm_wait_ms_p50, '.0f')} ms ({pct(r.comm_frac)})"
         img = interval_text(r.img_per_s, *noise.trial_interval(r, rtr))
         name = r.trial_id
@@ -54,16 +92,37 @@ def ranked_table(results: list[TrialResult], ranking: Ranking, title: str = "yol
         elif v.tied_with_best and not v.repeat_of:
             name += " [yellow]tied[/]"
         if v.repeat_of:
-            name += f" [dim](repeat of {v.repeat_of})[/]"
+            name += " [dim](repeat)[/]" if v.repeat_of in name else f" [dim](repeat of {v.repeat_of})[/]"
         style = "bold green" if r.trial_id == ranking.recommended_trial_id else ""
-        t.add_row(str(v.position), name, f"[{style}]{img}[/]" if style else img,
-                  spread, f"{fmt(r.step_ms_p50, '.0f')} / p90 {fmt(r.step_ms_p90, '.0f')}", pct(r.data_wait_frac), comm,
+        t.add_row(str(v.position), name, *pad, f"[{style}]{img}[/]" if style else img,
+                  *spread, pct(r.data_wait_frac), comm,
                   fmt(r.peak_mem_mib, ".0f"), v.label or v.bottleneck or "")  # fmt: skip
     notes = []
     if ranking.recommendation_reason:
         notes.append(ranking.recommendation_reason)
     notes.append(noise.run_to_run(results).text())
+    if lead:
+        notes.append(epoch_caption(predictions.get(ranking.best_trial_id or ""), rp))
     t.caption = "; ".join(notes)
+    return t
+
+
+def scaling_table(results: list[TrialResult], predictions: dict[str, EpochPrediction], rp: RunPlan) -> Optional[Table]:
+    """The table teams draw when they add GPUs: ranks, an epoch, the run, its cost, efficiency."""
+    from yoloprof.analysis import scaling
+
+    groups = scaling.groups(results)
+    if not groups:
+        return None
+    t = Table(title=f"Scaling: the same batch per rank, {rp.epochs} epochs", header_style="bold")
+    cols = ["settings", "ranks", "an epoch", f"{rp.epochs} epochs"] + (["cost"] if rp.gpu_hour_price is not None else [])
+    for col in cols + ["img/s", "efficiency", "exposed AllReduce"]:
+        t.add_column(col, justify="left" if col == "settings" else "right")
+    for g in groups:
+        for i, pt in enumerate(g.points):
+            cells = epoch_cells(predictions.get(pt.trial_id), rp)
+            t.add_row(g.settings if i == 0 else "", str(pt.world_size), *cells, fmt(pt.img_per_s),
+                      pct(pt.efficiency), pct(pt.comm_frac))  # fmt: skip
     return t
 
 

@@ -17,6 +17,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+def _run_flags(p: argparse.ArgumentParser, again: bool = False) -> None:
+    """The run the epoch and cost figures predict; `report` re-prices a saved scan with them."""
+    was = " (default: as the scan had it)" if again else ""
+    p.add_argument("--epochs", type=int, help="epochs of the training run to predict (default: your --cfg's epochs, "
+                   "else Ultralytics' 100)" + was)
+    p.add_argument("--gpu-hour-price", type=float, metavar="PRICE", help="price of one GPU-hour (of one rank-hour "
+                   "on CPU ranks): adds cost per epoch and per run" + was)
+    p.add_argument("--currency", help="currency of --gpu-hour-price (default USD)" + was)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="yoloprof", description="Measure and tune multi-GPU Ultralytics YOLO training.")
     p.add_argument("--version", action="version", version=f"yoloprof {__version__}")
@@ -47,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
                           ("pin-memory", "on,off"), ("cache", "off,ram,disk"), ("nccl", "default,ring,tree")):  # fmt: skip
         s.add_argument(f"--{flag}", help=f"comma list, e.g. {example}")
 
+    s.add_argument("--cfg", metavar="YAML", help="your Ultralytics training config (what `yolo train cfg=` takes): "
+                   "its arguments hold in every trial, its throughput settings are the baseline, best.yaml is it "
+                   "with only the measured settings changed")
+    _run_flags(s)
     s.add_argument("--resume", metavar="DIR", help="finish an interrupted scan: run only the trials without a result")
     s.add_argument("--baseline", metavar="K=V,...", help="your current settings, measured as a trial to compare with "
                    "(e.g. batch=32,workers=4,amp=off; unnamed knobs keep Ultralytics' defaults)")
@@ -67,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="rebuild report.html, results.csv and best.* from a scan folder")
     r.add_argument("dir", help="a scan folder")
+    _run_flags(r, again=True)
 
     c = sub.add_parser("compare", help="a side-by-side report of two scans (before/after a change)")
     c.add_argument("dir_a", help="the scan before")
@@ -93,7 +108,8 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
 
     keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
             "batch", "workers", "amp", "pin_memory", "cache", "nccl", "trial_timeout", "no_ceilings", "baseline",
-            "no_defaults", "ranks", "strategy", "budget", "precision", "max_steps", "no_reuse")  # fmt: skip
+            "no_defaults", "ranks", "strategy", "budget", "precision", "max_steps", "no_reuse", "cfg", "epochs",
+            "gpu_hour_price", "currency")  # fmt: skip
     req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])
     if args.resume:
         others = [k for k in keys if k not in ("trial_timeout", "no_ceilings", "optimizer", "steps", "warmup", "no_reuse")
@@ -122,9 +138,12 @@ def _cmd_probe(args, argv: list[str], console: Console) -> int:
 
 
 def _print_outputs(console: Console, out, folder: Path, ranked_table) -> None:
-    from reports.terminal import search_summary
+    from reports.terminal import scaling_table, search_summary
 
-    console.print(ranked_table(out.results, out.ranking))
+    console.print(ranked_table(out.results, out.ranking, predictions=out.predictions, run_plan=out.meta.run_plan))
+    scaled = scaling_table(out.results, out.predictions, out.meta.run_plan)
+    if scaled is not None:
+        console.print(scaled)
     summary = search_summary(out.meta)
     if summary:
         console.print(summary)
@@ -139,6 +158,8 @@ def _cmd_report(args, console: Console) -> int:
     from reports.terminal import ranked_table
     from yoloprof import outputs
 
+    outputs.load_meta(Path(args.dir))  # a folder that is no scan: one line, before anything is changed
+    outputs.replan(Path(args.dir), args.epochs, args.gpu_hour_price, args.currency)
     out = outputs.write_all(Path(args.dir))
     _print_outputs(console, out, Path(args.dir), ranked_table)
     return 0
@@ -211,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     console = Console(highlight=False)
     if not console.is_terminal:
-        console = Console(highlight=False, width=max(console.width, 140))  # logs and CI: keep the table readable
+        console = Console(highlight=False, width=max(console.width, 160))  # logs and CI: keep the table readable
     try:
         args = _parser().parse_args(argv)
         if args.cmd == "scan":

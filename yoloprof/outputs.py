@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from yoloprof.analysis import aggregate, against
+from yoloprof.analysis import aggregate, against, epoch
 from yoloprof.errors import UsageError
 from yoloprof.paths import SCAN_MARKER, trial_dir
 from yoloprof.analysis.telemetry import read_telemetry
 from yoloprof.text import strip_ansi
 from yoloprof.analysis.ranking import headline, rank_trials
-from yoloprof.records import SCHEMA_VERSION, Ranking, RecordError, ScanMeta, TrialResult, TrialSpec, read_json, write_json
+from yoloprof.records import (
+    SCHEMA_VERSION, EpochCosts, EpochPrediction, Ranking, RecordError, RunPlan, ScanMeta, TrialResult, TrialSpec,
+    read_json, write_json,
+)  # fmt: skip
 
 LAUNCH_FILE = "launch.json"
 TELEMETRY_FILE = "telemetry.jsonl"  # written by probes.telemetry (yoloprof.scan.launch.TELEMETRY_FILE)
@@ -33,6 +36,8 @@ class ScanOutputs:
     best: Optional[TrialResult]
     missing: list[str]  # planned trials with no result yet
     ceilings: against.Ceilings
+    epoch_costs: dict[int, EpochCosts] = dataclasses.field(default_factory=dict)  # by world size
+    predictions: dict[str, EpochPrediction] = dataclasses.field(default_factory=dict)  # by trial id
 
 
 def load_meta(scan_dir: Path) -> ScanMeta:
@@ -80,6 +85,18 @@ def trial_result(scan_dir: Path, trial_id: str) -> Optional[TrialResult]:
     return None
 
 
+def epoch_costs(scan_dir: Path) -> dict[int, EpochCosts]:
+    """epoch/w<N>.json: what an epoch adds beyond its steps, measured once per world size."""
+    out = {}
+    for path in sorted((Path(scan_dir) / "epoch").glob("w*.json")):
+        try:
+            c = read_json(path, EpochCosts)
+        except RecordError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+        out[c.world_size] = c
+    return out
+
+
 def collect(scan_dir: Path) -> ScanOutputs:
     meta = load_meta(scan_dir)
     results, missing = [], []
@@ -89,7 +106,30 @@ def collect(scan_dir: Path) -> ScanOutputs:
     ranking = rank_trials(results)
     best = next((r for r in results if r.trial_id == ranking.best_trial_id), None)
     ceilings = against.load(Path(scan_dir) / "ceilings")
-    return ScanOutputs(meta, results, ranking, headline(results, ranking, meta.baselines), best, missing, ceilings)
+    costs = epoch_costs(scan_dir)
+    predictions = epoch.predict_all(results, costs, meta.dataset, meta.run_plan, ranking)
+    lead = epoch.one_line(predictions[best.trial_id], meta.run_plan.epochs) if best is not None else None
+    text = headline(results, ranking, meta.baselines, lead)
+    return ScanOutputs(meta, results, ranking, text, best, missing, ceilings, costs, predictions)
+
+
+def replan(scan_dir: Path, epochs: Optional[int] = None, price: Optional[float] = None,
+           currency: Optional[str] = None) -> Optional[RunPlan]:  # fmt: skip
+    """`yoloprof report DIR --epochs/--gpu-hour-price/--currency`: the run to predict, changed in scan.json
+    so every output, now and rebuilt later, prices the same run. Nothing measured changes."""
+    if epochs is None and price is None and currency is None:
+        return None
+    meta = load_meta(scan_dir)
+    fresh = epoch.plan_run(None, epochs, price, currency)
+    rp = meta.run_plan
+    if epochs is not None:
+        rp.epochs, rp.source = fresh.epochs, "--epochs"
+    if price is not None:
+        rp.gpu_hour_price = fresh.gpu_hour_price
+    if currency is not None:
+        rp.currency = fresh.currency
+    write_json(Path(scan_dir) / SCAN_MARKER, meta)
+    return rp
 
 
 def write_all(scan_dir: Path) -> ScanOutputs:
@@ -97,7 +137,7 @@ def write_all(scan_dir: Path) -> ScanOutputs:
 
     scan_dir = Path(scan_dir)
     out = collect(scan_dir)
-    csv_table.write(scan_dir / "results.csv", out.results, out.ranking)
+    csv_table.write(scan_dir / "results.csv", out.results, out.ranking, out.predictions, out.meta.run_plan)
     write_json(scan_dir / "ranking.json", dataclasses.asdict(out.ranking))
     best_cfg = None
     if out.best is not None:

@@ -9,6 +9,7 @@ from yoloprof.records.base import SCHEMA_VERSION, RecordError, from_dict, read_j
 from yoloprof.records.ceilings import (
     AllReduceCeiling, AllReducePoint, ComputeCeiling, ComputePoint, LoaderCeiling, LoaderPoint,
 )
+from yoloprof.records.epoch import EpochCosts, EpochPart, EpochPrediction, RunPlan
 from yoloprof.records.doctor import CollectiveCheck, DoctorReport, Finding, GpuLink, NvmlGpu
 from yoloprof.records.result import Breakdown, RankStat, Ranking, TrialResult, Verdict
 from yoloprof.records.search import Decision
@@ -22,5 +23,5 @@ __all__ = [
     "Breakdown", "RankStat", "Ranking", "TrialResult", "Verdict", "DatasetInfo", "Environment", "GpuInfo",
     "ScanMeta", "CpuSample", "GpuSample", "TelemetryHeader", "TelemetrySummary", "BucketSample", "Knobs",
     "RankEnd", "RankInfo", "RankRecords", "StepSample", "TrialSpec", "CollectiveCheck", "DoctorReport", "Finding",
-    "GpuLink", "NvmlGpu", "Decision",
+    "GpuLink", "NvmlGpu", "Decision", "EpochCosts", "EpochPart", "EpochPrediction", "RunPlan",
 ]  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from yoloprof.records.epoch import RunPlan
 from yoloprof.records.search import Decision
 from yoloprof.records.trial import TrialSpec
 from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
@@ -74,4 +75,7 @@ class ScanMeta:
     precision: Optional[float] = None  # a trial measures until its images/s interval is within +-precision
     max_steps: Optional[int] = None
     decisions: list[Decision] = field(default_factory=list)  # auto: every choice with its reason
+    run_plan: RunPlan = field(default_factory=RunPlan)  # the training run the epoch and cost figures predict
+    train_cfg: Optional[str] = None  # --cfg: the user's Ultralytics training config (absolute path)
+    train_cfg_args: dict[str, Any] = field(default_factory=dict)  # its arguments as read, held in every trial
     schema: int = SCHEMA_VERSION

@@ -38,7 +38,9 @@ class TrialSpec:
     warmup_steps: int
     measured_steps: int
     env: dict[str, str]  # variables set for this trial only (NCCL preset, OMP_NUM_THREADS)
-    mode: str = "train"  # "train", or "compute": one static batch on the device, no data loading
+    # "train"; "compute": one static batch on the device, no data loading; "epoch": train with mosaic, then
+    # without, then time Ultralytics' epoch end (yoloprof.scan.epoch_job)
+    mode: str = "train"
     overrides: dict[str, Any] = field(default_factory=dict)  # extra Ultralytics arguments (compute probe: nbs)
     sync_phases: bool = False  # synchronize the device around every phase (the GPU check's reference run)
     # Measured until precise: measured_steps is then the minimum, max_steps the most a trial may measure, and
@@ -101,6 +103,7 @@ class StepSample:
     host_data_wait_ms: Optional[float] = None  # the host blocked on the loader (on a GPU, not the stall)
     epoch_boundary: bool = False  # the first step of an epoch: not steady state
     epoch_end_ms: Optional[float] = None  # the previous epoch's end-of-epoch work, carried by this step
+    mosaic: bool = True  # False: trained after Ultralytics' close_mosaic (the worker's "epoch" mode only)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from yoloprof.analysis import against, noise
 from yoloprof.analysis.ranking import classify
 from yoloprof.records import ScanMeta, TrialResult, write_json
 from yoloprof.scan import launch, runner
-from yoloprof.search import baselines, plan
+from yoloprof.search import baselines, plan, usercfg
 from yoloprof.search.prune import prune
 from yoloprof.search.space import Space, auto_space
 from yoloprof.search.strategy import AutoSearch
@@ -88,7 +88,8 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
                 break
             spec = plan.spec_for(proposal.knobs, len(meta.specs) + 1, hw, model=ctx.model, data=ctx.dataset.data,
                                  imgsz=ctx.imgsz, optimizer=req.optimizer, warmup=req.warmup, steps=req.steps,
-                                 precision=ctx.precision, max_steps=ctx.max_steps, repeat_of=proposal.repeat_of)  # fmt: skip
+                                 precision=ctx.precision, max_steps=ctx.max_steps, repeat_of=proposal.repeat_of,
+                                 overrides=usercfg.held(meta.train_cfg_args))  # fmt: skip
             earlier = done_before.get(spec.trial_id)
             if earlier is not None and (earlier.knobs, earlier.repeat_of) != (spec.knobs, spec.repeat_of):
                 runner.discard(out, spec.trial_id)  # the resumed search went another way: that trial is stale

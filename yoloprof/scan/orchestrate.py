@@ -16,13 +16,13 @@ from typing import Optional
 from rich.console import Console
 
 from yoloprof import __version__, outputs, paths
-from yoloprof.search import baselines, plan
+from yoloprof.search import baselines, plan, usercfg
 from yoloprof.data import datainfo
 from yoloprof.analysis import doctor
 from yoloprof.scan import launch, preflight, runner
 from yoloprof.data.dataset import SyntheticSpec, ensure
 from yoloprof.errors import ScanFailed, UsageError
-from yoloprof.records import DatasetInfo, Environment, RecordError, ScanMeta, read_json, write_json
+from yoloprof.records import DatasetInfo, Environment, RecordError, RunPlan, ScanMeta, read_json, write_json
 
 DEFAULT_MODEL = "yolo11n.yaml"
 DEFAULT_CPU_RANKS = 2
@@ -57,6 +57,10 @@ class ScanRequest:
     precision: Optional[str] = None  # "3%", "0.03" or "off"
     max_steps: Optional[int] = None
     no_reuse: bool = False  # a torchrun launch per trial instead of rank pools
+    cfg: Optional[str] = None  # the user's Ultralytics training config (what `yolo train cfg=` takes)
+    epochs: Optional[int] = None  # the run to predict (default: the config's epochs, else Ultralytics' 100)
+    gpu_hour_price: Optional[float] = None  # per GPU-hour (per rank-hour on CPU)
+    currency: Optional[str] = None
     command: list[str] = field(default_factory=list)
 
 
@@ -107,6 +111,13 @@ def parse_axes(req: ScanRequest) -> dict[str, Optional[list]]:
         "cache": plan.parse_choices("--cache", req.cache, plan._CACHE) if req.cache is not None else None,
         "nccl": plan.parse_nccl(req.nccl) if req.nccl is not None else None,
     }  # fmt: skip
+
+
+def resolve_run_plan(req: ScanRequest, cfg_args: Optional[dict] = None) -> RunPlan:
+    """The run to predict: flags win over the user's config, which wins over Ultralytics' defaults."""
+    from yoloprof.analysis.epoch import plan_run
+
+    return plan_run(cfg_args, req.epochs, req.gpu_hour_price, req.currency)
 
 
 def check_numbers(req: ScanRequest) -> None:
@@ -191,7 +202,8 @@ def trial_deviations(hw: plan.Hardware, req: ScanRequest, steps: int, warmup: in
                 f"+-{100 * precision:.0f}%)" if precision and max_steps and max_steps > steps else f"{steps} measured iterations")
     out = [
         f"Each trial trains {warmup} warm-up + {measured}, then stops on the same step on every "
-        "rank, without validation or checkpoints.",
+        "rank, without validation or checkpoints. Validation, checkpoint saving and the epoch end were timed "
+        "separately, once per world size, with the recommended settings.",
         "Trials set close_mosaic=0 and warmup_epochs=0 to measure the steady state of training (mosaic on, full "
         "gradient accumulation, final learning-rate schedule), not its first or last epochs.",
         "Single node: trials cannot span nodes; a multi-node run adds inter-node links that were not measured.",
@@ -227,6 +239,9 @@ class Context:
     max_steps: Optional[int] = None
     given: dict = field(default_factory=dict)  # the knob lists the user named (None: not named)
     baseline: Optional[object] = None  # the user's --baseline Knobs
+    run_plan: RunPlan = field(default_factory=RunPlan)  # the training run to predict
+    train_cfg: Optional[str] = None  # --cfg, absolute
+    train_cfg_args: dict = field(default_factory=dict)  # its arguments, held in every trial
 
 
 def prepare(req: ScanRequest, console: Console) -> Context:
@@ -239,6 +254,10 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     os.environ["YOLO_VERBOSE"] = "False"  # this process only: trials get YOLO_VERBOSE=True for their logs
     from probes import model_check
 
+    if req.cfg and req.baseline:
+        raise UsageError(f"--cfg {req.cfg} sets your settings from its batch, workers, amp and cache; drop --baseline")
+    train_cfg, cfg_args = usercfg.read(req.cfg) if req.cfg else (None, {})
+    usercfg.apply(req, cfg_args, req.cfg, usercfg.optimizer_flag(req))  # model, data, imgsz: the config's
     env = environment.collect(user_env)
     checks = preflight.readings(env, req.device)  # the doctor's cheap checks: no subprocess
     doctor.gate(checks)  # NVML sees GPUs that torch does not: stop, unless --device cpu
@@ -248,11 +267,16 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     hw, hw_why = resolve_hardware(req, env)
     world_sizes = plan.parse_world_sizes(req.ranks, hw) if req.ranks else None
     the_plan = plan.make_plan(hw, given)
-    mine = baselines.parse_baseline(req.baseline, hw) if req.baseline else None
+    mine = baselines.from_cfg(cfg_args, hw, req.cfg) if req.cfg else (
+        baselines.parse_baseline(req.baseline, hw) if req.baseline else None)  # fmt: skip
     roles = baselines.add(the_plan, hw, mine, with_defaults=not req.no_defaults)
     imgsz = req.imgsz or (640 if hw.device == "cuda" else 128)
     dataset = resolve_data(req, console)
     model = model_check.resolve(req.model or DEFAULT_MODEL, len(dataset.classes))
+    run_plan = resolve_run_plan(req, cfg_args)
+    if req.cfg and usercfg.optimizer_flag(req) is None:  # the config's optimizer, `auto` picked for its run
+        req.optimizer = usercfg.optimizer(cfg_args, images=dataset.train_images, batch=mine.batch,
+                                          epochs=run_plan.epochs)[0]  # fmt: skip
     preflight.before_scan(checks, hw, max(the_plan.axes.workers), console)  # on 2+ GPUs: a first NCCL AllReduce
     precision = parse_precision(req.precision)
     max_steps = req.max_steps or (req.steps * MAX_STEPS_FACTOR if precision else None)
@@ -261,7 +285,7 @@ def prepare(req: ScanRequest, console: Console) -> Context:
         raise UsageError("--ranks compares world sizes over a grid; add --strategy grid")
     budget_s = parse_budget(req.budget, hw.device) if strategy == "auto" else None
     return Context(env, hw, hw_why, the_plan, imgsz, dataset, model, roles, world_sizes, strategy, budget_s,
-                   precision, max_steps, given, mine)  # fmt: skip
+                   precision, max_steps, given, mine, run_plan, train_cfg, cfg_args)  # fmt: skip
 
 
 def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, int]:
@@ -272,7 +296,8 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
     out = prepare_out(req)
     specs = [] if ctx.strategy == "auto" else plan.specs(
         the_plan, hw, model=model, data=dataset.data, imgsz=imgsz, optimizer=req.optimizer, warmup=req.warmup,
-        steps=req.steps, world_sizes=ctx.world_sizes, precision=ctx.precision, max_steps=ctx.max_steps)  # fmt: skip
+        steps=req.steps, world_sizes=ctx.world_sizes, precision=ctx.precision, max_steps=ctx.max_steps,
+        overrides=usercfg.held(ctx.train_cfg_args))  # fmt: skip
     meta = ScanMeta(
         yoloprof_version=__version__,
         created_s=time.time(),
@@ -298,7 +323,12 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
         budget_s=ctx.budget_s,
         precision=ctx.precision,
         max_steps=ctx.max_steps,
+        run_plan=ctx.run_plan,
+        train_cfg=ctx.train_cfg,
+        train_cfg_args=ctx.train_cfg_args,
     )
+    if usercfg.deviation(ctx.train_cfg_args):
+        meta.trial_deviations.append(usercfg.deviation(ctx.train_cfg_args))
     write_json(out / paths.SCAN_MARKER, meta)
     console.print(f"[bold]yoloprof scan[/] -> {out}")
     console.print(f"  ranks: {ctx.hw_why}" + (f"; scaling over {ctx.world_sizes} ranks, same batch per rank"
@@ -307,6 +337,10 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
                 if ctx.precision and ctx.max_steps and ctx.max_steps > req.steps else f"{req.steps} measured")
     console.print(f"  model: {model}   imgsz: {imgsz}   optimizer: {req.optimizer}   steps: {req.warmup} warm-up + {measured}")
     console.print(f"  data: {dataset.data} ({dataset.train_images} images{', synthetic: speed only' if dataset.synthetic else ''})")
+    if ctx.train_cfg:
+        for line in usercfg.summary(ctx.train_cfg, ctx.train_cfg_args, ctx.baseline, req.optimizer,
+                                    images=dataset.train_images, epochs=ctx.run_plan.epochs):  # fmt: skip
+            console.print(f"  {line}", markup=False, highlight=False)
     for d in the_plan.dropped:
         console.print(f"  [yellow]not tried[/]: {d}")
     for role, tid in meta.baselines.items():
@@ -341,6 +375,10 @@ def finish(out: Path, meta: ScanMeta, ctx: Context, req: ScanRequest, console: C
             console.print("Ceilings: not run, since no trial finished (fix the trials' errors first).")
         else:
             run_ceilings(out / "ceilings", ctx, req, console, bucket_sizes=_measured_buckets(out, meta))
+    if code == 0:  # validation, saving, epoch end: once per world size, none when no trial finished
+        from yoloprof.scan import epoch_job
+
+        epoch_job.run(out, meta, ctx, req, console)
     result = outputs.write_all(out)
     if code:
         console.print(f"[yellow]Interrupted[/]: what finished is written; resume with: yoloprof scan --resume {out}")
@@ -371,7 +409,8 @@ def resume(folder: str, req: ScanRequest, console: Console):
     ctx = Context(env, hw, "as the scan planned", plan.Plan(axes, [s.knobs for s in meta.specs]), meta.imgsz,
                   meta.dataset, meta.model, strategy=meta.strategy, budget_s=meta.budget_s, precision=meta.precision,
                   max_steps=meta.max_steps, given=dict(meta.axes) if meta.strategy == "auto" else {},
-                  baseline=next((s.knobs for s in meta.specs if s.trial_id == yours), None))  # fmt: skip
+                  baseline=next((s.knobs for s in meta.specs if s.trial_id == yours), None),
+                  train_cfg=meta.train_cfg, train_cfg_args=meta.train_cfg_args)  # fmt: skip
     req = ScanRequest(optimizer=meta.optimizer, warmup=meta.warmup_steps, steps=meta.measured_steps,
                       trial_timeout=req.trial_timeout, no_ceilings=req.no_ceilings, command=req.command,
                       no_reuse=req.no_reuse, no_defaults=baselines.DEFAULTS not in meta.baselines)  # fmt: skip
@@ -415,6 +454,7 @@ def run_ceilings(folder: Path, ctx: Context, req: ScanRequest, console: Console,
         console.print("Compute ceiling: the training step on one device, batch already there...")
         specs = ceilings.compute_specs(hw, axes.batch, axes.amp, model=ctx.model, data=ctx.dataset.data,
                                        imgsz=ctx.imgsz, optimizer=req.optimizer, warmup=req.warmup, steps=req.steps)  # fmt: skip
+        specs = usercfg.for_compute(specs, ctx.train_cfg_args, n)  # --cfg: its arguments hold here too
         gpu = next((g for g in ctx.env.gpus if hw.gpus and g.index == hw.gpus[0]), None)
         c = ceilings.compute(folder, specs, cache_dir=paths.cache_dir(), device_name=gpu.name if gpu else "cpu",
                              device_mem_total_mib=gpu.mem_total_mib if gpu else None)  # fmt: skip

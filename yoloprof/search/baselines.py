@@ -53,8 +53,34 @@ def parse_baseline(text: str, hw: Hardware) -> Knobs:
         except (ValueError, KeyError):
             raise UsageError(f"--baseline '{item}': not a setting yoloprof varies "
                              "(batch, workers, amp, pin_memory, cache, nccl) with a valid value") from None  # fmt: skip
+    return _fit(k, hw, "--baseline batch=")
+
+
+def from_cfg(args: dict, hw: Hardware, name: str) -> Knobs:
+    """--cfg: the config's batch, workers, amp and cache as "your settings"; what it leaves out keeps
+    Ultralytics' defaults (pin_memory and NCCL have no argument in a config). Values a trial cannot
+    reproduce exactly are refused rather than rounded: the gain would be over another run."""
+    k = ultralytics_defaults(hw)
+    where = f"--cfg {name}"
+    batch, workers, amp = args.get("batch", k.batch), args.get("workers", k.workers), args.get("amp", k.amp)
+    if isinstance(batch, float) and batch.is_integer() and batch >= 1:
+        batch = int(batch)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UsageError(f"{where}: batch: {batch} lets AutoBatch pick a size (single GPU only); give the batch "
+                         "you train with, e.g. batch: 64")  # fmt: skip
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise UsageError(f"{where}: workers: {workers}; give a whole number >= 0")
+    if not isinstance(amp, bool):
+        raise UsageError(f"{where}: amp: {amp}; yoloprof measures amp true or false, not {amp!r} yet")
+    cache = _CACHE.get(str(args.get("cache", False)).lower())
+    if cache is None:
+        raise UsageError(f"{where}: cache: {args['cache']}; give false, ram (or true) or disk")
+    return _fit(Knobs(batch, workers, amp, k.pin_memory, cache, k.nccl), hw, f"{where}: batch: ")
+
+
+def _fit(k: Knobs, hw: Hardware, what: str) -> Knobs:
     if k.batch % max(hw.world_size, 1) or k.batch < hw.world_size:
-        raise UsageError(f"--baseline batch={k.batch}: must be a multiple of the {hw.world_size} ranks")
+        raise UsageError(f"{what}{k.batch}: must be a multiple of the {hw.world_size} ranks")
     if hw.device != "cuda":
         k = replace(k, amp=False, pin_memory=False, nccl="default")
     return k

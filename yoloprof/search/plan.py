@@ -189,9 +189,10 @@ def omp_threads(cpu_count: int, world_size: int) -> int:
 
 def specs(plan: Plan, hw: Hardware, *, model: str, data: str, imgsz: int, optimizer: str,
           warmup: int, steps: int, world_sizes: Optional[list[int]] = None, precision: Optional[float] = None,
-          max_steps: Optional[int] = None) -> list[TrialSpec]:  # fmt: skip
+          max_steps: Optional[int] = None, overrides: Optional[dict] = None) -> list[TrialSpec]:  # fmt: skip
     """Trials in plan order. With several world sizes (scaling), each runs at every size with the same
-    batch per rank, as when GPUs are added: the batch lists are global at the largest size."""
+    batch per rank, as when GPUs are added: the batch lists are global at the largest size.
+    `overrides`: Ultralytics arguments held in every trial (--cfg: yoloprof.search.usercfg.held)."""
     sizes = sorted(world_sizes or [hw.world_size])
     full = max(hw.world_size, 1)
     out = []
@@ -204,21 +205,21 @@ def specs(plan: Plan, hw: Hardware, *, model: str, data: str, imgsz: int, optimi
                 trial_id=tid, knobs=knobs, world_size=r, device=hw.device,
                 gpus=list(hw.gpus[:r]) if hw.device == "cuda" else [], model=model, data=data, imgsz=imgsz,
                 optimizer=optimizer, warmup_steps=warmup, measured_steps=steps, env=env,
-                precision=precision, max_steps=max_steps,
+                precision=precision, max_steps=max_steps, overrides=dict(overrides or {}),
             ))  # fmt: skip
     return out
 
 
 def spec_for(knobs: Knobs, index: int, hw: Hardware, *, model: str, data: str, imgsz: int, optimizer: str, warmup: int,
              steps: int, precision: Optional[float] = None, max_steps: Optional[int] = None,
-             repeat_of: Optional[str] = None) -> TrialSpec:  # fmt: skip
+             repeat_of: Optional[str] = None, overrides: Optional[dict] = None) -> TrialSpec:  # fmt: skip
     """One trial at the scan's full world size: what the auto search runs, proposal by proposal."""
     tid = trial_id(index, knobs) + ("-rep" if repeat_of else "")
     env = {"OMP_NUM_THREADS": str(omp_threads(hw.cpu_count, hw.world_size)), **nccl_env(knobs.nccl)}
     return TrialSpec(trial_id=tid, knobs=knobs, world_size=hw.world_size, device=hw.device,
                      gpus=list(hw.gpus) if hw.device == "cuda" else [], model=model, data=data, imgsz=imgsz,
                      optimizer=optimizer, warmup_steps=warmup, measured_steps=steps, env=env, precision=precision,
-                     max_steps=max_steps, repeat_of=repeat_of)  # fmt: skip
+                     max_steps=max_steps, repeat_of=repeat_of, overrides=dict(overrides or {}))  # fmt: skip
 
 
 def parse_world_sizes(text: str, hw: Hardware) -> list[int]:

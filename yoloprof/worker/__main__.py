@@ -1,8 +1,9 @@
 """One rank: `python -m torch.distributed.run ... -m yoloprof.worker SPEC.json` runs one trial,
 `... -m yoloprof.worker --pool DIR` runs the trials the scan hands it, one after another.
 
-Per trial it writes trials/<id>/rank<r>.jsonl (a RankInfo line, a StepSample line per step, a
-RankEnd line) and sends everything the rank prints to trials/<id>/rank<r>.log.
+Per trial it writes trials/<id>/rank<r>.jsonl (a RankInfo line, a StepSample line per step, in
+"epoch" mode a RankEpochParts line, a RankEnd line) and sends everything the rank prints to
+trials/<id>/rank<r>.log.
 
 A pool keeps what is costly and trial-independent (imports, the process group, the CUDA context)
 and builds everything a trial measures afresh: trainer, model, optimizer, dataloader and its
@@ -77,7 +78,7 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
     from probes.steps import StepProbe
     from probes import offline
     from yoloprof.worker import faults
-    from yoloprof.worker.trainer import ScanTrainer, TrialComplete
+    from yoloprof.worker.trainer import ScanTrainer, TrialComplete, epoch_plan
 
     offline.patch_ultralytics()
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -85,7 +86,11 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
     clock = Clock(cuda=spec.device == "cuda", sync=spec.sync_phases)
     steady: list[tuple[int, float]] = []  # (images, step_ms) of measured steady steps: the stopping rule's input
 
+    mosaic_off, steady_off, _ = epoch_plan(spec) if spec.mode == "epoch" else (None, None, None)
+
     def sink(s) -> None:
+        if mosaic_off is not None and s.step >= mosaic_off:  # "epoch" mode: the steps after close_mosaic,
+            s.mosaic, s.warmup = False, s.warmup or s.step < steady_off  # the loader's restart as warm-up
         writer.write("step", s)
         if not s.warmup and not s.epoch_boundary:
             steady.append((s.images, s.step_ms))
@@ -131,7 +136,8 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
         trainer.train()
         status, error = "error", "training ended before the planned steps"
     except TrialComplete:
-        pass
+        if trainer.epoch_parts is not None:
+            writer.write("epoch_parts", trainer.epoch_parts)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a record
         traceback.print_exc()
         status, error = ("oom" if _is_oom(exc) else "error"), error_line(exc)

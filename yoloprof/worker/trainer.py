@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import time
 from datetime import timedelta
 from typing import Callable, Optional
 
@@ -25,7 +26,9 @@ from ultralytics.utils.torch_utils import unwrap_model
 from probes import comm, known_costs
 from probes.steps import StepProbe
 from yoloprof.records import TrialSpec
+from yoloprof.records.epoch import RankEpochParts
 from yoloprof.worker import faults
+from yoloprof.worker.epoch_end import EpochEndMixin, epoch_plan
 
 # A hang is ended by the scan's per-trial timeout; the process group's own timeout is a backstop.
 PG_TIMEOUT = timedelta(minutes=30)
@@ -45,7 +48,11 @@ class TrialComplete(Exception):
 
 
 def trial_overrides(spec: TrialSpec, project: str) -> dict:
-    """Ultralytics arguments of a trial: the user's config plus what a short measurement needs."""
+    """Ultralytics arguments of a trial: the user's config plus what a short measurement needs.
+
+    `spec.overrides` (the arguments of the user's --cfg held in every trial, the compute probe's nbs) only
+    adds arguments: the knobs and the measurement's own settings below always win over it, so a config
+    cannot turn validation back on or change the batch a trial measures."""
     k = spec.knobs
     base = dict(
         model=spec.model,
@@ -68,7 +75,7 @@ def trial_overrides(spec: TrialSpec, project: str) -> dict:
         exist_ok=True,
         verbose=False,
     )
-    return {**base, **spec.overrides}
+    return {**spec.overrides, **base}
 
 
 class StaticBatchLoader:
@@ -140,9 +147,11 @@ def _cpu_capable_ddp():
         torch.nn.parallel.DistributedDataParallel = saved
 
 
-class ScanTrainer(DetectionTrainer):
+class ScanTrainer(EpochEndMixin, DetectionTrainer):
     def __init__(self, spec: TrialSpec, probe: StepProbe, project: str, on_ready: Callable, on_step: Callable,
                  precise: Optional[Callable[[], bool]] = None):  # fmt: skip
+        self._constructed = time.perf_counter()  # "epoch" mode: set-up is timed from here to the first step
+        self.epoch_parts: Optional[RankEpochParts] = None
         self.spec, self.probe, self._precise = spec, probe, precise
         self._optimizer_cost = None  # set with the probes (tests only: YOLOPROF_TEST_COST)
         self._on_ready, self._on_step = on_ready, on_step
@@ -216,12 +225,23 @@ class ScanTrainer(DetectionTrainer):
         self.probe.mark("opt_end")
 
     def _batch_start(self):
+        if self.probe.steps_started == 0 and self.spec.mode == "epoch":
+            self.epoch_parts = RankEpochParts(rank=max(RANK, 0), setup_s=time.perf_counter() - self._constructed)
         self.probe.batch_start(self.epoch)
         known_costs.set_step(self.probe.steps_started - 1)  # tests only: costs on odd steps
 
     def _batch_end(self):
         self.probe.batch_end()
         self._on_step(self)
+        if self.spec.mode == "epoch":
+            off, _, total = epoch_plan(self.spec)
+            if self.probe.steps_started == off:
+                self._close_mosaic_now()
+            if self.probe.steps_started >= total:
+                self.probe.flush(block=True)
+                self._time_epoch_end()
+                raise TrialComplete()
+            return
         if self.probe.steps_started >= self.spec.total_steps or self._stop_now():
             self.probe.flush(block=True)
             raise TrialComplete()

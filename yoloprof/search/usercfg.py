@@ -1,0 +1,178 @@
+"""`--cfg`: the training config the team already uses (what `yolo train cfg=` takes) as the scan's start.
+
+A gain is only worth something measured on the run the user will make, so every key of their config
+has one place in the scan:
+
+- model, data, imgsz, optimizer (SCAN_SETS) are the scan's; a flag that says otherwise is an error,
+  since only the user knows which one they meant;
+- batch, workers, amp, cache (MEASURED) are the "your settings" baseline trial (baselines.from_cfg);
+- the keys in NOT_IN_TRIALS are left out of the trials, each for the reason given there;
+- every other key (augmentation, lr, nbs, compile, freeze, ...) holds in every trial, through
+  TrialSpec.overrides (`held`), since it can change what a step costs.
+
+best.yaml (reports/config_files.py) is the same config with only the measured settings changed.
+Pure except `read`, which asks Ultralytics to check the keys (probes.cfg_check).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from yoloprof.errors import UsageError
+
+SCAN_SETS = ("model", "data", "imgsz", "optimizer")
+MEASURED = ("batch", "workers", "amp", "cache")  # a trial's knobs; Ultralytics 8.4 has no pin_memory argument
+
+_PREDICTED = "; the epoch and cost predictions use it"
+# Keys a throughput trial must not take from the user's config: the measurement sets them, or they
+# do not change what a step costs and could break a trial. Each reason is shown to the user.
+NOT_IN_TRIALS: dict[str, str] = {
+    "task": "a trial trains a detection model",
+    "mode": "a trial always trains",
+    "device": "--gpus / --device choose the ranks",
+    "epochs": "a trial runs a number of steps, not epochs" + _PREDICTED,
+    "time": "a trial runs a number of steps, not hours",
+    "patience": "early stopping needs validation, which a trial never runs",
+    "close_mosaic": "a trial measures the steady state with mosaic on, close_mosaic=0" + _PREDICTED,
+    "warmup_epochs": "a trial measures the steady state after warm-up, warmup_epochs=0" + _PREDICTED,
+    "val": "a trial never validates" + _PREDICTED,
+    "save": "a trial never saves a checkpoint" + _PREDICTED,
+    "save_period": "a trial never saves a checkpoint",
+    "save_json": "a trial never validates",
+    "plots": "a trial draws no plots",
+    "project": "a trial writes inside the scan folder",
+    "name": "a trial writes inside the scan folder",
+    "exist_ok": "a trial writes inside the scan folder",
+    "save_dir": "a trial writes inside the scan folder",
+    "resume": "a trial starts fresh",
+    "pretrained": "initial weights do not change what a step costs, and loading them may need a download",
+    "verbose": "a trial sets its own logging",
+    "cfg": "a config named inside the config: put its arguments in this file",
+}
+_TASKS = (None, "detect")  # the worker's trainer is Ultralytics' DetectionTrainer
+DEFAULT_NBS = 64
+
+
+def read(path: str) -> tuple[str, dict[str, Any]]:
+    """(absolute path, its arguments in the user's order), every key checked by Ultralytics' get_cfg."""
+    where = f"--cfg {path}"
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"{where}: {'is a folder' if p.is_dir() else 'no such file'}; give your training config "
+                         "(a YAML file of Ultralytics arguments, what `yolo train cfg=` takes)")  # fmt: skip
+    try:
+        args = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{where}: cannot be read as YAML ({first})") from None
+    if not isinstance(args, dict) or not args:
+        what = "is empty" if args is None or args == {} else f"holds a {type(args).__name__}"
+        raise UsageError(f"{where}: {what}, not a mapping of Ultralytics arguments (lines such as `batch: 16`)")
+    bad = next((k for k in args if not isinstance(k, str)), None)
+    if bad is not None:
+        raise UsageError(f"{where}: key {bad!r} is not an argument name")
+    from probes import cfg_check
+
+    cfg_check.check(args, where)
+    if args.get("task") not in _TASKS:
+        raise UsageError(f"{where}: task: {args['task']}; yoloprof measures detection training (task: detect)")
+    return str(p.resolve()), args
+
+
+def held(args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments that hold in every trial: all but the scan's own, the knobs and NOT_IN_TRIALS."""
+    return {k: v for k, v in args.items() if k not in SCAN_SETS + MEASURED and k not in NOT_IN_TRIALS}
+
+
+def left_out(args: dict[str, Any]) -> dict[str, str]:
+    """The user's keys a trial does not take, each with its reason."""
+    return {k: NOT_IN_TRIALS[k] for k in args if k in NOT_IN_TRIALS}
+
+
+def optimizer_flag(req) -> Optional[str]:
+    """--optimizer when the user gave it (its default, SGD, is not a choice the user made)."""
+    given = any(a == "--optimizer" or a.startswith("--optimizer=") for a in req.command)
+    return req.optimizer if given or req.optimizer != "SGD" else None
+
+
+def apply(req, args: dict[str, Any], name: str, optimizer_given: Optional[str]) -> None:
+    """The config's model, data and imgsz become the request's; a flag that contradicts it is an error."""
+    flags = {"model": req.model, "data": req.data, "imgsz": req.imgsz, "optimizer": optimizer_given}
+    for key, flag in flags.items():
+        if key in args and flag is not None and not _same(key, flag, args[key]):
+            raise UsageError(f"--{key} {flag} contradicts --cfg {name} ({key}: {args[key]}); drop --{key} or "
+                             "change the config")  # fmt: skip
+    if args.get("imgsz") is not None and (isinstance(args["imgsz"], bool) or not isinstance(args["imgsz"], int)):
+        raise UsageError(f"--cfg {name}: imgsz: {args['imgsz']}; yoloprof scans one square training size, "
+                         "give one number (e.g. imgsz: 640)")  # fmt: skip
+    for key in ("model", "data", "imgsz"):
+        if args.get(key) is not None and getattr(req, key) is None:
+            setattr(req, key, args[key])
+
+
+def _same(key: str, flag: Any, value: Any) -> bool:
+    if key == "data":
+        return Path(str(flag)).expanduser().resolve() == Path(str(value)).expanduser().resolve()
+    if key == "optimizer":
+        return str(flag).lower() == str(value).lower()
+    return str(flag) == str(value)
+
+
+def optimizer(args: dict[str, Any], *, images: int, batch: int, epochs: int) -> tuple[str, Optional[str]]:
+    """(the optimizer the trials run, why where it was not written out). Ultralytics' `auto` (its default)
+    picks by run length: MuSGD past 10000 optimizer iterations, AdamW below (engine/trainer.py); a short
+    trial would always get AdamW, so the pick is made here for the run the config describes."""
+    name = str(args.get("optimizer", "auto"))
+    if name.lower() != "auto":
+        return name, None
+    nbs = args.get("nbs", DEFAULT_NBS)
+    iterations = math.ceil(images / max(batch, nbs)) * epochs
+    pick = "MuSGD" if iterations > 10000 else "AdamW"
+    said = "optimizer: auto" if "optimizer" in args else "no optimizer (Ultralytics' auto)"
+    return pick, (f"your config has {said}: {pick}, as Ultralytics picks for {epochs} epochs of {images} images "
+                  f"at batch {batch} ({iterations} iterations, {'over' if pick == 'MuSGD' else 'at most'} 10000)")
+
+
+def for_compute(specs: list, args: dict[str, Any], ranks: int) -> list:
+    """The compute ceiling's trials with the held arguments; its nbs keeps a DDP trial's accumulation
+    under the user's nbs (round(nbs / global batch) optimizer steps, as Ultralytics computes it)."""
+    extra = held(args)
+    if not extra:
+        return specs
+    out = []
+    for s in specs:
+        over = {**extra, **s.overrides}
+        if "nbs" in extra:
+            b = s.knobs.batch  # per rank: the compute ceiling runs one rank
+            over["nbs"] = max(round(extra["nbs"] / (b * ranks)), 1) * b
+        out.append(replace(s, overrides=over))
+    return out
+
+
+def summary(path: str, args: dict[str, Any], yours, optimizer_used: str, *, images: int, epochs: int) -> list[str]:
+    """What the scan took from the config, for the terminal: one fact a line."""
+    took = [k for k in SCAN_SETS if k in args]
+    knobs = f"batch {yours.batch}, workers {yours.workers}, amp {'on' if yours.amp else 'off'}, cache {yours.cache}"
+    lines = [f"config: {path}" + (f": {', '.join(took)} from it" if took else "") + f"; your settings: {knobs}"]
+    kept = held(args)
+    if kept:
+        lines.append(f"config: held in every trial: {', '.join(kept)}")
+    if left_out(args):
+        lines.append(f"config: not in trials: {', '.join(left_out(args))} (scan.json says why for each)")
+    pick, note = optimizer(args, images=images, batch=yours.batch, epochs=epochs)
+    if note and pick == optimizer_used:
+        lines.append(f"optimizer: {note}")
+    return lines
+
+
+def deviation(args: dict[str, Any]) -> Optional[str]:
+    """The config's keys trials leave out, each with why: for scan.json and the report's caveats."""
+    out = left_out(args)
+    if not out:
+        return None
+    return "From your --cfg, trials leave out " + "; ".join(f"{k} ({why})" for k, why in out.items()) + "."

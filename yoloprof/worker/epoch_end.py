@@ -1,0 +1,147 @@
+"""The trial's "epoch" mode: what an epoch adds to its steps, timed with Ultralytics' own code.
+
+After its steps with mosaic the trainer closes mosaic as `_do_train` does entering the close_mosaic
+epochs and trains on, then runs the epoch end part by part in `_do_train`'s order, EPOCH_PASSES times,
+each part between barriers so every rank measures the same span (yoloprof.scan.epoch_job).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from ultralytics.utils import RANK
+from ultralytics.utils.torch_utils import unwrap_model
+
+from yoloprof.records import TrialSpec
+
+# "epoch" mode: each epoch-end part is timed EPOCH_PASSES times (the first pays start-up), and validation
+# over at least VAL_MIN_IMAGES images (all ranks together) per pass, the whole split when it is smaller.
+EPOCH_PASSES = 2
+VAL_MIN_IMAGES = {"cpu": 64, "cuda": 512}
+
+
+def epoch_plan(spec: TrialSpec) -> tuple[int, int, int]:
+    """(first step without mosaic, first steady step without mosaic, total steps) of an "epoch" trial:
+    warm-up + measured steps with mosaic, then the loader restarts without it (re-warmed for as many
+    steps as the first warm-up, at least one), then measured steps again."""
+    off = spec.warmup_steps + spec.measured_steps
+    steady = off + max(spec.warmup_steps, 1)
+    return off, steady, steady + spec.measured_steps
+
+
+class _CappedLoader:
+    """The first `batches` batches of a validation loader per pass (all of Ultralytics' loader otherwise),
+    counting images and timing the batch loop. The persistent iterator goes on where a pass stopped, so
+    the next pass validates the next batches."""
+
+    def __init__(self, loader, batches: int):
+        self._loader, self.batches = loader, batches
+        self.images, self.loop_s = 0, 0.0
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        self.images, start = 0, time.perf_counter()
+        epoch = iter(self._loader)
+        try:
+            for batch in itertools.islice(epoch, self.batches):
+                self.images += int(batch["img"].shape[0])
+                yield batch
+        finally:
+            epoch.close()
+            self.loop_s = time.perf_counter() - start
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class EpochEndMixin:
+    """Mixed into ScanTrainer (a DetectionTrainer): needs its probe, epoch_parts and Ultralytics' state."""
+
+    def _close_mosaic_now(self):
+        """What `_do_train` does entering the close_mosaic epochs, here mid-epoch: the epoch's batch
+        generator is already running and reads `iterator` per batch, so the fresh iterator (new workers,
+        the same epoch's sampler order) is made at once instead of lazily."""
+        self._close_dataloader_mosaic()
+        self.train_loader.reset()
+        if hasattr(self.train_loader, "_get_iterator"):
+            self.train_loader.iterator = self.train_loader._get_iterator()
+        self.epoch_parts.mosaic_off_step = self.probe.steps_started
+
+    def _span(self, fn: Callable[[], None]) -> float:
+        """Seconds of fn between two barriers: every rank measures the same span, the slowest rank's."""
+        ddp = dist.is_initialized() and self.world_size > 1
+        cuda = self.device.type == "cuda"
+        if ddp:
+            dist.barrier()
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        if ddp:
+            dist.barrier()
+        return time.perf_counter() - start
+
+    def _end_before_val(self):  # _do_train: criterion update, lr for loggers, callbacks, EMA attributes
+        criterion = getattr(unwrap_model(self.model), "criterion", None)
+        if hasattr(criterion, "update"):
+            criterion.update()
+        self.lr = {f"lr/pg{ir}": x["lr"] for ir, x in enumerate(self.optimizer.param_groups)}
+        self.run_callbacks("on_train_epoch_end")
+        if RANK in {-1, 0}:
+            self.ema.update_attr(self.model, include=["yaml", "nc", "args", "names", "stride", "class_weights"])
+
+    def _val(self):  # _do_train's validation block, run whatever `val=` says
+        self._clear_memory(None if self.device.type == "mps" else 0.5)
+        self.metrics, self.fitness = self.validate()
+
+    def _end_after_val(self):  # NaN check (a broadcast under DDP), metrics csv, early-stopping bookkeeping
+        if self._handle_nan_recovery(self.epoch):
+            raise RuntimeError("the loss or fitness is NaN/Inf: Ultralytics would redo the epoch")
+        self.nan_recovery_attempts = 0
+        if RANK in {-1, 0}:
+            self.save_metrics(metrics={**self.label_loss_items(self.tloss), **self.metrics, **self.lr})
+            self.stop |= self.stopper(self.epoch + 1, self.fitness)
+
+    def _save(self):
+        if RANK in {-1, 0} and self.save_model():
+            self.run_callbacks("on_model_save")
+
+    def _end_last(self):  # callbacks, memory clean-up, the stop flag's broadcast
+        self.run_callbacks("on_fit_epoch_end")
+        self._clear_memory(None if self.device.type == "mps" else 0.5)
+        if RANK != -1:
+            flag = [self.stop if RANK == 0 else None]
+            dist.broadcast_object_list(flag, 0)
+            self.stop = flag[0]
+
+    def _time_epoch_end(self):
+        """Ultralytics' epoch end, part by part in `_do_train`'s order, EPOCH_PASSES times; validation over a
+        capped loader (see VAL_MIN_IMAGES), checkpoints into this trial's folder."""
+        rec, loader = self.epoch_parts, self.test_loader
+        per_pass = loader.batch_size * max(self.world_size, 1)
+        want = math.ceil(VAL_MIN_IMAGES.get(self.device.type, 64) / per_pass)
+        rec.val_batches, rec.val_capped = min(want, len(loader)), want < len(loader)
+        rec.val_images_total = len(loader.dataset)
+        capped = _CappedLoader(loader, rec.val_batches)
+        self.validator.dataloader = capped
+        self.args.save = True  # trials train with save=False; the checkpoint is one of the parts timed here
+        try:
+            for _ in range(EPOCH_PASSES):
+                end = self._span(self._end_before_val)
+                rec.val_s.append(self._span(self._val))
+                rec.val_loop_s.append(capped.loop_s)
+                rec.val_images.append(capped.images)
+                end += self._span(self._end_after_val)
+                rec.save_s.append(self._span(self._save))
+                rec.end_s.append(end + self._span(self._end_last))
+        finally:
+            self.validator.dataloader = loader
