@@ -278,6 +278,15 @@ def test_budget_stops_the_descent_and_keeps_the_repeats():
     assert all(d.budget_used_s is not None for d in s.decisions)
 
 
+def test_the_epoch_job_after_the_search_is_kept_within_the_budget():
+    s = search(budget_s=600, after_trials=2.0)
+    results, proposals, spent = drive(s)  # 60 s a trial; 120 s kept for the epoch job
+    assert spent + 2 * 60 <= 600 and len(results) == 8
+    assert [p.stage for p in proposals[-2:]] == ["confirm", "confirm"]
+    skipped = [d for d in s.decisions if d.kind == "skipped-budget"]
+    assert skipped and "and the epoch job" in skipped[0].reason
+
+
 def test_oom_stops_going_up():
     s = search(start=Knobs(32, 8, True, False, "ram", "simple"))
     results, proposals, _ = drive(s, oom=lambda k: k.batch >= 128)

@@ -7,7 +7,6 @@ first (flags, hardware, data, model, output folder), so a mistake costs one line
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,183 +16,18 @@ from rich.console import Console
 
 from yoloprof import __version__, outputs, paths
 from yoloprof.search import baselines, plan, usercfg
-from yoloprof.data import datainfo
 from yoloprof.analysis import doctor
 from yoloprof.scan import launch, preflight, runner
-from yoloprof.data.dataset import SyntheticSpec, ensure
 from yoloprof.errors import ScanFailed, UsageError
 from yoloprof.records import DatasetInfo, Environment, RecordError, RunPlan, ScanMeta, read_json, write_json
 
-DEFAULT_MODEL = "yolo11n.yaml"
-DEFAULT_CPU_RANKS = 2
+from yoloprof.scan.request import (  # noqa: F401 - the scan's input checks, re-exported for the CLI and tests
+    DEFAULT_MODEL, MAX_STEPS_FACTOR, ScanRequest,
+    check_numbers, parse_axes, parse_budget, parse_precision, prepare_out, resolve_data, resolve_hardware,
+    resolve_run_plan, resolve_strategy,
+)
+
 NO_TRIAL_OK = 1  # exit code of a scan that ran to the end without one trial finishing
-
-
-@dataclass
-class ScanRequest:
-    gpus: Optional[str] = None
-    device: Optional[str] = None  # "cpu" forces CPU ranks
-    nproc: Optional[int] = None
-    model: Optional[str] = None
-    data: Optional[str] = None
-    imgsz: Optional[int] = None
-    optimizer: str = "SGD"
-    warmup: int = 5
-    steps: int = 20
-    out: Optional[str] = None
-    batch: Optional[str] = None
-    workers: Optional[str] = None
-    amp: Optional[str] = None
-    pin_memory: Optional[str] = None
-    cache: Optional[str] = None
-    nccl: Optional[str] = None
-    trial_timeout: Optional[float] = None
-    no_ceilings: bool = False
-    baseline: Optional[str] = None  # the user's current settings, "batch=32,workers=4,amp=off"
-    no_defaults: bool = False
-    ranks: Optional[str] = None  # world sizes to compare (scaling), e.g. "1,2,4"
-    strategy: Optional[str] = None  # "auto" | "grid"; None: grid where knob lists are given, else auto
-    budget: Optional[str] = None  # auto: "5m", "300s", "0.5h" or minutes
-    precision: Optional[str] = None  # "3%", "0.03" or "off"
-    max_steps: Optional[int] = None
-    no_reuse: bool = False  # a torchrun launch per trial instead of rank pools
-    cfg: Optional[str] = None  # the user's Ultralytics training config (what `yolo train cfg=` takes)
-    epochs: Optional[int] = None  # the run to predict (default: the config's epochs, else Ultralytics' 100)
-    gpu_hour_price: Optional[float] = None  # per GPU-hour (per rank-hour on CPU)
-    currency: Optional[str] = None
-    command: list[str] = field(default_factory=list)
-
-
-DEFAULT_PRECISION = 0.03
-MAX_STEPS_FACTOR = 3  # a trial measures at most 3x its minimum steps unless --max-steps says otherwise
-DEFAULT_BUDGET_S = {"cpu": 300.0, "cuda": 600.0}
-
-
-def parse_precision(text: Optional[str]) -> Optional[float]:
-    if text is None:
-        return DEFAULT_PRECISION
-    if str(text).strip().lower() in ("off", "none", "0"):
-        return None
-    raw = str(text).strip()
-    try:
-        value = float(raw.rstrip("%")) / (100 if raw.endswith("%") else 1)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1:
-        raise UsageError(f"--precision {text}: give the interval's half-width as 3% or 0.03 (or off for fixed steps)")
-    return value
-
-
-def parse_budget(text: Optional[str], device: str) -> float:
-    """Seconds; a bare number is minutes."""
-    if text is None:
-        return DEFAULT_BUDGET_S[device]
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", str(text).lower())
-    if not m or float(m.group(1)) <= 0:
-        raise UsageError(f"--budget {text}: give a time such as 5m, 300s or 1h")
-    return float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600, None: 60}[m.group(2)]
-
-
-def resolve_strategy(req: ScanRequest, given: dict) -> str:
-    if req.strategy not in (None, "auto", "grid"):
-        raise UsageError(f"--strategy {req.strategy}: use auto (search within a budget) or grid (every combination)")
-    if req.strategy is not None:
-        return req.strategy
-    return "grid" if any(v is not None for v in given.values()) or req.ranks else "auto"
-
-
-def parse_axes(req: ScanRequest) -> dict[str, Optional[list]]:
-    return {
-        "batch": plan.parse_ints("--batch", req.batch, 1) if req.batch is not None else None,
-        "workers": plan.parse_ints("--workers", req.workers, 0) if req.workers is not None else None,
-        "amp": plan.parse_choices("--amp", req.amp, plan._BOOL) if req.amp is not None else None,
-        "pin_memory": plan.parse_choices("--pin-memory", req.pin_memory, plan._BOOL) if req.pin_memory is not None else None,
-        "cache": plan.parse_choices("--cache", req.cache, plan._CACHE) if req.cache is not None else None,
-        "nccl": plan.parse_nccl(req.nccl) if req.nccl is not None else None,
-    }  # fmt: skip
-
-
-def resolve_run_plan(req: ScanRequest, cfg_args: Optional[dict] = None) -> RunPlan:
-    """The run to predict: flags win over the user's config, which wins over Ultralytics' defaults."""
-    from yoloprof.analysis.epoch import plan_run
-
-    return plan_run(cfg_args, req.epochs, req.gpu_hour_price, req.currency)
-
-
-def check_numbers(req: ScanRequest) -> None:
-    if req.steps < 1:
-        raise UsageError(f"--steps {req.steps}: measure at least 1 step (default 20)")
-    if req.warmup < 0:
-        raise UsageError(f"--warmup {req.warmup}: cannot be negative (default 5)")
-    if req.imgsz is not None and req.imgsz < 32:
-        raise UsageError(f"--imgsz {req.imgsz}: must be at least 32 (the model's largest stride)")
-    if req.nproc is not None and req.nproc < 1:
-        raise UsageError(f"--nproc {req.nproc}: run at least 1 rank")
-    if req.trial_timeout is not None and req.trial_timeout <= 0:
-        raise UsageError(f"--trial-timeout {req.trial_timeout}: give seconds > 0")
-    if req.max_steps is not None and req.max_steps < req.steps:
-        raise UsageError(f"--max-steps {req.max_steps}: must be at least --steps {req.steps} (the minimum)")
-
-
-def resolve_hardware(req: ScanRequest, env: Environment) -> tuple[plan.Hardware, str]:
-    visible = [g.index for g in env.gpus]
-    if req.device not in (None, "cpu", "cuda", "gpu"):
-        raise UsageError(f"--device {req.device}: use cpu, or --gpus to pick GPUs")
-    if req.gpus is not None and req.device == "cpu":
-        raise UsageError("--gpus and --device cpu contradict each other; give one of them")
-    if req.gpus is not None:
-        if not visible:
-            raise UsageError(f"--gpus {req.gpus}: this machine has no GPU visible to torch; use --device cpu --nproc 2")
-        gpus = plan.parse_ints("--gpus", req.gpus, 0)
-        missing = [g for g in gpus if g not in visible]
-        if missing:
-            raise UsageError(f"--gpus {req.gpus}: GPU {missing[0]} is not there; visible GPUs are {','.join(map(str, visible))}")
-        if req.nproc is not None and req.nproc != len(gpus):
-            raise UsageError(f"--nproc {req.nproc} with --gpus {req.gpus}: on GPUs there is one rank per GPU; drop --nproc")
-        why = f"GPUs {','.join(map(str, gpus))} as asked"
-    elif req.device != "cpu" and visible:
-        if req.nproc is not None:
-            raise UsageError("--nproc is for CPU ranks; on GPUs pick them with --gpus 0,1")
-        gpus, why = visible, f"every visible GPU ({len(visible)}), one rank each"
-    else:
-        if req.device in ("cuda", "gpu"):
-            raise UsageError("--device cuda: this machine has no GPU visible to torch; use --device cpu")
-        n = req.nproc or DEFAULT_CPU_RANKS
-        hw = plan.Hardware("cpu", n, [], env.cpu_count, 0)
-        return hw, f"{n} CPU ranks with gloo" + ("" if req.device == "cpu" else " (no GPU visible)")
-    return plan.Hardware("cuda", len(gpus), gpus, env.cpu_count, len(visible)), f"{why}, NCCL"
-
-
-def resolve_data(req: ScanRequest, console: Console) -> DatasetInfo:
-    if req.data is not None:
-        return datainfo.inspect(req.data)
-    spec = SyntheticSpec()
-    target = paths.cache_dir() / "datasets" / spec.key
-    if not target.is_dir():
-        console.print(f"Generating the built-in synthetic dataset ({spec.images} images, {spec.width}x{spec.height}) "
-                      f"into {target} (once)...")  # fmt: skip
-    return datainfo.inspect(ensure(paths.cache_dir(), spec))
-
-
-def prepare_out(req: ScanRequest, kind: str = "scan") -> Path:
-    if req.out is None:
-        out = paths.next_run_dir(kind)
-    else:
-        out = Path(req.out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {out}: is a file; give a new folder")
-        if out.is_dir() and any(out.iterdir()):
-            if (out / paths.SCAN_MARKER).is_file():
-                raise UsageError(f"--out {out}: holds an earlier scan; give a new folder (or resume it with --resume)")
-            raise UsageError(f"--out {out}: is not empty and not a yoloprof scan; give a new or empty folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"--out {out}: cannot write there ({exc.strerror}); give a writable folder") from None
-    return out
 
 
 def trial_deviations(hw: plan.Hardware, req: ScanRequest, steps: int, warmup: int,

@@ -56,11 +56,12 @@ class AutoSearch:
                  bottleneck: Callable[[TrialResult], Optional[str]],
                  promote: Iterable[str] = (), max_fit: Optional[dict[bool, int]] = None,
                  references: Iterable[Knobs] = (), repeats: int = 1, first_guess_s: float = 60.0,
-                 max_passes: int = 2):  # fmt: skip
+                 max_passes: int = 2, after_trials: float = 0.0):  # fmt: skip
         """`start`: Ultralytics' defaults or the user's baseline, run even where pruned (it is the reference);
         `references`: other must-run configurations (the defaults when the start is the baseline);
         `promote`: NCCL presets pruned as slower, tried when communication bounds the incumbent;
-        `max_fit`: amp -> largest global batch the compute ceiling says fits (prune.Pruned.max_fit)."""
+        `max_fit`: amp -> largest global batch the compute ceiling says fits (prune.Pruned.max_fit);
+        `after_trials`: what runs after the search within the same budget (the epoch job), in trials' time."""
         if repeats < 0 or budget_s <= 0 or max_passes < 1:
             raise ValueError("repeats >= 0, budget_s > 0 and max_passes >= 1 are required")
         self.space, self.start, self.budget_s = space, start, budget_s
@@ -69,6 +70,7 @@ class AutoSearch:
         self.max_fit = dict(max_fit or {})
         self.references = [r for r in references if r != start]
         self.repeats, self.first_guess_s, self.max_passes = repeats, first_guess_s, max_passes
+        self.after_trials = after_trials
         self.decisions: list[Decision] = []
         self.incumbent: Optional[TrialResult] = None
         self._results: list[TrialResult] = []
@@ -118,7 +120,10 @@ class AutoSearch:
         ok = any(r.status == "ok" for r in self._results)
         found = [self._id_knobs(t) for t in self.contenders(self._results)] if ok else []
         n = len({self.space.effective(k) for k in found if k is not None})
-        return self.repeats * max(n, 1) * self.estimate_s()
+        return (self.repeats * max(n, 1) + self.after_trials) * self.estimate_s()
+
+    def _after_s(self) -> float:
+        return self.after_trials * self.estimate_s()
 
     def _id_knobs(self, trial_id: str) -> Optional[Knobs]:
         return next((r.knobs for r in self._results if r.trial_id == trial_id), None)
@@ -182,7 +187,7 @@ class AutoSearch:
             what = f"{stop.knob} {show(stop.value)}" if stop.knob else "the next trial"
             reason = (f"the next trial (~{stop.estimate_s:.0f} s, median of the finished ones) would pass the budget: "
                       f"{self._spent:.0f} s spent of {self.budget_s:.0f} s, {self._reserve_s():.0f} s kept for "
-                      "confirmation repeats")  # fmt: skip
+                      "confirmation repeats" + (" and the epoch job" if self.after_trials else ""))  # fmt: skip
             self._log("budget", "skipped-budget", f"{what} not tried: {reason}", stop.knob or None, stop.value)
             for knob in self._pending:
                 self._log("budget", "skipped-budget", f"{knob} not walked from {self.incumbent.trial_id}: {reason}",
@@ -304,9 +309,10 @@ class AutoSearch:
                 if len(self._runs(first.knobs)) >= 2 + rnd:
                     continue
                 what, est = f"run {rnd + 2} of {first.trial_id}", self.estimate_s()
-                if self._spent + est > self.budget_s:
+                if self._spent + est + self._after_s() > self.budget_s:
+                    after = f" with ~{self._after_s():.0f} s kept for the epoch job" if self.after_trials else ""
                     self._log("budget", "skipped-budget", f"{what} not run: {self._spent:.0f} s + ~{est:.0f} s "
-                                                          f"passes the {self.budget_s:.0f} s budget",
+                                                          f"passes the {self.budget_s:.0f} s budget{after}",
                               trial_id=first.trial_id)  # fmt: skip
                     continue
                 before = {r.trial_id for r in self._results}
