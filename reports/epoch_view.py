@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from yoloprof.analysis.epoch import duration, duration_band
+from yoloprof.analysis.epoch import amount, duration, duration_band
 from yoloprof.records import EpochCosts, EpochPart, EpochPrediction, RunPlan
 
 
@@ -71,7 +71,7 @@ def context(p: Optional[EpochPrediction], rp: RunPlan, costs: dict[int, EpochCos
     parts = [x for x in parts if x["value"] != "n/a" or x["name"] in ("validation", "saving")]
     money = None
     if rp.gpu_hour_price is not None and p.cost_epoch is not None:
-        money = f"{p.cost_epoch:,.2f} {rp.currency} an epoch, {p.cost_run:,.2f} {rp.currency} for the run"
+        money = f"{amount(p.cost_epoch)} {rp.currency} an epoch, {amount(p.cost_run)} {rp.currency} for the run"
     energy = None
     if p.energy_epoch_kwh is not None:
         energy = f"{p.energy_epoch_kwh:.3f} kWh an epoch, {p.energy_run_kwh:.2f} kWh for the run (the steps')"

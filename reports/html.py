@@ -9,6 +9,7 @@ from typing import Optional
 import jinja2
 
 from reports import charts, epoch_view
+from yoloprof.analysis.epoch import amount as epoch_amount
 from reports.config_files import BestConfig, render_env, render_yaml
 from reports.csv_table import ordered
 from reports.csv_table import rows as table_rows
@@ -256,6 +257,7 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         training=epoch_view.context(out.predictions.get(ranking.best_trial_id or ""), meta.run_plan, out.epoch_costs,
                                     meta.device, best.world_size if best else meta.world_size),
         run_plan=meta.run_plan,
+        amount=epoch_amount,
         scale_svg=charts.scaling(scale_groups),
         gpu_status=next((r.telemetry.gpu_status for r in results if r.telemetry), "not measured: no telemetry file"),
         **_ceiling_context(out),

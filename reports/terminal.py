@@ -9,7 +9,7 @@ from rich.table import Table
 
 from reports.csv_table import ordered
 from yoloprof.analysis import noise
-from yoloprof.analysis.epoch import duration, duration_band
+from yoloprof.analysis.epoch import amount, duration, duration_band
 from yoloprof.records import (
     AllReduceCeiling, ComputeCeiling, DoctorReport, EpochPrediction, Finding, LoaderCeiling, Ranking, RunPlan, ScanMeta,
     TrialResult,
@@ -55,7 +55,7 @@ def epoch_caption(p: Optional[EpochPrediction], rp: RunPlan) -> str:
 
 
 def money(v: Optional[float], currency: str) -> str:
-    return "n/a" if v is None else f"{v:,.2f} {currency}"
+    return "n/a" if v is None else f"{amount(v)} {currency}"
 
 
 def ranked_table(results: list[TrialResult], ranking: Ranking, title: str = "yoloprof: trials, best first",

@@ -81,10 +81,18 @@ def test_the_trials_own_epoch_start_carries_the_end_work_the_jobs_does_not():
     p = epoch.predict(trial(epoch_boundary_ms_p50=400.0), costs(), None, RP)
     assert p.boundary_s == pytest.approx(0.4) and p.end_s is None  # its span holds the end work: not twice
     assert p.epoch_s == pytest.approx(5.12 + 0.4 + 1.1 + 0.2)
+    p = epoch.predict(trial(epoch_boundary_ms_p50=-64.0), costs(), None, RP)  # noise: the job's parts instead
+    assert (p.boundary_s, p.end_s) == pytest.approx((0.15, 0.04))
     p = epoch.predict(trial(), costs(boundary_ms=None), None, RP)
     assert p.boundary_s is None and p.end_s == pytest.approx(0.04)
     assert p.epoch_s == pytest.approx(5.12 + 0.04 + 1.1 + 0.2)
     assert any("restart" in m for m in p.parts_missing)
+
+
+def test_set_up_is_the_trials_own_where_it_recorded_one():
+    # a cache=ram trial pays its caching in its own set-up; the epoch job's is for the recommended settings
+    p = epoch.predict(trial(setup_s=30.0), costs(), None, RP)
+    assert p.once_s == pytest.approx(30.0 + epoch.warmup_extra_steps(32, RP, 16) * 0.040 + 1.1)
 
 
 def test_val_and_save_off_move_them_to_the_final_epoch():
@@ -113,7 +121,9 @@ def test_steps_per_epoch_from_the_split_as_the_distributed_sampler_shards_it():
 
 
 def test_durations_are_in_the_unit_a_team_plans_in():
-    assert [epoch.duration(x) for x in (4.2, 42, 708, 70920, None)] == ["4.2 s", "42 s", "11.8 min", "19.7 h", "n/a"]
+    assert [epoch.duration(x) for x in (0.19, 4.2, 42, 708, 70920, None)] == [
+        "190 ms", "4.2 s", "42 s", "11.8 min", "19.7 h", "n/a"]
+    assert [epoch.amount(x) for x in (1234.5, 0.0312, None)] == ["1,234.50", "0.0312", "n/a"]
     assert epoch.duration_band(708, 672, 750) == "11.8 min (11.2-12.5 min)"
     p = epoch.predict(trial(), costs(), None, RunPlan(epochs=100))
     assert epoch.one_line(p, 100).startswith(f"{epoch.duration(p.epoch_s)} an epoch, ") and "for 100 epochs" in epoch.one_line(p, 100)
@@ -170,5 +180,5 @@ def test_the_scaling_table_reads_ranks_epoch_run_cost_and_efficiency(tmp_path):
     assert len(lines) == 2  # 1 and 2 ranks
     for ln, r in zip(lines, sorted(out.results, key=lambda r: r.world_size)):
         p = out.predictions[r.trial_id]
-        assert epoch.duration(p.epoch_s) in ln and f"{p.cost_run:,.2f} EUR" in ln
+        assert epoch.duration(p.epoch_s) in ln and f"{epoch.amount(p.cost_run)} EUR" in ln
         assert p.cost_run == pytest.approx(p.run_h * r.world_size * 2.5)

@@ -153,3 +153,25 @@ def test_python_api_trains_from_best_yaml(scan, tmp_path):
                           env=_train_env(tmp_path), timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (tmp_path / "api" / "weights" / "last.pt").is_file()
+
+
+def test_the_scan_times_the_epoch_and_predicts_every_ok_trials_epoch_and_run(scan):
+    from yoloprof.records import EpochCosts
+
+    out, proc, _ = scan
+    costs = read_json(out / "epoch" / "w2.json", EpochCosts)
+    assert costs.status == "ok" and len(costs.val.s) == 2 and all(s > 0 for s in costs.val.s + costs.save.s)
+    assert costs.val_images_total == 4 and costs.setup_s > 0  # tiny_data: 4 val images, all timed
+    assert "Epoch costs (2 ranks): validation" in proc.stdout
+    rows = [r for r in csv.DictReader((out / "results.csv").open()) if r["status"] == "ok"]
+    assert rows
+    for r in rows:
+        epoch_s, steps_s = float(r["epoch_s"]), float(r["steps_s"])
+        # the steps at the trial's rate, plus validation and saving as timed (the later pass)
+        assert epoch_s >= steps_s + costs.val.s[-1] + costs.save.s[-1] - 1e-6
+        assert float(r["run_h"]) * 3600 > 100 * epoch_s * 0.9  # Ultralytics' default 100 epochs
+    assert " an epoch, " in proc.stdout and "for 100 epochs" in proc.stdout
+    from yoloprof import outputs
+
+    ok = [r for r in outputs.collect(out).results if r.status == "ok"]
+    assert ok and all(r.setup_s is not None and 0 < r.setup_s < 120 for r in ok)  # each trial's own set-up

@@ -287,6 +287,21 @@ def test_the_epoch_job_after_the_search_is_kept_within_the_budget():
     assert skipped and "and the epoch job" in skipped[0].reason
 
 
+def test_budget_left_buys_repeats_until_the_noise_has_three_degrees_of_freedom():
+    from yoloprof.analysis import noise as noise_mod
+
+    df = lambda rs: noise_mod.run_to_run(rs).df  # noqa: E731
+    s = search(noise_df=df)
+    results, proposals, _ = drive(s, noise=0.02)
+    assert df(results) == 3  # top2 repeats give 2; one more repeat of the contender with the fewest runs
+    floor = [d for d in s.decisions if "df; 3 wanted" in d.reason]
+    assert len(floor) == 1 and floor[0].kind == "repeat" and "rests on 2 df" in floor[0].reason
+    tight = search(budget_s=660, noise_df=df)  # room for the two confirmation repeats, none after
+    results, _, spent = drive(tight, noise=0.02)
+    assert df(results) < 3 and spent <= 660
+    assert any("rests on" in d.reason and d.kind == "skipped-budget" for d in tight.decisions)
+
+
 def test_oom_stops_going_up():
     s = search(start=Knobs(32, 8, True, False, "ram", "simple"))
     results, proposals, _ = drive(s, oom=lambda k: k.batch >= 128)

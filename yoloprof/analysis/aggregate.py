@@ -293,6 +293,8 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
         result.workers_effective = infos[0].workers_effective
         result.amp_effective = infos[0].amp_effective
         result.accumulate = infos[0].accumulate
+    setups = [r.end.setup_s for r in ranks if r.end and r.end.setup_s is not None]
+    result.setup_s = max(setups) if setups and len(setups) == len(ranks) else None  # a rank without one: unknown
     peaks = [r.end.peak_mem_mib for r in ranks if r.end and r.end.peak_mem_mib is not None]
     result.peak_mem_mib = max(peaks) if peaks else None
     totals = [r.end.device_mem_total_mib for r in ranks if r.end and r.end.device_mem_total_mib]

@@ -103,7 +103,7 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
     # previous epoch's end work, as val and save were off), else the epoch job's, which leaves the end work to
     # its own timed part.
     parts = [steps]
-    if r.epoch_boundary_ms_p50 is not None:
+    if r.epoch_boundary_ms_p50 is not None and r.epoch_boundary_ms_p50 > 0:  # <= 0: its few boundaries drowned in noise
         out.boundary_s = max(r.epoch_boundary_ms_p50, 0.0) / 1e3
         parts.append((out.boundary_s,) * 3)
     else:
@@ -140,7 +140,8 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
         if closed:
             out.parts_missing.append(f"the last {closed} epochs' step cost without mosaic: not measured, counted at the "
                                      "mosaic rate")  # fmt: skip
-    once = [(costs.setup_s, costs.setup_s, costs.setup_s)] if ok and costs.setup_s is not None else []
+    setup = r.setup_s if r.setup_s is not None else (costs.setup_s if ok else None)  # the trial's own: its cache
+    once = [(setup,) * 3] if setup is not None else []
     if not once:
         out.parts_missing.append("set-up (dataset scan, caching, model build): not measured")
     opt_ms = r.breakdown.optimizer_ms * (r.accumulate or 1) if r.breakdown and r.breakdown.optimizer_ms else None
@@ -192,6 +193,8 @@ def duration(seconds: Optional[float]) -> str:
     """'42 s', '11.8 min', '19.7 h': the unit a team plans in."""
     if seconds is None or not math.isfinite(seconds):
         return "n/a"
+    if seconds < 1:
+        return f"{1e3 * seconds:.0f} ms"
     if seconds < 90:
         return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
     if seconds < 90 * 60:
@@ -214,6 +217,13 @@ def duration_band(est: Optional[float], low: Optional[float], high: Optional[flo
     scale, unit = _unit(est)
     digits = 0 if unit == "s" and est >= 10 else 1
     return f"{duration(est)} ({low / scale:.{digits}f}-{high / scale:.{digits}f} {unit})"
+
+
+def amount(v: Optional[float]) -> str:
+    """Money without losing small sums to rounding: '1,234.50', '0.0312'."""
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    return f"{v:,.2f}" if abs(v) >= 1 else f"{v:.3g}"
 
 
 def one_line(p: EpochPrediction, epochs: int) -> Optional[str]:

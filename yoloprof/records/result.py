@@ -80,6 +80,7 @@ class TrialResult:
     epoch_end_ms_p50: Optional[float] = None  # end-of-epoch work a boundary step carried (slowest rank)
     epoch_boundary_ms_p50: Optional[float] = None  # a boundary step's time over the steady median step
     batches_per_epoch: Optional[int] = None
+    setup_s: Optional[float] = None  # the slowest rank's trainer set-up to its first step (a run pays it once)
     workers_effective: Optional[int] = None
     amp_effective: Optional[bool] = None
     accumulate: Optional[int] = None

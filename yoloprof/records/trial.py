@@ -142,6 +142,7 @@ class RankEnd:
     last_step: Optional[int] = None
     error: Optional[str] = None
     t_end_s: float = 0.0
+    setup_s: Optional[float] = None  # trainer construction to the first step: dataset scan, caching, model, DDP
 
 
 @dataclass

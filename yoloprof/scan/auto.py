@@ -75,7 +75,8 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
             references.append(defaults)
     search = AutoSearch.from_pruned(pruned, start, meta.budget_s, beats=beats, contenders=noise.contenders,
                                     bottleneck=bottleneck, references=references,
-                                    after_trials=0.0 if _epoch_measured(out) else EPOCH_JOB_TRIALS)  # fmt: skip
+                                    after_trials=0.0 if _epoch_measured(out) else EPOCH_JOB_TRIALS,
+                                    noise_df=lambda rs: noise.run_to_run(rs).df)  # fmt: skip
     done_before = {s.trial_id: s for s in meta.specs}  # --resume: trials that may already have results
     meta.specs, meta.trial_ids = [], []
     results: list[TrialResult] = []

@@ -56,12 +56,16 @@ class AutoSearch:
                  bottleneck: Callable[[TrialResult], Optional[str]],
                  promote: Iterable[str] = (), max_fit: Optional[dict[bool, int]] = None,
                  references: Iterable[Knobs] = (), repeats: int = 1, first_guess_s: float = 60.0,
-                 max_passes: int = 2, after_trials: float = 0.0):  # fmt: skip
+                 max_passes: int = 2, after_trials: float = 0.0,
+                 noise_df: Optional[Callable[[list[TrialResult]], int]] = None, target_df: int = 3):  # fmt: skip
         """`start`: Ultralytics' defaults or the user's baseline, run even where pruned (it is the reference);
         `references`: other must-run configurations (the defaults when the start is the baseline);
         `promote`: NCCL presets pruned as slower, tried when communication bounds the incumbent;
         `max_fit`: amp -> largest global batch the compute ceiling says fits (prune.Pruned.max_fit);
-        `after_trials`: what runs after the search within the same budget (the epoch job), in trials' time."""
+        `after_trials`: what runs after the search within the same budget (the epoch job), in trials' time;
+        `noise_df`: degrees of freedom of the run-to-run noise so far: with it, budget left after the
+        confirmation buys more repeats of the contenders until there are `target_df` (one repeat pair
+        gives 1, and a t-interval on 1 df is 12.7 spreads wide: every configuration would be tied)."""
         if repeats < 0 or budget_s <= 0 or max_passes < 1:
             raise ValueError("repeats >= 0, budget_s > 0 and max_passes >= 1 are required")
         self.space, self.start, self.budget_s = space, start, budget_s
@@ -71,6 +75,7 @@ class AutoSearch:
         self.references = [r for r in references if r != start]
         self.repeats, self.first_guess_s, self.max_passes = repeats, first_guess_s, max_passes
         self.after_trials = after_trials
+        self.noise_df, self.target_df = noise_df, target_df
         self.decisions: list[Decision] = []
         self.incumbent: Optional[TrialResult] = None
         self._results: list[TrialResult] = []
@@ -315,10 +320,36 @@ class AutoSearch:
                                                           f"passes the {self.budget_s:.0f} s budget{after}",
                               trial_id=first.trial_id)  # fmt: skip
                     continue
-                before = {r.trial_id for r in self._results}
-                yield Proposal(first.knobs, f"confirmation: {what}", first.trial_id, "confirm")
-                new = [r for r in self._runs(first.knobs) if r.trial_id not in before]
-                last = new[-1] if new else None
-                self._log("confirm", "repeat", f"{what}: {self._said(last)}", trial_id=last.trial_id if last else None)
+                yield from self._repeat(first, what)
+        yield from self._noise_floor()
+
+    def _repeat(self, first: TrialResult, what: str, why: str = "") -> Iterator[Proposal]:
+        before = {r.trial_id for r in self._results}
+        yield Proposal(first.knobs, f"confirmation: {what}", first.trial_id, "confirm")
+        new = [r for r in self._runs(first.knobs) if r.trial_id not in before]
+        last = new[-1] if new else None
+        self._log("confirm", "repeat", f"{what}{why}: {self._said(last)}", trial_id=last.trial_id if last else None)
+
+    def _noise_floor(self) -> Iterator[Proposal]:
+        """Repeats while the run-to-run noise rests on fewer than target_df degrees of freedom and the
+        budget allows: the contenders as they stand now, the one with the fewest runs first."""
+        if self.noise_df is None:
+            return
+        for _ in range(2 * self.target_df):  # bounded: each repeat adds one df, a failed one none
+            df = self.noise_df(self._results)
+            if df >= self.target_df:
+                return
+            firsts = [self._first(k) for k in (self._id_knobs(t) for t in self.contenders(self._results)) if k]
+            firsts = sorted((f for f in firsts if f is not None), key=lambda f: len(self._runs(f.knobs)))
+            if not firsts:
+                return
+            first, est = firsts[0], self.estimate_s()
+            what = f"run {len(self._runs(first.knobs)) + 1} of {first.trial_id}"
+            if self._spent + est + self._after_s() > self.budget_s:
+                self._log("budget", "skipped-budget", f"{what} not run: the run-to-run noise rests on {df} df (of "
+                          f"{self.target_df} wanted) but {self._spent:.0f} s + ~{est:.0f} s passes the "
+                          f"{self.budget_s:.0f} s budget", trial_id=first.trial_id)  # fmt: skip
+                return
+            yield from self._repeat(first, what, f" (the run-to-run noise rests on {df} df; {self.target_df} wanted)")
 
 

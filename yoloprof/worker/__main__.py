@@ -161,6 +161,7 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
         last_step=probe.steps_started - 1 if probe.steps_started else None,
         error=error,
         t_end_s=time.time(),
+        setup_s=getattr(trainer, "setup_s", None),
     )
     if pooled:  # the next trial must not inherit this one's model, optimizer or cached blocks
         del trainer

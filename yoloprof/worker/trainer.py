@@ -150,7 +150,8 @@ def _cpu_capable_ddp():
 class ScanTrainer(EpochEndMixin, DetectionTrainer):
     def __init__(self, spec: TrialSpec, probe: StepProbe, project: str, on_ready: Callable, on_step: Callable,
                  precise: Optional[Callable[[], bool]] = None):  # fmt: skip
-        self._constructed = time.perf_counter()  # "epoch" mode: set-up is timed from here to the first step
+        self._constructed = time.perf_counter()  # set-up is timed from here to the first step
+        self.setup_s: Optional[float] = None
         self.epoch_parts: Optional[RankEpochParts] = None
         self.spec, self.probe, self._precise = spec, probe, precise
         self._optimizer_cost = None  # set with the probes (tests only: YOLOPROF_TEST_COST)
@@ -225,8 +226,10 @@ class ScanTrainer(EpochEndMixin, DetectionTrainer):
         self.probe.mark("opt_end")
 
     def _batch_start(self):
-        if self.probe.steps_started == 0 and self.spec.mode == "epoch":
-            self.epoch_parts = RankEpochParts(rank=max(RANK, 0), setup_s=time.perf_counter() - self._constructed)
+        if self.probe.steps_started == 0:
+            self.setup_s = time.perf_counter() - self._constructed  # every trial: its run's set-up
+            if self.spec.mode == "epoch":
+                self.epoch_parts = RankEpochParts(rank=max(RANK, 0), setup_s=self.setup_s)
         self.probe.batch_start(self.epoch)
         known_costs.set_step(self.probe.steps_started - 1)  # tests only: costs on odd steps
 

@@ -1,0 +1,161 @@
+"""The pure helpers of benchmarks/overhead.py and benchmarks/fidelity.py, on hand-made numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+overhead = _load("overhead")
+fidelity = _load("fidelity")
+
+
+# -- overhead ------------------------------------------------------------------------------------
+def test_schedule_mirrors_pairs():
+    assert overhead.schedule(8) == [False, True, True, False, False, True, True, False]
+
+
+def test_pairs_are_adjacent_on_off_and_off_off_neighbours():
+    states = overhead.schedule(8)
+    values = [100, 110, 99, 90, 92, 101, 100, 100]
+    on_off, off_off = overhead.pair_logs(states, values)
+    assert on_off == pytest.approx([math.log(1.1), math.log(99 / 90), math.log(101 / 92), math.log(1.0)])
+    assert off_off == pytest.approx([math.log(92 / 90)])  # windows 3 and 4; 7 has no later neighbour
+    nan = float("nan")
+    on_off, _ = overhead.pair_logs(states, [100, nan, 99, 90, 92, 101, 100, 100])
+    assert len(on_off) == 3  # the pair with a missing window drops
+
+
+def test_ratio_interval_from_log_ratios():
+    ci = overhead.log_ratio_ci([math.log(1.01), math.log(1.03)])
+    assert ci.ratio == pytest.approx(math.sqrt(1.01 * 1.03))
+    sd = (math.log(1.03) - math.log(1.01)) / math.sqrt(2)
+    assert ci.sd == pytest.approx(sd)
+    half = 12.706 * sd / math.sqrt(2)
+    assert ci.low == pytest.approx(ci.ratio * math.exp(-half))
+    assert ci.high == pytest.approx(ci.ratio * math.exp(half))
+    assert overhead.log_ratio_ci([0.1]) is None
+
+
+def test_verdicts():
+    ci = overhead.RatioCI
+    assert overhead.verdict(ci(1.005, 0.995, 1.015, 20, 0.01)) == "overhead +0.50% (95% -0.50% to +1.50%): under 2%"
+    assert overhead.verdict(ci(1.05, 1.03, 1.07, 20, 0.01)).endswith("OVER 2%")
+    assert overhead.verdict(ci(1.02, 0.98, 1.07, 20, 0.09)).endswith("cannot be told from noise of +-4.4%")
+    assert overhead.verdict(ci(1.02, 1.01, 1.03, 20, 0.01)).endswith("not shown under 2% (the interval straddles it)")
+
+
+# -- fidelity ------------------------------------------------------------------------------------
+RESULTS = """epoch,time,train/box_loss,train/cls_loss,metrics/mAP50(B),lr/pg0
+1,14.5,3.1,4.2,0,0.01
+2,26.25,3.0,4.0,0,0.0098
+3,38.0,2.9,3.9,0.001,0.0096
+4,50.5,2.8,3.8,0.002,0.0094
+"""
+
+
+def test_epoch_times_are_differences_of_the_cumulative_time():
+    assert fidelity.epoch_times(RESULTS) == [(1, 14.5), (2, 11.75), (3, 11.75), (4, 12.5)]
+    padded = RESULTS.replace("epoch,time", "   epoch,    time")  # older releases padded the header
+    assert fidelity.epoch_times(padded)[1] == (2, 11.75)
+    assert fidelity.epoch_times("") == []
+    with pytest.raises(ValueError, match="no epoch/time"):
+        fidelity.epoch_times("a,b\n1,2\n")
+
+
+SCAN_CSV = """trial_id,status,world_size,img_per_s,img_per_s_ci_low,img_per_s_ci_high,img_per_s_config,\
+img_per_s_config_ci_low,img_per_s_config_ci_high,epoch_s,epoch_s_low,epoch_s_high,run_h
+t02-b16-w0-fp32,ok,1,60.5,58,63,,,,9.5,9,10.25,0.3
+t01-b8-w0-fp32,ok,1,50,48,52,51,49,53,11,10,12,
+"""
+
+
+def test_prediction_read_by_column_name():
+    p = fidelity.prediction(SCAN_CSV, "t02-b16-w0-fp32")
+    assert (p["epoch_s"], p["epoch_s_low"], p["epoch_s_high"], p["run_h"]) == (9.5, 9.0, 10.25, 0.3)
+    assert (p["img_per_s"], p["img_per_s_config"], p["world_size"]) == (60.5, None, 1.0)
+    assert fidelity.prediction(SCAN_CSV, "t01-b8-w0-fp32")["run_h"] is None
+    with pytest.raises(ValueError, match="not in the scan"):
+        fidelity.prediction(SCAN_CSV, "t09")
+    old = "trial_id,status,img_per_s\nt01,ok,50\n"
+    with pytest.raises(ValueError, match="no epoch_s, epoch_s_low, epoch_s_high, run_h column"):
+        fidelity.prediction(old, "t01")
+
+
+def test_steady_steps_skip_each_epochs_first_steps_and_a_partial_batch():
+    log = [
+        {"epoch": 0, "t": 0.0, "batch": 4, "images": 10, "batches": 3},
+        {"epoch": 0, "t": 1.0}, {"epoch": 0, "t": 1.5}, {"epoch": 0, "t": 2.25},  # the last: 2 images, dropped
+        {"epoch": 1, "t": 3.0, "batch": 4, "images": 10, "batches": 3},
+        {"epoch": 1, "t": 4.0}, {"epoch": 1, "t": 4.5}, {"epoch": 1, "t": 5.0},
+    ]  # fmt: skip
+    assert fidelity.steady_steps(log, 1) == ([4, 4], [500.0, 500.0])
+    assert fidelity.steady_steps(log, 0) == ([4, 4, 4, 4], [1000.0, 500.0, 1000.0, 500.0])
+    log[0]["images"] = log[4]["images"] = 12  # full last batches are kept
+    assert fidelity.steady_steps(log, 2) == ([4, 4], [750.0, 500.0])
+
+
+def test_ratio_and_judgement():
+    r = fidelity.ratio(10.5, 10.0, 11.0, 10.0, 9.7, 10.3)
+    half = math.hypot(0.5 / 10.5, 0.3 / 10.0)
+    assert (r.ratio, r.low, r.high) == pytest.approx((1.05, 1.05 * math.exp(-half), 1.05 * math.exp(half)))
+    one = fidelity.combine([r])  # one round is its own figure
+    assert (one.ratio, one.low, one.high) == pytest.approx((r.ratio, r.low, r.high))
+    assert fidelity.judge(fidelity.Ratio(1.03, 1.01, 1.04), 0.05) == "PASS (target within 5%)"
+    assert fidelity.judge(fidelity.Ratio(1.03, 0.9, 1.1), 0.05).endswith("the interval reaches past +-5%")
+    assert fidelity.judge(fidelity.Ratio(0.88, 0.85, 0.91), 0.10) == "MISS (target within 10%)"
+    m, lo, hi = fidelity.mean_ci([10.0, 12.0])
+    assert (m, lo, hi) == pytest.approx((11.0, 11.0 - 12.706, 11.0 + 12.706))
+
+
+def test_best_env_exports():
+    text = "# why\nexport OMP_NUM_THREADS=2\nexport NCCL_ALGO='Ring'\n# note: x\n"
+    assert fidelity.env_file(text) == {"OMP_NUM_THREADS": "2", "NCCL_ALGO": "Ring"}
+
+
+def test_time_in_the_step_loop_per_epoch():
+    log = [
+        {"epoch": 0, "t": 10.0, "batch": 4, "images": 8, "batches": 2},
+        {"epoch": 0, "t": 11.0}, {"epoch": 0, "t": 12.5},
+        {"epoch": 1, "t": 14.0, "batch": 4, "images": 8, "batches": 2},
+        {"epoch": 1, "t": 15.0}, {"epoch": 1, "t": 16.0},
+        {"epoch": 2, "t": 18.0, "batch": 4, "images": 8, "batches": 2},  # stopped before its first batch ended
+    ]  # fmt: skip
+    assert fidelity.in_steps(log) == {0: 2.5, 1: 2.0}
+
+
+def test_median_interval_from_order_statistics():
+    logs = [math.log(1 + i / 100) for i in range(20)]  # 1.00 .. 1.19
+    med, lo, hi = overhead.median_ci(list(reversed(logs)))
+    assert med == pytest.approx(math.sqrt(1.09 * 1.10))
+    assert (lo, hi) == pytest.approx((1.05, 1.14))  # k = 6: 2 P(Bin(20, 1/2) <= 5) = 4.1%
+    assert overhead.median_ci(logs[:6])[1:] == pytest.approx((1.0, 1.05))  # k = 1: the extremes
+    assert overhead.median_ci(logs[:5]) is None
+
+
+def test_rounds_combine():
+    e = math.exp
+    two = fidelity.combine([fidelity.Ratio(1.1, 1.1 * e(-0.05), 1.1 * e(0.05)),
+                            fidelity.Ratio(0.9, 0.9 * e(-0.05), 0.9 * e(0.05))])  # fmt: skip
+    half = math.sqrt(2 * 0.05**2) / 2  # each 5%: together 3.5%
+    assert (two.ratio, two.low, two.high) == pytest.approx((math.sqrt(0.99), math.sqrt(0.99) * math.exp(-half),
+                                                             math.sqrt(0.99) * math.exp(half)))  # fmt: skip
+    spread = fidelity.combine([fidelity.Ratio(x, x * 0.99, x * 1.01) for x in (0.8, 1.0, 1.25)])
+    logs = [math.log(0.8), 0.0, math.log(1.25)]
+    half = 4.303 * statistics.stdev(logs) / math.sqrt(3)  # the rounds disagree more than their intervals say
+    assert (spread.low, spread.high) == pytest.approx((math.exp(-half), math.exp(half)))
