@@ -182,3 +182,15 @@ def test_the_scaling_table_reads_ranks_epoch_run_cost_and_efficiency(tmp_path):
         p = out.predictions[r.trial_id]
         assert epoch.duration(p.epoch_s) in ln and f"{epoch.amount(p.cost_run)} EUR" in ln
         assert p.cost_run == pytest.approx(p.run_h * r.world_size * 2.5)
+
+
+def test_report_command_re_prices_and_refuses_a_bad_price_in_one_line(cpu_scan_copy, capsys):
+    from yoloprof import cli
+
+    assert cli.main(["report", str(cpu_scan_copy), "--epochs", "300", "--gpu-hour-price", "2.5"]) == 0
+    text = capsys.readouterr().out
+    assert "for 300 epochs" in text and "USD" in text
+    assert cli.main(["report", str(cpu_scan_copy), "--gpu-hour-price", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--gpu-hour-price -1.0: give the price of one GPU-hour, > 0" in err[0]
+    assert read_json(cpu_scan_copy / "scan.json")["run_plan"]["gpu_hour_price"] == 2.5  # the refused one changed nothing

@@ -14,7 +14,7 @@ import pytest
 from yoloprof.analysis import aggregate, ranking
 from yoloprof.scan import ceilings, launch
 from yoloprof.search import plan
-from yoloprof.records import Knobs, TrialSpec, read_json, AllReduceCeiling
+from yoloprof.records import Knobs, TrialSpec
 
 pytestmark = pytest.mark.slow
 PHASES = ("data_wait_ms", "h2d_ms", "forward_ms", "backward_ms", "comm_wait_ms", "optimizer_ms")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from yoloprof.analysis import aggregate, against, epoch
+from yoloprof.analysis import aggregate, against, epoch, epoch_costs
 from yoloprof.errors import UsageError
 from yoloprof.paths import SCAN_MARKER, trial_dir
 from yoloprof.analysis.telemetry import read_telemetry
@@ -85,18 +85,6 @@ def trial_result(scan_dir: Path, trial_id: str) -> Optional[TrialResult]:
     return None
 
 
-def epoch_costs(scan_dir: Path) -> dict[int, EpochCosts]:
-    """epoch/w<N>.json: what an epoch adds beyond its steps, measured once per world size."""
-    out = {}
-    for path in sorted((Path(scan_dir) / "epoch").glob("w*.json")):
-        try:
-            c = read_json(path, EpochCosts)
-        except RecordError as exc:
-            raise UsageError(f"{path}: {exc}") from None
-        out[c.world_size] = c
-    return out
-
-
 def collect(scan_dir: Path) -> ScanOutputs:
     meta = load_meta(scan_dir)
     results, missing = [], []
@@ -106,7 +94,7 @@ def collect(scan_dir: Path) -> ScanOutputs:
     ranking = rank_trials(results)
     best = next((r for r in results if r.trial_id == ranking.best_trial_id), None)
     ceilings = against.load(Path(scan_dir) / "ceilings")
-    costs = epoch_costs(scan_dir)
+    costs = epoch_costs.load(scan_dir)
     predictions = epoch.predict_all(results, costs, meta.dataset, meta.run_plan, ranking)
     lead = epoch.one_line(predictions[best.trial_id], meta.run_plan.epochs) if best is not None else None
     text = headline(results, ranking, meta.baselines, lead)

@@ -25,7 +25,7 @@ both to decide what to repeat and whether a candidate beats the incumbent.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from yoloprof.analysis.intervals import t975
