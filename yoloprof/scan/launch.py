@@ -171,6 +171,32 @@ class TrialWatch:
         return max(policy.min_stall_s, policy.stall_factor * typical)
 
 
+class TrialClock:
+    """One trial's watch loop step, shared by a launch per trial and a rank pool: new steps reset the
+    stall clock, the hang rule and a stop request end the wait."""
+
+    def __init__(self, watch: "TrialWatch", policy: HangPolicy, start: float,
+                 on_poll: Optional[Callable] = None, should_stop: Optional[Callable[[], bool]] = None):  # fmt: skip
+        self.watch, self.policy, self.start, self.last_move = watch, policy, start, time.monotonic()
+        self.on_poll, self.should_stop = on_poll, should_stop
+        self.timeout_reason: Optional[str] = None
+        self.interrupted = False
+
+    def poll(self) -> None:
+        if self.watch.poll():
+            self.last_move = time.monotonic()
+        if self.on_poll is not None:
+            self.on_poll(self.watch)
+
+    def must_end(self) -> bool:
+        """Hung by the policy, or asked to stop (Ctrl-C, SIGTERM)."""
+        now = time.monotonic()
+        self.timeout_reason = self.policy.reason(self.watch, now - self.start, now - self.last_move)
+        if self.timeout_reason is None and self.should_stop is not None and self.should_stop():
+            self.interrupted = True
+        return self.timeout_reason is not None or self.interrupted
+
+
 def run_trial(
     spec: TrialSpec,
     trial_dir: Path,
@@ -190,8 +216,8 @@ def run_trial(
     cmd = torchrun_command(spec, spec_path, free_port())
     (trial_dir / "cmd.txt").write_text(" ".join(cmd) + "\n")
     watch = TrialWatch(trial_dir, spec.world_size)
-    start = last_move = time.monotonic()
-    timeout_reason, interrupted = None, False
+    start = time.monotonic()
+    clock = TrialClock(watch, policy, start, on_poll, should_stop)
     from probes.telemetry import TelemetrySampler
 
     sampler = TelemetrySampler(trial_dir / TELEMETRY_FILE, interval_s=telemetry_interval_s,
@@ -206,24 +232,16 @@ def run_trial(
         sampler.attach(proc.pid)
         try:
             while proc.poll() is None:
-                now = time.monotonic()
-                if watch.poll():
-                    last_move = now
-                if on_poll is not None:
-                    on_poll(watch)
-                timeout_reason = policy.reason(watch, now - start, now - last_move)
-                if timeout_reason is not None:
-                    break
-                if should_stop is not None and should_stop():
-                    interrupted = True
+                clock.poll()
+                if clock.must_end():
                     break
                 time.sleep(0.25)
         finally:
             kill_group(proc)
     wall_s = time.monotonic() - start
     watch.poll()
-    outcome = LaunchOutcome(returncode=proc.returncode, timed_out=timeout_reason is not None, interrupted=interrupted,
-                            wall_s=wall_s, timeout_reason=timeout_reason)  # fmt: skip
+    outcome = LaunchOutcome(returncode=proc.returncode, timed_out=clock.timeout_reason is not None,
+                            interrupted=clock.interrupted, wall_s=wall_s, timeout_reason=clock.timeout_reason)  # fmt: skip
     release_s = wait_gone(proc.pid)  # the next trial must never meet this one's processes or memory
     if release_s is None:
         outcome.release_note = f"processes of this trial outlived {GONE_TIMEOUT_S:.0f} s after being killed"

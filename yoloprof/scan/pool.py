@@ -95,8 +95,8 @@ class RankPool:
         self.trials.append(trial_dir)
         _write_atomic(self.dir / f"job-{self.jobs:04d}.json", {"spec": str(spec_path.resolve())})
         watch = launch.TrialWatch(trial_dir, spec.world_size)
-        last_move = time.monotonic()
-        timeout_reason, interrupted, ends = None, False, [None] * spec.world_size
+        clock = launch.TrialClock(watch, policy, start, on_poll, should_stop)
+        ends = [None] * spec.world_size
         from probes.telemetry import TelemetrySampler
 
         sampler = TelemetrySampler(trial_dir / launch.TELEMETRY_FILE, interval_s=self.telemetry_interval_s,
@@ -104,22 +104,15 @@ class RankPool:
         with sampler:
             sampler.attach(self.proc.pid)
             while True:
-                now = time.monotonic()
-                if watch.poll():
-                    last_move = now
-                if on_poll is not None:
-                    on_poll(watch)
+                clock.poll()
                 ends = _ends(trial_dir, spec.world_size)
                 if all(e is not None for e in ends) or self.proc.poll() is not None:
                     break
-                timeout_reason = policy.reason(watch, now - start, now - last_move)
-                if timeout_reason is not None:
-                    break
-                if should_stop is not None and should_stop():
-                    interrupted = True
+                if clock.must_end():
                     break
                 time.sleep(0.05)
         wall_s = time.monotonic() - start
+        timeout_reason, interrupted = clock.timeout_reason, clock.interrupted
         ok = all(e == "ok" for e in ends) and timeout_reason is None and not interrupted
         if not ok:  # a failed rank leaves the pool by itself; a hang or an interrupt is ended here
             if timeout_reason is None and not interrupted:
