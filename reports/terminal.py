@@ -38,9 +38,9 @@ def epoch_cells(p: Optional[EpochPrediction], rp: RunPlan) -> list[str]:
     if p is None or p.epoch_s is None:
         return ["n/a", "n/a"] + (["n/a"] if rp.gpu_hour_price is not None else [])
     cells = [duration_band(p.epoch_s, p.epoch_s_low, p.epoch_s_high),
-             duration(p.run_h * 3600) if p.run_h is not None else "n/a"]
+             duration_band(*(None if x is None else 3600 * x for x in (p.run_h, p.run_h_low, p.run_h_high)))]
     if rp.gpu_hour_price is not None:
-        cells.append(money(p.cost_run, rp.currency))
+        cells.append(amount(p.cost_run))  # the column names the currency
     return cells
 
 
@@ -66,25 +66,24 @@ def ranked_table(results: list[TrialResult], ranking: Ranking, title: str = "yol
     t = Table(title=title, header_style="bold")
     lead = [("epoch (95%)", "right"), (f"{rp.epochs} epochs", "right")] if predictions else []
     if predictions and rp.gpu_hour_price is not None:
-        lead.append(("cost", "right"))
-    # With the epoch columns the per-step spread and step times give way (results.csv and the report keep
-    # them): a terminal is ~140 columns and the trial names must stay readable.
-    spread_col = [] if lead else [("p10-p90", "right"), ("step ms", "right")]
-    for col, just in (("#", "right"), ("trial", "left"), *lead, ("img/s (95%)", "right"), *spread_col,
-                      ("data wait", "right"),
-                      ("AllReduce exposed", "right"), ("peak MiB", "right"), ("bound by", "left")):  # fmt: skip
-        t.add_column(col, justify=just, no_wrap=col in ("#", "img/s (95%)", "epoch (95%)"))
+        lead.append((f"cost {rp.currency}", "right"))
+    # With the epoch columns the per-step spread, step times and peak memory give way, and exposed AllReduce
+    # shows its share only (results.csv and the report keep them all): the trial ids must stay whole.
+    detail = not lead
+    cols = [("#", "right"), ("trial", "left"), *lead, ("img/s (95%)", "right")]
+    cols += [("p10-p90", "right"), ("step ms", "right")] if detail else []
+    cols += [("data wait", "right"), ("AllReduce exposed" if detail else "AllReduce", "right")]
+    cols += [("peak MiB", "right")] if detail else []
+    for col, just in cols + [("bound by", "left")]:
+        width = max((len(r.trial_id) for r in results), default=0) if col == "trial" else None  # ids stay whole
+        t.add_column(col, justify=just, no_wrap=col in ("#", "img/s (95%)", "epoch (95%)", f"{rp.epochs} epochs"),
+                     min_width=width)
     for r in ordered(results, ranking):
         v = verdicts[r.trial_id]
-        pad = [""] * len(lead)
         if r.status != "ok":
-            t.add_row("-", r.trial_id, *pad, f"[red]{r.status}[/]", *[""] * (2 + len(spread_col)),
-                      fmt(r.peak_mem_mib, ".0f"), v.evidence[:80])  # fmt: skip
+            blank = [""] * (len(cols) - 3 - len(lead))
+            t.add_row("-", r.trial_id, *[""] * len(lead), f"[red]{r.status}[/]", *blank, v.evidence[:80])
             continue
-        pad = epoch_cells(predictions.get(r.trial_id), rp) if lead else []
-        spread = [f"{fmt(r.img_per_s_p10)}-{fmt(r.img_per_s_p90)}",
-                  f"{fmt(r.step_ms_p50, '.0f')} / p90 {fmt(r.step_ms_p90, '.0f')}"] if spread_col else []
-        comm = "n/a" if r.comm_frac is None else f"{fmt(r.comm_wait_ms_p50, '.0f')} ms ({pct(r.comm_frac)})"
         img = interval_text(r.img_per_s, *noise.trial_interval(r, rtr))
         name = r.trial_id
         if r.trial_id == ranking.recommended_trial_id:
@@ -94,9 +93,16 @@ def ranked_table(results: list[TrialResult], ranking: Ranking, title: str = "yol
         if v.repeat_of:
             name += " [dim](repeat)[/]" if v.repeat_of in name else f" [dim](repeat of {v.repeat_of})[/]"
         style = "bold green" if r.trial_id == ranking.recommended_trial_id else ""
-        t.add_row(str(v.position), name, *pad, f"[{style}]{img}[/]" if style else img,
-                  *spread, pct(r.data_wait_frac), comm,
-                  fmt(r.peak_mem_mib, ".0f"), v.label or v.bottleneck or "")  # fmt: skip
+        cells = [str(v.position), name, *(epoch_cells(predictions.get(r.trial_id), rp) if lead else []),
+                 f"[{style}]{img}[/]" if style else img]
+        if detail:
+            cells += [f"{fmt(r.img_per_s_p10)}-{fmt(r.img_per_s_p90)}",
+                      f"{fmt(r.step_ms_p50, '.0f')} / p90 {fmt(r.step_ms_p90, '.0f')}"]
+        comm = "n/a" if r.comm_frac is None else pct(r.comm_frac)
+        if detail and r.comm_frac is not None:
+            comm = f"{fmt(r.comm_wait_ms_p50, '.0f')} ms ({comm})"
+        cells += [pct(r.data_wait_frac), comm] + ([fmt(r.peak_mem_mib, ".0f")] if detail else [])
+        t.add_row(*cells, v.label or v.bottleneck or "")
     notes = []
     if ranking.recommendation_reason:
         notes.append(ranking.recommendation_reason)
@@ -115,7 +121,7 @@ def scaling_table(results: list[TrialResult], predictions: dict[str, EpochPredic
     if not groups:
         return None
     t = Table(title=f"Scaling: the same batch per rank, {rp.epochs} epochs", header_style="bold")
-    cols = ["settings", "ranks", "an epoch", f"{rp.epochs} epochs"] + (["cost"] if rp.gpu_hour_price is not None else [])
+    cols = ["settings", "ranks", "an epoch", f"{rp.epochs} epochs"] + ([f"cost {rp.currency}"] if rp.gpu_hour_price is not None else [])
     for col in cols + ["img/s", "efficiency", "exposed AllReduce"]:
         t.add_column(col, justify="left" if col == "settings" else "right")
     for g in groups:

@@ -124,7 +124,8 @@ def test_durations_are_in_the_unit_a_team_plans_in():
     assert [epoch.duration(x) for x in (0.19, 4.2, 42, 708, 70920, None)] == [
         "190 ms", "4.2 s", "42 s", "11.8 min", "19.7 h", "n/a"]
     assert [epoch.amount(x) for x in (1234.5, 0.0312, None)] == ["1,234.50", "0.0312", "n/a"]
-    assert epoch.duration_band(708, 672, 750) == "11.8 min (11.2-12.5 min)"
+    assert epoch.duration_band(708, 672, 750) == "11.8 min (11.2-12.5)"
+    assert epoch.duration_band(0.19, 0.17, 0.25) == "190 ms (170-250)"
     p = epoch.predict(trial(), costs(), None, RunPlan(epochs=100))
     assert epoch.one_line(p, 100).startswith(f"{epoch.duration(p.epoch_s)} an epoch, ") and "for 100 epochs" in epoch.one_line(p, 100)
 
@@ -176,11 +177,13 @@ def test_the_scaling_table_reads_ranks_epoch_run_cost_and_efficiency(tmp_path):
     out = outputs.collect(d)
     console = Console(width=200, record=True)
     console.print(scaling_table(out.results, out.predictions, out.meta.run_plan))
-    lines = [ln for ln in console.export_text().splitlines() if "EUR" in ln]
+    text = console.export_text()
+    assert "cost EUR" in text
+    lines = [ln for ln in text.splitlines() if " min " in ln]
     assert len(lines) == 2  # 1 and 2 ranks
     for ln, r in zip(lines, sorted(out.results, key=lambda r: r.world_size)):
         p = out.predictions[r.trial_id]
-        assert epoch.duration(p.epoch_s) in ln and f"{epoch.amount(p.cost_run)} EUR" in ln
+        assert epoch.duration(p.epoch_s) in ln and f" {epoch.amount(p.cost_run)} " in ln
         assert p.cost_run == pytest.approx(p.run_h * r.world_size * 2.5)
 
 

@@ -209,14 +209,16 @@ def _unit(seconds: float) -> tuple[float, str]:
 
 
 def duration_band(est: Optional[float], low: Optional[float], high: Optional[float]) -> str:
-    """'11.8 min (11.2-12.5 min)': one unit, the estimate's, for the band as well."""
+    """'11.8 min (11.2-12.5)': the band in the estimate's unit."""
     if est is None or not math.isfinite(est):
         return "n/a"
     if low is None or high is None or not high > low:
         return duration(est)
     scale, unit = _unit(est)
     digits = 0 if unit == "s" and est >= 10 else 1
-    return f"{duration(est)} ({low / scale:.{digits}f}-{high / scale:.{digits}f} {unit})"
+    if unit == "s" and est < 1:  # shown in ms
+        return f"{duration(est)} ({1e3 * low:.0f}-{1e3 * high:.0f})"
+    return f"{duration(est)} ({low / scale:.{digits}f}-{high / scale:.{digits}f})"
 
 
 def amount(v: Optional[float]) -> str:
