@@ -1,6 +1,9 @@
 """Does `--strategy auto` find what the full grid finds, in a fraction of its time?
 
-    python benchmarks/search_quality.py [--out runs/yoloprof/bench-search] [--budget 5m]
+    python benchmarks/search_quality.py [--out runs/yoloprof/bench-search] [--budget 5m] [-- SCAN ARGS]
+
+SCAN ARGS go to the auto scan (say `-- --batch 8,16,32,64,128` for a wider space); the grid then
+runs every combination of the space auto recorded.
 
 Runs, on this machine, the default auto scan (ceilings, search, repeats) and then the grid over the
 same space (every combination of the values auto may try, without ceilings), then prints:
@@ -46,10 +49,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/yoloprof/bench-search")
     ap.add_argument("--budget", default=None, help="auto's --budget (its default when not given)")
+    ap.add_argument("scan_args", nargs="*", help="more arguments for the auto scan (after --)")
     args = ap.parse_args()
     root = Path(args.out)
     auto_dir, grid_dir = root / "auto", root / "grid"
-    auto_s = _scan(auto_dir, *(["--budget", args.budget] if args.budget else []))
+    auto_s = _scan(auto_dir, *(["--budget", args.budget] if args.budget else []), *args.scan_args)
     auto = outputs.collect(auto_dir)
     space = json.loads((auto_dir / "scan.json").read_text())["axes"]  # the space auto searched
     lists = []

@@ -4,11 +4,12 @@ through a failure in the middle, every step recorded as a decision."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import yaml
 
-from test_failures import leftovers, results, run_scan
+from test_failures import BIN, leftovers, results, run_scan
 from test_pool import _pids
 from yoloprof.records import ScanMeta, read_json
 
@@ -52,3 +53,10 @@ def test_auto_scan_searches_within_budget_through_a_failure(tiny_data, tmp_path)
     assert rec.status == "ok" and best["batch"] == rec.knobs.batch and best["workers"] == rec.knobs.workers
     assert "auto search: " in proc.stdout and f"of {BUDGET_S / 60:.1f} min" in proc.stdout
     assert leftovers(out) == []
+    # --resume of the finished scan replays the search on the clock it had: no fresh budget, no new trial
+    again = subprocess.run([str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings"], capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    resumed = read_json(out / "scan.json", ScanMeta)
+    assert resumed.trial_ids == meta.trial_ids
+    assert [(d.kind, d.budget_used_s) for d in resumed.decisions] == [(d.kind, d.budget_used_s) for d in meta.decisions]

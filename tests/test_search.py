@@ -386,3 +386,29 @@ def test_a_flat_machine_walks_every_knob_once_in_the_bottleneck_order(bn):
     assert not [d for d in s.decisions if d.kind == "adopted"]
     neighbours_tried = 2 + 2 + 1 + 1 + 2 + 5  # batch, workers: up and down; amp, pin; cache; nccl presets
     assert len(results) == 1 + neighbours_tried + 2
+
+
+def test_a_resumed_search_goes_on_with_the_budget_left(monkeypatch):
+    """--resume replays the kept trials in no time; the budget's clock reads what it read the first time."""
+    from yoloprof.scan import auto
+
+    full = search(budget_s=600)
+    results, proposals, _ = drive(full)  # 60 s a trial: ten trials, then the budget stops it
+    assert len(results) == 10
+    now = [1000.0]
+    monkeypatch.setattr(auto.time, "monotonic", lambda: now[0])
+    clock = auto.SearchClock(started=997.0, earlier=list(full.decisions))  # 3 s of set-up before the search
+    again, replayed, seen = search(budget_s=600), [], []
+    while (p := again.propose(replayed, clock.now())) is not None:
+        seen.append(p)
+        if len(replayed) < 6:  # interrupted after six trials: these are kept
+            replayed.append(results[len(replayed)])
+            clock.kept(replayed[-1])
+        else:
+            tid = trial_id(len(replayed) + 1, p.knobs)
+            replayed.append(TrialResult(tid, "ok", p.knobs, 2, "cuda", img_per_s=surface(p.knobs), wall_s=60.0))
+            now[0] += 60.0
+    assert [q.knobs for q in seen] == [q.knobs for q in proposals]  # the same ten trials, no fresh budget
+    assert [d.budget_used_s for d in again.decisions] == [d.budget_used_s for d in full.decisions]
+    fresh = auto.SearchClock(started=now[0] - 3.0, earlier=[])  # a new scan starts at its own set-up time
+    assert fresh.now() == 3.0

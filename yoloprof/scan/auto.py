@@ -16,7 +16,7 @@ from rich.console import Console
 from yoloprof import paths
 from yoloprof.analysis import against, noise
 from yoloprof.analysis.ranking import classify
-from yoloprof.records import ScanMeta, TrialResult, write_json
+from yoloprof.records import Decision, ScanMeta, TrialResult, write_json
 from yoloprof.scan import launch, runner
 from yoloprof.search import baselines, plan, usercfg
 from yoloprof.search.prune import prune
@@ -56,10 +56,13 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
     from yoloprof.scan import orchestrate
 
     hw = ctx.hw
+    clock = SearchClock(started, list(meta.decisions))  # --resume: the interrupted run's clock
     space = space_for(ctx, meta)
+    if not space.dropped:  # --resume rebuilds the space from the values left: keep what the first run ruled out
+        space.dropped = [d for d in meta.decisions if d.stage == "space"]
     ctx.plan = plan.Plan(axes_of(space), [], ctx.plan.dropped)
     meta.axes = {k: list(v) for k, v in space.values.items()}  # the whole space: --resume rebuilds it from here
-    if not req.no_ceilings and not (out / "ceilings" / "compute.json").is_file():
+    if not req.no_ceilings and not _ceilings_measured(out):
         from probes import model_check
 
         buckets = model_check.ddp_bucket_sizes(ctx.model, len(ctx.dataset.classes)) if hw.world_size > 1 else []
@@ -75,7 +78,7 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
             references.append(defaults)
     search = AutoSearch.from_pruned(pruned, start, meta.budget_s, beats=beats, contenders=noise.contenders,
                                     bottleneck=bottleneck, references=references,
-                                    after_trials=0.0 if _epoch_measured(out) else EPOCH_JOB_TRIALS,
+                                    after_trials=EPOCH_JOB_TRIALS,  # also on --resume: the job's time was spent
                                     noise_df=lambda rs: noise.run_to_run(rs).df)  # fmt: skip
     done_before = {s.trial_id: s for s in meta.specs}  # --resume: trials that may already have results
     meta.specs, meta.trial_ids = [], []
@@ -84,7 +87,7 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
     policy = launch.HangPolicy(total_s=req.trial_timeout)
     with runner.TrialRunner(out, meta, policy, console, None, reuse=not req.no_reuse) as trials:
         while True:
-            proposal = search.propose(results, time.monotonic() - started)
+            proposal = search.propose(results, clock.now())
             _save(out, meta, space, pruned, search)
             if proposal is None:
                 break
@@ -104,6 +107,8 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
             why = proposal.why.removeprefix(f"{proposal.stage}: ").removeprefix("confirmation: ")
             console.print(f"  [dim]{proposal.stage}: {why}[/]")
             results.append(trials.run(spec))
+            if trials.last_kept:
+                clock.kept(results[-1])
             if trials.interrupted:
                 return trials.interrupted
     _save(out, meta, space, pruned, search)
@@ -115,8 +120,37 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
 EPOCH_JOB_TRIALS = 2.0
 
 
-def _epoch_measured(out: Path) -> bool:
-    return any((out / "epoch").glob("w*.json"))
+class SearchClock:
+    """The scan's wall time as the budget sees it. A resumed search replays its kept trials in no time; the
+    clock then reads what it read the first time after each (from scan.json's decisions), so a resume goes
+    on with the budget that is left, not a new one."""
+
+    def __init__(self, started: float, earlier: list[Decision]):
+        self.started, self.earlier, self.credit_s = started, earlier, None
+
+    def now(self) -> float:
+        real = time.monotonic() - self.started
+        if self.credit_s is None:  # the first proposal: where the earlier run stood when its search began
+            spent = [d.budget_used_s for d in self.earlier if d.stage not in ("space", "ceilings") and d.budget_used_s]
+            self.credit_s = max(0.0, min(spent, default=0.0) - real)
+        return real + self.credit_s
+
+    def kept(self, result: TrialResult) -> None:
+        """A trial kept from the earlier run: the clock moves to where the earlier run stood when it judged the
+        trial (or on by the trial's wall time, where that run stopped before judging it)."""
+        now = self.now()
+        after = _next_decision_s(self.earlier, result.trial_id)
+        target = after if after is not None else now + (result.wall_s or 0.0)
+        self.credit_s += max(0.0, target - now)
+
+
+def _next_decision_s(decisions: list[Decision], trial_id: str) -> Optional[float]:
+    """The clock when the search first judged this trial (every decision naming a trial comes after it ran)."""
+    return next((d.budget_used_s for d in decisions if d.trial_id == trial_id and d.budget_used_s is not None), None)
+
+
+def _ceilings_measured(out: Path) -> bool:
+    return (out / "ceilings" / "compute.json").is_file()
 
 
 def _save(out: Path, meta: ScanMeta, space: Space, pruned, search: AutoSearch) -> None:

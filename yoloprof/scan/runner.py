@@ -127,6 +127,7 @@ class TrialRunner:
         self.stop, self.progress = StopFlag(), ScanProgress(console, total)
         self.pools = Pools(out) if reuse else None
         self.k = 0
+        self.last_kept = False  # the last run() returned a result kept from an earlier run (--resume)
 
     def __enter__(self):
         self.stop.__enter__()
@@ -152,7 +153,8 @@ class TrialRunner:
         out, i = self.out, self.k
         tdir = paths.trial_dir(out, spec.trial_id)
         previous = outputs.trial_result(out, spec.trial_id) if (tdir / outputs.RESULT_FILE).is_file() else None
-        if previous is not None and previous.status not in RESUMABLE:
+        self.last_kept = previous is not None and previous.status not in RESUMABLE
+        if self.last_kept:
             self.progress.kept(i, previous)
             self.ooms.record(previous)
             self.done.append(previous)
