@@ -64,7 +64,8 @@ def gpus() -> list[GpuInfo]:
     out = []
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
-        out.append(GpuInfo(index=i, name=props.name, mem_total_mib=props.total_memory / 2**20))
+        out.append(GpuInfo(index=i, name=props.name, mem_total_mib=props.total_memory / 2**20,
+                           capability=[props.major, props.minor]))  # fmt: skip
     return out
 
 
@@ -96,4 +97,16 @@ def collect(env_vars: Optional[dict[str, str]] = None) -> Environment:
         gpus=found,
         ultralytics_cfg_keys=ultralytics_cfg_keys(),
         env_vars=safe_env() if env_vars is None else env_vars,
+        cxx_compiler=cxx_compiler(),
+        triton=None if _version("triton") == "not installed" else _version("triton"),
     )
+
+
+def cxx_compiler() -> Optional[str]:
+    """The C++ compiler inductor would use for CPU kernels (the check Ultralytics' attempt_compile makes)."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return str(get_cpp_compiler())
+    except Exception:  # noqa: BLE001 - none found, or a torch without inductor
+        return None

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from yoloprof.records import TrialResult  # noqa: E402
+from yoloprof.records import TrialResult, precision_name  # noqa: E402
 
 PHASE_COLORS = {
     "data_wait_ms": ("data wait", "#d62728"),
@@ -122,9 +122,9 @@ def compute_memory(points: list, total_mib: Optional[float]) -> Optional[str]:
     if len({p.batch for p in ok}) < 1:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
-    for amp in sorted({p.amp for p in ok}):
+    for amp in sorted({p.amp for p in ok}, key=precision_name):
         pts = sorted((p.batch, p.img_per_s, p.peak_mem_mib) for p in ok if p.amp == amp)
-        label = "amp" if amp else "fp32"
+        label = precision_name(amp)
         a1.plot([b for b, _, _ in pts], [r for _, r, _ in pts], marker="o", label=label)
         a2.plot([b for b, _, _ in pts], [m or 0 for _, _, m in pts], marker="o", label=label)
     if total_mib:

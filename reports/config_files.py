@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from yoloprof.analysis import noise
+from yoloprof.analysis import noise, tradeoffs
 from yoloprof.search.baselines import YOURS
 from yoloprof.search.plan import nccl_env, omp_threads
 from yoloprof.search.usercfg import MEASURED
@@ -46,7 +46,13 @@ def _scalar(v) -> str:
 def _cfg_value(knobs: Knobs, key: str):
     """A knob as Ultralytics takes it in a config."""
     v = getattr(knobs, key)
-    return {"off": False, "ram": "ram", "disk": "disk"}[v] if key == "cache" else v
+    if key == "cache":
+        return {"off": False, "ram": "ram", "disk": "disk"}[v]
+    if key == "compile":
+        return False if v == "off" else v
+    if key == "channels_last":
+        return None if v else False  # None: Ultralytics' auto
+    return v
 
 
 def best_config(meta: ScanMeta, best: TrialResult, baseline: TrialResult | None = None,
@@ -61,6 +67,9 @@ def best_config(meta: ScanMeta, best: TrialResult, baseline: TrialResult | None 
         "workers": k.workers,
         "amp": k.amp,
         "cache": _cfg_value(k, "cache"),
+        "deterministic": k.deterministic,
+        "compile": _cfg_value(k, "compile"),
+        **({} if k.channels_last else {"channels_last": False}),  # left out: Ultralytics' auto (NHWC on CUDA)
         "device": ",".join(map(str, meta.gpus)) if meta.device == "cuda" else "cpu",
         "optimizer": meta.optimizer,
     }
@@ -72,6 +81,8 @@ def best_config(meta: ScanMeta, best: TrialResult, baseline: TrialResult | None 
         cfg = {key: v for key, v in wanted.items() if key in accepted}
         findings = [f"'{key}' is not an argument of Ultralytics {meta.environment.ultralytics}; left out of best.yaml"
                     for key in wanted if key not in accepted]  # fmt: skip
+        comments = {key: note for key, note in tradeoffs.config_notes(results or [best], best,
+                                                                      meta.dataset.train_images).items() if key in cfg}
     if meta.device == "cuda" and "pin_memory" not in accepted:
         findings.append(
             f"pin_memory={'on' if k.pin_memory else 'off'} was measured best, but Ultralytics "
@@ -112,13 +123,14 @@ def _user_config(meta: ScanMeta, best: TrialResult, results: list[TrialResult], 
         was = _scalar(args[key]) if key in args else f"{_scalar(_cfg_value(yours, key))} (not in your config)"
         cfg[key] = _cfg_value(best.knobs, key)
         others = [c for c in changed if c != key]
+        cost = tradeoffs.trade_off(key, getattr(best.knobs, key))
         comments[key] = (f"was {was}: {gain}" + (f", together with {' and '.join(others)}" if others else "")
-                         + f", yoloprof {best.trial_id}")  # fmt: skip
+                         + f", yoloprof {best.trial_id}" + (f"; it {cost}" if cost else ""))  # fmt: skip
     rate = f" ({best.img_per_s:.1f} img/s)" if best.img_per_s else ""
     header = [f"# yoloprof {meta.yoloprof_version}: your config {meta.train_cfg or ''}, with the recommended trial "
               f"{best.trial_id}{rate} against your settings (trial {yid or 'not run'})."]  # fmt: skip
     header.append(f"# Changed: {', '.join(comments)} (each line says what was measured); every other line is yours."
-                  if comments else "# Nothing to change: your batch, workers, amp and cache were the recommended ones.")
+                  if comments else "# Nothing to change: your measured settings were the recommended ones.")
     return cfg, comments, header, findings
 
 
@@ -140,7 +152,8 @@ def render_yaml(meta: ScanMeta, best: TrialResult, cfg: BestConfig) -> str:
         lines.append("# data: yoloprof's synthetic speed-test dataset; put your own data.yaml here to train for real.")
     if meta.device != "cuda":
         lines.append("# device=cpu: `yolo train` runs one process with workers=0 on CPU (the trials ran DDP ranks).")
-    lines += [_yaml_line(key, v) for key, v in cfg.cfg.items()]
+    lines += [_yaml_line(key, v) + (f"  # {cfg.comments[key]}" if key in cfg.comments else "")
+              for key, v in cfg.cfg.items()]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -167,11 +180,9 @@ def render_sh(meta: ScanMeta, best: TrialResult) -> str:
 
 def write(out_dir: Path, meta: ScanMeta, best: TrialResult) -> BestConfig:
     out_dir = Path(out_dir)
-    results = None
-    if meta.train_cfg_args:  # the comments need every trial's figure (run-to-run noise pools over repeats)
-        from yoloprof.outputs import trial_result
+    from yoloprof.outputs import trial_result  # the comments need every trial's figure (noise pools over repeats)
 
-        results = [r for r in (trial_result(out_dir, tid) for tid in meta.trial_ids) if r is not None]
+    results = [r for r in (trial_result(out_dir, tid) for tid in meta.trial_ids) if r is not None]
     cfg = best_config(meta, best, results=results)
     (out_dir / "best.yaml").write_text(render_yaml(meta, best, cfg))
     (out_dir / "best.env").write_text(render_env(best, cfg))

@@ -18,7 +18,7 @@ from yoloprof.records import EpochPrediction, Ranking, RunPlan, TrialResult
 
 PREDICTED = ("epoch_s", "epoch_s_low", "epoch_s_high", "run_h", "run_h_low", "run_h_high", "cost_epoch", "cost_run",
              "energy_epoch_kwh", "energy_run_kwh", "steps_s", "val_s", "save_s", "boundary_s", "no_mosaic_epoch_s",
-             "once_s")  # fmt: skip
+             "once_s", "compile_s")  # fmt: skip
 
 COLUMNS = [
     "trial_id", "status", "world_size", "batch", "workers", "amp", "pin_memory", "cache", "nccl",
@@ -29,8 +29,9 @@ COLUMNS = [
     "measured_steps", "error", "epoch_boundary_steps", "epoch_boundary_ms_p50", "mem_overhead_mib",
     "tied_with_best", "repeat_of", "img_per_s_config", "img_per_s_config_ci_low", "img_per_s_config_ci_high",
     "energy_epoch_kwh", "energy_run_kwh", "steps_s", "val_s", "save_s", "boundary_s", "no_mosaic_epoch_s", "once_s",
-    "epoch_parts_missing",
-]  # fmt: skip
+    # the knobs beyond the five, at the end: the first columns keep their places
+    "epoch_parts_missing", "deterministic", "compile", "channels_last", "setup_s", "warmup_extra_s", "compile_s",
+]  # fmt: skip  # fmt: skip
 
 
 def _cell(v) -> str:
@@ -61,7 +62,8 @@ def rows(results: list[TrialResult], ranking: Ranking, predictions: Optional[dic
         out.append({
             "trial_id": r.trial_id, "status": r.status, "world_size": r.world_size,
             "batch": k.batch, "workers": k.workers, "amp": k.amp, "pin_memory": k.pin_memory,
-            "cache": k.cache, "nccl": k.nccl,
+            "cache": k.cache, "nccl": k.nccl, "deterministic": k.deterministic, "compile": k.compile,
+            "channels_last": k.channels_last, "setup_s": r.setup_s, "warmup_extra_s": r.warmup_extra_s,
             "img_per_s": r.img_per_s, "img_per_s_ci_low": low, "img_per_s_ci_high": high, "step_ms_p50": r.step_ms_p50, "step_ms_p90": r.step_ms_p90,
             "data_wait_frac": r.data_wait_frac, "comm_ms_p50": r.comm_ms_p50, "comm_frac": r.comm_frac,
             "peak_mem_mib": r.peak_mem_mib, "gpu_util_pct": r.gpu_util_pct,

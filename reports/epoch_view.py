@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 from yoloprof.analysis.epoch import amount, duration, duration_band
+from yoloprof.analysis.ranking import settings_tail
 from yoloprof.records import EpochCosts, EpochPart, EpochPrediction, RunPlan
 
 
@@ -22,8 +23,7 @@ def measured_rows(costs: dict[int, EpochCosts]) -> list[dict]:
     rows = []
     for ws, c in sorted(costs.items()):
         k = c.knobs
-        settings = f"batch {k.batch}, workers {k.workers}, {'amp' if k.amp else 'fp32'}" + (
-            f", cache {k.cache}" if k.cache != "off" else "")  # fmt: skip
+        settings = ", ".join([f"batch {k.batch}", f"workers {k.workers}", *settings_tail(k)])
         if c.status != "ok":
             rows.append(dict(ranks=ws, settings=settings, status=c.status, error=c.error or ""))
             continue

@@ -16,7 +16,7 @@ from reports.csv_table import rows as table_rows
 from yoloprof.analysis import advice, against, memory_fit, noise, scaling
 from yoloprof.search import baselines, plan
 from yoloprof.analysis import ranking as ranking_mod
-from yoloprof.records import ScanMeta
+from yoloprof.records import ScanMeta, precision_name
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -130,7 +130,7 @@ def _advice_context(out) -> dict:
     fit = None
     if out.ceilings.compute is not None:
         ddp, overhead = memory_fit.ddp_fits(out.ceilings.compute, results)
-        fit = (ddp if overhead is not None else out.ceilings.compute.max_batch_fit).get("amp" if best.knobs.amp else "fp32")
+        fit = (ddp if overhead is not None else out.ceilings.compute.max_batch_fit).get(best.knobs.precision)
     v = verdicts[best.trial_id]
     seen: set = set()
     for bound in v.bottlenecks or [v.bottleneck]:  # "input + communication": what would test either
@@ -281,10 +281,10 @@ def _knob_figures(out) -> list[dict]:
             "dataloaders deliver alone at each workers value, all ranks at once.")))  # fmt: skip
     lines = {}
     if c.compute:
-        for amp in sorted({p.amp for p in c.compute.points}):
+        for amp in sorted({p.amp for p in c.compute.points}, key=precision_name):
             pts = {p.batch * n: p.img_per_s * n for p in c.compute.points if p.amp == amp and p.img_per_s}
             if pts:
-                lines[f"compute ceiling, {'amp' if amp else 'fp32'}"] = pts
+                lines[f"compute ceiling, {precision_name(amp)}"] = pts
     svg = charts.against_knob(out.results, "batch", "workers", lines)
     if svg:
         figs.append(dict(title="Images/s against batch", svg=svg, caption=(

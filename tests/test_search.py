@@ -35,11 +35,13 @@ def dropped(decisions, knob):
 def test_space_gpu_covers_every_knob():
     s = auto_space(GPU2, dataset_fits_ram=True)
     assert s.values == {
-        "batch": [16, 32, 64, 128, 256], "workers": [0, 1, 2, 4, 8, 16], "amp": [True, False],
+        "batch": [16, 32, 64, 128, 256], "workers": [0, 1, 2, 4, 8, 16], "amp": [True, False, "bf16"],
         "pin_memory": [True, False], "cache": ["off", "disk", "ram"],
         "nccl": ["default", "ring", "tree", "simple", "no-shm", "buff8m"],
+        "deterministic": [True, False], "compile": ["off", "default"], "channels_last": [True, False],
     }  # fmt: skip
     assert dropped(s.dropped, "nccl") == {"no-p2p"}  # debug-only, said so, never tried
+    assert dropped(s.dropped, "compile") == {"reduce-overhead, max-autotune-no-cudagraphs"}  # minutes of autotuning
 
 
 def test_space_cpu_and_one_gpu_drop_what_cannot_matter():
@@ -58,7 +60,7 @@ def test_space_cpu_and_one_gpu_drop_what_cannot_matter():
 def test_space_given_lists_restrict():
     s = auto_space(GPU2, {"batch": [64, 32], "nccl": ["no-p2p", "default"], "amp": None})
     assert s.values["batch"] == [32, 64] and s.values["nccl"] == ["no-p2p", "default"]
-    assert s.values["amp"] == [True, False] and not dropped(s.dropped, "nccl")
+    assert s.values["amp"] == [True, False, "bf16"] and not dropped(s.dropped, "nccl")
     no_ram = auto_space(GPU2, dataset_fits_ram=False, ram_reason="cache=ram skipped: 9 GiB")
     assert no_ram.values["cache"] == ["off", "disk"] and no_ram.dropped[-1].reason == "cache=ram skipped: 9 GiB"
 
@@ -113,11 +115,13 @@ def test_prune_workers_above_need_and_never_from_workers_0():
 def test_prune_batches_that_will_not_fit():
     ceil = compute([(32, True, "ok", 900.0, 10.0, 30000.0), (64, True, "ok", 950.0, 20.0, 60000.0),
                     (32, False, "ok", 500.0), (64, False, "oom")], fit={"amp": 48})  # fmt: skip
-    p = prune(auto_space(GPU2), Ceilings(compute=ceil), GPU2)
+    p = prune(auto_space(GPU2, {"amp": [True, False]}), Ceilings(compute=ceil), GPU2)
     assert p.space.values["batch"] == [16, 32, 64]  # 128 = 64 per rank: over 48 with amp and OOM in fp32
     assert p.max_fit == {True: 96, False: 126}
     why = next(d.reason for d in p.decisions if d.value == "128")
     assert "largest batch that fits with amp is 48 per rank" in why and "out of memory at 64 per rank (fp32)" in why
+    unmeasured = prune(auto_space(GPU2), Ceilings(compute=ceil), GPU2)  # bf16 has no compute point: fit unknown
+    assert 128 in unmeasured.space.values["batch"] and "bf16" not in unmeasured.max_fit
     only_amp = prune(auto_space(GPU2, {"amp": [True]}), Ceilings(compute=ceil), GPU2)
     assert only_amp.space.values["batch"] == [16, 32, 64]
     only_fp32 = prune(auto_space(GPU2, {"amp": [False]}), Ceilings(compute=ceil), GPU2)
@@ -162,10 +166,13 @@ def test_prune_nothing_without_ceilings():
 FACTORS = {
     "batch": {16: 0.6, 32: 0.8, 64: 1.0, 128: 1.1, 256: 1.05},
     "workers": {0: 0.3, 1: 0.5, 2: 0.7, 4: 1.0, 8: 0.9, 16: 0.8},
-    "amp": {True: 1.3, False: 1.0},
+    "amp": {True: 1.3, False: 1.0, "bf16": 1.25},
     "pin_memory": {True: 1.0, False: 1.07},
     "cache": {"off": 1.0, "disk": 0.98, "ram": 1.12},
     "nccl": {"default": 1.0, "ring": 1.01, "tree": 0.9, "simple": 1.08, "no-shm": 0.97, "buff8m": 1.0},
+    "deterministic": {True: 1.0, False: 1.06},
+    "compile": {"off": 1.0, "default": 1.15},
+    "channels_last": {True: 1.0, False: 0.93},
 }
 
 
@@ -218,8 +225,8 @@ def test_descent_finds_the_optimum_in_far_fewer_trials_than_the_grid():
     results, proposals, _ = drive(s)
     best = max(itertools.product(*space.values.values()), key=lambda v: surface(Knobs(*v)))
     assert s.incumbent.knobs == Knobs(*best)
-    assert Knobs(*best) == Knobs(128, 4, True, False, "ram", "simple")
-    assert len(results) < space.size() / 40  # 2160 configurations in the grid
+    assert Knobs(*best) == Knobs(128, 4, True, False, "ram", "simple", False, "default", True)
+    assert len(results) < space.size() / 500  # 25920 configurations in the grid
     descent = [p.knobs for p in proposals if p.stage != "confirm"]
     assert len(descent) == len(set(descent))  # never the same configuration twice
     assert [p.stage for p in proposals[-2:]] == ["confirm", "confirm"]
@@ -307,7 +314,7 @@ def test_oom_stops_going_up():
     results, proposals, _ = drive(s, oom=lambda k: k.batch >= 128)
     batches = [p.knobs.batch for p in proposals]
     assert 256 not in batches and batches.count(128) == 1
-    assert s.incumbent.knobs == Knobs(64, 4, True, False, "ram", "simple")
+    assert s.incumbent.knobs == Knobs(64, 4, True, False, "ram", "simple", False, "default")
     # the second pass walks batch again from workers 4: batch 128 is known to run out of memory, so not run
     skip = [d for d in s.decisions if d.kind == "pruned" and d.stage == "descent"]
     assert skip and skip[0].value == "128" and "batch 128 ran out of memory" in skip[0].reason
@@ -384,7 +391,8 @@ def test_a_flat_machine_walks_every_knob_once_in_the_bottleneck_order(bn):
     walked = [d.knob for d in s.decisions if d.kind == "kept"]
     assert walked == list(ORDER[bn])  # one pass: nothing was adopted
     assert not [d for d in s.decisions if d.kind == "adopted"]
-    neighbours_tried = 2 + 2 + 1 + 1 + 2 + 5  # batch, workers: up and down; amp, pin; cache; nccl presets
+    # batch, workers: up and down; amp (off, bf16), pin; cache; nccl presets; deterministic, compile, channels_last
+    neighbours_tried = 2 + 2 + 2 + 1 + 2 + 5 + 1 + 1 + 1
     assert len(results) == 1 + neighbours_tried + 2
 
 

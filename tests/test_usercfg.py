@@ -58,7 +58,7 @@ BAD = [
     ("task: segment\n", [], "task: segment; yoloprof measures detection training"),
     ("batch: -1\n", [], "batch: -1 lets AutoBatch pick a size"),
     ("batch: 3\n", [], "batch: 3: must be a multiple of the 2 ranks"),
-    ("amp: bf16\n", [], "amp: bf16; yoloprof measures amp true or false"),
+    ("compile: fast\n", [], "compile: fast; give false, true or a mode"),
     ("imgsz: [64, 48]\n", [], "give one number"),
 ]
 
@@ -218,7 +218,9 @@ def test_best_yaml_when_your_settings_did_not_finish(cfg_scan):
 def test_best_yaml_without_cfg_is_unchanged(cpu_scan_copy):
     outputs.write_all(cpu_scan_copy)
     best = _body((cpu_scan_copy / "best.yaml").read_text())
-    assert list(best) == ["model", "data", "imgsz", "batch", "workers", "amp", "cache", "device", "optimizer"]
+    assert list(best) == ["model", "data", "imgsz", "batch", "workers", "amp", "cache", "deterministic", "compile",
+                          "device", "optimizer"]  # fmt: skip
+    assert best["deterministic"] is True and best["compile"] is False  # the recorded scan varied neither
 
 
 @pytest.mark.slow

@@ -53,8 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=5, help="warm-up steps per trial, not measured (default 5)")
     s.add_argument("--out", help="scan folder (default runs/yoloprof/scan-N, never overwriting)")
     s.add_argument("--trial-timeout", type=float, help="seconds before a trial is ended as hung")
-    for flag, example in (("batch", "16,32 (global, all ranks)"), ("workers", "2,8 (per rank)"), ("amp", "on,off"),
-                          ("pin-memory", "on,off"), ("cache", "off,ram,disk"), ("nccl", "default,ring,tree")):  # fmt: skip
+    for flag, example in (("batch", "16,32 (global, all ranks)"), ("workers", "2,8 (per rank)"),
+                          ("amp", "on,off,bf16"), ("pin-memory", "on,off"), ("cache", "off,ram,disk"),
+                          ("nccl", "default,ring,tree"), ("deterministic", "on,off (off gives up bit-reproducible runs)"),
+                          ("compile", "off,default,reduce-overhead,max-autotune-no-cudagraphs"),
+                          ("channels-last", "on,off (NHWC on CUDA)")):  # fmt: skip
         s.add_argument(f"--{flag}", help=f"comma list, e.g. {example}")
 
     s.add_argument("--cfg", metavar="YAML", help="your Ultralytics training config (what `yolo train cfg=` takes): "
@@ -107,7 +110,8 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
     from yoloprof.scan import orchestrate as scan
 
     keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
-            "batch", "workers", "amp", "pin_memory", "cache", "nccl", "trial_timeout", "no_ceilings", "baseline",
+            "batch", "workers", "amp", "pin_memory", "cache", "nccl", "deterministic", "compile", "channels_last",
+            "trial_timeout", "no_ceilings", "baseline",
             "no_defaults", "ranks", "strategy", "budget", "precision", "max_steps", "no_reuse", "cfg", "epochs",
             "gpu_hour_price", "currency")  # fmt: skip
     req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])

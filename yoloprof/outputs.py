@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from yoloprof.analysis import aggregate, against, epoch, epoch_costs
+from yoloprof.analysis import aggregate, against, epoch, epoch_costs, tradeoffs
 from yoloprof.errors import UsageError
 from yoloprof.paths import SCAN_MARKER, trial_dir
 from yoloprof.analysis.telemetry import read_telemetry
@@ -96,6 +96,11 @@ def collect(scan_dir: Path) -> ScanOutputs:
     ceilings = against.load(Path(scan_dir) / "ceilings")
     costs = epoch_costs.load(scan_dir)
     predictions = epoch.predict_all(results, costs, meta.dataset, meta.run_plan, ranking)
+    swap = tradeoffs.short_run_swap(ranking, results, predictions)
+    if swap is not None:  # compile's start-up is not won back in the planned run
+        ranking.best_trial_id = ranking.recommended_trial_id = swap[0]
+        ranking.recommendation_reason = f"{ranking.recommendation_reason}; {swap[1]}"
+        best = next(r for r in results if r.trial_id == swap[0])
     lead = epoch.one_line(predictions[best.trial_id], meta.run_plan.epochs) if best is not None else None
     text = headline(results, ranking, meta.baselines, lead)
     return ScanOutputs(meta, results, ranking, text, best, missing, ceilings, costs, predictions)

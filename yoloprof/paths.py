@@ -24,3 +24,6 @@ def next_run_dir(kind: str = "scan", root: Path = Path("runs/yoloprof")) -> Path
 
 def trial_dir(scan_dir: Path, trial_id: str) -> Path:
     return Path(scan_dir) / "trials" / trial_id
+
+
+COMPILE_CACHE = "compile-cache"  # a compile trial's own compiler cache, in its folder; removed after the trial

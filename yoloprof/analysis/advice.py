@@ -12,10 +12,12 @@ from dataclasses import dataclass, fields
 from typing import Optional
 
 from yoloprof.analysis import noise
+from yoloprof.analysis.tradeoffs import trade_off
 from yoloprof.records import Knobs, TrialResult
 
 KNOBS = [f.name for f in fields(Knobs)]
 _CACHE_ORDER = {"off": 0, "ram": 1, "disk": 2}
+_AMP_ORDER = {False: 0, True: 1, "bf16": 2}
 
 
 @dataclass
@@ -45,10 +47,17 @@ def _show(knob: str, v) -> str:
 
 
 def _order(knob: str, v) -> tuple:
+    """Effects read from Ultralytics' default towards the other value (deterministic on -> off)."""
     if knob == "cache":
         return (_CACHE_ORDER.get(v, 9),)
     if knob == "nccl":
         return (v != "default", str(v))
+    if knob == "amp":
+        return (_AMP_ORDER.get(v, 9),)
+    if knob == "compile":
+        return (v != "off", str(v))
+    if knob in ("deterministic", "channels_last"):
+        return (not v,)
     return (v,)
 
 
@@ -68,6 +77,9 @@ def _evidence(knob: str, a: TrialResult, b: TrialResult) -> str:
         return f"host-to-device {h(a)} -> {h(b)} per step"
     mem = lambda r: "n/a" if r.peak_mem_mib is None else f"{r.peak_mem_mib:.0f} MiB"  # noqa: E731
     step = lambda r: "n/a" if r.step_ms_p50 is None else f"{r.step_ms_p50:.0f} ms"  # noqa: E731
+    if knob == "compile":
+        warm = lambda r: "n/a" if r.warmup_extra_s is None else f"{r.warmup_extra_s:.1f} s"  # noqa: E731
+        return f"step {step(a)} -> {step(b)}, first steps' extra time {warm(a)} -> {warm(b)}"
     return f"step {step(a)} -> {step(b)}, peak memory {mem(a)} -> {mem(b)}"
 
 
@@ -96,8 +108,10 @@ def effects(results: list[TrialResult]) -> list[Effect]:
             if _order(knob, va) >= _order(knob, vb):
                 continue
             d = noise.difference(results, a.trial_id, b.trial_id)
+            cost = trade_off(knob, vb)
             text = (f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: {d.gain_text()}, "
-                    f"{_evidence(knob, a, b)} ({a.trial_id} -> {b.trial_id})")  # fmt: skip
+                    f"{_evidence(knob, a, b)} ({a.trial_id} -> {b.trial_id})"
+                    + (f"; it {cost}" if cost else ""))  # fmt: skip
             low, high = _ratio(d)
             out.append(Effect(knob, _show(knob, va), _show(knob, vb), a.trial_id, b.trial_id, d.gain, text,
                               d.beyond_noise, low, high))  # fmt: skip
@@ -147,9 +161,18 @@ def untested(best: TrialResult, bottleneck: Optional[str], results: list[TrialRe
             out.append(Untested("a larger batch: fewer AllReduces per image", f"--batch {best.knobs.batch},{2 * best.knobs.batch}"))
         if device == "cuda" and tried["nccl"] == {"default"}:
             out.append(Untested("NCCL algorithm presets (NCCL files them under debugging variables)", "--nccl default,ring,tree"))
+    if bottleneck == "compute":  # the same math done faster: these run on CPU too, bf16 on GPUs only
+        if tried["deterministic"] == {True}:
+            out.append(Untested("deterministic=False, which allows the fastest algorithms (and gives up "
+                                "bit-reproducible runs)", "--deterministic on,off"))  # fmt: skip
+        if tried["compile"] == {"off"}:
+            out.append(Untested("torch.compile (a one-time compilation at the start of every run)",
+                                "--compile off,default"))  # fmt: skip
     if bottleneck == "compute" and device == "cuda":
         if True not in tried["amp"]:
             out.append(Untested("AMP (mixed precision)", "--amp off,on"))
+        if "bf16" not in tried["amp"]:
+            out.append(Untested("bf16 autocast (Ampere or later: no GradScaler, other numerics)", "--amp on,bf16"))
         b = max_batch_fit * n if max_batch_fit else 2 * best.knobs.batch
         if max(tried["batch"]) <= best.knobs.batch and b > best.knobs.batch:
             out.append(Untested(f"a larger batch, up to {b} (memory allows it per the compute probe)" if max_batch_fit

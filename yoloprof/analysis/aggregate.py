@@ -230,6 +230,22 @@ def _frac_interval(per_rank: list[list[StepSample]], field: str) -> Optional[lis
     return [median(iv.low for iv in ivs), median(iv.high for iv in ivs)]
 
 
+def warmup_extra(ranks: list[RankRecords]) -> tuple[Optional[float], int]:
+    """(seconds, warm-up steps): what the warm-up steps took beyond as many steady steps, slowest rank.
+
+    A run pays it once, on its first steps: torch.compile compiles there, cuDNN picks its algorithms.
+    None where a rank has no warm-up or no measured step to compare with."""
+    extra, n = [], 0
+    for r in ranks:
+        warm = [s.step_ms for s in r.steps if s.warmup]
+        steady = [s.step_ms for s in r.steps if not s.warmup]
+        if not warm or not steady:
+            return None, 0
+        extra.append((sum(warm) - len(warm) * median(steady)) / 1e3)
+        n = len(warm)
+    return (max(extra), n) if extra else (None, 0)
+
+
 def measured_window(ranks: list[RankRecords]) -> Optional[tuple[float, float]]:
     """Wall-clock start and end of the measured steps (all ranks), for lining telemetry up with them."""
     starts, ends = [], []
@@ -295,6 +311,7 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
         result.accumulate = infos[0].accumulate
     setups = [r.end.setup_s for r in ranks if r.end and r.end.setup_s is not None]
     result.setup_s = max(setups) if setups and len(setups) == len(ranks) else None  # a rank without one: unknown
+    result.warmup_extra_s, result.warmup_steps_timed = warmup_extra(ranks)
     peaks = [r.end.peak_mem_mib for r in ranks if r.end and r.end.peak_mem_mib is not None]
     result.peak_mem_mib = max(peaks) if peaks else None
     totals = [r.end.device_mem_total_mib for r in ranks if r.end and r.end.device_mem_total_mib]

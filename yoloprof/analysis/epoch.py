@@ -144,6 +144,12 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
     once = [(setup,) * 3] if setup is not None else []
     if not once:
         out.parts_missing.append("set-up (dataset scan, caching, model build): not measured")
+    if r.knobs.compile != "off":  # compiled cold on the first steps, once a run
+        if r.warmup_extra_s is not None:
+            out.compile_s = max(r.warmup_extra_s, 0.0)
+            once.append((out.compile_s,) * 3)
+        else:
+            out.parts_missing.append("torch.compile's start-up: not measured (no warm-up steps)")
     opt_ms = r.breakdown.optimizer_ms * (r.accumulate or 1) if r.breakdown and r.breakdown.optimizer_ms else None
     extra = warmup_extra_steps(nb, rp, r.knobs.batch)
     if extra and opt_ms is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from yoloprof.records import ComputeCeiling, ComputePoint, TrialResult
+from yoloprof.records import PRECISIONS, ComputeCeiling, ComputePoint, TrialResult
 
 
 def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -51,12 +51,12 @@ def ddp_overhead_mib(results: list[TrialResult]) -> Optional[float]:
 
 
 def ddp_fits(compute: ComputeCeiling, results: list[TrialResult]) -> tuple[dict[str, int], Optional[float]]:
-    """({"amp"/"fp32": largest batch per rank under DDP}, the overhead used); empty without the overhead."""
+    """({"amp"/"bf16"/"fp32": largest batch per rank under DDP}, the overhead used); empty without the overhead."""
     overhead = ddp_overhead_mib(results)
     if overhead is None or compute.device != "cuda" or not compute.device_mem_total_mib:
         return {}, overhead
     fits = {}
-    for amp, key in ((True, "amp"), (False, "fp32")):
+    for key, amp in PRECISIONS.items():
         fit = max_batch_fit([p for p in compute.points if p.amp == amp], compute.device_mem_total_mib,
                             compute.mem_margin_frac, overhead)  # fmt: skip
         if fit is not None:

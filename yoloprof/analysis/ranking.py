@@ -13,7 +13,7 @@ import math
 from typing import Optional
 
 from yoloprof.analysis import noise
-from yoloprof.records import Ranking, TrialResult, Verdict
+from yoloprof.records import Knobs, Ranking, TrialResult, Verdict
 
 # TraceML warns at 10% of the step; torch-tb-profiler advises more workers above 5%. 10% keeps
 # run-to-run noise on short trials from calling a compute-bound run input-bound.
@@ -122,12 +122,16 @@ def _mem(c: noise.Config, by_id: dict) -> float:
 
 
 def _recommend(tied: list[noise.Config], by_id: dict) -> tuple[noise.Config, Optional[str]]:
-    """Among the tied (fastest first), the one that costs least: fewer workers, then less memory (within
+    """Among the tied (fastest first), the one that costs least: deterministic, uncompiled and not bf16 where one
+    is (they give up reproducibility, start-up time, numerics), then fewer workers, then less memory (within
     MEMORY_TOLERANCE counts as the same), then no debug-only NCCL variable, then no cache, then the fastest.
     Returns it and what it saves over the fastest (None where it is the fastest)."""
     fastest = tied[0]
     knobs = lambda c: by_id[c.first].knobs  # noqa: E731
     cands = list(tied)
+    for keeps in (lambda k: k.deterministic, lambda k: k.compile == "off", lambda k: k.amp != "bf16"):
+        if any(keeps(knobs(c)) for c in cands):  # gives up nothing: reproducibility, start-up time, numerics
+            cands = [c for c in cands if keeps(knobs(c))]
     w = min(knobs(c).workers for c in cands)
     cands = [c for c in cands if knobs(c).workers == w]
     m = min(_mem(c, by_id) for c in cands)
@@ -137,18 +141,28 @@ def _recommend(tied: list[noise.Config], by_id: dict) -> tuple[noise.Config, Opt
         cands = [c for c in cands if knobs(c).nccl == "default"]
     if any(knobs(c).cache == "off" for c in cands):
         cands = [c for c in cands if knobs(c).cache == "off"]
+    if any(knobs(c).channels_last for c in cands):
+        cands = [c for c in cands if knobs(c).channels_last]
     rec = cands[0]
     if rec.first == fastest.first:
         return rec, None
     kr, kf = knobs(rec), knobs(fastest)
-    if kr.workers != kf.workers:
+    if kr.deterministic and not kf.deterministic:
+        why = "it keeps deterministic training (bit-reproducible runs), which the fastest gives up"
+    elif kr.compile == "off" and kf.compile != "off":
+        why = f"it needs no torch.compile (compile {kf.compile} adds start-up time to every run)"
+    elif kr.amp != "bf16" and kf.amp == "bf16":
+        why = "it keeps Ultralytics' default precision (the fastest changes the numerics with bf16)"
+    elif kr.workers != kf.workers:
         why = f"it uses {kr.workers} DataLoader worker{'s' if kr.workers != 1 else ''} per rank instead of {kf.workers}"
     elif _mem(rec, by_id) < _mem(fastest, by_id):
         why = f"it peaks at {_mem(rec, by_id):.0f} MiB of memory instead of {_mem(fastest, by_id):.0f} MiB"
     elif kr.nccl != kf.nccl:
         why = f"it sets no debug-only NCCL variable (nccl {kf.nccl})"
-    else:
+    elif kr.cache != kf.cache:
         why = f"it caches no images (cache {kf.cache})"
+    else:
+        why = "it keeps Ultralytics' own memory format (channels_last auto)"
     return rec, why
 
 
@@ -228,14 +242,19 @@ def knob_text(r: TrialResult) -> str:
     parts = [f"batch {k.batch}", f"workers {k.workers}"]
     if r.workers_effective is not None and r.workers_effective != k.workers:
         parts[-1] += f" (ran {r.workers_effective})"
-    parts.append("amp" if k.amp else "fp32")
+    return ", ".join(parts + settings_tail(k))
+
+
+def settings_tail(k: Knobs) -> list[str]:
+    """Everything after batch and workers, as tables and sentences name a configuration."""
+    parts = [k.precision]
     if k.pin_memory:
         parts.append("pin_memory")
     if k.cache != "off":
         parts.append(f"cache {k.cache}")
     if k.nccl != "default":
         parts.append(f"nccl {k.nccl}")
-    return ", ".join(parts)
+    return parts + k.extras()
 
 
 def gains(results: list[TrialResult], ranking: Ranking, baselines: dict[str, str]) -> list[tuple[str, str, Optional[float]]]:

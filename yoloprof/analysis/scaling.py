@@ -7,9 +7,10 @@ articles report about 85% at 4 GPUs: below that, the report's AllReduce columns 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from yoloprof.records import TrialResult
+from yoloprof.analysis.ranking import settings_tail
+from yoloprof.records import Knobs, TrialResult
 
 
 @dataclass
@@ -29,15 +30,15 @@ class ScaleGroup:
 
 
 def groups(results: list[TrialResult]) -> list[ScaleGroup]:
-    by: dict[tuple, list[TrialResult]] = {}
+    by: dict[Knobs, list[TrialResult]] = {}
     for r in results:
         if r.status != "ok" or not r.img_per_s:
             continue
         k = r.knobs
-        key = (k.batch // max(r.world_size, 1), k.workers, k.amp, k.pin_memory, k.cache, k.nccl)
+        key = replace(k, batch=k.batch // max(r.world_size, 1))  # the settings, with the batch per rank
         by.setdefault(key, []).append(r)
     out = []
-    for (per_rank, workers, amp, pin, cache, nccl), rs in by.items():
+    for key, rs in by.items():
         sizes = {r.world_size for r in rs}
         if len(sizes) < 2:
             continue
@@ -48,8 +49,6 @@ def groups(results: list[TrialResult]) -> list[ScaleGroup]:
             speedup = r.img_per_s / base.img_per_s
             pts.append(ScalePoint(r.trial_id, r.world_size, r.img_per_s, speedup,
                                   speedup / (r.world_size / base.world_size), r.comm_frac))  # fmt: skip
-        settings = f"batch {per_rank}/rank, workers {workers}, {'amp' if amp else 'fp32'}" + (
-            ", pin_memory" if pin else "") + (f", cache {cache}" if cache != "off" else "") + (
-            f", nccl {nccl}" if nccl != "default" else "")  # fmt: skip
+        settings = ", ".join([f"batch {key.batch}/rank", f"workers {key.workers}", *settings_tail(key)])
         out.append(ScaleGroup(settings, pts))
     return out

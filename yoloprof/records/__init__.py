@@ -15,7 +15,8 @@ from yoloprof.records.result import Breakdown, RankStat, Ranking, TrialResult, V
 from yoloprof.records.search import Decision
 from yoloprof.records.scan import DatasetInfo, Environment, GpuInfo, ScanMeta
 from yoloprof.records.telemetry import CpuSample, GpuSample, TelemetryHeader, TelemetrySummary
-from yoloprof.records.trial import BucketSample, Knobs, RankEnd, RankInfo, RankRecords, StepSample, TrialSpec
+from yoloprof.records.trial import (PRECISIONS, BucketSample, Knobs, RankEnd, RankInfo, RankRecords, StepSample,
+                                    TrialSpec, precision_name)  # fmt: skip
 
 __all__ = [
     "SCHEMA_VERSION", "RecordError", "from_dict", "read_json", "to_dict", "write_json",
@@ -23,5 +24,6 @@ __all__ = [
     "Breakdown", "RankStat", "Ranking", "TrialResult", "Verdict", "DatasetInfo", "Environment", "GpuInfo",
     "ScanMeta", "CpuSample", "GpuSample", "TelemetryHeader", "TelemetrySummary", "BucketSample", "Knobs",
     "RankEnd", "RankInfo", "RankRecords", "StepSample", "TrialSpec", "CollectiveCheck", "DoctorReport", "Finding",
-    "GpuLink", "NvmlGpu", "Decision", "EpochCosts", "EpochPart", "EpochPrediction", "RunPlan",
+    "GpuLink", "NvmlGpu", "Decision", "EpochCosts", "EpochPart", "EpochPrediction", "RunPlan", "PRECISIONS",
+    "precision_name",
 ]  # fmt: skip

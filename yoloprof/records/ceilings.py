@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
 
@@ -69,7 +69,7 @@ class LoaderCeiling:
 @dataclass
 class ComputePoint:
     batch: int  # per rank (one device)
-    amp: bool
+    amp: Union[bool, str]  # as Knobs.amp: True (fp16), "bf16", False
     status: str  # ok | oom | error | timeout
     img_per_s: Optional[float] = None  # one device, no data loading
     step_ms_p50: Optional[float] = None
@@ -85,6 +85,6 @@ class ComputeCeiling:
     device_name: str
     device_mem_total_mib: Optional[float]
     points: list[ComputePoint]
-    max_batch_fit: dict[str, int] = field(default_factory=dict)  # "amp"/"fp32" -> largest batch within the margin
+    max_batch_fit: dict[str, int] = field(default_factory=dict)  # "amp"/"bf16"/"fp32" -> largest batch within the margin
     mem_margin_frac: float = 0.10
     note: Optional[str] = None

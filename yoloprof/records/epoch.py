@@ -116,6 +116,7 @@ class EpochPrediction:
     run_h_high: Optional[float] = None
     no_mosaic_epoch_s: Optional[float] = None  # an epoch of the last close_mosaic ones
     once_s: Optional[float] = None  # set-up, warm-up's extra optimizer steps, the final validation
+    compile_s: Optional[float] = None  # torch.compile's one-time cost on the first steps (in once_s)
     cost_epoch: Optional[float] = None
     cost_run: Optional[float] = None
     energy_epoch_kwh: Optional[float] = None

@@ -81,6 +81,10 @@ class TrialResult:
     epoch_boundary_ms_p50: Optional[float] = None  # a boundary step's time over the steady median step
     batches_per_epoch: Optional[int] = None
     setup_s: Optional[float] = None  # the slowest rank's trainer set-up to its first step (a run pays it once)
+    # The warm-up steps' time beyond as many steady steps, slowest rank: a one-time cost a run pays on its first
+    # steps (torch.compile's compilation, cuDNN's algorithm search, the allocator's growth)
+    warmup_extra_s: Optional[float] = None
+    warmup_steps_timed: int = 0  # warm-up steps behind warmup_extra_s (compile may recompile past the first)
     workers_effective: Optional[int] = None
     amp_effective: Optional[bool] = None
     accumulate: Optional[int] = None

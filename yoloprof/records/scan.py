@@ -20,6 +20,7 @@ class GpuInfo:
     index: int  # CUDA index as the scan process sees it
     name: str
     mem_total_mib: Optional[float]
+    capability: Optional[list[int]] = None  # CUDA compute capability [major, minor]; bf16 needs 8.0 (Ampere) or later
 
 
 @dataclass
@@ -37,6 +38,9 @@ class Environment:
     gpus: list[GpuInfo]
     ultralytics_cfg_keys: list[str]  # what `ultralytics.cfg.get_cfg` accepts in this install
     env_vars: dict[str, str]  # allow-listed variables only (see yoloprof.environment)
+    # What torch.compile's inductor backend needs (Ultralytics checks the same, then trains uncompiled):
+    cxx_compiler: Optional[str] = None  # the host C++ compiler (CPU kernels); None: none found
+    triton: Optional[str] = None  # Triton's version (CUDA kernels); None: not installed
 
 
 @dataclass

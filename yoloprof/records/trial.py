@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
 
@@ -12,16 +12,43 @@ from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
 # What a trial is
 
 
+def precision_name(amp: Union[bool, str]) -> str:
+    """"amp" (fp16 mixed precision), "bf16" or "fp32": how ids, tables and memory fits name an amp setting."""
+    return "bf16" if amp == "bf16" else ("amp" if amp else "fp32")
+
+
+PRECISIONS = {"amp": True, "bf16": "bf16", "fp32": False}  # name -> the amp value Ultralytics takes
+
+
 @dataclass(frozen=True)
 class Knobs:
     """The settings a scan varies. `batch` is global (all ranks together), as in `yolo train`."""
 
     batch: int
     workers: int
-    amp: bool
+    amp: Union[bool, str]  # True: fp16 mixed precision (Ultralytics' default), "bf16", False: fp32
     pin_memory: bool
     cache: str  # "off" | "ram" | "disk"
     nccl: str  # an NCCL preset name from yoloprof.search.plan.NCCL_PRESETS
+    # Beyond the five (defaults = Ultralytics' own, so records written before them read as what ran):
+    deterministic: bool = True  # torch.use_deterministic_algorithms + cudnn.deterministic
+    compile: str = "off"  # "off" or a torch.compile mode: default, reduce-overhead, max-autotune-no-cudagraphs
+    channels_last: bool = True  # NHWC on CUDA (Ultralytics' auto); False keeps NCHW. CPU training is NCHW either way
+
+    @property
+    def precision(self) -> str:
+        return precision_name(self.amp)
+
+    def extras(self) -> list[str]:
+        """The knobs beyond the five, where they differ from Ultralytics' defaults ("deterministic off")."""
+        out = []
+        if not self.deterministic:
+            out.append("deterministic off")
+        if self.compile != "off":
+            out.append(f"compile {self.compile}")
+        if not self.channels_last:
+            out.append("channels_last off")
+        return out
 
 
 @dataclass
@@ -57,8 +84,10 @@ class TrialSpec:
 
     @property
     def env_key(self) -> tuple:
-        """What a rank process is launched with: trials with the same key can share one launch."""
-        return (self.world_size, self.device, tuple(self.gpus), tuple(sorted(self.env.items())))
+        """What a rank process is launched with: trials with the same key can share one launch. A compile
+        trial gets a launch of its own: the compiler's in-process caches would make a later compile look free."""
+        own = (self.trial_id,) if self.knobs.compile != "off" else ()
+        return (self.world_size, self.device, tuple(self.gpus), tuple(sorted(self.env.items()))) + own
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +158,10 @@ class RankInfo:
     ddp_bucket_cap_mb: Optional[float]
     torch_threads: int
     t_start_s: float
+    # What ran, read back from torch after Ultralytics' set-up (None in records written before these knobs)
+    compiled: Optional[bool] = None  # the model is a torch.compile module (Ultralytics falls back silently)
+    deterministic_effective: Optional[bool] = None  # torch.are_deterministic_algorithms_enabled()
+    channels_last_effective: Optional[bool] = None  # the convolution weights are in NHWC memory format
 
 
 @dataclass

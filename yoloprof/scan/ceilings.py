@@ -24,8 +24,8 @@ from yoloprof.scan import launch
 from yoloprof.search import plan
 from yoloprof.analysis.memory_fit import max_batch_fit
 from yoloprof.records import (
-    AllReduceCeiling, ComputeCeiling, ComputePoint, Knobs, LoaderCeiling, LoaderPoint, RecordError, TrialSpec,
-    read_json, write_json,
+    PRECISIONS, AllReduceCeiling, ComputeCeiling, ComputePoint, Knobs, LoaderCeiling, LoaderPoint, RecordError,
+    TrialSpec, precision_name, read_json, write_json,
 )  # fmt: skip
 from yoloprof.analysis.stats import median
 
@@ -150,7 +150,7 @@ def compute_specs(hw: plan.Hardware, batches: list[int], amps: list[bool], *, mo
         for amp in amps:
             knobs = Knobs(batch=b, workers=0, amp=amp, pin_memory=False, cache="off", nccl="default")
             specs.append(TrialSpec(
-                trial_id=f"compute-b{b}-{'amp' if amp else 'fp32'}", knobs=knobs, world_size=1, device=hw.device,
+                trial_id=f"compute-b{b}-{precision_name(amp)}", knobs=knobs, world_size=1, device=hw.device,
                 gpus=hw.gpus[:1], model=model, data=data, imgsz=imgsz, optimizer=optimizer, warmup_steps=warmup,
                 measured_steps=steps, env={"OMP_NUM_THREADS": str(plan.omp_threads(hw.cpu_count, n))},
                 mode="compute", overrides={"nbs": accumulate * b},
@@ -176,7 +176,7 @@ def compute(out: Path, specs: list[TrialSpec], *, cache_dir: Path, device_name: 
     ceiling = ComputeCeiling(device=specs[0].device if specs else "cpu", device_name=device_name,
                              device_mem_total_mib=device_mem_total_mib, points=points)  # fmt: skip
     if ceiling.device == "cuda" and device_mem_total_mib:
-        for amp, key in ((True, "amp"), (False, "fp32")):
+        for key, amp in PRECISIONS.items():
             fit = max_batch_fit([p for p in points if p.amp == amp], device_mem_total_mib, ceiling.mem_margin_frac)
             if fit is not None:
                 ceiling.max_batch_fit[key] = fit

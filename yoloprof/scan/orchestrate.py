@@ -17,7 +17,7 @@ from rich.console import Console
 from yoloprof import __version__, outputs, paths
 from yoloprof.search import baselines, plan, usercfg
 from yoloprof.analysis import doctor
-from yoloprof.scan import launch, preflight, runner
+from yoloprof.scan import launch, preflight, request, runner
 from yoloprof.errors import ScanFailed, UsageError
 from yoloprof.records import DatasetInfo, Environment, RecordError, RunPlan, ScanMeta, read_json, write_json
 
@@ -221,6 +221,12 @@ def finish(out: Path, meta: ScanMeta, ctx: Context, req: ScanRequest, console: C
     return result, out, code
 
 
+def _saved_space(meta: ScanMeta) -> dict[str, list]:
+    """The space an auto scan searched; knobs its version did not have keep Ultralytics' default."""
+    defaults = {k: [getattr(plan.Axes([], [], [], [], [], []), k)[0]] for k in ("deterministic", "compile", "channels_last")}
+    return {**defaults, **meta.axes}
+
+
 def resume(folder: str, req: ScanRequest, console: Console):
     """`yoloprof scan --resume DIR`: the saved plan, only the trials without a result."""
     out = Path(folder).expanduser()
@@ -237,12 +243,13 @@ def resume(folder: str, req: ScanRequest, console: Console):
         missing = [g for g in meta.gpus if g not in {x.index for x in env.gpus}]
         if missing:
             raise UsageError(f"--resume {out}: the scan ran on GPUs {meta.gpus}; GPU {missing[0]} is not visible now")
-    hw = plan.Hardware(meta.device, meta.world_size, meta.gpus, env.cpu_count, len(env.gpus))
+    hw = plan.Hardware(meta.device, meta.world_size, meta.gpus, env.cpu_count, len(env.gpus),
+                       bf16=request.bf16(env, meta.gpus), compile_blocker=request.compile_blocker(env, meta.device))
     axes = plan.Axes(**meta.axes)
     yours = meta.baselines.get(baselines.YOURS)
     ctx = Context(env, hw, "as the scan planned", plan.Plan(axes, [s.knobs for s in meta.specs]), meta.imgsz,
                   meta.dataset, meta.model, strategy=meta.strategy, budget_s=meta.budget_s, precision=meta.precision,
-                  max_steps=meta.max_steps, given=dict(meta.axes) if meta.strategy == "auto" else {},
+                  max_steps=meta.max_steps, given=_saved_space(meta) if meta.strategy == "auto" else {},
                   baseline=next((s.knobs for s in meta.specs if s.trial_id == yours), None),
                   train_cfg=meta.train_cfg, train_cfg_args=meta.train_cfg_args)  # fmt: skip
     req = ScanRequest(optimizer=meta.optimizer, warmup=meta.warmup_steps, steps=meta.measured_steps,

@@ -41,6 +41,9 @@ class ScanRequest:
     pin_memory: Optional[str] = None
     cache: Optional[str] = None
     nccl: Optional[str] = None
+    deterministic: Optional[str] = None
+    compile: Optional[str] = None
+    channels_last: Optional[str] = None
     trial_timeout: Optional[float] = None
     no_ceilings: bool = False
     baseline: Optional[str] = None  # the user's current settings, "batch=32,workers=4,amp=off"
@@ -100,10 +103,15 @@ def parse_axes(req: ScanRequest) -> dict[str, Optional[list]]:
     return {
         "batch": plan.parse_ints("--batch", req.batch, 1) if req.batch is not None else None,
         "workers": plan.parse_ints("--workers", req.workers, 0) if req.workers is not None else None,
-        "amp": plan.parse_choices("--amp", req.amp, plan._BOOL) if req.amp is not None else None,
+        "amp": plan.parse_amp(req.amp) if req.amp is not None else None,
         "pin_memory": plan.parse_choices("--pin-memory", req.pin_memory, plan._BOOL) if req.pin_memory is not None else None,
         "cache": plan.parse_choices("--cache", req.cache, plan._CACHE) if req.cache is not None else None,
         "nccl": plan.parse_nccl(req.nccl) if req.nccl is not None else None,
+        "deterministic": plan.parse_choices("--deterministic", req.deterministic, plan._BOOL)
+                         if req.deterministic is not None else None,
+        "compile": plan.parse_compile(req.compile) if req.compile is not None else None,
+        "channels_last": plan.parse_choices("--channels-last", req.channels_last, plan._BOOL)
+                         if req.channels_last is not None else None,
     }  # fmt: skip
 
 
@@ -153,9 +161,27 @@ def resolve_hardware(req: ScanRequest, env: Environment) -> tuple[plan.Hardware,
         if req.device in ("cuda", "gpu"):
             raise UsageError("--device cuda: this machine has no GPU visible to torch; use --device cpu")
         n = req.nproc or DEFAULT_CPU_RANKS
-        hw = plan.Hardware("cpu", n, [], env.cpu_count, 0)
+        hw = plan.Hardware("cpu", n, [], env.cpu_count, 0, compile_blocker=compile_blocker(env, "cpu"))
         return hw, f"{n} CPU ranks with gloo" + ("" if req.device == "cpu" else " (no GPU visible)")
-    return plan.Hardware("cuda", len(gpus), gpus, env.cpu_count, len(visible)), f"{why}, NCCL"
+    return plan.Hardware("cuda", len(gpus), gpus, env.cpu_count, len(visible), bf16=bf16(env, gpus),
+                         compile_blocker=compile_blocker(env, "cuda")), f"{why}, NCCL"  # fmt: skip
+
+
+def bf16(env, gpus: list[int]) -> Optional[bool]:
+    """Every GPU of the scan has native bfloat16 (compute capability 8.0+, what Ultralytics requires); None: unknown."""
+    caps = [g.capability for g in env.gpus if g.index in gpus]
+    if not caps or any(c is None for c in caps):
+        return None
+    return all(c[0] >= 8 for c in caps)
+
+
+def compile_blocker(env, device: str) -> Optional[str]:
+    """Why torch.compile cannot run here, or None. Ultralytics would train uncompiled without a word in the results."""
+    if device == "cpu" and not env.cxx_compiler:
+        return "inductor needs a C++ compiler for CPU kernels and none was found (install g++)"
+    if device == "cuda" and not env.triton:
+        return "inductor needs Triton for GPU kernels and it is not installed"
+    return None
 
 
 def resolve_data(req: ScanRequest, console: Console) -> DatasetInfo:

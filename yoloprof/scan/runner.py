@@ -74,6 +74,7 @@ def run_one(spec: TrialSpec, tdir: Path, policy: launch.HangPolicy, progress: Sc
     outcome.rank_exitcodes = aggregate.torchrun_exitcodes(
         (tdir / "launcher.log").read_text(errors="replace") if (tdir / "launcher.log").exists() else "")
     write_json(tdir / outputs.LAUNCH_FILE, outcome)
+    shutil.rmtree(tdir / paths.COMPILE_CACHE, ignore_errors=True)  # hundreds of MB of kernels, measured cold once
     ranks = aggregate.read_ranks(tdir)
     result = outputs.trial_result(tdir.parent.parent, spec.trial_id)
     if result.status != "ok":

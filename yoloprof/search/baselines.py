@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Optional
 
 from yoloprof.errors import UsageError
-from yoloprof.search.plan import _BOOL, _CACHE, NCCL_PRESETS, Hardware, Plan, workers_cap
+from yoloprof.search.plan import _AMP, _BOOL, _CACHE, _COMPILE, NCCL_PRESETS, Hardware, Plan, workers_cap
 from yoloprof.records import Knobs
 
 DEFAULTS = "Ultralytics defaults"
@@ -42,8 +42,12 @@ def parse_baseline(text: str, hw: Hardware) -> Knobs:
                 if v < (1 if key == "batch" else 0):
                     raise ValueError
                 k = replace(k, **{key: v})
-            elif key in ("amp", "pin_memory"):
+            elif key == "amp":
+                k = replace(k, amp=_AMP[value.lower()])
+            elif key in ("pin_memory", "deterministic", "channels_last"):
                 k = replace(k, **{key: _BOOL[value.lower()]})
+            elif key == "compile":
+                k = replace(k, compile=_COMPILE[value.lower()])
             elif key == "cache":
                 k = replace(k, cache=_CACHE[value.lower()])
             elif key == "nccl" and value in NCCL_PRESETS:
@@ -52,12 +56,13 @@ def parse_baseline(text: str, hw: Hardware) -> Knobs:
                 raise KeyError
         except (ValueError, KeyError):
             raise UsageError(f"--baseline '{item}': not a setting yoloprof varies "
-                             "(batch, workers, amp, pin_memory, cache, nccl) with a valid value") from None  # fmt: skip
+                             "(batch, workers, amp, pin_memory, cache, nccl, deterministic, compile, channels_last) "
+                             "with a valid value") from None  # fmt: skip
     return _fit(k, hw, "--baseline batch=")
 
 
 def from_cfg(args: dict, hw: Hardware, name: str) -> Knobs:
-    """--cfg: the config's batch, workers, amp and cache as "your settings"; what it leaves out keeps
+    """--cfg: the config's measured keys (usercfg.MEASURED) as "your settings"; what it leaves out keeps
     Ultralytics' defaults (pin_memory and NCCL have no argument in a config). Values a trial cannot
     reproduce exactly are refused rather than rounded: the gain would be over another run."""
     k = ultralytics_defaults(hw)
@@ -70,19 +75,34 @@ def from_cfg(args: dict, hw: Hardware, name: str) -> Knobs:
                          "you train with, e.g. batch: 64")  # fmt: skip
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise UsageError(f"{where}: workers: {workers}; give a whole number >= 0")
-    if not isinstance(amp, bool):
-        raise UsageError(f"{where}: amp: {amp}; yoloprof measures amp true or false, not {amp!r} yet")
+    amp = _AMP.get(str(amp).lower())
+    if amp is None:
+        raise UsageError(f"{where}: amp: {args['amp']}; give true (fp16), bf16 or false (fp32)")
     cache = _CACHE.get(str(args.get("cache", False)).lower())
     if cache is None:
         raise UsageError(f"{where}: cache: {args['cache']}; give false, ram (or true) or disk")
-    return _fit(Knobs(batch, workers, amp, k.pin_memory, cache, k.nccl), hw, f"{where}: batch: ")
+    deterministic = args.get("deterministic", k.deterministic)
+    if not isinstance(deterministic, bool):
+        raise UsageError(f"{where}: deterministic: {deterministic}; give true or false")
+    mode = _COMPILE.get(str(args.get("compile", False)).lower())
+    if mode is None:
+        raise UsageError(f"{where}: compile: {args['compile']}; give false, true or a mode (default, reduce-overhead, "
+                         "max-autotune-no-cudagraphs)")  # fmt: skip
+    channels_last = args.get("channels_last")
+    if channels_last not in (None, True, False):
+        raise UsageError(f"{where}: channels_last: {channels_last}; give true, false or leave it out (auto)")
+    knobs = Knobs(batch, workers, amp, k.pin_memory, cache, k.nccl, deterministic=deterministic, compile=mode,
+                  channels_last=channels_last is not False)  # fmt: skip
+    return _fit(knobs, hw, f"{where}: batch: ")
 
 
 def _fit(k: Knobs, hw: Hardware, what: str) -> Knobs:
     if k.batch % max(hw.world_size, 1) or k.batch < hw.world_size:
         raise UsageError(f"{what}{k.batch}: must be a multiple of the {hw.world_size} ranks")
     if hw.device != "cuda":
-        k = replace(k, amp=False, pin_memory=False, nccl="default")
+        k = replace(k, amp=False, pin_memory=False, nccl="default", channels_last=True)
+    if hw.compile_blocker and k.compile != "off":
+        raise UsageError(f"compile {k.compile} in your settings cannot run here: {hw.compile_blocker}")
     return k
 
 

@@ -30,6 +30,9 @@ NCCL_PRESETS: dict[str, dict[str, str]] = {
 _CUSTOM_NCCL = re.compile(r"^NCCL_[A-Z0-9_]+=[^+=\s]+(\+NCCL_[A-Z0-9_]+=[^+=\s]+)*$")
 
 _BOOL = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+_AMP = {**_BOOL, "fp16": True, "fp32": False, "bf16": "bf16"}  # Ultralytics' amp takes True/'fp16', 'bf16', False/'fp32'
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+_COMPILE = {**{m: m for m in COMPILE_MODES}, "on": "default", "true": "default", "false": "off"}
 _CACHE = {"off": "off", "false": "off", "none": "off", "ram": "ram", "true": "ram", "disk": "disk"}
 
 
@@ -40,6 +43,8 @@ class Hardware:
     gpus: list[int]
     cpu_count: int
     gpus_on_machine: int  # Ultralytics divides the cores by this, not by the world size
+    bf16: Optional[bool] = None  # every GPU of the scan has native bf16 (compute capability 8.0+); None: unknown
+    compile_blocker: Optional[str] = None  # why torch.compile cannot run here (no C++ compiler, no Triton); None: it can
 
 
 @dataclass
@@ -50,6 +55,9 @@ class Axes:
     pin_memory: list[bool]
     cache: list[str]
     nccl: list[str]
+    deterministic: list[bool] = field(default_factory=lambda: [True])
+    compile: list[str] = field(default_factory=lambda: ["off"])
+    channels_last: list[bool] = field(default_factory=lambda: [True])
 
 
 @dataclass
@@ -95,6 +103,14 @@ def parse_choices(flag: str, text: str, table: dict) -> list:
     return out
 
 
+def parse_amp(text: str) -> list:
+    return parse_choices("--amp", text, _AMP)
+
+
+def parse_compile(text: str) -> list[str]:
+    return parse_choices("--compile", text, _COMPILE)
+
+
 def parse_nccl(text: str) -> list[str]:
     out = []
     for item in _items("--nccl", text):
@@ -120,18 +136,14 @@ def workers_cap(hw: Hardware) -> int:
 
 
 def _fit_to_hardware(axes: Axes, hw: Hardware, dropped: list[str]) -> Axes:
-    if hw.device != "cuda":
-        if True in axes.amp:
-            dropped.append("amp on: AMP needs a GPU; CPU trials train in FP32")
-        if True in axes.pin_memory:
-            dropped.append("pin_memory on: pinned memory only speeds copies to a GPU")
-        if axes.nccl != ["default"]:
-            extra = ", ".join(n for n in axes.nccl if n != "default")
-            dropped.append(f"nccl {extra}: NCCL runs on GPUs only; CPU ranks use gloo")
-        axes = Axes(axes.batch, axes.workers, [False], [False], axes.cache, ["default"])
-    elif hw.world_size <= 1 and axes.nccl != ["default"]:
-        dropped.append("nccl presets: one GPU runs no AllReduce, so NCCL settings cannot matter")
-        axes = Axes(axes.batch, axes.workers, axes.amp, axes.pin_memory, axes.cache, ["default"])
+    axes = replace(axes)
+    for knob, value, reason in cannot_run(hw, {k: getattr(axes, k) for k in vars(axes)}):
+        setattr(axes, knob, [v for v in getattr(axes, knob) if v != value])
+        dropped.append(reason)
+    axes.amp, axes.pin_memory = axes.amp or [False], axes.pin_memory or [False]
+    axes.nccl = axes.nccl or ["default"]
+    axes.channels_last = axes.channels_last or [True]
+    axes.compile = axes.compile or ["off"]
     for b in axes.batch:
         if b < hw.world_size:
             raise UsageError(f"--batch {b} is smaller than the {hw.world_size} ranks; each rank needs at least one image")
@@ -152,7 +164,34 @@ def _fit_to_hardware(axes: Axes, hw: Hardware, dropped: list[str]) -> Axes:
             continue
         seen[eff] = w
         kept.append(w)
-    return Axes(axes.batch, kept, axes.amp, axes.pin_memory, axes.cache, axes.nccl)
+    return replace(axes, workers=kept)
+
+
+def cannot_run(hw: Hardware, values: dict[str, list]) -> list[tuple[str, object, str]]:
+    """(knob, value, reason) for each value that cannot run or cannot matter on this hardware; the grid plan
+    and the auto space drop the same values with the same words."""
+    out = []
+    amp = [v for v in values.get("amp", []) if v]
+    if hw.device != "cuda":
+        out += [("amp", v, f"amp {'bf16' if v == 'bf16' else 'on'}: AMP needs a GPU; CPU trials train in FP32")
+                for v in amp]  # fmt: skip
+        if True in values.get("pin_memory", []):
+            out.append(("pin_memory", True, "pin_memory on: pinned memory only speeds copies to a GPU"))
+        extra = [n for n in values.get("nccl", []) if n != "default"]
+        out += [("nccl", n, f"nccl {n}: NCCL runs on GPUs only; CPU ranks use gloo") for n in extra]
+        if False in values.get("channels_last", []):
+            out.append(("channels_last", False, "channels_last off: Ultralytics applies NHWC on CUDA only, so CPU "
+                                                "trials train NCHW either way"))  # fmt: skip
+    else:
+        if hw.world_size <= 1:
+            out += [("nccl", n, f"nccl {n}: one GPU runs no AllReduce, so NCCL settings cannot matter")
+                    for n in values.get("nccl", []) if n != "default"]  # fmt: skip
+        if "bf16" in amp and hw.bf16 is False:
+            out.append(("amp", "bf16", "amp bf16: these GPUs have no native bfloat16 (compute capability below 8.0); "
+                                       "Ultralytics refuses it"))  # fmt: skip
+    if hw.compile_blocker:
+        out += [("compile", m, f"compile {m}: {hw.compile_blocker}") for m in values.get("compile", []) if m != "off"]
+    return out
 
 
 def make_plan(hw: Hardware, given: dict[str, Optional[list]]) -> Plan:
@@ -162,21 +201,23 @@ def make_plan(hw: Hardware, given: dict[str, Optional[list]]) -> Plan:
     axes.batch = sorted(axes.batch)  # small batches first: an OOM then skips the larger ones instead of running them
     dropped: list[str] = []
     axes = _fit_to_hardware(axes, hw, dropped)
-    knobs = [
-        Knobs(batch=b, workers=w, amp=a, pin_memory=p, cache=c, nccl=n)
-        for b, w, a, p, c, n in itertools.product(
-            axes.batch, axes.workers, axes.amp, axes.pin_memory, axes.cache, axes.nccl
-        )
-    ]
+    names = list(vars(axes))  # Axes and Knobs name the knobs alike, in the same order
+    knobs = [Knobs(**dict(zip(names, values))) for values in itertools.product(*(getattr(axes, n) for n in names))]
     return Plan(axes, knobs, dropped)
 
 
 def trial_id(index: int, k: Knobs) -> str:
-    parts = [f"t{index:02d}", f"b{k.batch}", f"w{k.workers}", "amp" if k.amp else "fp32"]
+    parts = [f"t{index:02d}", f"b{k.batch}", f"w{k.workers}", k.precision]
     if k.pin_memory:
         parts.append("pin")
     if k.cache != "off":
         parts.append(f"cache-{k.cache}")
+    if not k.deterministic:
+        parts.append("nondet")
+    if k.compile != "off":
+        parts.append({"default": "compile"}.get(k.compile, f"compile-{k.compile.split('-')[0]}"))  # -reduce, -max
+    if not k.channels_last:
+        parts.append("nchw")
     if k.nccl != "default":
         parts.append(re.sub(r"[^A-Za-z0-9]+", "-", k.nccl).strip("-").lower()[:40])
     return "-".join(parts)

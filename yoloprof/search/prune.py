@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from yoloprof.analysis.against import Ceilings
-from yoloprof.records import AllReduceCeiling, ComputeCeiling, Decision, LoaderCeiling
+from yoloprof.records import AllReduceCeiling, ComputeCeiling, Decision, LoaderCeiling, precision_name
 from yoloprof.search.plan import Hardware
 from yoloprof.search.space import Space, show
 
@@ -54,7 +54,7 @@ def _batches(out: Pruned, compute: Optional[ComputeCeiling], hw: Hardware) -> No
     n = max(hw.world_size, 1)
     limit: dict[bool, tuple[int, str]] = {}  # amp -> (largest batch per rank that fits, why)
     for amp in out.space.values["amp"]:
-        name = "amp" if amp else "fp32"
+        name = precision_name(amp)
         oom = [p.batch for p in compute.points if p.amp == amp and p.status == "oom"]
         fit = compute.max_batch_fit.get(name)
         found = []

@@ -13,15 +13,17 @@ from typing import Any, Optional
 
 from yoloprof.errors import UsageError
 from yoloprof.records import Decision, Knobs
-from yoloprof.search.plan import Hardware, workers_cap
+from yoloprof.search.plan import Hardware, cannot_run, workers_cap
 
-KNOBS = ("batch", "workers", "amp", "pin_memory", "cache", "nccl")
+KNOBS = ("batch", "workers", "amp", "pin_memory", "cache", "nccl", "deterministic", "compile", "channels_last")
 ORDINAL = ("batch", "workers")  # walked one step up or down; the others are categories, every value tried
 
 GPU_BATCH_PER_RANK = (8, 16, 32, 64, 128)
 CPU_BATCH_PER_RANK = (4, 8, 16)
 WORKERS = (0, 1, 2, 4, 8, 16)
 AUTO_NCCL = ("default", "ring", "tree", "simple", "no-shm", "buff8m")  # no-p2p: debug-only, never auto
+# compile's other modes autotune for many minutes; auto tries the default mode (GPUs only), a user asks for more
+AUTO_COMPILE = ("off", "default")
 
 
 @dataclass
@@ -58,8 +60,8 @@ def show(value: Any) -> str:
 
 
 def knobs_text(k: Knobs) -> str:
-    return (f"batch {k.batch}, workers {k.workers}, amp {show(k.amp)}, pin_memory {show(k.pin_memory)}, "
-            f"cache {k.cache}, nccl {k.nccl}")  # fmt: skip
+    return ", ".join([f"batch {k.batch}", f"workers {k.workers}", f"amp {show(k.amp)}",
+                      f"pin_memory {show(k.pin_memory)}", f"cache {k.cache}", f"nccl {k.nccl}", *k.extras()])
 
 
 def _drop(space: Space, knob: str, value: Any, reason: str) -> None:
@@ -77,10 +79,13 @@ def auto_space(hw: Hardware, given: Optional[dict[str, Optional[list]]] = None, 
     auto: dict[str, list] = {
         "batch": [b * n for b in (GPU_BATCH_PER_RANK if gpu else CPU_BATCH_PER_RANK)],
         "workers": list(WORKERS),
-        "amp": [True, False],
+        "amp": [True, False, "bf16"],
         "pin_memory": [True, False],
         "cache": ["off", "disk", "ram"],
         "nccl": list(AUTO_NCCL),
+        "deterministic": [True, False],
+        "compile": list(AUTO_COMPILE),
+        "channels_last": [True, False],
     }
     space = Space({k: list(given.get(k) or auto[k]) for k in KNOBS}, workers_cap=workers_cap(hw))
     for k in ORDINAL:
@@ -90,20 +95,21 @@ def auto_space(hw: Hardware, given: Optional[dict[str, Optional[list]]] = None, 
         if b < n or b % n:
             raise UsageError(f"--batch {b} is not a multiple of the {n} ranks; the global batch is split evenly, "
                              f"use e.g. {n * max(b // n, 1)}")  # fmt: skip
-    if not gpu:
-        if True in space.values["amp"]:
-            _drop(space, "amp", True, "amp on: AMP needs a GPU; CPU trials train in FP32")
-        if True in space.values["pin_memory"]:
-            _drop(space, "pin_memory", True, "pin_memory on: pinned memory only speeds copies to a GPU")
-        for preset in [p for p in space.values["nccl"] if p != "default"]:
-            _drop(space, "nccl", preset, f"nccl {preset}: NCCL runs on GPUs only; CPU ranks use gloo")
-    elif hw.world_size <= 1:
-        for preset in [p for p in space.values["nccl"] if p != "default"]:
-            _drop(space, "nccl", preset,
-                  f"nccl {preset}: one GPU runs no AllReduce, so NCCL settings cannot matter")  # fmt: skip
-    for k in ("amp", "pin_memory"):
-        space.values[k] = space.values[k] or [False]
-    space.values["nccl"] = space.values["nccl"] or ["default"]
+    for knob, value, reason in cannot_run(hw, space.values):
+        _drop(space, knob, value, reason)
+    if not gpu and not given.get("compile"):
+        for mode in [m for m in space.values["compile"] if m != "off"]:
+            _drop(space, "compile", mode, f"compile {mode}: on CPU its first steps compile for minutes, beyond an auto "
+                                          "budget; ask for it with --compile off,default")  # fmt: skip
+    if gpu and not given.get("compile"):
+        space.dropped.append(Decision(
+            stage="space", kind="pruned", knob="compile", value="reduce-overhead, max-autotune-no-cudagraphs",
+            reason="compile reduce-overhead, max-autotune-no-cudagraphs: they autotune for many minutes, beyond an "
+                   "auto budget; ask for them with --compile",
+        ))  # fmt: skip
+    for k, fallback in (("amp", False), ("pin_memory", False), ("nccl", "default"), ("compile", "off"),
+                        ("channels_last", True)):  # fmt: skip
+        space.values[k] = space.values[k] or [fallback]
     if not given.get("nccl") and gpu and hw.world_size > 1:
         space.dropped.append(Decision(
             stage="space", kind="pruned", knob="nccl", value="no-p2p",

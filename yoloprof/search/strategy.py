@@ -23,12 +23,15 @@ from yoloprof.search.space import ORDINAL, Space, knobs_text, neighbours, show
 
 # Which knob to walk first, by what bounds the incumbent (analysis.ranking.classify's names).
 ORDER: dict[str, tuple[str, ...]] = {
-    "input": ("workers", "cache", "batch", "pin_memory", "amp", "nccl"),
-    "communication": ("nccl", "batch", "workers", "amp", "pin_memory", "cache"),
-    "compute": ("amp", "batch", "workers", "pin_memory", "cache", "nccl"),
-    "memory": ("batch", "amp", "workers", "pin_memory", "cache", "nccl"),
-    "straggler": ("workers", "nccl", "batch", "amp", "pin_memory", "cache"),
-    "unknown": ("batch", "workers", "amp", "pin_memory", "cache", "nccl"),
+    "input": ("workers", "cache", "batch", "pin_memory", "amp", "nccl", "deterministic", "compile", "channels_last"),
+    "communication": ("nccl", "batch", "workers", "amp", "pin_memory", "cache", "deterministic", "compile",
+                      "channels_last"),
+    # compute-bound: what makes the same math faster (precision, compile, determinism, memory format) first
+    "compute": ("amp", "compile", "deterministic", "channels_last", "batch", "workers", "pin_memory", "cache", "nccl"),
+    "memory": ("batch", "amp", "channels_last", "workers", "pin_memory", "cache", "nccl", "deterministic", "compile"),
+    "straggler": ("workers", "nccl", "batch", "amp", "pin_memory", "cache", "deterministic", "compile",
+                  "channels_last"),
+    "unknown": ("batch", "workers", "amp", "pin_memory", "cache", "nccl", "deterministic", "compile", "channels_last"),
 }
 
 Beats = Callable[[list[TrialResult], str, str], bool]  # (results, candidate id, incumbent id) -> beyond noise?

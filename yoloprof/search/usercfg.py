@@ -5,9 +5,10 @@ has one place in the scan:
 
 - model, data, imgsz, optimizer (SCAN_SETS) are the scan's; a flag that says otherwise is an error,
   since only the user knows which one they meant;
-- batch, workers, amp, cache (MEASURED) are the "your settings" baseline trial (baselines.from_cfg);
+- batch, workers, amp, cache, deterministic, compile, channels_last (MEASURED) are the "your settings"
+  baseline trial (baselines.from_cfg);
 - the keys in NOT_IN_TRIALS are left out of the trials, each for the reason given there;
-- every other key (augmentation, lr, nbs, compile, freeze, ...) holds in every trial, through
+- every other key (augmentation, lr, nbs, freeze, ...) holds in every trial, through
   TrialSpec.overrides (`held`), since it can change what a step costs.
 
 best.yaml (reports/config_files.py) is the same config with only the measured settings changed.
@@ -24,9 +25,11 @@ from typing import Any, Optional
 import yaml
 
 from yoloprof.errors import UsageError
+from yoloprof.search.space import show
 
 SCAN_SETS = ("model", "data", "imgsz", "optimizer")
-MEASURED = ("batch", "workers", "amp", "cache")  # a trial's knobs; Ultralytics 8.4 has no pin_memory argument
+# a trial's knobs; Ultralytics 8.4 has no pin_memory argument, and NCCL settings are environment variables
+MEASURED = ("batch", "workers", "amp", "cache", "deterministic", "compile", "channels_last")
 
 _PREDICTED = "; the epoch and cost predictions use it"
 # Keys a throughput trial must not take from the user's config: the measurement sets them, or they
@@ -157,7 +160,8 @@ def for_compute(specs: list, args: dict[str, Any], ranks: int) -> list:
 def summary(path: str, args: dict[str, Any], yours, optimizer_used: str, *, images: int, epochs: int) -> list[str]:
     """What the scan took from the config, for the terminal: one fact a line."""
     took = [k for k in SCAN_SETS if k in args]
-    knobs = f"batch {yours.batch}, workers {yours.workers}, amp {'on' if yours.amp else 'off'}, cache {yours.cache}"
+    knobs = ", ".join([f"batch {yours.batch}", f"workers {yours.workers}", f"amp {show(yours.amp)}",
+                       f"cache {yours.cache}", *yours.extras()])
     lines = [f"config: {path}" + (f": {', '.join(took)} from it" if took else "") + f"; your settings: {knobs}"]
     kept = held(args)
     if kept:

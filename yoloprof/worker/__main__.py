@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 
 from yoloprof.records import RankEnd, RankInfo, TrialSpec, read_json, to_dict
+from yoloprof.paths import COMPILE_CACHE
 from yoloprof.text import error_line
 
 
@@ -78,7 +79,7 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
     from probes.steps import StepProbe
     from probes import offline
     from yoloprof.worker import faults
-    from yoloprof.worker.trainer import ScanTrainer, TrialComplete, epoch_plan
+    from yoloprof.worker.trainer import ScanTrainer, TrialComplete, epoch_plan, is_channels_last, is_compiled
 
     offline.patch_ultralytics()
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -122,6 +123,9 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
                 ddp_bucket_cap_mb=(ddp.bucket_bytes_cap / 2**20) if ddp is not None else None,
                 torch_threads=torch.get_num_threads(),
                 t_start_s=time.time(),
+                compiled=is_compiled(t.model),
+                deterministic_effective=torch.are_deterministic_algorithms_enabled(),
+                channels_last_effective=is_channels_last(t.model),
             ),
         )
 
@@ -132,6 +136,9 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
     status, error = "ok", None
     try:
         faults.maybe_fail(0, rank, spec.trial_id, setup=True)
+        if spec.knobs.compile != "off":  # compiled cold, as on a machine's first run (the scan removes it after)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(trial_dir / COMPILE_CACHE)
+            os.environ["TRITON_CACHE_DIR"] = str(trial_dir / COMPILE_CACHE / "triton")
         trainer = ScanTrainer(spec, probe, str(trial_dir), on_ready, on_step, precise=lambda: _precise(spec, steady))
         trainer.train()
         status, error = "error", "training ended before the planned steps"

@@ -43,6 +43,18 @@ OOM_RETRIES_EXHAUSTED = 3
 CHECK_EVERY = 5
 
 
+def is_compiled(model) -> bool:
+    """Ultralytics returns the plain model where torch.compile cannot run, with only a warning."""
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    return hasattr(inner, "_orig_mod")
+
+
+def is_channels_last(model) -> bool:
+    """The convolution weights are NHWC (Ultralytics converts them on CUDA only)."""
+    w = next((p for p in unwrap_model(model).parameters() if p.dim() == 4 and p.shape[1] > 1), None)
+    return bool(w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
+
+
 class TrialComplete(Exception):
     """Raised on the same step on every rank to end training without validation or saving."""
 
@@ -60,7 +72,10 @@ def trial_overrides(spec: TrialSpec, project: str) -> dict:
         imgsz=spec.imgsz,
         batch=k.batch,
         workers=k.workers,
-        amp=k.amp,
+        amp=k.amp,  # True, False or "bf16", as Ultralytics takes it
+        deterministic=k.deterministic,
+        compile=False if k.compile == "off" else k.compile,
+        channels_last=None if k.channels_last else False,  # None: Ultralytics' auto (NHWC on CUDA)
         cache={"off": False, "ram": "ram", "disk": "disk"}[k.cache],
         device=",".join(str(g) for g in spec.gpus) if spec.device == "cuda" else "cpu",
         optimizer=spec.optimizer,
@@ -186,6 +201,10 @@ class ScanTrainer(EpochEndMixin, DetectionTrainer):
     def _setup_train(self):
         with _cpu_capable_ddp():
             super()._setup_train()
+        if self.spec.knobs.compile != "off" and not is_compiled(self.model):
+            raise RuntimeError(f"compile={self.spec.knobs.compile} was asked, but Ultralytics went on uncompiled: the "
+                               "inductor backend is unavailable here (a C++ compiler on CPU, Triton on CUDA); its "
+                               "warning above says why")  # fmt: skip
         if self.spec.mode == "compute":
             self.train_loader = StaticBatchLoader(self.train_loader, self.device)
         self._attach_probes()
