@@ -13,7 +13,7 @@ from yoloprof.analysis.epoch import amount as epoch_amount
 from reports.config_files import BestConfig, render_env, render_yaml
 from reports.csv_table import ordered
 from reports.csv_table import rows as table_rows
-from yoloprof.analysis import advice, against, memory_fit, noise, scaling
+from yoloprof.analysis import advice, against, memory_fit, noise, scaling, tradeoffs
 from yoloprof.search import baselines, plan
 from yoloprof.analysis import ranking as ranking_mod
 from yoloprof.records import ScanMeta, precision_name
@@ -115,10 +115,12 @@ def _fit_text(compute, results) -> str:
 def _advice_context(out) -> dict:
     meta, results, best = out.meta, out.results, out.best
     verdicts = {v.trial_id: v for v in out.ranking.verdicts}
-    ctx = dict(effects=advice.effects(results), path=[], reference=None, untested=[], gains=[])
+    ctx = dict(effects=advice.effects(results), path=[], reference=None, untested=[], gains=[], gives_up={},
+               payoffs=[p.text for p in tradeoffs.compile_payoffs(results, meta.dataset.train_images)])  # fmt: skip
     ctx["gains"] = ranking_mod.gains(results, out.ranking, meta.baselines)
     if best is None:
         return ctx
+    ctx["gives_up"] = tradeoffs.config_notes(results, best, meta.dataset.train_images, payoff=False)
     by_id = {r.trial_id: r for r in results}
     for role in (baselines.YOURS, baselines.DEFAULTS):
         ref = by_id.get(meta.baselines.get(role, ""))
@@ -209,6 +211,9 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         tel = by_id[row["trial_id"]].telemetry
         row["energy_j_per_img"] = tel.energy_j_per_img if tel else None
         row.update(epoch_view.table_cells(out.predictions.get(row["trial_id"])))
+        k = by_id[row["trial_id"]].knobs
+        row["precision"], row["more"] = k.precision, ", ".join(k.extras())
+    more = any(row["more"] for row in rows)  # a column for the knobs beyond the five where a trial set one
     figures = []
     ranked = ordered(results, ranking)
     svg = charts.throughput(ranked, {r.trial_id: noise.trial_interval(r, noise.run_to_run(results)) for r in ranked})
@@ -243,6 +248,7 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         best_yaml=render_yaml(meta, best, best_cfg) if best and best_cfg else "",
         best_env=render_env(best, best_cfg) if best and best_cfg else "",
         rows=rows,
+        more_col=more,
         num_cols=NUM_COLS,
         verdicts=ranking.verdicts,
         figures=figures,
@@ -258,6 +264,7 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
                                     meta.device, best.world_size if best else meta.world_size),
         run_plan=meta.run_plan,
         amount=epoch_amount,
+        precision_name=precision_name,
         scale_svg=charts.scaling(scale_groups),
         gpu_status=next((r.telemetry.gpu_status for r in results if r.telemetry), "not measured: no telemetry file"),
         **_ceiling_context(out),

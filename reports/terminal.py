@@ -12,7 +12,7 @@ from yoloprof.analysis import noise
 from yoloprof.analysis.epoch import amount, duration, duration_band
 from yoloprof.records import (
     AllReduceCeiling, ComputeCeiling, DoctorReport, EpochPrediction, Finding, LoaderCeiling, Ranking, RunPlan, ScanMeta,
-    TrialResult,
+    TrialResult, precision_name,
 )  # fmt: skip
 
 
@@ -185,10 +185,10 @@ def loader_table(c: LoaderCeiling) -> Table:
 
 def compute_table(c: ComputeCeiling) -> Table:
     t = Table(title=f"Compute ceiling: one {c.device_name}, batch already on the device", header_style="bold")
-    for col in ("batch/rank", "amp", "img/s", "step ms", "peak MiB", "status"):
+    for col in ("batch/rank", "precision", "img/s", "step ms", "peak MiB", "status"):
         t.add_column(col, justify="right")
     for p in c.points:
-        t.add_row(str(p.batch), "on" if p.amp else "off", fmt(p.img_per_s), fmt(p.step_ms_p50, ".0f"),
+        t.add_row(str(p.batch), precision_name(p.amp), fmt(p.img_per_s), fmt(p.step_ms_p50, ".0f"),
                   fmt(p.peak_mem_mib, ".0f"), p.status if p.status == "ok" else f"[red]{p.status}: {p.error}[/]")  # fmt: skip
     if c.max_batch_fit:
         t.caption = "largest batch within 90% of device memory on one device alone: " + ", ".join(

@@ -152,10 +152,22 @@ def _print_outputs(console: Console, out, folder: Path, ranked_table) -> None:
     if summary:
         console.print(summary)
     console.print(f"[bold]{out.headline}[/]")
+    for line in trade_off_lines(out):
+        console.print(line, markup=False, highlight=False)
     names = ["scan.json", "results.csv", "ranking.json", "report.html", "best.yaml", "best.env", "best.sh"]
     console.print("Wrote: " + ", ".join(str(folder / n) for n in names if (folder / n).exists()))
     if (folder / "best.sh").exists():
         console.print(f"Train with it: source {folder / 'best.env'} && yolo train cfg={folder / 'best.yaml'}")
+
+
+def trade_off_lines(out) -> list[str]:
+    """What the recommended settings give up, and compile's start-up against the run, one line each."""
+    from yoloprof.analysis import tradeoffs
+
+    images = out.meta.dataset.train_images
+    lines = [f"Gives up: {knob}: {text}" for knob, text in
+             (tradeoffs.config_notes(out.results, out.best, images, payoff=False).items() if out.best else [])]  # fmt: skip
+    return lines + [f"Compile: {p.text}" for p in tradeoffs.compile_payoffs(out.results, images)]
 
 
 def _cmd_report(args, console: Console) -> int:

@@ -131,12 +131,14 @@ def measured_against_default(results: list[TrialResult], best: TrialResult, knob
     return f"{d.gain_text()} against {twin.trial_id}"
 
 
-def config_notes(results: list[TrialResult], best: TrialResult, images_per_epoch: Optional[int]) -> dict[str, str]:
-    """knob -> the comment best.yaml writes beside it: what it gives up, and what it was measured to gain."""
+def config_notes(results: list[TrialResult], best: TrialResult, images_per_epoch: Optional[int],
+                 payoff: bool = True) -> dict[str, str]:  # fmt: skip
+    """knob -> the comment best.yaml writes beside it: what it gives up, and what it was measured to gain
+    (with compile's pay-off unless `payoff` is False, where it is shown on its own)."""
     notes = {}
     for knob, cost in trade_offs(best.knobs).items():
         note = f"{cost}; measured: {measured_against_default(results, best, knob)}"
-        if knob == "compile":
+        if knob == "compile" and payoff:
             payoff = next((p for p in compile_payoffs(results, images_per_epoch) if p.trial_id == best.trial_id), None)
             if payoff is not None:
                 note += f"; {payoff.text}"
