@@ -124,11 +124,16 @@ class AutoSearch:
         return statistics.median(walls) if walls else self.first_guess_s
 
     def _reserve_s(self) -> float:
-        """Wall time held back for the confirmation repeats of today's contenders."""
+        """Wall time held back for the confirmation repeats of today's contenders, at least as many repeats as
+        the run-to-run noise needs to reach target_df (on 1 df every interval is 12.7 spreads wide, so every
+        configuration ties and the cheapest, often the slowest, is recommended), and for the epoch job."""
         ok = any(r.status == "ok" for r in self._results)
         found = [self._id_knobs(t) for t in self.contenders(self._results)] if ok else []
         n = len({self.space.effective(k) for k in found if k is not None})
-        return (self.repeats * max(n, 1) + self.after_trials) * self.estimate_s()
+        repeats = self.repeats * max(n, 1)
+        if self.noise_df is not None:
+            repeats = max(repeats, self.target_df - self.noise_df(self._results))
+        return (repeats + self.after_trials) * self.estimate_s()
 
     def _after_s(self) -> float:
         return self.after_trials * self.estimate_s()
