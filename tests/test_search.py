@@ -427,3 +427,20 @@ def test_a_resumed_search_goes_on_with_the_budget_left(monkeypatch):
     assert [d.budget_used_s for d in again.decisions] == [d.budget_used_s for d in full.decisions]
     fresh = auto.SearchClock(started=now[0] - 3.0, earlier=[])  # a new scan starts at its own set-up time
     assert fresh.now() == 3.0
+
+
+def test_the_reserve_prices_each_contenders_repeat_at_its_own_trial():
+    """A large batch's trial takes several times the median (seen on this VM: batch 128 took 58 s beside a 16 s
+    median): the repeats held back are priced at each contender's own wall time, and the noise floor's extra
+    repeats at the cheapest contender's."""
+    from yoloprof.analysis import noise as noise_mod
+
+    s = search(budget_s=900, noise_df=lambda rs: noise_mod.run_to_run(rs).df, after_trials=2.0)
+    walls = {16: 15.0, 32: 15.0, 64: 15.0, 128: 60.0}
+    s._results = [TrialResult(trial_id(i + 1, Knobs(b, 8, True, True, "off", "default")), "ok",
+                              Knobs(b, 8, True, True, "off", "default"), 2, "cuda", img_per_s=surface(
+                                  Knobs(b, 8, True, True, "off", "default")), wall_s=w)
+                  for i, (b, w) in enumerate(walls.items())]  # fmt: skip
+    assert s.estimate_s() == 15.0  # the median: what the old reserve priced every repeat at
+    # contenders (top2): batch 128 (60 s) and 64 (15 s): one repeat each, one more for 3 df at 15 s, the epoch job
+    assert s._reserve_s() == pytest.approx((60 + 15) + 1 * 15 + 2 * 15)

@@ -124,16 +124,33 @@ class AutoSearch:
         return statistics.median(walls) if walls else self.first_guess_s
 
     def _reserve_s(self) -> float:
-        """Wall time held back for the confirmation repeats of today's contenders, at least as many repeats as
-        the run-to-run noise needs to reach target_df (on 1 df every interval is 12.7 spreads wide, so every
-        configuration ties and the cheapest, often the slowest, is recommended), and for the epoch job."""
+        """Wall time held back for the confirmation repeats of today's contenders, and at least for as many
+        repeats as the run-to-run noise needs to reach target_df (on 1 df every interval is 12.7 spreads wide,
+        so every configuration ties and the cheapest, often the slowest, is recommended), each at what that
+        contender's own trial took (a large batch's trial can take several times the median); and for the
+        epoch job."""
         ok = any(r.status == "ok" for r in self._results)
-        found = [self._id_knobs(t) for t in self.contenders(self._results)] if ok else []
-        n = len({self.space.effective(k) for k in found if k is not None})
-        repeats = self.repeats * max(n, 1)
+        firsts = self._contender_firsts() if ok else []
+        confirm = self.repeats * (sum(self._cost_s(f) for f in firsts) if firsts else self.estimate_s())
+        extra = 0.0
         if self.noise_df is not None:
-            repeats = max(repeats, self.target_df - self.noise_df(self._results))
-        return (repeats + self.after_trials) * self.estimate_s()
+            missing = self.target_df - self.noise_df(self._results) - self.repeats * max(len(firsts), 1)
+            extra = max(missing, 0) * (min((self._cost_s(f) for f in firsts), default=self.estimate_s()))
+        return confirm + extra + self._after_s()
+
+    def _contender_firsts(self) -> list[TrialResult]:
+        out: list[TrialResult] = []
+        for tid in self.contenders(self._results):
+            k = self._id_knobs(tid)
+            first = self._first(k) if k is not None else None
+            if first is not None and first not in out:
+                out.append(first)
+        return out
+
+    def _cost_s(self, first: TrialResult) -> float:
+        """What one more run of this configuration will take: its own runs' median wall time."""
+        walls = [r.wall_s for r in self._runs(first.knobs) if r.wall_s]
+        return statistics.median(walls) if walls else self.estimate_s()
 
     def _after_s(self) -> float:
         return self.after_trials * self.estimate_s()
@@ -311,17 +328,12 @@ class AutoSearch:
         return r
 
     def _confirm(self) -> Iterator[Proposal]:
-        firsts: list[TrialResult] = []
-        for tid in self.contenders(self._results):
-            k = self._id_knobs(tid)
-            first = self._first(k) if k is not None else None
-            if first is not None and first not in firsts:
-                firsts.append(first)
+        firsts = self._contender_firsts()
         for rnd in range(self.repeats):
             for first in (firsts[::-1] if rnd % 2 == 0 else firsts):
                 if len(self._runs(first.knobs)) >= 2 + rnd:
                     continue
-                what, est = f"run {rnd + 2} of {first.trial_id}", self.estimate_s()
+                what, est = f"run {rnd + 2} of {first.trial_id}", self._cost_s(first)
                 if self._spent + est + self._after_s() > self.budget_s:
                     after = f" with ~{self._after_s():.0f} s kept for the epoch job" if self.after_trials else ""
                     self._log("budget", "skipped-budget", f"{what} not run: {self._spent:.0f} s + ~{est:.0f} s "
@@ -340,18 +352,18 @@ class AutoSearch:
 
     def _noise_floor(self) -> Iterator[Proposal]:
         """Repeats while the run-to-run noise rests on fewer than target_df degrees of freedom and the
-        budget allows: the contenders as they stand now, the one with the fewest runs first."""
+        budget allows: the contenders as they stand now, the one with the fewest runs (then the cheapest) first."""
         if self.noise_df is None:
             return
         for _ in range(2 * self.target_df):  # bounded: each repeat adds one df, a failed one none
             df = self.noise_df(self._results)
             if df >= self.target_df:
                 return
-            firsts = [self._first(k) for k in (self._id_knobs(t) for t in self.contenders(self._results)) if k]
-            firsts = sorted((f for f in firsts if f is not None), key=lambda f: len(self._runs(f.knobs)))
+            firsts = sorted(self._contender_firsts(), key=lambda f: (len(self._runs(f.knobs)), self._cost_s(f)))
             if not firsts:
                 return
-            first, est = firsts[0], self.estimate_s()
+            first = firsts[0]
+            est = self._cost_s(first)
             what = f"run {len(self._runs(first.knobs)) + 1} of {first.trial_id}"
             if self._spent + est + self._after_s() > self.budget_s:
                 self._log("budget", "skipped-budget", f"{what} not run: the run-to-run noise rests on {df} df (of "
