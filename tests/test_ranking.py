@@ -108,3 +108,23 @@ def test_a_straggler_whose_own_allreduce_is_long_is_communication_bound_too():
     r.ranks[1].comm_wait_ms_p50 = 10.0  # 17%: a bound, but the skew costs more
     assert ranking.bounds(r)[0] == ["straggler", "communication"]
     assert ranking.rank_trials([r]).verdicts[0].label == "straggler + communication"
+
+
+def test_a_tie_on_too_few_degrees_of_freedom_recommends_the_fastest_not_the_cheapest():
+    """Seen in search_quality on a 45-configuration space: one repeat pair (1 df) made every interval 12.7
+    spreads wide, everything tied, and the least memory picked the defaults at 0.75x of the fastest."""
+
+    def trial(tid, batch, img, mem, repeat_of=None):
+        k = Knobs(batch, 0, False, False, "off", "default")
+        return TrialResult(tid, "ok", k, 2, "cpu", img_per_s=img, img_per_s_ci_low=0.98 * img,
+                           img_per_s_ci_high=1.02 * img, img_per_s_ci_method="batch means", peak_mem_mib=mem,
+                           repeat_of=repeat_of)  # fmt: skip
+
+    fast, again, slow = trial("t02", 64, 125.0, 2000.0), trial("t03", 64, 118.0, 2000.0, "t02"), trial("t01", 16, 92.0, 800.0)
+    rk = ranking.rank_trials([slow, fast, again])
+    assert rk.run_to_run_df == 1 and set(rk.tied) == {"t02", "t01"}  # the 1-df interval swallows a 26% gap
+    assert rk.recommended_trial_id == "t02" and "rests on 1 df" in rk.recommendation_reason
+    # with 3 df the tie is the trials' own, and the cheaper one is recommended as before
+    more = [trial("t04", 64, 121.0, 2000.0, "t02"), trial("t05", 16, 91.0, 800.0, "t01"), trial("t06", 16, 93.0, 800.0, "t01")]
+    settled = ranking.rank_trials([slow, fast, again, *more])
+    assert settled.run_to_run_df == 4 and "rests on" not in (settled.recommendation_reason or "")

@@ -107,6 +107,11 @@ def classify(r: TrialResult) -> tuple[Optional[str], str]:
     return (names[0] if names else None), evidence
 
 
+# Below this many degrees of freedom of run-to-run noise, a tie says nothing and is not ranked by cost
+# (the auto search repeats contenders until it has 3; yoloprof.search.strategy target_df).
+SETTLED_DF = 3
+
+
 def _img(v: Verdict) -> str:
     if v.img_per_s is None:
         return "n/a"
@@ -207,6 +212,11 @@ def rank_trials(results: list[TrialResult]) -> Ranking:
     if not configs:
         return rk
     rec, why = _recommend(tied, by_id)
+    if len(tied) > 1 and 0 < rtr.df < SETTLED_DF and rec.first != tied[0].first:
+        # The tie is the noise estimate's, not the trials': on 1-2 df a t-interval is 4-13 spreads wide, so
+        # "tied" says nothing, and picking the cheapest would pick by memory alone, often the slowest.
+        rec, why = tied[0], (f"the run-to-run noise rests on {rtr.df} df, too few to tell the tied apart, so the "
+                             f"fastest is recommended, not the one that costs least ({rec.first}); repeats settle it")
     rk.best_trial_id = rk.recommended_trial_id = rec.first
     rk.fastest_trial_id = configs[0].first
     rk.tied = [c.first for c in tied] if len(tied) > 1 else []
@@ -231,6 +241,8 @@ def _reason(results, configs, tied, rec, why) -> str:
     within = ("within the noise (uncertainty unknown: too few steps for an interval)" if not math.isfinite(d.half_rel)
               else f"within ±{100 * d.half_rel:.0f}% ({other.first}/{fastest.first} = {d.ratio:.2f}, "
                    f"{d.interval_text()})")  # fmt: skip
+    if why is not None and rec.first == fastest.first:  # the noise is too poorly known to rank by cost
+        return f"{names} are tied {within}: recommending {rec.first}: {why}"
     if why is None:
         return (f"{names} are tied {within}: recommending {rec.first}, the fastest; none of the tied costs less "
                 "(fewer workers, less memory, no NCCL debug variable, no cache)")  # fmt: skip
