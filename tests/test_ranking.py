@@ -128,3 +128,18 @@ def test_a_tie_on_too_few_degrees_of_freedom_recommends_the_fastest_not_the_chea
     more = [trial("t04", 64, 121.0, 2000.0, "t02"), trial("t05", 16, 91.0, 800.0, "t01"), trial("t06", 16, 93.0, 800.0, "t01")]
     settled = ranking.rank_trials([slow, fast, again, *more])
     assert settled.run_to_run_df == 4 and "rests on" not in (settled.recommendation_reason or "")
+
+
+def test_on_too_few_df_what_gives_up_nothing_still_comes_first():
+    def trial(tid, batch, img, mem, deterministic=True, repeat_of=None):
+        k = Knobs(batch, 0, False, False, "off", "default", deterministic)
+        return TrialResult(tid, "ok", k, 2, "cpu", img_per_s=img, img_per_s_ci_low=0.98 * img,
+                           img_per_s_ci_high=1.02 * img, img_per_s_ci_method="batch means", peak_mem_mib=mem,
+                           repeat_of=repeat_of)  # fmt: skip
+
+    nondet, again = trial("t03", 64, 130.0, 2000.0, False), trial("t04", 64, 122.0, 2000.0, False, "t03")
+    det, light = trial("t02", 64, 124.0, 2000.0), trial("t01", 16, 92.0, 800.0)
+    rk = ranking.rank_trials([light, det, nondet, again])
+    assert rk.run_to_run_df == 1 and rk.fastest_trial_id == "t03"
+    assert rk.recommended_trial_id == "t02"  # keeps determinism, then the fastest: not the lightest
+    assert "keeps deterministic training" in rk.recommendation_reason and "rests on 1 df" in rk.recommendation_reason

@@ -126,17 +126,20 @@ def _mem(c: noise.Config, by_id: dict) -> float:
     return sum(mems) / len(mems) if mems else math.inf
 
 
-def _recommend(tied: list[noise.Config], by_id: dict) -> tuple[noise.Config, Optional[str]]:
+def _recommend(tied: list[noise.Config], by_id: dict, by_cost: bool = True) -> tuple[noise.Config, Optional[str]]:
     """Among the tied (fastest first), the one that costs least: deterministic, uncompiled and not bf16 where one
     is (they give up reproducibility, start-up time, numerics), then fewer workers, then less memory (within
     MEMORY_TOLERANCE counts as the same), then no debug-only NCCL variable, then no cache, then the fastest.
-    Returns it and what it saves over the fastest (None where it is the fastest)."""
+    Returns it and what it saves over the fastest (None where it is the fastest). `by_cost` False: what gives up
+    nothing still comes first, then the fastest (resources are not weighed where the tie says nothing)."""
     fastest = tied[0]
     knobs = lambda c: by_id[c.first].knobs  # noqa: E731
     cands = list(tied)
     for keeps in (lambda k: k.deterministic, lambda k: k.compile == "off", lambda k: k.amp != "bf16"):
         if any(keeps(knobs(c)) for c in cands):  # gives up nothing: reproducibility, start-up time, numerics
             cands = [c for c in cands if keeps(knobs(c))]
+    if not by_cost:
+        cands = cands[:1]
     w = min(knobs(c).workers for c in cands)
     cands = [c for c in cands if knobs(c).workers == w]
     m = min(_mem(c, by_id) for c in cands)
@@ -212,11 +215,15 @@ def rank_trials(results: list[TrialResult]) -> Ranking:
     if not configs:
         return rk
     rec, why = _recommend(tied, by_id)
-    if len(tied) > 1 and 0 < rtr.df < SETTLED_DF and rec.first != tied[0].first:
+    if len(tied) > 1 and 0 < rtr.df < SETTLED_DF:
         # The tie is the noise estimate's, not the trials': on 1-2 df a t-interval is 4-13 spreads wide, so
         # "tied" says nothing, and picking the cheapest would pick by memory alone, often the slowest.
-        rec, why = tied[0], (f"the run-to-run noise rests on {rtr.df} df, too few to tell the tied apart, so the "
-                             f"fastest is recommended, not the one that costs least ({rec.first}); repeats settle it")
+        fast, fast_why = _recommend(tied, by_id, by_cost=False)
+        if fast.first != rec.first:
+            note = (f"the run-to-run noise rests on {rtr.df} df, too few to tell the tied apart, so the fastest"
+                    + (" that gives up nothing" if fast.first != tied[0].first else "")
+                    + f" is recommended, not the one that costs least ({rec.first}); repeats settle it")
+            rec, why = fast, note if fast_why is None else f"{fast_why}; {note}"
     rk.best_trial_id = rk.recommended_trial_id = rec.first
     rk.fastest_trial_id = configs[0].first
     rk.tied = [c.first for c in tied] if len(tied) > 1 else []
@@ -241,7 +248,7 @@ def _reason(results, configs, tied, rec, why) -> str:
     within = ("within the noise (uncertainty unknown: too few steps for an interval)" if not math.isfinite(d.half_rel)
               else f"within ±{100 * d.half_rel:.0f}% ({other.first}/{fastest.first} = {d.ratio:.2f}, "
                    f"{d.interval_text()})")  # fmt: skip
-    if why is not None and rec.first == fastest.first:  # the noise is too poorly known to rank by cost
+    if why is not None and "rests on" in why:  # the noise is too poorly known to rank by cost
         return f"{names} are tied {within}: recommending {rec.first}: {why}"
     if why is None:
         return (f"{names} are tied {within}: recommending {rec.first}, the fastest; none of the tied costs less "
