@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Optional
 
 from yoloprof.analysis import noise
+from yoloprof.analysis import tradeoffs
 from yoloprof.analysis.tradeoffs import trade_off
 from yoloprof.records import Knobs, TrialResult
 
@@ -126,8 +127,7 @@ def path_to_best(best: TrialResult, reference: TrialResult, results: list[TrialR
         va, vb = getattr(reference.knobs, knob), getattr(best.knobs, knob)
         if va == vb:
             continue
-        twin = next((r for r in results if r.status == "ok" and r.img_per_s and r.trial_id != best.trial_id
-                     and r.world_size == best.world_size and all(getattr(r.knobs, k) == (va if k == knob else getattr(best.knobs, k)) for k in KNOBS)), None)  # fmt: skip
+        twin = tradeoffs.twin(results, best, **{knob: va})
         if twin is None:
             lines.append(f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: untested alone (no trial changes only {knob})")
         else:

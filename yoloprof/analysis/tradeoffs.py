@@ -52,8 +52,9 @@ class CompilePayoff:
     text: str
 
 
-def _twin(results: list[TrialResult], r: TrialResult) -> Optional[TrialResult]:
-    want = replace(r.knobs, compile="off")
+def twin(results: list[TrialResult], r: TrialResult, **change) -> Optional[TrialResult]:
+    """The finished trial with r's settings but for `change` (the first run of that configuration)."""
+    want = replace(r.knobs, **change)
     return next((t for t in results if t.status == "ok" and t.img_per_s and t.knobs == want
                  and t.world_size == r.world_size and not t.repeat_of), None)  # fmt: skip
 
@@ -64,14 +65,14 @@ def compile_payoffs(results: list[TrialResult], images_per_epoch: Optional[int])
     for r in results:
         if r.knobs.compile == "off" or r.status != "ok" or not r.img_per_s or r.repeat_of:
             continue
-        twin = _twin(results, r)
-        if twin is None:
+        off = twin(results, r, compile="off")
+        if off is None:
             continue
-        d = noise.difference(results, twin.trial_id, r.trial_id)
+        d = noise.difference(results, off.trial_id, r.trial_id)
         one_time = None
         if r.warmup_extra_s is not None:
-            one_time = max(r.warmup_extra_s - (twin.warmup_extra_s or 0.0), 0.0)
-        rate_on, rate_off = d.ratio * _rate(results, twin.trial_id), _rate(results, twin.trial_id)
+            one_time = max(r.warmup_extra_s - (off.warmup_extra_s or 0.0), 0.0)
+        rate_on, rate_off = d.ratio * _rate(results, off.trial_id), _rate(results, off.trial_id)
         saving = 1 / rate_off - 1 / rate_on if rate_on > 0 and rate_off > 0 else 0.0  # s per image
         images = one_time / saving if one_time is not None and saving > 0 and d.beyond_noise and d.ratio > 1 else None
         epochs = images / images_per_epoch if images is not None and images_per_epoch else None
@@ -87,7 +88,7 @@ def compile_payoffs(results: list[TrialResult], images_per_epoch: Optional[int])
             text = (f"{what}: {d.gain_text()} on the steady steps, after {cost} of compilation at the start "
                     f"(measured cold); it pays for itself after {when} ({images:,.0f} images): a shorter run is "
                     "faster without it")  # fmt: skip
-        out.append(CompilePayoff(r.trial_id, twin.trial_id, r.knobs.compile, one_time, d, images, epochs, text))
+        out.append(CompilePayoff(r.trial_id, off.trial_id, r.knobs.compile, one_time, d, images, epochs, text))
     return out
 
 
@@ -103,17 +104,17 @@ def short_run_swap(ranking: Ranking, results: list[TrialResult],
     rec = next((r for r in results if r.trial_id == ranking.recommended_trial_id), None)
     if rec is None or rec.knobs.compile == "off":
         return None
-    twin = _twin(results, rec)
-    if twin is None:
+    off = twin(results, rec, compile="off")
+    if off is None:
         return None
-    a, b = predictions.get(rec.trial_id), predictions.get(twin.trial_id)
+    a, b = predictions.get(rec.trial_id), predictions.get(off.trial_id)
     if a is None or b is None or a.run_h is None or b.run_h is None or not math.isfinite(a.run_h):
         return None
     if a.run_h <= b.run_h:
         return None
-    return twin.trial_id, (f"{rec.trial_id} compiles ({rec.knobs.compile}), and the planned run is predicted to take "
+    return off.trial_id, (f"{rec.trial_id} compiles ({rec.knobs.compile}), and the planned run is predicted to take "
                            f"{60 * a.run_h:.1f} min with it against {60 * b.run_h:.1f} min without: compile's start-up "
-                           f"is not won back in this run, so {twin.trial_id} (the same settings, uncompiled) is "
+                           f"is not won back in this run, so {off.trial_id} (the same settings, uncompiled) is "
                            "recommended")  # fmt: skip
 
 
@@ -122,13 +123,11 @@ ULTRALYTICS_DEFAULT = {"deterministic": True, "compile": "off", "channels_last":
 
 def measured_against_default(results: list[TrialResult], best: TrialResult, knob: str) -> str:
     """The best trial's gain over the same settings with this knob at Ultralytics' default, as measured."""
-    want = replace(best.knobs, **{knob: ULTRALYTICS_DEFAULT[knob]})
-    twin = next((t for t in results if t.status == "ok" and t.img_per_s and t.knobs == want
-                 and t.world_size == best.world_size), None)  # fmt: skip
-    if twin is None:
+    other = twin(results, best, **{knob: ULTRALYTICS_DEFAULT[knob]})
+    if other is None:
         return f"no trial changed only {knob}, so its own gain was not measured"
-    d = noise.difference(results, twin.trial_id, best.trial_id)
-    return f"{d.gain_text()} against {twin.trial_id}"
+    d = noise.difference(results, other.trial_id, best.trial_id)
+    return f"{d.gain_text()} against {other.trial_id}"
 
 
 def config_notes(results: list[TrialResult], best: TrialResult, images_per_epoch: Optional[int],

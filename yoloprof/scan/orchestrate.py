@@ -6,6 +6,7 @@ first (flags, hardware, data, model, output folder), so a mistake costs one line
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from yoloprof.search import baselines, plan, usercfg
 from yoloprof.analysis import doctor
 from yoloprof.scan import launch, preflight, request, runner
 from yoloprof.errors import ScanFailed, UsageError
-from yoloprof.records import DatasetInfo, Environment, RecordError, RunPlan, ScanMeta, read_json, write_json
+from yoloprof.records import DatasetInfo, Environment, Knobs, RecordError, RunPlan, ScanMeta, read_json, write_json
 
 from yoloprof.scan.request import (  # noqa: F401 - the scan's input checks, re-exported for the CLI and tests
     DEFAULT_MODEL, MAX_STEPS_FACTOR, ScanRequest,
@@ -223,7 +224,7 @@ def finish(out: Path, meta: ScanMeta, ctx: Context, req: ScanRequest, console: C
 
 def _saved_space(meta: ScanMeta) -> dict[str, list]:
     """The space an auto scan searched; knobs its version did not have keep Ultralytics' default."""
-    defaults = {k: [getattr(plan.Axes([], [], [], [], [], []), k)[0]] for k in ("deterministic", "compile", "channels_last")}
+    defaults = {f.name: [f.default] for f in dataclasses.fields(Knobs) if f.default is not dataclasses.MISSING}
     return {**defaults, **meta.axes}
 
 
