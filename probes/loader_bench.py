@@ -20,7 +20,10 @@ started. What "exactly" takes, and why:
   scan's CUDA_VISIBLE_DEVICES, inherited unchanged), made current before the loader's iterator
   starts, because the pin-memory thread pins for the current device. Inheriting the environment
   also keeps nd (the devices Ultralytics divides the cores by) the trial's;
-- pin_memory as the trial's (Ultralytics still turns it off without a GPU: `nd > 0 and pin_memory`).
+- pin_memory as the trial's (Ultralytics still turns it off without a GPU: `nd > 0 and pin_memory`);
+- the model's task's dataset (`--model` decides, as in the trial): detect, segment, pose and obb build
+  `build_yolo_dataset` with `task=` set (masks, keypoints or rotated boxes loaded and augmented),
+  classify builds ClassificationTrainer's ClassificationDataset over the class folders.
 
 The group's barrier lines the ranks' timed windows up. Each process writes one JSON to --out,
 also on failure (status "error").
@@ -79,23 +82,27 @@ def build_loader(data_yaml: str, imgsz: int, batch: int, workers: int, cache: st
     """The train loader of a trial's rank `rank` (-1: one rank, no sampler), on `device`."""
     import torch
     from ultralytics.cfg import get_cfg
-    from ultralytics.data import build_dataloader, build_yolo_dataset
-    from ultralytics.data.utils import check_det_dataset
+    from ultralytics.data import ClassificationDataset, build_dataloader, build_yolo_dataset
+    from ultralytics.data.utils import check_cls_dataset, check_det_dataset
     from ultralytics.utils import RANK
     from ultralytics.utils.torch_utils import init_seeds, torch_distributed_zero_first
 
-    from probes import offline
+    from probes import model_check, offline
 
     offline.patch_ultralytics()
-    cfg = get_cfg(overrides=dict(data=data_yaml, imgsz=imgsz, batch=batch, workers=workers, model=model,
+    task = model_check.model_task(model)
+    cfg = get_cfg(overrides=dict(data=data_yaml, imgsz=imgsz, batch=batch, workers=workers, model=model, task=task,
                                  cache={"off": False}.get(cache, cache), close_mosaic=0))  # fmt: skip
     init_seeds(cfg.seed + 1 + RANK, deterministic=cfg.deterministic)  # BaseTrainer.__init__
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)  # BaseTrainer._setup_ddp; the pin-memory thread pins for this device
-    data = check_det_dataset(data_yaml)
+    data = check_cls_dataset(data_yaml) if task == "classify" else check_det_dataset(data_yaml)
     with torch_distributed_zero_first(rank):
-        dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="train", rect=False, stride=32)
+        if task == "classify":  # ClassificationTrainer.build_dataset
+            dataset = ClassificationDataset(data["train"], cfg, augment=True, prefix="train", names=data["names"])
+        else:  # DetectionTrainer.build_dataset, which segment, pose and obb use; cfg.task picks the labels
+            dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="train", rect=False, stride=32)
     return build_dataloader(dataset, batch=batch, workers=workers, shuffle=True, rank=rank,
                             drop_last=bool(cfg.compile), pin_memory=pin_memory, device=dev)  # fmt: skip
 
@@ -140,7 +147,7 @@ def run(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="probes.loader_bench")
     p.add_argument("--data", required=True)
-    p.add_argument("--model", default="yolo11n.yaml")
+    p.add_argument("--model", default="yolo11n.yaml", help="its task picks the dataset (detect, segment, pose, obb, classify)")
     p.add_argument("--imgsz", type=int, required=True)
     p.add_argument("--batch", type=int, required=True, help="per rank")
     p.add_argument("--workers", type=int, required=True, help="per rank")

@@ -1,6 +1,7 @@
 """Check the model before any trial: a model that cannot be built would fail every trial.
 
-Weights are never downloaded: a `.pt` must be a local file; a name is built from its YAML.
+Weights are never downloaded: a `.pt` must be a local file; a name is built from its YAML. Every
+Ultralytics task yoloprof measures (TASKS) is built with its own model class, as its trainer builds it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,55 @@ from pathlib import Path
 from yoloprof.errors import UsageError
 
 PT_FIX = "give a checkpoint saved by Ultralytics (best.pt/last.pt) or build from YAML: --model yolo11n.yaml"
+TASKS = ("detect", "segment", "pose", "obb", "classify")
+# The model YAML a scan builds for each task when --model is not given (the data's task decides).
+DEFAULT_MODELS = {"detect": "yolo11n.yaml", "segment": "yolo11n-seg.yaml", "pose": "yolo11n-pose.yaml",
+                  "obb": "yolo11n-obb.yaml", "classify": "yolo11n-cls.yaml"}  # fmt: skip
+
+
+def _model_class(task: str):
+    """The model class and the head class it must end in: what the task's Ultralytics trainer builds."""
+    from ultralytics.nn import modules
+    from ultralytics.nn import tasks as t
+
+    return {
+        "detect": (t.DetectionModel, modules.Detect),
+        "segment": (t.SegmentationModel, modules.Segment),
+        "pose": (t.PoseModel, modules.Pose),
+        "obb": (t.OBBModel, modules.OBB),
+        "classify": (t.ClassificationModel, modules.Classify),
+    }[task]
+
+
+def cfg_task(cfg) -> str:
+    """The task of a model YAML (a name Ultralytics knows, a path, or its dict), as YOLO(cfg) guesses it
+    (the head's module name); raises FileNotFoundError for a name Ultralytics does not know."""
+    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+
+    with _quiet("ERROR"):
+        return guess_model_task(cfg if isinstance(cfg, dict) else yaml_model_load(cfg))
+
+
+def _weights_task(weights) -> str:
+    """A loaded checkpoint's task: its YAML's head (what its model class must be), else its `task` (its training
+    args'; Ultralytics fills in 'detect' where a checkpoint saved none, whatever its head)."""
+    cfg = getattr(weights, "yaml", None)
+    return cfg_task(cfg) if isinstance(cfg, dict) else weights.task
+
+
+def model_task(model: str) -> str:
+    """The Ultralytics task of a model: a YAML's head, a .pt's own (see _weights_task). Loads a .pt."""
+    p = Path(model).expanduser()
+    if p.suffix != ".pt":
+        return cfg_task(str(p.resolve()) if p.is_file() else model)
+    from ultralytics.nn.tasks import load_checkpoint
+    from ultralytics.utils.checks import check_yolov5u_filename
+
+    if not p.is_file() or check_yolov5u_filename(str(p), verbose=False) != str(p):  # never a download
+        raise FileNotFoundError(f"{model}: no local checkpoint of that name (check with resolve)")
+    with _quiet("ERROR"):
+        weights, _ = load_checkpoint(p)
+    return _weights_task(weights)
 
 
 @contextmanager
@@ -59,9 +109,10 @@ def _unloadable(exc: Exception) -> str:
 
 
 def check_checkpoint(path: Path, model: str, nc: int) -> None:
-    """Load a .pt the way a trial's trainer will (Ultralytics' setup_model): load_checkpoint, then a
-    DetectionModel from the checkpoint's YAML with the data's classes, then its weights.
+    """Load a .pt the way a trial's trainer will (Ultralytics' setup_model): load_checkpoint, then
+    the task's model from the checkpoint's YAML with the data's classes, then its weights.
 
+    The model class is the checkpoint's task's (its YAML's head: _weights_task).
     Loading unpickles the file (weights_only=False, as Ultralytics does), which is what every trial
     would do with the same file anyway. Nothing is fetched: the path is local, and scan.prepare has
     set YOLO_OFFLINE and YOLO_AUTOINSTALL=0 before Ultralytics was imported, so a checkpoint that
@@ -84,25 +135,27 @@ def check_checkpoint(path: Path, model: str, nc: int) -> None:
         if not isinstance(cfg, dict):
             raise UsageError(f"--model {model}: its model carries no Ultralytics YAML, so Ultralytics cannot rebuild "
                              f"it; {PT_FIX}")  # fmt: skip
+        task = _weights_task(weights)
         try:
-            _detector(cfg, model, nc).load(weights, verbose=False)
+            _build(cfg, model, nc, task).load(weights, verbose=False)
         except UsageError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to rebuild it is the checkpoint's
-            raise UsageError(f"--model {model}: Ultralytics cannot build a detection model from it "
+            raise UsageError(f"--model {model}: Ultralytics cannot build a {task} model from it "
                              f"({_first_line(exc)}); {PT_FIX}") from None  # fmt: skip
 
 
-def _detector(cfg, model: str, nc: int):
-    """The DetectionModel a trial's trainer builds. A classifier's YAML builds one too, with a
-    Classify head, and then every trial fails in the detection loss: refuse it here."""
-    from ultralytics.nn.modules import Detect
-    from ultralytics.nn.tasks import DetectionModel
-
-    m = DetectionModel(cfg, nc=nc, verbose=False)
-    if not isinstance(m.model[-1], Detect):
-        raise UsageError(f"--model {model}: its last layer is {type(m.model[-1]).__name__}, not a detection head; "
-                         "yoloprof measures detection training: give a detection model (e.g. yolo11n.yaml)")  # fmt: skip
+def _build(cfg, model: str, nc: int, task: str):
+    """The model the task's trainer builds. A YAML whose head is not its task's (a Classify head on a
+    detection backbone read as detect, say) would fail every trial in the loss: refuse it here."""
+    if task not in TASKS:
+        raise UsageError(f"--model {model}: a {task} model; yoloprof measures {', '.join(TASKS[:-1])} and "
+                         f"{TASKS[-1]} training (e.g. yolo11n.yaml, yolo11n-seg.yaml)")  # fmt: skip
+    cls, head = _model_class(task)
+    m = cls(cfg, nc=nc, verbose=False)
+    if not isinstance(m.model[-1], head):
+        raise UsageError(f"--model {model}: its last layer is {type(m.model[-1]).__name__}, not a {task} head "
+                         f"({head.__name__}); give a {task} model (e.g. {DEFAULT_MODELS[task]})")  # fmt: skip
     return m
 
 
@@ -122,7 +175,7 @@ def resolve(model: str, nc: int) -> str:
     cfg = str(p.resolve()) if p.is_file() else model
     try:
         with _quiet("WARNING"):  # "Overriding model.yaml nc=80 with nc=3" is noise here
-            _detector(cfg, model, nc)
+            _build(cfg, model, nc, cfg_task(cfg))
     except UsageError:
         raise
     except FileNotFoundError:
@@ -142,10 +195,15 @@ def ddp_bucket_sizes(model: str, nc: int, bucket_cap_mb: float = 25.0) -> list[i
     The scan measures the real sizes in every trial; this serves the standalone link probe.
     """
     import torch.distributed as dist
-    from ultralytics.nn.tasks import DetectionModel
 
+    task = model_task(model)
+    cfg = model
+    if Path(model).suffix == ".pt":
+        from ultralytics.nn.tasks import load_checkpoint
+
+        cfg = load_checkpoint(model)[0].yaml
     with _quiet("WARNING"):
-        m = DetectionModel(model, nc=nc, verbose=False)
+        m = _model_class(task)[0](cfg, nc=nc, verbose=False)  # pose: the YAML's kpt_shape, not the data's
     params, seen = [], set()
     for name, p in m.named_parameters():
         p.requires_grad_(".dfl" not in name)  # Ultralytics always freezes the DFL layer

@@ -105,7 +105,8 @@ def busbw(ceilings: list, achieved: list[tuple[int, float]]) -> Optional[str]:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for c in curves:
         pts = sorted((p.size_bytes, p.busbw_gbs) for p in c.points)
-        ax.plot([s / 2**20 for s, _ in pts], [b for _, b in pts], marker="o", ms=3, label=f"probe, {c.backend} {c.nccl}")
+        ax.plot([s / 2**20 for s, _ in pts], [b for _, b in pts], marker="o", ms=3, label=f"probe, {c.backend} {c.nccl}" + (
+            "" if not any(o.nnodes > 1 for o in curves) else f", {c.world_size} ranks on {c.nnodes} node{'s' * (c.nnodes > 1)}"))
     if achieved:
         ax.scatter([s / 2**20 for s, _ in achieved], [b for _, b in achieved], color="#d62728", marker="x", zorder=3,
                    label="model buckets during training")  # fmt: skip

@@ -11,6 +11,7 @@ with the difference that was measured (a team reviews a diff of their config, no
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class BestConfig:
     findings: list[str] = field(default_factory=list)
     comments: dict[str, str] = field(default_factory=dict)  # --cfg: key -> what was measured against your value
     header: list[str] = field(default_factory=list)  # --cfg: what changed, against which trial
+    nnodes: int = 1  # nodes the scan spanned: training across them needs `yoloprof train` (best.sh)
 
 
 def _yaml_line(key: str, v) -> str:
@@ -94,9 +96,9 @@ def best_config(meta: ScanMeta, best: TrialResult, baseline: TrialResult | None 
     for name, value in sorted(nccl_env(k.nccl).items()):
         env.append((name, value, f"NCCL preset '{k.nccl}' won this scan; NCCL documents {name} as a debugging variable"))
     if meta.device == "cuda" or meta.world_size > 1:
-        threads = str(omp_threads(meta.environment.cpu_count, meta.world_size))
+        threads = str(omp_threads(meta.environment.cpu_count, ranks_per_node(meta)))
         env.append(("OMP_NUM_THREADS", threads, "the value the trials ran with; torchrun sets 1 when it is unset"))
-    return BestConfig(best.trial_id, cfg, env, findings, comments, header)
+    return BestConfig(best.trial_id, cfg, env, findings, comments, header, nnodes=meta.nnodes)
 
 
 def _user_config(meta: ScanMeta, best: TrialResult, results: list[TrialResult], accepted: set):
@@ -134,11 +136,21 @@ def _user_config(meta: ScanMeta, best: TrialResult, results: list[TrialResult], 
     return cfg, comments, header, findings
 
 
+def ranks_per_node(meta: ScanMeta) -> int:
+    return max(meta.world_size // max(meta.nnodes, 1), 1)
+
+
+def _train_with(meta: ScanMeta, epochs: str = "") -> str:
+    if meta.nnodes > 1:
+        return (f"# Train with:  NODE_RANK=k ./best.sh{epochs} on each of the {meta.nnodes} nodes (`yoloprof train`: "
+                "plain `yolo train` trains on one node only)")  # fmt: skip
+    return f"# Train with:  yolo train cfg=best.yaml{epochs}   (arguments on the command line win over this file)"
+
+
 def render_yaml(meta: ScanMeta, best: TrialResult, cfg: BestConfig) -> str:
     rate = f"{best.img_per_s:.1f} img/s" if best.img_per_s else "n/a"
     if cfg.header:  # --cfg: the user's file, changed lines commented
-        lines = [*cfg.header,
-                 "# Train with:  yolo train cfg=best.yaml   (arguments on the command line win over this file)"]
+        lines = [*cfg.header, _train_with(meta)]
         if meta.dataset.synthetic and "data" not in meta.train_cfg_args:
             lines.append("# data: measured on yoloprof's synthetic speed-test dataset; your config names none.")
         lines += [_yaml_line(key, v) + (f"  # {cfg.comments[key]}" if key in cfg.comments else "")
@@ -146,11 +158,11 @@ def render_yaml(meta: ScanMeta, best: TrialResult, cfg: BestConfig) -> str:
         return "\n".join(lines) + "\n"
     lines = [
         f"# yoloprof {meta.yoloprof_version}: best of {len(meta.trial_ids)} trials, trial {best.trial_id} ({rate}).",
-        "# Train with:  yolo train cfg=best.yaml epochs=...   (arguments on the command line win over this file)",
+        _train_with(meta, " epochs=..."),
     ]
     if meta.dataset.synthetic:
         lines.append("# data: yoloprof's synthetic speed-test dataset; put your own data.yaml here to train for real.")
-    if meta.device != "cuda":
+    if meta.device != "cuda" and meta.nnodes <= 1:
         lines.append("# device=cpu: `yolo train` runs one process with workers=0 on CPU (the trials ran DDP ranks).")
     lines += [_yaml_line(key, v) + (f"  # {cfg.comments[key]}" if key in cfg.comments else "")
               for key, v in cfg.cfg.items()]  # fmt: skip
@@ -158,7 +170,9 @@ def render_yaml(meta: ScanMeta, best: TrialResult, cfg: BestConfig) -> str:
 
 
 def render_env(best: TrialResult, cfg: BestConfig) -> str:
-    lines = [f"# yoloprof: environment for trial {best.trial_id}. Use:  source best.env && yolo train cfg=best.yaml"]
+    use = ("`yoloprof train` reads it (best.sh, on every node)" if cfg.nnodes > 1
+           else "source best.env && yolo train cfg=best.yaml")  # fmt: skip
+    lines = [f"# yoloprof: environment for trial {best.trial_id}. Use:  {use}"]
     for name, value, why in cfg.env:
         lines += [f"# {why}", f"export {name}={shlex.quote(value)}"]
     for finding in cfg.findings:
@@ -166,7 +180,13 @@ def render_env(best: TrialResult, cfg: BestConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+# A rendezvous endpoint written into best.sh as a default, inside "${RDZV_ENDPOINT:-...}": nothing the shell expands.
+_SAFE_ENDPOINT = re.compile(r"^[A-Za-z0-9._\[\]:-]+$")
+
+
 def render_sh(meta: ScanMeta, best: TrialResult) -> str:
+    if meta.nnodes > 1:
+        return _render_sh_nodes(meta, best)
     return (
         "#!/usr/bin/env bash\n"
         f"# Train with the configuration yoloprof measured best (trial {best.trial_id}).\n"
@@ -175,6 +195,31 @@ def render_sh(meta: ScanMeta, best: TrialResult) -> str:
         'here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"\n'
         'source "$here/best.env"\n'
         'exec yolo train cfg="$here/best.yaml" "$@"\n'
+    )
+
+
+def _render_sh_nodes(meta: ScanMeta, best: TrialResult) -> str:
+    """A scan across nodes trains across them: `yoloprof train` on every node, each with its NODE_RANK."""
+    n, last = meta.nnodes, meta.nnodes - 1
+    endpoint = meta.rdzv_endpoint if meta.rdzv_endpoint and _SAFE_ENDPOINT.match(meta.rdzv_endpoint) else None
+    rdzv = (f'"${{RDZV_ENDPOINT:-{endpoint}}}"' if endpoint
+            else '"${RDZV_ENDPOINT:?set RDZV_ENDPOINT to HOST:PORT of node 0}"')  # fmt: skip
+    per_node = "" if meta.device == "cuda" else f" --nproc {ranks_per_node(meta)}"  # GPUs: best.yaml's device list
+    return (
+        "#!/usr/bin/env bash\n"
+        f"# Train with the configuration yoloprof measured best (trial {best.trial_id}), across the {n} nodes the scan "
+        "spanned.\n"
+        "# Not plain `yolo train`: Ultralytics builds its DDP world from one node's devices and launches torchrun\n"
+        "# for one node only. `yoloprof train` starts torchrun with a c10d rendezvous on node 0 and gives\n"
+        "# Ultralytics' own trainer the global rank, the world size of all nodes and each rank's local device.\n"
+        f"# Run it on every node with that node's rank, 0..{last}; node 0 writes the checkpoints and metrics:\n"
+        f"#   NODE_RANK=0 ./best.sh        (node 0)      NODE_RANK={last} ./best.sh   (node {last})\n"
+        + ("" if endpoint else "# and RDZV_ENDPOINT=HOST:PORT, node 0's address and a free port, on every node.\n")
+        + "# Extra Ultralytics arguments go after it, e.g.:  NODE_RANK=0 ./best.sh epochs=100\n"
+        "set -euo pipefail\n"
+        'here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"\n'
+        f'exec yoloprof train "$here/best.yaml" --env "$here/best.env" --nnodes {n}{per_node} \\\n'
+        f'    --node-rank "${{NODE_RANK:?set NODE_RANK to the rank of this node, 0..{last}}}" --rdzv-endpoint {rdzv} "$@"\n'
     )
 
 

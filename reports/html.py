@@ -53,7 +53,10 @@ def env_rows(meta: ScanMeta) -> list[tuple[str, str]]:
     gpus = "; ".join(f"{g.index}: {g.name} ({g.mem_total_mib:.0f} MiB)" for g in e.gpus) or "none"
     return [
         ("command", " ".join(meta.command)),
-        ("ranks", f"{meta.world_size} ({'NCCL on GPUs ' + ','.join(map(str, meta.gpus)) if meta.device == 'cuda' else 'gloo on CPU'})"),
+        ("ranks", f"{meta.world_size} ({'NCCL on GPUs ' + ','.join(map(str, meta.gpus)) if meta.device == 'cuda' else 'gloo on CPU'})"
+                  + (f" across {meta.nnodes} nodes, {meta.world_size // meta.nnodes} ranks a node; c10d rendezvous at "
+                     f"{meta.rdzv_endpoint}; environment below: node 0's" if meta.nnodes > 1 else "")),
+        ("task", meta.task),
         ("model", meta.model),
         ("imgsz / optimizer", f"{meta.imgsz} / {meta.optimizer}"),
         ("steps", f"{meta.warmup_steps} warm-up + {meta.measured_steps} measured per trial"),
@@ -74,6 +77,7 @@ def _ceiling_context(out) -> dict:
     views = [against.against(r, c) for r in ordered(out.results, out.ranking)] if c.any else []
     best_bw = against.achieved_bucket_busbw(out.best) if out.best else []
     probe_bw = {size: bw for a in c.allreduce if a.nccl == (out.best.knobs.nccl if out.best else "default")
+                and (out.best is None or a.world_size == out.best.world_size)
                 for size, bw in against.bucket_busbw(a).items()}  # fmt: skip
     link = [dict(size=s, achieved=bw, probe=probe_bw.get(s), frac=bw / probe_bw[s] if probe_bw.get(s) else None)
             for s, bw in best_bw]  # fmt: skip
@@ -95,7 +99,8 @@ def _ceiling_context(out) -> dict:
         figures.append(dict(title="AllReduce bus bandwidth", svg=svg, caption=(
             "Probe: an nccl-tests style sweep on the scan's ranks and backend, busbw = algbw x 2(n-1)/n. "
             "Crosses: the best trial's DDP buckets as timed in training (launch to completion).")))  # fmt: skip
-    return dict(views=views, link=link, ceilings=c, ceiling_figures=figures)
+    return dict(views=views, link=link, ceilings=c, ceiling_figures=figures,
+                link_losses=[x.text for x in scaling.link_losses(c.allreduce)])
 
 
 def _fit_text(compute, results) -> str:

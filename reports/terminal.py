@@ -204,7 +204,8 @@ ENQUEUE_BOUND_FRAC = 0.8
 
 
 def allreduce_table(c: AllReduceCeiling) -> Table:
-    t = Table(title=f"Link ceiling: AllReduce on {c.world_size} ranks, {c.backend}, nccl preset {c.nccl}",
+    nodes = f" across {c.nnodes} nodes" if c.nnodes > 1 else ""
+    t = Table(title=f"Link ceiling: AllReduce on {c.world_size} ranks{nodes}, {c.backend}, nccl preset {c.nccl}",
               header_style="bold")  # fmt: skip
     for col in ("size", "time us", "algbw GB/s", "busbw GB/s", "iters", ""):
         t.add_column(col, justify="right")

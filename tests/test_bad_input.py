@@ -95,7 +95,7 @@ TABLE = [
     (["--model", "{t}/nomodel.pt"], "holds no model under 'model' or 'ema'", False),
     (["--model", "{t}/archive.pt"], "not a readable PyTorch checkpoint (RuntimeError", False),
     (["--model", "{t}/foreign.pt"], "it needs the Python module 'yoloprof_gone_module', which is not installed", False),
-    (["--model", "yolo11n-cls.yaml"], "its last layer is Classify, not a detection head", False),
+    (["--model", "yolo11n-cls.yaml"], "is a classify model, but --data", False),  # detect data (tests/test_tasks.py)
     (["--data", "{t}/nolabels.yaml"], "none of the 2 train images has a label file", False),
     (["--gpus", "0"], "has no GPU visible", False),
     (["--gpus", "0,5"], "GPU 5 is not there", True),
@@ -178,8 +178,8 @@ def test_checkpoints_ultralytics_saves_are_accepted_whatever_their_classes(tmp_p
     for name in ("last.pt", "plain.pt"):
         assert model_check.resolve(str(tmp_path / name), 3) == str((tmp_path / name).resolve())
     torch.save({"model": ClassificationModel("yolo11n-cls.yaml", nc=2, verbose=False)}, tmp_path / "cls.pt")
-    with pytest.raises(UsageError, match="its last layer is Classify, not a detection head"):
-        model_check.resolve(str(tmp_path / "cls.pt"), 3)
+    assert model_check.resolve(str(tmp_path / "cls.pt"), 3) == str((tmp_path / "cls.pt").resolve())  # classify
+    assert model_check.model_task(str(tmp_path / "cls.pt")) == "classify"
 
 
 def test_a_legacy_yolov5_file_name_is_refused_before_ultralytics_would_download():

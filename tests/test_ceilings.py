@@ -174,7 +174,7 @@ def test_each_loader_rank_feeds_its_own_gpu(tmp_path, monkeypatch):
     for r, (cmd, env) in enumerate(launched[:4]):
         assert cmd[cmd.index("--device") + 1] == f"cuda:{[2, 3, 5, 7][r]}" and cmd[cmd.index("--rank") + 1] == str(r)
         assert env["CUDA_VISIBLE_DEVICES"] == "4,5,6,7,0,1,2,3"  # as a trial inherits it: same index, same GPU
-    assert ceilings._physical([2, 3, 5, 7]) == ["6", "7", "1", "3"]  # the physical GPUs those ranks fed
+    assert ceilings.physical([2, 3, 5, 7]) == ["6", "7", "1", "3"]  # the physical GPUs those ranks fed
     assert ceilings.rank_devices("cuda", None, 2) == ["cuda:0", "cuda:1"]
     assert ceilings.rank_devices("cpu", [], 2) == ["cpu"] * 2
     with pytest.raises(ValueError):

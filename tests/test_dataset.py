@@ -45,3 +45,21 @@ def test_generate_refuses_an_existing_folder(tmp_path):
     with pytest.raises(OSError):
         dataset.generate(tmp_path / "d", SyntheticSpec(images=2, width=64, height=48, val_images=2))
     assert (tmp_path / "d" / "keep.txt").is_file()
+
+
+def test_each_task_has_its_own_cache_key_and_detect_keeps_the_one_it_had():
+    from yoloprof.data import task_labels
+
+    assert SyntheticSpec().key == "synthetic-512-640x480-d32584d8"  # caches made before tasks stay valid
+    keys = {SyntheticSpec(task=t).key for t in task_labels.TASKS}
+    assert len(keys) == 5 and SyntheticSpec(task="pose").key.startswith("synthetic-pose-512-640x480-")
+    with pytest.raises(ValueError, match="one of detect, segment, pose, obb, classify"):
+        SyntheticSpec(task="depth")
+
+
+def test_a_task_dataset_records_its_task_and_ensure_finds_a_classify_folder(tmp_path):
+    spec = SyntheticSpec(images=3, width=64, height=48, val_images=2, task="classify")
+    folder = dataset.ensure(tmp_path, spec)
+    assert folder.is_dir() and dataset.read_manifest(folder)["task"] == "classify"
+    assert dataset.ensure(tmp_path, spec) == folder  # found again, not regenerated
+    assert sum(1 for _ in (folder / "val").rglob("*.jpg")) == 3  # every class in every split

@@ -94,7 +94,7 @@ def test_wait_gone_waits_for_a_process_that_exits_late():
 
 def test_run_trial_waits_for_the_group_and_the_gpus_before_returning(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(launch, "torchrun_command", lambda spec, path, port: [sys.executable, "-c", "pass"])
+    monkeypatch.setattr(launch, "torchrun_command", lambda spec, path, port, rendezvous=None: [sys.executable, "-c", "pass"])
     monkeypatch.setattr(launch, "wait_gone", lambda pgid, **kw: calls.append(("gone", pgid)) or 0.25)
 
     class Watch:

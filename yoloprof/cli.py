@@ -27,6 +27,21 @@ def _run_flags(p: argparse.ArgumentParser, again: bool = False) -> None:
     p.add_argument("--currency", help="currency of --gpu-hour-price (default USD)" + was)
 
 
+def _node_flags(p: argparse.ArgumentParser) -> None:
+    """Several nodes: the same command on each, with its own --node-rank; node 0 writes the outputs."""
+    p.add_argument("--nnodes", type=int, help="nodes the scan spans (default 1); run the same command on each")
+    p.add_argument("--node-rank", type=int, help="this node: 0 plans and writes every output, 1..N-1 follow it")
+    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port: the scan's store "
+                   "and every trial's torchrun rendezvous start there")
+
+
+def _follower(args) -> bool:
+    from yoloprof import nodes
+
+    n = nodes.parse(args.nnodes, args.node_rank, args.rdzv_endpoint)
+    return n.multi and not n.leader
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="yoloprof", description="Measure and tune multi-GPU Ultralytics YOLO training.")
     p.add_argument("--version", action="version", version=f"yoloprof {__version__}")
@@ -37,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="'cpu' to run CPU ranks with gloo even where GPUs exist")
     s.add_argument("--nproc", type=int, help="CPU ranks (default 2)")
     s.add_argument("--model", help="model YAML or local .pt (default yolo11n.yaml, built without download)")
-    s.add_argument("--data", help="data yaml (default: a synthetic dataset yoloprof generates once)")
+    s.add_argument("--data", help="data yaml, or a classify folder (default: a synthetic dataset of the model's task, "
+                   "generated once)")
     s.add_argument("--imgsz", type=int, help="image size (default 640 on GPU, 128 on CPU)")
     s.add_argument("--optimizer", default="SGD", help="optimizer, pinned so short and long runs match (default SGD)")
     s.add_argument("--steps", type=int, default=20, help="measured steps per trial, at least (default 20)")
@@ -71,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                    "--batch is global at the largest)")
     s.add_argument("--no-defaults", action="store_true", help="do not add a trial with Ultralytics' default settings")
     s.add_argument("--no-ceilings", action="store_true", help="skip the input, compute and link ceilings after the trials")
+    _node_flags(s)
 
     pr = sub.add_parser("probe", help="measure one ceiling alone: loader (input), compute, allreduce (link)")
     pr.add_argument("kind", choices=("loader", "compute", "allreduce"))
@@ -81,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--optimizer", default="SGD")
     pr.add_argument("--steps", type=int, default=20, help="timed steps or batches (default 20)")
     pr.add_argument("--warmup", type=int, default=5)
+    pr.add_argument("--max-mib", type=float, default=256.0, help="allreduce: the sweep's largest message in MiB "
+                    "(default 256; the model's bucket sizes are always added)")
+    _node_flags(pr)
 
     r = sub.add_parser("report", help="rebuild report.html, results.csv and best.* from a scan folder")
     r.add_argument("dir", help="a scan folder")
@@ -98,10 +118,18 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("--timeout", type=float, default=60.0, help="seconds for each AllReduce try (default 60)")
     dr.add_argument("--json", metavar="OUT", help="also write the readings and findings to this JSON file")
 
+    # train and slurm parse their own arguments (Ultralytics' k=v, the scan's flags): listed here for --help
+    sub.add_parser("train", add_help=False, help="train with Ultralytics under torchrun with best.yaml/best.env, "
+                   "on one node or several (see yoloprof train --help)")
+    sub.add_parser("slurm", add_help=False, help="write a SLURM batch script that runs a scan on every node of "
+                   "the allocation (see yoloprof slurm --help)")
     d = sub.add_parser("dataset", help="write the synthetic YOLO dataset yoloprof uses by default")
     d.add_argument("--out", required=True, help="folder to create")
     d.add_argument("--images", type=int, default=512, help="training images (default 512)")
     d.add_argument("--size", default="640x480", help="image size WxH (default 640x480)")
+    d.add_argument("--task", default="detect", choices=("detect", "segment", "pose", "obb", "classify"),
+                   help="label format: detect boxes (default), segment polygons, pose keypoints, obb rotated "
+                   "boxes, or classify class folders")  # fmt: skip
     return p
 
 
@@ -113,14 +141,17 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
             "batch", "workers", "amp", "pin_memory", "cache", "nccl", "deterministic", "compile", "channels_last",
             "trial_timeout", "no_ceilings", "baseline",
             "no_defaults", "ranks", "strategy", "budget", "precision", "max_steps", "no_reuse", "cfg", "epochs",
-            "gpu_hour_price", "currency")  # fmt: skip
+            "gpu_hour_price", "currency", "nnodes", "node_rank", "rdzv_endpoint")  # fmt: skip
     req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])
     if args.resume:
-        others = [k for k in keys if k not in ("trial_timeout", "no_ceilings", "optimizer", "steps", "warmup", "no_reuse")
+        others = [k for k in keys if k not in ("trial_timeout", "no_ceilings", "optimizer", "steps", "warmup", "no_reuse",
+                                               "nnodes", "node_rank", "rdzv_endpoint")
                   and getattr(args, k) not in (None, False)]  # fmt: skip
         if others:
             raise UsageError(f"--resume runs the saved plan as it was; drop --{others[0].replace('_', '-')}")
         out, folder, code = scan.resume(args.resume, req, console)
+    elif _follower(args):
+        return scan.follow(req, console)
     else:
         out, folder, code = scan.run(req, console)
     _print_outputs(console, out, folder, ranked_table)
@@ -134,9 +165,19 @@ def _cmd_probe(args, argv: list[str], console: Console) -> int:
     from yoloprof.scan import orchestrate as scan
 
     keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
-            "batch", "workers", "amp", "cache", "nccl")  # fmt: skip
+            "batch", "workers", "amp", "cache", "nccl", "nnodes", "node_rank", "rdzv_endpoint")  # fmt: skip
     req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])
+    if args.max_mib <= 0:
+        raise UsageError(f"--max-mib {args.max_mib}: give a size in MiB > 0")
+    req.allreduce_max_bytes = int(args.max_mib * 2**20)
+    if _follower(args):
+        return scan.follow(req, console)
     out = scan.run_probe(args.kind, req, console)
+    from yoloprof.analysis import against
+    from yoloprof.analysis.scaling import link_losses
+
+    for loss in link_losses(against.load(out).allreduce):
+        console.print(f"Across nodes: {loss.text}", markup=False, highlight=False)
     console.print(f"Wrote: {', '.join(str(p) for p in sorted(out.glob('*.json')))}")
     return 0
 
@@ -154,9 +195,15 @@ def _print_outputs(console: Console, out, folder: Path, ranked_table) -> None:
     console.print(f"[bold]{out.headline}[/]")
     for line in trade_off_lines(out):
         console.print(line, markup=False, highlight=False)
+    from yoloprof.analysis.scaling import link_losses
+
+    for loss in link_losses(out.ceilings.allreduce):
+        console.print(f"Across nodes: {loss.text}", markup=False, highlight=False)
     names = ["scan.json", "results.csv", "ranking.json", "report.html", "best.yaml", "best.env", "best.sh"]
     console.print("Wrote: " + ", ".join(str(folder / n) for n in names if (folder / n).exists()))
-    if (folder / "best.sh").exists():
+    if (folder / "best.sh").exists() and getattr(out.meta, "nnodes", 1) > 1:  # `yolo train` runs one node only
+        console.print(f"Train with it on each of the {out.meta.nnodes} nodes: NODE_RANK=k {folder / 'best.sh'}")
+    elif (folder / "best.sh").exists():
         console.print(f"Train with it: source {folder / 'best.env'} && yolo train cfg={folder / 'best.yaml'}")
 
 
@@ -239,8 +286,10 @@ def _cmd_dataset(args, console: Console) -> int:
         raise UsageError(f"--out {out}: already exists; give a new folder")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: the parent folder {out.parent} does not exist")
-    path = generate(out, SyntheticSpec(images=args.images, width=w, height=h, val_images=max(args.images // 16, 2)))
-    console.print(f"Wrote {args.images} training images ({w}x{h}); data yaml: {path}")
+    spec = SyntheticSpec(images=args.images, width=w, height=h, val_images=max(args.images // 16, 2), task=args.task)
+    path = generate(out, spec)
+    what = "data folder (classify)" if args.task == "classify" else "data yaml"
+    console.print(f"Wrote {args.images} {args.task} training images ({w}x{h}); {what}: {path}")
     return 0
 
 
@@ -250,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     if not console.is_terminal:
         console = Console(highlight=False, width=max(console.width, 160))  # logs and CI: keep the table readable
     try:
+        if argv[:1] in (["train"], ["slurm"]):  # their own parsers: arguments pass through to Ultralytics, the scan
+            from yoloprof import slurm, train
+
+            return (train if argv[0] == "train" else slurm).main(argv[1:])
         args = _parser().parse_args(argv)
         if args.cmd == "scan":
             return _cmd_scan(args, argv, console)

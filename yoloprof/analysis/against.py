@@ -68,7 +68,8 @@ def against(r: TrialResult, c: Ceilings) -> TrialVsCeilings:
     loader = None
     if c.loader is not None:
         hit = next((p for p in c.loader.points if loader_matches(p, k) and p.img_per_s_machine), None)
-        loader = hit.img_per_s_machine if hit else None
+        # one node's loaders: a trial across nodes has that many loading on each node
+        loader = hit.img_per_s_machine * max(n / max(hit.ranks, 1), 1.0) if hit else None
     rate = r.img_per_s if r.status == "ok" else None
     return TrialVsCeilings(
         trial_id=r.trial_id,

@@ -51,6 +51,8 @@ class LaunchOutcome:
     timeout_reason: Optional[str] = None
     release_s: Optional[float] = None  # from the kill until processes and GPU memory were gone
     release_note: Optional[str] = None  # what still held on when the wait ran out
+    node_failure: Optional[str] = None  # several nodes: one was lost or could not launch (its cause, not a rank's)
+    node_lost: bool = False  # that node is gone: the scan stops, and --resume runs the trial again
 
 
 def read_rank_file(path: Path) -> RankRecords:
@@ -113,6 +115,8 @@ def _describe_exit(code: int) -> str:
 def _status(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome) -> tuple[str, Optional[str]]:
     if outcome.interrupted:
         return "interrupted", "the scan was interrupted while this trial ran"
+    if outcome.node_failure:  # the ranks of the other nodes then fail on a broken collective: not the cause
+        return ("interrupted" if outcome.node_lost else "error"), outcome.node_failure
     if outcome.timed_out:
         reached = ", ".join(f"rank {r.rank} last finished step {r.steps[-1].step if r.steps else 'none'}" for r in ranks)
         why = outcome.timeout_reason or f"after {outcome.wall_s:.0f} s"

@@ -1,7 +1,8 @@
-"""Read and check a user's data yaml before any trial starts. Pure: pyyaml and the filesystem.
+"""Read and check a user's dataset before any trial starts. Pure: pyyaml and the filesystem.
 
 A dataset Ultralytics cannot read would fail every trial; finding it here turns n failed
-trials into one clear line.
+trials into one clear line. A data yaml (detect, segment, pose, obb: which one its labels say)
+or a classify folder (train/<class>/*.jpg, val/<class>/*.jpg).
 """
 
 from __future__ import annotations
@@ -76,7 +77,20 @@ def require_labels(images: list[Path], split: str, path: Path) -> None:
                      f"(looked for {first.name} in {first.parent}); {fix}")  # fmt: skip
 
 
-def check_labels(images: list[Path], nc: int) -> None:
+def _kpt_columns(data: dict, path: Path) -> int | None:
+    """Columns of a pose label (5 + keypoints x dims), from the yaml's kpt_shape; None without one."""
+    shape = data.get("kpt_shape")
+    if shape is None:
+        return None
+    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)
+            and shape[1] in (2, 3)):  # fmt: skip
+        raise UsageError(f"{path}: kpt_shape {shape} is not [keypoints, 2 or 3], e.g. kpt_shape: [17, 3]")
+    return 5 + shape[0] * shape[1]
+
+
+def check_labels(images: list[Path], nc: int, kpt_columns: int | None = None) -> set[int]:
+    """Checks each label row; returns the column counts seen (what the labels' format is)."""
+    seen: set[int] = set()
     for image in images[:LABEL_CHECK_LIMIT]:
         label = _label_file(image)
         if not label.is_file():
@@ -85,10 +99,14 @@ def check_labels(images: list[Path], nc: int) -> None:
             cols = line.split()
             if not cols:
                 continue
-            if len(cols) != 5 and (len(cols) < 7 or len(cols) % 2 == 0):
+            if kpt_columns is not None and len(cols) != kpt_columns:
+                raise UsageError(f"{label}:{lineno} has {len(cols)} columns; with the yaml's kpt_shape a pose label is "
+                                 f"'class x y w h' and the keypoints ({kpt_columns} columns)")  # fmt: skip
+            if kpt_columns is None and len(cols) != 5 and (len(cols) < 7 or len(cols) % 2 == 0):
                 raise UsageError(
                     f"{label}:{lineno} has {len(cols)} columns; a detection label is 'class x y w h' (5 columns)"
                 )
+            seen.add(len(cols))
             try:
                 cls = int(float(cols[0]))
                 [float(c) for c in cols[1:]]
@@ -96,12 +114,76 @@ def check_labels(images: list[Path], nc: int) -> None:
                 raise UsageError(f"{label}:{lineno} is not numbers: '{line.strip()[:60]}'") from None
             if not 0 <= cls < nc:
                 raise UsageError(f"{label}:{lineno} has class id {cls}, but the data yaml names {nc} classes (0..{nc - 1})")
+    return seen
+
+
+def labels_task(columns: set[int], pose: bool) -> str:
+    """The task a yaml's labels are written for: pose (kpt_shape), obb (8 coordinates: 4 corners), segment
+    (polygons), else detect. A 4-point polygon reads as obb; Ultralytics' segment and detect read it too."""
+    if pose:
+        return "pose"
+    if columns and columns == {9}:
+        return "obb"
+    return "segment" if any(c > 6 for c in columns) else "detect"
+
+
+# Which models' tasks Ultralytics trains on data in each format (detect and segment read polygons and
+# corner points; pose labels with a detect model would be read as polygons; a classify folder has no labels).
+COMPATIBLE = {
+    "detect": ("detect",),
+    "segment": ("segment", "detect"),
+    "obb": ("obb", "detect", "segment"),
+    "pose": ("pose",),
+    "classify": ("classify",),
+}
+FORMATS = {
+    "detect": "detection labels (class x y w h)",
+    "segment": "segment polygons",
+    "obb": "oriented boxes (class and 4 corners)",
+    "pose": "pose labels (a kpt_shape)",
+    "classify": "a classify folder (train/<class>/ images)",
+}
+
+
+def _class_split(root: Path, names: tuple[str, ...]) -> Path | None:
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+def inspect_classify(folder: Path) -> DatasetInfo:
+    """A classify dataset as Ultralytics' check_cls_dataset reads it: train/ and val/ (or valid/, validation/,
+    test/), one folder per class, the classes from train's folder names in sorted order."""
+    train = _class_split(folder, ("train",))
+    val = _class_split(folder, ("val", "validation", "valid", "test"))
+    if train is None or val is None:
+        raise UsageError(f"--data {folder}: a folder is a classify dataset and needs train/ and val/ folders, each "
+                         "with one folder of images per class (train/cat/1.jpg); a detect dataset is a data yaml")  # fmt: skip
+    classes = sorted(d.name for d in train.iterdir() if d.is_dir())
+    if not classes:
+        raise UsageError(f"--data {folder}: {train} holds no class folders (train/<class>/*.jpg)")
+    counts = []
+    for split in (train, val):
+        n = sum(1 for f in split.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.parent != split)
+        if not n:
+            raise UsageError(f"--data {folder}: {split} holds no images in class folders ({split}/<class>/*.jpg)")
+        counts.append(n)
+    manifest = synthetic.read_manifest(folder)
+    return DatasetInfo(
+        data=str(folder.resolve()),
+        train_images=counts[0],
+        val_images=counts[1],
+        classes=classes,
+        synthetic=bool(manifest and manifest.get("synthetic")),
+        image_size=f"{manifest['width']}x{manifest['height']}" if manifest else None,
+        task="classify",
+    )
 
 
 def inspect(data_yaml: str | Path) -> DatasetInfo:
     path = Path(data_yaml).expanduser()
+    if path.is_dir():
+        return inspect_classify(path)
     if not path.is_file():
-        raise UsageError(f"--data {data_yaml}: no such file; give the path of a YOLO data yaml")
+        raise UsageError(f"--data {data_yaml}: no such file; give the path of a YOLO data yaml (or a classify folder)")
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -119,9 +201,10 @@ def inspect(data_yaml: str | Path) -> DatasetInfo:
     train = _split_images(root, data["train"], "train", path)
     val = _split_images(root, data["val"], "val", path)
     require_labels(train, "train", path)
-    check_labels(train, len(names))
-    check_labels(val, len(names))
+    kpt = _kpt_columns(data, path)
+    columns = check_labels(train, len(names), kpt) | check_labels(val, len(names), kpt)
     manifest = synthetic.read_manifest(path)
+    task = manifest.get("task", "detect") if manifest and manifest.get("synthetic") else labels_task(columns, kpt is not None)
     return DatasetInfo(
         data=str(path.resolve()),
         train_images=len(train),
@@ -129,4 +212,5 @@ def inspect(data_yaml: str | Path) -> DatasetInfo:
         classes=names,
         synthetic=bool(manifest and manifest.get("synthetic")),
         image_size=f"{manifest['width']}x{manifest['height']}" if manifest else None,
+        task=task,
     )

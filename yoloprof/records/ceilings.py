@@ -36,6 +36,7 @@ class AllReduceCeiling:
     points: list[AllReducePoint]
     status: str = "ok"
     error: Optional[str] = None
+    nnodes: int = 1  # nodes the ranks spanned: over 1, the AllReduce crossed the inter-node link
 
 
 @dataclass

@@ -51,6 +51,7 @@ class DatasetInfo:
     classes: list[str]
     synthetic: bool
     image_size: Optional[str] = None  # "640x480" for the synthetic set
+    task: str = "detect"  # the Ultralytics task the scan reads it for: detect, segment, pose, obb, classify
 
 
 @dataclass
@@ -82,4 +83,7 @@ class ScanMeta:
     run_plan: RunPlan = field(default_factory=RunPlan)  # the training run the epoch and cost figures predict
     train_cfg: Optional[str] = None  # --cfg: the user's Ultralytics training config (absolute path)
     train_cfg_args: dict[str, Any] = field(default_factory=dict)  # its arguments as read, held in every trial
+    nnodes: int = 1  # nodes the scan spans (--nnodes); world_size counts the ranks of all of them
+    rdzv_endpoint: Optional[str] = None  # node 0's HOST:PORT on several nodes
+    task: str = "detect"  # the model's Ultralytics task (records from before tasks were detect)
     schema: int = SCHEMA_VERSION

@@ -75,7 +75,12 @@ class TrialSpec:
     max_steps: Optional[int] = None  # None: exactly measured_steps
     precision: Optional[float] = None  # relative half-width, 0.03 = +-3%
     repeat_of: Optional[str] = None  # a confirmation run of the same configuration as this trial id
+    nnodes: int = 1  # nodes the trial spans; world_size is all ranks of all nodes, world_size // nnodes per node
     schema: int = SCHEMA_VERSION
+
+    @property
+    def nproc_per_node(self) -> int:
+        return self.world_size // max(self.nnodes, 1)
 
     @property
     def total_steps(self) -> int:

@@ -36,13 +36,15 @@ def _env(cache_dir: Path, extra: Optional[dict] = None) -> dict:
     return {**os.environ, **launch.offline_env(cache_dir), **(extra or {})}
 
 
-def _wait_all(procs: list[subprocess.Popen], timeout_s: float, peers_grace_s: Optional[float] = None) -> bool:
+def _wait_all(procs: list[subprocess.Popen], timeout_s: float, peers_grace_s: Optional[float] = None,
+              abort: Optional[Callable[[], Optional[str]]] = None) -> bool:  # fmt: skip
     """True when every process ended in time. peers_grace_s: once one fails, the others get this long
-    (a rank that died before joining their process group would leave them waiting for its timeout)."""
+    (a rank that died before joining their process group would leave them waiting for its timeout).
+    abort: a reason to stop now (another node of the launch is gone)."""
     deadline = time.monotonic() + timeout_s
     try:
         while any(p.poll() is None for p in procs):
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or (abort is not None and abort() is not None):
                 return False
             if peers_grace_s is not None and any(p.poll() not in (None, 0) for p in procs):
                 deadline = min(deadline, time.monotonic() + peers_grace_s)
@@ -58,7 +60,7 @@ def rank_devices(device: str, gpus: Optional[list[int]], ranks: int) -> list[str
 
     A trial's rank r runs on CUDA index gpus[r] (Ultralytics' `device="2,3"` picks devices[LOCAL_RANK])
     with the scan's CUDA_VISIBLE_DEVICES inherited unchanged. The probes inherit it too, so the same
-    index names the same GPU (`_physical` says which one) and Ultralytics counts the same devices
+    index names the same GPU (`physical` says which one) and Ultralytics counts the same devices
     when it divides the cores among workers. No gpus: the first `ranks` indices, as a trial's default.
     """
     if device != "cuda":
@@ -187,35 +189,50 @@ def compute(out: Path, specs: list[TrialSpec], *, cache_dir: Path, device_name: 
 
 
 def allreduce(out: Path, *, hw: plan.Hardware, preset: str, bucket_sizes: list[int], cache_dir: Path,
-              sizes_max: int = 256 * 2**20, target_s: float = 0.2) -> AllReduceCeiling:  # fmt: skip
+              sizes_max: int = 256 * 2**20, target_s: float = 0.2, one_node: bool = False) -> AllReduceCeiling:  # fmt: skip
+    """The sweep on every rank of the scan; on several nodes, `one_node` runs it on node 0's ranks alone
+    (the intra-node figure that the inter-node one is compared with: where scaling is lost)."""
     name = preset if preset in plan.NCCL_PRESETS else "custom-" + str(abs(hash(preset)) % 10**6)
-    raw = Path(out) / "raw" / f"allreduce-{name}"
+    spans = hw.nnodes > 1 and not one_node
+    ranks = hw.world_size // hw.nnodes if one_node else hw.world_size
+    tag = f"allreduce-{name}" + ("-node" if one_node else "")
+    raw = Path(out) / "raw" / tag
     raw.mkdir(parents=True, exist_ok=True)
     result = raw / "result.json"
-    cmd = launch.torchrun_prefix(hw.world_size, launch.free_port()) + [
-        "-m", "probes.allreduce_bench", "--out", str(result), "--sizes-max", str(sizes_max),
-        "--nccl-preset", preset, "--target-s", str(target_s),
-        "--backend", "nccl" if hw.device == "cuda" else "gloo",
-    ] + (["--extra-sizes", ",".join(map(str, bucket_sizes))] if bucket_sizes else [])  # fmt: skip
-    env = _env(cache_dir, {**plan.nccl_env(preset), "OMP_NUM_THREADS": str(plan.omp_threads(hw.cpu_count, hw.world_size))})
+    args = ["--out", str(result), "--sizes-max", str(sizes_max), "--nccl-preset", preset, "--target-s", str(target_s),
+            "--backend", "nccl" if hw.device == "cuda" else "gloo",
+            ] + (["--extra-sizes", ",".join(map(str, bucket_sizes))] if bucket_sizes else [])  # fmt: skip
+    extra = {**plan.nccl_env(preset), "OMP_NUM_THREADS": str(plan.omp_threads(hw.cpu_count, hw.world_size // hw.nnodes))}
+    env = _env(cache_dir, extra)
     if hw.device == "cuda":
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in _physical(hw.gpus))
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in physical(hw.gpus))
+    job, rendezvous, per_node = None, None, ranks // hw.nnodes if spans else ranks
+    if spans:  # the other nodes run the same sweep with their ranks; rank 0 (on any node) writes the result
+        from yoloprof.scan import cluster
+
+        lead = cluster.active()
+        job = lead.job("command", {"module": "probes.allreduce_bench", "nproc": per_node, "env": extra,
+                                   "args": [a if a != str(result) else "{dir}/result.json" for a in args]})  # fmt: skip
+        rendezvous = launch.Rendezvous(lead.nodes, job.rdzv_endpoint, job.rdzv_id)
+    cmd = launch.torchrun_prefix(per_node, launch.free_port(), rendezvous) + ["-m", "probes.allreduce_bench", *args]
     with open(raw / "launcher.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)  # fmt: skip
-        finished = _wait_all([proc], PROBE_TIMEOUT_S)
+        finished = _wait_all([proc], PROBE_TIMEOUT_S, abort=job.failure if job else None)
+    lost = job.finish(raw) if job else None
     try:
         ceiling = read_json(result, AllReduceCeiling)
     except (OSError, RecordError):
-        why = "timed out" if not finished else " ".join(aggregate.log_tail(raw / "launcher.log", 1)) or "no result"
-        ceiling = AllReduceCeiling(backend="nccl" if hw.device == "cuda" else "gloo", world_size=hw.world_size,
+        why = lost or ("timed out" if not finished else " ".join(aggregate.log_tail(raw / "launcher.log", 1)) or "no result")
+        ceiling = AllReduceCeiling(backend="nccl" if hw.device == "cuda" else "gloo", world_size=ranks,
                                    nccl=preset, device=hw.device, dtype="float32", timing="n/a", points=[],
                                    status="error", error=why)  # fmt: skip
-    write_json(Path(out) / f"allreduce-{name}.json", ceiling)
+    ceiling.nnodes = hw.nnodes if spans else 1
+    write_json(Path(out) / f"{tag}.json", ceiling)
     return ceiling
 
 
-def _physical(gpus: list[int]) -> list[str]:
+def physical(gpus: list[int]) -> list[str]:
     """CUDA indices as this process sees them -> what CUDA_VISIBLE_DEVICES must say for a child."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if not visible:

@@ -41,19 +41,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_prefix(nproc: int, port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "yoloprof.orphan_guard",
-        sys.executable, "-m", "torch.distributed.run",
-        "--nnodes=1",
-        f"--nproc-per-node={nproc}",
-        "--master-addr=127.0.0.1",
-        f"--master-port={port}",
-    ]  # fmt: skip
+def torchrun_prefix(nproc: int, port: Optional[int] = None, rendezvous: Optional["Rendezvous"] = None) -> list[str]:
+    """torchrun under the orphan guard: a local master on one node, the launch's c10d rendezvous on several."""
+    from yoloprof import nodes
+
+    if rendezvous is None:
+        return [sys.executable, "-m", "yoloprof.orphan_guard"] + nodes.torchrun(nproc, master_port=port)
+    return [sys.executable, "-m", "yoloprof.orphan_guard"] + nodes.torchrun(
+        nproc, rendezvous.nodes, rdzv_endpoint=rendezvous.endpoint, rdzv_id=rendezvous.rdzv_id)
 
 
-def torchrun_command(spec: TrialSpec, spec_path: Path, port: int) -> list[str]:
-    return torchrun_prefix(spec.world_size, port) + ["-m", "yoloprof.worker", str(spec_path)]
+@dataclass(frozen=True)
+class Rendezvous:
+    """One launch across nodes: this node's place, and the launch's own c10d endpoint and id."""
+
+    nodes: "object"  # yoloprof.nodes.Nodes
+    endpoint: str
+    rdzv_id: str
+
+
+def torchrun_command(spec: TrialSpec, spec_path: Path, port: int, rendezvous: Optional[Rendezvous] = None) -> list[str]:
+    nproc = spec.nproc_per_node if rendezvous is not None else spec.world_size
+    return torchrun_prefix(nproc, port, rendezvous) + ["-m", "yoloprof.worker", str(spec_path)]
 
 
 def kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
@@ -140,6 +149,7 @@ class TrialWatch:
         self.steps = [0] * world_size
         self.step_ms: list[float] = []
         self._offsets = [0] * world_size
+        self._timed_rank: Optional[int] = None  # rank 0, or on several nodes the first rank of this node
 
     def poll(self) -> bool:
         """Read what the ranks appended; True if any rank finished a step since the last poll."""
@@ -157,7 +167,9 @@ class TrialWatch:
                 if b'"kind": "step"' in line:
                     self.steps[r] += 1
                     moved = True
-                    if r == 0:
+                    if self._timed_rank is None:
+                        self._timed_rank = r
+                    if r == self._timed_rank:
                         try:
                             self.step_ms.append(float(json.loads(line)["step_ms"]))
                         except (ValueError, KeyError):
@@ -176,10 +188,12 @@ class TrialClock:
     stall clock, the hang rule and a stop request end the wait."""
 
     def __init__(self, watch: "TrialWatch", policy: HangPolicy, start: float,
-                 on_poll: Optional[Callable] = None, should_stop: Optional[Callable[[], bool]] = None):  # fmt: skip
+                 on_poll: Optional[Callable] = None, should_stop: Optional[Callable[[], bool]] = None,
+                 abort: Optional[Callable[[], Optional[str]]] = None):  # fmt: skip
         self.watch, self.policy, self.start, self.last_move = watch, policy, start, time.monotonic()
-        self.on_poll, self.should_stop = on_poll, should_stop
+        self.on_poll, self.should_stop, self.abort = on_poll, should_stop, abort
         self.timeout_reason: Optional[str] = None
+        self.node_failure: Optional[str] = None  # another node is gone or could not launch
         self.interrupted = False
 
     def poll(self) -> None:
@@ -189,12 +203,14 @@ class TrialClock:
             self.on_poll(self.watch)
 
     def must_end(self) -> bool:
-        """Hung by the policy, or asked to stop (Ctrl-C, SIGTERM)."""
+        """Hung by the policy, another node lost, or asked to stop (Ctrl-C, SIGTERM)."""
         now = time.monotonic()
         self.timeout_reason = self.policy.reason(self.watch, now - self.start, now - self.last_move)
-        if self.timeout_reason is None and self.should_stop is not None and self.should_stop():
-            self.interrupted = True
-        return self.timeout_reason is not None or self.interrupted
+        if self.timeout_reason is None and self.abort is not None:
+            self.node_failure = self.abort()
+        if self.timeout_reason is None and self.node_failure is None and self.should_stop is not None:
+            self.interrupted = bool(self.should_stop())
+        return self.timeout_reason is not None or self.node_failure is not None or self.interrupted
 
 
 def run_trial(
@@ -207,17 +223,28 @@ def run_trial(
     should_stop: Optional[Callable[[], bool]] = None,
     extra_env: Optional[dict[str, str]] = None,
     telemetry_interval_s: float = 0.1,
+    rendezvous: Optional[Rendezvous] = None,
 ) -> LaunchOutcome:
+    """One trial's launch on this node. A trial over several nodes (`spec.nnodes` > 1) is published to
+    the other nodes first (yoloprof.scan.cluster); a follower passes the `rendezvous` it was handed."""
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
     spec_path = trial_dir / "spec.json"
     write_json(spec_path, spec)
+    job = None
+    if spec.nnodes > 1 and rendezvous is None:
+        from yoloprof.scan import cluster
+        from yoloprof.records import to_dict
+
+        lead = cluster.active()
+        job = lead.job("trial", {"spec": to_dict(spec)})
+        rendezvous = Rendezvous(lead.nodes, job.rdzv_endpoint, job.rdzv_id)
     env = {**os.environ, **offline_env(cache_dir), **spec.env, **(extra_env or {})}
-    cmd = torchrun_command(spec, spec_path, free_port())
+    cmd = torchrun_command(spec, spec_path, free_port(), rendezvous)
     (trial_dir / "cmd.txt").write_text(" ".join(cmd) + "\n")
     watch = TrialWatch(trial_dir, spec.world_size)
     start = time.monotonic()
-    clock = TrialClock(watch, policy, start, on_poll, should_stop)
+    clock = TrialClock(watch, policy, start, on_poll, should_stop, abort=job.failure if job else None)
     from probes.telemetry import TelemetrySampler
 
     sampler = TelemetrySampler(trial_dir / TELEMETRY_FILE, interval_s=telemetry_interval_s,
@@ -241,7 +268,13 @@ def run_trial(
     wall_s = time.monotonic() - start
     watch.poll()
     outcome = LaunchOutcome(returncode=proc.returncode, timed_out=clock.timeout_reason is not None,
-                            interrupted=clock.interrupted, wall_s=wall_s, timeout_reason=clock.timeout_reason)  # fmt: skip
+                            interrupted=clock.interrupted, wall_s=wall_s, timeout_reason=clock.timeout_reason,
+                            node_failure=clock.node_failure)  # fmt: skip
+    if job is not None:  # the other nodes' records, whatever happened here
+        from yoloprof.scan import cluster
+
+        outcome.node_failure = outcome.node_failure or job.finish(trial_dir)
+        outcome.node_lost = cluster.lost() is not None
     release_s = wait_gone(proc.pid)  # the next trial must never meet this one's processes or memory
     if release_s is None:
         outcome.release_note = f"processes of this trial outlived {GONE_TIMEOUT_S:.0f} s after being killed"

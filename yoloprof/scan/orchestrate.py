@@ -15,10 +15,10 @@ from typing import Optional
 
 from rich.console import Console
 
-from yoloprof import __version__, outputs, paths
+from yoloprof import __version__, nodes as nodes_mod, outputs, paths
 from yoloprof.search import baselines, plan, usercfg
 from yoloprof.analysis import doctor
-from yoloprof.scan import launch, preflight, request, runner
+from yoloprof.scan import cluster, launch, preflight, request, runner
 from yoloprof.errors import ScanFailed, UsageError
 from yoloprof.records import DatasetInfo, Environment, Knobs, RecordError, RunPlan, ScanMeta, read_json, write_json
 
@@ -31,6 +31,14 @@ from yoloprof.scan.request import (  # noqa: F401 - the scan's input checks, re-
 NO_TRIAL_OK = 1  # exit code of a scan that ran to the end without one trial finishing
 
 
+def nodes_line(hw: plan.Hardware) -> str:
+    if hw.nnodes == 1:
+        return "Single node: trials cannot span nodes; a multi-node run adds inter-node links that were not measured."
+    return (f"{hw.nnodes} nodes: each trial of {hw.world_size} ranks ran one torchrun per node ({hw.per_node} ranks each), "
+            "joined by torchrun's c10d rendezvous; the GPU and CPU telemetry shown is node 0's (the other nodes' "
+            "samples are kept under trials/<id>/nodes/).")  # fmt: skip
+
+
 def trial_deviations(hw: plan.Hardware, req: ScanRequest, steps: int, warmup: int,
                      precision: Optional[float] = None, max_steps: Optional[int] = None) -> list[str]:  # fmt: skip
     measured = (f"{steps} to {max_steps} measured iterations (until the 95% interval of its images/s is within "
@@ -41,7 +49,7 @@ def trial_deviations(hw: plan.Hardware, req: ScanRequest, steps: int, warmup: in
         "separately, once per world size, with the recommended settings.",
         "Trials set close_mosaic=0 and warmup_epochs=0 to measure the steady state of training (mosaic on, full "
         "gradient accumulation, final learning-rate schedule), not its first or last epochs.",
-        "Single node: trials cannot span nodes; a multi-node run adds inter-node links that were not measured.",
+        nodes_line(hw),
     ]
     if hw.device == "cpu":
         out.append(
@@ -77,6 +85,7 @@ class Context:
     run_plan: RunPlan = field(default_factory=RunPlan)  # the training run to predict
     train_cfg: Optional[str] = None  # --cfg, absolute
     train_cfg_args: dict = field(default_factory=dict)  # its arguments, held in every trial
+    nodes: nodes_mod.Nodes = nodes_mod.SINGLE
 
 
 def prepare(req: ScanRequest, console: Console) -> Context:
@@ -97,9 +106,14 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     checks = preflight.readings(env, req.device)  # the doctor's cheap checks: no subprocess
     doctor.gate(checks)  # NVML sees GPUs that torch does not: stop, unless --device cpu
     on_cpu = req.device == "cpu" or (not env.gpus and req.gpus is None)
+    nodes = nodes_mod.parse(req.nnodes, req.node_rank, req.rdzv_endpoint)
     if req.ranks is not None and req.nproc is None and on_cpu:  # CPU scaling: as many ranks as the largest size
-        req.nproc = max(plan.parse_ints("--ranks", req.ranks, 1))
+        req.nproc = max(max(plan.parse_ints("--ranks", req.ranks, 1)) // nodes.nnodes, 1)
     hw, hw_why = resolve_hardware(req, env)
+    local_hw = hw
+    if nodes.multi:  # every node runs as many ranks as this one: the plan counts all of them
+        hw = dataclasses.replace(hw, world_size=hw.world_size * nodes.nnodes, nnodes=nodes.nnodes)
+        hw_why += f" on each of {nodes.nnodes} nodes: {hw.world_size} ranks"
     world_sizes = plan.parse_world_sizes(req.ranks, hw) if req.ranks else None
     the_plan = plan.make_plan(hw, given)
     mine = baselines.from_cfg(cfg_args, hw, req.cfg) if req.cfg else (
@@ -108,11 +122,12 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     imgsz = req.imgsz or (640 if hw.device == "cuda" else 128)
     dataset = resolve_data(req, console)
     model = model_check.resolve(req.model or DEFAULT_MODEL, len(dataset.classes))
+    usercfg.check_task(cfg_args, dataset.task, model, req.cfg)
     run_plan = resolve_run_plan(req, cfg_args)
     if req.cfg and usercfg.optimizer_flag(req) is None:  # the config's optimizer, `auto` picked for its run
         req.optimizer = usercfg.optimizer(cfg_args, images=dataset.train_images, batch=mine.batch,
                                           epochs=run_plan.epochs)[0]  # fmt: skip
-    preflight.before_scan(checks, hw, max(the_plan.axes.workers), console)  # on 2+ GPUs: a first NCCL AllReduce
+    preflight.before_scan(checks, local_hw, max(the_plan.axes.workers), console)  # on 2+ GPUs: a first NCCL AllReduce
     precision = parse_precision(req.precision)
     max_steps = req.max_steps or (req.steps * MAX_STEPS_FACTOR if precision else None)
     strategy = resolve_strategy(req, given)
@@ -120,7 +135,7 @@ def prepare(req: ScanRequest, console: Console) -> Context:
         raise UsageError("--ranks compares world sizes over a grid; add --strategy grid")
     budget_s = parse_budget(req.budget, hw.device) if strategy == "auto" else None
     return Context(env, hw, hw_why, the_plan, imgsz, dataset, model, roles, world_sizes, strategy, budget_s,
-                   precision, max_steps, given, mine, run_plan, train_cfg, cfg_args)  # fmt: skip
+                   precision, max_steps, given, mine, run_plan, train_cfg, cfg_args, nodes)  # fmt: skip
 
 
 def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, int]:
@@ -129,6 +144,7 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
     ctx = prepare(req, console)
     hw, the_plan, dataset, model, imgsz = ctx.hw, ctx.plan, ctx.dataset, ctx.model, ctx.imgsz
     out = prepare_out(req)
+    leader = _lead(ctx.nodes, out, cluster.hello(hw, dataset, model, imgsz), console) if ctx.nodes.multi else None
     specs = [] if ctx.strategy == "auto" else plan.specs(
         the_plan, hw, model=model, data=dataset.data, imgsz=imgsz, optimizer=req.optimizer, warmup=req.warmup,
         steps=req.steps, world_sizes=ctx.world_sizes, precision=ctx.precision, max_steps=ctx.max_steps,
@@ -161,6 +177,9 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
         run_plan=ctx.run_plan,
         train_cfg=ctx.train_cfg,
         train_cfg_args=ctx.train_cfg_args,
+        nnodes=hw.nnodes,
+        rdzv_endpoint=ctx.nodes.endpoint if ctx.nodes.multi else None,
+        task=dataset.task,  # the model's task: the data was read for it
     )
     if usercfg.deviation(ctx.train_cfg_args):
         meta.trial_deviations.append(usercfg.deviation(ctx.train_cfg_args))
@@ -170,7 +189,7 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
                                                if ctx.world_sizes and len(ctx.world_sizes) > 1 else ""))
     measured = (f"{req.steps}-{ctx.max_steps} measured, until img/s is known within +-{100 * ctx.precision:.0f}%"
                 if ctx.precision and ctx.max_steps and ctx.max_steps > req.steps else f"{req.steps} measured")
-    console.print(f"  model: {model}   imgsz: {imgsz}   optimizer: {req.optimizer}   steps: {req.warmup} warm-up + {measured}")
+    console.print(f"  model: {model} ({dataset.task})   imgsz: {imgsz}   optimizer: {req.optimizer}   steps: {req.warmup} warm-up + {measured}")
     console.print(f"  data: {dataset.data} ({dataset.train_images} images{', synthetic: speed only' if dataset.synthetic else ''})")
     if ctx.train_cfg:
         for line in usercfg.summary(ctx.train_cfg, ctx.train_cfg_args, ctx.baseline, req.optimizer,
@@ -186,7 +205,25 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
                       + ("" if ctx.baseline is None else " and your settings") + ", then repeats of the contenders")
     else:
         console.print(f"  plan: {len(specs)} trials" + ("" if req.no_ceilings else ", then the input, compute and link ceilings"))
-    return finish(out, meta, ctx, req, console, started)
+    with cluster.leading(leader):
+        return finish(out, meta, ctx, req, console, started)
+
+
+def _lead(nodes: nodes_mod.Nodes, out: Path, me: dict, console: Console):
+    """Node 0 of several: wait for the others; a scan that cannot start leaves no folder behind."""
+    try:
+        return cluster.lead(nodes, f"{out.name}-{os.getpid()}-{int(time.time())}", me, console)
+    except BaseException:
+        if not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def follow(req: ScanRequest, console: Console) -> int:
+    """Nodes 1..N-1 of a multi-node scan: the same checks as node 0, then its plan, launch by launch."""
+    from yoloprof.scan import follow as follower
+
+    return follower.run(prepare(req, console), req, console)
 
 
 def finish(out: Path, meta: ScanMeta, ctx: Context, req: ScanRequest, console: Console,
@@ -245,21 +282,32 @@ def resume(folder: str, req: ScanRequest, console: Console):
         if missing:
             raise UsageError(f"--resume {out}: the scan ran on GPUs {meta.gpus}; GPU {missing[0]} is not visible now")
     hw = plan.Hardware(meta.device, meta.world_size, meta.gpus, env.cpu_count, len(env.gpus),
-                       bf16=request.bf16(env, meta.gpus), compile_blocker=request.compile_blocker(env, meta.device))
+                       bf16=request.bf16(env, meta.gpus), compile_blocker=request.compile_blocker(env, meta.device),
+                       nnodes=meta.nnodes)  # fmt: skip
+    nodes = nodes_mod.SINGLE
+    if meta.nnodes > 1:  # node 0 leads again; the other nodes run their first command again
+        if req.node_rank not in (None, 0):
+            raise UsageError(f"--resume runs on node 0; on node {req.node_rank} run its first command again")
+        nodes = nodes_mod.parse(meta.nnodes, 0, req.rdzv_endpoint or meta.rdzv_endpoint)
     axes = plan.Axes(**meta.axes)
     yours = meta.baselines.get(baselines.YOURS)
     ctx = Context(env, hw, "as the scan planned", plan.Plan(axes, [s.knobs for s in meta.specs]), meta.imgsz,
                   meta.dataset, meta.model, strategy=meta.strategy, budget_s=meta.budget_s, precision=meta.precision,
                   max_steps=meta.max_steps, given=_saved_space(meta) if meta.strategy == "auto" else {},
                   baseline=next((s.knobs for s in meta.specs if s.trial_id == yours), None),
-                  train_cfg=meta.train_cfg, train_cfg_args=meta.train_cfg_args)  # fmt: skip
+                  train_cfg=meta.train_cfg, train_cfg_args=meta.train_cfg_args, nodes=nodes)  # fmt: skip
     req = ScanRequest(optimizer=meta.optimizer, warmup=meta.warmup_steps, steps=meta.measured_steps,
                       trial_timeout=req.trial_timeout, no_ceilings=req.no_ceilings, command=req.command,
                       no_reuse=req.no_reuse, no_defaults=baselines.DEFAULTS not in meta.baselines)  # fmt: skip
     todo = [s.trial_id for s in meta.specs if not _has_result(out, s.trial_id)]
     console.print(f"[bold]yoloprof scan --resume[/] {out}: {len(meta.specs) - len(todo)} of {len(meta.specs)} trials "
                   f"have results; running {len(todo)}")  # fmt: skip
-    return finish(out, meta, ctx, req, console)
+    leader = None
+    if nodes.multi:
+        leader = cluster.lead(nodes, f"{out.name}-{os.getpid()}-{int(time.time())}",
+                              cluster.hello(hw, meta.dataset, meta.model, meta.imgsz), console)  # fmt: skip
+    with cluster.leading(leader):
+        return finish(out, meta, ctx, req, console)
 
 
 def _has_result(out: Path, trial_id: str) -> bool:
@@ -288,7 +336,7 @@ def run_ceilings(folder: Path, ctx: Context, req: ScanRequest, console: Console,
     if "loader" in which:
         console.print("Input ceiling: the dataloader alone, one loader per rank at once...")
         c = ceilings.loader(folder, data=ctx.dataset.data, model=ctx.model, imgsz=ctx.imgsz,
-                            batch_per_rank=max(min(axes.batch) // n, 1), workers=axes.workers, ranks=n,
+                            batch_per_rank=max(min(axes.batch) // n, 1), workers=axes.workers, ranks=hw.per_node,
                             device=hw.device, cache=axes.cache[0], cache_dir=paths.cache_dir(), batches=req.steps,
                             pin_memory=axes.pin_memory, gpus=hw.gpus)  # fmt: skip
         console.print(terminal.loader_table(c))
@@ -305,10 +353,18 @@ def run_ceilings(folder: Path, ctx: Context, req: ScanRequest, console: Console,
         if n < 2:
             console.print("Link ceiling: not measured (one rank runs no AllReduce).")
             return
-        console.print("Link ceiling: AllReduce sweep on the scan's ranks...")
+        console.print("Link ceiling: AllReduce sweep on the scan's ranks" + (f", across {hw.nnodes} nodes, then "
+                      "within node 0" if hw.nnodes > 1 else "") + "...")  # fmt: skip
         for preset in axes.nccl:
-            c = ceilings.allreduce(folder, hw=hw, preset=preset, bucket_sizes=bucket_sizes, cache_dir=paths.cache_dir())
+            c = ceilings.allreduce(folder, hw=hw, preset=preset, bucket_sizes=bucket_sizes, cache_dir=paths.cache_dir(),
+                                   sizes_max=req.allreduce_max_bytes)  # fmt: skip
             console.print(terminal.allreduce_table(c))
+            if hw.nnodes > 1 and hw.per_node > 1:
+                c = ceilings.allreduce(folder, hw=hw, preset=preset, bucket_sizes=bucket_sizes,
+                                       cache_dir=paths.cache_dir(), sizes_max=req.allreduce_max_bytes, one_node=True)  # fmt: skip
+                console.print(terminal.allreduce_table(c))
+            elif hw.nnodes > 1:
+                console.print("  within one node: not measured (one rank per node runs no intra-node AllReduce)")
 
 
 def run_probe(kind: str, req: ScanRequest, console: Console) -> Path:
@@ -321,5 +377,11 @@ def run_probe(kind: str, req: ScanRequest, console: Console) -> Path:
         from probes import model_check
 
         buckets = model_check.ddp_bucket_sizes(ctx.model, len(ctx.dataset.classes))
-    run_ceilings(out, ctx, req, console, bucket_sizes=buckets, which=(kind,))
+    leader = None
+    if ctx.nodes.multi:
+        if kind != "allreduce":
+            raise UsageError(f"probe {kind} measures one node; --nnodes is for the allreduce probe")
+        leader = _lead(ctx.nodes, out, cluster.hello(ctx.hw, ctx.dataset, ctx.model, ctx.imgsz), console)
+    with cluster.leading(leader):
+        run_ceilings(out, ctx, req, console, bucket_sizes=buckets, which=(kind,))
     return out

@@ -58,6 +58,10 @@ class ScanRequest:
     epochs: Optional[int] = None  # the run to predict (default: the config's epochs, else Ultralytics' 100)
     gpu_hour_price: Optional[float] = None  # per GPU-hour (per rank-hour on CPU)
     currency: Optional[str] = None
+    nnodes: Optional[int] = None  # several nodes: the same command on each, with its own --node-rank
+    node_rank: Optional[int] = None
+    rdzv_endpoint: Optional[str] = None  # node 0's HOST:PORT
+    allreduce_max_bytes: int = 256 * 2**20  # the link probe's largest message
     command: list[str] = field(default_factory=list)
 
 
@@ -184,15 +188,65 @@ def compile_blocker(env, device: str) -> Optional[str]:
     return None
 
 
+def _model_task(model: Optional[str]) -> Optional[str]:
+    """The model's task where yoloprof measures it; None when not given, unreadable or another task
+    (model_check.resolve then says why in one line)."""
+    if model is None:
+        return None
+    from probes import model_check
+
+    try:
+        task = model_check.model_task(model)
+    except Exception:  # noqa: BLE001 - the model's own check gives the one line
+        return None
+    return task if task in model_check.TASKS else None
+
+
+WANT = {"classify": "a classify folder (train/<class>/, val/<class>/)", "pose": "a pose data yaml (with kpt_shape)",
+        "segment": "a data yaml with segment polygons", "obb": "a data yaml with oriented boxes (class x1 y1 ... x4 y4)",
+        "detect": "a detect data yaml (class x y w h)"}  # fmt: skip
+
+
+def check_task(model: str, task: str, data: DatasetInfo) -> None:
+    """A model trains on data of its task's format only (detect also reads polygons and corners)."""
+    if task in datainfo.COMPATIBLE.get(data.task, (data.task,)):
+        return
+    from probes.model_check import DEFAULT_MODELS
+
+    other = DEFAULT_MODELS.get(data.task, DEFAULT_MODEL)
+    raise UsageError(f"--model {model} is {_a(task)} model, but --data {data.data} holds {datainfo.FORMATS[data.task]}; "
+                     f"give {WANT[task]}, or {_a(data.task)} model (e.g. --model {other})")  # fmt: skip
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeio' else 'a'} {word}"
+
+
 def resolve_data(req: ScanRequest, console: Console) -> DatasetInfo:
+    """The dataset, read for the model's task; without --data, the synthetic dataset of the model's task;
+    without --model, the data's task's default model (sets req.model: a pose yaml -> yolo11n-pose.yaml)."""
+    from probes.model_check import DEFAULT_MODELS
+
+    task, given = _model_task(req.model), req.model
     if req.data is not None:
-        return datainfo.inspect(req.data)
-    spec = SyntheticSpec()
-    target = paths.cache_dir() / "datasets" / spec.key
-    if not target.is_dir():
-        console.print(f"Generating the built-in synthetic dataset ({spec.images} images, {spec.width}x{spec.height}) "
-                      f"into {target} (once)...")  # fmt: skip
-    return datainfo.inspect(ensure(paths.cache_dir(), spec))
+        info = datainfo.inspect(req.data)
+        if req.model is None:
+            req.model = DEFAULT_MODELS[info.task] if info.task != "detect" else None  # None: DEFAULT_MODEL
+        elif task is not None:
+            check_task(req.model, task, info)
+            info.task = task  # detect or segment on obb labels, say: read as the model's task
+    else:
+        spec = SyntheticSpec(task=task or "detect")
+        target = paths.cache_dir() / "datasets" / spec.key
+        if not target.is_dir():
+            kind = "" if spec.task == "detect" else f"{spec.task} "
+            console.print(f"Generating the built-in synthetic {kind}dataset ({spec.images} images, "
+                          f"{spec.width}x{spec.height}) into {target} (once)...")  # fmt: skip
+        info = datainfo.inspect(ensure(paths.cache_dir(), spec))
+    if info.task != "detect" and (task or not given):  # a model that cannot be read gets its own line next
+        console.print(f"task: {info.task} (" + (f"the model's, {req.model}" if task else f"the data's: --model "
+                      f"{req.model}") + ")")  # fmt: skip
+    return info
 
 
 def prepare_out(req: ScanRequest, kind: str = "scan") -> Path:

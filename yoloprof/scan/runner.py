@@ -16,7 +16,7 @@ from rich.console import Console
 
 from yoloprof import outputs, paths
 from yoloprof.analysis import aggregate
-from yoloprof.scan import launch
+from yoloprof.scan import cluster, launch
 from yoloprof.scan.pool import RankPool
 from yoloprof.search import plan
 from yoloprof.console import ScanProgress
@@ -126,7 +126,7 @@ class TrialRunner:
         self.out, self.meta, self.policy = out, meta, policy
         self.ooms, self.done = OomTracker(), []
         self.stop, self.progress = StopFlag(), ScanProgress(console, total)
-        self.pools = Pools(out) if reuse else None
+        self.pools = Pools(out) if reuse and meta.nnodes == 1 else None  # several nodes: a launch per trial
         self.k = 0
         self.last_kept = False  # the last run() returned a result kept from an earlier run (--resume)
 
@@ -182,6 +182,10 @@ class TrialRunner:
         self.ooms.record(result)
         reason = fatal_reason(result, ranks, self.done) if self.stop.signum is None else None
         self.done.append(result)
+        gone = cluster.lost()
+        if gone is not None:
+            raise ScanStopped(f"{gone} during trial {spec.trial_id}. What finished is written; start that node's "
+                              f"command again and resume on node 0 with: yoloprof scan --resume {out}")  # fmt: skip
         if reason is not None:
             raise ScanStopped(f"trial {spec.trial_id} failed before its first step with an error every trial "
                               f"would hit: {reason}")  # fmt: skip

@@ -45,6 +45,15 @@ class Hardware:
     gpus_on_machine: int  # Ultralytics divides the cores by this, not by the world size
     bf16: Optional[bool] = None  # every GPU of the scan has native bf16 (compute capability 8.0+); None: unknown
     compile_blocker: Optional[str] = None  # why torch.compile cannot run here (no C++ compiler, no Triton); None: it can
+    nnodes: int = 1  # world_size counts the ranks of every node; gpus and cpu_count are one node's
+
+    @property
+    def per_node(self) -> int:
+        return self.world_size // max(self.nnodes, 1)
+
+    def nodes_for(self, world_size: int) -> int:
+        """A trial of this many ranks runs on node 0 alone, or on every node."""
+        return 1 if world_size <= self.per_node else self.nnodes
 
 
 @dataclass
@@ -240,13 +249,14 @@ def specs(plan: Plan, hw: Hardware, *, model: str, data: str, imgsz: int, optimi
     for k in plan.knobs:
         for r in sizes:
             knobs = k if r == full else replace(k, batch=max(k.batch // full, 1) * r)
-            env = {"OMP_NUM_THREADS": str(omp_threads(hw.cpu_count, r)), **nccl_env(k.nccl)}
+            nn = hw.nodes_for(r)
+            env = {"OMP_NUM_THREADS": str(omp_threads(hw.cpu_count, r // nn)), **nccl_env(k.nccl)}
             tid = trial_id(len(out) + 1, knobs) + (f"-r{r}" if len(sizes) > 1 else "")
             out.append(TrialSpec(
                 trial_id=tid, knobs=knobs, world_size=r, device=hw.device,
-                gpus=list(hw.gpus[:r]) if hw.device == "cuda" else [], model=model, data=data, imgsz=imgsz,
+                gpus=list(hw.gpus[:r // nn]) if hw.device == "cuda" else [], model=model, data=data, imgsz=imgsz,
                 optimizer=optimizer, warmup_steps=warmup, measured_steps=steps, env=env,
-                precision=precision, max_steps=max_steps, overrides=dict(overrides or {}),
+                precision=precision, max_steps=max_steps, overrides=dict(overrides or {}), nnodes=nn,
             ))  # fmt: skip
     return out
 
@@ -256,15 +266,18 @@ def spec_for(knobs: Knobs, index: int, hw: Hardware, *, model: str, data: str, i
              repeat_of: Optional[str] = None, overrides: Optional[dict] = None) -> TrialSpec:  # fmt: skip
     """One trial at the scan's full world size: what the auto search runs, proposal by proposal."""
     tid = trial_id(index, knobs) + ("-rep" if repeat_of else "")
-    env = {"OMP_NUM_THREADS": str(omp_threads(hw.cpu_count, hw.world_size)), **nccl_env(knobs.nccl)}
+    env = {"OMP_NUM_THREADS": str(omp_threads(hw.cpu_count, hw.per_node)), **nccl_env(knobs.nccl)}
     return TrialSpec(trial_id=tid, knobs=knobs, world_size=hw.world_size, device=hw.device,
                      gpus=list(hw.gpus) if hw.device == "cuda" else [], model=model, data=data, imgsz=imgsz,
                      optimizer=optimizer, warmup_steps=warmup, measured_steps=steps, env=env, precision=precision,
-                     max_steps=max_steps, repeat_of=repeat_of, overrides=dict(overrides or {}))  # fmt: skip
+                     max_steps=max_steps, repeat_of=repeat_of, overrides=dict(overrides or {}), nnodes=hw.nnodes)  # fmt: skip
 
 
 def parse_world_sizes(text: str, hw: Hardware) -> list[int]:
     sizes = parse_ints("--ranks", text, 1)
+    if hw.nnodes > 1 and sorted(set(sizes)) != [hw.per_node, hw.world_size]:
+        raise UsageError(f"--ranks {text}: on {hw.nnodes} nodes, --ranks compares one node against all of them: "
+                         f"give --ranks {hw.per_node},{hw.world_size}")  # fmt: skip
     too_many = [r for r in sizes if r > hw.world_size]
     if too_many:
         raise UsageError(f"--ranks {too_many[0]}: the scan has {hw.world_size} ranks "

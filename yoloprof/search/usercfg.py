@@ -57,7 +57,7 @@ NOT_IN_TRIALS: dict[str, str] = {
     "verbose": "a trial sets its own logging",
     "cfg": "a config named inside the config: put its arguments in this file",
 }
-_TASKS = (None, "detect")  # the worker's trainer is Ultralytics' DetectionTrainer
+_TASKS = (None, "detect", "segment", "pose", "obb", "classify")  # the worker trains each with its own trainer
 DEFAULT_NBS = 64
 
 
@@ -83,8 +83,15 @@ def read(path: str) -> tuple[str, dict[str, Any]]:
 
     cfg_check.check(args, where)
     if args.get("task") not in _TASKS:
-        raise UsageError(f"{where}: task: {args['task']}; yoloprof measures detection training (task: detect)")
+        raise UsageError(f"{where}: task: {args['task']}; give one of {', '.join(t for t in _TASKS if t)}")
     return str(p.resolve()), args
+
+
+def check_task(args: dict[str, Any], task: str, model: str, path: str) -> None:
+    """The config's task is the model's: the model picks the trainer a trial runs."""
+    if args.get("task") not in (None, task):
+        raise UsageError(f"--cfg {path}: task: {args['task']}, but the model {model} is a {task} model; give a "
+                         f"{args['task']} model (model: in the config, or --model) or drop task:")  # fmt: skip
 
 
 def held(args: dict[str, Any]) -> dict[str, Any]:

@@ -79,6 +79,7 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
     from probes.steps import StepProbe
     from probes import offline
     from yoloprof.worker import faults
+    from yoloprof.worker.tasks import trainer_for
     from yoloprof.worker.trainer import ScanTrainer, TrialComplete, epoch_plan, is_channels_last, is_compiled
 
     offline.patch_ultralytics()
@@ -139,7 +140,8 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
         if spec.knobs.compile != "off":  # compiled cold, as on a machine's first run (the scan removes it after)
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(trial_dir / COMPILE_CACHE)
             os.environ["TRITON_CACHE_DIR"] = str(trial_dir / COMPILE_CACHE / "triton")
-        trainer = ScanTrainer(spec, probe, str(trial_dir), on_ready, on_step, precise=lambda: _precise(spec, steady))
+        trainer_cls = trainer_for(spec.model)  # the model's task's trainer: detect, segment, pose, obb, classify
+        trainer = trainer_cls(spec, probe, str(trial_dir), on_ready, on_step, precise=lambda: _precise(spec, steady))
         trainer.train()
         status, error = "error", "training ended before the planned steps"
     except TrialComplete:

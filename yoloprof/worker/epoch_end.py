@@ -62,7 +62,8 @@ class _CappedLoader:
 
 
 class EpochEndMixin:
-    """Mixed into ScanTrainer (a DetectionTrainer): needs its probe, epoch_parts and Ultralytics' state."""
+    """Mixed into the trial trainer (ScanMixin on any task's Ultralytics trainer): needs its probe, epoch_parts and
+    Ultralytics' state. Validation is the task's own validator (trainer.validator)."""
 
     def _close_mosaic_now(self):
         """What `_do_train` does entering the close_mosaic epochs, here mid-epoch: the epoch's batch

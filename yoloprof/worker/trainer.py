@@ -1,14 +1,15 @@
-"""The Ultralytics DetectionTrainer as a trial runs it: real training, our launcher, our probes.
+"""The Ultralytics trainer as a trial runs it: real training, our launcher, our probes.
 
-Only what a measurement needs is changed (see ScanTrainer); the loop, the dataloader, the loss,
-the optimizer and DDP are Ultralytics' own, so a trial costs what `yolo train` would cost.
+Only what a measurement needs is changed (ScanMixin, mixed into the model's task's trainer: ScanTrainer
+for detect, the others in yoloprof.worker.tasks); the loop, the dataloader, the loss, the optimizer
+and DDP are Ultralytics' own, so a trial costs what `yolo train` would cost.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
+import sys
 import time
 from datetime import timedelta
 from typing import Callable, Optional
@@ -17,7 +18,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-import ultralytics.models.yolo.detect.train as detect_train
 from ultralytics.data import build_dataloader
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import RANK
@@ -28,6 +28,7 @@ from probes.steps import StepProbe
 from yoloprof.records import TrialSpec
 from yoloprof.records.epoch import RankEpochParts
 from yoloprof.worker import faults
+from yoloprof.worker.ddp import cpu_capable_ddp  # shared with `yoloprof train`'s ranks
 from yoloprof.worker.epoch_end import EpochEndMixin, epoch_plan
 
 # A hang is ended by the scan's per-trial timeout; the process group's own timeout is a backstop.
@@ -96,8 +97,9 @@ def trial_overrides(spec: TrialSpec, project: str) -> dict:
 class StaticBatchLoader:
     """One real batch, already on the device, served forever: the loop's own compute, no data loading.
 
-    The batch comes from the user's dataloader (real images, real boxes), so the loss costs what it
-    costs in training; the loader is closed after that one fetch.
+    The batch comes from the user's dataloader (real images, real boxes, masks, keypoints, rotated boxes
+    or classes: every tensor of the task's batch moves), so the loss costs what it costs in training;
+    the loader is closed after that one fetch.
     """
 
     def __init__(self, loader, device: torch.device):
@@ -144,25 +146,10 @@ class _TimedScaler:
         return getattr(self._scaler, name)
 
 
-@contextlib.contextmanager
-def _cpu_capable_ddp():
-    """Ultralytics wraps with device_ids=[device.index], which DDP rejects for a CPU module."""
+class ScanMixin(EpochEndMixin):
+    """What a trial adds to the task's Ultralytics trainer (mixed in before it: `class X(ScanMixin, Trainer)`):
+    the probes, pin_memory, CPU DDP over gloo, the compute probe's static batch, stopping on a step."""
 
-    class ScanDDP(DistributedDataParallel):
-        def __init__(self, module, device_ids=None, **kwargs):
-            if device_ids is not None and all(i is None for i in device_ids):
-                device_ids = None
-            super().__init__(module, device_ids=device_ids, **kwargs)
-
-    saved = torch.nn.parallel.DistributedDataParallel
-    torch.nn.parallel.DistributedDataParallel = ScanDDP
-    try:
-        yield
-    finally:
-        torch.nn.parallel.DistributedDataParallel = saved
-
-
-class ScanTrainer(EpochEndMixin, DetectionTrainer):
     def __init__(self, spec: TrialSpec, probe: StepProbe, project: str, on_ready: Callable, on_step: Callable,
                  precise: Optional[Callable[[], bool]] = None):  # fmt: skip
         self._constructed = time.perf_counter()  # set-up is timed from here to the first step
@@ -171,8 +158,11 @@ class ScanTrainer(EpochEndMixin, DetectionTrainer):
         self.spec, self.probe, self._precise = spec, probe, precise
         self._optimizer_cost = None  # set with the probes (tests only: YOLOPROF_TEST_COST)
         self._on_ready, self._on_step = on_ready, on_step
-        # pin_memory has no cfg argument in Ultralytics 8.4: hand it to build_dataloader directly.
-        detect_train.build_dataloader = functools.partial(build_dataloader, pin_memory=spec.knobs.pin_memory)
+        # pin_memory has no cfg argument in Ultralytics 8.4: hand it to build_dataloader directly, in the module
+        # whose get_dataloader the task's trainer runs (detect's train.py for segment, pose and obb too;
+        # classify's own train.py).
+        loaders = sys.modules[type(self).get_dataloader.__module__]
+        loaders.build_dataloader = functools.partial(build_dataloader, pin_memory=spec.knobs.pin_memory)
         super().__init__(overrides=trial_overrides(spec, project))
         self.args.workers = spec.knobs.workers  # Ultralytics forces 0 on CPU; the scan measures the value asked
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -199,7 +189,7 @@ class ScanTrainer(EpochEndMixin, DetectionTrainer):
             dist.init_process_group("gloo", timeout=PG_TIMEOUT, rank=RANK, world_size=self.world_size)
 
     def _setup_train(self):
-        with _cpu_capable_ddp():
+        with cpu_capable_ddp():
             super()._setup_train()
         if self.spec.knobs.compile != "off" and not is_compiled(self.model):
             raise RuntimeError(f"compile={self.spec.knobs.compile} was asked, but Ultralytics went on uncompiled: the "
@@ -281,3 +271,7 @@ class ScanTrainer(EpochEndMixin, DetectionTrainer):
             stop = bool(flag.item())
         self.probe.restart()  # the check is ours, not training's: the next step starts after it
         return stop
+
+
+class ScanTrainer(ScanMixin, DetectionTrainer):
+    """detect's trial trainer (segment, pose, obb and classify: yoloprof.worker.tasks)."""

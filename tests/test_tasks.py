@@ -1,0 +1,224 @@
+"""Every Ultralytics task: segment, pose, obb and classify beside detect.
+
+Fast: each synthetic format loads with Ultralytics' own dataset classes, datainfo reads it and names its
+task, a model's task picks its trainer, the data's task picks the default model, a model/data mismatch
+is one line and exit 2, old records load as detect. Slow: one tiny real scan per task (2 gloo ranks,
+Ultralytics' own task trainer and validator), with a tiny model per task (tests/fixtures/tiny-*.yaml).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+
+import pytest
+import yaml
+from rich.console import Console
+
+from conftest import CPU_SCAN, FIXTURES
+from yoloprof import cli
+from yoloprof.data import datainfo, task_labels
+from yoloprof.data.dataset import SyntheticSpec, generate
+from yoloprof.errors import UsageError
+from yoloprof.records import EpochCosts, ScanMeta, read_json
+
+LABELLED = ("segment", "pose", "obb")
+
+
+@pytest.fixture(scope="module")
+def task_data(tmp_path_factory):
+    """{task: data=} for every task but detect: 16 training images at 160x120 (a few DDP steps at imgsz 64)."""
+    root = tmp_path_factory.mktemp("task-data")
+    return {t: generate(root / t, SyntheticSpec(images=16, width=160, height=120, val_images=4, seed=2, task=t))
+            for t in ("segment", "pose", "obb", "classify")}  # fmt: skip
+
+
+def _columns(data_yaml) -> set[int]:
+    rows = [line.split() for f in (data_yaml.parent / "labels" / "train").glob("*.txt") for line in f.read_text().splitlines()]
+    return {len(r) for r in rows}
+
+
+@pytest.mark.parametrize("task", LABELLED)
+def test_each_labelled_format_loads_with_ultralytics_own_dataset(task, task_data):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    data_yaml = task_data[task]
+    data = check_det_dataset(str(data_yaml))
+    cfg = get_cfg(overrides=dict(task=task, imgsz=64, data=str(data_yaml)))
+    ds = build_yolo_dataset(cfg, data["train"], 4, data, mode="train", stride=32)
+    assert len(ds) == 16 and sum(len(lb["cls"]) for lb in ds.labels) >= 16  # 1-6 shapes per image, all read
+    item = ds[0]
+    n = len(item["cls"])
+    if task == "segment":
+        assert item["masks"].shape[-2:] == (16, 16)  # imgsz 64 / mask_ratio 4
+        assert _columns(data_yaml) <= {7, 9, 49}  # triangles, rectangles, 24-point ellipses
+    elif task == "pose":
+        assert data["kpt_shape"] == task_labels.KPT_SHAPE == [17, 3] and data["flip_idx"] == task_labels.FLIP_IDX
+        assert tuple(item["keypoints"].shape) == (n, 17, 3) and _columns(data_yaml) == {5 + 17 * 3}
+    else:
+        assert tuple(item["bboxes"].shape) == (n, 5) and _columns(data_yaml) == {9}  # xywh + angle; 4 corners
+    info = datainfo.inspect(data_yaml)
+    assert (info.task, info.train_images, info.val_images, info.synthetic) == (task, 16, 4, True)
+
+
+def test_classify_folders_load_with_ultralytics_and_datainfo_counts_them(task_data):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import ClassificationDataset
+    from ultralytics.data.utils import check_cls_dataset
+
+    folder = task_data["classify"]
+    data = check_cls_dataset(str(folder))
+    assert data["nc"] == 3 and sorted(data["names"].values()) == ["ellipse", "rectangle", "triangle"]
+    ds = ClassificationDataset(str(data["train"]), get_cfg(overrides=dict(task="classify", imgsz=64)), augment=True,
+                               prefix="train", names=data["names"])  # fmt: skip
+    assert len(ds) == 16 and tuple(ds[0]["img"].shape) == (3, 64, 64)
+    info = datainfo.inspect(folder)
+    assert (info.task, info.train_images, info.val_images) == ("classify", 16, 4)
+    assert info.classes == ["ellipse", "rectangle", "triangle"]  # folder names, sorted, as Ultralytics reads them
+    with pytest.raises(UsageError, match="needs train/ and val/ folders"):
+        datainfo.inspect(folder / "train")
+
+
+def test_labels_say_their_task():
+    assert datainfo.labels_task({5}, pose=False) == "detect"
+    assert datainfo.labels_task({9}, pose=False) == "obb"
+    assert datainfo.labels_task({7, 9, 49}, pose=False) == "segment"
+    assert datainfo.labels_task({5, 13}, pose=False) == "segment"
+    assert datainfo.labels_task({56}, pose=True) == "pose"
+
+
+def test_pose_labels_are_checked_against_kpt_shape(task_data, tmp_path):
+    text = task_data["pose"].read_text().replace("kpt_shape: [17, 3]", "kpt_shape: [5, 3]")
+    (tmp_path / "five.yaml").write_text(text)
+    with pytest.raises(UsageError, match=r"has 56 columns; with the yaml's kpt_shape a pose label is .* \(20 columns\)"):
+        datainfo.inspect(tmp_path / "five.yaml")
+
+
+def test_a_model_names_its_task_and_its_trainer():
+    from ultralytics.models.yolo.classify import ClassificationTrainer
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.models.yolo.obb import OBBTrainer
+    from ultralytics.models.yolo.pose import PoseTrainer
+    from ultralytics.models.yolo.segment import SegmentationTrainer
+
+    from probes import model_check
+    from yoloprof.worker import tasks
+    from yoloprof.worker.trainer import ScanMixin
+
+    bases = {"detect": DetectionTrainer, "segment": SegmentationTrainer, "pose": PoseTrainer, "obb": OBBTrainer,
+             "classify": ClassificationTrainer}  # fmt: skip
+    for name, task in [("yolo11n.yaml", "detect"), ("yolo11n-seg.yaml", "segment"), ("yolo11n-pose.yaml", "pose"),
+                       ("yolo11n-obb.yaml", "obb"), ("yolo11n-cls.yaml", "classify"), ("yolov8n-seg.yaml", "segment"),
+                       *[(str(FIXTURES / f"tiny-{t}.yaml"), t) for t in bases]]:  # fmt: skip
+        assert tasks.model_task(name) == task, name
+        cls = tasks.trainer_for(name)
+        assert issubclass(cls, ScanMixin) and issubclass(cls, bases[task]) and cls is tasks.scan_trainer(task)
+        if "tiny" not in name:
+            assert model_check.resolve(name, 3) == name  # built with its task's model class and the data's classes
+    # pin_memory reaches the build_dataloader the task's get_dataloader calls
+    assert tasks.scan_trainer("classify").get_dataloader.__module__ == "ultralytics.models.yolo.classify.train"
+    assert tasks.scan_trainer("pose").get_dataloader.__module__ == "ultralytics.models.yolo.detect.train"
+    with pytest.raises(ValueError, match="yoloprof measures detect, segment"):
+        tasks.scan_trainer("depth")
+
+
+def test_a_checkpoint_carries_its_task(tmp_path):
+    import torch
+    from ultralytics.nn.tasks import PoseModel
+
+    from probes import model_check
+
+    torch.save({"model": PoseModel("yolo11n-pose.yaml", nc=1, verbose=False)}, tmp_path / "pose.pt")
+    assert model_check.model_task(str(tmp_path / "pose.pt")) == "pose"
+    assert model_check.resolve(str(tmp_path / "pose.pt"), 3) == str((tmp_path / "pose.pt").resolve())
+
+
+def test_the_data_picks_the_default_model_and_the_model_the_default_data(task_data, tmp_path, monkeypatch):
+    from yoloprof.scan import request
+
+    for task, model in [("pose", "yolo11n-pose.yaml"), ("classify", "yolo11n-cls.yaml"), ("segment", "yolo11n-seg.yaml"),
+                        ("obb", "yolo11n-obb.yaml")]:  # fmt: skip
+        req = request.ScanRequest(data=str(task_data[task]))
+        assert request.resolve_data(req, Console(quiet=True)).task == task and req.model == model
+    req = request.ScanRequest(data=str(task_data["obb"]), model="yolo11n.yaml")  # detect reads the corners as a box
+    assert request.resolve_data(req, Console(quiet=True)).task == "detect"
+    # no --data: the synthetic dataset of the model's task, in the cache (small here: the default is 512 images)
+    monkeypatch.setenv("YOLOPROF_CACHE", str(tmp_path))
+    monkeypatch.setattr(request, "SyntheticSpec", functools.partial(SyntheticSpec, images=3, width=64, height=48,
+                                                                    val_images=2))  # fmt: skip
+    info = request.resolve_data(request.ScanRequest(model="yolo11n-pose.yaml"), Console(quiet=True))
+    assert info.task == "pose" and info.synthetic and "synthetic-pose-3-64x48-" in info.data
+    assert yaml.safe_load(open(info.data))["kpt_shape"] == [17, 3]
+
+
+MISMATCH = [
+    ("yolo11n-pose.yaml", "detect", "is a pose model, but --data", "holds detection labels (class x y w h); give a pose "
+     "data yaml (with kpt_shape), or a detect model (e.g. --model yolo11n.yaml)"),
+    ("yolo11n.yaml", "classify", "is a detect model, but --data", "holds a classify folder"),
+    ("yolo11n-cls.yaml", "segment", "is a classify model, but --data", "give a classify folder (train/<class>/, val/<class>/)"),
+    ("yolo11n-obb.yaml", "pose", "is an obb model", "or a pose model (e.g. --model yolo11n-pose.yaml)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("model,data,first,second", MISMATCH, ids=[m[0] for m in MISMATCH])
+def test_a_model_and_data_of_different_tasks_is_one_line_and_exit_2(model, data, first, second, task_data, tiny_data,
+                                                                   monkeypatch, capsys, tmp_path):  # fmt: skip
+    from probes import environment
+    from test_bad_input import fake_env
+
+    monkeypatch.setattr(environment, "collect", lambda env_vars=None: fake_env([]))
+    path = tiny_data if data == "detect" else task_data[data]
+    code = cli.main(["scan", "--model", model, "--data", str(path), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and first in lines[0] and second in lines[0], err
+    assert not (tmp_path / "s").exists()
+
+
+def test_records_from_before_tasks_load_as_detect():
+    meta = read_json(CPU_SCAN / "scan.json", ScanMeta)
+    assert "task" not in json.loads((CPU_SCAN / "scan.json").read_text())
+    assert meta.task == "detect" and meta.dataset.task == "detect"
+
+
+def test_the_dataset_command_writes_each_task(tmp_path, capsys):
+    assert cli.main(["dataset", "--task", "pose", "--out", str(tmp_path / "p"), "--images", "2", "--size", "64x48"]) == 0
+    assert "kpt_shape: [17, 3]" in (tmp_path / "p" / "data.yaml").read_text()
+    assert cli.main(["dataset", "--task", "classify", "--out", str(tmp_path / "c"), "--images", "3", "--size", "64x48"]) == 0
+    assert sorted(p.name for p in (tmp_path / "c" / "train").iterdir()) == ["ellipse", "rectangle", "triangle"]
+    assert "data folder (classify)" in capsys.readouterr().out
+
+
+# -- one tiny real scan per task --------------------------------------------------------------------------------
+
+# What each task's validator prints in the epoch job's rank log (Ultralytics' own get_desc).
+VALIDATOR = {"segment": "Mask(P", "pose": "Pose(P", "obb": "mAP50-95)", "classify": "top1_acc"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["segment", "pose", "obb", "classify"])
+def test_a_real_scan_trains_and_validates_each_task(task, task_data, tmp_path):
+    from ultralytics.cfg import get_cfg
+
+    from test_failures import results, scan_cmd
+
+    out = tmp_path / "s"
+    cmd = scan_cmd(task_data[task], out, "--model", str(FIXTURES / f"tiny-{task}.yaml"), "--batch", "4",
+                   "--workers", "0")  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    (r,) = results(out).values()
+    assert r.status == "ok" and r.img_per_s > 0, r.error
+    assert f"task: {task} (the model's" in proc.stdout
+    meta = read_json(out / "scan.json", ScanMeta)
+    assert meta.task == task and meta.dataset.task == task
+    costs = read_json(out / "epoch" / "w2.json", EpochCosts)  # validation with the task's validator, timed
+    assert costs.status == "ok" and len(costs.val.s) == 2 and all(s > 0 for s in costs.val.s + costs.save.s)
+    assert VALIDATOR[task] in (out / "epoch" / "w2" / "rank0.log").read_text(errors="replace")
+    assert f'id="scan-title">{task} &middot;' in (out / "report.html").read_text()
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert "task" not in best
+    get_cfg(overrides=best)  # Ultralytics takes it as it is
