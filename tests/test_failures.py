@@ -92,13 +92,13 @@ def test_oom_crash_and_skips(tiny_data, tmp_path):
 def test_hang_and_signal(tiny_data, tmp_path):
     out = tmp_path / "s"
     # t01: rank 1 sleeps forever after step 2, rank 0 blocks in AllReduce; t02: rank 1 SIGKILLs itself; t03 runs
-    proc = run_scan(tiny_data, out, "--batch", "2", "--workers", "0,1,2", "--trial-timeout", "40",
+    proc = run_scan(tiny_data, out, "--batch", "2", "--workers", "0,1,2", "--trial-timeout", "25",
                     fault="hang@2:rank1:trial=t01;kill@1:rank1:trial=t02")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = results(out)
     assert [x.status for x in r.values()] == ["timeout", "error", "ok"], {k: (v.status, v.error) for k, v in r.items()}
     t = r["t01-b2-w0-fp32"]
-    assert "--trial-timeout 40 s reached" in t.error and "rank 1 last finished step 2" in t.error
+    assert "--trial-timeout 25 s reached" in t.error and "rank 1 last finished step 2" in t.error
     assert "rank 1 killed by SIGKILL" in r["t02-b2-w1-fp32"].error
     assert leftovers(out) == []
 

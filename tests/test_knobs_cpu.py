@@ -1,5 +1,5 @@
-"""A real CPU scan over deterministic on,off x compile off,default on 2 gloo ranks: both knobs run for real,
-torch.compile's start-up is measured apart from its steady steps and counted once in the run.
+"""A real CPU scan over deterministic on,off and a compiled, non-deterministic baseline on 2 gloo ranks: both
+knobs run for real, torch.compile's start-up is measured apart from its steady steps and counted once in the run.
 
 The model is tests/fixtures/tiny-detect.yaml: compiling yolo11n takes minutes on 2 cores (README), the
 tiny model about 20 s, and the code path is the same."""
@@ -30,12 +30,12 @@ def test_a_cpu_scan_measures_deterministic_and_compile_for_real(tiny_data, tmp_p
 
     out = tmp_path / "s"
     cmd = scan_cmd(tiny_data, out, "--model", str(TINY_MODEL), "--batch", "8", "--workers", "0", "--warmup", "2",
-                   "--deterministic", "on,off", "--compile", "off,default")  # fmt: skip
+                   "--deterministic", "on,off", "--compile", "off",
+                   "--baseline", "batch=8,workers=0,deterministic=off,compile=default")  # one compile: ~20 s each  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     r = results(out)
-    assert sorted(r) == ["t01-b8-w0-fp32", "t02-b8-w0-fp32-compile", "t03-b8-w0-fp32-nondet",
-                         "t04-b8-w0-fp32-nondet-compile"]  # fmt: skip
+    assert sorted(r) == ["t01-b8-w0-fp32-nondet-compile", "t02-b8-w0-fp32", "t03-b8-w0-fp32-nondet"]  # baseline first
     assert all(x.status == "ok" for x in r.values()), {t: x.error for t, x in r.items()}
     # what ran, read back from torch on every rank
     for tid, x in r.items():

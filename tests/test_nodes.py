@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from probes import node_store
 from yoloprof import nodes
 from yoloprof.analysis.aggregate import LaunchOutcome, _status
 from yoloprof.cli import main
@@ -121,10 +122,11 @@ def test_node_0_refuses_a_node_that_does_not_match_and_tells_it_why():
     heard = {}
 
     def follower():
-        store = cluster.connect(n1.host, n1.port, leader=False, timeout_s=30)
+        store = node_store.connect(n1.host, n1.port, leader=False, timeout_s=30)
         store.set("hello/1", json.dumps({**me, "train_images": 32}))
         store.wait(["job/1"])
-        heard.update(cluster.get_json(store, "job/1"))
+        heard.update(node_store.get_json(store, "job/1"))
+        store.set("bye/1", "1")
 
     t = threading.Thread(target=follower)
     leader = cluster.Leader(n0, "s", me)
@@ -170,30 +172,28 @@ def leftovers(*marks: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_two_nodes_scan_one_node_against_both_and_an_oom_on_node_1(tiny_data, tmp_path):
-    """--ranks 1,2 on 2 nodes of 1 rank: a trial on node 0 alone and one across both, twice; node 1's rank runs
-    out of memory in t04: its records reach node 0, which writes every output once."""
+    """--ranks 1,2 on 2 nodes of 1 rank: t01 on node 0 alone, t02 across both, where node 1's rank runs out of
+    memory: its records reach node 0, which writes every output once."""
     port, out = free_port(), tmp_path / "scan"
-    follower = start(node_cmd("scan", 1, port, tiny_data, "--batch", "4,8", "--ranks", "1,2", "--no-ceilings"),
-                     tmp_path / "node1", YOLOPROF_TEST_FAULT="alloc@1:trial=t04")  # fmt: skip
-    leader = start(node_cmd("scan", 0, port, tiny_data, "--batch", "4,8", "--ranks", "1,2", "--no-ceilings",
-                            "--out", str(out)), tmp_path / "node0")  # fmt: skip
+    args = ("--batch", "8", "--ranks", "1,2", "--no-ceilings")
+    follower = start(node_cmd("scan", 1, port, tiny_data, *args), tmp_path / "node1", YOLOPROF_TEST_FAULT="alloc@1:trial=t02")
+    leader = start(node_cmd("scan", 0, port, tiny_data, *args, "--out", str(out)), tmp_path / "node0")
     log0, log1 = finish(leader), finish(follower)
     assert leader.returncode == 0, log0[-3000:]
     assert follower.returncode == 0 and "node 0 ended the scan" in log1, log1[-3000:]
     meta = json.loads((out / "scan.json").read_text())
     assert (meta["nnodes"], meta["world_size"], meta["rdzv_endpoint"]) == (2, 2, f"127.0.0.1:{port}")
+    assert "2 nodes" in " ".join(meta["trial_deviations"])
     r = {p.parent.name: read_json(p, TrialResult) for p in sorted(out.glob("trials/*/result.json"))}
-    assert {k: v.status for k, v in r.items()} == {"t01-b2-w0-fp32-r1": "ok", "t02-b4-w0-fp32-r2": "ok",
-                                                   "t03-b4-w0-fp32-r1": "ok", "t04-b8-w0-fp32-r2": "oom"}
-    both = out / "trials" / "t02-b4-w0-fp32-r2"
+    assert {k: v.status for k, v in r.items()} == {"t01-b4-w0-fp32-r1": "ok", "t02-b8-w0-fp32-r2": "oom"}
+    one, both = out / "trials" / "t01-b4-w0-fp32-r1", out / "trials" / "t02-b8-w0-fp32-r2"
+    assert [p.name for p in one.glob("rank*.jsonl")] == ["rank0.jsonl"] and not (one / "nodes").exists()
     assert sorted(p.name for p in both.glob("rank*.jsonl")) == ["rank0.jsonl", "rank1.jsonl"]
-    assert (both / "nodes" / "node1" / "telemetry.jsonl").exists()
-    assert not list((out / "trials" / "t01-b2-w0-fp32-r1").glob("nodes"))  # one node: node 1 took no part
-    assert "can't allocate memory" in r["t04-b8-w0-fp32-r2"].error  # node 1's rank, read on node 0
-    assert r["t02-b4-w0-fp32-r2"].world_size == 2 and r["t02-b4-w0-fp32-r2"].img_per_s > 0
+    assert (both / "nodes" / "node1" / "telemetry.jsonl").exists() and (both / "nodes" / "node1" / "launcher.log").exists()
+    assert "can't allocate memory" in r["t02-b8-w0-fp32-r2"].error  # node 1's rank, read on node 0
+    assert r["t01-b4-w0-fp32-r1"].img_per_s > 0 and r["t02-b8-w0-fp32-r2"].world_size == 2
     assert (out / "report.html").exists() and (out / "results.csv").exists()
     assert not list((tmp_path / "node1").rglob("results.csv")) and not list((tmp_path / "node1").rglob("report.html"))
-    assert "2 nodes" in " ".join(meta["trial_deviations"])
     assert leftovers(out, tmp_path / "node1") == []
 
 
@@ -229,13 +229,17 @@ def test_a_node_killed_mid_trial_stops_the_scan_and_resume_finishes_it(tiny_data
     assert leftovers(out, tmp_path / "node1", tmp_path / "node1b") == []
 
 
-@pytest.mark.slow
-def test_a_node_that_never_joins_stops_the_scan_with_the_command_to_run(tiny_data, tmp_path):
+def test_a_node_that_never_joins_stops_the_scan_and_leaves_no_folder(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from yoloprof.scan import orchestrate
+
+    monkeypatch.setattr(nodes, "JOIN_TIMEOUT_S", 1.0)
     out = tmp_path / "scan"
-    p = start(node_cmd("scan", 0, free_port(), tiny_data, "--batch", "4", "--out", str(out)), tmp_path,
-              YOLOPROF_JOIN_TIMEOUT_S="3")  # fmt: skip
-    log = finish(p, 120)
-    assert p.returncode == 1 and "node 1 did not join" in log and "--node-rank 1" in log, log[-2000:]
+    out.mkdir()
+    with pytest.raises(ScanFailed, match="node 1 did not join at 127.0.0.1:.* within 1 s: run the same command there "
+                                         "with --node-rank 1"):  # fmt: skip
+        orchestrate._lead(nodes.parse(2, 0, f"127.0.0.1:{free_port()}"), out, {}, Console(quiet=True))
     assert not out.exists()  # nothing half-written
 
 

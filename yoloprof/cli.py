@@ -98,8 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--optimizer", default="SGD")
     pr.add_argument("--steps", type=int, default=20, help="timed steps or batches (default 20)")
     pr.add_argument("--warmup", type=int, default=5)
-    pr.add_argument("--max-mib", type=float, default=256.0, help="allreduce: the sweep's largest message in MiB "
-                    "(default 256; the model's bucket sizes are always added)")
+    pr.add_argument("--max-mib", type=float, help="allreduce: the sweep's largest message in MiB (default 256 on GPUs, "
+                    "32 on CPU; the model's bucket sizes are always added)")
     _node_flags(pr)
 
     r = sub.add_parser("report", help="rebuild report.html, results.csv and best.* from a scan folder")
@@ -167,9 +167,10 @@ def _cmd_probe(args, argv: list[str], console: Console) -> int:
     keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
             "batch", "workers", "amp", "cache", "nccl", "nnodes", "node_rank", "rdzv_endpoint")  # fmt: skip
     req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])
-    if args.max_mib <= 0:
-        raise UsageError(f"--max-mib {args.max_mib}: give a size in MiB > 0")
-    req.allreduce_max_bytes = int(args.max_mib * 2**20)
+    if args.max_mib is not None:
+        if args.max_mib < 0.0625:
+            raise UsageError(f"--max-mib {args.max_mib}: give a size in MiB, at least 0.0625 (the sweep starts at 64 KiB)")
+        req.allreduce_max_bytes = int(args.max_mib * 2**20)
     if _follower(args):
         return scan.follow(req, console)
     out = scan.run_probe(args.kind, req, console)

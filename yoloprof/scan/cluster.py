@@ -13,78 +13,20 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional
 
+from probes.node_store import Heart, Pulse, connect, get_json, has, store_key
 from yoloprof import __version__, nodes as nodes_mod
 from yoloprof.errors import ScanFailed
 
-BEAT_S = 1.0  # each scan process adds to its heartbeat this often
 LOST_S = float(os.environ.get("YOLOPROF_NODE_LOST_S", "20"))  # a node whose heartbeat has not moved this long is gone
 GATHER_S = 90.0  # after node 0's launch ended, how long the others may take to send their records
 ENDED_GRACE_S = 20.0  # a follower's launch still running this long after node 0's ended is ended
 MAX_LOG_BYTES = 512 * 1024  # the tail of a log a follower sends (its records are sent whole)
 WAIT_SLICE_S = 2.0
-
-
-def _key(*parts) -> str:
-    return "/".join(str(p) for p in parts)
-
-
-def connect(host: str, port: int, *, leader: bool, timeout_s: float):
-    from torch.distributed import TCPStore
-
-    return TCPStore(host, port, is_master=leader, wait_for_workers=False, timeout=timedelta(seconds=timeout_s))
-
-
-def get_json(store, key: str):
-    return json.loads(store.get(key).decode())
-
-
-def has(store, key: str) -> bool:
-    return store.check([key])
-
-
-class Heart:
-    """Adds 1 to this node's beat counter every BEAT_S, on a store connection of its own."""
-
-    def __init__(self, host: str, port: int, node: int):
-        self._store = connect(host, port, leader=False, timeout_s=30)
-        self._key, self._stop = _key("beat", node), threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"yoloprof-beat-{node}")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._store.add(self._key, 1)
-            except Exception:  # noqa: BLE001 - the store went away: the peers will see this node as lost
-                return
-            self._stop.wait(BEAT_S)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-class Pulse:
-    """Another node's heartbeat as seen from here: silent for how long, on our own clock."""
-
-    def __init__(self, store, node: int):
-        self.store, self.key = store, _key("beat", node)
-        self.value, self.moved = -1, time.monotonic()
-
-    def silent_s(self) -> float:
-        try:
-            now = self.store.add(self.key, 0)
-        except Exception:  # noqa: BLE001
-            return time.monotonic() - self.moved
-        if now != self.value:
-            self.value, self.moved = now, time.monotonic()
-        return time.monotonic() - self.moved
 
 
 @dataclass
@@ -101,7 +43,7 @@ class Job:
         """Why the launch cannot go on (a node is gone, or could not launch), or None."""
         lead = self.leader
         for k in lead.followers:
-            refused = _key("job", self.n, "node", k, "refused")
+            refused = store_key("job", self.n, "node", k, "refused")
             if has(lead.store, refused):
                 return f"node {k} could not launch: {lead.store.get(refused).decode()}"
             silent = lead.pulses[k].silent_s()
@@ -114,10 +56,10 @@ class Job:
         """Tell every node the launch ended on node 0, take their files into `folder`; the first node
         failure, or None."""
         lead = self.leader
-        lead.store.set(_key("job", self.n, "ended"), "1")
+        lead.store.set(store_key("job", self.n, "ended"), "1")
         failure = None
         for k in lead.followers:
-            key = _key("job", self.n, "node", k, "files")
+            key = store_key("job", self.n, "node", k, "files")
             deadline = time.monotonic() + GATHER_S
             while not has(lead.store, key):
                 silent = lead.pulses[k].silent_s()
@@ -172,11 +114,12 @@ class Leader:
         self.n = 0
         self.peers: dict[int, dict] = {}
 
-    def admit(self, check: Callable[[dict, dict], Optional[str]], timeout_s: float = nodes_mod.JOIN_TIMEOUT_S) -> None:
+    def admit(self, check: Callable[[dict, dict], Optional[str]], timeout_s: Optional[float] = None) -> None:
         """Wait for every follower's hello; refuse all of them (and stop) when one does not match."""
+        timeout_s = nodes_mod.JOIN_TIMEOUT_S if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         for k in self.followers:
-            key = _key("hello", k)
+            key = store_key("hello", k)
             while not has(self.store, key):
                 if time.monotonic() > deadline:
                     self.close(f"node {k} did not join")
@@ -198,7 +141,7 @@ class Leader:
         self.n += 1
         port = free_port()
         job = Job(self, self.n, f"{self.nodes.host}:{port}", f"{self.scan_id}-{self.n}")
-        self.store.set(_key("job", self.n), json.dumps({"kind": kind, "rdzv_endpoint": job.rdzv_endpoint,
+        self.store.set(store_key("job", self.n), json.dumps({"kind": kind, "rdzv_endpoint": job.rdzv_endpoint,
                                                         "rdzv_id": job.rdzv_id, **payload}))  # fmt: skip
         return job
 
@@ -206,10 +149,11 @@ class Leader:
         """Tell the followers the scan is over; give them a moment to read it before the store goes."""
         self.n += 1
         try:
-            self.store.set(_key("job", self.n), json.dumps({"kind": "end", "reason": reason}))
+            self.store.set(store_key("job", self.n), json.dumps({"kind": "end", "reason": reason}))
+            joined = [k for k in self.followers if has(self.store, store_key("hello", k))]  # the others cannot hear it
             deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline and not all(has(self.store, _key("bye", k)) or
-                                                          self.pulses[k].silent_s() > LOST_S for k in self.followers):  # fmt: skip
+            while time.monotonic() < deadline and not all(has(self.store, store_key("bye", k)) or
+                                                          self.pulses[k].silent_s() > LOST_S for k in joined):  # fmt: skip
                 time.sleep(0.1)
         finally:
             self.heart.stop()

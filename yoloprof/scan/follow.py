@@ -22,7 +22,7 @@ from yoloprof.errors import ScanFailed
 from yoloprof.nodes import JOIN_TIMEOUT_S, Nodes
 from yoloprof.records import TrialSpec, from_dict
 from yoloprof.scan import cluster, launch
-from yoloprof.scan.cluster import _key, get_json, has
+from probes.node_store import Heart, Pulse, connect, get_json, has, store_key
 
 NEVER = launch.HangPolicy(startup_s=float("inf"), min_stall_s=float("inf"))  # node 0 judges hangs
 
@@ -32,21 +32,21 @@ class Follower:
         self.nodes, self.out, self.hw, self.dataset, self.model, self.console = nodes, out, hw, dataset, model, console
         k, host, port = nodes.node_rank, nodes.host, nodes.port
         try:
-            self.store = cluster.connect(host, port, leader=False, timeout_s=JOIN_TIMEOUT_S)
+            self.store = connect(host, port, leader=False, timeout_s=JOIN_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001
             raise ScanFailed(f"node {k} cannot reach node 0's scan at {nodes.endpoint} within {JOIN_TIMEOUT_S:.0f} s "
                              f"({cluster._first_line(exc)}): start the scan on node 0 with the same --rdzv-endpoint") from None  # fmt: skip
-        self.heart = cluster.Heart(host, port, k)
-        self.leader = cluster.Pulse(self.store, 0)
+        self.heart = Heart(host, port, k)
+        self.leader = Pulse(self.store, 0)
 
     def run(self, stop, me: dict) -> str:
         """Follow until node 0 ends the scan; returns its last word."""
         k = self.nodes.node_rank
-        self.store.set(_key("hello", k), json.dumps(me))
+        self.store.set(store_key("hello", k), json.dumps(me))
         n = 1
         try:
             while True:
-                key = _key("job", n)
+                key = store_key("job", n)
                 while not has(self.store, key):
                     self._check_leader(stop)
                     time.sleep(0.2)
@@ -58,22 +58,27 @@ class Follower:
                 try:
                     self._launch(n, job, folder, stop)
                 except Exception as exc:  # noqa: BLE001 - node 0 must hear it, whatever it is
-                    self.store.set(_key("job", n, "node", k, "refused"), cluster._first_line(exc))
-                self.store.set(_key("job", n, "node", k, "files"), json.dumps(cluster.read_files(folder)))
+                    self.store.set(store_key("job", n, "node", k, "refused"), cluster._first_line(exc))
+                self.store.set(store_key("job", n, "node", k, "files"), json.dumps(cluster.read_files(folder)))
                 shutil.rmtree(folder / paths.COMPILE_CACHE, ignore_errors=True)
                 n += 1
+        except (RuntimeError, OSError) as exc:  # the store is gone with node 0's scan process
+            raise ScanFailed(f"node 0 stopped answering ({cluster._first_line(exc)}); its outputs hold what finished: "
+                             "resume there with --resume and start this command again") from None  # fmt: skip
         finally:
+            self.heart.stop()
             try:
-                self.store.set(_key("bye", k), "1")
-            finally:
-                self.heart.stop()
+                self.store.set(store_key("bye", k), "1")
+            except (RuntimeError, OSError):
+                pass
 
     def _check_leader(self, stop) -> None:
         if stop.signum is not None:
             raise KeyboardInterrupt
         silent = self.leader.silent_s()
         if silent > cluster.LOST_S:
-            raise ScanFailed(f"node 0 stopped answering ({silent:.0f} s without a heartbeat); its outputs hold "
+            how = "its store is gone" if silent == float("inf") else f"{silent:.0f} s without a heartbeat"
+            raise ScanFailed(f"node 0 stopped answering ({how}); its outputs hold "
                              "what finished: resume there with --resume and start this command again")  # fmt: skip
 
     def _ended(self, n: int, stop):
@@ -83,7 +88,11 @@ class Follower:
         def check() -> bool:
             if stop.signum is not None or self.leader.silent_s() > cluster.LOST_S:
                 return True
-            if state["ended_at"] is None and has(self.store, _key("job", n, "ended")):
+            try:
+                ended = has(self.store, store_key("job", n, "ended"))
+            except (RuntimeError, OSError):  # node 0's store is gone: so is the launch
+                return True
+            if state["ended_at"] is None and ended:
                 state["ended_at"] = time.monotonic()
             return state["ended_at"] is not None and time.monotonic() - state["ended_at"] > cluster.ENDED_GRACE_S
 

@@ -353,15 +353,16 @@ def run_ceilings(folder: Path, ctx: Context, req: ScanRequest, console: Console,
         if n < 2:
             console.print("Link ceiling: not measured (one rank runs no AllReduce).")
             return
+        biggest = req.allreduce_max_bytes or (256 if hw.device == "cuda" else 32) * 2**20  # gloo: memcpy speed by then
         console.print("Link ceiling: AllReduce sweep on the scan's ranks" + (f", across {hw.nnodes} nodes, then "
                       "within node 0" if hw.nnodes > 1 else "") + "...")  # fmt: skip
         for preset in axes.nccl:
             c = ceilings.allreduce(folder, hw=hw, preset=preset, bucket_sizes=bucket_sizes, cache_dir=paths.cache_dir(),
-                                   sizes_max=req.allreduce_max_bytes)  # fmt: skip
+                                   sizes_max=biggest)  # fmt: skip
             console.print(terminal.allreduce_table(c))
             if hw.nnodes > 1 and hw.per_node > 1:
                 c = ceilings.allreduce(folder, hw=hw, preset=preset, bucket_sizes=bucket_sizes,
-                                       cache_dir=paths.cache_dir(), sizes_max=req.allreduce_max_bytes, one_node=True)  # fmt: skip
+                                       cache_dir=paths.cache_dir(), sizes_max=biggest, one_node=True)  # fmt: skip
                 console.print(terminal.allreduce_table(c))
             elif hw.nnodes > 1:
                 console.print("  within one node: not measured (one rank per node runs no intra-node AllReduce)")

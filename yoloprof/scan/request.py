@@ -61,7 +61,7 @@ class ScanRequest:
     nnodes: Optional[int] = None  # several nodes: the same command on each, with its own --node-rank
     node_rank: Optional[int] = None
     rdzv_endpoint: Optional[str] = None  # node 0's HOST:PORT
-    allreduce_max_bytes: int = 256 * 2**20  # the link probe's largest message
+    allreduce_max_bytes: Optional[int] = None  # the link probe's largest message (256 MiB on GPUs, 32 MiB on CPU)
     command: list[str] = field(default_factory=list)
 
 
