@@ -31,7 +31,7 @@ scan: install
 	$(VENV)/bin/yoloprof scan $(SCAN_ARGS)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf runs .pytest_cache

@@ -54,7 +54,7 @@ def test_auto_scan_searches_within_budget_through_a_failure(tiny_data, tmp_path)
     assert "auto search: " in proc.stdout and f"of {BUDGET_S / 60:.1f} min" in proc.stdout
     assert leftovers(out) == []
     # --resume of the finished scan replays the search on the clock it had: no fresh budget, no new trial
-    again = subprocess.run([str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings"], capture_output=True, text=True,
+    again = subprocess.run([str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings", "--no-epoch-job"], capture_output=True, text=True,
                            timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
     resumed = read_json(out / "scan.json", ScanMeta)

@@ -21,8 +21,10 @@ SMALL = ["--device", "cpu", "--nproc", "2", "--imgsz", "64", "--steps", "3", "--
          "--precision", "off"]
 
 
-def scan_cmd(data, out, *extra):
-    return [str(BIN / "yoloprof"), "scan", *SMALL, "--data", str(data), "--out", str(out), *extra]
+def scan_cmd(data, out, *extra, epoch_job: bool = False):
+    """A small real scan; without the epoch job unless a test is about it (it adds a launch per world size)."""
+    return [str(BIN / "yoloprof"), "scan", *SMALL, *([] if epoch_job else ["--no-epoch-job"]), "--data", str(data),
+            "--out", str(out), *extra]
 
 
 def held_at(out: Path, trial: str, step: int) -> bool:
@@ -126,7 +128,7 @@ def test_sigkill_mid_trial_and_between_trials_then_resume(tiny_data, tmp_path):
     assert wait_for(lambda: not leftovers(out), timeout=20), leftovers(out)
     assert results(out) == {}
     # 2) resume; SIGKILL after t01's result lands, while t02 is held at step 1 (between trials, no race)
-    p = subprocess.Popen([str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings"],
+    p = subprocess.Popen([str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings", "--no-epoch-job"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=held("wait@1:trial=t02", tmp_path / "never"))  # fmt: skip
     assert wait_for(lambda: (out / "trials" / "t01-b2-w0-fp32" / "result.json").exists() and held_at(out, "t02-b2-w1-fp32", 1))
     p.send_signal(signal.SIGKILL)
@@ -134,7 +136,7 @@ def test_sigkill_mid_trial_and_between_trials_then_resume(tiny_data, tmp_path):
     assert wait_for(lambda: not leftovers(out), timeout=20), leftovers(out)
     assert list(results(out)) == ["t01-b2-w0-fp32"]
     # 3) resume again: only what is missing runs, and the outputs are those of a whole scan
-    done = subprocess.run([str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings"],
+    done = subprocess.run([str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings", "--no-epoch-job"],
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "1 of 3 trials have results; running 2" in done.stdout

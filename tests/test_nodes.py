@@ -27,7 +27,7 @@ from yoloprof.search import plan
 BIN = Path(sys.executable).parent
 TINY_MODEL = Path(__file__).parent / "fixtures" / "tiny-detect.yaml"
 SMALL = ["--device", "cpu", "--imgsz", "64", "--steps", "3", "--warmup", "1", "--no-defaults", "--precision", "off",
-         "--model", str(TINY_MODEL), "--workers", "0", "--nproc", "1"]  # fmt: skip
+         "--model", str(TINY_MODEL), "--workers", "0", "--nproc", "1", "--no-epoch-job"]  # fmt: skip
 
 
 def free_port() -> int:
@@ -221,7 +221,7 @@ def test_a_node_killed_mid_trial_stops_the_scan_and_resume_finishes_it(tiny_data
     assert leftovers(out, tmp_path / "node1") == []
     # node 1 starts its command again; node 0 resumes from its folder: only t02 runs
     follower = start(node_cmd("scan", 1, port, tiny_data, *args), tmp_path / "node1b")
-    leader = start([str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings"], tmp_path / "node0")
+    leader = start([str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings", "--no-epoch-job"], tmp_path / "node0")
     log0, log1 = finish(leader), finish(follower)
     assert leader.returncode == 0 and "1 of 2 trials have results; running 1" in log0, log0[-3000:]
     assert follower.returncode == 0, log1[-3000:]

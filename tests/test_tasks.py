@@ -207,7 +207,7 @@ def test_a_real_scan_trains_and_validates_each_task(task, task_data, tmp_path):
 
     out = tmp_path / "s"
     cmd = scan_cmd(task_data[task], out, "--model", str(FIXTURES / f"tiny-{task}.yaml"), "--batch", "4",
-                   "--workers", "0")  # fmt: skip
+                   "--workers", "0", epoch_job=True)  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     (r,) = results(out).values()

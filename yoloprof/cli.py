@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                    "--batch is global at the largest)")
     s.add_argument("--no-defaults", action="store_true", help="do not add a trial with Ultralytics' default settings")
     s.add_argument("--no-ceilings", action="store_true", help="skip the input, compute and link ceilings after the trials")
+    s.add_argument("--no-epoch-job", action="store_true", help="skip timing validation, saving and the epoch end once "
+                   "per world size (the epoch and run figures then say they leave them out)")
     _node_flags(s)
 
     pr = sub.add_parser("probe", help="measure one ceiling alone: loader (input), compute, allreduce (link)")
@@ -139,13 +141,14 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
 
     keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
             "batch", "workers", "amp", "pin_memory", "cache", "nccl", "deterministic", "compile", "channels_last",
-            "trial_timeout", "no_ceilings", "baseline",
+            "trial_timeout", "no_ceilings", "no_epoch_job", "baseline",
             "no_defaults", "ranks", "strategy", "budget", "precision", "max_steps", "no_reuse", "cfg", "epochs",
             "gpu_hour_price", "currency", "nnodes", "node_rank", "rdzv_endpoint")  # fmt: skip
     req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])
     if args.resume:
-        others = [k for k in keys if k not in ("trial_timeout", "no_ceilings", "optimizer", "steps", "warmup", "no_reuse",
-                                               "nnodes", "node_rank", "rdzv_endpoint")
+        kept = ("trial_timeout", "no_ceilings", "no_epoch_job", "optimizer", "steps", "warmup", "no_reuse", "nnodes",
+                "node_rank", "rdzv_endpoint")
+        others = [k for k in keys if k not in kept
                   and getattr(args, k) not in (None, False)]  # fmt: skip
         if others:
             raise UsageError(f"--resume runs the saved plan as it was; drop --{others[0].replace('_', '-')}")

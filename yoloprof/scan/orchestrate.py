@@ -247,7 +247,7 @@ def finish(out: Path, meta: ScanMeta, ctx: Context, req: ScanRequest, console: C
             console.print("Ceilings: not run, since no trial finished (fix the trials' errors first).")
         else:
             run_ceilings(out / "ceilings", ctx, req, console, bucket_sizes=_measured_buckets(out, meta))
-    if code == 0:  # validation, saving, epoch end: once per world size, none when no trial finished
+    if code == 0 and not req.no_epoch_job:  # validation, saving, epoch end: once per world size, none when no trial finished
         from yoloprof.scan import epoch_job
 
         epoch_job.run(out, meta, ctx, req, console)
@@ -298,6 +298,7 @@ def resume(folder: str, req: ScanRequest, console: Console):
                   train_cfg=meta.train_cfg, train_cfg_args=meta.train_cfg_args, nodes=nodes)  # fmt: skip
     req = ScanRequest(optimizer=meta.optimizer, warmup=meta.warmup_steps, steps=meta.measured_steps,
                       trial_timeout=req.trial_timeout, no_ceilings=req.no_ceilings, command=req.command,
+                      no_epoch_job=req.no_epoch_job,
                       no_reuse=req.no_reuse, no_defaults=baselines.DEFAULTS not in meta.baselines)  # fmt: skip
     todo = [s.trial_id for s in meta.specs if not _has_result(out, s.trial_id)]
     console.print(f"[bold]yoloprof scan --resume[/] {out}: {len(meta.specs) - len(todo)} of {len(meta.specs)} trials "

@@ -46,6 +46,7 @@ class ScanRequest:
     channels_last: Optional[str] = None
     trial_timeout: Optional[float] = None
     no_ceilings: bool = False
+    no_epoch_job: bool = False  # skip timing validation, saving and the epoch end (the predictions then leave them out)
     baseline: Optional[str] = None  # the user's current settings, "batch=32,workers=4,amp=off"
     no_defaults: bool = False
     ranks: Optional[str] = None  # world sizes to compare (scaling), e.g. "1,2,4"
