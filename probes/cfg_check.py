@@ -7,6 +7,7 @@ trial (and the user's own training), so the scan stops on it with Ultralytics' r
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from yoloprof.errors import UsageError
 
@@ -37,3 +38,28 @@ def check(args: dict, where: str) -> None:
         raise UsageError(f"{where}: {' '.join(str(exc).split())}") from None
     finally:
         LOGGER.setLevel(saved)
+
+
+def read_yaml(path: str, where: str, hint: str, empty_ok: bool = False) -> tuple[Path, dict]:
+    """A training config's arguments as YAML holds them (`--cfg` of a scan, `yoloprof train CFG`); a file
+    that is missing or is no mapping of argument names is one UsageError line. `empty_ok`: an empty file
+    is no arguments (the command line may give them all)."""
+    import yaml
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"{where}: {'is a folder' if p.is_dir() else 'no such file'}; {hint}")
+    try:
+        args = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{where}: cannot be read as YAML ({first})") from None
+    if args is None and empty_ok:
+        args = {}
+    if not isinstance(args, dict) or not (args or empty_ok):
+        what = "is empty" if args is None or args == {} else f"holds a {type(args).__name__}"
+        raise UsageError(f"{where}: {what}, not a mapping of Ultralytics arguments (lines such as `batch: 16`)")
+    bad = next((k for k in args if not isinstance(k, str)), None)
+    if bad is not None:
+        raise UsageError(f"{where}: key {bad!r} is not an argument name")
+    return p, args

@@ -257,6 +257,8 @@ def test_link_loss_compares_the_buckets_across_nodes_with_one_node():
     [alone] = link_losses([ceiling(2, 2, 3000.0, 9e3)])  # one rank per node: nothing to compare with
     assert alone.one_node_ms is None and "unknown" in alone.text
     assert link_losses([ceiling(8, 1, 500.0, 2e3)]) == []  # one node: no loss to show
+    [tie] = link_losses([ceiling(16, 2, 550.0, 9e3), ceiling(8, 1, 500.0, 2e3)])  # +10%: inside one sweep's noise
+    assert "no measurable difference" in tie.text and "costs" not in tie.text
 
 
 @pytest.mark.slow

@@ -22,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
 from yoloprof.errors import UsageError
 from yoloprof.search.space import show
@@ -63,24 +62,11 @@ DEFAULT_NBS = 64
 
 def read(path: str) -> tuple[str, dict[str, Any]]:
     """(absolute path, its arguments in the user's order), every key checked by Ultralytics' get_cfg."""
-    where = f"--cfg {path}"
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UsageError(f"{where}: {'is a folder' if p.is_dir() else 'no such file'}; give your training config "
-                         "(a YAML file of Ultralytics arguments, what `yolo train cfg=` takes)")  # fmt: skip
-    try:
-        args = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{where}: cannot be read as YAML ({first})") from None
-    if not isinstance(args, dict) or not args:
-        what = "is empty" if args is None or args == {} else f"holds a {type(args).__name__}"
-        raise UsageError(f"{where}: {what}, not a mapping of Ultralytics arguments (lines such as `batch: 16`)")
-    bad = next((k for k in args if not isinstance(k, str)), None)
-    if bad is not None:
-        raise UsageError(f"{where}: key {bad!r} is not an argument name")
     from probes import cfg_check
 
+    where = f"--cfg {path}"
+    p, args = cfg_check.read_yaml(path, where, "give your training config (a YAML file of Ultralytics arguments, "
+                                               "what `yolo train cfg=` takes)")  # fmt: skip
     cfg_check.check(args, where)
     if args.get("task") not in _TASKS:
         raise UsageError(f"{where}: task: {args['task']}; give one of {', '.join(t for t in _TASKS if t)}")

@@ -17,23 +17,12 @@ def train_args(cfg: str, pairs: list[str]) -> dict[str, Any]:
     """The arguments `yolo train cfg=CFG k=v ...` hands `Model.train`: the YAML's, then each k=v (the
     command line wins), parsed by Ultralytics' own functions and checked by its get_cfg. UsageError
     (one line) for input Ultralytics would reject."""
-    import yaml
+    from probes import cfg_check
 
-    p = Path(cfg).expanduser()
-    if not p.is_file():
-        raise UsageError(f"CFG {cfg}: {'is a folder' if p.is_dir() else 'no such file'}; give a training config "
-                         "(what `yolo train cfg=` takes, e.g. a scan's best.yaml)")  # fmt: skip
+    _, loaded = cfg_check.read_yaml(cfg, f"CFG {cfg}", "give a training config (what `yolo train cfg=` takes, e.g. a "
+                                                      "scan's best.yaml)", empty_ok=True)  # fmt: skip
     from ultralytics.cfg import DEFAULT_CFG_DICT, TASKS, merge_equals_args, parse_key_value_pair
 
-    from probes import cfg_check
-    try:
-        loaded = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-        raise UsageError(f"CFG {cfg}: cannot be read as YAML ({(str(exc).strip() or type(exc).__name__).splitlines()[0]})") from None
-    if loaded is None:
-        loaded = {}
-    if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
-        raise UsageError(f"CFG {cfg}: not a mapping of Ultralytics arguments (lines such as `batch: 16`)")
     args = {k: v for k, v in loaded.items() if k != "cfg"}
     for a in merge_equals_args(list(pairs)):
         if "=" in a:
