@@ -10,7 +10,7 @@ ifeq ($(origin TORCH),command line)
 REPLACE_TORCH := 1
 endif
 
-.PHONY: install scan test clean FORCE
+.PHONY: install scan test gpu-prepare clean FORCE
 
 $(VENV)/.installed: pyproject.toml $(if $(REPLACE_TORCH),FORCE)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,11 @@ scan: install
 
 test: install
 	$(PY) -m pytest -q --durations=15
+
+# Before a GPU lease: the wheels the device machine lacks into .whl/, and the size of what travels
+# (README: "The GPU check").
+gpu-prepare: install
+	PY=$(PY) bash benchmarks/gpu_prepare.sh
 
 clean:
 	rm -rf runs .pytest_cache

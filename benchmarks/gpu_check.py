@@ -1,195 +1,121 @@
-"""Check yoloprof's GPU measurements against the truth, on whatever GPUs are here. Run on demand:
+"""The GPU check: yoloprof's GPU path against the truth, in stages that fit one short lease of one GPU.
 
-    .venv/bin/python benchmarks/gpu_check.py [--gpus 0,1] [--out runs/gpu-check] [--imgsz 640] [--batch 64]
+    python3 benchmarks/gpu_check.py [--out runs/gpu-check] [--stages grid,phases] [--budget-s 480] [--gpu 0]
+    python3 benchmarks/gpu_check.py --dry-run        # the stages, their estimates and the total; runs nothing
+    python3 benchmarks/gpu_check.py --check-travel   # what gpu_prepare.sh checks: the tree that travels, the wheels
 
-1. A real scan over AMP on/off, pin_memory on/off and two workers values (with its ceilings).
-2. Phase times: the best trial's settings on one GPU, timed as a scan times them (CUDA events, no
-   synchronize) and again synchronizing the device around every phase; each phase's mean must
-   agree within 10% or 1 ms.
-3. NVML telemetry of every finished trial: present and plausible (utilisation, power, memory).
-4. The memory fit against the batch that really runs out of memory on one GPU.
+Each stage has a time estimate and writes its result (<out>/<stage>.json) the moment it ends, and the
+running summary <out>/gpu_check.json after every stage; with OUT set (the device machine), the summary
+and a tarball of every record written so far (records.tar.gz: JSON, JSON lines, logs; no images or
+weights) are copied there too, so a run cut short still returns the stages it finished. A stage
+whose estimate no longer fits in --budget-s is skipped, and says so. The driver never touches CUDA
+itself (NVML only): every CUDA call is in a child process, each with a time limit.
 
-Prints each check with its figures, writes gpu_check.json beside the scan, and exits 1 if a check
-failed. The scan folder's records (no images) are what tests/fixtures/gpu-scan keeps.
+Exit 0 when no check failed, 1 when one did, 2 on bad arguments. `--device cpu` runs the stages
+that can run without a GPU on CPU ranks (a smoke test of this driver, not of the GPU path).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import subprocess
+import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # yoloprof: the tree is not installed on the device machine
+if str(HERE) not in sys.path:  # the gpu_check_* modules beside this file, however it was started or loaded
+    sys.path.insert(1, str(HERE))
 
-from yoloprof.records import Breakdown, ComputePoint, TrialResult  # noqa: E402
+from gpu_check_device_stages import nvml_info, stage_cuda_start, stage_doctor, stage_nccl  # noqa: E402
+from gpu_check_run import BUDGET_S, CPU_SMOKE, GRACE_S, SUMMARY, Ctx, Params, Ran, Runner, Stage, pack_records  # noqa: E402
+from gpu_check_trial_stages import stage_grid, stage_knobs, stage_oom_fit, stage_phases  # noqa: E402
+from gpu_check_travel import (check_travel, missing_requirements, recompress_wheels, travel_files,  # noqa: E402
+                               wheel_requirements)  # fmt: skip
+from gpu_check_verdicts import (Check, compare_phases, expected_settings, fit_against_oom, settings_check,  # noqa: E402
+                                step_problem, steps_check, telemetry_plausible, trials_check)  # fmt: skip
 
-PHASES = ("data_wait_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms")
-PHASE_REL_TOL, PHASE_ABS_TOL_MS = 0.10, 1.0  # the issue's bar: within 10% or 1 ms
-MAX_POWER_W = 1500.0  # above any single GPU's board limit: a reading past it is a unit error
-
-
-@dataclass
-class Check:
-    name: str
-    ok: Optional[bool]  # None: could not be checked (said why)
-    detail: str
-    figures: dict = field(default_factory=dict)
-
-
-def compare_phases(events: Breakdown, synced: Breakdown) -> Check:
-    """Each phase of the event-timed run against the synchronized reference."""
-    rows, bad = {}, []
-    for p in PHASES:
-        a, b = getattr(events, p), getattr(synced, p)
-        if a is None or b is None:
-            rows[p] = None
-            continue
-        diff = abs(a - b)
-        rows[p] = dict(events_ms=round(a, 3), synced_ms=round(b, 3), diff_ms=round(diff, 3))
-        if diff > max(PHASE_REL_TOL * b, PHASE_ABS_TOL_MS):
-            bad.append(p)
-    measured = [p for p in PHASES if rows[p] is not None]
-    if not measured:
-        return Check("phase times vs synchronized", None, "no phase was measured in both runs", rows)
-    text = ", ".join(f"{p[:-3]} {rows[p]['events_ms']:.1f}/{rows[p]['synced_ms']:.1f} ms" for p in measured)
-    return Check("phase times vs synchronized", not bad,
-                 f"events/synced: {text}" + (f"; off by more than 10% and 1 ms: {', '.join(bad)}" if bad else ""), rows)
+__all__ = ["BUDGET_S", "GRACE_S", "STAGES", "Check", "Ctx", "Ran", "Runner", "Stage", "check_travel", "compare_phases",
+           "expected_settings", "fit_against_oom", "main", "missing_requirements", "pack_records", "settings_check",
+           "stage_cuda_start", "stage_doctor", "stage_oom_fit", "step_problem", "steps_check", "telemetry_plausible",
+           "travel_files", "trials_check", "wheel_requirements"]  # fmt: skip
 
 
-def telemetry_plausible(results: list[TrialResult]) -> Check:
-    ok = [r for r in results if r.status == "ok"]
-    if not ok:
-        return Check("NVML telemetry", None, "no trial finished")
-    problems, figures = [], {}
-    for r in ok:
-        t = r.telemetry
-        if t is None or t.gpu_status != "ok":
-            problems.append(f"{r.trial_id}: {t.gpu_status if t else 'no telemetry'}")
-            continue
-        figures[r.trial_id] = dict(util_pct=t.gpu_util_mean_pct, power_w=t.power_w_mean,
-                                   mem_used_peak_mib=t.gpu_mem_used_peak_mib, energy_j_per_img=t.energy_j_per_img)
-        if t.gpu_util_mean_pct is None or not 0 < t.gpu_util_mean_pct <= 100:
-            problems.append(f"{r.trial_id}: utilisation {t.gpu_util_mean_pct}")
-        if t.power_w_mean is not None and not 0 < t.power_w_mean < MAX_POWER_W:
-            problems.append(f"{r.trial_id}: power {t.power_w_mean} W")
-        total = r.device_mem_total_mib
-        if t.gpu_mem_used_peak_mib is None or t.gpu_mem_used_peak_mib <= 0 or (total and t.gpu_mem_used_peak_mib > total * 1.01):
-            problems.append(f"{r.trial_id}: memory used {t.gpu_mem_used_peak_mib} MiB of {total}")
-        if r.peak_mem_mib and t.gpu_mem_used_peak_mib and t.gpu_mem_used_peak_mib < r.peak_mem_mib:
-            problems.append(f"{r.trial_id}: NVML used {t.gpu_mem_used_peak_mib:.0f} < allocator {r.peak_mem_mib:.0f} MiB")
-    return Check("NVML telemetry", not problems, "; ".join(problems) or f"plausible in {len(figures)} trials", figures)
+STAGES = [
+    Stage("cuda-start", 20, stage_cuda_start, "a rank's CUDA start-up (probes.memory.start, then peaks), and whether "
+          "the old order (reset_peak_memory_stats first) raises", needs_gpu=True),
+    Stage("doctor", 25, stage_doctor, "yoloprof doctor with CUDA_VISIBLE_DEVICES=0 and =<the GPU's UUID>: exit 0, "
+          "the same GPU", needs_gpu=True),
+    Stage("grid", 120, stage_grid, "a pooled grid scan of AMP on/off/bf16 x pin_memory on/off (yolo11n, batch 64, "
+          "640, 8 workers): CUDA-event steps whose phases add up, effective settings, NVML telemetry"),
+    Stage("phases", 50, stage_phases, "the grid's best on one GPU, CUDA events against a run synchronized around "
+          "every phase (within 10% or 1 ms)"),
+    Stage("nccl", 40, stage_nccl, "one NCCL rank under torchrun: DDP with the comm hook (every bucket's AllReduce "
+          "timed), barrier, destroy_process_group; the AllReduce sweep; the doctor's collective check"),
+    Stage("oom-fit", 120, stage_oom_fit, "the compute probe's memory fit (yolo11x, 1280) against the batch that "
+          "really runs out of memory", needs_gpu=True),
+    Stage("knobs", 105, stage_knobs, "compile, deterministic off and channels_last off against Ultralytics' "
+          "defaults on the tiny model, with the epoch job"),
+]
 
 
-def fit_against_oom(fit: Optional[int], points: list[ComputePoint]) -> Check:
-    """The predicted largest batch (90% of memory) must run, and must sit below the first real OOM."""
-    oom = sorted(p.batch for p in points if p.status == "oom")
-    ran = sorted(p.batch for p in points if p.status == "ok")
-    if fit is None:
-        return Check("memory fit vs real OOM", None, "no fit (fewer than two compute points)")
-    if not oom:
-        return Check("memory fit vs real OOM", None, f"fit {fit}; no batch tried ran out of memory (largest run {ran[-1] if ran else 'none'})")
-    first = oom[0]
-    ok = fit < first and (fit in ran or any(b >= fit for b in ran))
-    return Check("memory fit vs real OOM", ok, f"fit {fit} per rank (90% of memory); first OOM at {first}; "
-                 f"fit / OOM = {fit / first:.2f}", dict(fit=fit, first_oom=first, ran=ran))
+def select(names: Optional[str], stages: Optional[list[Stage]] = None) -> list[Stage]:
+    stages = STAGES if stages is None else stages
+    if not names:
+        return list(stages)
+    asked = [n.strip() for n in names.split(",") if n.strip()]
+    known = {s.name for s in stages}
+    unknown = [n for n in asked if n not in known]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; the stages: {', '.join(s.name for s in stages)}")
+    return [s for s in stages if s.name in asked]  # always in the check's own order
 
 
-# -- the driver (needs GPUs) -----------------------------------------------------------------------
-
-
-def _yoloprof(*args: str) -> int:
-    return subprocess.run([sys.executable, "-m", "yoloprof", *args], cwd=ROOT).returncode
-
-
-def _phase_check(scan: Path, best: TrialResult, gpu: int, cache: Path) -> Check:
-    from yoloprof.analysis import aggregate
-    from yoloprof.scan import launch
-    from yoloprof.records import read_json, TrialSpec
-
-    spec = read_json(scan / "trials" / best.trial_id / "spec.json", TrialSpec)
-    per_rank = dataclasses.replace(spec.knobs, batch=max(spec.knobs.batch // spec.world_size, 1))
-    runs = {}
-    for sync in (False, True):
-        one = dataclasses.replace(spec, trial_id=f"phase-{'synced' if sync else 'events'}", knobs=per_rank,
-                                  world_size=1, gpus=[gpu], sync_phases=sync, warmup_steps=10, measured_steps=30)
-        tdir = scan / "gpu-check" / one.trial_id
-        outcome = launch.run_trial(one, tdir, cache_dir=cache)
-        runs[sync] = aggregate.aggregate(one, aggregate.read_ranks(tdir), outcome)
-    if any(r.status != "ok" or r.breakdown is None for r in runs.values()):
-        return Check("phase times vs synchronized", False, "; ".join(f"{r.trial_id}: {r.status} {r.error or ''}" for r in runs.values()))
-    return compare_phases(runs[False].breakdown, runs[True].breakdown)
-
-
-def _oom_search(scan: Path, fit: int, amp: bool, gpu: int, cache: Path, imgsz: int) -> list[ComputePoint]:
-    """Compute-probe points at the fit and above it, doubling until a batch runs out of memory."""
-    from yoloprof import paths
-    from yoloprof.scan import ceilings
-    from yoloprof.search import plan
-    from yoloprof.records import read_json, ScanMeta
-
-    meta = read_json(scan / "scan.json", ScanMeta)
-    hw = plan.Hardware("cuda", 1, [gpu], meta.environment.cpu_count, len(meta.environment.gpus))
-    points: list[ComputePoint] = []
-    batch = fit
-    while batch <= fit * 8:
-        specs = ceilings.compute_specs(hw, [batch], [amp], model=meta.model, data=meta.dataset.data, imgsz=imgsz,
-                                       optimizer=meta.optimizer, warmup=2, steps=3)  # fmt: skip
-        c = ceilings.compute(scan / "gpu-check" / f"oom-b{batch}", specs, cache_dir=paths.cache_dir(),
-                             device_name="", device_mem_total_mib=None)  # fmt: skip
-        points += c.points
-        if any(p.status == "oom" for p in c.points):
-            break
-        batch *= 2
-    return points
+def plan_text(stages: list[Stage], budget_s: float) -> str:
+    total = sum(s.estimate_s for s in stages)
+    lines = [f"gpu_check: {len(stages)} stages, in this order (budget {budget_s:.0f} s):"]
+    for i, s in enumerate(stages, 1):
+        lines.append(f"  {i}. {s.name:<11} {s.estimate_s:>4.0f} s  {s.what}")
+    lines.append(f"  total          {total:>4.0f} s ({total / 60:.1f} min)")
+    return "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--gpus", help="GPU indices (default: every visible GPU)")
-    p.add_argument("--out", default="runs/gpu-check", help="folder for the scan and gpu_check.json")
-    p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--batch", type=int, help="global batch (default 32 per GPU)")
+    p.add_argument("--out", default="runs/gpu-check", help="folder for every stage's records and gpu_check.json")
+    p.add_argument("--stages", help=f"comma list, run in the check's order (default all: {','.join(s.name for s in STAGES)})")
+    p.add_argument("--budget-s", type=float, default=BUDGET_S, help="skip a stage whose estimate no longer fits (default 480)")
+    p.add_argument("--gpu", type=int, default=0, help="the GPU's index (default 0)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a smoke test of this driver on CPU ranks")
+    p.add_argument("--dry-run", action="store_true", help="print the stages and their estimates; run nothing")
+    p.add_argument("--check-travel", action="store_true", help="size of what the device tool carries; the wheels' needs")
+    p.add_argument("--recompress-wheels", action="store_true", help="LZMA-recompress the big wheels in .whl")
     args = p.parse_args(argv)
-    import torch
-
-    from yoloprof import outputs, paths
-
-    n_visible = torch.cuda.device_count()
-    if n_visible == 0:
-        print("gpu_check: no GPU visible to torch; this check needs one (run `yoloprof doctor` to see why)", file=sys.stderr)
+    if args.recompress_wheels:
+        recompress_wheels()
+        return 0
+    try:
+        stages = select(args.stages)
+    except ValueError as exc:
+        print(f"gpu_check: {exc}", file=sys.stderr)
         return 2
-    gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else list(range(n_visible))
-    out = Path(args.out)
-    scan = out / "scan"
-    batch = args.batch or 32 * len(gpus)
-    code = _yoloprof("scan", "--gpus", ",".join(map(str, gpus)), "--amp", "on,off", "--pin-memory", "on,off",
-                     "--workers", "2,8", "--batch", f"{batch // 2},{batch}", "--imgsz", str(args.imgsz),
-                     "--out", str(scan))  # fmt: skip
-    checks = [Check("scan", code == 0, f"yoloprof scan exited {code}")]
-    if (scan / "scan.json").is_file():
-        res = outputs.collect(scan)
-        checks.append(telemetry_plausible(res.results))
-        if res.best is not None:
-            checks.append(_phase_check(scan, res.best, gpus[0], paths.cache_dir()))
-        compute = res.ceilings.compute
-        if compute is not None and res.best is not None:
-            key = "amp" if res.best.knobs.amp else "fp32"
-            fit = compute.max_batch_fit.get(key)
-            points = _oom_search(scan, fit, res.best.knobs.amp, gpus[0], paths.cache_dir(), args.imgsz) if fit else []
-            checks.append(fit_against_oom(fit, points))
-    for c in checks:
-        mark = {True: "PASS", False: "FAIL", None: "n/a "}[c.ok]
-        print(f"[{mark}] {c.name}: {c.detail}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps([dataclasses.asdict(c) for c in checks], indent=1) + "\n")
-    print(f"Wrote {out / 'gpu_check.json'}; keep {scan} (records only, no images) as tests/fixtures/gpu-scan")
-    return 1 if any(c.ok is False for c in checks) else 0
+    if args.check_travel:
+        return check_travel()
+    print(plan_text(stages, args.budget_s))
+    if args.dry_run:
+        return 0
+    params = Params() if args.device == "cuda" else CPU_SMOKE
+    ctx = Ctx(out=Path(args.out).resolve(), gpu=args.gpu, params=params)
+    if params.device == "cuda":
+        ctx.gpu_info = nvml_info(args.gpu)
+        print(f"GPU {args.gpu}: {ctx.gpu_info}")
+    copy_to = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
+    summary = Runner(stages, ctx, args.budget_s, copy_to).run()
+    bad = [r["name"] for r in summary["stages"] if r["status"] in ("fail", "error")]
+    print(f"gpu_check: {summary['elapsed_s']:.0f} s; " + (f"FAILED: {', '.join(bad)}" if bad else "no check failed")
+          + f"; results in {ctx.out / SUMMARY}" + (f" and {copy_to}" if copy_to else ""))  # fmt: skip
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

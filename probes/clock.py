@@ -44,7 +44,8 @@ def _cuda_sync() -> None:
 class Clock:
     def __init__(self, cuda: bool, *, sync: bool = False, new_event: Optional[Callable[[], Any]] = None,
                  synchronize: Optional[Callable[[], None]] = None):  # fmt: skip
-        """new_event / synchronize: stand-ins for torch.cuda in tests (an event is recorded when made)."""
+        """new_event / synchronize: replacements for torch.cuda's (an event is recorded when made), which
+        the worker's fault injection uses to break a device; tests run the real calls against a stand-in."""
         self.cuda = bool(cuda)
         self.sync = bool(sync)
         self._new_event = new_event or _cuda_event
@@ -94,7 +95,7 @@ class Clock:
     def ready(self, mark: Optional[Mark]) -> bool:
         if mark is None or mark.event is None or self.device_error is not None:
             return True
-        try:
+        try:  # cuda-only: only CUDA marks carry an event
             return bool(mark.event.query())
         except Exception as exc:  # noqa: BLE001
             self._broken(exc)

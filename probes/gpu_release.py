@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Mapping, Optional
 
-from probes.gpu_telemetry import MIB, open_gpus
+from probes.gpu_telemetry import open_gpus
 
 RELEASE_TIMEOUT_S = 60.0  # longer than any context teardown seen reported; a note says when it ran out
 RELEASE_TOLERANCE_MIB = 256.0  # NVML's used memory moves this much with nothing of ours on the GPU
@@ -26,13 +26,7 @@ class ReleaseWatch:
         self.baseline_mib = self._used() if self.reader is not None else []
 
     def _used(self) -> list[Optional[float]]:
-        out = []
-        for h in self.reader.handles:
-            try:
-                out.append(self.reader.nvml.nvmlDeviceGetMemoryInfo(h).used / MIB)
-            except Exception:  # noqa: BLE001 - a field this device will not give: no check on it
-                out.append(None)
-        return out
+        return self.reader.mem_used_mib()
 
     def _pids(self) -> set[int]:
         found: set[int] = set()

@@ -262,6 +262,16 @@ class GpuReader:
         turn = self._pcie_turn(t_s)
         return [self._sample(gpu, h, t_s, gpu == turn) for gpu, h in zip(self.gpus, self.handles, strict=True)]
 
+    def mem_used_mib(self) -> list[Optional[float]]:
+        """NVML's used memory of each GPU now, in CUDA order; None where the device will not say."""
+        out: list[Optional[float]] = []
+        for h in self.handles:
+            try:
+                out.append(self.nvml.nvmlDeviceGetMemoryInfo(h).used / MIB)
+            except Exception:  # noqa: BLE001 - a field this device will not give
+                out.append(None)
+        return out
+
     def close(self) -> None:
         try:
             self.nvml.nvmlShutdown()

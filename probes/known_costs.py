@@ -7,6 +7,7 @@ moved, and the wrong phase grows.
 YOLOPROF_TEST_COST="<where>=<ms>[:rank<r>][:odd][;...]", where is one of:
   data       the dataloader hands each batch over this late          -> data wait
   forward    the model's forward takes this much longer              -> forward
+  loss       the loss takes this much longer (also where compile computes it apart)  -> forward
   backward   the last layer's backward takes this much longer        -> backward
   comm       each DDP bucket's AllReduce completes this late         -> bucket AllReduce, exposed AllReduce
   optimizer  each optimizer step takes this much longer              -> optimizer (stepping iterations only)
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 ENV = "YOLOPROF_TEST_COST"
-KINDS = ("data", "forward", "backward", "comm", "optimizer", "allreduce")
+KINDS = ("data", "forward", "loss", "backward", "comm", "optimizer", "allreduce")
 _now = {"step": 0}  # the step the trainer is in (set_step), for `odd` costs
 
 
@@ -125,6 +126,13 @@ def attach(trainer, rank: int) -> None:
     forward = sleeper("forward", rank)
     if forward is not None:
         trainer.model.register_forward_pre_hook(lambda module, args: forward())
+    loss = sleeper("loss", rank)
+    if loss is not None:
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        inner = unwrap_model(trainer.model)  # under compile the loop calls this outside the compiled graph
+        real = inner.loss
+        inner.loss = lambda *args, **kwargs: (loss(), real(*args, **kwargs))[1]
     backward = sleeper("backward", rank)
     if backward is not None:
         from ultralytics.utils.torch_utils import unwrap_model

@@ -35,8 +35,20 @@ def _vm_hwm_mib() -> Optional[float]:
     return None
 
 
+def start(device: Optional[torch.device]) -> None:
+    """A rank's first device calls, in the order CUDA requires: make the rank's GPU current (which
+    initialises CUDA, and its context there rather than on GPU 0), then start the trial's peaks.
+    Called first, `reset_peak_memory_stats` raises "Invalid device argument N: did you call init?":
+    unlike `empty_cache` it has no lazy-init guard, and the caching allocator does not exist yet."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.init()
+    reset(device)
+
+
 def reset(device: Optional[torch.device]) -> None:
-    """Start a new trial's peaks: free cached blocks, zero the allocator's and the kernel's peaks."""
+    """Start a new trial's peaks: free cached blocks, zero the allocator's and the kernel's peaks.
+    On a GPU the device must be initialised (`start`, or any CUDA work): a pool's later trials are."""
     if device is not None and device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

@@ -1,12 +1,14 @@
 """Split every training iteration into phases, on every rank.
 
 Marks are taken at the boundaries the Ultralytics loop exposes: the batch arriving (data wait
-ends), the host-to-device copy ending, the forward pass + loss ending, the last gradient being
+ends), the host-to-device copy ending, the forward pass + loss ending (the loss reaching the GradScaler:
+with compile Ultralytics computes the loss outside the compiled model), the last gradient being
 computed (a post-accumulate hook on the first layer's weight, whose gradient autograd produces
 last), `backward()` returning (DDP has waited for every AllReduce by then), and the optimizer
 step. On a GPU every span is read from CUDA events on the device's timeline, so the phases of a
-step add up to the step on every rank: ranks other than 0 never synchronize, their host runs
-ahead of their GPU, and a host-clock wait for the next batch would count the previous step's
+step add up to the step on every rank: ranks other than 0 synchronize only where training does
+(the loss's target assignment, fp16 AMP's GradScaler `.item()` each optimizer step), their host runs
+ahead of their GPU between those points, and a host-clock wait for the next batch would count the previous step's
 GPU work as input stall. The exposed data wait is therefore the device's idle gap between the
 previous step's end and the batch being handed over; the host's own wait is kept beside it.
 A step that starts an epoch carries the previous epoch's end-of-epoch work (metrics, broadcasts,

@@ -24,11 +24,15 @@ class TelemetrySampler:
     JOIN_S = 5.0  # longest stop() waits for a read stuck in the driver
 
     def __init__(self, path: Path, interval_s: float = 0.1, gpus: Optional[list[int]] = None,
-                 root_pid: Optional[int] = None, environ: Optional[Mapping[str, str]] = None):  # fmt: skip
+                 root_pid: Optional[int] = None, environ: Optional[Mapping[str, str]] = None,
+                 mem_used_before_launch_mib: Optional[list[Optional[float]]] = None):  # fmt: skip
+        """mem_used_before_launch_mib: what the GPUs used before the launch (a pool's, read when it started);
+        None: read at start(), which must then come before the launch."""
         if not interval_s > 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
         self.path, self.interval_s = Path(path), float(interval_s)
         self.gpus, self.environ, self.root_pid = list(gpus or []), environ, root_pid
+        self.mem_used_before_launch_mib = mem_used_before_launch_mib
         self.gpu: Optional[GpuReader] = None  # None once it failed (or never opened)
         self.cpu: Optional[CpuReader] = None
         self.error: Optional[str] = None  # why nothing is written, if the file could not be opened
@@ -74,6 +78,8 @@ class TelemetrySampler:
         except Exception as exc:  # noqa: BLE001 - open_gpus should not raise; if it does, no GPU data
             self.gpu, status = None, f"not measured: {type(exc).__name__}: {exc}"
         self._reader = self.gpu
+        if self.mem_used_before_launch_mib is None and self.gpu is not None:
+            self.mem_used_before_launch_mib = self.gpu.mem_used_mib()
         header = TelemetryHeader(
             interval_s=self.interval_s,
             gpus=self.gpus,
@@ -81,6 +87,7 @@ class TelemetrySampler:
             gpu_status=status,
             unsupported=sorted(self.gpu.unsupported) if self.gpu else [],
             t_start_s=time.time(),
+            mem_used_before_launch_mib=self.mem_used_before_launch_mib,
         )
         self._write("header", to_dict(header))
         try:

@@ -120,11 +120,14 @@ def busbw(ceilings: list, achieved: list[tuple[int, float]]) -> Optional[str]:
 def compute_memory(points: list, total_mib: Optional[float]) -> Optional[str]:
     """Peak memory and compute img/s against batch per rank, with the device limit."""
     ok = [p for p in points if p.status == "ok" and p.img_per_s]
-    if len({p.batch for p in ok}) < 1:
+    if len({p.batch_ran for p in ok}) < 1:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
     for amp in sorted({p.amp for p in ok}, key=precision_name):
-        pts = sorted((p.batch, p.img_per_s, p.peak_mem_mib) for p in ok if p.amp == amp)
+        # at the batch that ran: a capped point repeats a smaller batch, never one that did not run
+        ran = {p.batch_ran: (p.img_per_s, p.peak_mem_mib) for p in sorted(ok, key=lambda p: p.capped, reverse=True)
+               if p.amp == amp}  # fmt: skip
+        pts = sorted((b, r, m) for b, (r, m) in ran.items())
         label = precision_name(amp)
         a1.plot([b for b, _, _ in pts], [r for _, r, _ in pts], marker="o", label=label)
         a2.plot([b for b, _, _ in pts], [m or 0 for _, _, m in pts], marker="o", label=label)

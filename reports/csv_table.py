@@ -4,7 +4,9 @@ img_per_s_ci_low/high: the trial's own 95% interval (batch means over its steps)
 run-to-run spread where repeats measured it. img_per_s_config*: its configuration's combined figure (the
 mean of its runs) and that mean's interval, what the ranking orders by. epoch_s (95% band epoch_s_low/high),
 run_h, cost_epoch, cost_run, energy_*_kwh: the training run it predicts (yoloprof.analysis.epoch; the run's
-epochs and price are in scan.json run_plan); epoch_parts_missing: what those figures could not include."""
+epochs and price are in scan.json run_plan); epoch_parts_missing: what those figures could not include.
+batch_effective: the global batch that ran (empty: not recorded), below `batch` where the dataset, or each
+rank's shard of it, holds fewer images than a batch; notes: the trial's notes, that one among them."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ COLUMNS = [
     "energy_epoch_kwh", "energy_run_kwh", "steps_s", "val_s", "save_s", "boundary_s", "no_mosaic_epoch_s", "once_s",
     # the knobs beyond the five, at the end: the first columns keep their places
     "epoch_parts_missing", "deterministic", "compile", "channels_last", "setup_s", "warmup_extra_s", "compile_s",
+    # the global batch that ran where it was less than `batch` asked (a dataset smaller than a batch), and the notes
+    "batch_effective", "notes",
 ]  # fmt: skip  # fmt: skip
 
 
@@ -76,6 +80,7 @@ def rows(results: list[TrialResult], ranking: Ranking, predictions: Optional[dic
             "tied_with_best": v.tied_with_best if v.position is not None else None, "repeat_of": v.repeat_of,
             "img_per_s_config": v.img_per_s, "img_per_s_config_ci_low": v.img_per_s_ci_low,
             "img_per_s_config_ci_high": v.img_per_s_ci_high,
+            "batch_effective": r.batch_effective, "notes": "; ".join(r.notes) or None,
         })  # fmt: skip
         p = predictions.get(r.trial_id) or EpochPrediction(r.trial_id)
         out[-1].update({k: getattr(p, k) for k in PREDICTED})

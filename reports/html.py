@@ -262,6 +262,7 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         fmt=_num,
         pct=_pct,
         ranks_of={r.trial_id: r.ranks for r in results},
+        notes_of={r.trial_id: r.notes for r in results},
         scale_groups=scale_groups,
         scale_epoch={pt.trial_id: epoch_view.table_cells(out.predictions.get(pt.trial_id))
                      for g in scale_groups for pt in g.points},
@@ -294,7 +295,8 @@ def _knob_figures(out) -> list[dict]:
     lines = {}
     if c.compute:
         for amp in sorted({p.amp for p in c.compute.points}, key=precision_name):
-            pts = {p.batch * n: p.img_per_s * n for p in c.compute.points if p.amp == amp and p.img_per_s}
+            pts = {p.batch_ran * n: p.img_per_s * n for p in sorted(c.compute.points, key=lambda p: p.capped, reverse=True)
+                   if p.amp == amp and p.img_per_s}  # at the batch that ran; a point that ran as asked wins  # fmt: skip
             if pts:
                 lines[f"compute ceiling, {precision_name(amp)}"] = pts
     svg = charts.against_knob(out.results, "batch", "workers", lines)

@@ -188,13 +188,18 @@ def compute_table(c: ComputeCeiling) -> Table:
     for col in ("batch/rank", "precision", "img/s", "step ms", "peak MiB", "status"):
         t.add_column(col, justify="right")
     for p in c.points:
-        t.add_row(str(p.batch), precision_name(p.amp), fmt(p.img_per_s), fmt(p.step_ms_p50, ".0f"),
+        batch = f"{p.batch_ran} (asked {p.batch})" if p.capped else str(p.batch)
+        t.add_row(batch, precision_name(p.amp), fmt(p.img_per_s), fmt(p.step_ms_p50, ".0f"),
                   fmt(p.peak_mem_mib, ".0f"), p.status if p.status == "ok" else f"[red]{p.status}: {p.error}[/]")  # fmt: skip
     if c.max_batch_fit:
         t.caption = "largest batch within 90% of device memory on one device alone: " + ", ".join(
             f"{k} {v}" for k, v in c.max_batch_fit.items()) + " (a DDP rank fits less: the report subtracts its measured overhead)"
     elif c.note:
         t.caption = c.note
+    capped = sorted({(p.batch, p.batch_ran) for p in c.points if p.capped})
+    if capped:  # the dataset holds fewer images than the batch: Ultralytics ran the smaller batch
+        t.caption = ((t.caption + "; ") if t.caption else "") + ", ".join(
+            f"batch {a} ran as {b}" for a, b in capped) + ": Ultralytics caps the batch at the dataset's size"
     return t
 
 

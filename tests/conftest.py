@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CPU_SCAN = FIXTURES / "cpu-scan"
+BENCH = Path(__file__).parent.parent / "benchmarks"
+
+
+def load_benchmark(name: str, module: str = ""):
+    """benchmarks/<name>.py as a module (benchmarks are scripts, not a package), registered in sys.modules
+    as `module` (default bench_<name>) because dataclasses look their module up there."""
+    spec = importlib.util.spec_from_file_location(module or f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 
 import pytest
@@ -18,6 +19,18 @@ from test_failures import leftovers, results, scan_cmd
 
 pytestmark = pytest.mark.slow
 TINY_MODEL = FIXTURES / "tiny-detect.yaml"
+
+
+LOSS_MS = 80.0
+
+
+def _odd_minus_even(out, tid: str, phase: str) -> float:
+    """Mean of a phase over rank 0's odd measured steps less its mean over the even ones."""
+    lines = (out / "trials" / tid / "rank0.jsonl").read_text().splitlines()
+    steps = [s for s in (json.loads(x) for x in lines if '"kind": "step"' in x) if not s["warmup"]]
+    odd = [s[phase] for s in steps if s["step"] % 2]
+    even = [s[phase] for s in steps if not s["step"] % 2]
+    return sum(odd) / len(odd) - sum(even) / len(even)
 
 
 def _info(out, tid: str, rank: int) -> dict:
@@ -32,10 +45,17 @@ def test_a_cpu_scan_measures_deterministic_and_compile_for_real(tiny_data, tmp_p
     cmd = scan_cmd(tiny_data, out, "--model", str(TINY_MODEL), "--batch", "8", "--workers", "0", "--warmup", "2",
                    "--deterministic", "on,off", "--compile", "off",
                    "--baseline", "batch=8,workers=0,deterministic=off,compile=default")  # one compile: ~20 s each  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # The loss costs 80 ms more on odd steps: compiled, Ultralytics computes it outside the compiled forward,
+    # and it must still land in forward (+ loss), as it does uncompiled, not in backward.
+    env = {**os.environ, "YOLOPROF_TEST_COST": f"loss={LOSS_MS}:odd"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     r = results(out)
     assert sorted(r) == ["t01-b8-w0-fp32-nondet-compile", "t02-b8-w0-fp32", "t03-b8-w0-fp32-nondet"]  # baseline first
+    for tid in r:
+        grew = {p: _odd_minus_even(out, tid, p) for p in ("forward_ms", "backward_ms")}
+        assert grew["forward_ms"] == pytest.approx(LOSS_MS, abs=30), (tid, grew)
+        assert abs(grew["backward_ms"]) < 30, (tid, grew)
     assert all(x.status == "ok" for x in r.values()), {t: x.error for t, x in r.items()}
     # what ran, read back from torch on every rank
     for tid, x in r.items():

@@ -51,3 +51,31 @@ def test_the_report_states_the_ddp_fit_and_the_overhead_behind_it():
     text = _fit_text(compute, [TrialResult("t", "ok", SPEC.knobs, 2, "cuda", mem_overhead_mib=1509.9)])
     assert "under DDP: amp 69 (one device alone: amp 71; a DDP rank holds 1510 MiB more" in text
     assert "not measured here" in _fit_text(compute, [])
+
+
+def test_a_pools_later_trial_measures_its_overhead_from_before_the_pool_launched():
+    # The pool's ranks already hold their context and NCCL buffers (2100 MiB on GPU 2) when trial 2's
+    # telemetry starts: its smallest reading is no baseline. The header's reading before the launch is.
+    gpu = samples(2, [2700, 2700, 21100]) + samples(5, [2100, 21300])
+    before = {2: 600.0, 5: 0.0}
+    got = mem_overhead(SPEC, ranks(19000.0, 19200.0), gpu, BUCKETS, before)
+    assert got == pytest.approx(2100 + sum(BUCKETS) / 2**20)  # GPU 5: 21300 - 0 - 19200
+    assert mem_overhead(SPEC, ranks(19000.0, 19200.0), gpu, BUCKETS) == pytest.approx(
+        max(21100 - 2700 - 19000, 21300 - 2100 - 19200, 0) + sum(BUCKETS) / 2**20)  # without it: ~0
+
+
+def test_each_rank_is_read_on_its_own_nodes_gpu_by_local_rank():
+    from yoloprof.records import RankInfo
+
+    def info(rank, local, node):
+        return RankInfo(rank, local, 4, 1, "h", f"cuda:{local}", "H200", "nccl", 16, 1, 8, 8, True, True, 512, 10,
+                        None, 8, 0.0, node=node)  # fmt: skip
+
+    two_nodes = TrialSpec("t", SPEC.knobs, 4, "cuda", [2, 5], "m", "/d", 640, "SGD", 1, 1, {}, nnodes=2)
+    # global ranks 0 and 1 ran on node 1, 2 and 3 on node 0: node 0's telemetry is for ranks 2 and 3 only
+    recs = [RankRecords(r, info(r, r % 2, 1 if r < 2 else 0), [], RankEnd(r, "ok", 19000.0, "cuda_reserved"))
+            for r in range(4)]  # fmt: skip
+    recs[0].end.peak_mem_mib = 1.0  # a node-1 rank read against node 0's GPU would claim ~20 GiB of overhead
+    gpu = samples(2, [0, 20000]) + samples(5, [0, 20500])
+    got = mem_overhead(two_nodes, recs, gpu, BUCKETS, {2: 0.0, 5: 0.0})
+    assert got == pytest.approx(1500 + sum(BUCKETS) / 2**20)  # rank 3 (local 1 -> GPU 5): 20500 - 19000

@@ -73,3 +73,16 @@ def test_write_json_is_atomic_and_corrupt_files_raise_record_error(tmp_path):
         read_json(p, Knobs)
     with pytest.raises(RecordError):
         from_dict(Knobs, {"batch": 1})  # required fields missing
+
+
+def test_deterministic_trials_never_share_a_rank_process():
+    """Ultralytics sets CUBLAS_WORKSPACE_CONFIG for deterministic, and cuBLAS reads it once per process."""
+    import dataclasses
+
+    from yoloprof.records import Knobs, TrialSpec
+
+    a = TrialSpec("a", Knobs(64, 8, True, True, "off", "default"), 2, "cuda", [0, 1], "m", "/d", 640, "SGD", 1, 1, {})
+    b = dataclasses.replace(a, trial_id="b", knobs=dataclasses.replace(a.knobs, deterministic=not a.knobs.deterministic))
+    c = dataclasses.replace(a, trial_id="c", knobs=dataclasses.replace(a.knobs, batch=128, workers=2))
+    assert a.env_key != b.env_key
+    assert a.env_key == c.env_key  # batch and workers still share one

@@ -6,11 +6,14 @@ import types
 
 import pytest
 
+import torch
+
 import probes.clock as clock_mod
 import probes.steps as steps_mod
 from probes.clock import Clock
 from probes.comm import BucketTiming
 from probes.steps import StepProbe
+from fake_cuda import FakeCuda, installed
 
 
 class FakeTime:
@@ -122,43 +125,16 @@ def test_missing_grad_hook_leaves_comm_wait_unmeasured(fake):
     assert out[0].comm_wait_ms is None
 
 
-# -- a GPU's timeline, simulated: the host enqueues work and runs ahead; the device runs it in order --
+# -- a GPU's timeline: the CUDA stand-in (tests/fake_cuda.py) runs the clock's real torch.cuda calls --
 
 
-class FakeDevice:
-    """One CUDA stream: work runs in order, an event completes when the work queued before it has."""
-
-    def __init__(self, ft: FakeTime):
-        self.ft, self.busy_until = ft, ft.now
-        self.broken = False
-
-    def launch(self, ms: float) -> None:
-        self.busy_until = max(self.busy_until, self.ft.now) + ms / 1e3
-
-    def event(self) -> "FakeEvent":
-        if self.broken:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return FakeEvent(self, max(self.ft.now, self.busy_until))
-
-    def synchronize(self) -> None:
-        if self.broken:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        self.ft.now = max(self.ft.now, self.busy_until)
-
-
-class FakeEvent:
-    def __init__(self, dev: FakeDevice, t: float):
-        self.dev, self.t = dev, t
-
-    def query(self) -> bool:
-        if self.dev.broken:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return self.dev.ft.now >= self.t
-
-    def elapsed_time(self, other: "FakeEvent") -> float:
-        if self.dev.broken:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return (other.t - self.t) * 1e3
+@pytest.fixture
+def dev(fake, monkeypatch):
+    """torch.cuda answered by the stand-in on the fake clock, the rank's GPU current as the worker sets it."""
+    rt = FakeCuda(clock=fake)
+    with installed(rt, monkeypatch):
+        torch.cuda.set_device(0)
+        yield rt
 
 
 def gpu_step(probe, ft, dev, *, host_wait):
@@ -179,16 +155,15 @@ def gpu_step(probe, ft, dev, *, host_wait):
     return t_batch
 
 
-def test_gpu_data_wait_is_the_devices_idle_gap_not_the_hosts_wait(fake):
-    dev = FakeDevice(fake)
+def test_gpu_data_wait_is_the_devices_idle_gap_not_the_hosts_wait(fake, dev):
     out = []
-    probe = StepProbe(0, 0, Clock(cuda=True, new_event=dev.event, synchronize=dev.synchronize), out.append)
+    probe = StepProbe(0, 0, Clock(cuda=True), out.append)
     probe.epoch_start()
     gpu_step(probe, fake, dev, host_wait=1)
     # The host waits 20 ms for the loader while the GPU still runs ~94 ms of the previous step: no stall.
     gpu_step(probe, fake, dev, host_wait=20)
     # Then the loader is slow: the host waits 300 ms and the GPU idles for the part it had no work.
-    idle_from = dev.busy_until  # the device finishes the second step here (~168 ms after its host did)
+    idle_from = dev.busy_until[0]  # the device finishes the second step here (~168 ms after its host did)
     t_batch = gpu_step(probe, fake, dev, host_wait=300)
     probe.flush(block=True)
     assert [s.timing for s in out] == ["cuda_event"] * 3
@@ -206,10 +181,9 @@ def test_gpu_data_wait_is_the_devices_idle_gap_not_the_hosts_wait(fake):
                                                                             pytest.approx(60), pytest.approx(5))
 
 
-def test_sync_mode_times_on_the_host_after_each_synchronize(fake):
-    dev = FakeDevice(fake)
+def test_sync_mode_times_on_the_host_after_each_synchronize(fake, dev):
     out = []
-    probe = StepProbe(0, 0, Clock(cuda=True, sync=True, new_event=dev.event, synchronize=dev.synchronize), out.append)
+    probe = StepProbe(0, 0, Clock(cuda=True, sync=True), out.append)
     probe.epoch_start()
     gpu_step(probe, fake, dev, host_wait=1)
     gpu_step(probe, fake, dev, host_wait=20)
@@ -219,18 +193,40 @@ def test_sync_mode_times_on_the_host_after_each_synchronize(fake):
     assert s.data_wait_ms == pytest.approx(20)  # synchronized: the host's wait is the device's idle time
 
 
-def test_a_sticky_device_error_still_flushes_without_raising(fake):
-    dev = FakeDevice(fake)
+def test_a_sticky_device_error_still_flushes_without_raising(fake, dev):
     out = []
-    clock = Clock(cuda=True, new_event=dev.event, synchronize=dev.synchronize)
+    clock = Clock(cuda=True)
     probe = StepProbe(0, 0, clock, out.append)
     probe.epoch_start()
     gpu_step(probe, fake, dev, host_wait=1)
     gpu_step(probe, fake, dev, host_wait=1)
-    dev.broken = True  # an illegal address: every query and synchronize raises from now on
+    dev.fail()  # an illegal address: every query and synchronize raises from now on
     probe.batch_start(epoch=0)
     probe.mark("h2d_end")
     probe.flush_after_failure()  # before: the event query raised again here and the end record was lost
     assert "illegal memory access" in clock.device_error
     assert [s.step for s in out] == [0, 1]  # the finished steps are written; the failed one is not
     assert out[1].timing == "host_after_device_error" and out[1].forward_ms is None and out[1].step_ms > 0
+
+
+def test_a_step_is_written_only_once_its_events_have_completed(fake, dev):
+    """The stand-in refuses elapsed_time on an event still pending ("device not ready"): the probe
+    must wait for completion, never read early, and never mistake the refusal for a broken device."""
+    out = []
+    clock = Clock(cuda=True)
+    probe = StepProbe(0, 0, clock, out.append)
+    probe.epoch_start()
+    gpu_step(probe, fake, dev, host_wait=1)  # ~3 ms of host time for 97 ms queued on the device
+    assert out == [] and clock.device_error is None  # still running: nothing read
+    fake.advance_ms(50)
+    probe.flush(block=False)
+    assert out == []
+    fake.advance_ms(60)  # the device is done
+    probe.flush(block=False)
+    assert len(out) == 1 and out[0].timing == "cuda_event" and out[0].forward_ms == pytest.approx(30)
+    with pytest.raises(RuntimeError, match="device not ready"):  # what reading early would have met
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dev.launch(5)
+        b.record()
+        a.elapsed_time(b)

@@ -81,3 +81,6 @@ class ScanProgress:
             self.console.print(f"{head}: [red]{r.status}[/] {r.error or ''}")
         if r.repeat_of:
             self.console.print(f"  (a repeat of {r.repeat_of}: the same settings again, for the run-to-run noise)")
+        if r.batch_capped:  # the dataset (or a rank's shard of it) holds fewer images than the batch asked
+            for note in [n for n in r.notes if n.startswith("ran at batch")]:
+                self.console.print(f"  [yellow]note[/]: {note}", highlight=False)

@@ -16,6 +16,10 @@ from typing import Optional
 
 from yoloprof.errors import UsageError
 
+# The scan node a rank runs on, set by a follower (yoloprof.scan.follow) for its launches: records say
+# which ranks are node 0's, whose GPUs node 0's telemetry sampled.
+SCAN_NODE_ENV = "YOLOPROF_SCAN_NODE"
+
 DEFAULT_PORT = 29400  # torchrun's own default for --rdzv-endpoint
 # A node that has not joined by then fails the scan's start (or a launch's rendezvous).
 JOIN_TIMEOUT_S = float(os.environ.get("YOLOPROF_JOIN_TIMEOUT_S", "120"))

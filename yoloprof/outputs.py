@@ -72,8 +72,9 @@ def trial_result(scan_dir: Path, trial_id: str) -> Optional[TrialResult]:
             telemetry = read_telemetry(tdir / TELEMETRY_FILE) if (tdir / TELEMETRY_FILE).is_file() else None
             result = aggregate.aggregate(spec, aggregate.read_ranks(tdir), outcome, telemetry)
             saved = read_json(tdir / RESULT_FILE, TrialResult) if (tdir / RESULT_FILE).is_file() else None
-            if saved is not None:  # facts only the scan knew when the trial ended
-                result.stderr_tail, result.notes = saved.stderr_tail, saved.notes
+            if saved is not None:  # facts only the scan knew when the trial ended, then what the records say now
+                result.stderr_tail = saved.stderr_tail
+                result.notes = saved.notes + [n for n in result.notes if n not in saved.notes]
                 result.gpu_util_pct = result.gpu_util_pct if result.gpu_util_pct is not None else saved.gpu_util_pct
             return result
         if (tdir / RESULT_FILE).is_file():

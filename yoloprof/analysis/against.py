@@ -62,8 +62,8 @@ def against(r: TrialResult, c: Ceilings) -> TrialVsCeilings:
     k, n = r.knobs, max(r.world_size, 1)
     compute = None
     if c.compute is not None:
-        per_rank = max(k.batch // n, 1)
-        hit = next((p for p in c.compute.points if p.batch == per_rank and p.amp == k.amp and p.img_per_s), None)
+        per_rank = max(r.batch_ran // n, 1)  # both at the batch that ran (a dataset smaller than a batch caps it)
+        hit = next((p for p in c.compute.points if p.batch_ran == per_rank and p.amp == k.amp and p.img_per_s), None)
         compute = hit.img_per_s * n if hit else None
     loader = None
     if c.loader is not None:

@@ -26,6 +26,8 @@ from yoloprof.records import (
     StepSample,
     TrialResult,
     TrialSpec,
+    batch_that_runs,
+    capped_batch_note,
     from_dict,
 )
 from yoloprof.analysis import intervals
@@ -262,27 +264,55 @@ def measured_window(ranks: list[RankRecords]) -> Optional[tuple[float, float]]:
     return (min(starts), max(ends)) if starts else None
 
 
-def mem_overhead(spec: TrialSpec, ranks: list[RankRecords], gpu_samples: list,
-                 bucket_sizes_bytes: list[int]) -> Optional[float]:  # fmt: skip
+def _local_gpu(spec: TrialSpec, r: RankRecords) -> Optional[int]:
+    """The GPU of a rank on the node whose telemetry the scan holds (node 0), or None for another node's
+    rank. The local rank indexes the node's GPU list; old records without it read the rank as local."""
+    info = r.info
+    if spec.nnodes > 1 and (info is None or info.node is None or info.node != 0):
+        return None
+    local = info.local_rank if info is not None else r.rank
+    return spec.gpus[local] if 0 <= local < len(spec.gpus) else None
+
+
+def mem_overhead(spec: TrialSpec, ranks: list[RankRecords], gpu_samples: list, bucket_sizes_bytes: list[int],
+                 before_mib: Optional[dict[int, float]] = None) -> Optional[float]:  # fmt: skip
     """Device memory a rank holds beyond its allocator's reserved peak, worst rank, in MiB.
 
-    NVML's used memory on the rank's GPU (less what was used there before the rank started: the
-    telemetry's first readings) minus the caching allocator's reserved peak: the CUDA context and
-    NCCL's buffers, which no world-size-1 probe sees. Plus the DDP reducer's gradient buckets, which
-    a DDP rank allocates through the allocator but a world-size-1 run does not. None off GPU.
+    NVML's used memory on the rank's GPU, less what was used there before the launch started (the
+    telemetry header's reading: for a pool's later trials, before the pool launched, since by then its
+    ranks hold their context and NCCL's buffers; records without it: the trial's smallest reading), minus
+    the caching allocator's reserved peak: the CUDA context and NCCL's buffers, which no world-size-1
+    probe sees. Plus the DDP reducer's gradient buckets, which a DDP rank allocates through the allocator
+    but a world-size-1 run does not. None off GPU.
     """
     if spec.device != "cuda" or not gpu_samples:
         return None
     out = []
     for r in ranks:
-        if r.end is None or r.end.mem_source != "cuda_reserved" or r.end.peak_mem_mib is None or r.rank >= len(spec.gpus):
+        gpu = _local_gpu(spec, r)
+        if r.end is None or r.end.mem_source != "cuda_reserved" or r.end.peak_mem_mib is None or gpu is None:
             continue
-        used = [g.mem_used_mib for g in gpu_samples if g.gpu == spec.gpus[r.rank] and g.mem_used_mib is not None]
-        if len(used) >= 2:
+        used = [g.mem_used_mib for g in gpu_samples if g.gpu == gpu and g.mem_used_mib is not None]
+        base = (before_mib or {}).get(gpu)
+        if base is not None and used:
+            out.append(max(used) - base - r.end.peak_mem_mib)
+        elif len(used) >= 2:
             out.append(max(used) - min(used) - r.end.peak_mem_mib)
     if not out:
         return None
     return max(max(out), 0.0) + (sum(bucket_sizes_bytes) / 2**20 if spec.world_size > 1 else 0.0)
+
+
+def _batch_that_ran(result: TrialResult, spec: TrialSpec, infos: list[RankInfo]) -> None:
+    """The batch per rank the ranks trained at (Ultralytics caps it at the dataset, DDP at a rank's shard),
+    and a note where that is less than the trial asked: images/s count the images that ran, but the knobs
+    name a batch that never ran."""
+    result.batch_per_rank_effective = min(batch_that_runs(i.batch_per_rank, i.dataset_images, i.world_size)
+                                          for i in infos)  # fmt: skip
+    asked = max(spec.knobs.batch // max(spec.world_size, 1), 1)
+    if result.batch_per_rank_effective < asked:
+        result.notes.append(capped_batch_note(asked, result.batch_per_rank_effective, infos[0].dataset_images,
+                                              spec.world_size) + ".")  # fmt: skip
 
 
 def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
@@ -313,6 +343,7 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
         result.workers_effective = infos[0].workers_effective
         result.amp_effective = infos[0].amp_effective
         result.accumulate = infos[0].accumulate
+        _batch_that_ran(result, spec, infos)
     setups = [r.end.setup_s for r in ranks if r.end and r.end.setup_s is not None]
     result.setup_s = max(setups) if setups and len(setups) == len(ranks) else None  # a rank without one: unknown
     result.warmup_extra_s, result.warmup_steps_timed = warmup_extra(ranks)
@@ -374,7 +405,10 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
     if telemetry is not None and window is not None:
         header, gpu, cpu, notes = telemetry
         result.telemetry = summarize(header, gpu, cpu, window[0], window[1], sum(images))
-        result.mem_overhead_mib = mem_overhead(spec, ranks, gpu, result.bucket_sizes_bytes)
+        before = None
+        if header is not None and header.mem_used_before_launch_mib is not None:
+            before = {g: u for g, u in zip(header.gpus, header.mem_used_before_launch_mib) if u is not None}
+        result.mem_overhead_mib = mem_overhead(spec, ranks, gpu, result.bucket_sizes_bytes, before)
         result.gpu_util_pct = result.telemetry.gpu_util_mean_pct
         result.notes += [n for n in notes if n not in result.notes]
     return result

@@ -87,8 +87,9 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
         return out
     rate, lo_rate, hi_rate = rate or (r.img_per_s, r.img_per_s_ci_low, r.img_per_s_ci_high)
     known = lo_rate and hi_rate and math.isfinite(hi_rate) and hi_rate >= rate >= lo_rate > 0
-    out.steps_s = nb * r.knobs.batch / rate
-    steps = (out.steps_s, nb * r.knobs.batch / hi_rate if known else None, nb * r.knobs.batch / lo_rate if known else None)
+    batch = r.batch_ran  # an epoch's images: its batches as they ran (a dataset smaller than a batch caps it)
+    out.steps_s = nb * batch / rate
+    steps = (out.steps_s, nb * batch / hi_rate if known else None, nb * batch / lo_rate if known else None)
     if not known:
         out.parts_missing.append("the throughput interval (too few steps, or too wide to bound the time): the band "
                                  "holds the other parts only")  # fmt: skip
@@ -151,7 +152,7 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
         else:
             out.parts_missing.append("torch.compile's start-up: not measured (no warm-up steps)")
     opt_ms = r.breakdown.optimizer_ms * (r.accumulate or 1) if r.breakdown and r.breakdown.optimizer_ms else None
-    extra = warmup_extra_steps(nb, rp, r.knobs.batch)
+    extra = warmup_extra_steps(nb, rp, r.knobs.batch)  # the batch asked: Ultralytics' accumulate comes from args.batch
     if extra and opt_ms is not None:
         once.append((extra * opt_ms / 1e3,) * 3)
     if ok and costs.val.s:
@@ -173,7 +174,7 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
         out.cost_run = out.run_h * ranks * rp.gpu_hour_price
     tel = r.telemetry
     if tel is not None and tel.energy_j_per_img is not None:
-        out.energy_epoch_kwh = tel.energy_j_per_img * nb * r.knobs.batch / J_PER_KWH
+        out.energy_epoch_kwh = tel.energy_j_per_img * nb * r.batch_ran / J_PER_KWH
         out.energy_run_kwh = out.energy_epoch_kwh * epochs
         out.parts_missing.append("energy of validation, saving and epoch end: not metered (the figure is the steps')")
     return out

@@ -43,9 +43,9 @@ class OomTracker:
         self._at: dict[Knobs, int] = {}
 
     def record(self, result: TrialResult) -> None:
-        if result.status == "oom":
+        if result.status == "oom":  # at the batch that ran: a dataset smaller than the batch asked caps it
             key = _others(result.knobs)
-            self._at[key] = min(self._at.get(key, result.knobs.batch), result.knobs.batch)
+            self._at[key] = min(self._at.get(key, result.batch_ran), result.batch_ran)
 
     def skip_reason(self, spec: TrialSpec) -> Optional[str]:
         at = self._at.get(_others(spec.knobs))

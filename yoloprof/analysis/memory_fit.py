@@ -28,16 +28,19 @@ def max_batch_fit(points: list[ComputePoint], total_mib: float, margin_frac: flo
                   overhead_mib: float = 0.0) -> Optional[int]:  # fmt: skip
     """Largest batch whose predicted peak plus the per-rank overhead stays under (1 - margin) of the
     device; None without 2 points. An OOM point caps the answer below its batch, whatever the line says.
+
+    Each point counts at the batch that ran (ComputePoint.batch_ran): a batch larger than the dataset runs
+    capped at the dataset's size, so its memory is that batch's, never a point at the batch asked.
     """
     ok = [p for p in points if p.status == "ok" and p.peak_mem_mib]
-    if len({p.batch for p in ok}) < 2:
+    if len({p.batch_ran for p in ok}) < 2:
         return None
-    intercept, slope = fit_line([p.batch for p in ok], [p.peak_mem_mib for p in ok])
+    intercept, slope = fit_line([p.batch_ran for p in ok], [p.peak_mem_mib for p in ok])
     if slope <= 0:
         return None
     room = total_mib * (1 - margin_frac) - overhead_mib
     best = int((room - intercept) / slope + 1e-9)  # 1e-9: 0.9 * 10000 is 8999.999...
-    oom = [p.batch for p in points if p.status == "oom"]
+    oom = [p.batch_ran for p in points if p.status == "oom"]
     if oom:
         best = min(best, min(oom) - 1)
     return best if best >= 1 else None

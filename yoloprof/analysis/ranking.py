@@ -51,7 +51,7 @@ def bounds(r: TrialResult) -> tuple[list[str], str]:
     input and communication are named together when both shares' intervals reach their limits (and one
     estimate does): their order then changes from run to run, so one name alone would flip."""
     if r.status == "oom":
-        return ["memory"], f"out of memory at batch {r.knobs.batch}"
+        return ["memory"], f"out of memory at batch {r.batch_ran}" + (f" (asked {r.knobs.batch})" if r.batch_capped else "")
     if r.status != "ok":
         return [], r.error or r.status
     if r.peak_mem_mib and r.device_mem_total_mib and r.peak_mem_mib / r.device_mem_total_mib > MEMORY_FRAC:

@@ -6,6 +6,10 @@ filled shapes, each of which is a labelled box. It says nothing about accuracy.
 
 Every Ultralytics task has its own: `SyntheticSpec(task=...)` writes detect boxes (here), or segment
 polygons, pose keypoints, obb rotated boxes or classify class folders (task_labels.py).
+
+A scan sizes it to its plan (`images_for`): Ultralytics caps a batch at the dataset's size, and each
+DDP rank loads only its shard, so a dataset smaller than the largest batch would run a smaller batch
+than the one named, and one barely larger would make every few steps an epoch boundary.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +33,27 @@ CLASSES = ["rectangle", "ellipse", "triangle"]
 MANIFEST = "yoloprof-dataset.json"
 VERSION = 1
 
+# How many training images a scan's built-in dataset holds (images_for):
+DEFAULT_IMAGES = 512  # the floor, and all a scan of small batches gets (every CPU scan): the dataset it always had
+MIN_STEPS_PER_EPOCH = 16  # an epoch at the scan's largest global batch is at least this many steps
+# The ceiling: 8 GPUs x 128 per rank (the auto space's largest) x 16 steps. About 1.6 GB of JPEGs at 640x480;
+# made at about 30 images/s per core (measured on a 2-core EPYC VM), BLOCK images per process at once.
+MAX_IMAGES = 16384
+# Images past the first DEFAULT_IMAGES are made in blocks of this many, each block from a seed of its own, so
+# any number of processes makes the same dataset; the first DEFAULT_IMAGES are what they always were.
+BLOCK = 256
+
+
+def images_for(largest_batch: int) -> int:
+    """Training images for a scan whose largest planned global batch is `largest_batch`: enough for
+    MIN_STEPS_PER_EPOCH steps an epoch at that batch, between DEFAULT_IMAGES and MAX_IMAGES, and never fewer
+    than the batch itself (so no trial on it, nor a compute probe at its batch per rank, runs a capped batch)."""
+    return max(DEFAULT_IMAGES, int(largest_batch), min(MAX_IMAGES, MIN_STEPS_PER_EPOCH * int(largest_batch)))
+
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    images: int = 512
+    images: int = DEFAULT_IMAGES
     width: int = 640
     height: int = 480
     val_images: int = 32
@@ -79,10 +102,11 @@ def _image(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, list[
     return img, labels
 
 
-def _write_split(root: Path, split: str, n: int, spec: SyntheticSpec, rng: np.random.Generator) -> None:
-    (root / "images" / split).mkdir(parents=True)
-    (root / "labels" / split).mkdir(parents=True)
-    for i in range(n):
+def _write_split(root: Path, split: str, start: int, stop: int, spec: SyntheticSpec,
+                 rng: np.random.Generator) -> None:  # fmt: skip
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    for i in range(start, stop):
         if spec.task == "detect":
             img, labels = _image(rng, spec.width, spec.height)
             rows = "".join(f"{c} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}\n" for c, x, y, bw, bh in labels)
@@ -93,11 +117,12 @@ def _write_split(root: Path, split: str, n: int, spec: SyntheticSpec, rng: np.ra
         (root / "labels" / split / f"{i:06d}.txt").write_text(rows)
 
 
-def _write_class_split(root: Path, split: str, n: int, spec: SyntheticSpec, rng: np.random.Generator) -> None:
+def _write_class_split(root: Path, split: str, start: int, stop: int, spec: SyntheticSpec,
+                       rng: np.random.Generator) -> None:  # fmt: skip
     """classify: root/split/<class>/*.jpg, the classes in turn, so each split holds every class."""
     for name in CLASSES:
-        (root / split / name).mkdir(parents=True)
-    for i in range(max(n, len(CLASSES))):
+        (root / split / name).mkdir(parents=True, exist_ok=True)
+    for i in range(start, stop):
         cls = i % len(CLASSES)
         img = _background(rng, spec.width, spec.height)
         task_labels.draw_one(img, rng, cls)
@@ -109,18 +134,65 @@ def data_path(root: Path, task: str) -> Path:
     return Path(root) if task == "classify" else Path(root) / "data.yaml"
 
 
-def generate(out: Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
-    """Write the dataset into `out` (created; must not exist) and return its `data=` (data_path)."""
+def _count(spec: SyntheticSpec, n: int) -> int:
+    return max(n, len(CLASSES)) if spec.task == "classify" else n  # classify: every class in every split
+
+
+def _write_part(root: Path, spec: SyntheticSpec, start: int, stop: int) -> None:
+    """One part of the dataset (also in a worker process). Part 0: the first training images, then the
+    validation split, from one generator seeded with spec.seed, as the dataset was always made; a later
+    block of training images: its own generator, seeded with (spec.seed, its first index)."""
+    write = _write_class_split if spec.task == "classify" else _write_split
+    if start == 0:
+        rng = np.random.default_rng(spec.seed)
+        write(root, "train", 0, stop, spec, rng)
+        write(root, "val", 0, _count(spec, spec.val_images), spec, rng)
+    else:
+        write(root, "train", start, stop, spec, np.random.default_rng([spec.seed, start]))
+
+
+def parts(spec: SyntheticSpec) -> list[tuple[int, int]]:
+    """(start, stop) of the training images each part writes: the first DEFAULT_IMAGES, then BLOCKs."""
+    total, head = _count(spec, spec.images), min(_count(spec, spec.images), DEFAULT_IMAGES)
+    return [(0, head)] + [(s, min(s + BLOCK, total)) for s in range(head, total, BLOCK)]
+
+
+def _write_all(root: Path, spec: SyntheticSpec, processes: int | None = None) -> None:
+    """Every part, in this process and `processes - 1` fresh ones (python -m yoloprof.data.dataset): a fresh
+    interpreter, not a fork of the scan process, which may hold torch's threads."""
+    todo = parts(spec)
+    n = min(processes or os.cpu_count() or 1, len(todo))
+    shares: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for part in sorted(todo, key=lambda p: p[0] - p[1]):  # the largest first, each to the least loaded
+        min(shares, key=lambda s: sum(b - a for a, b in s)).append(part)
+    procs = []
+    try:
+        for share in shares[1:]:
+            procs.append(subprocess.Popen([sys.executable, "-m", "yoloprof.data.dataset", str(root),
+                                           json.dumps(spec.__dict__), json.dumps(share)],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))  # fmt: skip
+        for start, stop in shares[0]:
+            _write_part(root, spec, start, stop)
+        for p in procs:
+            _, err = p.communicate()
+            if p.returncode:
+                tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+                raise RuntimeError(f"making the synthetic dataset failed in a helper process: {tail[0]}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def generate(out: Path, spec: SyntheticSpec = SyntheticSpec(), processes: int | None = None) -> Path:
+    """Write the dataset into `out` (created; must not exist) and return its `data=` (data_path).
+    `processes`: how many make it at once (the CPU count); the dataset is the same whatever the number."""
     out = Path(out)
-    rng = np.random.default_rng(spec.seed)
     tmp = Path(tempfile.mkdtemp(prefix=".yoloprof-dataset-", dir=out.parent))
     try:
-        if spec.task == "classify":
-            _write_class_split(tmp, "train", spec.images, spec, rng)
-            _write_class_split(tmp, "val", spec.val_images, spec, rng)
-        else:
-            _write_split(tmp, "train", spec.images, spec, rng)
-            _write_split(tmp, "val", spec.val_images, spec, rng)
+        _write_all(tmp, spec, processes)
+        if spec.task != "classify":
             names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASSES))
             pose = (f"kpt_shape: {task_labels.KPT_SHAPE}\nflip_idx: {task_labels.FLIP_IDX}\n"
                     if spec.task == "pose" else "")  # fmt: skip
@@ -159,3 +231,9 @@ def read_manifest(data: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+if __name__ == "__main__":  # a helper process of _write_all: ROOT SPEC-JSON PARTS-JSON
+    _root, _spec, _parts = sys.argv[1:4]
+    for _start, _stop in json.loads(_parts):
+        _write_part(Path(_root), SyntheticSpec(**json.loads(_spec)), _start, _stop)

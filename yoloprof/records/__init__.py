@@ -16,7 +16,7 @@ from yoloprof.records.search import Decision
 from yoloprof.records.scan import DatasetInfo, Environment, GpuInfo, ScanMeta
 from yoloprof.records.telemetry import CpuSample, GpuSample, TelemetryHeader, TelemetrySummary
 from yoloprof.records.trial import (PRECISIONS, BucketSample, Knobs, RankEnd, RankInfo, RankRecords, StepSample,
-                                    TrialSpec, precision_name)  # fmt: skip
+                                    TrialSpec, batch_that_runs, capped_batch_note, precision_name)  # fmt: skip
 
 __all__ = [
     "SCHEMA_VERSION", "RecordError", "from_dict", "read_json", "to_dict", "write_json",
@@ -25,5 +25,5 @@ __all__ = [
     "ScanMeta", "CpuSample", "GpuSample", "TelemetryHeader", "TelemetrySummary", "BucketSample", "Knobs",
     "RankEnd", "RankInfo", "RankRecords", "StepSample", "TrialSpec", "CollectiveCheck", "DoctorReport", "Finding",
     "GpuLink", "NvmlGpu", "Decision", "EpochCosts", "EpochPart", "EpochPrediction", "RunPlan", "PRECISIONS",
-    "precision_name",
+    "precision_name", "batch_that_runs", "capped_batch_note",
 ]  # fmt: skip

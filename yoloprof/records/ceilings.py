@@ -78,6 +78,18 @@ class ComputePoint:
     mem_source: Optional[str] = None
     trial_id: Optional[str] = None
     error: Optional[str] = None
+    # The batch that ran: below `batch` where the dataset holds fewer images (Ultralytics caps the batch at
+    # the dataset's size); None: not recorded (older records), read as `batch`
+    batch_effective: Optional[int] = None
+
+    @property
+    def batch_ran(self) -> int:
+        """What memory and speed were measured at: the batch that ran where recorded, else the one asked."""
+        return self.batch_effective if self.batch_effective is not None else self.batch
+
+    @property
+    def capped(self) -> bool:
+        return self.batch_effective is not None and self.batch_effective < self.batch
 
 
 @dataclass

@@ -87,12 +87,33 @@ class TrialResult:
     warmup_steps_timed: int = 0  # warm-up steps behind warmup_extra_s (compile may recompile past the first)
     workers_effective: Optional[int] = None
     amp_effective: Optional[bool] = None
+    # The batch per rank that ran (yoloprof.records.trial.batch_that_runs over the ranks' info lines): below
+    # knobs.batch // world_size where the dataset, or each rank's shard of it, holds fewer images than a batch.
+    # None: not recorded (records written before it, or no rank got as far as its set-up)
+    batch_per_rank_effective: Optional[int] = None
     accumulate: Optional[int] = None
     wall_s: Optional[float] = None
     error: Optional[str] = None
     stderr_tail: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     schema: int = SCHEMA_VERSION
+
+    @property
+    def batch_effective(self) -> Optional[int]:
+        """The global batch that ran (per rank x world size); None where not recorded."""
+        if self.batch_per_rank_effective is None:
+            return None
+        return self.batch_per_rank_effective * max(self.world_size, 1)
+
+    @property
+    def batch_ran(self) -> int:
+        """The global batch that ran where recorded, else the one asked (records written before it)."""
+        return self.batch_effective if self.batch_effective is not None else self.knobs.batch
+
+    @property
+    def batch_capped(self) -> bool:
+        """It ran a smaller batch than it asked (a dataset, or a rank's shard of it, smaller than a batch)."""
+        return self.batch_effective is not None and self.batch_effective < self.knobs.batch
 
 
 @dataclass

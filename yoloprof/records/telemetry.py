@@ -20,6 +20,9 @@ class TelemetryHeader:
     gpu_status: str  # "ok", or "not measured: <reason>"
     unsupported: list[str] = field(default_factory=list)  # GpuSample fields the device answered NotSupported
     t_start_s: float = 0.0
+    # NVML's used memory on each GPU (order of `gpus`) before the trial's launch started: the baseline of
+    # what its ranks hold. A pool's trials share the reading taken before the pool launched. None: not read.
+    mem_used_before_launch_mib: Optional[list[Optional[float]]] = None
 
 
 @dataclass

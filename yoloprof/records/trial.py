@@ -89,10 +89,35 @@ class TrialSpec:
 
     @property
     def env_key(self) -> tuple:
-        """What a rank process is launched with: trials with the same key can share one launch. A compile
+        """What a rank process is launched with, or fixes once: trials with the same key can share one launch. A compile
         trial gets a launch of its own: the compiler's in-process caches would make a later compile look free."""
         own = (self.trial_id,) if self.knobs.compile != "off" else ()
-        return (self.world_size, self.device, tuple(self.gpus), tuple(sorted(self.env.items()))) + own
+        # deterministic: Ultralytics sets CUBLAS_WORKSPACE_CONFIG for it, and cuBLAS reads that once per process
+        return (self.world_size, self.device, tuple(self.gpus), tuple(sorted(self.env.items())),
+                self.knobs.deterministic) + own  # fmt: skip
+
+
+def batch_that_runs(batch_per_rank: int, train_images: int, world_size: int) -> int:
+    """The batch per rank Ultralytics trains at, asked `batch_per_rank` on a dataset of `train_images`.
+
+    Its build_dataloader caps the batch at the dataset (`batch = min(batch, len(dataset))`), and under
+    DDP each rank's DistributedSampler hands it ceil(images / world size) images an epoch, so no step
+    holds more than that shard: 512 images on 8 ranks run batch 128 per rank as 64."""
+    if train_images <= 0:
+        return batch_per_rank
+    shard = -(-train_images // max(world_size, 1))
+    return max(min(batch_per_rank, shard), 1)
+
+
+def capped_batch_note(asked_per_rank: int, ran_per_rank: int, train_images: int, world_size: int) -> str:
+    """Why a trial ran a smaller batch than it asked (batch_that_runs), in words for its notes."""
+    n = max(world_size, 1)
+    if n == 1:
+        return (f"ran at batch {ran_per_rank} per rank, not {asked_per_rank}: Ultralytics caps the batch at the "
+                f"dataset's {train_images} images")  # fmt: skip
+    return (f"ran at batch {ran_per_rank} per rank ({ran_per_rank * n} in all), not {asked_per_rank} "
+            f"({asked_per_rank * n}): each of the {n} ranks loads a shard of {ran_per_rank} of the dataset's "
+            f"{train_images} images an epoch (Ultralytics' DistributedSampler), fewer than a batch")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,8 +138,8 @@ class StepSample:
     """One training iteration on one rank. data_wait_ms + h2d_ms + forward_ms + backward_ms +
     comm_wait_ms + optimizer_ms + epoch_end_ms + other_ms = step_ms (the parts that were measured).
 
-    On a GPU (timing "cuda_event") every span is on the device's timeline: the host of a rank that
-    never synchronizes runs ahead of its GPU, so only device time adds up to the step."""
+    On a GPU (timing "cuda_event") every span is on the device's timeline: the host of a rank runs ahead
+    of its GPU between training's own synchronisations, so only device time adds up to the step."""
 
     rank: int
     step: int  # 0-based iteration index within the trial, identical on every rank
@@ -167,6 +192,7 @@ class RankInfo:
     compiled: Optional[bool] = None  # the model is a torch.compile module (Ultralytics falls back silently)
     deterministic_effective: Optional[bool] = None  # torch.are_deterministic_algorithms_enabled()
     channels_last_effective: Optional[bool] = None  # the convolution weights are in NHWC memory format
+    node: Optional[int] = None  # the scan's node this rank ran on (0: the one whose telemetry the scan holds)
 
 
 @dataclass

@@ -36,7 +36,8 @@ def bottleneck(r: TrialResult) -> Optional[str]:
 
 def space_for(ctx, meta: ScanMeta) -> Space:
     risky, why = plan.cache_ram_risk(meta.dataset.train_images, ctx.imgsz, ctx.hw.world_size, _free_ram_mib())
-    return auto_space(ctx.hw, ctx.given, dataset_fits_ram=not risky, ram_reason=why if risky else None)
+    return auto_space(ctx.hw, ctx.given, dataset_fits_ram=not risky, ram_reason=why if risky else None,
+                      train_images=meta.dataset.train_images)  # fmt: skip
 
 
 def _free_ram_mib() -> float:

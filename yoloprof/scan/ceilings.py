@@ -25,7 +25,7 @@ from yoloprof.search import plan
 from yoloprof.analysis.memory_fit import max_batch_fit
 from yoloprof.records import (
     PRECISIONS, AllReduceCeiling, ComputeCeiling, ComputePoint, Knobs, LoaderCeiling, LoaderPoint, RecordError,
-    TrialSpec, precision_name, read_json, write_json,
+    TrialResult, TrialSpec, precision_name, read_json, write_json,
 )  # fmt: skip
 from yoloprof.analysis.stats import median
 
@@ -160,18 +160,25 @@ def compute_specs(hw: plan.Hardware, batches: list[int], amps: list[bool], *, mo
     return specs
 
 
+def compute_point(spec: TrialSpec, tdir: Path, *, cache_dir: Path,
+                  should_stop: Optional[Callable[[], bool]] = None) -> tuple[ComputePoint, TrialResult]:  # fmt: skip
+    """One compute-probe trial run and read back: its point (at the batch that ran) and its result."""
+    outcome = launch.run_trial(spec, tdir, cache_dir=cache_dir, should_stop=should_stop)
+    write_json(tdir / "launch.json", outcome)
+    r = aggregate.aggregate(spec, aggregate.read_ranks(tdir), outcome)
+    p = ComputePoint(batch=spec.knobs.batch, amp=spec.knobs.amp, status=r.status, img_per_s=r.img_per_s,
+                     step_ms_p50=r.step_ms_p50, peak_mem_mib=r.peak_mem_mib,
+                     mem_source="cuda_reserved" if spec.device == "cuda" else "rss",
+                     trial_id=spec.trial_id, error=r.error,
+                     batch_effective=r.batch_per_rank_effective)  # fmt: skip
+    return p, r
+
+
 def compute(out: Path, specs: list[TrialSpec], *, cache_dir: Path, device_name: str,
             device_mem_total_mib: Optional[float], on_point: Optional[Callable] = None) -> ComputeCeiling:  # fmt: skip
     points = []
     for spec in specs:
-        tdir = Path(out) / "compute" / spec.trial_id
-        outcome = launch.run_trial(spec, tdir, cache_dir=cache_dir)
-        write_json(tdir / "launch.json", outcome)
-        r = aggregate.aggregate(spec, aggregate.read_ranks(tdir), outcome)
-        p = ComputePoint(batch=spec.knobs.batch, amp=spec.knobs.amp, status=r.status, img_per_s=r.img_per_s,
-                         step_ms_p50=r.step_ms_p50, peak_mem_mib=r.peak_mem_mib,
-                         mem_source="cuda_reserved" if spec.device == "cuda" else "rss",
-                         trial_id=spec.trial_id, error=r.error)  # fmt: skip
+        p, _ = compute_point(spec, Path(out) / "compute" / spec.trial_id, cache_dir=cache_dir)
         points.append(p)
         if on_point is not None:
             on_point(p)

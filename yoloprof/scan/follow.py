@@ -19,7 +19,7 @@ from rich.console import Console
 
 from yoloprof import paths
 from yoloprof.errors import ScanFailed
-from yoloprof.nodes import JOIN_TIMEOUT_S, Nodes
+from yoloprof.nodes import JOIN_TIMEOUT_S, SCAN_NODE_ENV, Nodes
 from yoloprof.records import TrialSpec, from_dict
 from yoloprof.scan import cluster, launch
 from probes.node_store import Heart, Pulse, connect, get_json, has, store_key
@@ -104,7 +104,8 @@ class Follower:
         if job["kind"] == "trial":
             spec = self.localize(from_dict(TrialSpec, job["spec"]))
             outcome = launch.run_trial(spec, folder, cache_dir=paths.cache_dir(), policy=NEVER,
-                                       should_stop=self._ended(n, stop), rendezvous=rdzv)  # fmt: skip
+                                       should_stop=self._ended(n, stop), rendezvous=rdzv,
+                                       extra_env={SCAN_NODE_ENV: str(self.nodes.node_rank)})  # fmt: skip
             (folder / "launch.json").write_text(json.dumps(dataclasses.asdict(outcome)))
             return
         self._command(job, folder, rdzv, self._ended(n, stop))

@@ -16,7 +16,8 @@ from typing import Optional
 from rich.console import Console
 
 from yoloprof import __version__, nodes as nodes_mod, outputs, paths
-from yoloprof.search import baselines, plan, usercfg
+from yoloprof.data.dataset import images_for
+from yoloprof.search import baselines, plan, space, usercfg
 from yoloprof.analysis import doctor
 from yoloprof.scan import cluster, launch, preflight, request, runner
 from yoloprof.errors import ScanFailed, UsageError
@@ -118,9 +119,18 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     the_plan = plan.make_plan(hw, given)
     mine = baselines.from_cfg(cfg_args, hw, req.cfg) if req.cfg else (
         baselines.parse_baseline(req.baseline, hw) if req.baseline else None)  # fmt: skip
-    roles = baselines.add(the_plan, hw, mine, with_defaults=not req.no_defaults)
+    strategy = resolve_strategy(req, given)
     imgsz = req.imgsz or (640 if hw.device == "cuda" else 128)
-    dataset = resolve_data(req, console)
+    # the built-in dataset holds enough images for the largest batch the scan may run (dataset.images_for)
+    largest = max(planned_batches(hw, given, strategy, the_plan, mine, with_defaults=not req.no_defaults))
+    dataset = resolve_data(req, console, images=images_for(largest))
+    # a batch the dataset cannot run as asked (Ultralytics caps it at the dataset, DDP at a rank's shard) is not
+    # planned; the baselines still run whatever they ask, as references, and their notes say what ran
+    if strategy == "grid":
+        plan.drop_over_the_data(the_plan, hw, dataset.train_images, flag=given.get("batch") is not None)
+    elif given.get("batch"):
+        space.auto_space(hw, given, train_images=dataset.train_images)  # one line now if no batch given can run
+    roles = baselines.add(the_plan, hw, mine, with_defaults=not req.no_defaults)
     model = model_check.resolve(req.model or DEFAULT_MODEL, len(dataset.classes))
     usercfg.check_task(cfg_args, dataset.task, model, req.cfg)
     run_plan = resolve_run_plan(req, cfg_args)
@@ -130,12 +140,20 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     preflight.before_scan(checks, local_hw, max(the_plan.axes.workers), console)  # on 2+ GPUs: a first NCCL AllReduce
     precision = parse_precision(req.precision)
     max_steps = req.max_steps or (req.steps * MAX_STEPS_FACTOR if precision else None)
-    strategy = resolve_strategy(req, given)
     if strategy == "auto" and req.ranks:
         raise UsageError("--ranks compares world sizes over a grid; add --strategy grid")
     budget_s = parse_budget(req.budget, hw.device) if strategy == "auto" else None
     return Context(env, hw, hw_why, the_plan, imgsz, dataset, model, roles, world_sizes, strategy, budget_s,
                    precision, max_steps, given, mine, run_plan, train_cfg, cfg_args, nodes)  # fmt: skip
+
+
+def planned_batches(hw: plan.Hardware, given: dict, strategy: str, the_plan: plan.Plan, mine: Optional[Knobs],
+                    with_defaults: bool) -> list[int]:  # fmt: skip
+    """Every global batch the scan may run, known before its data: the grid's list or the auto space's values,
+    the user's settings and Ultralytics' defaults. The compute probe runs the same batches per rank."""
+    out = list(space.batch_values(hw, given) if strategy == "auto" else the_plan.axes.batch)
+    out += [mine.batch] if mine is not None else []
+    return out + ([baselines.ultralytics_defaults(hw).batch] if with_defaults else [])
 
 
 def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, int]:

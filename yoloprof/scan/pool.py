@@ -2,7 +2,8 @@
 
 Most of a short trial's wall time is fixed cost: torchrun start, imports, the process group, CUDA
 and NCCL initialisation. A pool pays it once per environment (world size, device, GPUs, NCCL
-variables, OMP threads: TrialSpec.env_key) and hands its ranks one trial at a time through job
+variables, OMP threads, and `deterministic`, whose CUBLAS_WORKSPACE_CONFIG cuBLAS reads once per process:
+TrialSpec.env_key) and hands its ranks one trial at a time through job
 files (job-0001.json, ...). Each trial still builds its own trainer, model, optimizer, dataloader
 and DDP wrapper in the ranks (yoloprof.worker). Isolation is kept by never trusting a pool after a
 failure: a trial that does not end `ok` on every rank (OOM, error, hang, killed rank, interrupt)
@@ -100,7 +101,8 @@ class RankPool:
         from probes.telemetry import TelemetrySampler
 
         sampler = TelemetrySampler(trial_dir / launch.TELEMETRY_FILE, interval_s=self.telemetry_interval_s,
-                                   gpus=self.gpus if self.device == "cuda" else [])  # fmt: skip
+                                   gpus=self.gpus if self.device == "cuda" else [],
+                                   mem_used_before_launch_mib=self._release.baseline_mib or None)  # fmt: skip
         with sampler:
             sampler.attach(self.proc.pid)
             while True:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from yoloprof import paths
 from yoloprof.data import datainfo
-from yoloprof.data.dataset import SyntheticSpec, ensure
+from yoloprof.data.dataset import DEFAULT_IMAGES, MAX_IMAGES, MIN_STEPS_PER_EPOCH, SyntheticSpec, ensure
 from yoloprof.errors import UsageError
 from yoloprof.records import DatasetInfo, Environment, RunPlan
 from yoloprof.search import plan
@@ -223,8 +223,9 @@ def _a(word: str) -> str:
     return f"{'an' if word[0] in 'aeio' else 'a'} {word}"
 
 
-def resolve_data(req: ScanRequest, console: Console) -> DatasetInfo:
-    """The dataset, read for the model's task; without --data, the synthetic dataset of the model's task;
+def resolve_data(req: ScanRequest, console: Console, images: Optional[int] = None) -> DatasetInfo:
+    """The dataset, read for the model's task; without --data, the synthetic dataset of the model's task,
+    with `images` training images (dataset.images_for the scan's largest batch; None: its default 512);
     without --model, the data's task's default model (sets req.model: a pose yaml -> yolo11n-pose.yaml)."""
     from probes.model_check import DEFAULT_MODELS
 
@@ -237,12 +238,15 @@ def resolve_data(req: ScanRequest, console: Console) -> DatasetInfo:
             check_task(req.model, task, info)
             info.task = task  # detect or segment on obb labels, say: read as the model's task
     else:
-        spec = SyntheticSpec(task=task or "detect")
+        sized = {} if images is None or images == DEFAULT_IMAGES else {"images": images}
+        spec = SyntheticSpec(task=task or "detect", **sized)
         target = paths.cache_dir() / "datasets" / spec.key
         if not target.is_dir():
             kind = "" if spec.task == "detect" else f"{spec.task} "
+            sizing = (f", {MIN_STEPS_PER_EPOCH} steps an epoch at the largest batch the scan may run, at most "
+                      f"{MAX_IMAGES} images" if spec.images > DEFAULT_IMAGES else "")  # fmt: skip
             console.print(f"Generating the built-in synthetic {kind}dataset ({spec.images} images, "
-                          f"{spec.width}x{spec.height}) into {target} (once)...")  # fmt: skip
+                          f"{spec.width}x{spec.height}{sizing}) into {target} (once)...")  # fmt: skip
         info = datainfo.inspect(ensure(paths.cache_dir(), spec))
     if info.task != "detect" and (task or not given):  # a model that cannot be read gets its own line next
         console.print(f"task: {info.task} (" + (f"the model's, {req.model}" if task else f"the data's: --model "

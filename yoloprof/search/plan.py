@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from yoloprof.errors import UsageError
-from yoloprof.records import Knobs, TrialSpec
+from yoloprof.records import Knobs, TrialSpec, batch_that_runs
 
 # Named NCCL settings. NCCL files most of these under debugging variables: a recommendation that
 # sets one says so and shows the gain it measured. LL128 is left out on purpose (it can corrupt
@@ -201,6 +201,51 @@ def cannot_run(hw: Hardware, values: dict[str, list]) -> list[tuple[str, object,
     if hw.compile_blocker:
         out += [("compile", m, f"compile {m}: {hw.compile_blocker}") for m in values.get("compile", []) if m != "off"]
     return out
+
+
+def over_the_data(batches: list[int], world_size: int, train_images: int) -> list[tuple[int, str]]:
+    """(batch, reason) for each global batch that a dataset of `train_images` cannot run as asked: Ultralytics
+    caps the batch at the dataset's size, and under DDP a rank's batch at its shard (batch_that_runs), so
+    the trial would run, and be recorded as, a smaller batch than its name."""
+    n, out = max(world_size, 1), []
+    for b in batches:
+        ran = batch_that_runs(max(b // n, 1), train_images, n)
+        if ran >= max(b // n, 1):
+            continue
+        if n == 1:
+            why = (f"batch {b}: the dataset has {train_images} training images and Ultralytics caps the batch at "
+                   f"the dataset's size, so it would run as batch {ran}")  # fmt: skip
+        else:
+            why = (f"batch {b} ({b // n} per rank): each of the {n} ranks loads {ran} of the dataset's {train_images} "
+                   f"training images an epoch, so it would run as batch {ran} per rank ({ran * n} in all)")  # fmt: skip
+        out.append((b, why))
+    return out
+
+
+def largest_runnable(world_size: int, train_images: int) -> int:
+    """The largest global batch a dataset of `train_images` runs as asked on `world_size` ranks."""
+    n = max(world_size, 1)
+    return batch_that_runs(train_images, train_images, n) * n
+
+
+def drop_over_the_data(the_plan: Plan, hw: Hardware, train_images: int, flag: bool) -> None:
+    """Drop planned batches the dataset cannot run as asked (over_the_data), each with its reason. Call it
+    before the baselines join the plan: they run whatever they ask, as the references. `flag`: the batches
+    were the user's --batch, so a plan left without any is the user's to fix (one line)."""
+    over = over_the_data(the_plan.axes.batch, hw.world_size, train_images)
+    if not over:
+        return
+    gone = {b for b, _ in over}
+    if gone >= set(the_plan.axes.batch):
+        most = largest_runnable(hw.world_size, train_images)
+        what = "--batch " + ",".join(map(str, the_plan.axes.batch)) if flag else "every planned batch"
+        raise UsageError(f"{what}: larger than the dataset's {train_images} training images can run"
+                         + (f" on {hw.world_size} ranks" if hw.world_size > 1 else "")
+                         + f" (Ultralytics caps the batch at the dataset, DDP at a rank's shard); give --batch {most}"
+                         " or smaller, or a larger dataset")  # fmt: skip
+    the_plan.axes.batch = [b for b in the_plan.axes.batch if b not in gone]
+    the_plan.knobs = [k for k in the_plan.knobs if k.batch not in gone]
+    the_plan.dropped += [why for _, why in over]
 
 
 def make_plan(hw: Hardware, given: dict[str, Optional[list]]) -> Plan:

@@ -55,7 +55,7 @@ def _batches(out: Pruned, compute: Optional[ComputeCeiling], hw: Hardware) -> No
     limit: dict[bool, tuple[int, str]] = {}  # amp -> (largest batch per rank that fits, why)
     for amp in out.space.values["amp"]:
         name = precision_name(amp)
-        oom = [p.batch for p in compute.points if p.amp == amp and p.status == "oom"]
+        oom = [p.batch_ran for p in compute.points if p.amp == amp and p.status == "oom"]  # the batch that ran
         fit = compute.max_batch_fit.get(name)
         found = []
         if oom:
@@ -103,7 +103,7 @@ def _workers(out: Pruned, loader: Optional[LoaderCeiling], compute: Optional[Com
         return _note(out, "workers", "no compute ceiling: workers are not compared with what training can use")
     n = max(hw.world_size, 1)
     wanted = {(b // n, a) for b in out.space.values["batch"] for a in out.space.values["amp"]}
-    pts = [p for p in compute.points if p.status == "ok" and p.img_per_s and (p.batch, p.amp) in wanted]
+    pts = [p for p in compute.points if p.status == "ok" and p.img_per_s and (p.batch_ran, p.amp) in wanted]
     if not pts:
         return _note(out, "workers", "the compute ceiling has no point at the batches searched: workers not compared")
     top = max(pts, key=lambda p: p.img_per_s)
@@ -114,7 +114,7 @@ def _workers(out: Pruned, loader: Optional[LoaderCeiling], compute: Optional[Com
     for v in [v for v in out.space.values["workers"] if v > enough]:
         _cut(out, "workers", v,
              f"workers {v}: workers {enough} already loads {rate[enough]:.0f} img/s, over {INPUT_HEADROOM:g}x the "
-             f"{need:.0f} img/s the fastest training step measured can use (compute ceiling, {top.batch} per rank "
+             f"{need:.0f} img/s the fastest training step measured can use (compute ceiling, {top.batch_ran} per rank "
              f"{'amp' if top.amp else 'fp32'} x {n} ranks); more workers cannot help")  # fmt: skip
 
 

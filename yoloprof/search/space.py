@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from yoloprof.errors import UsageError
 from yoloprof.records import Decision, Knobs
-from yoloprof.search.plan import Hardware, cannot_run, workers_cap
+from yoloprof.search.plan import Hardware, cannot_run, largest_runnable, over_the_data, workers_cap
 
 KNOBS = ("batch", "workers", "amp", "pin_memory", "cache", "nccl", "deterministic", "compile", "channels_last")
 ORDINAL = ("batch", "workers")  # walked one step up or down; the others are categories, every value tried
@@ -69,15 +69,24 @@ def _drop(space: Space, knob: str, value: Any, reason: str) -> None:
     space.dropped.append(Decision(stage="space", kind="pruned", reason=reason, knob=knob, value=show(value)))
 
 
+def batch_values(hw: Hardware, given: Optional[dict[str, Optional[list]]] = None) -> list[int]:
+    """The global batches the auto space starts from: the user's --batch, else its per-rank sizes x ranks."""
+    n = max(hw.world_size, 1)
+    return sorted((given or {}).get("batch") or [b * n for b in (GPU_BATCH_PER_RANK if hw.device == "cuda"
+                                                                 else CPU_BATCH_PER_RANK)])  # fmt: skip
+
+
 def auto_space(hw: Hardware, given: Optional[dict[str, Optional[list]]] = None, *,
-               dataset_fits_ram: bool = False, ram_reason: Optional[str] = None) -> Space:  # fmt: skip
+               dataset_fits_ram: bool = False, ram_reason: Optional[str] = None,
+               train_images: Optional[int] = None) -> Space:  # fmt: skip
     """The space for `--strategy auto`. `given` maps knob -> the user's explicit list (or None): a list
     replaces that knob's candidates, then the hardware drops what cannot matter, as for the grid.
-    `ram_reason`: why cache=ram is left out (plan.cache_ram_risk's text) when the dataset does not fit."""
+    `ram_reason`: why cache=ram is left out (plan.cache_ram_risk's text) when the dataset does not fit.
+    `train_images`: the dataset's; batches it cannot run as asked are dropped (plan.over_the_data)."""
     given = given or {}
     n, gpu = max(hw.world_size, 1), hw.device == "cuda"
     auto: dict[str, list] = {
-        "batch": [b * n for b in (GPU_BATCH_PER_RANK if gpu else CPU_BATCH_PER_RANK)],
+        "batch": batch_values(hw),
         "workers": list(WORKERS),
         "amp": [True, False, "bf16"],
         "pin_memory": [True, False],
@@ -97,6 +106,14 @@ def auto_space(hw: Hardware, given: Optional[dict[str, Optional[list]]] = None, 
                              f"use e.g. {n * max(b // n, 1)}")  # fmt: skip
     for knob, value, reason in cannot_run(hw, space.values):
         _drop(space, knob, value, reason)
+    if train_images is not None:
+        over = over_the_data(space.values["batch"], hw.world_size, train_images)
+        if given.get("batch") and len(over) == len(space.values["batch"]):
+            raise UsageError(f"--batch {','.join(map(str, space.values['batch']))}: larger than the dataset's "
+                             f"{train_images} training images can run" + (f" on {n} ranks" if n > 1 else "") +
+                             f"; give --batch {largest_runnable(n, train_images)} or smaller, or a larger dataset")  # fmt: skip
+        for b, why in over:
+            _drop(space, "batch", b, why)
     if not gpu and not given.get("compile"):
         for mode in [m for m in space.values["compile"] if m != "off"]:
             _drop(space, "compile", mode, f"compile {mode}: on CPU its first steps compile for minutes, beyond an auto "

@@ -188,8 +188,8 @@ class AutoSearch:
         self._proposed.add(self.space.effective(k))
         yield Proposal(k, why, None, stage)
         hit = self._first(k)
-        if hit is not None and hit.status == "oom":
-            self._oom[k.amp] = min(self._oom.get(k.amp, k.batch), k.batch)
+        if hit is not None and hit.status == "oom":  # at the batch that ran (a small dataset caps the one asked)
+            self._oom[k.amp] = min(self._oom.get(k.amp, hit.batch_ran), hit.batch_ran)
         self._log(stage, "tried", f"{why}: {self._said(hit)}", knob, getattr(k, knob) if knob else None,
                   hit.trial_id if hit else None)  # fmt: skip
         return hit

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from yoloprof.records import RankEnd, RankInfo, TrialSpec, read_json, to_dict
 from yoloprof.paths import COMPILE_CACHE
+from yoloprof.nodes import SCAN_NODE_ENV
 from yoloprof.text import error_line
 
 
@@ -50,14 +51,21 @@ def _redirect_output(log: Path) -> None:
     os.close(fd)
 
 
+# What Ultralytics' trainer (engine/trainer.py, the OOM retry) counts as running out of device memory besides
+# "out of memory": cuBLAS failing to allocate its workspace, and cuDNN finding no convolution plan whose
+# workspace fits ("unable to find an engine"; CUDNN_STATUS_INTERNAL_ERROR near the limit).
+MEMORY_ERRORS = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_INTERNAL_ERROR", "unable to find an engine")
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
-    text = str(exc).lower()
+    text = str(exc)
     return (
         isinstance(exc, (torch.OutOfMemoryError, MemoryError))
-        or "out of memory" in text
-        or "can't allocate memory" in text  # the CPU allocator
+        or "out of memory" in text.lower()
+        or "can't allocate memory" in text.lower()  # the CPU allocator
+        or any(s in text for s in MEMORY_ERRORS)
     )
 
 
@@ -70,12 +78,24 @@ def _quietly(fn):
         return None
 
 
+def start_device(spec: TrialSpec):
+    """The rank's device, before anything touches it: its GPU made current and CUDA initialised
+    (probes.memory.start), the trial's memory peaks reset, and the clock that times its steps."""
+    import torch
+
+    from probes import memory
+    from probes.clock import Clock
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    memory.start(torch.device("cuda", spec.gpus[local]) if spec.device == "cuda" and spec.gpus else None)
+    return Clock(cuda=spec.device == "cuda", sync=spec.sync_phases)
+
+
 def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled: bool = False) -> RankEnd:
     import torch
     import torch.distributed as dist
 
     from probes import memory
-    from probes.clock import Clock
     from probes.steps import StepProbe
     from probes import offline
     from yoloprof.worker import faults
@@ -83,9 +103,7 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
     from yoloprof.worker.trainer import ScanTrainer, TrialComplete, epoch_plan, is_channels_last, is_compiled
 
     offline.patch_ultralytics()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    memory.reset(torch.device("cuda", spec.gpus[local]) if spec.device == "cuda" and spec.gpus else None)
-    clock = Clock(cuda=spec.device == "cuda", sync=spec.sync_phases)
+    clock = start_device(spec)
     steady: list[tuple[int, float]] = []  # (images, step_ms) of measured steady steps: the stopping rule's input
 
     mosaic_off, steady_off, _ = epoch_plan(spec) if spec.mode == "epoch" else (None, None, None)
@@ -127,6 +145,7 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
                 compiled=is_compiled(t.model),
                 deterministic_effective=torch.are_deterministic_algorithms_enabled(),
                 channels_last_effective=is_channels_last(t.model),
+                node=int(os.environ.get(SCAN_NODE_ENV, "0")),
             ),
         )
 

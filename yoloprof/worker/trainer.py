@@ -136,10 +136,15 @@ class _TimedLoss:
 
 
 class _TimedScaler:
-    def __init__(self, scaler, after_backward: Callable[[], None]):
-        self._scaler, self._after = scaler, after_backward
+    """The GradScaler as the loop calls it: `scale(loss)` marks the end of forward and loss, `backward()`
+    returning the end of backward. The loss exists only here on both of Ultralytics' paths: plain, the
+    model's forward computes it; compiled, the loop calls `loss()` after the compiled forward returns."""
+
+    def __init__(self, scaler, loss_ready: Callable[[], None], after_backward: Callable[[], None]):
+        self._scaler, self._ready, self._after = scaler, loss_ready, after_backward
 
     def scale(self, loss):
+        self._ready()
         return _TimedLoss(self._scaler.scale(loss), self._after)
 
     def __getattr__(self, name):
@@ -205,10 +210,9 @@ class ScanMixin(EpochEndMixin):
 
     def _attach_probes(self):
         probe = self.probe
-        self.model.register_forward_hook(lambda m, i, o: probe.mark("fwd_end", once=True))
         first = next(p for p in unwrap_model(self.model).parameters() if p.requires_grad)
         first.register_post_accumulate_grad_hook(lambda p: probe.mark("grad_end"))
-        self.scaler = _TimedScaler(self.scaler, lambda: probe.mark("bwd_end"))
+        self.scaler = _TimedScaler(self.scaler, lambda: probe.mark("fwd_end", once=True), lambda: probe.mark("bwd_end"))
         self.comm_state: Optional[comm.CommState] = None
         if isinstance(self.model, DistributedDataParallel):
             self.comm_state = comm.attach(self.model, probe.clock, probe.bucket_launched, probe.rank)
