@@ -166,8 +166,8 @@ def read_lines(data_file: Path, root: Path = ROOT) -> dict[str, set[int]]:
     data.read()
     out: dict[str, set[int]] = {}
     for f in data.measured_files():
-        rel = relative(f, root)
-        if rel is not None and rel.split("/")[0] in PRODUCT_DIRS:
+        rel = relative(f, root)  # Python files only: Jinja measures its templates under their own names
+        if rel is not None and rel.endswith(".py") and rel.split("/")[0] in PRODUCT_DIRS:
             out.setdefault(rel, set()).update(data.lines(f) or ())
     return out
 
@@ -303,11 +303,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             with tempfile.TemporaryDirectory(prefix="cuda-coverage-") as tmp:
                 run = run_suite(shlex.split(args.pytest_args), Path(tmp))
-                executed = normalise(read_lines(run.data_file))
-                main_lines, rc = run.main_lines, run.pytest_rc
-                if args.save_data:
+                if args.save_data:  # first: a long run's data outlives any failure below
                     args.save_data.parent.mkdir(parents=True, exist_ok=True)
                     args.save_data.write_bytes(run.data_file.read_bytes())
+                executed = normalise(read_lines(run.data_file))
+                main_lines, rc = run.main_lines, run.pytest_rc
             meta.update(pytest_args=args.pytest_args, pytest_rc=rc, processes_measured=run.processes)
             print(f"\npytest exit status {rc}; {run.processes} processes wrote coverage data "
                   f"(the pytest process and {max(run.processes - 1, 0)} subprocesses)")  # fmt: skip

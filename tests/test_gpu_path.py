@@ -5,6 +5,7 @@ both completed, sticky errors stay. Each test runs the product's own branch, not
 from __future__ import annotations
 
 import json
+import os
 import types
 from pathlib import Path
 
@@ -242,3 +243,40 @@ def test_the_loader_probe_makes_its_gpu_current_before_building_the_loader(rt, t
     assert rt.calls[0] == "set_device(2)" and rt.current == 2
     assert loader.pin_memory is True and loader.batch_size == 4  # Ultralytics pins where it counts GPUs
     # (pinning itself needs the driver: a batch is not fetched here)
+
+
+# -- the trainer's and the launcher's CUDA set-up --------------------------------------------------
+
+
+def test_a_pooled_gpu_rank_runs_ultralytics_device_set_up_and_keeps_its_process_group(rt, gloo_group, monkeypatch):
+    """ScanMixin._setup_ddp on CUDA: Ultralytics' own _setup_ddp (device from LOCAL_RANK in device=, made
+    current, NCCL's blocking wait) runs, and in a pool the existing process group is not initialised again."""
+    import ultralytics.engine.trainer as ul_trainer
+
+    from yoloprof.worker.trainer import ScanTrainer
+
+    monkeypatch.setattr(ul_trainer, "LOCAL_RANK", 1)
+    monkeypatch.delenv("TORCH_NCCL_BLOCKING_WAIT", raising=False)
+    t = object.__new__(ScanTrainer)  # the set-up step alone: no model, no data
+    t.spec, t.world_size = spec(), 2
+    t.args = types.SimpleNamespace(device="2,3")
+    t._setup_ddp()
+    assert t.device == torch.device("cuda", 3) and rt.current == 3
+    assert dist.get_world_size() == 1  # the pool's group, not a new one
+    assert os.environ["TORCH_NCCL_BLOCKING_WAIT"] == "1"
+
+
+def test_yoloprof_trains_rank_makes_its_gpu_current_before_the_process_group(rt, monkeypatch):
+    from yoloprof.worker import ddp
+
+    monkeypatch.delenv("TORCH_NCCL_BLOCKING_WAIT", raising=False)
+    assert ddp.init(torch.device("cuda", 2), ddp.World()) is False  # alone: no group, but the device is set
+    assert rt.calls[0] == "set_device(2)" and rt.current == 2
+    assert os.environ["TORCH_NCCL_BLOCKING_WAIT"] == "1"
+
+
+def test_the_doctor_reports_no_cuda_error_where_torch_sees_gpus(rt):
+    from probes import system_check
+
+    assert system_check.torch_cuda_error() is None
+    assert "init" not in rt.calls  # asking must not start CUDA in the scan process
