@@ -65,7 +65,10 @@ def breakdown(results: list[TrialResult]) -> Optional[str]:
         return None
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(ok) + 1.3))
     left = [0.0] * len(ok)
+    names = {r.optimizer for r in ok}
     for phase, (label, color) in PHASE_COLORS.items():
+        if phase == "optimizer_ms" and len(names) == 1 and None not in names:
+            label = f"{label} ({names.pop()})"  # which step it is: MuSGD's costs more than SGD's
         vals = [max(getattr(r.breakdown, phase) or 0.0, 0.0) for r in ok]
         if not any(vals):
             continue

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from yoloprof.analysis import noise, tradeoffs
+from yoloprof.analysis import optimizer as optim
 from yoloprof.search.baselines import YOURS
 from yoloprof.search.plan import nccl_env, omp_threads
 from yoloprof.search.usercfg import MEASURED
@@ -34,6 +35,7 @@ class BestConfig:
     comments: dict[str, str] = field(default_factory=dict)  # --cfg: key -> what was measured against your value
     header: list[str] = field(default_factory=list)  # --cfg: what changed, against which trial
     nnodes: int = 1  # nodes the scan spanned: training across them needs `yoloprof train` (best.sh)
+    optimizer_note: str | None = None  # no optimizer written: which one Ultralytics' auto will pick, and why
 
 
 def _yaml_line(key: str, v) -> str:
@@ -73,7 +75,7 @@ def best_config(meta: ScanMeta, best: TrialResult, baseline: TrialResult | None 
         "compile": _cfg_value(k, "compile"),
         **({} if k.channels_last else {"channels_last": False}),  # left out: Ultralytics' auto (NHWC on CUDA)
         "device": ",".join(map(str, meta.gpus)) if meta.device == "cuda" else "cpu",
-        "optimizer": meta.optimizer,
+        **optimizer_key(meta),
     }
     accepted = set(meta.environment.ultralytics_cfg_keys)
     comments, header = {}, []
@@ -98,7 +100,26 @@ def best_config(meta: ScanMeta, best: TrialResult, baseline: TrialResult | None 
     if meta.device == "cuda" or meta.world_size > 1:
         threads = str(omp_threads(meta.environment.cpu_count, ranks_per_node(meta)))
         env.append(("OMP_NUM_THREADS", threads, "the value the trials ran with; torchrun sets 1 when it is unset"))
-    return BestConfig(best.trial_id, cfg, env, findings, comments, header, nnodes=meta.nnodes)
+    return BestConfig(best.trial_id, cfg, env, findings, comments, header, nnodes=meta.nnodes,
+                      optimizer_note=optimizer_note(meta, best))
+
+
+def optimizer_key(meta: ScanMeta) -> dict:
+    """{"optimizer": name} where the user named one (--optimizer, or scans from before auto was resolved, which
+    pinned theirs); {} for auto: plain `yolo train` then picks for itself, what the trials were given."""
+    p = meta.optimizer_plan
+    if p is None:
+        return {"optimizer": meta.optimizer}
+    return {} if optim.is_auto(p.asked) else {"optimizer": p.asked}
+
+
+def optimizer_note(meta: ScanMeta, best: TrialResult) -> str | None:
+    """Where best.yaml leaves the optimizer to Ultralytics' auto: the one it will pick for the recommended batch
+    and the planned epochs, and whether the trials timed that one."""
+    p = meta.optimizer_plan
+    if p is None or not optim.is_auto(p.asked):
+        return None
+    return optim.yaml_note(p, best.knobs.batch, meta.run_plan.epochs, best.optimizer)
 
 
 def _user_config(meta: ScanMeta, best: TrialResult, results: list[TrialResult], accepted: set):
@@ -133,6 +154,10 @@ def _user_config(meta: ScanMeta, best: TrialResult, results: list[TrialResult], 
               f"{best.trial_id}{rate} against your settings (trial {yid or 'not run'})."]  # fmt: skip
     header.append(f"# Changed: {', '.join(comments)} (each line says what was measured); every other line is yours."
                   if comments else "# Nothing to change: your measured settings were the recommended ones.")
+    p = meta.optimizer_plan
+    if p is not None and p.source == "--optimizer" and not optim.is_auto(p.asked) and "optimizer" not in args:
+        cfg["optimizer"] = p.asked  # named on the command line only: plain `yolo train` would otherwise pick auto's
+        comments["optimizer"] = "from --optimizer: the optimizer every trial ran (not in your config)"
     return cfg, comments, header, findings
 
 
@@ -149,8 +174,9 @@ def _train_with(meta: ScanMeta, epochs: str = "") -> str:
 
 def render_yaml(meta: ScanMeta, best: TrialResult, cfg: BestConfig) -> str:
     rate = f"{best.img_per_s:.1f} img/s" if best.img_per_s else "n/a"
+    note = [f"# {cfg.optimizer_note}"] if cfg.optimizer_note else []
     if cfg.header:  # --cfg: the user's file, changed lines commented
-        lines = [*cfg.header, _train_with(meta)]
+        lines = [*cfg.header, _train_with(meta), *note]
         if meta.dataset.synthetic and "data" not in meta.train_cfg_args:
             lines.append("# data: measured on yoloprof's synthetic speed-test dataset; your config names none.")
         lines += [_yaml_line(key, v) + (f"  # {cfg.comments[key]}" if key in cfg.comments else "")
@@ -164,6 +190,7 @@ def render_yaml(meta: ScanMeta, best: TrialResult, cfg: BestConfig) -> str:
         lines.append("# data: yoloprof's synthetic speed-test dataset; put your own data.yaml here to train for real.")
     if meta.device != "cuda" and meta.nnodes <= 1:
         lines.append("# device=cpu: `yolo train` runs one process with workers=0 on CPU (the trials ran DDP ranks).")
+    lines += note
     lines += [_yaml_line(key, v) + (f"  # {cfg.comments[key]}" if key in cfg.comments else "")
               for key, v in cfg.cfg.items()]  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -6,7 +6,8 @@ mean of its runs) and that mean's interval, what the ranking orders by. epoch_s 
 run_h, cost_epoch, cost_run, energy_*_kwh: the training run it predicts (yoloprof.analysis.epoch; the run's
 epochs and price are in scan.json run_plan); epoch_parts_missing: what those figures could not include.
 batch_effective: the global batch that ran (empty: not recorded), below `batch` where the dataset, or each
-rank's shard of it, holds fewer images than a batch; notes: the trial's notes, that one among them."""
+rank's shard of it, holds fewer images than a batch; notes: the trial's notes, that one among them; optimizer:
+the optimizer the trial ran, as its ranks built it (its spec's name where they did not record it)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ COLUMNS = [
     "epoch_parts_missing", "deterministic", "compile", "channels_last", "setup_s", "warmup_extra_s", "compile_s",
     # the global batch that ran where it was less than `batch` asked (a dataset smaller than a batch), and the notes
     "batch_effective", "notes",
+    # the optimizer the trial ran, read back from its ranks (Ultralytics' auto resolved for the planned run by default)
+    "optimizer",
 ]  # fmt: skip  # fmt: skip
 
 
@@ -80,7 +83,7 @@ def rows(results: list[TrialResult], ranking: Ranking, predictions: Optional[dic
             "tied_with_best": v.tied_with_best if v.position is not None else None, "repeat_of": v.repeat_of,
             "img_per_s_config": v.img_per_s, "img_per_s_config_ci_low": v.img_per_s_ci_low,
             "img_per_s_config_ci_high": v.img_per_s_ci_high,
-            "batch_effective": r.batch_effective, "notes": "; ".join(r.notes) or None,
+            "batch_effective": r.batch_effective, "notes": "; ".join(r.notes) or None, "optimizer": r.optimizer,
         })  # fmt: skip
         p = predictions.get(r.trial_id) or EpochPrediction(r.trial_id)
         out[-1].update({k: getattr(p, k) for k in PREDICTED})

@@ -14,6 +14,7 @@ from reports.config_files import BestConfig, render_env, render_yaml
 from reports.csv_table import ordered
 from reports.csv_table import rows as table_rows
 from yoloprof.analysis import advice, against, memory_fit, noise, scaling, tradeoffs
+from yoloprof.analysis import optimizer as optim
 from yoloprof.search import baselines, plan
 from yoloprof.analysis import ranking as ranking_mod
 from yoloprof.records import ScanMeta, precision_name
@@ -48,7 +49,15 @@ NUM_COLS = [
 ]  # fmt: skip
 
 
-def env_rows(meta: ScanMeta) -> list[tuple[str, str]]:
+def optimizer_text(meta: ScanMeta, results: list) -> str:
+    """What the scan asked and why each trial got its optimizer, then what the trials' ranks built."""
+    batches = sorted({r.knobs.batch for r in results}) or sorted({s.knobs.batch for s in meta.specs})
+    said = optim.describe(meta.optimizer_plan or meta.optimizer, batches)
+    ran = sorted({r.optimizer for r in results if r.optimizer})
+    return said + (f"; the trials ran {', '.join(ran)}" if ran else "")
+
+
+def env_rows(meta: ScanMeta, results: Optional[list] = None) -> list[tuple[str, str]]:
     e, d = meta.environment, meta.dataset
     gpus = "; ".join(f"{g.index}: {g.name} ({g.mem_total_mib:.0f} MiB)" for g in e.gpus) or "none"
     return [
@@ -58,7 +67,8 @@ def env_rows(meta: ScanMeta) -> list[tuple[str, str]]:
                      f"{meta.rdzv_endpoint}; environment below: node 0's" if meta.nnodes > 1 else "")),
         ("task", meta.task),
         ("model", meta.model),
-        ("imgsz / optimizer", f"{meta.imgsz} / {meta.optimizer}"),
+        ("imgsz", str(meta.imgsz)),
+        ("optimizer", optimizer_text(meta, results or [])),
         ("steps", f"{meta.warmup_steps} warm-up + {meta.measured_steps} measured per trial"),
         ("dataset", f"{d.data}: {d.train_images} train / {d.val_images} val images, {len(d.classes)} classes "
                     f"({', '.join(d.classes[:20])}{', ...' if len(d.classes) > 20 else ''})"
@@ -219,6 +229,7 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         k = by_id[row["trial_id"]].knobs
         row["precision"], row["more"] = k.precision, ", ".join(k.extras())
     more = any(row["more"] for row in rows)  # a column for the knobs beyond the five where a trial set one
+    opt_col = len({row["optimizer"] for row in rows}) > 1  # auto picked differently per batch: say which ran where
     figures = []
     ranked = ordered(results, ranking)
     svg = charts.throughput(ranked, {r.trial_id: noise.trial_interval(r, noise.run_to_run(results)) for r in ranked})
@@ -254,11 +265,13 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         best_env=render_env(best, best_cfg) if best and best_cfg else "",
         rows=rows,
         more_col=more,
+        opt_col=opt_col,
+        optimizer_of={r.trial_id: r.optimizer for r in results},
         num_cols=NUM_COLS,
         verdicts=ranking.verdicts,
         figures=figures,
         findings=best_cfg.findings if best_cfg else [],
-        env_rows=env_rows(meta),
+        env_rows=env_rows(meta, results),
         fmt=_num,
         pct=_pct,
         ranks_of={r.trial_id: r.ranks for r in results},

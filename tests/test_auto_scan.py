@@ -60,3 +60,10 @@ def test_auto_scan_searches_within_budget_through_a_failure(tiny_data, tmp_path)
     resumed = read_json(out / "scan.json", ScanMeta)
     assert resumed.trial_ids == meta.trial_ids
     assert [(d.kind, d.budget_used_s) for d in resumed.decisions] == [(d.kind, d.budget_used_s) for d in meta.decisions]
+    # no --optimizer: every trial got auto's pick for the planned run (16 images x 100 epochs: AdamW), and the
+    # resumed search, re-proposing its trials, resolved the same choice from scan.json
+    assert meta.optimizer == "auto" and meta.optimizer_plan.images == 16 and meta.optimizer_plan.epochs == 100
+    assert {(s.optimizer, s.optimizer_iterations) for s in meta.specs} == {("AdamW", 100)}
+    assert [(s.trial_id, s.optimizer, s.optimizer_iterations) for s in resumed.specs] == [
+        (s.trial_id, s.optimizer, s.optimizer_iterations) for s in meta.specs]  # fmt: skip
+    assert all(x.optimizer == "AdamW" for x in r.values() if x.status == "ok")  # read back from every rank

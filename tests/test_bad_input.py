@@ -117,6 +117,8 @@ TABLE = [
     (["--baseline", "lr0=0.01"], "not a setting yoloprof varies", False),
     (["--resume", "{t}/notascan"], "not a yoloprof scan folder", False),
     (["--resume", "{t}/notascan", "--batch", "8"], "drop --batch", False),
+    (["--resume", "{t}/notascan", "--optimizer", "SGD"], "drop --optimizer", False),  # the saved plan's optimizer
+    (["--optimizer", "Adagrad"], "Ultralytics has no optimizer 'Adagrad'; give one of Adam, Adamax, AdamW", False),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The pure helpers of benchmarks/overhead.py and benchmarks/fidelity.py, on hand-made numbers."""
+"""The pure helpers of benchmarks/overhead.py, fidelity.py and optimizer_cost.py, on hand-made numbers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from conftest import load_benchmark as _load
 
 overhead = _load("overhead")
 fidelity = _load("fidelity")
+optimizer_cost = _load("optimizer_cost")
 
 
 # -- overhead ------------------------------------------------------------------------------------
@@ -148,3 +149,23 @@ def test_rounds_combine():
     logs = [math.log(0.8), 0.0, math.log(1.25)]
     half = 4.303 * statistics.stdev(logs) / math.sqrt(3)  # the rounds disagree more than their intervals say
     assert (spread.low, spread.high) == pytest.approx((math.exp(-half), math.exp(half)))
+
+
+# -- optimizer_cost ------------------------------------------------------------------------------
+def test_block_means_stay_within_a_run_and_pool_over_runs():
+    runs = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 10, 10, 10]]
+    assert optimizer_cost.block_means(runs) == [2.5, 6.5, 10.0]  # the 9th value fills no block of 4
+    m = optimizer_cost.mean_of(runs)
+    assert m.mean == pytest.approx(85 / 13) and m.n == 13 and m.df == 2
+    assert m.se == pytest.approx(statistics.stdev([2.5, 6.5, 10.0]) / math.sqrt(3))
+    assert optimizer_cost.mean_of([[1.0, 2.0]]).text() == "1.5 (no interval)"  # too few values for two blocks
+    assert optimizer_cost.mean_of([[]]) is None
+
+
+def test_ratio_of_two_means_and_the_cost_per_training_step():
+    a, b = optimizer_cost.Mean(30.0, 1.5, 9, 40), optimizer_cost.Mean(10.0, 0.2, 9, 40)
+    r, lo, hi = optimizer_cost.ratio(a, b)
+    half = 2.262 * math.sqrt(0.05**2 + 0.02**2)
+    assert (r, lo, hi) == pytest.approx((3.0, 3.0 * (1 - half), 3.0 * (1 + half)))
+    assert optimizer_cost.per_training_step(80.0, batch=8) == 10.0  # nbs 64 at batch 8: one step in 8
+    assert optimizer_cost.per_training_step(80.0, batch=128) == 80.0  # no accumulation past nbs

@@ -100,6 +100,7 @@ def _gpu_trainer(rt: FakeCuda, steps: int, fail_at=None):
             self.device = torch.device("cuda", torch.cuda.current_device())
             self.train_loader, self.test_loader = _Loader(), None
             self.model, self.accumulate, self.amp = torch.nn.Conv2d(3, 8, 3), 2, True
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01)
             rt.alloc(20000)  # model, optimizer, activations
             rt.free(12000)
             self.on_ready(self)
@@ -138,6 +139,7 @@ def test_a_gpu_rank_writes_event_timed_steps_and_the_allocators_peak(tmp_path, m
     assert end.status == "ok", end.error
     info = next(x for x in lines if x["kind"] == "info")
     assert info["device"] == "cuda:3" and info["device_name"] == "NVIDIA H200" and info["node"] == 0
+    assert info["optimizer_effective"] == "SGD"  # what the trainer built, read back
     steps = [x for x in lines if x["kind"] == "step"]
     assert [s["timing"] for s in steps] == ["cuda_event"] * 3
     for s in steps[1:]:  # device spans, and they add up to the device's step

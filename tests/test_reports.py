@@ -139,6 +139,9 @@ def test_compare_finds_where_the_time_moved(cpu_scan_copy):
     assert "is 1.50x best of A" in c.summary and "data wait" in c.summary and "beyond the noise" in c.summary
     assert len(c.pairs) == 1 and c.pairs[0].ratio == pytest.approx(1.5) and c.pairs[0].beyond_noise
     assert c.env_changes == []
+    # the same configuration with another optimizer step (auto's MuSGD against a pinned SGD) is a change to name
+    musgd = dataclasses.replace(faster, optimizer="MuSGD")
+    assert compare(a, dataclasses.replace(b, results=[musgd], best=musgd)).env_changes == [("optimizer", "SGD", "MuSGD")]
 
 
 def test_compare_of_identical_scans_is_no_measurable_change(cpu_scan_copy, tmp_path):

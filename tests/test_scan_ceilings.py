@@ -44,6 +44,12 @@ def test_scan_writes_the_three_ceilings_with_measured_points(scan):
     assert measured
     want = sum(s["images"] for s in measured) / (sum(s["step_ms"] for s in measured) / 1e3)
     assert cp["img_per_s"] == pytest.approx(want, rel=1e-9)
+    # the probe's trial runs the optimizer of the DDP trial it stands for (auto's pick for its global batch)
+    probe_spec = json.loads((c / "compute" / cp["trial_id"] / "spec.json").read_text())
+    trial_spec = json.loads((out / "trials" / "t01-b4-w0-fp32" / "spec.json").read_text())
+    picks = [(x["optimizer"], x["optimizer_iterations"]) for x in (probe_spec, trial_spec)]
+    assert picks == [("AdamW", 100)] * 2  # 16 images, 100 epochs
+    assert next(s for s in steps if s.get("kind") == "info")["optimizer_effective"] == "AdamW"
     # link: an AllReduce sweep on the scan's 2 gloo ranks, including the trial's own gradient bucket sizes
     assert (link["status"], link["world_size"], link["backend"]) == ("ok", 2, "gloo")
     assert all(p["time_us"] > 0 and p["busbw_gbs"] > 0 for p in link["points"])

@@ -15,7 +15,7 @@ import yaml
 from yoloprof.records import ScanMeta
 
 from yoloprof.analysis import aggregate
-from yoloprof.records import TrialResult, read_json
+from yoloprof.records import TrialResult, TrialSpec, read_json
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -37,7 +37,8 @@ def scan(tiny_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("scan")
     out, home, netlog = root / "s", root / "home", root / "net.log"
     home.mkdir()
-    env = {**os.environ, **SECRETS, "PYTHONPATH": str(NETBLOCK), "YOLOPROF_TEST_NETLOG": str(netlog), "HOME": str(home),
+    path = os.pathsep.join([str(NETBLOCK)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    env = {**os.environ, **SECRETS, "PYTHONPATH": path, "YOLOPROF_TEST_NETLOG": str(netlog), "HOME": str(home),
            "NCCL_DEBUG": "WARN", "OMP_PROC_BIND": "false"}  # fmt: skip
     probe = "import socket\ntry: socket.create_connection(('203.0.113.7', 80), timeout=1)\nexcept OSError: pass"
     subprocess.run([sys.executable, "-c", probe], env=env, timeout=30)
@@ -69,6 +70,9 @@ def test_scan_prints_its_choices_progress_and_ranked_table(scan):
     out, proc, _ = scan
     text = proc.stdout
     assert "2 CPU ranks with gloo" in text and "plan: 2 trials" in text
+    # no --optimizer: Ultralytics' auto, resolved for the planned run (16 images, 100 epochs: 100 iterations)
+    assert ("optimizer: auto -> AdamW (Ultralytics' pick for 100 epochs of 16 images at batch 4: 100 iterations "
+            "<= 10,000)") in text  # fmt: skip
     assert "[1/2] t01-b4-w0-fp32" in text and "[2/2] t02-b4-w1-fp32" in text
     assert "trials, best first" in text and "Best: " in text and str(out / "best.yaml") in text
 
@@ -82,6 +86,7 @@ def test_every_rank_recorded_the_same_steps(scan):
         assert [r.rank for r in ranks] == [0, 1]
         for r in ranks:
             assert r.info.backend == "gloo" and r.info.world_size == 2 and r.info.batch_per_rank == 2
+            assert r.info.optimizer_effective == "AdamW"  # auto's pick for the planned run, read back from the trainer
             assert r.end.status == "ok" and r.end.mem_source == "rss" and r.end.peak_mem_mib > 100
             assert [s.warmup for s in r.steps] == [True, False, False, False]
             for s in r.steps:
@@ -126,6 +131,9 @@ def test_results_csv_positions_follow_throughput(scan):
     if recommended is not rows[0]:  # only a trial tied with the fastest may be recommended over it
         assert ranking["recommended_trial_id"] in ranking["tied"]
     assert best["workers"] == int(recommended["workers"]) and best["batch"] == 4 and best["device"] == "cpu"
+    assert [r["optimizer"] for r in rows] == ["AdamW", "AdamW"]
+    assert "optimizer" not in best  # left to Ultralytics' auto, which picks what the trials ran
+    assert "# optimizer: not set, so Ultralytics' auto picks it: AdamW" in (out / "best.yaml").read_text()
 
 
 def _train_env(tmp_path):
@@ -162,6 +170,10 @@ def test_the_scan_times_the_epoch_and_predicts_every_ok_trials_epoch_and_run(sca
     costs = read_json(out / "epoch" / "w2.json", EpochCosts)
     assert costs.status == "ok" and len(costs.val.s) == 2 and all(s > 0 for s in costs.val.s + costs.save.s)
     assert costs.val_images_total == 4 and costs.setup_s > 0  # tiny_data: 4 val images, all timed
+    job = read_json(out / "epoch" / "w2" / "spec.json", TrialSpec)  # the same optimizer as the trial it extends
+    trials = {(t.optimizer, t.optimizer_iterations) for t in read_json(out / "scan.json", ScanMeta).specs}
+    assert trials == {(job.optimizer, job.optimizer_iterations)} == {("AdamW", 100)}
+    assert {r.info.optimizer_effective for r in aggregate.read_ranks(out / "epoch" / "w2")} == {"AdamW"}
     assert "Epoch costs (2 ranks): validation" in proc.stdout
     rows = [r for r in csv.DictReader((out / "results.csv").open()) if r["status"] == "ok"]
     assert rows

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from probes import environment
 from yoloprof import cli, outputs
-from yoloprof.records import Environment, Knobs, write_json
+from yoloprof.records import Environment, Knobs, OptimizerPlan, write_json
 from yoloprof.scan import ceilings, orchestrate
 from yoloprof.search import baselines, plan, usercfg
 
@@ -127,10 +127,13 @@ def test_baseline_from_the_config():
 
 
 def test_auto_optimizer_is_picked_for_the_configs_run():
-    assert usercfg.optimizer({"optimizer": "Adam"}, images=100, batch=16, epochs=10) == ("Adam", None)
-    name, why = usercfg.optimizer({}, images=1000, batch=16, epochs=100)  # ceil(1000 / 64) * 100 = 1600
-    assert name == "AdamW" and "1600 iterations" in why
-    assert usercfg.optimizer({"optimizer": "auto"}, images=100000, batch=16, epochs=100)[0] == "MuSGD"
+    from yoloprof.analysis.optimizer import for_batch, reason
+
+    named = usercfg.optimizer_plan(None, {"optimizer": "Adam"}, images=100, epochs=10)
+    assert for_batch(named, 16) == ("Adam", None) and named.source == "your config"
+    plain = usercfg.optimizer_plan(None, {}, images=1000, epochs=100)  # ceil(1000 / 64) * 100 = 1600
+    assert for_batch(plain, 16) == ("AdamW", 1600) and "1,600 iterations <= 10,000" in reason(plain, 16)
+    assert for_batch(usercfg.optimizer_plan(None, {"optimizer": "auto"}, images=100000, epochs=100), 16)[0] == "MuSGD"
 
 
 def test_prepare_takes_model_data_imgsz_baseline_and_run_from_the_config(tmp_path, tiny_data, monkeypatch):
@@ -140,6 +143,7 @@ def test_prepare_takes_model_data_imgsz_baseline_and_run_from_the_config(tmp_pat
     ctx = orchestrate.prepare(req, Console(file=open(os.devnull, "w")))
     assert ctx.train_cfg == str(cfg.resolve()) and list(ctx.train_cfg_args) == list(USER) + ["data", "optimizer"]
     assert (ctx.imgsz, ctx.dataset.data, req.optimizer) == (64, str(tiny_data.resolve()), "SGD")
+    assert ctx.optimizer == OptimizerPlan("SGD", "your config", 16, 300, 32)  # the config's epochs and nbs
     assert ctx.run_plan.epochs == 300 and ctx.run_plan.close_mosaic == 10
     assert ctx.baseline == Knobs(8, 0, False, False, "off", "default")
     assert ctx.roles[baselines.YOURS] == ctx.baseline
@@ -242,6 +246,7 @@ def test_real_scan_from_a_config(tmp_path, tiny_data):
     assert meta["optimizer"] == "SGD" and meta["imgsz"] == 64
     for spec in meta["specs"]:
         assert spec["overrides"] == {"lr0": 0.02, "mosaic": 0.5}
+        assert (spec["optimizer"], spec["optimizer_iterations"]) == ("SGD", None)  # the config's, as named
         args = yaml.safe_load((out / "trials" / spec["trial_id"] / "ultralytics" / "args.yaml").read_text())
         assert (args["lr0"], args["mosaic"], args["val"], args["close_mosaic"], args["epochs"]) == (0.02, 0.5, False, 0, 1000)
         assert args["batch"] == spec["knobs"]["batch"] and args["project"] != "mine"

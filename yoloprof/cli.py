@@ -55,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="data yaml, or a classify folder (default: a synthetic dataset of the model's task, "
                    "generated once)")
     s.add_argument("--imgsz", type=int, help="image size (default 640 on GPU, 128 on CPU)")
-    s.add_argument("--optimizer", default="SGD", help="optimizer, pinned so short and long runs match (default SGD)")
+    s.add_argument("--optimizer", help="optimizer of every trial and of best.yaml, e.g. SGD, AdamW, MuSGD (default: "
+                   "auto, Ultralytics' own default, picked per trial for the planned run: MuSGD past 10000 optimizer "
+                   "iterations, else AdamW; best.yaml then leaves it to Ultralytics)")
     s.add_argument("--steps", type=int, default=20, help="measured steps per trial, at least (default 20)")
     s.add_argument("--max-steps", type=int, help="measured steps per trial, at most (default 3 x --steps)")
     s.add_argument("--precision", help="measure each trial until its images/s is known within this, 95%% "
@@ -97,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         pr.add_argument(flag)
     pr.add_argument("--nproc", type=int)
     pr.add_argument("--imgsz", type=int)
-    pr.add_argument("--optimizer", default="SGD")
+    pr.add_argument("--optimizer", help="compute: the optimizer (default auto, picked for 100 epochs of the data)")
     pr.add_argument("--steps", type=int, default=20, help="timed steps or batches (default 20)")
     pr.add_argument("--warmup", type=int, default=5)
     pr.add_argument("--max-mib", type=float, help="allreduce: the sweep's largest message in MiB (default 256 on GPUs, "
@@ -144,9 +146,10 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
             "trial_timeout", "no_ceilings", "no_epoch_job", "baseline",
             "no_defaults", "ranks", "strategy", "budget", "precision", "max_steps", "no_reuse", "cfg", "epochs",
             "gpu_hour_price", "currency", "nnodes", "node_rank", "rdzv_endpoint")  # fmt: skip
-    req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])
-    if args.resume:
-        kept = ("trial_timeout", "no_ceilings", "no_epoch_job", "optimizer", "steps", "warmup", "no_reuse", "nnodes",
+    req = scan.ScanRequest(**{k: getattr(args, k) for k in keys if k != "optimizer"}, command=["yoloprof", *argv],
+                           optimizer=args.optimizer or "auto")  # fmt: skip
+    if args.resume:  # the saved plan's optimizer: --optimizer is refused below, as every setting of the plan is
+        kept = ("trial_timeout", "no_ceilings", "no_epoch_job", "steps", "warmup", "no_reuse", "nnodes",
                 "node_rank", "rdzv_endpoint")
         others = [k for k in keys if k not in kept
                   and getattr(args, k) not in (None, False)]  # fmt: skip
@@ -169,7 +172,8 @@ def _cmd_probe(args, argv: list[str], console: Console) -> int:
 
     keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
             "batch", "workers", "amp", "cache", "nccl", "nnodes", "node_rank", "rdzv_endpoint")  # fmt: skip
-    req = scan.ScanRequest(**{k: getattr(args, k) for k in keys}, command=["yoloprof", *argv])
+    req = scan.ScanRequest(**{k: getattr(args, k) for k in keys if k != "optimizer"}, command=["yoloprof", *argv],
+                           optimizer=args.optimizer or "auto")  # fmt: skip
     if args.max_mib is not None:
         if args.max_mib < 0.0625:
             raise UsageError(f"--max-mib {args.max_mib}: give a size in MiB, at least 0.0625 (the sweep starts at 64 KiB)")

@@ -334,6 +334,7 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
         device=spec.device,
         error=error,
         wall_s=outcome.wall_s,
+        optimizer=spec.optimizer,  # read back below where the ranks recorded what they built
     )
     if outcome.release_note:
         result.notes.append(f"{outcome.release_note}; the next trial may have started with less memory.")
@@ -343,6 +344,7 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
         result.workers_effective = infos[0].workers_effective
         result.amp_effective = infos[0].amp_effective
         result.accumulate = infos[0].accumulate
+        result.optimizer = infos[0].optimizer_effective or spec.optimizer
         _batch_that_ran(result, spec, infos)
     setups = [r.end.setup_s for r in ranks if r.end and r.end.setup_s is not None]
     result.setup_s = max(setups) if setups and len(setups) == len(ranks) else None  # a rank without one: unknown

@@ -82,6 +82,8 @@ def _env(o: ScanOutputs) -> dict[str, str]:
         "CPU cores": str(e.cpu_count),
         "model": m.model,
         "imgsz": str(m.imgsz),
+        # what the trials ran (a scan before auto was resolved pinned SGD; one after may run MuSGD: another step)
+        "optimizer": ", ".join(sorted({r.optimizer for r in o.results if r.optimizer})) or m.optimizer,
         "dataset": f"{m.dataset.data} ({m.dataset.train_images} images)",
         "steps": f"{m.warmup_steps} + {m.measured_steps}",
         "host": e.hostname,

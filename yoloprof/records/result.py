@@ -92,6 +92,9 @@ class TrialResult:
     # None: not recorded (records written before it, or no rank got as far as its set-up)
     batch_per_rank_effective: Optional[int] = None
     accumulate: Optional[int] = None
+    # The optimizer the trial ran: read back from its ranks (RankInfo.optimizer_effective), else its spec's name
+    # (records from before the read-back, or no rank got as far as its set-up); None in results from before both
+    optimizer: Optional[str] = None
     wall_s: Optional[float] = None
     error: Optional[str] = None
     stderr_tail: list[str] = field(default_factory=list)

@@ -55,6 +55,19 @@ class DatasetInfo:
 
 
 @dataclass
+class OptimizerPlan:
+    """The optimizer the scan was asked for, and the planned run that resolves Ultralytics' `auto` for each trial
+    (yoloprof.analysis.optimizer). Kept in scan.json so --resume and the report resolve it as the scan did,
+    whatever `yoloprof report --epochs` later re-prices."""
+
+    asked: str = "auto"  # "auto" (Ultralytics' default) or an optimizer name, as the user gave it
+    source: str = "Ultralytics' default"  # where `asked` came from: "--optimizer", "your config", or the default
+    images: int = 0  # the images an epoch of the planned run trains on (the train split, after a config's fraction)
+    epochs: int = 100  # the planned run's epochs when the scan started (--epochs, the config's, else 100)
+    nbs: int = 64  # the nominal batch size (the config's nbs, else Ultralytics' 64)
+
+
+@dataclass
 class ScanMeta:
     yoloprof_version: str
     created_s: float
@@ -64,7 +77,7 @@ class ScanMeta:
     gpus: list[int]
     model: str
     imgsz: int
-    optimizer: str
+    optimizer: str  # what the user asked: "auto" (Ultralytics' default) or a name; each trial's spec names its own
     warmup_steps: int
     measured_steps: int
     dataset: DatasetInfo
@@ -86,4 +99,6 @@ class ScanMeta:
     nnodes: int = 1  # nodes the scan spans (--nnodes); world_size counts the ranks of all of them
     rdzv_endpoint: Optional[str] = None  # node 0's HOST:PORT on several nodes
     task: str = "detect"  # the model's Ultralytics task (records from before tasks were detect)
+    # how `optimizer` resolves per trial; None in scans from before it (their optimizer was a name, pinned)
+    optimizer_plan: Optional[OptimizerPlan] = None
     schema: int = SCHEMA_VERSION

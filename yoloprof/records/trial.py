@@ -61,7 +61,7 @@ class TrialSpec:
     model: str
     data: str  # absolute path of the data yaml
     imgsz: int
-    optimizer: str
+    optimizer: str  # a name Ultralytics builds (SGD, AdamW, MuSGD, ...), never "auto": the scan resolves that first
     warmup_steps: int
     measured_steps: int
     env: dict[str, str]  # variables set for this trial only (NCCL preset, OMP_NUM_THREADS)
@@ -76,6 +76,10 @@ class TrialSpec:
     precision: Optional[float] = None  # relative half-width, 0.03 = +-3%
     repeat_of: Optional[str] = None  # a confirmation run of the same configuration as this trial id
     nnodes: int = 1  # nodes the trial spans; world_size is all ranks of all nodes, world_size // nnodes per node
+    # `optimizer` is Ultralytics' auto pick for a planned run of this many optimizer iterations at this trial's batch
+    # (yoloprof.analysis.optimizer): the trial builds it through auto, with auto's lr0 and momentum, deciding for the
+    # planned run instead of its own few steps. None: the optimizer was named (--optimizer, the config), built as named
+    optimizer_iterations: Optional[int] = None
     schema: int = SCHEMA_VERSION
 
     @property
@@ -193,6 +197,7 @@ class RankInfo:
     deterministic_effective: Optional[bool] = None  # torch.are_deterministic_algorithms_enabled()
     channels_last_effective: Optional[bool] = None  # the convolution weights are in NHWC memory format
     node: Optional[int] = None  # the scan's node this rank ran on (0: the one whose telemetry the scan holds)
+    optimizer_effective: Optional[str] = None  # type(trainer.optimizer).__name__: the optimizer Ultralytics built
 
 
 @dataclass

@@ -93,7 +93,7 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
             if proposal is None:
                 break
             spec = plan.spec_for(proposal.knobs, len(meta.specs) + 1, hw, model=ctx.model, data=ctx.dataset.data,
-                                 imgsz=ctx.imgsz, optimizer=req.optimizer, warmup=req.warmup, steps=req.steps,
+                                 imgsz=ctx.imgsz, optimizer=ctx.optimizer, warmup=req.warmup, steps=req.steps,
                                  precision=ctx.precision, max_steps=ctx.max_steps, repeat_of=proposal.repeat_of,
                                  overrides=usercfg.held(meta.train_cfg_args))  # fmt: skip
             earlier = done_before.get(spec.trial_id)

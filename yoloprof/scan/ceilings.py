@@ -17,15 +17,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from yoloprof.analysis import aggregate
+from yoloprof.analysis.optimizer import for_batch
 from yoloprof.scan import launch
 from yoloprof.search import plan
 from yoloprof.analysis.memory_fit import max_batch_fit
 from yoloprof.records import (
-    PRECISIONS, AllReduceCeiling, ComputeCeiling, ComputePoint, Knobs, LoaderCeiling, LoaderPoint, RecordError,
-    TrialResult, TrialSpec, precision_name, read_json, write_json,
+    PRECISIONS, AllReduceCeiling, ComputeCeiling, ComputePoint, Knobs, LoaderCeiling, LoaderPoint, OptimizerPlan,
+    RecordError, TrialResult, TrialSpec, precision_name, read_json, write_json,
 )  # fmt: skip
 from yoloprof.analysis.stats import median
 
@@ -143,19 +144,21 @@ def _loader_point(raw: Path, cmds: list[list[str]], cache_dir: Path, w: int, pin
 
 
 def compute_specs(hw: plan.Hardware, batches: list[int], amps: list[bool], *, model: str, data: str, imgsz: int,
-                  optimizer: str, warmup: int, steps: int) -> list[TrialSpec]:  # fmt: skip
-    """One world-size-1 trial per per-rank batch and AMP setting; nbs keeps the trials' accumulation."""
+                  optimizer: Union[str, OptimizerPlan], warmup: int, steps: int) -> list[TrialSpec]:  # fmt: skip
+    """One world-size-1 trial per per-rank batch and AMP setting, each mirroring a DDP trial of global batch
+    b x ranks: nbs keeps that trial's accumulation, and the optimizer is that trial's (auto picks per global batch)."""
     specs = []
     n = max(hw.world_size, 1)
     for b in sorted({max(B // n, 1) for B in batches}):
         accumulate = max(round(64 / (b * n)), 1)  # what a DDP trial with global batch b*n accumulates
+        name, iterations = for_batch(optimizer, b * n)
         for amp in amps:
             knobs = Knobs(batch=b, workers=0, amp=amp, pin_memory=False, cache="off", nccl="default")
             specs.append(TrialSpec(
                 trial_id=f"compute-b{b}-{precision_name(amp)}", knobs=knobs, world_size=1, device=hw.device,
-                gpus=hw.gpus[:1], model=model, data=data, imgsz=imgsz, optimizer=optimizer, warmup_steps=warmup,
+                gpus=hw.gpus[:1], model=model, data=data, imgsz=imgsz, optimizer=name, warmup_steps=warmup,
                 measured_steps=steps, env={"OMP_NUM_THREADS": str(plan.omp_threads(hw.cpu_count, n))},
-                mode="compute", overrides={"nbs": accumulate * b},
+                mode="compute", overrides={"nbs": accumulate * b}, optimizer_iterations=iterations,
             ))  # fmt: skip
     return specs
 

@@ -11,17 +11,19 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from rich.console import Console
 
 from yoloprof import __version__, nodes as nodes_mod, outputs, paths
 from yoloprof.data.dataset import images_for
 from yoloprof.search import baselines, plan, space, usercfg
-from yoloprof.analysis import doctor
+from yoloprof.analysis import doctor, optimizer as optim
 from yoloprof.scan import cluster, launch, preflight, request, runner
 from yoloprof.errors import ScanFailed, UsageError
-from yoloprof.records import DatasetInfo, Environment, Knobs, RecordError, RunPlan, ScanMeta, read_json, write_json
+from yoloprof.records import (
+    DatasetInfo, Environment, Knobs, OptimizerPlan, RecordError, RunPlan, ScanMeta, read_json, write_json,
+)  # fmt: skip
 
 from yoloprof.scan.request import (  # noqa: F401 - the scan's input checks, re-exported for the CLI and tests
     DEFAULT_MODEL, MAX_STEPS_FACTOR, ScanRequest,
@@ -87,6 +89,9 @@ class Context:
     train_cfg: Optional[str] = None  # --cfg, absolute
     train_cfg_args: dict = field(default_factory=dict)  # its arguments, held in every trial
     nodes: nodes_mod.Nodes = nodes_mod.SINGLE
+    # what the trials run: the scan's OptimizerPlan (auto resolved per trial), or a name (scans from before it)
+    optimizer: Union[OptimizerPlan, str, None] = None
+    batches: list[int] = field(default_factory=list)  # every global batch the scan may run (the optimizer line)
 
 
 def prepare(req: ScanRequest, console: Console) -> Context:
@@ -103,6 +108,7 @@ def prepare(req: ScanRequest, console: Console) -> Context:
         raise UsageError(f"--cfg {req.cfg} sets your settings from its batch, workers, amp and cache; drop --baseline")
     train_cfg, cfg_args = usercfg.read(req.cfg) if req.cfg else (None, {})
     usercfg.apply(req, cfg_args, req.cfg, usercfg.optimizer_flag(req))  # model, data, imgsz: the config's
+    usercfg.optimizer_asked(usercfg.optimizer_flag(req), cfg_args)  # a name Ultralytics does not know: one line now
     env = environment.collect(user_env)
     checks = preflight.readings(env, req.device)  # the doctor's cheap checks: no subprocess
     doctor.gate(checks)  # NVML sees GPUs that torch does not: stop, unless --device cpu
@@ -122,8 +128,8 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     strategy = resolve_strategy(req, given)
     imgsz = req.imgsz or (640 if hw.device == "cuda" else 128)
     # the built-in dataset holds enough images for the largest batch the scan may run (dataset.images_for)
-    largest = max(planned_batches(hw, given, strategy, the_plan, mine, with_defaults=not req.no_defaults))
-    dataset = resolve_data(req, console, images=images_for(largest))
+    batches = planned_batches(hw, given, strategy, the_plan, mine, with_defaults=not req.no_defaults)
+    dataset = resolve_data(req, console, images=images_for(max(batches)))
     # a batch the dataset cannot run as asked (Ultralytics caps it at the dataset, DDP at a rank's shard) is not
     # planned; the baselines still run whatever they ask, as references, and their notes say what ran
     if strategy == "grid":
@@ -134,9 +140,10 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     model = model_check.resolve(req.model or DEFAULT_MODEL, len(dataset.classes))
     usercfg.check_task(cfg_args, dataset.task, model, req.cfg)
     run_plan = resolve_run_plan(req, cfg_args)
-    if req.cfg and usercfg.optimizer_flag(req) is None:  # the config's optimizer, `auto` picked for its run
-        req.optimizer = usercfg.optimizer(cfg_args, images=dataset.train_images, batch=mine.batch,
-                                          epochs=run_plan.epochs)[0]  # fmt: skip
+    # --optimizer, the config's, else Ultralytics' auto: picked per trial for the planned run, not a trial's few steps
+    optimizer = usercfg.optimizer_plan(usercfg.optimizer_flag(req), cfg_args, images=dataset.train_images,
+                                       epochs=run_plan.epochs, nbs=run_plan.nbs)  # fmt: skip
+    req.optimizer = optimizer.asked
     preflight.before_scan(checks, local_hw, max(the_plan.axes.workers), console)  # on 2+ GPUs: a first NCCL AllReduce
     precision = parse_precision(req.precision)
     max_steps = req.max_steps or (req.steps * MAX_STEPS_FACTOR if precision else None)
@@ -144,7 +151,8 @@ def prepare(req: ScanRequest, console: Console) -> Context:
         raise UsageError("--ranks compares world sizes over a grid; add --strategy grid")
     budget_s = parse_budget(req.budget, hw.device) if strategy == "auto" else None
     return Context(env, hw, hw_why, the_plan, imgsz, dataset, model, roles, world_sizes, strategy, budget_s,
-                   precision, max_steps, given, mine, run_plan, train_cfg, cfg_args, nodes)  # fmt: skip
+                   precision, max_steps, given, mine, run_plan, train_cfg, cfg_args, nodes, optimizer,
+                   batches=sorted(set(batches)))  # fmt: skip
 
 
 def planned_batches(hw: plan.Hardware, given: dict, strategy: str, the_plan: plan.Plan, mine: Optional[Knobs],
@@ -164,7 +172,7 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
     out = prepare_out(req)
     leader = _lead(ctx.nodes, out, cluster.hello(hw, dataset, model, imgsz), console) if ctx.nodes.multi else None
     specs = [] if ctx.strategy == "auto" else plan.specs(
-        the_plan, hw, model=model, data=dataset.data, imgsz=imgsz, optimizer=req.optimizer, warmup=req.warmup,
+        the_plan, hw, model=model, data=dataset.data, imgsz=imgsz, optimizer=ctx.optimizer, warmup=req.warmup,
         steps=req.steps, world_sizes=ctx.world_sizes, precision=ctx.precision, max_steps=ctx.max_steps,
         overrides=usercfg.held(ctx.train_cfg_args))  # fmt: skip
     meta = ScanMeta(
@@ -176,7 +184,7 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
         gpus=hw.gpus,
         model=model,
         imgsz=imgsz,
-        optimizer=req.optimizer,
+        optimizer=req.optimizer,  # what was asked ("auto" by default); each spec names its trial's optimizer
         warmup_steps=req.warmup,
         measured_steps=req.steps,
         dataset=dataset,
@@ -198,6 +206,7 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
         nnodes=hw.nnodes,
         rdzv_endpoint=ctx.nodes.endpoint if ctx.nodes.multi else None,
         task=dataset.task,  # the model's task: the data was read for it
+        optimizer_plan=ctx.optimizer,
     )
     if usercfg.deviation(ctx.train_cfg_args):
         meta.trial_deviations.append(usercfg.deviation(ctx.train_cfg_args))
@@ -207,11 +216,12 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
                                                if ctx.world_sizes and len(ctx.world_sizes) > 1 else ""))
     measured = (f"{req.steps}-{ctx.max_steps} measured, until img/s is known within +-{100 * ctx.precision:.0f}%"
                 if ctx.precision and ctx.max_steps and ctx.max_steps > req.steps else f"{req.steps} measured")
-    console.print(f"  model: {model} ({dataset.task})   imgsz: {imgsz}   optimizer: {req.optimizer}   steps: {req.warmup} warm-up + {measured}")
+    console.print(f"  model: {model} ({dataset.task})   imgsz: {imgsz}   steps: {req.warmup} warm-up + {measured}")
+    batches = sorted({s.knobs.batch for s in specs}) if specs else ctx.batches
+    console.print(f"  optimizer: {optim.describe(ctx.optimizer, batches)}", markup=False, highlight=False)
     console.print(f"  data: {dataset.data} ({dataset.train_images} images{', synthetic: speed only' if dataset.synthetic else ''})")
     if ctx.train_cfg:
-        for line in usercfg.summary(ctx.train_cfg, ctx.train_cfg_args, ctx.baseline, req.optimizer,
-                                    images=dataset.train_images, epochs=ctx.run_plan.epochs):  # fmt: skip
+        for line in usercfg.summary(ctx.train_cfg, ctx.train_cfg_args, ctx.baseline):
             console.print(f"  {line}", markup=False, highlight=False)
     for d in the_plan.dropped:
         console.print(f"  [yellow]not tried[/]: {d}")
@@ -313,7 +323,8 @@ def resume(folder: str, req: ScanRequest, console: Console):
                   meta.dataset, meta.model, strategy=meta.strategy, budget_s=meta.budget_s, precision=meta.precision,
                   max_steps=meta.max_steps, given=_saved_space(meta) if meta.strategy == "auto" else {},
                   baseline=next((s.knobs for s in meta.specs if s.trial_id == yours), None),
-                  train_cfg=meta.train_cfg, train_cfg_args=meta.train_cfg_args, nodes=nodes)  # fmt: skip
+                  train_cfg=meta.train_cfg, train_cfg_args=meta.train_cfg_args, nodes=nodes,
+                  optimizer=meta.optimizer_plan or meta.optimizer)  # the choice the scan made, resolved alike  # fmt: skip
     req = ScanRequest(optimizer=meta.optimizer, warmup=meta.warmup_steps, steps=meta.measured_steps,
                       trial_timeout=req.trial_timeout, no_ceilings=req.no_ceilings, command=req.command,
                       no_epoch_job=req.no_epoch_job,
@@ -362,7 +373,7 @@ def run_ceilings(folder: Path, ctx: Context, req: ScanRequest, console: Console,
     if "compute" in which:
         console.print("Compute ceiling: the training step on one device, batch already there...")
         specs = ceilings.compute_specs(hw, axes.batch, axes.amp, model=ctx.model, data=ctx.dataset.data,
-                                       imgsz=ctx.imgsz, optimizer=req.optimizer, warmup=req.warmup, steps=req.steps)  # fmt: skip
+                                       imgsz=ctx.imgsz, optimizer=ctx.optimizer, warmup=req.warmup, steps=req.steps)  # fmt: skip
         specs = usercfg.for_compute(specs, ctx.train_cfg_args, n)  # --cfg: its arguments hold here too
         gpu = next((g for g in ctx.env.gpus if hw.gpus and g.index == hw.gpus[0]), None)
         c = ceilings.compute(folder, specs, cache_dir=paths.cache_dir(), device_name=gpu.name if gpu else "cpu",

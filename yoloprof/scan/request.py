@@ -31,7 +31,7 @@ class ScanRequest:
     model: Optional[str] = None
     data: Optional[str] = None
     imgsz: Optional[int] = None
-    optimizer: str = "SGD"
+    optimizer: str = "auto"  # Ultralytics' default, resolved per trial for the planned run (analysis.optimizer)
     warmup: int = 5
     steps: int = 20
     out: Optional[str] = None

@@ -10,10 +10,11 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Optional, Union
 
+from yoloprof.analysis.optimizer import for_batch
 from yoloprof.errors import UsageError
-from yoloprof.records import Knobs, TrialSpec, batch_that_runs
+from yoloprof.records import Knobs, OptimizerPlan, TrialSpec, batch_that_runs
 
 # Named NCCL settings. NCCL files most of these under debugging variables: a recommendation that
 # sets one says so and shows the gain it measured. LL128 is left out on purpose (it can corrupt
@@ -282,12 +283,14 @@ def omp_threads(cpu_count: int, world_size: int) -> int:
     return max(cpu_count // max(world_size, 1), 1)
 
 
-def specs(plan: Plan, hw: Hardware, *, model: str, data: str, imgsz: int, optimizer: str,
+def specs(plan: Plan, hw: Hardware, *, model: str, data: str, imgsz: int, optimizer: Union[str, OptimizerPlan],
           warmup: int, steps: int, world_sizes: Optional[list[int]] = None, precision: Optional[float] = None,
           max_steps: Optional[int] = None, overrides: Optional[dict] = None) -> list[TrialSpec]:  # fmt: skip
     """Trials in plan order. With several world sizes (scaling), each runs at every size with the same
     batch per rank, as when GPUs are added: the batch lists are global at the largest size.
-    `overrides`: Ultralytics arguments held in every trial (--cfg: yoloprof.search.usercfg.held)."""
+    `optimizer`: a name for every trial, or the scan's OptimizerPlan, resolved per trial for its global batch
+    (yoloprof.analysis.optimizer). `overrides`: Ultralytics arguments held in every trial (--cfg:
+    yoloprof.search.usercfg.held)."""
     sizes = sorted(world_sizes or [hw.world_size])
     full = max(hw.world_size, 1)
     out = []
@@ -297,25 +300,30 @@ def specs(plan: Plan, hw: Hardware, *, model: str, data: str, imgsz: int, optimi
             nn = hw.nodes_for(r)
             env = {"OMP_NUM_THREADS": str(omp_threads(hw.cpu_count, r // nn)), **nccl_env(k.nccl)}
             tid = trial_id(len(out) + 1, knobs) + (f"-r{r}" if len(sizes) > 1 else "")
+            name, iterations = for_batch(optimizer, knobs.batch)
             out.append(TrialSpec(
                 trial_id=tid, knobs=knobs, world_size=r, device=hw.device,
                 gpus=list(hw.gpus[:r // nn]) if hw.device == "cuda" else [], model=model, data=data, imgsz=imgsz,
-                optimizer=optimizer, warmup_steps=warmup, measured_steps=steps, env=env,
+                optimizer=name, warmup_steps=warmup, measured_steps=steps, env=env,
                 precision=precision, max_steps=max_steps, overrides=dict(overrides or {}), nnodes=nn,
+                optimizer_iterations=iterations,
             ))  # fmt: skip
     return out
 
 
-def spec_for(knobs: Knobs, index: int, hw: Hardware, *, model: str, data: str, imgsz: int, optimizer: str, warmup: int,
-             steps: int, precision: Optional[float] = None, max_steps: Optional[int] = None,
-             repeat_of: Optional[str] = None, overrides: Optional[dict] = None) -> TrialSpec:  # fmt: skip
+def spec_for(knobs: Knobs, index: int, hw: Hardware, *, model: str, data: str, imgsz: int,
+             optimizer: Union[str, OptimizerPlan], warmup: int, steps: int, precision: Optional[float] = None,
+             max_steps: Optional[int] = None, repeat_of: Optional[str] = None,
+             overrides: Optional[dict] = None) -> TrialSpec:  # fmt: skip
     """One trial at the scan's full world size: what the auto search runs, proposal by proposal."""
     tid = trial_id(index, knobs) + ("-rep" if repeat_of else "")
     env = {"OMP_NUM_THREADS": str(omp_threads(hw.cpu_count, hw.per_node)), **nccl_env(knobs.nccl)}
+    name, iterations = for_batch(optimizer, knobs.batch)
     return TrialSpec(trial_id=tid, knobs=knobs, world_size=hw.world_size, device=hw.device,
                      gpus=list(hw.gpus) if hw.device == "cuda" else [], model=model, data=data, imgsz=imgsz,
-                     optimizer=optimizer, warmup_steps=warmup, measured_steps=steps, env=env, precision=precision,
-                     max_steps=max_steps, repeat_of=repeat_of, overrides=dict(overrides or {}), nnodes=hw.nnodes)  # fmt: skip
+                     optimizer=name, warmup_steps=warmup, measured_steps=steps, env=env, precision=precision,
+                     max_steps=max_steps, repeat_of=repeat_of, overrides=dict(overrides or {}), nnodes=hw.nnodes,
+                     optimizer_iterations=iterations)  # fmt: skip
 
 
 def parse_world_sizes(text: str, hw: Hardware) -> list[int]:

@@ -17,13 +17,14 @@ Pure except `read`, which asks Ultralytics to check the keys (probes.cfg_check).
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
 
+from yoloprof.analysis import optimizer as optim
 from yoloprof.errors import UsageError
+from yoloprof.records import OptimizerPlan
 from yoloprof.search.space import show
 
 SCAN_SETS = ("model", "data", "imgsz", "optimizer")
@@ -57,7 +58,6 @@ NOT_IN_TRIALS: dict[str, str] = {
     "cfg": "a config named inside the config: put its arguments in this file",
 }
 _TASKS = (None, "detect", "segment", "pose", "obb", "classify")  # the worker trains each with its own trainer
-DEFAULT_NBS = 64
 
 
 def read(path: str) -> tuple[str, dict[str, Any]]:
@@ -91,9 +91,9 @@ def left_out(args: dict[str, Any]) -> dict[str, str]:
 
 
 def optimizer_flag(req) -> Optional[str]:
-    """--optimizer when the user gave it (its default, SGD, is not a choice the user made)."""
+    """--optimizer when the user gave it (its default, auto, is not a choice the user made)."""
     given = any(a == "--optimizer" or a.startswith("--optimizer=") for a in req.command)
-    return req.optimizer if given or req.optimizer != "SGD" else None
+    return req.optimizer if given or not optim.is_auto(req.optimizer) else None
 
 
 def apply(req, args: dict[str, Any], name: str, optimizer_given: Optional[str]) -> None:
@@ -119,19 +119,25 @@ def _same(key: str, flag: Any, value: Any) -> bool:
     return str(flag) == str(value)
 
 
-def optimizer(args: dict[str, Any], *, images: int, batch: int, epochs: int) -> tuple[str, Optional[str]]:
-    """(the optimizer the trials run, why where it was not written out). Ultralytics' `auto` (its default)
-    picks by run length: MuSGD past 10000 optimizer iterations, AdamW below (engine/trainer.py); a short
-    trial would always get AdamW, so the pick is made here for the run the config describes."""
-    name = str(args.get("optimizer", "auto"))
-    if name.lower() != "auto":
-        return name, None
-    nbs = args.get("nbs", DEFAULT_NBS)
-    iterations = math.ceil(images / max(batch, nbs)) * epochs
-    pick = "MuSGD" if iterations > 10000 else "AdamW"
-    said = "optimizer: auto" if "optimizer" in args else "no optimizer (Ultralytics' auto)"
-    return pick, (f"your config has {said}: {pick}, as Ultralytics picks for {epochs} epochs of {images} images "
-                  f"at batch {batch} ({iterations} iterations, {'over' if pick == 'MuSGD' else 'at most'} 10000)")
+def optimizer_asked(flag: Optional[str], args: dict[str, Any]) -> tuple[str, str]:
+    """(the optimizer asked, where from): --optimizer, else the config's `optimizer:`, else Ultralytics' default,
+    auto. UsageError for a name Ultralytics does not know (every trial would fail on it)."""
+    if flag is not None:
+        return optim.check_name(flag, f"--optimizer {flag}"), "--optimizer"
+    if args.get("optimizer") is not None:
+        return optim.check_name(str(args["optimizer"]), f"--cfg: optimizer: {args['optimizer']}"), "your config"
+    return optim.AUTO, optim.DEFAULT_SOURCE
+
+
+def optimizer_plan(flag: Optional[str], args: dict[str, Any], *, images: int, epochs: int,
+                   nbs: Optional[int] = None) -> OptimizerPlan:  # fmt: skip
+    """What the trials run (optimizer_asked), with the planned run that resolves auto per trial
+    (yoloprof.analysis.optimizer): `images` the train split (cut here by the config's fraction, as Ultralytics
+    cuts it), `epochs` and `nbs` the run plan's. A trial would otherwise get auto's pick for its own few steps,
+    always AdamW."""
+    asked, source = optimizer_asked(flag, args)
+    return optim.plan(asked, images=optim.trained_images(images, args.get("fraction")), epochs=epochs, nbs=nbs,
+                      source=source)  # fmt: skip
 
 
 def for_compute(specs: list, args: dict[str, Any], ranks: int) -> list:
@@ -150,7 +156,7 @@ def for_compute(specs: list, args: dict[str, Any], ranks: int) -> list:
     return out
 
 
-def summary(path: str, args: dict[str, Any], yours, optimizer_used: str, *, images: int, epochs: int) -> list[str]:
+def summary(path: str, args: dict[str, Any], yours) -> list[str]:
     """What the scan took from the config, for the terminal: one fact a line."""
     took = [k for k in SCAN_SETS if k in args]
     knobs = ", ".join([f"batch {yours.batch}", f"workers {yours.workers}", f"amp {show(yours.amp)}",
@@ -161,9 +167,6 @@ def summary(path: str, args: dict[str, Any], yours, optimizer_used: str, *, imag
         lines.append(f"config: held in every trial: {', '.join(kept)}")
     if left_out(args):
         lines.append(f"config: not in trials: {', '.join(left_out(args))} (scan.json says why for each)")
-    pick, note = optimizer(args, images=images, batch=yours.batch, epochs=epochs)
-    if note and pick == optimizer_used:
-        lines.append(f"optimizer: {note}")
     return lines
 
 

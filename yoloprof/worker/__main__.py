@@ -146,6 +146,7 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
                 deterministic_effective=torch.are_deterministic_algorithms_enabled(),
                 channels_last_effective=is_channels_last(t.model),
                 node=int(os.environ.get(SCAN_NODE_ENV, "0")),
+                optimizer_effective=type(t.optimizer).__name__,
             ),
         )
 

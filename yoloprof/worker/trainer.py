@@ -79,7 +79,8 @@ def trial_overrides(spec: TrialSpec, project: str) -> dict:
         channels_last=None if k.channels_last else False,  # None: Ultralytics' auto (NHWC on CUDA)
         cache={"off": False, "ram": "ram", "disk": "disk"}[k.cache],
         device=",".join(str(g) for g in spec.gpus) if spec.device == "cuda" else "cpu",
-        optimizer=spec.optimizer,
+        # auto's pick (TrialSpec.optimizer_iterations): built through auto, as the planned run builds it
+        optimizer="auto" if spec.optimizer_iterations is not None else spec.optimizer,
         epochs=1000,  # never reaches the final epoch, which would validate and save
         close_mosaic=0,  # a short run would otherwise train without mosaic
         warmup_epochs=0,  # measure the steady state: full gradient accumulation, final lr
@@ -200,6 +201,10 @@ class ScanMixin(EpochEndMixin):
             raise RuntimeError(f"compile={self.spec.knobs.compile} was asked, but Ultralytics went on uncompiled: the "
                                "inductor backend is unavailable here (a C++ compiler on CPU, Triton on CUDA); its "
                                "warning above says why")  # fmt: skip
+        built = type(self.optimizer).__name__
+        if built.lower() != self.spec.optimizer.lower():
+            raise RuntimeError(f"the trial was planned with optimizer {self.spec.optimizer}, but Ultralytics built "
+                               f"{built}")  # fmt: skip
         if self.spec.mode == "compute":
             self.train_loader = StaticBatchLoader(self.train_loader, self.device)
         self._attach_probes()
@@ -207,6 +212,13 @@ class ScanMixin(EpochEndMixin):
         faults.attach_model_faults(self.model, rank, self.spec.trial_id)
         known_costs.attach(self, rank)  # tests only: YOLOPROF_TEST_COST
         self._optimizer_cost = known_costs.sleeper("optimizer", rank)
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """Ultralytics' own; auto decides for the planned run's iterations (the spec's), not for this trial's
+        1000 epochs of whatever data it has, so it picks what `yolo train` will, with auto's lr0 and momentum."""
+        if self.spec.optimizer_iterations is not None:
+            iterations = self.spec.optimizer_iterations
+        return super().build_optimizer(model, name=name, lr=lr, momentum=momentum, decay=decay, iterations=iterations)
 
     def _attach_probes(self):
         probe = self.probe
