@@ -14,7 +14,7 @@ from test_pool import _pids
 from yoloprof.records import ScanMeta, read_json
 
 pytestmark = pytest.mark.slow
-BUDGET_S = 150
+BUDGET_S = 210  # deterministic on and off run in launches of their own (cuBLAS reads its workspace setting once)
 
 
 def test_auto_scan_searches_within_budget_through_a_failure(tiny_data, tmp_path):
@@ -59,7 +59,11 @@ def test_auto_scan_searches_within_budget_through_a_failure(tiny_data, tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
     resumed = read_json(out / "scan.json", ScanMeta)
     assert resumed.trial_ids == meta.trial_ids
-    assert [(d.kind, d.budget_used_s) for d in resumed.decisions] == [(d.kind, d.budget_used_s) for d in meta.decisions]
+    assert [d.kind for d in resumed.decisions] == [d.kind for d in meta.decisions]
+    # the clock replays to the records' 0.1 s resolution: a reading rounded once more may move by one step
+    for a, b in zip(resumed.decisions, meta.decisions):
+        assert (a.budget_used_s is None) == (b.budget_used_s is None), (a, b)
+        assert a.budget_used_s is None or abs(a.budget_used_s - b.budget_used_s) <= 0.1 + 1e-9, (a, b)
     # no --optimizer: every trial got auto's pick for the planned run (16 images x 100 epochs: AdamW), and the
     # resumed search, re-proposing its trials, resolved the same choice from scan.json
     assert meta.optimizer == "auto" and meta.optimizer_plan.images == 16 and meta.optimizer_plan.epochs == 100
