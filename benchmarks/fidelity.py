@@ -66,10 +66,13 @@ from typing import Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import fidelity_run  # noqa: E402
 from yoloprof.analysis.intervals import t975, throughput  # noqa: E402
 
-EPOCH_TARGET, RATE_TARGET = 0.05, 0.10
+EPOCH_TARGET, RATE_TARGET, RUN_TARGET = 0.05, 0.10, 0.05
+WARMUP_EPOCHS, CLOSE_MOSAIC = 3.0, 10  # Ultralytics' defaults, which the run level keeps
 PREDICTED = ("epoch_s", "epoch_s_low", "epoch_s_high", "run_h")
 
 # Runs in the plain-training process: Ultralytics only, no yoloprof import.
@@ -89,8 +92,12 @@ def epoch_start(trainer):
             "images": len(loader.dataset), "batches": len(loader)})
 def batch_end(trainer):
     _write({"epoch": trainer.epoch, "t": time.perf_counter()})
+def event(name):
+    return lambda trainer: _write({"event": name, "epoch": trainer.epoch, "t": time.perf_counter()})
 callbacks.default_callbacks["on_train_epoch_start"].append(epoch_start)
 callbacks.default_callbacks["on_train_batch_end"].append(batch_end)
+for _name, _hook in (("pretrain", "on_pretrain_routine_start"), ("fit_end", "on_fit_epoch_end"), ("train_end", "on_train_end")):
+    callbacks.default_callbacks[_hook].append(event(_name))
 assert not any(m.startswith(("yoloprof", "probes", "reports")) for m in sys.modules), "yoloprof code loaded"
 from ultralytics.cfg import entrypoint
 entrypoint()
@@ -126,9 +133,9 @@ def prediction(text: str, trial_id: str) -> dict[str, Optional[float]]:
     if row is None:
         raise ValueError(f"trial {trial_id} is not in the scan's results.csv")
     num = lambda v: float(v) if v not in (None, "") else None  # noqa: E731
-    cols = PREDICTED + ("steps_s", "boundary_s", "val_s", "save_s", "img_per_s", "img_per_s_ci_low",
+    cols = dict.fromkeys(PREDICTED + ("steps_s", "boundary_s", "val_s", "save_s", "img_per_s", "img_per_s_ci_low",
                         "img_per_s_ci_high", "img_per_s_config", "img_per_s_config_ci_low", "img_per_s_config_ci_high",
-                        "world_size")  # fmt: skip
+                        "world_size", *fidelity_run.RUN_PREDICTED))  # fmt: skip
     return {c: num(row.get(c)) for c in cols}
 
 
@@ -139,6 +146,8 @@ def steady_steps(log: Sequence[dict], skip: int) -> tuple[list[int], list[float]
     images, ms = [], []
     head, last, i = None, None, 0
     for e in log:
+        if "event" in e:
+            continue
         if "batches" in e:
             head, last, i = e, e["t"], 0
             continue
@@ -157,7 +166,8 @@ def in_steps(log: Sequence[dict]) -> dict[int, float]:
     saving and epoch-end work)."""
     start, last = {}, {}
     for e in log:
-        (start if "batches" in e else last)[e["epoch"]] = e["t"]
+        if "event" not in e:
+            (start if "batches" in e else last)[e["epoch"]] = e["t"]
     return {k: last[k] - start[k] for k in start if k in last}
 
 
@@ -210,33 +220,38 @@ def scan(out: Path, args) -> Path:
     where = ["--gpus", args.gpus] if args.gpus else ["--device", "cpu", "--nproc", "1"]
     cmd = [str(Path(sys.executable).parent / "yoloprof"), "scan", *where, "--strategy", "grid",
            "--batch", str(args.batch), "--workers", str(args.workers), "--no-defaults", "--no-ceilings",
-           "--epochs", str(args.epochs), "--out", str(out), *args.scan_arg]  # fmt: skip
+           "--epochs", str(args.scan_epochs), "--out", str(out), *args.scan_arg]  # fmt: skip
     print("$", " ".join(cmd), flush=True)
     if subprocess.run(cmd).returncode != 0:
         raise SystemExit(f"fidelity: the scan into {out} failed")
     return out
 
 
-def plain(scan_dir: Path, epochs: int, work: Path) -> tuple[str, list[dict], float]:
+EPOCH_ARGS = ("close_mosaic=0", "warmup_epochs=0")  # the epoch level: steady mosaic epochs only
+
+
+def plain(scan_dir: Path, epochs: int, work: Path, extra: Sequence[str] = EPOCH_ARGS) -> tuple[str, list[dict], float, float]:
+    """`yolo train cfg=best.yaml epochs=N *extra` in a fresh process: (results.csv, the callback's log, launch
+    and exit on the monotonic clock, which is the log's: perf_counter and monotonic are one clock on Linux)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "YOLOPROF_CACHE")}
     env.update(YOLO_OFFLINE="1", YOLO_AUTOINSTALL="0", YOLO_CONFIG_DIR=str(work / "ultralytics"),
                MPLCONFIGDIR=str(work / "matplotlib"), FIDELITY_LOG=str(work / "steps.jsonl"))  # fmt: skip
     best_env = env_file((scan_dir / "best.env").read_text()) if (scan_dir / "best.env").is_file() else {}
     env.update(best_env)
-    argv = ["train", f"cfg={scan_dir.resolve() / 'best.yaml'}", f"epochs={epochs}", "close_mosaic=0",
-            "warmup_epochs=0", f"project={work}", "name=train", "exist_ok=True"]  # fmt: skip
+    argv = ["train", f"cfg={scan_dir.resolve() / 'best.yaml'}", f"epochs={epochs}", *extra, f"project={work}",
+            "name=train", "exist_ok=True"]  # fmt: skip
     print("$", *(f"{k}={shlex.quote(v)}" for k, v in sorted(best_env.items())), "yolo", *argv, f"  (cwd {work})",
           flush=True)  # fmt: skip
-    start = time.monotonic()
+    launched = time.monotonic()
     with open(work / "train.log", "w") as log:
         proc = subprocess.run([sys.executable, "-c", PLAIN, *argv], cwd=work, env=env, stdout=log,
                               stderr=subprocess.STDOUT)  # fmt: skip
-    wall = time.monotonic() - start
+    exited = time.monotonic()
     if proc.returncode != 0:
         raise SystemExit(f"fidelity: plain training exited {proc.returncode}; see {work / 'train.log'}")
     csv_path = work / "train" / "results.csv"
     steps = [json.loads(x) for x in (work / "steps.jsonl").read_text().splitlines() if x.strip()]
-    return csv_path.read_text(), steps, wall
+    return csv_path.read_text(), steps, launched, exited
 
 
 def read_scan(scan_dir: Path) -> tuple[str, dict]:
@@ -256,7 +271,8 @@ def read_scan(scan_dir: Path) -> tuple[str, dict]:
 def compare(n: int, scan_dir: Path, trial: str, pred: dict, run: tuple[str, list[dict], float, Path],
             skip: int) -> tuple[Ratio, Ratio]:  # fmt: skip
     """One round: prints its figures, returns (epoch ratio, images/s ratio)."""
-    results, log, wall, work = run
+    results, log, launched, exited, work = run
+    wall = exited - launched
     epochs = epoch_times(results)
     if len(epochs) < 3:
         raise SystemExit(f"fidelity: plain training wrote {len(epochs)} epochs to results.csv; see {work}")
@@ -295,6 +311,23 @@ def compare(n: int, scan_dir: Path, trial: str, pred: dict, run: tuple[str, list
     return e, r
 
 
+def compare_run(n: int, pred: dict, run: tuple[str, list[dict], float, float, Path], epochs: int) -> Ratio:
+    """One round's run: the whole process's wall time against run_h for `epochs`, and its parts."""
+    _, log, launched, exited, work = run
+    parts = fidelity_run.run_parts(log, launched, exited)
+    first = next((e for e in log if "batches" in e), {})
+    kinds = fidelity_run.phases(epochs, first.get("batches", 1), WARMUP_EPOCHS, CLOSE_MOSAIC)
+    print(f"\nround {n}, the run: plain yolo train epochs={epochs} (Ultralytics' defaults: warmup_epochs "
+          f"{WARMUP_EPOCHS:g}, close_mosaic {CLOSE_MOSAIC}, val, plots) in {work}")
+    for line in fidelity_run.table(parts, pred, kinds):
+        print(line)
+    p, lo, hi = (3600 * (pred[k] or pred["run_h"]) for k in ("run_h", "run_h_low", "run_h_high"))
+    r = ratio(parts.wall_s, parts.wall_s, parts.wall_s, p, lo, hi)
+    print(f"  run: plain {parts.wall_s:.1f} s (launch to exit), predicted run_h {p:.1f} s ({lo:.1f}-{hi:.1f}): ratio "
+          f"{r.ratio:.3f} ({r.low:.3f}-{r.high:.3f})")  # fmt: skip
+    return r
+
+
 def combine(rs: Sequence[Ratio]) -> Ratio:
     """Rounds together: the geometric mean of their ratios; the interval from their own half-widths on the
     log scale (independent rounds: root of the sum of squares over n), or from the rounds' spread (Student t) when
@@ -318,31 +351,44 @@ def main() -> int:
     ap.add_argument("--out", default="runs/yoloprof/bench-fidelity")
     ap.add_argument("--scan", help="use this finished scan in every round instead of running scans")
     ap.add_argument("--scan-arg", action="append", default=[], help="extra argument for the scan (repeatable)")
+    ap.add_argument("--run-epochs", type=int, default=0,
+                    help="also train a whole run of N epochs with Ultralytics' defaults each round and compare its wall "
+                         "time with the scan's run prediction for N epochs (the scan then predicts for N)")  # fmt: skip
     args = ap.parse_args()
-    if args.epochs < 3 or args.rounds < 1:
-        raise SystemExit("fidelity: give --epochs >= 3 (the first and the last epoch are not compared), --rounds >= 1")
+    if args.epochs < 3 or args.rounds < 1 or args.run_epochs < 0:
+        raise SystemExit("fidelity: give --epochs >= 3 (the first and the last epoch are not compared), --rounds >= 1, "
+                         "--run-epochs >= 0")  # fmt: skip
+    args.scan_epochs = args.run_epochs or args.epochs
     started = time.monotonic()
     given = Path(args.scan) if args.scan else None
     if given is not None:
         read_scan(given)  # fail before training when the scan has no prediction
-    pairs, best = [], given
+    pairs, runs, best = [], [], given
     for n in range(1, args.rounds + 1):
-        order = ("scan", "plain") if n % 2 or best is None else ("plain", "scan")
-        this, run = given, None
+        trains = ("plain", "run") if args.run_epochs else ("plain",)
+        order = ("scan", *trains) if n % 2 or best is None else (*trains, "scan")
+        this, done = given, {}
         for step in order:
             if step == "scan" and given is None:
                 this = best = scan(Path(args.out) / f"scan-{n}", args)
                 read_scan(this)  # fail before training when the scan has no prediction
-            elif step == "plain":
-                work = Path(tempfile.mkdtemp(prefix="yoloprof-fidelity-"))
-                run = (*plain(best, args.epochs, work), work)
+            elif step in ("plain", "run"):
+                work = Path(tempfile.mkdtemp(prefix=f"yoloprof-fidelity-{step}-"))
+                epochs, extra = (args.epochs, EPOCH_ARGS) if step == "plain" else (args.run_epochs, ())
+                done[step] = (*plain(best, epochs, work, extra), work)
         trial, pred = read_scan(this)
-        pairs.append(compare(n, this, trial, pred, run, args.skip_batches))
+        pairs.append(compare(n, this, trial, pred, done["plain"], args.skip_batches))
+        if "run" in done:
+            runs.append(compare_run(n, pred, done["run"], args.run_epochs))
     e, r = combine([p[0] for p in pairs]), combine([p[1] for p in pairs])
     way = f"{len(pairs)} rounds (scan, plain | plain, scan | ...)" if len(pairs) > 1 else "1 round"
     print(f"\n{way}; plain: yolo train cfg=best.yaml epochs={args.epochs} close_mosaic=0 warmup_epochs=0")
     print(f"epoch time, plain / predicted: {e.ratio:.3f} (95% {e.low:.3f}-{e.high:.3f}): {judge(e, EPOCH_TARGET)}")
     print(f"images/s, plain / scan: {r.ratio:.3f} (95% {r.low:.3f}-{r.high:.3f}): {judge(r, RATE_TARGET)}")
+    if runs:
+        w = combine(runs)
+        print(f"run, plain yolo train cfg=best.yaml epochs={args.run_epochs} (launch to exit) / run_h: {w.ratio:.3f} "
+              f"(95% {w.low:.3f}-{w.high:.3f}): {judge(w, RUN_TARGET)}")  # fmt: skip
     print(f"benchmark wall: {(time.monotonic() - started) / 60:.1f} min")
     return 0
 

@@ -35,6 +35,7 @@ def measured_rows(costs: dict[int, EpochCosts]) -> list[dict]:
             ratio = f"x{c.no_mosaic_ratio:.2f}" + (f" (95% {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
         rows.append(dict(ranks=ws, settings=settings, status="ok", val=_passes(c.val), val_subset=subset,
                          save=_passes(c.save), end=_passes(c.end), setup=duration(c.setup_s),
+                         startup=duration(c.startup_s),
                          boundary="n/a" if c.boundary_ms is None else f"{c.boundary_ms:.0f} ms", no_mosaic=ratio,
                          notes=c.notes))  # fmt: skip
     return rows

@@ -169,3 +169,43 @@ def test_ratio_of_two_means_and_the_cost_per_training_step():
     assert (r, lo, hi) == pytest.approx((3.0, 3.0 * (1 - half), 3.0 * (1 + half)))
     assert optimizer_cost.per_training_step(80.0, batch=8) == 10.0  # nbs 64 at batch 8: one step in 8
     assert optimizer_cost.per_training_step(80.0, batch=128) == 80.0  # no accumulation past nbs
+
+
+# -- fidelity, the run level ---------------------------------------------------------------------------
+fidelity_run = _load("fidelity_run")
+
+
+def test_a_runs_parts_come_from_its_callback_log_and_ignore_event_lines_elsewhere():
+    log = [
+        {"event": "pretrain", "epoch": 0, "t": 104.0},
+        {"epoch": 0, "t": 110.0, "batch": 4, "images": 8, "batches": 2},
+        {"epoch": 0, "t": 111.0}, {"epoch": 0, "t": 112.0},
+        {"event": "fit_end", "epoch": 0, "t": 113.5},
+        {"epoch": 1, "t": 114.0, "batch": 4, "images": 8, "batches": 2},
+        {"epoch": 1, "t": 115.0}, {"epoch": 1, "t": 116.5},
+        {"event": "fit_end", "epoch": 1, "t": 117.0},
+        {"event": "train_end", "epoch": 1, "t": 120.0},
+    ]  # fmt: skip
+    parts = fidelity_run.run_parts(log, launched=100.0, exited=121.0)
+    assert (parts.wall_s, parts.startup_s, parts.setup_s, parts.final_s) == (21.0, 4.0, 6.0, 4.0)
+    assert parts.epoch_s == {0: 4.0, 1: 3.0} and parts.mean([0, 1]) == 3.5 and parts.mean([5]) is None
+    # the epoch level's parsers read the same log: event lines are not steps
+    assert fidelity.steady_steps(log, 0) == ([4, 4, 4, 4], [1000.0, 1000.0, 1000.0, 1500.0])
+    assert fidelity.in_steps(log) == {0: 2.0, 1: 2.5}
+
+
+def test_a_runs_epochs_by_kind_as_ultralytics_counts_them():
+    # 15 epochs of 32 steps, defaults: warm-up over the first 96 iterations (ni <= 96 reaches epoch 3's first step),
+    # the last 10 without mosaic
+    assert fidelity_run.phases(15, 32, 3.0, 10) == {"warm-up": [0, 1, 2, 3], "mosaic": [4], "close_mosaic": list(range(5, 15))}
+    assert fidelity_run.phases(6, 32, 0.0, 0) == {"warm-up": [], "mosaic": [0, 1, 2, 3, 4, 5], "close_mosaic": []}
+    assert fidelity_run.phases(2, 10, 3.0, 0)["warm-up"] == [0, 1]  # min(3, epochs - 1) = 1 epoch: ni <= 10
+
+
+def test_a_runs_table_names_each_part_and_says_na_where_nothing_is_predicted():
+    parts = fidelity_run.RunParts(wall_s=30.0, startup_s=3.0, setup_s=2.0, epoch_s={0: 5.0, 1: 4.0, 2: 3.0}, final_s=2.5)
+    lines = fidelity_run.table(parts, {"epoch_s": 4.2, "no_mosaic_epoch_s": 3.1, "setup_s": 1.9, "val_s": 0.5},
+                               {"warm-up": [0], "mosaic": [1], "close_mosaic": [2]})  # fmt: skip
+    assert lines[0] == "    start-up (launch to trainer): plain 3.0 s, predicted n/a"
+    assert "close_mosaic epochs 3-3: plain 3.0 s (mean 3.0 s), predicted 3.1 s each" in lines[4]
+    assert lines[-1].endswith("plain 2.5 s, predicted validation 0.5 s")

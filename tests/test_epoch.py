@@ -29,7 +29,7 @@ def trial(**kw) -> TrialResult:
 def costs(**kw) -> EpochCosts:
     c = EpochCosts(2, "cpu", K, "ok", val=EpochPart([2.0, 1.0, 1.2]), val_images_total=64, val_images_timed=64,
                    save=EpochPart([0.3, 0.2]), end=EpochPart([0.05, 0.04]), boundary_ms=150.0, setup_s=4.0,
-                   no_mosaic_ratio=1.25, no_mosaic_ratio_ci=[1.1, 1.4])  # fmt: skip
+                   startup_s=3.0, no_mosaic_ratio=1.25, no_mosaic_ratio_ci=[1.1, 1.4])  # fmt: skip
     for k, v in kw.items():
         setattr(c, k, v)
     return c
@@ -48,14 +48,21 @@ def test_an_epoch_is_its_steps_plus_each_measured_part_with_a_band():
     assert p.parts_missing == []
 
 
+def test_a_run_without_a_measured_start_up_names_it_and_leaves_it_out():
+    with_it, without = epoch.predict(trial(), costs(), None, RP), epoch.predict(trial(), costs(startup_s=None), None, RP)
+    assert with_it.run_h * 3600 - without.run_h * 3600 == pytest.approx(3.0) and without.startup_s is None
+    assert without.parts_missing == ["the process's start-up (interpreter, torch and Ultralytics imports): not measured"]
+
+
 def test_the_run_counts_close_mosaic_epochs_warmup_set_up_and_the_final_validation():
     p = epoch.predict(trial(), costs(), None, RP)
     no_mosaic = 5.12 / 1.25 + 0.15 + 0.04 + 1.1 + 0.2
     assert p.no_mosaic_epoch_s == pytest.approx(no_mosaic)
     # warm-up: accumulate ramps 1 -> 4 over 32 iterations: 6 at 1, 11 at 2, 10 at 3, 5 at 4 = 16.08 steps, not 8
     assert epoch.warmup_extra_steps(32, RP, 16) == pytest.approx(6 + 11 / 2 + 10 / 3 + 5 / 4 - 8)
-    once = 4.0 + epoch.warmup_extra_steps(32, RP, 16) * 0.040 + 1.1  # set-up, 40 ms per optimizer step, final val
-    assert p.once_s == pytest.approx(once)
+    # set-up, the process's start-up, 40 ms per optimizer step, final val
+    once = 4.0 + 3.0 + epoch.warmup_extra_steps(32, RP, 16) * 0.040 + 1.1
+    assert p.once_s == pytest.approx(once) and p.startup_s == 3.0
     assert p.run_h * 3600 == pytest.approx(8 * p.epoch_s + 2 * no_mosaic + once)
     assert p.run_h_low < p.run_h < p.run_h_high
     assert p.cost_epoch == pytest.approx(p.epoch_s / 3600 * 2 * 2.5)  # 2 ranks at 2.5 an hour
@@ -92,14 +99,14 @@ def test_the_trials_own_epoch_start_carries_the_end_work_the_jobs_does_not():
 def test_set_up_is_the_trials_own_where_it_recorded_one():
     # a cache=ram trial pays its caching in its own set-up; the epoch job's is for the recommended settings
     p = epoch.predict(trial(setup_s=30.0), costs(), None, RP)
-    assert p.once_s == pytest.approx(30.0 + epoch.warmup_extra_steps(32, RP, 16) * 0.040 + 1.1)
+    assert p.once_s == pytest.approx(30.0 + 3.0 + epoch.warmup_extra_steps(32, RP, 16) * 0.040 + 1.1)
 
 
 def test_val_and_save_off_move_them_to_the_final_epoch():
     rp = RunPlan(epochs=10, close_mosaic=0, warmup_epochs=0, val=False, save=False)
     p = epoch.predict(trial(), costs(), None, rp)
     assert p.epoch_s == pytest.approx(5.12 + 0.15 + 0.04)
-    assert p.once_s == pytest.approx(4.0 + 1.1 + 1.1 + 0.2)  # final epoch's val and save, and final_eval
+    assert p.once_s == pytest.approx(4.0 + 3.0 + 1.1 + 1.1 + 0.2)  # start-up, final epoch's val and save, final_eval
     assert p.run_h * 3600 == pytest.approx(10 * (5.12 + 0.15 + 0.04) + p.once_s)
 
 

@@ -50,14 +50,14 @@ def test_aggregation_takes_the_slowest_rank_and_scales_the_val_loop(tmp_path):
         steps += [_step(r, 13, (150.0 if r else 90.0), True, boundary=True, end_ms=20.0)]
         steps += [_step(r, 14, 400.0, False, warmup=True)]  # the loader's restart after close_mosaic
         steps += [_step(r, i, 80.0 * slow[r], False) for i in range(15, 27)]
-        parts = RankEpochParts(rank=r, setup_s=3.0 + r, mosaic_off_step=14, end_s=[0.02, 0.01 + r * 0.01],
+        parts = RankEpochParts(rank=r, setup_s=3.0 + r, startup_s=5.0 - r, mosaic_off_step=14, end_s=[0.02, 0.01 + r * 0.01],
                                val_s=[1.0 + r * 0.1, 0.5 + r * 0.1], val_loop_s=[0.6 + r * 0.1, 0.3 + r * 0.1],
                                val_images=[8, 8], val_capped=True, val_batches=2, val_images_total=64,
                                save_s=[0.4 - r * 0.1, 0.2])  # fmt: skip
         _write_rank(tmp_path, r, steps, parts)
     spec = tiny_spec(Path("/nowhere/data.yaml"))
     costs = epoch_costs.build(spec, aggregate.read_ranks(tmp_path), epoch_costs.read_parts(tmp_path), "ok")
-    assert costs.status == "ok" and costs.setup_s == 4.0
+    assert costs.status == "ok" and costs.setup_s == 4.0 and costs.startup_s == 5.0  # the slowest rank's
     assert costs.end.s == pytest.approx([0.02, 0.02]) and costs.save.s == pytest.approx([0.4, 0.2])
     # 16 of 64 images timed: the slowest pass plus its batch loop three more times
     assert (costs.val_images_timed, costs.val_images_total) == (16, 64)
@@ -137,6 +137,8 @@ def test_epoch_mode_times_every_part_on_both_ranks(tmp_path):
     assert all(p.val_capped and p.val_batches == 8 and p.val_images == [32, 32] for p in parts)
     assert all(v > max(p.val_s[i] for p in parts) for i, v in enumerate(costs.val.s))  # scaled up to 80 images
     assert costs.setup_s > 0
+    # each rank's own start (a fresh process under torchrun) to its trainer: at least the torch import
+    assert all(0.5 < p.startup_s < 120 for p in parts) and costs.startup_s == max(p.startup_s for p in parts)
     low, high = costs.no_mosaic_ratio_ci
     assert math.isfinite(costs.no_mosaic_ratio) and 0 < low <= costs.no_mosaic_ratio <= high < math.inf
     assert costs.boundary_ms is not None  # 4 batches per epoch: the steps crossed several

@@ -145,6 +145,11 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
     once = [(setup,) * 3] if setup is not None else []
     if not once:
         out.parts_missing.append("set-up (dataset scan, caching, model build): not measured")
+    if ok and costs.startup_s is not None:  # a fresh process of the epoch job: the interpreter and its imports
+        out.startup_s = costs.startup_s
+        once.append((out.startup_s,) * 3)
+    else:
+        out.parts_missing.append("the process's start-up (interpreter, torch and Ultralytics imports): not measured")
     if r.knobs.compile != "off":  # compiled cold on the first steps, once a run
         if r.warmup_extra_s is not None:
             out.compile_s = max(r.warmup_extra_s, 0.0)

@@ -133,6 +133,8 @@ def build(spec: TrialSpec, ranks: list[RankRecords], parts: list[RankEpochParts]
         return costs
     setups = [p.setup_s for p in parts if p.setup_s is not None]
     costs.setup_s = max(setups) if setups else None
+    startups = [p.startup_s for p in parts if p.startup_s is not None]
+    costs.startup_s = max(startups) if len(startups) == len(parts) else None  # a rank without one: unknown
     costs.end, costs.save = EpochPart(_slowest(parts, "end_s")), EpochPart(_slowest(parts, "save_s"))
     val_s, costs.val_images_timed, costs.val_images_total = validation(parts)
     costs.val = EpochPart(val_s)
@@ -167,6 +169,8 @@ def summary_line(c: EpochCosts) -> str:
         return f"{head}: not measured ({c.status}): {c.error or 'no reason recorded'}"
     parts = [f"validation {_s(c.val)} ({c.val_images_timed} of {c.val_images_total} images)",
              f"saving {_s(c.save)}", f"epoch end {_s(c.end)}"]  # fmt: skip
+    if c.startup_s is not None:
+        parts.append(f"start-up {c.startup_s:.1f} s")
     if c.setup_s is not None:
         parts.append(f"set-up {c.setup_s:.1f} s")
     if c.boundary_ms is not None:

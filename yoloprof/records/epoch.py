@@ -56,6 +56,9 @@ class EpochCosts:
     boundary_ms: Optional[float] = None
     # once per run: trainer set-up to the first step (dataset scan, caching, model, DDP), seconds
     setup_s: Optional[float] = None
+    # once per run: a fresh process's start to the trainer's construction (interpreter, torch and Ultralytics
+    # imports), seconds, the slowest rank's
+    startup_s: Optional[float] = None
     # the last close_mosaic epochs: steady img/s without mosaic over with it, measured in one run back to back
     no_mosaic_ratio: Optional[float] = None
     no_mosaic_ratio_ci: Optional[list[float]] = None  # [low, high], 95%
@@ -72,6 +75,7 @@ class RankEpochParts:
 
     rank: int
     setup_s: Optional[float] = None  # trainer construction to the first training step's start
+    startup_s: Optional[float] = None  # the rank process's start to the trainer's construction (interpreter, imports)
     mosaic_off_step: Optional[int] = None  # the first step trained after close_mosaic
     end_s: list[float] = field(default_factory=list)
     val_s: list[float] = field(default_factory=list)  # the whole validate() of each pass, over the timed batches
@@ -117,6 +121,7 @@ class EpochPrediction:
     no_mosaic_epoch_s: Optional[float] = None  # an epoch of the last close_mosaic ones
     once_s: Optional[float] = None  # set-up, warm-up's extra optimizer steps, the final validation
     compile_s: Optional[float] = None  # torch.compile's one-time cost on the first steps (in once_s)
+    startup_s: Optional[float] = None  # the process's start to the trainer (in once_s)
     cost_epoch: Optional[float] = None
     cost_run: Optional[float] = None
     energy_epoch_kwh: Optional[float] = None

@@ -60,6 +60,16 @@ class TrialComplete(Exception):
     """Raised on the same step on every rank to end training without validation or saving."""
 
 
+def process_age_s() -> Optional[float]:
+    """Seconds since this process started (the kernel's start time, 10 ms ticks); None where it cannot say."""
+    try:
+        import psutil
+
+        return max(time.time() - psutil.Process().create_time(), 0.0)
+    except Exception:  # noqa: BLE001 - a missing figure, never a failed trial
+        return None
+
+
 def trial_overrides(spec: TrialSpec, project: str) -> dict:
     """Ultralytics arguments of a trial: the user's config plus what a short measurement needs.
 
@@ -159,6 +169,7 @@ class ScanMixin(EpochEndMixin):
     def __init__(self, spec: TrialSpec, probe: StepProbe, project: str, on_ready: Callable, on_step: Callable,
                  precise: Optional[Callable[[], bool]] = None):  # fmt: skip
         self._constructed = time.perf_counter()  # set-up is timed from here to the first step
+        self.startup_s = process_age_s()  # a run pays its process's start once: epoch mode's fresh process reports it
         self.setup_s: Optional[float] = None
         self.epoch_parts: Optional[RankEpochParts] = None
         self.spec, self.probe, self._precise = spec, probe, precise
@@ -254,7 +265,7 @@ class ScanMixin(EpochEndMixin):
         if self.probe.steps_started == 0:
             self.setup_s = time.perf_counter() - self._constructed  # every trial: its run's set-up
             if self.spec.mode == "epoch":
-                self.epoch_parts = RankEpochParts(rank=max(RANK, 0), setup_s=self.setup_s)
+                self.epoch_parts = RankEpochParts(rank=max(RANK, 0), setup_s=self.setup_s, startup_s=self.startup_s)
         self.probe.batch_start(self.epoch)
         known_costs.set_step(self.probe.steps_started - 1)  # tests only: costs on odd steps
 
