@@ -93,7 +93,7 @@ def epoch_start(trainer):
 def batch_end(trainer):
     _write({"epoch": trainer.epoch, "t": time.perf_counter()})
 def event(name):
-    return lambda trainer: _write({"event": name, "epoch": trainer.epoch, "t": time.perf_counter()})
+    return lambda trainer: _write({"event": name, "epoch": getattr(trainer, "epoch", None), "t": time.perf_counter()})
 callbacks.default_callbacks["on_train_epoch_start"].append(epoch_start)
 callbacks.default_callbacks["on_train_batch_end"].append(batch_end)
 for _name, _hook in (("pretrain", "on_pretrain_routine_start"), ("fit_end", "on_fit_epoch_end"), ("train_end", "on_train_end")):

@@ -55,7 +55,9 @@ def run_parts(log: Sequence[dict], launched: float, exited: float) -> RunParts:
         out.startup_s = pre[0]["t"] - launched
         if starts:
             out.setup_s = starts[min(starts)] - pre[0]["t"]
-    ends = {e["epoch"]: e["t"] for e in events.get("fit_end", [])}
+    ends: dict[int, float] = {}
+    for e in events.get("fit_end", []):  # the first per epoch: final_eval runs the callback once more
+        ends.setdefault(e["epoch"], e["t"])
     order = sorted(starts)
     for a, b in zip(order, order[1:]):
         out.epoch_s[a] = starts[b] - starts[a]

@@ -46,7 +46,8 @@ def epoch_cells(p: Optional[EpochPrediction], rp: RunPlan) -> list[str]:
 
 def epoch_caption(p: Optional[EpochPrediction], rp: RunPlan) -> str:
     text = (f"epoch = its steps at the trial's rate + epoch start + validation + saving, as measured; "
-            f"run = {rp.epochs} epochs ({rp.source}), close_mosaic {rp.close_mosaic}, set-up and final validation")
+            f"run = {rp.epochs} epochs ({rp.source}), close_mosaic {rp.close_mosaic}, start-up, set-up and final "
+            "validation")
     if rp.gpu_hour_price is not None:
         text += f"; cost at {rp.gpu_hour_price:g} {rp.currency} per GPU-hour (rank-hour on CPU)"
     if p is not None and p.parts_missing:

@@ -184,6 +184,7 @@ def test_a_runs_parts_come_from_its_callback_log_and_ignore_event_lines_elsewher
         {"epoch": 1, "t": 114.0, "batch": 4, "images": 8, "batches": 2},
         {"epoch": 1, "t": 115.0}, {"epoch": 1, "t": 116.5},
         {"event": "fit_end", "epoch": 1, "t": 117.0},
+        {"event": "fit_end", "epoch": 1, "t": 119.0},  # final_eval's own call of the callback
         {"event": "train_end", "epoch": 1, "t": 120.0},
     ]  # fmt: skip
     parts = fidelity_run.run_parts(log, launched=100.0, exited=121.0)
@@ -209,3 +210,24 @@ def test_a_runs_table_names_each_part_and_says_na_where_nothing_is_predicted():
     assert lines[0] == "    start-up (launch to trainer): plain 3.0 s, predicted n/a"
     assert "close_mosaic epochs 3-3: plain 3.0 s (mean 3.0 s), predicted 3.1 s each" in lines[4]
     assert lines[-1].endswith("plain 2.5 s, predicted validation 0.5 s")
+
+
+# -- drift -------------------------------------------------------------------------------------------------
+drift = _load("drift")
+
+
+def test_drift_keeps_only_steps_inside_a_window():
+    log = [{"epoch": 0, "t": 0.0, "batch": 4, "images": 8, "batches": 9}] + [{"epoch": 0, "t": t} for t in
+                                                                           (1.0, 2.0, 3.5, 10.0, 10.5, 11.0)]  # fmt: skip
+    # window 1 holds the steps 1->2 and 2->3.5; 3.5->10 straddles a pause; window 2 holds 10->10.5 and 10.5->11
+    assert drift.window_means(log, [(0.5, 4.0), (9.0, 11.5), (20.0, 21.0)])[:2] == [1250.0, 500.0]
+    assert math.isnan(drift.window_means(log, [(20.0, 21.0)])[0])
+
+
+def test_drift_tells_the_machines_spread_from_the_processes():
+    machine = [[950.0, 955.0, 948.0], [830.0, 828.0, 833.0], [880.0, 884.0, 879.0]]  # every process slow together
+    rot, proc = drift.spreads(machine)
+    assert rot > 0.05 and proc < 0.005
+    own = [[800.0, 900.0], [805.0, 905.0], [798.0, 897.0]]  # each process its own speed
+    rot, proc = drift.spreads(own)
+    assert proc > 0.07 and rot < 0.005
