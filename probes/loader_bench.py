@@ -229,8 +229,11 @@ def run(args) -> dict:
                img_per_s=images / elapsed, cpu_pct=100.0 * cpu / elapsed, batch_ms=batch_ms, batch_images=batch_images,
                resident_frac_warm=resident, status="ok", error=None)  # fmt: skip
     if args.cold == "on":
-        out.update(cold_window(it, loader, args.cache, args.batches, args.warmup + args.batches,
-                               args.rank if grouped else -1, grouped))  # fmt: skip
+        try:  # the warm figure stands whatever happens to the cold one
+            out.update(cold_window(it, loader, args.cache, args.batches, args.warmup + args.batches,
+                                   args.rank if grouped else -1, grouped))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - recorded as the reason the cold rate is n/a
+            out["cold_error"] = f"the cold window failed: {error_line(exc)}"
     if hasattr(loader, "close"):
         loader.close()
     return out

@@ -196,8 +196,16 @@ def loader_table(c: LoaderCeiling) -> Table:
         left = f"at most {100 * max(fracs):.0f}%" if fracs else "unverified"
         notes.insert(0, f"cold: {evicted[0].evicted_files} files ({_size(evicted[0].evicted_bytes)}) evicted from the "
                         f"page cache before each cold window; still cached after it: {left} (mincore)")  # fmt: skip
+    partly = [p for p in c.points if p.resident_frac_warm is not None and p.resident_frac_warm < WARM_RESIDENT]
+    if partly:
+        notes.append(f"warm ({', '.join(f'workers {p.workers}' for p in partly)}): only "
+                     f"{100 * min(p.resident_frac_warm for p in partly):.0f}% of the files were in the page cache when "
+                     "the window began, so its figure is partly cold")  # fmt: skip
     t.caption = "; ".join(notes) or None
     return t
+
+
+WARM_RESIDENT = 0.9  # a warm window that found less of the files cached is not quite warm: said under the table
 
 
 def _size(nbytes: Optional[int]) -> str:

@@ -104,6 +104,19 @@ def summary(fit: DatasetFit) -> str:
                    "ceiling times it cold too)")  # fmt: skip
 
 
+COLD_ANYWAY_BYTES = 2**30  # a dataset that fits is still timed cold up to this size: its read-back costs little
+
+
+def cold_skip(fit: DatasetFit) -> Optional[str]:
+    """Why the input ceiling skips its cold window, or None to time it. Each loader point evicts the files and reads
+    them back afterwards (so the next point and the trials find the page cache as it was): where a large dataset
+    fits, that is its whole size read again per point, to time a case its epochs never meet."""
+    if fit.fits is True and (fit.epoch_bytes or 0) > COLD_ANYWAY_BYTES:
+        return (f"not timed: the dataset's {size_text(fit.epoch_bytes)} fit in memory, so epochs read them warm, and "
+                "a cold window would re-read them per loader point")  # fmt: skip
+    return None
+
+
 def cold_point(r: TrialResult, loader: Optional[LoaderCeiling]) -> Union[LoaderPoint, str]:
     """The input-ceiling point that read as this trial's ranks do (workers, pin_memory, cache, ranks), or why none."""
     if loader is None:

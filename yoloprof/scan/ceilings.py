@@ -88,13 +88,14 @@ def loader_commands(raw: Path, *, data: str, model: str, imgsz: int, batch_per_r
 
 def loader(out: Path, *, data: str, model: str, imgsz: int, batch_per_rank: int, workers: list[int], ranks: int,
            device: str, cache: str, cache_dir: Path, pin_memory: Sequence[bool] = (True,),
-           gpus: Optional[list[int]] = None, batches: int = 20, warmup: int = 3, cold: bool = True,
+           gpus: Optional[list[int]] = None, batches: int = 20, warmup: int = 3, cold: Union[bool, str] = True,
            caches: Sequence[str] = ()) -> LoaderCeiling:  # fmt: skip
     """One point per workers x pin_memory value, each loading as the trials' ranks do (probes/loader_bench).
 
     pin_memory: the scan's planned values (Ultralytics' own default, on, when not given); gpus: the
     scan's CUDA indices, one per rank; cold: also time each point after evicting the files from the page
-    cache; caches: further Ultralytics cache values to probe (cache=disk where the dataset does not fit).
+    cache (a text: why not, recorded in each point); caches: further Ultralytics cache values to probe
+    (cache=disk where the dataset does not fit).
     """
     devices = rank_devices(device, gpus, ranks)
     points = []
@@ -106,9 +107,11 @@ def loader(out: Path, *, data: str, model: str, imgsz: int, batch_per_rank: int,
             stale.unlink(missing_ok=True)  # a FileStore must start empty; an old result must not pass as new
         cmds = loader_commands(raw, data=data, model=model, imgsz=imgsz, batch_per_rank=batch_per_rank, workers=w,
                                pin_memory=pin, ranks=ranks, devices=devices, cache=c, batches=batches,
-                               warmup=warmup, cold=cold)  # fmt: skip
+                               warmup=warmup, cold=cold is True)  # fmt: skip
         point = _loader_point(raw, cmds, cache_dir, w, pin, ranks, batch_per_rank, batches)
         point.cache = c
+        if isinstance(cold, str) and point.status == "ok":
+            point.cold_error = cold
         points.append(point)
     ceiling = LoaderCeiling(data=data, imgsz=imgsz, cache=cache, points=points)
     write_json(Path(out) / "loader.json", ceiling)

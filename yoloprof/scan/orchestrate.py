@@ -376,7 +376,8 @@ def run_ceilings(folder: Path, ctx: Context, req: ScanRequest, console: Console,
         c = ceilings.loader(folder, data=ctx.dataset.data, model=ctx.model, imgsz=ctx.imgsz,
                             batch_per_rank=max(min(axes.batch) // n, 1), workers=axes.workers, ranks=hw.per_node,
                             device=hw.device, cache=axes.cache[0], cache_dir=paths.cache_dir(), batches=req.steps,
-                            pin_memory=axes.pin_memory, gpus=hw.gpus, caches=disk_too(ctx))  # fmt: skip
+                            pin_memory=axes.pin_memory, gpus=hw.gpus, caches=disk_too(ctx),
+                            cold=dataset_fit.cold_skip(ctx.fit()) or True)  # fmt: skip
         console.print(terminal.loader_table(c))
     if "compute" in which:
         console.print("Compute ceiling: the training step on one device, batch already there...")
@@ -419,6 +420,8 @@ def run_probe(kind: str, req: ScanRequest, console: Console) -> Path:
     ctx = prepare(req, console)
     out = prepare_out(req, kind="probe")
     console.print(f"[bold]yoloprof probe {kind}[/] -> {out}   ({ctx.hw_why}; model {ctx.model}, imgsz {ctx.imgsz})")
+    if kind == "loader":
+        console.print(f"  memory: {dataset_fit.summary(ctx.fit())}", markup=False, highlight=False)
     buckets = []
     if kind == "allreduce":
         from probes import model_check
