@@ -196,7 +196,7 @@ def test_each_trial_meets_the_cold_point_of_its_own_settings():
 
 
 def test_the_memory_sentence_gives_the_numbers():
-    loader = LoaderCeiling("/d", 128, "off", [point(2, 500.0, 60.0, (50.0, 70.0))])
+    loader = LoaderCeiling("/d", 128, "off", [point(2, 500.0, 60.0, (50.0, 70.0), resident_frac_evicted=0.0)])
     best = trial("b", K2)
     fit = dataset_fit.decide(data(), budget(1024.0), 128, 2)
     p = epoch.predict(best, None, None, RP, cold=(60.0, 50.0, 70.0))
@@ -205,12 +205,14 @@ def test_the_memory_sentence_gives_the_numbers():
         "(--mem-limit; 80% of it for the page cache), so every epoch reads them from storage: the loaders deliver "
         "60 img/s cold against 500 warm (workers 2, cache off), so an epoch of b takes 8.5 s at the cold rate "
         "(5.1 s warm).")  # 512 images / 60 img/s and / 100 img/s  # fmt: skip
+    blind = LoaderCeiling("/d", 128, "off", [point(2, 500.0, 60.0, (50.0, 70.0))])  # evicted, not verified
+    assert "(workers 2, cache off; the eviction unverified: mincore shows" in dataset_fit.line(fit, best, blind, p)
     fits = dataset_fit.decide(data(), budget(4096.0, "psutil"), 128, 2)
     assert dataset_fit.line(fits, best, loader, None) == (
         "The dataset's 1000.0 MiB of images (train and val) fit in the 4.0 GiB this machine can spare (available "
         "memory, psutil; 80% of it for the page cache): after the first epoch they come from the page cache, as in "
         "the trials.")  # fmt: skip
-    fast = LoaderCeiling("/d", 128, "off", [point(2, 500.0, 300.0, (280.0, 320.0))])
+    fast = LoaderCeiling("/d", 128, "off", [point(2, 500.0, 300.0, (280.0, 320.0), resident_frac_evicted=0.0)])
     text = dataset_fit.line(fit, best, fast, epoch.predict(best, None, None, RP, cold=(300.0, 280.0, 320.0)))
     assert text.endswith("above the 100 img/s b trains at: the reads do not slow it.")
 

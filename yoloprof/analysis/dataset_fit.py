@@ -164,8 +164,10 @@ def line(fit: DatasetFit, best: Optional[TrialResult], loader: Optional[LoaderCe
     if isinstance(p, str):
         return f"{head}, but {p}: the epoch is priced at the warm rate the trials measured, a lower bound."
     warm = f"{p.img_per_s_machine:.0f}" if p.img_per_s_machine else "n/a"
+    unverified = ("; the eviction unverified: mincore shows the page cache only for files this user owns or may write"
+                  if p.resident_frac_evicted is None else "")  # fmt: skip
     text = (f"{head}: the loaders deliver {p.img_per_s_machine_cold:.0f} img/s cold against {warm} warm "
-            f"(workers {p.workers}, cache {p.cache or loader.cache})")
+            f"(workers {p.workers}, cache {p.cache or loader.cache}{unverified})")
     if prediction is not None and prediction.epoch_s is not None and prediction.cold_img_per_s is not None:
         bound = prediction.cold_img_per_s < (best.img_per_s or math.inf)
         text += (f", so an epoch of {best.trial_id} takes {duration(prediction.epoch_s)} at the cold rate "
