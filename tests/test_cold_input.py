@@ -414,3 +414,30 @@ def test_the_cold_probe_for_real_with_a_memory_limit_below_the_dataset(tmp_path,
     assert pred.steps_s == pytest.approx(32 * 16 / p.img_per_s_machine_cold)  # the cold rate, not the trial's
     assert pred.epoch_s_warm == pytest.approx(32 * 16 / fast.img_per_s)
     assert "at the cold rate" in dataset_fit.line(fit, fast, c, pred)
+
+
+def test_the_input_ceiling_times_cache_disk_too_where_the_data_do_not_fit_and_the_scan_may_try_it():
+    from types import SimpleNamespace
+
+    from yoloprof.scan.orchestrate import disk_too
+
+    def ctx(cache, strategy="grid", given=None, mib=100.0):
+        return SimpleNamespace(plan=SimpleNamespace(axes=SimpleNamespace(cache=cache)), strategy=strategy,
+                               given=given or {}, fit=lambda: dataset_fit.decide(data(), budget(mib), 128, 2))  # fmt: skip
+
+    assert disk_too(ctx(["off"], "auto")) == ["disk"]  # auto's space holds cache disk
+    assert disk_too(ctx(["off"], "auto", {"cache": ["off"]})) == []  # the user left it out
+    assert disk_too(ctx(["off", "disk"])) == ["disk"] and disk_too(ctx(["off"])) == []  # grid: only if listed
+    assert disk_too(ctx(["off"], "auto", mib=99999.0)) == []  # fits: the warm figures hold
+
+
+def test_the_search_sees_storage_bound_trials_as_input_bound():
+    from yoloprof.scan import auto
+
+    loader = LoaderCeiling("/d", 128, "off", [point(0, 300.0, 30.0, (25.0, 35.0)), point(2, 500.0, 60.0, (50.0, 70.0))])
+    judge, bound = auto.cold_aware(loader)
+    rs = [trial("w0", K0, 100.0), trial("w2", K2, 100.0)]
+    assert bound(rs[0]) == "input" and judge(rs, "w2", "w0") is True and judge(rs, "w0", "w2") is False
+    fast = LoaderCeiling("/d", 128, "off", [point(0, 300.0, 300.0, (290.0, 310.0)), point(2, 500.0, 400.0, (390.0, 410.0))])
+    judge, bound = auto.cold_aware(fast)  # storage keeps up: the trials' own figures and noise test decide
+    assert bound(rs[0]) == auto.bottleneck(rs[0]) and judge(rs, "w2", "w0") == auto.beats(rs, "w2", "w0")
