@@ -70,7 +70,8 @@ def _chain(mount: Path, rel: str) -> list[Path]:
     return out
 
 
-def cgroup_spare(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> tuple[Optional[float], Optional[float]]:  # fmt: skip
+def cgroup_spare(root: Path = Path("/sys/fs/cgroup"),
+                 proc: Path = Path("/proc/self/cgroup")) -> tuple[Optional[float], Optional[float]]:  # fmt: skip
     """(limit MiB, spare MiB) of the tightest memory limit over this process's cgroup and its ancestors;
     (None, None) where no limit applies or none can be read."""
     try:

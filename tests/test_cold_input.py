@@ -184,7 +184,8 @@ def test_each_trial_meets_the_cold_point_of_its_own_settings():
     loader = LoaderCeiling("/d", 128, "off", [point(0, 300.0, 30.0, (25.0, 35.0)), point(2, 500.0, 60.0, (50.0, 70.0)),
                                               point(2, 520.0, 90.0, (80.0, 100.0), cache="disk")])  # fmt: skip
     results = [trial("a", K0), trial("b", K2), trial("c", Knobs(16, 2, False, False, "disk", "default")),
-               trial("d", Knobs(16, 2, False, False, "ram", "default")), trial("e", Knobs(16, 4, False, False, "off", "default"))]  # fmt: skip
+               trial("d", Knobs(16, 2, False, False, "ram", "default")),
+               trial("e", Knobs(16, 4, False, False, "off", "default"))]  # fmt: skip
     assert dataset_fit.caps(results, dataset_fit.decide(data(), budget(99999.0), 128, 2), loader) == {}  # fits
     caps = dataset_fit.caps(results, dataset_fit.decide(data(), budget(100.0), 128, 2), loader)
     assert caps["a"] == (30.0, 25.0, 35.0) and caps["b"] == (60.0, 50.0, 70.0) and caps["c"] == (90.0, 80.0, 100.0)

@@ -176,7 +176,7 @@ def line(fit: DatasetFit, best: Optional[TrialResult], loader: Optional[LoaderCe
     return text + "."
 
 
-def _effective(r: TrialResult, loader: Optional[LoaderCeiling]) -> Optional[tuple[float, Optional[float], Optional[float], bool]]:  # fmt: skip
+def _effective(r: TrialResult, loader: Optional[LoaderCeiling]) -> Optional[tuple]:
     """(img/s, low, high, cold-bound) of a trial on a dataset that does not fit: its rate capped by the loaders'
     cold rate at its settings; None where that cold rate is n/a."""
     if r.status != "ok" or not r.img_per_s:
@@ -199,7 +199,8 @@ def cold_bound(r: TrialResult, loader: Optional[LoaderCeiling]) -> bool:
     return bool(e and e[3])
 
 
-def cold_beats(results: list[TrialResult], candidate: str, incumbent: str, loader: Optional[LoaderCeiling]) -> Optional[bool]:  # fmt: skip
+def cold_beats(results: list[TrialResult], candidate: str, incumbent: str,
+               loader: Optional[LoaderCeiling]) -> Optional[bool]:  # fmt: skip
     """Whether the candidate's epochs read faster than the incumbent's where storage bounds either: its capped rate's
     95% interval lies wholly above the incumbent's. None where neither is cold-bound or a cold rate is n/a (the
     trials' own noise test decides)."""

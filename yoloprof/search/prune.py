@@ -128,7 +128,8 @@ def _workers(out: Pruned, loader: Optional[LoaderCeiling], compute: Optional[Com
         return
     for v in [v for v in out.space.values["workers"] if v > enough]:
         _cut(out, "workers", v,
-             f"workers {v}: workers {enough} already loads {rate[enough]:.0f} img/s{' cold' if cold else ''}, over {INPUT_HEADROOM:g}x the "
+             f"workers {v}: workers {enough} already loads {rate[enough]:.0f} img/s{' cold' if cold else ''}, "
+             f"over {INPUT_HEADROOM:g}x the "
              f"{need:.0f} img/s the fastest training step measured can use (compute ceiling, {top.batch_ran} per rank "
              f"{'amp' if top.amp else 'fp32'} x {n} ranks); more workers cannot help")  # fmt: skip
 
