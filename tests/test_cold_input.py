@@ -204,7 +204,7 @@ def test_the_memory_sentence_gives_the_numbers():
     assert dataset_fit.line(fit, best, loader, p) == (
         "The dataset's 1000.0 MiB of images (train and val) do not fit in the 1.0 GiB this machine can spare "
         "(--mem-limit; 80% of it for the page cache), so every epoch reads them from storage: the loaders deliver "
-        "60 img/s cold against 500 warm (workers 2, cache off), so an epoch of b takes 8.5 s at the cold rate "
+        "60 img/s cold against 500 warm (workers 2, cache off), and an epoch of b takes 8.5 s at the cold rate "
         "(5.1 s warm).")  # 512 images / 60 img/s and / 100 img/s  # fmt: skip
     blind = LoaderCeiling("/d", 128, "off", [point(2, 500.0, 60.0, (50.0, 70.0))])  # evicted, not verified
     assert "(workers 2, cache off; the eviction unverified: mincore shows" in dataset_fit.line(fit, best, blind, p)

@@ -170,7 +170,7 @@ def line(fit: DatasetFit, best: Optional[TrialResult], loader: Optional[LoaderCe
             f"(workers {p.workers}, cache {p.cache or loader.cache}{unverified})")
     if prediction is not None and prediction.epoch_s is not None and prediction.cold_img_per_s is not None:
         bound = prediction.cold_img_per_s < (best.img_per_s or math.inf)
-        text += (f", so an epoch of {best.trial_id} takes {duration(prediction.epoch_s)} at the cold rate "
+        text += (f", and an epoch of {best.trial_id} takes {duration(prediction.epoch_s)} at the cold rate "
                  f"({duration(prediction.epoch_s_warm)} warm)" if bound else
                  f", above the {best.img_per_s:.0f} img/s {best.trial_id} trains at: the reads do not slow it")
     return text + "."
