@@ -391,12 +391,12 @@ def test_the_cold_probe_for_real_with_a_memory_limit_below_the_dataset(tmp_path,
                      "--batch", "4", "--workers", "0", "--cache", "off", "--steps", "12", "--warmup", "2",
                      "--mem-limit", "64KiB", "--out", str(out)]) == 0  # fmt: skip
     said = capsys.readouterr().out
-    assert "does not fit, epochs read it from storage" in said and "cold img/s machine" in said
+    assert "does not fit, epochs read it from storage" in said and "Input ceiling" in said
     c = read_json(out / "loader.json", LoaderCeiling)
     (p,) = c.points
     assert p.status == "ok" and p.cold_error is None, p.cold_error
     raw = [json.loads((out / "raw" / "loader-w0-pinoff" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert p.batches_per_epoch == 16 and p.cold_batches == 12  # 2 + 12 read: the window moved to the next pass
+    assert p.batches_per_epoch == 16 and p.cold_batches == 12  # 3 warm-up + 12 read: the window moved to the next pass
     assert p.img_per_s_machine_cold == pytest.approx(sum(x["cold_img_per_s"] for x in raw))
     for x in raw:  # each rank's cold rate is its images over its timed batches, nothing else
         assert x["cold_img_per_s"] == pytest.approx(sum(x["cold_batch_images"]) / (sum(x["cold_batch_ms"]) / 1e3))
