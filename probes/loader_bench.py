@@ -25,12 +25,21 @@ started. What "exactly" takes, and why:
   `build_yolo_dataset` with `task=` set (masks, keypoints or rotated boxes loaded and augmented),
   classify builds ClassificationTrainer's ClassificationDataset over the class folders.
 
-The group's barrier lines the ranks' timed windows up. Each process writes one JSON to --out,
-also on failure (status "error").
+The group's barrier lines the ranks' timed windows up. Each batch is timed, so the scan can put a
+batch-means interval on the rate. Each process writes one JSON to --out, also on failure (status "error").
+
+`--cold on` times a second window after rank 0 has evicted every file the loaders read from the page
+cache (probes/page_cache.py): the rate of an epoch over a dataset larger than the memory the machine
+can spare, which reads every image from storage. Only batches that reach the loader after the eviction
+count (the ones in flight, workers x prefetch_factor, were read before it and are drained first), and
+only within one pass of the sampler, since a second pass would re-read files the window brought back.
+Rank 0 then reads the files back if the page cache held them before, so the next probe finds it as
+it was. Where the eviction did not take (tmpfs, a file system that ignores the advice) the cold rate
+is not measured and the reason is recorded.
 
     python -m probes.loader_bench --data D --imgsz 640 --batch 16 --workers 8 --rank 0 --ranks 4 \\
         --rendezvous FILE --out OUT.json [--device cuda:N|cpu] [--pin-memory on|off] [--cache off|ram|disk]
-        [--batches 20 --warmup 3]
+        [--batches 20 --warmup 3] [--cold on|off]
 """
 
 from __future__ import annotations
@@ -117,6 +126,80 @@ def _forever(loader):
         epoch += 1
 
 
+def dataset_files(dataset) -> list[str]:
+    """Every file the loader may read: the images, and the .npy copies Ultralytics reads instead where they exist."""
+    samples = getattr(dataset, "samples", None)  # classify: [file, class, npy, im]
+    images = list(getattr(dataset, "im_files", None) or [s[0] for s in samples or []])
+    npys = list(getattr(dataset, "npy_files", None) or [s[2] for s in samples or [] if len(s) > 2])
+    return [str(f) for f in images] + [str(f) for f in npys if Path(f).is_file()]
+
+
+def _timed(it, batches: int) -> tuple[list[float], list[int]]:
+    ms, images = [], []
+    for _ in range(batches):
+        t = time.perf_counter()
+        images.append(int(next(it)["img"].shape[0]))
+        ms.append(1e3 * (time.perf_counter() - t))
+    return ms, images
+
+
+def _broadcast(obj, grouped: bool):
+    """Rank 0's object on every rank (its eviction's outcome decides what all ranks do next)."""
+    if not grouped:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def cold_window(it, loader, cache: str, batches: int, consumed: int, rank: int, grouped: bool) -> dict:
+    """The cold fields of the result: the loaders' rate after the page cache lost the dataset's files."""
+    from probes import page_cache
+
+    if cache == "ram":
+        return dict(cold_error="cache=ram: the images were decoded into RAM at set-up; an epoch reads no image file")
+    nb, inflight = len(loader), loader.num_workers * (getattr(loader, "prefetch_factor", None) or 0)
+    if nb - inflight < 1:
+        return dict(cold_error=f"a pass of {nb} batches per rank is no longer than the {inflight} batches in flight "
+                               "(workers x prefetch_factor): no batch would be read after the eviction within one pass")
+    room = nb - consumed % nb - inflight  # this pass's batches dispatched after an eviction now
+    if room < batches and room < nb - inflight:  # the next pass has more room: go there (fewer than `batches` batches)
+        for _ in range(nb - consumed % nb):
+            next(it)
+        room = nb - inflight
+    files = dataset_files(loader.dataset)
+    out = {}
+    if rank in (0, -1):
+        before = page_cache.resident_frac(files)
+        ev = page_cache.evict(files)
+        out = dict(evicted_files=ev.files, evicted_bytes=ev.bytes, resident_frac_evicted=ev.resident_frac_after,
+                   resident_frac_before_evict=before)  # fmt: skip
+        if ev.errors:
+            out["cold_error"] = f"the eviction failed on {len(ev.errors)} of {len(files)} files ({ev.errors[0]})"
+        elif ev.resident_frac_after is not None and ev.resident_frac_after > MAX_RESIDENT_AFTER_EVICT:
+            out["cold_error"] = (f"the file system kept {100 * ev.resident_frac_after:.0f}% of the files' pages cached "
+                                 "after posix_fadvise(DONTNEED) (tmpfs, or pages another process maps): no cold read to time")
+    out = _broadcast(out, grouped)
+    if out.get("cold_error"):
+        return out
+    for _ in range(inflight):  # read before the eviction
+        next(it)
+    if grouped:
+        import torch.distributed as dist
+
+        dist.barrier()
+    ms, images = _timed(it, min(batches, room))
+    out.update(cold_batch_ms=ms, cold_batch_images=images, cold_img_per_s=sum(images) / (sum(ms) / 1e3))
+    if rank in (0, -1) and (out.get("resident_frac_before_evict") or 0) >= 0.5:
+        page_cache.read_back(files)  # as the page cache held them before: the next probe's warm window is warm
+    return out
+
+
+MAX_RESIDENT_AFTER_EVICT = 0.05  # more than this still cached after the eviction: the cold window would not be cold
+
+
 def run(args) -> dict:
     os.environ.update(distributed_env(args.rank, args.ranks))  # before Ultralytics is imported
     grouped = join_group(args.rendezvous, args.rank, args.ranks)
@@ -125,20 +208,32 @@ def run(args) -> dict:
     it = _forever(loader)
     for _ in range(args.warmup):
         next(it)
+    resident = None
+    if args.cold == "on" and args.rank == 0:
+        from probes import page_cache
+
+        resident = page_cache.resident_frac(dataset_files(loader.dataset))
     if grouped:
         import torch.distributed as dist
 
         dist.barrier()  # every rank's timed window starts together, as the ranks of a trial load at once
     me = psutil.Process()
-    cpu0, t0, images = _cpu_seconds(me), time.perf_counter(), 0
-    for _ in range(args.batches):
-        images += int(next(it)["img"].shape[0])
+    cpu0, t0 = _cpu_seconds(me), time.perf_counter()
+    batch_ms, batch_images = _timed(it, args.batches)
     elapsed = time.perf_counter() - t0
     cpu = _cpu_seconds(me) - cpu0
+    images = sum(batch_images)
     out = dict(rank=args.rank, device=str(args.device), pin_memory=args.pin_memory == "on",
                pin_memory_effective=bool(loader.pin_memory), sampler=type(loader.sampler).__name__,
                batches_per_epoch=len(loader), workers_effective=loader.num_workers, images=images, elapsed_s=elapsed,
-               img_per_s=images / elapsed, cpu_pct=100.0 * cpu / elapsed, status="ok", error=None)  # fmt: skip
+               img_per_s=images / elapsed, cpu_pct=100.0 * cpu / elapsed, batch_ms=batch_ms, batch_images=batch_images,
+               resident_frac_warm=resident, status="ok", error=None)  # fmt: skip
+    if args.cold == "on":
+        try:  # the warm figure stands whatever happens to the cold one
+            out.update(cold_window(it, loader, args.cache, args.batches, args.warmup + args.batches,
+                                   args.rank if grouped else -1, grouped))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - recorded as the reason the cold rate is n/a
+            out["cold_error"] = f"the cold window failed: {error_line(exc)}"
     if hasattr(loader, "close"):
         loader.close()
     return out
@@ -159,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rendezvous", help="a file all ranks name (absent or empty at start); needed for --ranks > 1")
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--cold", choices=("on", "off"), default="off", help="also time the loaders after evicting the "
+                   "dataset's files from the page cache")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:

@@ -62,7 +62,9 @@ def context(p: Optional[EpochPrediction], rp: RunPlan, costs: dict[int, EpochCos
     if p is None or p.epoch_s is None:
         return None
     parts = [
-        _part("training steps", p.steps_s, "its batches at the trial's steady images/s"),
+        _part("training steps", p.steps_s, "its batches at the trial's steady images/s" if p.cold_img_per_s is None else
+              f"its batches at the lower of the trial's images/s and the loaders' cold {p.cold_img_per_s:.0f} img/s: "
+              "the dataset does not fit in memory, so every epoch reads it from storage"),
         _part("epoch start", p.boundary_s, "an epoch's first step beyond a steady one: the loader's restart"
               + (" (and the end work, in the trial's own step)" if p.end_s is None else "")),
         _part("epoch end", p.end_s, "EMA, metrics, memory clearing, the stop broadcast, timed by the epoch job"),

@@ -256,6 +256,7 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         title=title,
         created=dt.datetime.fromtimestamp(meta.created_s).strftime("%Y-%m-%d %H:%M"),
         headline=out.headline,
+        memory_line=out.memory_line,
         ranking=ranking,
         run_to_run=noise.run_to_run(results).text(),
         interval=_interval,

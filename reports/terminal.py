@@ -171,17 +171,48 @@ def search_summary(meta: ScanMeta) -> Optional[str]:
 
 
 def loader_table(c: LoaderCeiling) -> Table:
-    t = Table(title=f"Input ceiling: the dataloader alone (imgsz {c.imgsz}, cache {c.cache})", header_style="bold")
-    for col in ("workers/rank", "ran", "pin_memory", "ranks", "batch/rank", "img/s per rank", "img/s machine", "CPU %",
-                "status"):  # fmt: skip
+    """Warm (the page cache holds the files, as in the trials) and cold (evicted first: an epoch over a dataset
+    larger than memory), machine img/s with their 95% intervals; why cold is n/a in the caption."""
+    caches = {p.cache or c.cache for p in c.points}
+    t = Table(title=f"Input ceiling: the dataloader alone (imgsz {c.imgsz}, cache {'/'.join(sorted(caches))})",
+              header_style="bold")  # fmt: skip
+    cols = ["workers/rank", "ran", "pin_memory", "ranks", "batch/rank"] + (["cache"] if len(caches) > 1 else [])
+    for col in cols + ["img/s per rank", "img/s machine (95%)", "cold img/s machine (95%)", "CPU %", "status"]:
         t.add_column(col, justify="right")
+    why = {}
     for p in c.points:
         pin = "n/a" if p.pin_memory is None else ("on" if p.pin_memory else "off") + (
             " (off: no GPU)" if p.pin_memory and p.pin_memory_effective is False else "")
+        cold = interval_text(p.img_per_s_machine_cold, p.img_per_s_machine_cold_ci_low, p.img_per_s_machine_cold_ci_high)
+        if p.cold_error:
+            why.setdefault(p.cold_error, []).append(f"workers {p.workers}")
         t.add_row(str(p.workers), str(p.workers_effective), pin, str(p.ranks), str(p.batch_per_rank),
-                  fmt(p.img_per_s_rank), fmt(p.img_per_s_machine), fmt(p.cpu_pct, ".0f"),
-                  p.status if p.status == "ok" else f"[red]{p.error}[/]")  # fmt: skip
+                  *([p.cache or c.cache] if len(caches) > 1 else []), fmt(p.img_per_s_rank),
+                  interval_text(p.img_per_s_machine, p.img_per_s_machine_ci_low, p.img_per_s_machine_ci_high), cold,
+                  fmt(p.cpu_pct, ".0f"), p.status if p.status == "ok" else f"[red]{p.error}[/]")  # fmt: skip
+    notes = [f"cold n/a ({', '.join(w)}): {e}" for e, w in why.items()]
+    evicted = [p for p in c.points if p.evicted_files]
+    if evicted:
+        fracs = [p.resident_frac_evicted for p in evicted if p.resident_frac_evicted is not None]
+        left = f"at most {100 * max(fracs):.0f}%" if fracs else "unverified"
+        notes.insert(0, f"cold: {evicted[0].evicted_files} files ({_size(evicted[0].evicted_bytes)}) evicted from the "
+                        f"page cache before each cold window; still cached after it: {left} (mincore)")  # fmt: skip
+    partly = [p for p in c.points if p.resident_frac_warm is not None and p.resident_frac_warm < WARM_RESIDENT]
+    if partly:
+        notes.append(f"warm ({', '.join(f'workers {p.workers}' for p in partly)}): only "
+                     f"{100 * min(p.resident_frac_warm for p in partly):.0f}% of the files were in the page cache when "
+                     "the window began, so its figure is partly cold")  # fmt: skip
+    t.caption = "; ".join(notes) or None
     return t
+
+
+WARM_RESIDENT = 0.9  # a warm window that found less of the files cached is not quite warm: said under the table
+
+
+def _size(nbytes: Optional[int]) -> str:
+    from yoloprof.analysis.dataset_fit import size_text
+
+    return size_text(nbytes)
 
 
 def compute_table(c: ComputeCeiling) -> Table:

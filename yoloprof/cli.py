@@ -35,6 +35,12 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
                    "and every trial's torchrun rendezvous start there")
 
 
+MEM_LIMIT_HELP = ("memory the dataset may use, with its unit: e.g. 512MiB, 1.5GiB, 800MB (a bare number is MiB; "
+                  "default: what the machine has available, or its cgroup's limit; also $YOLOPROF_MEM_LIMIT). A "
+                  "dataset larger than 80%% of it is read from storage every epoch: epochs are priced at the loaders' "
+                  "cold rate")
+
+
 def _follower(args) -> bool:
     from yoloprof import nodes
 
@@ -89,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
                    "--batch is global at the largest)")
     s.add_argument("--no-defaults", action="store_true", help="do not add a trial with Ultralytics' default settings")
     s.add_argument("--no-ceilings", action="store_true", help="skip the input, compute and link ceilings after the trials")
+    s.add_argument("--mem-limit", metavar="SIZE", help=MEM_LIMIT_HELP)
     s.add_argument("--no-epoch-job", action="store_true", help="skip timing validation, saving and the epoch end once "
                    "per world size (the epoch and run figures then say they leave them out)")
     _node_flags(s)
@@ -102,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--optimizer", help="compute: the optimizer (default auto, picked for 100 epochs of the data)")
     pr.add_argument("--steps", type=int, default=20, help="timed steps or batches (default 20)")
     pr.add_argument("--warmup", type=int, default=5)
+    pr.add_argument("--mem-limit", metavar="SIZE", help=MEM_LIMIT_HELP)
     pr.add_argument("--max-mib", type=float, help="allreduce: the sweep's largest message in MiB (default 256 on GPUs, "
                     "32 on CPU; the model's bucket sizes are always added)")
     _node_flags(pr)
@@ -145,7 +153,7 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
             "batch", "workers", "amp", "pin_memory", "cache", "nccl", "deterministic", "compile", "channels_last",
             "trial_timeout", "no_ceilings", "no_epoch_job", "baseline",
             "no_defaults", "ranks", "strategy", "budget", "precision", "max_steps", "no_reuse", "cfg", "epochs",
-            "gpu_hour_price", "currency", "nnodes", "node_rank", "rdzv_endpoint")  # fmt: skip
+            "gpu_hour_price", "currency", "nnodes", "node_rank", "rdzv_endpoint", "mem_limit")  # fmt: skip
     req = scan.ScanRequest(**{k: getattr(args, k) for k in keys if k != "optimizer"}, command=["yoloprof", *argv],
                            optimizer=args.optimizer or "auto")  # fmt: skip
     if args.resume:  # the saved plan's optimizer: --optimizer is refused below, as every setting of the plan is
@@ -171,7 +179,7 @@ def _cmd_probe(args, argv: list[str], console: Console) -> int:
     from yoloprof.scan import orchestrate as scan
 
     keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
-            "batch", "workers", "amp", "cache", "nccl", "nnodes", "node_rank", "rdzv_endpoint")  # fmt: skip
+            "batch", "workers", "amp", "cache", "nccl", "nnodes", "node_rank", "rdzv_endpoint", "mem_limit")  # fmt: skip
     req = scan.ScanRequest(**{k: getattr(args, k) for k in keys if k != "optimizer"}, command=["yoloprof", *argv],
                            optimizer=args.optimizer or "auto")  # fmt: skip
     if args.max_mib is not None:
@@ -201,6 +209,8 @@ def _print_outputs(console: Console, out, folder: Path, ranked_table) -> None:
     if summary:
         console.print(summary)
     console.print(f"[bold]{out.headline}[/]")
+    if out.memory_line:
+        console.print(f"Memory: {out.memory_line}", markup=False, highlight=False)
     for line in trade_off_lines(out):
         console.print(line, markup=False, highlight=False)
     from yoloprof.analysis.scaling import link_losses

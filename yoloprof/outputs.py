@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from yoloprof.analysis import aggregate, against, epoch, epoch_costs, tradeoffs
+from yoloprof.analysis import aggregate, against, dataset_fit, epoch, epoch_costs, tradeoffs
 from yoloprof.errors import UsageError
 from yoloprof.paths import SCAN_MARKER, trial_dir
 from yoloprof.analysis.telemetry import read_telemetry
@@ -38,6 +38,8 @@ class ScanOutputs:
     ceilings: against.Ceilings
     epoch_costs: dict[int, EpochCosts] = dataclasses.field(default_factory=dict)  # by world size
     predictions: dict[str, EpochPrediction] = dataclasses.field(default_factory=dict)  # by trial id
+    dataset_fit: Optional[dataset_fit.DatasetFit] = None  # whether an epoch's files fit in the memory the scan recorded
+    memory_line: Optional[str] = None  # the verdict's sentence on it
 
 
 def load_meta(scan_dir: Path) -> ScanMeta:
@@ -96,7 +98,9 @@ def collect(scan_dir: Path) -> ScanOutputs:
     best = next((r for r in results if r.trial_id == ranking.best_trial_id), None)
     ceilings = against.load(Path(scan_dir) / "ceilings")
     costs = epoch_costs.load(scan_dir)
-    predictions = epoch.predict_all(results, costs, meta.dataset, meta.run_plan, ranking)
+    fit = dataset_fit.decide(meta.dataset, meta.memory, meta.imgsz, meta.world_size)
+    cold = dataset_fit.caps(results, fit, ceilings.loader)
+    predictions = epoch.predict_all(results, costs, meta.dataset, meta.run_plan, ranking, cold)
     swap = tradeoffs.short_run_swap(ranking, results, predictions)
     if swap is not None:  # compile's start-up is not won back in the planned run
         ranking.best_trial_id = ranking.recommended_trial_id = swap[0]
@@ -104,7 +108,8 @@ def collect(scan_dir: Path) -> ScanOutputs:
         best = next(r for r in results if r.trial_id == swap[0])
     lead = epoch.one_line(predictions[best.trial_id], meta.run_plan.epochs) if best is not None else None
     text = headline(results, ranking, meta.baselines, lead)
-    return ScanOutputs(meta, results, ranking, text, best, missing, ceilings, costs, predictions)
+    memory = dataset_fit.line(fit, best, ceilings.loader, predictions.get(best.trial_id) if best else None)
+    return ScanOutputs(meta, results, ranking, text, best, missing, ceilings, costs, predictions, fit, memory)
 
 
 def replan(scan_dir: Path, epochs: Optional[int] = None, price: Optional[float] = None,

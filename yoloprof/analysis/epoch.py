@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional
+from typing import Optional, Union
 
 from yoloprof.errors import UsageError
 from yoloprof.records import DatasetInfo, EpochCosts, EpochPrediction, Ranking, RunPlan, TrialResult
@@ -75,9 +75,19 @@ def _band(parts: list[tuple[Optional[float], Optional[float], Optional[float]]])
     return est, low, high
 
 
+def _capped(rate: tuple, cap: tuple) -> tuple:
+    """The lower of two rates, bound by bound; a bound unknown on either side is unknown (None)."""
+    lows, highs = (rate[1], cap[1]), (rate[2], cap[2])
+    low = None if None in lows else min(lows)
+    high = None if None in highs else min(highs)
+    return min(rate[0], cap[0]), low, high
+
+
 def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[DatasetInfo], rp: RunPlan,
-            rate: Optional[tuple] = None) -> EpochPrediction:  # fmt: skip
-    """`rate`: (img/s, low, high) to use instead of the trial's own: its configuration's mean over repeats."""
+            rate: Optional[tuple] = None, cold: Union[tuple, str, None] = None) -> EpochPrediction:  # fmt: skip
+    """`rate`: (img/s, low, high) to use instead of the trial's own: its configuration's mean over repeats.
+    `cold`: the dataset does not fit in memory (analysis.dataset_fit.caps): the loaders' cold (img/s, low,
+    high), which caps the steps' rate, or why it is unknown (the steps then stay at the warm rate, named missing)."""
     out = EpochPrediction(r.trial_id)
     if r.status != "ok" or not r.img_per_s:
         return out
@@ -86,6 +96,13 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
         out.parts_missing.append("the number of steps in an epoch (the dataset's size is unknown)")
         return out
     rate, lo_rate, hi_rate = rate or (r.img_per_s, r.img_per_s_ci_low, r.img_per_s_ci_high)
+    warm_rate = rate
+    if isinstance(cold, str):
+        out.parts_missing.append(f"the dataset does not fit in memory and {cold}: its steps are priced at the warm "
+                                 "rate, a lower bound")  # fmt: skip
+    elif cold is not None:
+        out.cold_img_per_s = cold[0]
+        rate, lo_rate, hi_rate = _capped((rate, lo_rate, hi_rate), cold)
     known = lo_rate and hi_rate and math.isfinite(hi_rate) and hi_rate >= rate >= lo_rate > 0
     batch = r.batch_ran  # an epoch's images: its batches as they ran (a dataset smaller than a batch caps it)
     out.steps_s = nb * batch / rate
@@ -125,6 +142,8 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
         out.save_s = save[0]
         parts.append(save)
     out.epoch_s, out.epoch_s_low, out.epoch_s_high = _band(parts)
+    if out.cold_img_per_s is not None:
+        out.epoch_s_warm = out.epoch_s - out.steps_s + nb * batch / warm_rate
 
     # The run: epochs with mosaic, the last close_mosaic without, and what happens once.
     epochs = rp.epochs
@@ -190,15 +209,19 @@ def out_band(p: EpochPrediction) -> tuple[float, float, float]:
 
 
 def predict_all(results: list[TrialResult], costs: dict[int, EpochCosts], dataset: Optional[DatasetInfo],
-                rp: RunPlan, ranking: Optional[Ranking] = None) -> dict[str, EpochPrediction]:  # fmt: skip
+                rp: RunPlan, ranking: Optional[Ranking] = None,
+                cold: Optional[dict[str, Union[tuple, str]]] = None) -> dict[str, EpochPrediction]:  # fmt: skip
     """Every trial; a repeated configuration's trials all at its combined figure (the mean of its runs, with
-    the run-to-run spread in its interval), as the ranking and the verdict state it."""
+    the run-to-run spread in its interval), as the ranking and the verdict state it. `cold`: trial id -> its
+    cold cap (analysis.dataset_fit.caps), where the dataset does not fit in memory."""
     combined = {}
     for v in ranking.verdicts if ranking else []:
         if v.img_per_s and len(v.runs) > 1:
             low, high = v.img_per_s_ci_low, v.img_per_s_ci_high
             combined[v.trial_id] = (v.img_per_s, low if low is not None else 0.0, high if high is not None else math.inf)
-    return {r.trial_id: predict(r, costs.get(r.world_size), dataset, rp, combined.get(r.trial_id)) for r in results}
+    cold = cold or {}
+    return {r.trial_id: predict(r, costs.get(r.world_size), dataset, rp, combined.get(r.trial_id), cold.get(r.trial_id))
+            for r in results}  # fmt: skip
 
 
 def duration(seconds: Optional[float]) -> str:

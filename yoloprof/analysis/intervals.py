@@ -107,3 +107,27 @@ def fraction(part_ms: Sequence[Optional[float]], step_ms: Sequence[float]) -> Op
               for b in range(count)]  # fmt: skip
     half = t975(count - 1) * _sd(shares) / math.sqrt(count)
     return Interval(estimate, max(estimate - half, 0.0), min(estimate + half, 1.0), f"batch means over {count} blocks of {length} steps")
+
+
+def summed_throughput(series: Sequence[tuple[Sequence[float], Sequence[float]]]) -> Optional[Interval]:
+    """Images per second of several loaders timed at once (one per rank: the machine's rate), as
+    `series` of (images, ms) per batch. The estimate is the sum of each series' rate; the interval comes
+    from batch means of the summed block rates (block b of every series covers about the same stretch
+    of time, since the windows start together), so a stretch that slows every rank widens it."""
+    pairs = [[(n, ms) for n, ms in zip(images, step_ms) if ms is not None and ms > 0] for images, step_ms in series]
+    pairs = [p for p in pairs if p]
+    if not pairs:
+        return None
+    estimate = sum(sum(n for n, _ in p) / (sum(ms for _, ms in p) / 1e3) for p in pairs)
+    shortest = min(len(p) for p in pairs)
+    length, count = blocks_for(shortest)
+    if count < MIN_BLOCKS:
+        return Interval(estimate, 0.0, math.inf, f"no interval: {shortest} batches are fewer than "
+                                                 f"{MIN_BLOCKS} blocks of {MIN_BLOCK_STEPS}")  # fmt: skip
+    sums = []
+    for b in range(count):
+        blocks = [p[b * length:(b + 1) * length] for p in pairs]
+        sums.append(sum(sum(n for n, _ in blk) / (sum(ms for _, ms in blk) / 1e3) for blk in blocks))
+    half = t975(count - 1) * _sd(sums) / math.sqrt(count)
+    return Interval(estimate, max(estimate - half, 0.0), estimate + half,
+                    f"batch means over {count} blocks of {length} batches, ranks summed")

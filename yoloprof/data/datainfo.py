@@ -55,6 +55,17 @@ def _split_images(root: Path, entry, split: str, path: Path) -> list[Path]:
     return images
 
 
+def files_bytes(paths) -> int | None:
+    """The files' bytes on disk (what an epoch reads through the page cache); None where one cannot be stat'ed."""
+    total = 0
+    for f in paths:
+        try:
+            total += os.stat(f).st_size
+        except OSError:
+            return None
+    return total
+
+
 def _label_file(image: Path) -> Path:
     """Where Ultralytics looks for an image's labels (data/utils.py img2label_paths), to the letter:
     the last '/images/' in the path string becomes '/labels/', and the extension becomes .txt."""
@@ -160,12 +171,13 @@ def inspect_classify(folder: Path) -> DatasetInfo:
     classes = sorted(d.name for d in train.iterdir() if d.is_dir())
     if not classes:
         raise UsageError(f"--data {folder}: {train} holds no class folders (train/<class>/*.jpg)")
-    counts = []
+    counts, sizes = [], []
     for split in (train, val):
-        n = sum(1 for f in split.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.parent != split)
-        if not n:
+        files = [f for f in split.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.parent != split]
+        if not files:
             raise UsageError(f"--data {folder}: {split} holds no images in class folders ({split}/<class>/*.jpg)")
-        counts.append(n)
+        counts.append(len(files))
+        sizes.append(files_bytes(files))
     manifest = synthetic.read_manifest(folder)
     return DatasetInfo(
         data=str(folder.resolve()),
@@ -175,6 +187,8 @@ def inspect_classify(folder: Path) -> DatasetInfo:
         synthetic=bool(manifest and manifest.get("synthetic")),
         image_size=f"{manifest['width']}x{manifest['height']}" if manifest else None,
         task="classify",
+        train_bytes=sizes[0],
+        val_bytes=sizes[1],
     )
 
 
@@ -213,4 +227,6 @@ def inspect(data_yaml: str | Path) -> DatasetInfo:
         synthetic=bool(manifest and manifest.get("synthetic")),
         image_size=f"{manifest['width']}x{manifest['height']}" if manifest else None,
         task=task,
+        train_bytes=files_bytes(train),
+        val_bytes=files_bytes(val),
     )

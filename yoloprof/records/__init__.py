@@ -13,7 +13,7 @@ from yoloprof.records.epoch import EpochCosts, EpochPart, EpochPrediction, RunPl
 from yoloprof.records.doctor import CollectiveCheck, DoctorReport, Finding, GpuLink, NvmlGpu
 from yoloprof.records.result import Breakdown, RankStat, Ranking, TrialResult, Verdict
 from yoloprof.records.search import Decision
-from yoloprof.records.scan import DatasetInfo, Environment, GpuInfo, OptimizerPlan, ScanMeta
+from yoloprof.records.scan import DatasetInfo, Environment, GpuInfo, MemoryBudget, OptimizerPlan, ScanMeta
 from yoloprof.records.telemetry import CpuSample, GpuSample, TelemetryHeader, TelemetrySummary
 from yoloprof.records.trial import (PRECISIONS, BucketSample, Knobs, RankEnd, RankInfo, RankRecords, StepSample,
                                     TrialSpec, batch_that_runs, capped_batch_note, precision_name)  # fmt: skip
@@ -22,7 +22,7 @@ __all__ = [
     "SCHEMA_VERSION", "RecordError", "from_dict", "read_json", "to_dict", "write_json",
     "AllReduceCeiling", "AllReducePoint", "ComputeCeiling", "ComputePoint", "LoaderCeiling", "LoaderPoint",
     "Breakdown", "RankStat", "Ranking", "TrialResult", "Verdict", "DatasetInfo", "Environment", "GpuInfo",
-    "ScanMeta", "OptimizerPlan", "CpuSample", "GpuSample", "TelemetryHeader", "TelemetrySummary", "BucketSample", "Knobs",
+    "ScanMeta", "MemoryBudget", "OptimizerPlan", "CpuSample", "GpuSample", "TelemetryHeader", "TelemetrySummary", "BucketSample", "Knobs",
     "RankEnd", "RankInfo", "RankRecords", "StepSample", "TrialSpec", "CollectiveCheck", "DoctorReport", "Finding",
     "GpuLink", "NvmlGpu", "Decision", "EpochCosts", "EpochPart", "EpochPrediction", "RunPlan", "PRECISIONS",
     "precision_name", "batch_that_runs", "capped_batch_note",

@@ -57,6 +57,24 @@ class LoaderPoint:
     pin_memory_effective: Optional[bool] = None  # after Ultralytics' `nd > 0 and pin_memory`
     batches_per_epoch: Optional[int] = None  # per rank: the rank's shard (DistributedSampler) over batch_per_rank
     devices: list[str] = field(default_factory=list)  # per rank, the device its loader fed ("cuda:N" CUDA index, "cpu")
+    # Recorded since the probe times each batch and reads cold too; None in older records (not measured).
+    cache: Optional[str] = None  # the Ultralytics cache it loaded with; None: the ceiling's `cache`
+    # warm: the window that follows the warm-up, files as the page cache held them (95% batch-means interval,
+    # all ranks' block rates summed: yoloprof.analysis.intervals.summed_throughput)
+    img_per_s_machine_ci_low: Optional[float] = None
+    img_per_s_machine_ci_high: Optional[float] = None
+    resident_frac_warm: Optional[float] = None  # of the files' pages in the page cache when the warm window began
+    # cold: the same loaders after every file they read was evicted from the page cache (fadvise DONTNEED),
+    # timed within one pass of the sampler, so no file is read twice; None with `cold_error` where not measured
+    img_per_s_rank_cold: Optional[float] = None
+    img_per_s_machine_cold: Optional[float] = None
+    img_per_s_machine_cold_ci_low: Optional[float] = None
+    img_per_s_machine_cold_ci_high: Optional[float] = None
+    cold_batches: Optional[int] = None  # timed per rank
+    cold_error: Optional[str] = None  # why the cold rate is n/a (eviction refused or ignored, too few batches...)
+    evicted_files: Optional[int] = None
+    evicted_bytes: Optional[int] = None  # what the loaders read from: the images (and any .npy cache beside them)
+    resident_frac_evicted: Optional[float] = None  # of those pages still in the page cache after the eviction (mincore)
 
 
 @dataclass

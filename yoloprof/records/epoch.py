@@ -127,3 +127,7 @@ class EpochPrediction:
     energy_epoch_kwh: Optional[float] = None
     energy_run_kwh: Optional[float] = None
     parts_missing: list[str] = field(default_factory=list)  # what the figure could not include, and why
+    # A dataset larger than the memory the machine can spare (yoloprof.analysis.dataset_fit): the steps run at
+    # the lower of the trial's rate and the loaders' cold rate; None where the data fit or that rate is n/a
+    cold_img_per_s: Optional[float] = None  # the cold input rate the steps were priced against
+    epoch_s_warm: Optional[float] = None  # the epoch at the trial's own (warm) rate, for comparison

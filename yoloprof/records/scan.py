@@ -52,6 +52,24 @@ class DatasetInfo:
     synthetic: bool
     image_size: Optional[str] = None  # "640x480" for the synthetic set
     task: str = "detect"  # the Ultralytics task the scan reads it for: detect, segment, pose, obb, classify
+    # the image files' bytes on disk, per split (what an epoch reads through the page cache); None in older
+    # records, or where a listed image could not be stat'ed
+    train_bytes: Optional[int] = None
+    val_bytes: Optional[int] = None
+
+
+@dataclass
+class MemoryBudget:
+    """The memory the machine can spare for the dataset's pages and cache=ram copies when the scan began: the
+    smaller of psutil's available memory and what the scan's cgroup limit leaves, unless --mem-limit replaces both.
+    Kept in scan.json, so `yoloprof report` decides whether the dataset fits as the scan did."""
+
+    available_mib: float  # what the fit test used
+    source: str  # "psutil" | "cgroup" | "override"
+    psutil_available_mib: Optional[float] = None
+    cgroup_limit_mib: Optional[float] = None  # the scan's cgroup memory limit; None: no limit applies
+    cgroup_spare_mib: Optional[float] = None  # that limit - the cgroup's usage + its reclaimable file pages
+    override: Optional[str] = None  # --mem-limit (or YOLOPROF_MEM_LIMIT) as given
 
 
 @dataclass
@@ -101,4 +119,5 @@ class ScanMeta:
     task: str = "detect"  # the model's Ultralytics task (records from before tasks were detect)
     # how `optimizer` resolves per trial; None in scans from before it (their optimizer was a name, pinned)
     optimizer_plan: Optional[OptimizerPlan] = None
+    memory: Optional[MemoryBudget] = None  # what the dataset-fits-in-memory test used; None in older scans
     schema: int = SCHEMA_VERSION

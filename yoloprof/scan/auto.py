@@ -14,7 +14,7 @@ from typing import Optional
 from rich.console import Console
 
 from yoloprof import paths
-from yoloprof.analysis import against, noise
+from yoloprof.analysis import against, dataset_fit, noise
 from yoloprof.analysis.ranking import classify
 from yoloprof.records import Decision, ScanMeta, TrialResult, write_json
 from yoloprof.scan import launch, runner
@@ -35,15 +35,24 @@ def bottleneck(r: TrialResult) -> Optional[str]:
 
 
 def space_for(ctx, meta: ScanMeta) -> Space:
-    risky, why = plan.cache_ram_risk(meta.dataset.train_images, ctx.imgsz, ctx.hw.world_size, _free_ram_mib())
+    risky, why = plan.cache_ram_risk(meta.dataset.train_images, ctx.imgsz, ctx.hw.world_size, runner.spare_mib(meta))
     return auto_space(ctx.hw, ctx.given, dataset_fits_ram=not risky, ram_reason=why if risky else None,
                       train_images=meta.dataset.train_images)  # fmt: skip
 
 
-def _free_ram_mib() -> float:
-    from probes.environment import available_ram_mib
+def cold_aware(loader):
+    """(beats, bottleneck) for a dataset that does not fit in memory: a trial whose settings read slower cold than it
+    trains is input-bound (the search walks workers and cache first), and a change wins where its cold-capped rate
+    beats the incumbent's beyond both intervals; elsewhere the trials' own figures decide."""
 
-    return available_ram_mib()
+    def judge(results: list[TrialResult], candidate: str, incumbent: str) -> bool:
+        said = dataset_fit.cold_beats(results, candidate, incumbent, loader)
+        return beats(results, candidate, incumbent) if said is None else said
+
+    def bound(r: TrialResult) -> Optional[str]:
+        return "input" if dataset_fit.cold_bound(r, loader) else bottleneck(r)
+
+    return judge, bound
 
 
 def axes_of(space: Space) -> plan.Axes:
@@ -68,7 +77,9 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
 
         buckets = model_check.ddp_bucket_sizes(ctx.model, len(ctx.dataset.classes)) if hw.world_size > 1 else []
         orchestrate.run_ceilings(out / "ceilings", ctx, req, console, bucket_sizes=buckets)
-    pruned = prune(space, against.load(out / "ceilings"), hw)
+    found = against.load(out / "ceilings")
+    cold = ctx.fit().fits is False  # epochs read the dataset from storage: the loaders' cold rates bound them
+    pruned = prune(space, found, hw, cold=cold)
     defaults = baselines.ultralytics_defaults(hw)
     start = ctx.baseline or defaults
     roles = {baselines.YOURS: ctx.baseline} if ctx.baseline is not None else {}
@@ -77,8 +88,9 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
         roles = {baselines.DEFAULTS: defaults, **roles}
         if ctx.baseline is not None:
             references.append(defaults)
-    search = AutoSearch.from_pruned(pruned, start, meta.budget_s, beats=beats, contenders=noise.contenders,
-                                    bottleneck=bottleneck, references=references,
+    judge, bound = (beats, bottleneck) if not cold else cold_aware(found.loader)
+    search = AutoSearch.from_pruned(pruned, start, meta.budget_s, beats=judge, contenders=noise.contenders,
+                                    bottleneck=bound, references=references,
                                     after_trials=EPOCH_JOB_TRIALS,  # also on --resume: the job's time was spent
                                     noise_df=lambda rs: noise.run_to_run(rs).df)  # fmt: skip
     done_before = {s.trial_id: s for s in meta.specs}  # --resume: trials that may already have results

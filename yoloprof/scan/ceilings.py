@@ -1,7 +1,9 @@
 """Run the three ceilings on the scan's own model, data and hardware.
 
 input:   the training dataloader alone, one loader per rank at once, each loading as that rank of a
-         trial does: its own shard, device and pin_memory (probes/loader_bench.py)
+         trial does: its own shard, device and pin_memory (probes/loader_bench.py); warm (files in the
+         page cache, as a trial reads them) and cold (evicted first, as an epoch over a dataset larger
+         than the memory the machine can spare reads them)
 compute: the training loop on one device with one batch already there (a world-size-1 trial in
          "compute" mode, so loss, backward, optimizer and accumulation are Ultralytics' own)
 link:    an nccl-tests style AllReduce sweep on the scan's ranks and backend (probes/allreduce_bench.py)
@@ -12,6 +14,7 @@ is recorded in the point, never raised: a ceiling is evidence, not a preconditio
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -19,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from yoloprof.analysis import aggregate
+from yoloprof.analysis import aggregate, intervals
 from yoloprof.analysis.optimizer import for_batch
 from yoloprof.scan import launch
 from yoloprof.search import plan
@@ -74,35 +77,42 @@ def rank_devices(device: str, gpus: Optional[list[int]], ranks: int) -> list[str
 
 def loader_commands(raw: Path, *, data: str, model: str, imgsz: int, batch_per_rank: int, workers: int,
                     pin_memory: bool, ranks: int, devices: list[str], cache: str, batches: int,
-                    warmup: int) -> list[list[str]]:  # fmt: skip
+                    warmup: int, cold: bool = True) -> list[list[str]]:  # fmt: skip
     """One probe command per rank; they meet at raw/rendezvous (a gloo FileStore, see probes/loader_bench)."""
     return [[sys.executable, "-m", "probes.loader_bench", "--data", data, "--model", model, "--imgsz", str(imgsz),
              "--batch", str(batch_per_rank), "--workers", str(workers), "--pin-memory", "on" if pin_memory else "off",
              "--cache", cache, "--device", devices[r], "--rank", str(r), "--ranks", str(ranks),
              "--rendezvous", str(raw / "rendezvous"), "--batches", str(batches), "--warmup", str(warmup),
-             "--out", str(raw / f"rank{r}.json")] for r in range(ranks)]  # fmt: skip
+             "--cold", "on" if cold else "off", "--out", str(raw / f"rank{r}.json")] for r in range(ranks)]  # fmt: skip
 
 
 def loader(out: Path, *, data: str, model: str, imgsz: int, batch_per_rank: int, workers: list[int], ranks: int,
            device: str, cache: str, cache_dir: Path, pin_memory: Sequence[bool] = (True,),
-           gpus: Optional[list[int]] = None, batches: int = 20, warmup: int = 3) -> LoaderCeiling:  # fmt: skip
+           gpus: Optional[list[int]] = None, batches: int = 20, warmup: int = 3, cold: Union[bool, str] = True,
+           caches: Sequence[str] = ()) -> LoaderCeiling:  # fmt: skip
     """One point per workers x pin_memory value, each loading as the trials' ranks do (probes/loader_bench).
 
     pin_memory: the scan's planned values (Ultralytics' own default, on, when not given); gpus: the
-    scan's CUDA indices, one per rank.
+    scan's CUDA indices, one per rank; cold: also time each point after evicting the files from the page
+    cache (a text: why not, recorded in each point); caches: further Ultralytics cache values to probe
+    (cache=disk where the dataset does not fit).
     """
     devices = rank_devices(device, gpus, ranks)
     points = []
-    for w in workers:
-        for pin in pin_memory:
-            raw = Path(out) / "raw" / f"loader-w{w}-pin{'on' if pin else 'off'}"
-            raw.mkdir(parents=True, exist_ok=True)
-            for stale in [raw / "rendezvous", *(raw / f"rank{r}.json" for r in range(ranks))]:
-                stale.unlink(missing_ok=True)  # a FileStore must start empty; an old result must not pass as new
-            cmds = loader_commands(raw, data=data, model=model, imgsz=imgsz, batch_per_rank=batch_per_rank, workers=w,
-                                   pin_memory=pin, ranks=ranks, devices=devices, cache=cache, batches=batches,
-                                   warmup=warmup)  # fmt: skip
-            points.append(_loader_point(raw, cmds, cache_dir, w, pin, ranks, batch_per_rank, batches))
+    for c, w, pin in [(c, w, pin) for c in dict.fromkeys([cache, *caches]) for w in workers for pin in pin_memory]:
+        tag = "" if c == cache else f"-cache{c}"
+        raw = Path(out) / "raw" / f"loader-w{w}-pin{'on' if pin else 'off'}{tag}"
+        raw.mkdir(parents=True, exist_ok=True)
+        for stale in [raw / "rendezvous", *(raw / f"rank{r}.json" for r in range(ranks))]:
+            stale.unlink(missing_ok=True)  # a FileStore must start empty; an old result must not pass as new
+        cmds = loader_commands(raw, data=data, model=model, imgsz=imgsz, batch_per_rank=batch_per_rank, workers=w,
+                               pin_memory=pin, ranks=ranks, devices=devices, cache=c, batches=batches,
+                               warmup=warmup, cold=cold is True)  # fmt: skip
+        point = _loader_point(raw, cmds, cache_dir, w, pin, ranks, batch_per_rank, batches)
+        point.cache = c
+        if isinstance(cold, str) and point.status == "ok":
+            point.cold_error = cold
+        points.append(point)
     ceiling = LoaderCeiling(data=data, imgsz=imgsz, cache=cache, points=points)
     write_json(Path(out) / "loader.json", ceiling)
     return ceiling
@@ -131,7 +141,7 @@ def _loader_point(raw: Path, cmds: list[list[str]], cache_dir: Path, w: int, pin
     bad = bads[0] if bads else None
     ok = [x for x in results if x.get("status") == "ok"]
     first = ok[0] if ok else {}
-    return LoaderPoint(
+    point = LoaderPoint(
         workers=w, workers_effective=first.get("workers_effective", w), ranks=ranks,
         batch_per_rank=batch_per_rank, batches=batches,
         img_per_s_rank=median(x["img_per_s"] for x in ok) if not bad else None,
@@ -141,6 +151,35 @@ def _loader_point(raw: Path, cmds: list[list[str]], cache_dir: Path, w: int, pin
         pin_memory=pin, pin_memory_effective=first.get("pin_memory_effective"),
         batches_per_epoch=first.get("batches_per_epoch"), devices=[x.get("device") for x in ok] if not bad else [],
     )  # fmt: skip
+    if not bad:
+        _rates(point, ok)
+    return point
+
+
+def _bounds(iv) -> tuple[Optional[float], Optional[float]]:
+    return (iv.low, iv.high) if iv is not None and math.isfinite(iv.high) else (None, None)
+
+
+def _rates(p: LoaderPoint, ranks: list[dict]) -> None:
+    """The warm interval, and the cold rate with its interval, from the ranks' per-batch times."""
+    warm = [(x["batch_images"], x["batch_ms"]) for x in ranks if x.get("batch_ms")]
+    if len(warm) == len(ranks):
+        p.img_per_s_machine_ci_low, p.img_per_s_machine_ci_high = _bounds(intervals.summed_throughput(warm))
+    lead = next((x for x in ranks if x.get("rank") == 0), ranks[0])
+    p.resident_frac_warm = lead.get("resident_frac_warm")
+    p.evicted_files, p.evicted_bytes = lead.get("evicted_files"), lead.get("evicted_bytes")
+    p.resident_frac_evicted = lead.get("resident_frac_evicted")
+    if "cold_img_per_s" not in lead and "cold_error" not in lead:
+        return  # cold not asked (or a probe from before it)
+    p.cold_error = next((x["cold_error"] for x in ranks if x.get("cold_error")), None)
+    cold = [(x["cold_batch_images"], x["cold_batch_ms"]) for x in ranks if x.get("cold_batch_ms")]
+    if p.cold_error or len(cold) != len(ranks):
+        p.cold_error = p.cold_error or "a rank timed no cold batch"
+        return
+    p.img_per_s_machine_cold = sum(x["cold_img_per_s"] for x in ranks)
+    p.img_per_s_rank_cold = median(x["cold_img_per_s"] for x in ranks)
+    p.cold_batches = min(len(ms) for _, ms in cold)
+    p.img_per_s_machine_cold_ci_low, p.img_per_s_machine_cold_ci_high = _bounds(intervals.summed_throughput(cold))
 
 
 def compute_specs(hw: plan.Hardware, batches: list[int], amps: list[bool], *, model: str, data: str, imgsz: int,

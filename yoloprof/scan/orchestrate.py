@@ -18,17 +18,17 @@ from rich.console import Console
 from yoloprof import __version__, nodes as nodes_mod, outputs, paths
 from yoloprof.data.dataset import images_for
 from yoloprof.search import baselines, plan, space, usercfg
-from yoloprof.analysis import doctor, optimizer as optim
+from yoloprof.analysis import dataset_fit, doctor, optimizer as optim
 from yoloprof.scan import cluster, launch, preflight, request, runner
 from yoloprof.errors import ScanFailed, UsageError
 from yoloprof.records import (
-    DatasetInfo, Environment, Knobs, OptimizerPlan, RecordError, RunPlan, ScanMeta, read_json, write_json,
+    DatasetInfo, Environment, Knobs, MemoryBudget, OptimizerPlan, RecordError, RunPlan, ScanMeta, read_json, write_json,
 )  # fmt: skip
 
 from yoloprof.scan.request import (  # noqa: F401 - the scan's input checks, re-exported for the CLI and tests
     DEFAULT_MODEL, MAX_STEPS_FACTOR, ScanRequest,
     check_numbers, parse_axes, parse_budget, parse_precision, prepare_out, resolve_data, resolve_hardware,
-    resolve_run_plan, resolve_strategy,
+    resolve_memory, resolve_run_plan, resolve_strategy,
 )
 
 NO_TRIAL_OK = 1  # exit code of a scan that ran to the end without one trial finishing
@@ -92,11 +92,16 @@ class Context:
     # what the trials run: the scan's OptimizerPlan (auto resolved per trial), or a name (scans from before it)
     optimizer: Union[OptimizerPlan, str, None] = None
     batches: list[int] = field(default_factory=list)  # every global batch the scan may run (the optimizer line)
+    memory: Optional[MemoryBudget] = None  # what the dataset-fit test uses (psutil, the cgroup, or --mem-limit)
+
+    def fit(self) -> dataset_fit.DatasetFit:
+        return dataset_fit.decide(self.dataset, self.memory, self.imgsz, self.hw.world_size)
 
 
 def prepare(req: ScanRequest, console: Console) -> Context:
     check_numbers(req)
     given = parse_axes(req)
+    memory = resolve_memory(req)  # a bad --mem-limit: one line now
     from probes import environment
 
     user_env = environment.safe_env()  # as the user set it, before we add ours
@@ -152,7 +157,7 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     budget_s = parse_budget(req.budget, hw.device) if strategy == "auto" else None
     return Context(env, hw, hw_why, the_plan, imgsz, dataset, model, roles, world_sizes, strategy, budget_s,
                    precision, max_steps, given, mine, run_plan, train_cfg, cfg_args, nodes, optimizer,
-                   batches=sorted(set(batches)))  # fmt: skip
+                   batches=sorted(set(batches)), memory=memory)  # fmt: skip
 
 
 def planned_batches(hw: plan.Hardware, given: dict, strategy: str, the_plan: plan.Plan, mine: Optional[Knobs],
@@ -207,6 +212,7 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
         rdzv_endpoint=ctx.nodes.endpoint if ctx.nodes.multi else None,
         task=dataset.task,  # the model's task: the data was read for it
         optimizer_plan=ctx.optimizer,
+        memory=ctx.memory,
     )
     if usercfg.deviation(ctx.train_cfg_args):
         meta.trial_deviations.append(usercfg.deviation(ctx.train_cfg_args))
@@ -220,6 +226,7 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
     batches = sorted({s.knobs.batch for s in specs}) if specs else ctx.batches
     console.print(f"  optimizer: {optim.describe(ctx.optimizer, batches)}", markup=False, highlight=False)
     console.print(f"  data: {dataset.data} ({dataset.train_images} images{', synthetic: speed only' if dataset.synthetic else ''})")
+    console.print(f"  memory: {dataset_fit.summary(ctx.fit())}", markup=False, highlight=False)
     if ctx.train_cfg:
         for line in usercfg.summary(ctx.train_cfg, ctx.train_cfg_args, ctx.baseline):
             console.print(f"  {line}", markup=False, highlight=False)
@@ -324,7 +331,8 @@ def resume(folder: str, req: ScanRequest, console: Console):
                   max_steps=meta.max_steps, given=_saved_space(meta) if meta.strategy == "auto" else {},
                   baseline=next((s.knobs for s in meta.specs if s.trial_id == yours), None),
                   train_cfg=meta.train_cfg, train_cfg_args=meta.train_cfg_args, nodes=nodes,
-                  optimizer=meta.optimizer_plan or meta.optimizer)  # the choice the scan made, resolved alike  # fmt: skip
+                  optimizer=meta.optimizer_plan or meta.optimizer,  # the choice the scan made, resolved alike
+                  memory=meta.memory)  # the fit the scan decided  # fmt: skip
     req = ScanRequest(optimizer=meta.optimizer, warmup=meta.warmup_steps, steps=meta.measured_steps,
                       trial_timeout=req.trial_timeout, no_ceilings=req.no_ceilings, command=req.command,
                       no_epoch_job=req.no_epoch_job,
@@ -364,11 +372,12 @@ def run_ceilings(folder: Path, ctx: Context, req: ScanRequest, console: Console,
 
     hw, axes, n = ctx.hw, ctx.plan.axes, max(ctx.hw.world_size, 1)
     if "loader" in which:
-        console.print("Input ceiling: the dataloader alone, one loader per rank at once...")
+        console.print("Input ceiling: the dataloader alone, one loader per rank at once, warm then cold...")
         c = ceilings.loader(folder, data=ctx.dataset.data, model=ctx.model, imgsz=ctx.imgsz,
                             batch_per_rank=max(min(axes.batch) // n, 1), workers=axes.workers, ranks=hw.per_node,
                             device=hw.device, cache=axes.cache[0], cache_dir=paths.cache_dir(), batches=req.steps,
-                            pin_memory=axes.pin_memory, gpus=hw.gpus)  # fmt: skip
+                            pin_memory=axes.pin_memory, gpus=hw.gpus, caches=disk_too(ctx),
+                            cold=dataset_fit.cold_skip(ctx.fit()) or True)  # fmt: skip
         console.print(terminal.loader_table(c))
     if "compute" in which:
         console.print("Compute ceiling: the training step on one device, batch already there...")
@@ -398,11 +407,21 @@ def run_ceilings(folder: Path, ctx: Context, req: ScanRequest, console: Console,
                 console.print("  within one node: not measured (one rank per node runs no intra-node AllReduce)")
 
 
+def disk_too(ctx: Context) -> list[str]:
+    """cache=disk for the input ceiling as well, where the dataset does not fit and the scan may try it: its
+    cold rate is what a cache=disk trial's epochs read at."""
+    cache = ctx.plan.axes.cache
+    may = "disk" in cache or (ctx.strategy == "auto" and "disk" in (ctx.given.get("cache") or ["disk"]))
+    return ["disk"] if ctx.fit().fits is False and cache[0] != "disk" and may else []
+
+
 def run_probe(kind: str, req: ScanRequest, console: Console) -> Path:
     """`yoloprof probe loader|compute|allreduce`: one ceiling, standalone, into runs/yoloprof/probe-N."""
     ctx = prepare(req, console)
     out = prepare_out(req, kind="probe")
     console.print(f"[bold]yoloprof probe {kind}[/] -> {out}   ({ctx.hw_why}; model {ctx.model}, imgsz {ctx.imgsz})")
+    if kind == "loader":
+        console.print(f"  memory: {dataset_fit.summary(ctx.fit())}", markup=False, highlight=False)
     buckets = []
     if kind == "allreduce":
         from probes import model_check

@@ -5,6 +5,7 @@ Every mistake here is one line and exit 2 (UsageError), so it costs the user not
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +14,11 @@ from typing import Optional
 from rich.console import Console
 
 from yoloprof import paths
+from yoloprof.analysis import dataset_fit
 from yoloprof.data import datainfo
 from yoloprof.data.dataset import DEFAULT_IMAGES, MAX_IMAGES, MIN_STEPS_PER_EPOCH, SyntheticSpec, ensure
 from yoloprof.errors import UsageError
-from yoloprof.records import DatasetInfo, Environment, RunPlan
+from yoloprof.records import DatasetInfo, Environment, MemoryBudget, RunPlan
 from yoloprof.search import plan
 
 DEFAULT_MODEL = "yolo11n.yaml"
@@ -63,6 +65,7 @@ class ScanRequest:
     node_rank: Optional[int] = None
     rdzv_endpoint: Optional[str] = None  # node 0's HOST:PORT
     allreduce_max_bytes: Optional[int] = None  # the link probe's largest message (256 MiB on GPUs, 32 MiB on CPU)
+    mem_limit: Optional[str] = None  # the memory the dataset may use ("2GiB"), instead of what the machine reports
     command: list[str] = field(default_factory=list)
 
 
@@ -252,6 +255,19 @@ def resolve_data(req: ScanRequest, console: Console, images: Optional[int] = Non
         console.print(f"task: {info.task} (" + (f"the model's, {req.model}" if task else f"the data's: --model "
                       f"{req.model}") + ")")  # fmt: skip
     return info
+
+
+MEM_LIMIT_ENV = "YOLOPROF_MEM_LIMIT"
+
+
+def resolve_memory(req: ScanRequest) -> MemoryBudget:
+    """The memory the dataset-fit test uses: --mem-limit, else $YOLOPROF_MEM_LIMIT, else what the machine reports
+    (psutil's available memory, or less where the cgroup's limit leaves less)."""
+    from probes import host_memory
+
+    text, flag = (req.mem_limit, "--mem-limit") if req.mem_limit is not None else (os.environ.get(MEM_LIMIT_ENV), MEM_LIMIT_ENV)
+    mib = dataset_fit.parse_mem_limit(text, flag) if text is not None else None
+    return host_memory.budget(mib, text)
 
 
 def prepare_out(req: ScanRequest, kind: str = "scan") -> Path:

@@ -163,10 +163,8 @@ class TrialRunner:
         note = None
         skip = self.ooms.skip_reason(spec)
         if skip is None and spec.knobs.cache == "ram":
-            from probes.environment import available_ram_mib
-
             risky, note = plan.cache_ram_risk(self.meta.dataset.train_images, spec.imgsz, spec.world_size,
-                                              available_ram_mib())  # fmt: skip
+                                              spare_mib(self.meta))  # fmt: skip
             skip = note if risky else None
         if skip is not None:
             if tdir.exists():
@@ -190,6 +188,16 @@ class TrialRunner:
             raise ScanStopped(f"trial {spec.trial_id} failed before its first step with an error every trial "
                               f"would hit: {reason}")  # fmt: skip
         return result
+
+
+def spare_mib(meta: ScanMeta) -> float:
+    """The memory cache=ram's copies must fit in: --mem-limit where given (scan.json keeps it), else what the machine
+    has available now (psutil, or less where the cgroup's limit leaves less)."""
+    if meta.memory is not None and meta.memory.source == "override":
+        return meta.memory.available_mib
+    from probes import host_memory
+
+    return host_memory.budget().available_mib
 
 
 def execute(out: Path, specs: list[TrialSpec], meta: ScanMeta, policy: launch.HangPolicy, console: Console,

@@ -30,11 +30,16 @@ class Pruned:
     max_fit: dict[bool, int] = field(default_factory=dict)  # amp -> largest global batch the compute ceiling says fits
 
 
-def prune(space: Space, ceilings: Ceilings, hw: Hardware) -> Pruned:
-    """Prune a copy of `space` by the loader, compute and AllReduce ceilings measured on this machine."""
+def prune(space: Space, ceilings: Ceilings, hw: Hardware, cold: bool = False) -> Pruned:
+    """Prune a copy of `space` by the loader, compute and AllReduce ceilings measured on this machine.
+    `cold`: the dataset does not fit in memory (analysis.dataset_fit), so every epoch reads it from storage:
+    workers are judged by the loaders' cold rates, and cache disk is kept for the search to try."""
     out = Pruned(copy.deepcopy(space))
     _batches(out, ceilings.compute, hw)
-    _workers(out, ceilings.loader, ceilings.compute, hw)
+    _workers(out, ceilings.loader, ceilings.compute, hw, cold)
+    if cold and "disk" in out.space.values["cache"]:
+        _note(out, "cache", "cache disk: kept, the dataset does not fit in memory and epochs read it from storage "
+                            "(the input ceiling's cold rate at cache disk says what it reads at)", "disk")  # fmt: skip
     _nccl(out, ceilings.allreduce, hw)
     return out
 
@@ -74,28 +79,38 @@ def _batches(out: Pruned, compute: Optional[ComputeCeiling], hw: Hardware) -> No
             _cut(out, "batch", b, f"batch {b} ({b // n} per rank) will not fit: {why}")
 
 
-def _rates(loader: LoaderCeiling) -> dict[int, float]:
-    """workers -> machine img/s, the best point per value (any pin_memory)."""
+def _rates(loader: LoaderCeiling, cold: bool = False) -> dict[int, float]:
+    """workers -> machine img/s (cold: after the page cache lost the files), the best point per value (any
+    pin_memory) at the ceiling's own cache setting."""
     rate: dict[int, float] = {}
     for p in loader.points:
-        if p.status == "ok" and p.img_per_s_machine:
-            rate[p.workers] = max(rate.get(p.workers, 0.0), p.img_per_s_machine)
+        v = p.img_per_s_machine_cold if cold else p.img_per_s_machine
+        if p.status == "ok" and v and (p.cache or loader.cache) == loader.cache:
+            rate[p.workers] = max(rate.get(p.workers, 0.0), v)
     return rate
 
 
-def _workers(out: Pruned, loader: Optional[LoaderCeiling], compute: Optional[ComputeCeiling], hw: Hardware) -> None:
+def _workers(out: Pruned, loader: Optional[LoaderCeiling], compute: Optional[ComputeCeiling], hw: Hardware,
+             cold: bool = False) -> None:  # fmt: skip
     """workers 0 loads in the training process, between steps, so the loader alone cannot show its cost:
     it is never the value that rules out larger ones."""
     if loader is None:
         return _note(out, "workers", "no loader ceiling was measured: no workers value is pruned")
-    rate = _rates(loader)
+    rate = _rates(loader, cold)
+    if cold and not rate:
+        return _note(out, "workers", "the dataset does not fit in memory and the loaders' cold rates are n/a: "
+                                     "no workers value is pruned")  # fmt: skip
+    if cold:
+        _note(out, "workers", "the dataset does not fit in memory: workers are judged by the loaders' cold rates "
+                              "(files evicted from the page cache), what every epoch reads at")  # fmt: skip
+    input_word = "cold input ceiling" if cold else "input ceiling"
     measured = [w for w in out.space.values["workers"] if w > 0 and w in rate]
     prev = None
     for w in measured:
         if prev is not None and rate[w] < PLATEAU_GAIN * rate[prev]:
             for v in [v for v in out.space.values["workers"] if v > prev]:
                 _cut(out, "workers", v,
-                     f"workers {v}: the input ceiling stops growing at workers {prev} ({rate[prev]:.0f} img/s; "
+                     f"workers {v}: the {input_word} stops growing at workers {prev} ({rate[prev]:.0f} img/s; "
                      f"workers {w} loads {rate[w]:.0f} img/s, under +{100 * (PLATEAU_GAIN - 1):.0f}%)")  # fmt: skip
             break
         prev = w
@@ -113,7 +128,8 @@ def _workers(out: Pruned, loader: Optional[LoaderCeiling], compute: Optional[Com
         return
     for v in [v for v in out.space.values["workers"] if v > enough]:
         _cut(out, "workers", v,
-             f"workers {v}: workers {enough} already loads {rate[enough]:.0f} img/s, over {INPUT_HEADROOM:g}x the "
+             f"workers {v}: workers {enough} already loads {rate[enough]:.0f} img/s{' cold' if cold else ''}, "
+             f"over {INPUT_HEADROOM:g}x the "
              f"{need:.0f} img/s the fastest training step measured can use (compute ceiling, {top.batch_ran} per rank "
              f"{'amp' if top.amp else 'fp32'} x {n} ranks); more workers cannot help")  # fmt: skip
 
