@@ -21,7 +21,7 @@ from yoloprof.records import EpochPrediction, Ranking, RunPlan, TrialResult
 
 PREDICTED = ("epoch_s", "epoch_s_low", "epoch_s_high", "run_h", "run_h_low", "run_h_high", "cost_epoch", "cost_run",
              "energy_epoch_kwh", "energy_run_kwh", "steps_s", "val_s", "save_s", "boundary_s", "no_mosaic_epoch_s",
-             "once_s", "compile_s", "startup_s")  # fmt: skip
+             "once_s", "compile_s", "startup_s", "final_s")  # fmt: skip
 
 COLUMNS = [
     "trial_id", "status", "world_size", "batch", "workers", "amp", "pin_memory", "cache", "nccl",
@@ -38,8 +38,9 @@ COLUMNS = [
     "batch_effective", "notes",
     # the optimizer the trial ran, read back from its ranks (Ultralytics' auto resolved for the planned run by default)
     "optimizer",
-    # once per run: the process's start to the trainer (interpreter and imports), measured by the epoch job
-    "startup_s",
+    # once per run, measured by the epoch job: the process's start to the trainer (interpreter and imports), and the
+    # end after the last epoch (final validation of best.pt, plots)
+    "startup_s", "final_s",
 ]  # fmt: skip  # fmt: skip
 
 

@@ -29,7 +29,7 @@ def trial(**kw) -> TrialResult:
 def costs(**kw) -> EpochCosts:
     c = EpochCosts(2, "cpu", K, "ok", val=EpochPart([2.0, 1.0, 1.2]), val_images_total=64, val_images_timed=64,
                    save=EpochPart([0.3, 0.2]), end=EpochPart([0.05, 0.04]), boundary_ms=150.0, setup_s=4.0,
-                   startup_s=3.0, no_mosaic_ratio=1.25, no_mosaic_ratio_ci=[1.1, 1.4])  # fmt: skip
+                   startup_s=3.0, final_s=2.5, no_mosaic_ratio=1.25, no_mosaic_ratio_ci=[1.1, 1.4])  # fmt: skip
     for k, v in kw.items():
         setattr(c, k, v)
     return c
@@ -48,6 +48,13 @@ def test_an_epoch_is_its_steps_plus_each_measured_part_with_a_band():
     assert p.parts_missing == []
 
 
+def test_without_the_runs_end_timed_the_final_validation_stands_in_and_the_rest_is_named():
+    timed, old = epoch.predict(trial(), costs(), None, RP), epoch.predict(trial(), costs(final_s=None), None, RP)
+    assert timed.final_s == 2.5 and old.final_s is None
+    assert timed.once_s - old.once_s == pytest.approx(2.5 - 1.1)  # one validation pass instead
+    assert old.parts_missing == ["the run's end beyond the final validation (stripping checkpoints, plots): not measured"]
+
+
 def test_a_run_without_a_measured_start_up_names_it_and_leaves_it_out():
     with_it, without = epoch.predict(trial(), costs(), None, RP), epoch.predict(trial(), costs(startup_s=None), None, RP)
     assert with_it.run_h * 3600 - without.run_h * 3600 == pytest.approx(3.0) and without.startup_s is None
@@ -61,7 +68,7 @@ def test_the_run_counts_close_mosaic_epochs_warmup_set_up_and_the_final_validati
     # warm-up: accumulate ramps 1 -> 4 over 32 iterations: 6 at 1, 11 at 2, 10 at 3, 5 at 4 = 16.08 steps, not 8
     assert epoch.warmup_extra_steps(32, RP, 16) == pytest.approx(6 + 11 / 2 + 10 / 3 + 5 / 4 - 8)
     # set-up, the process's start-up, 40 ms per optimizer step, final val
-    once = 4.0 + 3.0 + epoch.warmup_extra_steps(32, RP, 16) * 0.040 + 1.1
+    once = 4.0 + 3.0 + epoch.warmup_extra_steps(32, RP, 16) * 0.040 + 2.5  # ... and the run's end as timed
     assert p.once_s == pytest.approx(once) and p.startup_s == 3.0
     assert p.run_h * 3600 == pytest.approx(8 * p.epoch_s + 2 * no_mosaic + once)
     assert p.run_h_low < p.run_h < p.run_h_high
@@ -99,14 +106,14 @@ def test_the_trials_own_epoch_start_carries_the_end_work_the_jobs_does_not():
 def test_set_up_is_the_trials_own_where_it_recorded_one():
     # a cache=ram trial pays its caching in its own set-up; the epoch job's is for the recommended settings
     p = epoch.predict(trial(setup_s=30.0), costs(), None, RP)
-    assert p.once_s == pytest.approx(30.0 + 3.0 + epoch.warmup_extra_steps(32, RP, 16) * 0.040 + 1.1)
+    assert p.once_s == pytest.approx(30.0 + 3.0 + epoch.warmup_extra_steps(32, RP, 16) * 0.040 + 2.5)
 
 
 def test_val_and_save_off_move_them_to_the_final_epoch():
     rp = RunPlan(epochs=10, close_mosaic=0, warmup_epochs=0, val=False, save=False)
     p = epoch.predict(trial(), costs(), None, rp)
     assert p.epoch_s == pytest.approx(5.12 + 0.15 + 0.04)
-    assert p.once_s == pytest.approx(4.0 + 3.0 + 1.1 + 1.1 + 0.2)  # start-up, final epoch's val and save, final_eval
+    assert p.once_s == pytest.approx(4.0 + 3.0 + 2.5 + 1.1 + 0.2)  # start-up, the run's end, final epoch's val, save
     assert p.run_h * 3600 == pytest.approx(10 * (5.12 + 0.15 + 0.04) + p.once_s)
 
 

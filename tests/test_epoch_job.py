@@ -71,6 +71,18 @@ def test_aggregation_takes_the_slowest_rank_and_scales_the_val_loop(tmp_path):
     assert "without mosaic x1.25 img/s" in line
 
 
+def test_the_runs_end_is_the_slowest_ranks_with_its_validation_scaled_to_the_split():
+    a = RankEpochParts(rank=0, val_capped=True, val_images_total=64, final_s=3.0, final_val_loop_s=0.5,
+                       final_val_images=8)  # fmt: skip
+    b = RankEpochParts(rank=1, val_capped=True, val_images_total=64, final_s=2.0, final_val_loop_s=0.4,
+                       final_val_images=8)  # fmt: skip
+    assert epoch_costs.final([a, b]) == pytest.approx(3.0 + 0.5 * (64 / 16 - 1))  # 16 of 64 images timed
+    a.val_capped = b.val_capped = False
+    assert epoch_costs.final([a, b]) == 3.0
+    b.final_s = None
+    assert epoch_costs.final([a, b]) is None  # a rank that did not time it: unknown
+
+
 def test_a_rank_without_epoch_parts_is_an_error_and_a_failed_trial_keeps_its_error(tmp_path):
     spec = tiny_spec(Path("/nowhere/data.yaml"))
     parts = [RankEpochParts(rank=0, val_s=[1.0], val_loop_s=[1.0], val_images=[4], val_images_total=4)]
@@ -139,6 +151,10 @@ def test_epoch_mode_times_every_part_on_both_ranks(tmp_path):
     assert costs.setup_s > 0
     # each rank's own start (a fresh process under torchrun) to its trainer: at least the torch import
     assert all(0.5 < p.startup_s < 120 for p in parts) and costs.startup_s == max(p.startup_s for p in parts)
+    # the run's end: final_eval and Ultralytics' plots (its default), more than a validation pass, and drawn
+    assert costs.final_plots is True and costs.final_s > costs.val.estimate
+    assert all(p.final_val_images == 32 for p in parts)  # 8 of 80 val images a rank: scaled like a pass
+    assert (tdir / "ultralytics" / "results.png").is_file() and list((tdir / "ultralytics").glob("*confusion_matrix*"))
     low, high = costs.no_mosaic_ratio_ci
     assert math.isfinite(costs.no_mosaic_ratio) and 0 < low <= costs.no_mosaic_ratio <= high < math.inf
     assert costs.boundary_ms is not None  # 4 batches per epoch: the steps crossed several

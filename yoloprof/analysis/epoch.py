@@ -179,10 +179,15 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
     extra = warmup_extra_steps(nb, rp, r.knobs.batch)  # the batch asked: Ultralytics' accumulate comes from args.batch
     if extra and opt_ms is not None:
         once.append((extra * opt_ms / 1e3,) * 3)
-    if ok and costs.val.s:
-        once.append(val)  # final_eval validates best.pt once more
-        if not rp.val:  # the final epoch validates even with val=False
-            once.append(val)
+    if ok and costs.final_s is not None:  # final_eval (best.pt validated once more) and the plots, as timed
+        out.final_s = costs.final_s
+        once.append((out.final_s,) * 3)
+    elif ok and costs.val.s:
+        once.append(val)  # final_eval validates best.pt once more; its plots were not timed
+        out.parts_missing.append("the run's end beyond the final validation (stripping checkpoints, plots): not "
+                                 "measured")  # fmt: skip
+    if ok and costs.val.s and not rp.val:  # the final epoch validates even with val=False
+        once.append(val)
     if ok and costs.save.s and not rp.save:  # and saves even with save=False
         once.append(save)
     runs = [(b[0] * n, b[1] * n, b[2] * n) for b, n in ((out_band(out), epochs - closed), (no_mosaic, closed)) if n]

@@ -76,6 +76,19 @@ def validation(parts: list[RankEpochParts]) -> tuple[list[float], int, int]:
     return out, min(min(images, default=0), total), total
 
 
+def final(parts: list[RankEpochParts]) -> Optional[float]:
+    """The run's end after its last epoch (final_eval and plots), the slowest rank's; its validation's batch loop
+    scaled to the whole split as `validation` scales a pass. None where a rank did not time it."""
+    if not parts or any(p.final_s is None for p in parts):
+        return None
+    total = max(p.val_images_total for p in parts)
+    slowest = max(parts, key=lambda p: p.final_s)
+    images = sum(p.final_val_images or 0 for p in parts)
+    if not any(p.val_capped for p in parts) or not images:
+        return slowest.final_s
+    return slowest.final_s + (slowest.final_val_loop_s or 0.0) * max(total / images - 1.0, 0.0)
+
+
 def _steady(ranks: list[RankRecords], mosaic: bool) -> tuple[dict[int, list], dict[int, list]]:
     """Measured steps of one phase that every rank recorded: (steady steps, steps that start an epoch)."""
     per_rank = [{s.step: s for s in r.steps if not s.warmup and s.mosaic == mosaic} for r in ranks]
@@ -135,6 +148,7 @@ def build(spec: TrialSpec, ranks: list[RankRecords], parts: list[RankEpochParts]
     costs.setup_s = max(setups) if setups else None
     startups = [p.startup_s for p in parts if p.startup_s is not None]
     costs.startup_s = max(startups) if len(startups) == len(parts) else None  # a rank without one: unknown
+    costs.final_s, costs.final_plots = final(parts), next((p.final_plots for p in parts), None)
     costs.end, costs.save = EpochPart(_slowest(parts, "end_s")), EpochPart(_slowest(parts, "save_s"))
     val_s, costs.val_images_timed, costs.val_images_total = validation(parts)
     costs.val = EpochPart(val_s)
@@ -171,6 +185,8 @@ def summary_line(c: EpochCosts) -> str:
              f"saving {_s(c.save)}", f"epoch end {_s(c.end)}"]  # fmt: skip
     if c.startup_s is not None:
         parts.append(f"start-up {c.startup_s:.1f} s")
+    if c.final_s is not None:
+        parts.append(f"the run's end {c.final_s:.1f} s" + (" (with plots)" if c.final_plots else ""))
     if c.setup_s is not None:
         parts.append(f"set-up {c.setup_s:.1f} s")
     if c.boundary_ms is not None:

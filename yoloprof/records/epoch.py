@@ -59,6 +59,10 @@ class EpochCosts:
     # once per run: a fresh process's start to the trainer's construction (interpreter, torch and Ultralytics
     # imports), seconds, the slowest rank's
     startup_s: Optional[float] = None
+    # once per run, after the last epoch: final_eval (strip last.pt and best.pt, validate best.pt with the run's plots)
+    # and plot_metrics, seconds, the slowest rank's, its validation scaled to the whole split as `val` is
+    final_s: Optional[float] = None
+    final_plots: Optional[bool] = None
     # the last close_mosaic epochs: steady img/s without mosaic over with it, measured in one run back to back
     no_mosaic_ratio: Optional[float] = None
     no_mosaic_ratio_ci: Optional[list[float]] = None  # [low, high], 95%
@@ -85,6 +89,11 @@ class RankEpochParts:
     val_batches: int = 0  # batches per rank and pass
     val_images_total: int = 0  # the whole val split
     save_s: list[float] = field(default_factory=list)
+    # once after the last epoch: final_eval (strip the checkpoints, validate best.pt) and the plots, one pass
+    final_s: Optional[float] = None
+    final_plots: Optional[bool] = None  # whether the run plots (the user's plots=, else Ultralytics' True)
+    final_val_loop_s: Optional[float] = None  # its validation's batch loop, over the capped loader
+    final_val_images: Optional[int] = None
 
 
 @dataclass
@@ -122,6 +131,7 @@ class EpochPrediction:
     once_s: Optional[float] = None  # set-up, warm-up's extra optimizer steps, the final validation
     compile_s: Optional[float] = None  # torch.compile's one-time cost on the first steps (in once_s)
     startup_s: Optional[float] = None  # the process's start to the trainer (in once_s)
+    final_s: Optional[float] = None  # after the last epoch: final validation of best.pt and plots (in once_s)
     cost_epoch: Optional[float] = None
     cost_run: Optional[float] = None
     energy_epoch_kwh: Optional[float] = None

@@ -116,6 +116,23 @@ class EpochEndMixin:
         if RANK in {-1, 0} and self.save_model():
             self.run_callbacks("on_model_save")
 
+    def _final(self, plots: bool):
+        """What `_do_train` does once after its last epoch: final_eval (strip last.pt and best.pt, validate best.pt
+        stand-alone, with plots as the run has them), then plot_metrics (results.png) when plots are on."""
+        from yoloprof.worker.ddp import cpu_validator
+
+        self.args.plots = plots
+        try:
+            if self.device.type == "cpu" and self.world_size > 1:
+                with cpu_validator():
+                    self.final_eval()
+            else:
+                self.final_eval()
+            if RANK in {-1, 0} and plots:
+                self.plot_metrics()
+        finally:
+            self.args.plots = self.validator.args.plots = False  # trials never plot
+
     def _end_last(self):  # callbacks, memory clean-up, the stop flag's broadcast
         self.run_callbacks("on_fit_epoch_end")
         self._clear_memory(None if self.device.type == "mps" else 0.5)
@@ -144,5 +161,9 @@ class EpochEndMixin:
                 end += self._span(self._end_after_val)
                 rec.save_s.append(self._span(self._save))
                 rec.end_s.append(end + self._span(self._end_last))
+            plots = bool(self.spec.overrides.get("plots", True))  # the run's plots: the user's, else Ultralytics'
+            rec.final_plots = plots
+            rec.final_s = self._span(lambda: self._final(plots))
+            rec.final_val_loop_s, rec.final_val_images = capped.loop_s, capped.images
         finally:
             self.validator.dataloader = loader
