@@ -232,6 +232,8 @@ def test_a_real_scan_trains_and_validates_each_task(task, task_data, tiny_data, 
     costs = read_json(out / "epoch" / "w2.json", EpochCosts)  # validation with the task's validator, timed
     assert costs.status == "ok" and len(costs.val.s) == 2 and all(s > 0 for s in costs.val.s + costs.save.s)
     assert VALIDATOR[task] in (out / "epoch" / "w2" / "rank0.log").read_text(errors="replace")
+    log = (out / "trials" / r.trial_id / "rank0.log").read_text(errors="replace")
+    assert ("l1_loss" in log) == (task != "classify")  # E2ELoss's names for YOLO26's heads (reg_max 1: no DFL)
     assert f'id="scan-title">{task} &middot;' in (out / "report.html").read_text()
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert "task" not in best
