@@ -2,7 +2,7 @@
 
     python benchmarks/trial_cost.py [--rounds 3] [--trials 4] [--batch 16] [--workers 0] [--out DIR]
 
-Runs the same configuration (the CPU default: 2 gloo ranks, yolo11n, imgsz 128, the built-in data)
+Runs the same configuration (the CPU default: 2 gloo ranks, the default model, imgsz 128, the built-in data)
 as `--trials` trials in one rank pool, then as `--trials` trials with a launch each, and repeats
 that pair `--rounds` times, alternating which goes first, so drift of the machine hits both alike.
 Prints, per way: the wall time of a round over its trials (start-up and teardown included), the

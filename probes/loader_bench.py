@@ -242,7 +242,7 @@ def run(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="probes.loader_bench")
     p.add_argument("--data", required=True)
-    p.add_argument("--model", default="yolo11n.yaml", help="its task picks the dataset (detect, segment, pose, obb, classify)")
+    p.add_argument("--model", default="yolo26n.yaml", help="its task picks the dataset (detect, segment, pose, obb, classify)")
     p.add_argument("--imgsz", type=int, required=True)
     p.add_argument("--batch", type=int, required=True, help="per rank")
     p.add_argument("--workers", type=int, required=True, help="per rank")

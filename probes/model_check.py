@@ -12,11 +12,13 @@ from pathlib import Path
 
 from yoloprof.errors import UsageError
 
-PT_FIX = "give a checkpoint saved by Ultralytics (best.pt/last.pt) or build from YAML: --model yolo11n.yaml"
+PT_FIX = "give a checkpoint saved by Ultralytics (best.pt/last.pt) or build from YAML: --model yolo26n.yaml"
 TASKS = ("detect", "segment", "pose", "obb", "classify")
 # The model YAML a scan builds for each task when --model is not given (the data's task decides).
-DEFAULT_MODELS = {"detect": "yolo11n.yaml", "segment": "yolo11n-seg.yaml", "pose": "yolo11n-pose.yaml",
-                  "obb": "yolo11n-obb.yaml", "classify": "yolo11n-cls.yaml"}  # fmt: skip
+# YOLO26, Ultralytics' default family (`yolo train` without a model trains yolo26n.pt); YOLO11 and YOLOv8 are
+# built the same way when named (--model yolo11n.yaml).
+DEFAULT_MODELS = {"detect": "yolo26n.yaml", "segment": "yolo26n-seg.yaml", "pose": "yolo26n-pose.yaml",
+                  "obb": "yolo26n-obb.yaml", "classify": "yolo26n-cls.yaml"}  # fmt: skip
 
 
 def _model_class(task: str):
@@ -150,7 +152,7 @@ def _build(cfg, model: str, nc: int, task: str):
     detection backbone read as detect, say) would fail every trial in the loss: refuse it here."""
     if task not in TASKS:
         raise UsageError(f"--model {model}: a {task} model; yoloprof measures {', '.join(TASKS[:-1])} and "
-                         f"{TASKS[-1]} training (e.g. yolo11n.yaml, yolo11n-seg.yaml)")  # fmt: skip
+                         f"{TASKS[-1]} training (e.g. yolo26n.yaml, yolo26n-seg.yaml)")  # fmt: skip
     cls, head = _model_class(task)
     m = cls(cfg, nc=nc, verbose=False)
     if not isinstance(m.model[-1], head):
@@ -171,7 +173,7 @@ def resolve(model: str, nc: int) -> str:
         check_checkpoint(p.resolve(), model, nc)
         return str(p.resolve())
     if p.suffix not in (".yaml", ".yml"):
-        raise UsageError(f"--model {model}: give a model YAML (e.g. yolo11n.yaml) or a local .pt file")
+        raise UsageError(f"--model {model}: give a model YAML (e.g. yolo26n.yaml) or a local .pt file")
     cfg = str(p.resolve()) if p.is_file() else model
     try:
         with _quiet("WARNING"):  # "Overriding model.yaml nc=80 with nc=3" is noise here
@@ -180,7 +182,7 @@ def resolve(model: str, nc: int) -> str:
         raise
     except FileNotFoundError:
         raise UsageError(
-            f"--model {model}: not a file and not a model Ultralytics knows (e.g. yolo11n.yaml, yolov8s.yaml)"
+            f"--model {model}: not a file and not a model Ultralytics knows (e.g. yolo26n.yaml, yolo11s.yaml)"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any failure to build the model is the user's YAML
         raise UsageError(f"--model {model}: Ultralytics cannot build it ({_first_line(exc)})") from None

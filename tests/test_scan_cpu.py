@@ -102,10 +102,14 @@ def test_every_rank_recorded_the_same_steps(scan):
 def test_allreduce_buckets_match_the_models_gradients(scan):
     from ultralytics.nn.tasks import DetectionModel
 
+    from yoloprof.scan.request import DEFAULT_MODEL
+
     out, _, _ = scan
-    model = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
-    grad_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if ".dfl" not in n)
-    for tid in read_json(out / "scan.json", ScanMeta).trial_ids:
+    meta = read_json(out / "scan.json", ScanMeta)
+    assert meta.model == DEFAULT_MODEL == "yolo26n.yaml"  # no --model: YOLO26, both branches of its head reduced
+    model = DetectionModel(DEFAULT_MODEL, nc=3, verbose=False)
+    grad_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if ".dfl" not in n)  # YOLO11's DFL: frozen
+    for tid in meta.trial_ids:
         ranks = aggregate.read_ranks(out / "trials" / tid)
         sizes = {tuple(b.size_bytes for b in s.buckets) for r in ranks for s in r.steps}
         assert len(sizes) == 1, "every step on every rank reduces the same buckets"

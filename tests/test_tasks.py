@@ -1,9 +1,10 @@
 """Every Ultralytics task: segment, pose, obb and classify beside detect.
 
 Fast: each synthetic format loads with Ultralytics' own dataset classes, datainfo reads it and names its
-task, a model's task picks its trainer, the data's task picks the default model, a model/data mismatch
-is one line and exit 2, old records load as detect. Slow: one tiny real scan per task (2 gloo ranks,
-Ultralytics' own task trainer and validator), with a tiny model per task (tests/fixtures/tiny-*.yaml).
+task, a model's task picks its trainer (YOLO26, YOLO11 and YOLOv8 alike), the data's task picks the default
+model (YOLO26's), a model/data mismatch is one line and exit 2, old records load as detect. Slow: one tiny
+real scan per task, detect included (2 gloo ranks, Ultralytics' own task trainer and validator), with a tiny
+YOLO26 model per task (tests/fixtures/tiny26-*.yaml).
 """
 
 from __future__ import annotations
@@ -110,14 +111,17 @@ def test_a_model_names_its_task_and_its_trainer():
 
     bases = {"detect": DetectionTrainer, "segment": SegmentationTrainer, "pose": PoseTrainer, "obb": OBBTrainer,
              "classify": ClassificationTrainer}  # fmt: skip
-    for name, task in [("yolo11n.yaml", "detect"), ("yolo11n-seg.yaml", "segment"), ("yolo11n-pose.yaml", "pose"),
-                       ("yolo11n-obb.yaml", "obb"), ("yolo11n-cls.yaml", "classify"), ("yolov8n-seg.yaml", "segment"),
-                       *[(str(FIXTURES / f"tiny-{t}.yaml"), t) for t in bases]]:  # fmt: skip
+    suffix = {"detect": "", "segment": "-seg", "pose": "-pose", "obb": "-obb", "classify": "-cls"}
+    # YOLO26 (the default), YOLO11 and YOLOv8 by name, each task; the tiny test models of YOLO11 and YOLO26
+    named = [(f"{family}n{suffix[t]}.yaml", t) for family in ("yolo26", "yolo11", "yolov8") for t in bases]
+    tiny = [(str(FIXTURES / f"{prefix}-{t}.yaml"), t) for prefix in ("tiny", "tiny26") for t in bases]
+    for name, task in named + tiny:
         assert tasks.model_task(name) == task, name
         cls = tasks.trainer_for(name)
         assert issubclass(cls, ScanMixin) and issubclass(cls, bases[task]) and cls is tasks.scan_trainer(task)
         if "tiny" not in name:
             assert model_check.resolve(name, 3) == name  # built with its task's model class and the data's classes
+    assert model_check.DEFAULT_MODELS == {t: f"yolo26n{suffix[t]}.yaml" for t in bases}
     # pin_memory reaches the build_dataloader the task's get_dataloader calls
     assert tasks.scan_trainer("classify").get_dataloader.__module__ == "ultralytics.models.yolo.classify.train"
     assert tasks.scan_trainer("pose").get_dataloader.__module__ == "ultralytics.models.yolo.detect.train"
@@ -131,35 +135,42 @@ def test_a_checkpoint_carries_its_task(tmp_path):
 
     from probes import model_check
 
-    torch.save({"model": PoseModel("yolo11n-pose.yaml", nc=1, verbose=False)}, tmp_path / "pose.pt")
-    assert model_check.model_task(str(tmp_path / "pose.pt")) == "pose"
-    assert model_check.resolve(str(tmp_path / "pose.pt"), 3) == str((tmp_path / "pose.pt").resolve())
+    for family in ("yolo11n", "yolo26n"):  # YOLO26's Pose26 head, with its one-to-one branch and RealNVP flow
+        pt = tmp_path / f"{family}-pose.pt"
+        torch.save({"model": PoseModel(f"{family}-pose.yaml", nc=1, verbose=False)}, pt)
+        assert model_check.model_task(str(pt)) == "pose"
+        assert model_check.resolve(str(pt), 3) == str(pt.resolve())
 
 
 def test_the_data_picks_the_default_model_and_the_model_the_default_data(task_data, tmp_path, monkeypatch):
     from yoloprof.scan import request
 
-    for task, model in [("pose", "yolo11n-pose.yaml"), ("classify", "yolo11n-cls.yaml"), ("segment", "yolo11n-seg.yaml"),
-                        ("obb", "yolo11n-obb.yaml")]:  # fmt: skip
+    for task, model in [("pose", "yolo26n-pose.yaml"), ("classify", "yolo26n-cls.yaml"), ("segment", "yolo26n-seg.yaml"),
+                        ("obb", "yolo26n-obb.yaml")]:  # fmt: skip
         req = request.ScanRequest(data=str(task_data[task]))
         assert request.resolve_data(req, Console(quiet=True)).task == task and req.model == model
-    req = request.ScanRequest(data=str(task_data["obb"]), model="yolo11n.yaml")  # detect reads the corners as a box
-    assert request.resolve_data(req, Console(quiet=True)).task == "detect"
+    assert request.DEFAULT_MODEL == "yolo26n.yaml"  # detect data: req.model stays None, the scan builds this
+    for model in ("yolo26n.yaml", "yolo11n.yaml", "yolov8n.yaml"):  # detect reads the corners as a box
+        req = request.ScanRequest(data=str(task_data["obb"]), model=model)
+        assert request.resolve_data(req, Console(quiet=True)).task == "detect"
+    for model, task in [("yolo11n-seg.yaml", "segment"), ("yolov8n-obb.yaml", "obb")]:  # named: as given
+        req = request.ScanRequest(data=str(task_data[task]), model=model)
+        assert request.resolve_data(req, Console(quiet=True)).task == task and req.model == model
     # no --data: the synthetic dataset of the model's task, in the cache (small here: the default is 512 images)
     monkeypatch.setenv("YOLOPROF_CACHE", str(tmp_path))
     monkeypatch.setattr(request, "SyntheticSpec", functools.partial(SyntheticSpec, images=3, width=64, height=48,
                                                                     val_images=2))  # fmt: skip
-    info = request.resolve_data(request.ScanRequest(model="yolo11n-pose.yaml"), Console(quiet=True))
+    info = request.resolve_data(request.ScanRequest(model="yolo26n-pose.yaml"), Console(quiet=True))
     assert info.task == "pose" and info.synthetic and "synthetic-pose-3-64x48-" in info.data
     assert yaml.safe_load(open(info.data))["kpt_shape"] == [17, 3]
 
 
 MISMATCH = [
-    ("yolo11n-pose.yaml", "detect", "is a pose model, but --data", "holds detection labels (class x y w h); give a pose "
-     "data yaml (with kpt_shape), or a detect model (e.g. --model yolo11n.yaml)"),
+    ("yolo26n-pose.yaml", "detect", "is a pose model, but --data", "holds detection labels (class x y w h); give a pose "
+     "data yaml (with kpt_shape), or a detect model (e.g. --model yolo26n.yaml)"),
     ("yolo11n.yaml", "classify", "is a detect model, but --data", "holds a classify folder"),
-    ("yolo11n-cls.yaml", "segment", "is a classify model, but --data", "give a classify folder (train/<class>/, val/<class>/)"),
-    ("yolo11n-obb.yaml", "pose", "is an obb model", "or a pose model (e.g. --model yolo11n-pose.yaml)"),
+    ("yolo26n-cls.yaml", "segment", "is a classify model, but --data", "give a classify folder (train/<class>/, val/<class>/)"),
+    ("yolo11n-obb.yaml", "pose", "is an obb model", "or a pose model (e.g. --model yolo26n-pose.yaml)"),
 ]  # fmt: skip
 
 
@@ -195,29 +206,34 @@ def test_the_dataset_command_writes_each_task(tmp_path, capsys):
 # -- one tiny real scan per task --------------------------------------------------------------------------------
 
 # What each task's validator prints in the epoch job's rank log (Ultralytics' own get_desc).
-VALIDATOR = {"segment": "Mask(P", "pose": "Pose(P", "obb": "mAP50-95)", "classify": "top1_acc"}
+VALIDATOR = {"detect": "Box(P", "segment": "Mask(P", "pose": "Pose(P", "obb": "mAP50-95)", "classify": "top1_acc"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["segment", "pose", "obb", "classify"])
-def test_a_real_scan_trains_and_validates_each_task(task, task_data, tmp_path):
+@pytest.mark.parametrize("task", ["detect", "segment", "pose", "obb", "classify"])
+def test_a_real_scan_trains_and_validates_each_task(task, task_data, tiny_data, tmp_path):
+    """With the tiny YOLO26 model of each task (end-to-end heads, E2ELoss); tiny-detect.yaml's YOLO11 head
+    scans in tests/test_knobs_cpu.py and tests/test_failures.py."""
     from ultralytics.cfg import get_cfg
 
     from test_failures import results, scan_cmd
 
     out = tmp_path / "s"
-    cmd = scan_cmd(task_data[task], out, "--model", str(FIXTURES / f"tiny-{task}.yaml"), "--batch", "4",
-                   "--workers", "0", epoch_job=True)  # fmt: skip
+    data = tiny_data if task == "detect" else task_data[task]
+    cmd = scan_cmd(data, out, "--model", str(FIXTURES / f"tiny26-{task}.yaml"), "--batch", "4", "--workers", "0",
+                   epoch_job=True)  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     (r,) = results(out).values()
     assert r.status == "ok" and r.img_per_s > 0, r.error
-    assert f"task: {task} (the model's" in proc.stdout
+    assert (f"task: {task} (the model's" in proc.stdout) == (task != "detect")  # detect, the default, goes unsaid
     meta = read_json(out / "scan.json", ScanMeta)
     assert meta.task == task and meta.dataset.task == task
     costs = read_json(out / "epoch" / "w2.json", EpochCosts)  # validation with the task's validator, timed
     assert costs.status == "ok" and len(costs.val.s) == 2 and all(s > 0 for s in costs.val.s + costs.save.s)
     assert VALIDATOR[task] in (out / "epoch" / "w2" / "rank0.log").read_text(errors="replace")
+    log = (out / "trials" / r.trial_id / "rank0.log").read_text(errors="replace")
+    assert ("l1_loss" in log) == (task != "classify")  # E2ELoss's names for YOLO26's heads (reg_max 1: no DFL)
     assert f'id="scan-title">{task} &middot;' in (out / "report.html").read_text()
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert "task" not in best

@@ -55,7 +55,7 @@ BAD = [
     ("model: yolo11n.yaml\n", ["--model", "yolo11s.yaml"], "--model yolo11s.yaml contradicts --cfg"),
     ("imgsz: 64\n", ["--imgsz", "128"], "drop --imgsz or change the config"),
     ("optimizer: Adam\n", ["--optimizer", "SGD"], "--optimizer SGD contradicts"),
-    ("task: segment\n", [], "task: segment, but the model yolo11n.yaml is a detect model"),
+    ("task: segment\n", [], "task: segment, but the model yolo26n.yaml is a detect model"),  # the default
     ("task: track\n", [], "task: track; give one of detect, segment"),
     ("batch: -1\n", [], "batch: -1 lets AutoBatch pick a size"),
     ("batch: 3\n", [], "batch: 3: must be a multiple of the 2 ranks"),

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus", help="GPU indices, one rank each (default: every visible GPU)")
     s.add_argument("--device", help="'cpu' to run CPU ranks with gloo even where GPUs exist")
     s.add_argument("--nproc", type=int, help="CPU ranks (default 2)")
-    s.add_argument("--model", help="model YAML or local .pt (default yolo11n.yaml, built without download)")
+    s.add_argument("--model", help="model YAML or local .pt (default yolo26n.yaml, built without download)")
     s.add_argument("--data", help="data yaml, or a classify folder (default: a synthetic dataset of the model's task, "
                    "generated once)")
     s.add_argument("--imgsz", type=int, help="image size (default 640 on GPU, 128 on CPU)")

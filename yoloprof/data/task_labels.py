@@ -4,7 +4,7 @@ Each shape (a rectangle, an ellipse or a triangle, the same three classes as det
 pixels, drawn filled on the photo-like background, and labelled in the task's Ultralytics format:
 
 - segment: `class x1 y1 x2 y2 ...`, the shape's outline (4, 24 or 3 points), rotated at random;
-- pose: `class cx cy w h` and 17 keypoints `x y 2` (COCO's count, so yolo11n-pose.yaml's head is the
+- pose: `class cx cy w h` and 17 keypoints `x y 2` (COCO's count, so yolo26n-pose.yaml's head is the
   size it is in training), upright, left/right pairs mirrored so flip_idx holds;
 - obb: `class x1 y1 x2 y2 x3 y3 x4 y4`, the corners of the shape's rotated box;
 - classify: one large shape per image, its class the folder the image is written to.
@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 TASKS = ("detect", "segment", "pose", "obb", "classify")
-KPT_SHAPE = [17, 3]  # COCO-pose's: what yolo11n-pose.yaml is built for
+KPT_SHAPE = [17, 3]  # COCO-pose's: what yolo26n-pose.yaml is built for
 FLIP_IDX = [0] + [i + d for i in range(1, KPT_SHAPE[0], 2) for d in (1, 0)]  # 0, then each (left, right) swapped
 ELLIPSE_POINTS = 24
 

@@ -21,7 +21,7 @@ from yoloprof.errors import UsageError
 from yoloprof.records import DatasetInfo, Environment, MemoryBudget, RunPlan
 from yoloprof.search import plan
 
-DEFAULT_MODEL = "yolo11n.yaml"
+DEFAULT_MODEL = "yolo26n.yaml"  # what `yolo train` uses (yolo26n.pt), built from its YAML
 DEFAULT_CPU_RANKS = 2
 
 
@@ -229,7 +229,7 @@ def _a(word: str) -> str:
 def resolve_data(req: ScanRequest, console: Console, images: Optional[int] = None) -> DatasetInfo:
     """The dataset, read for the model's task; without --data, the synthetic dataset of the model's task,
     with `images` training images (dataset.images_for the scan's largest batch; None: its default 512);
-    without --model, the data's task's default model (sets req.model: a pose yaml -> yolo11n-pose.yaml)."""
+    without --model, the data's task's default model (sets req.model: a pose yaml -> yolo26n-pose.yaml)."""
     from probes.model_check import DEFAULT_MODELS
 
     task, given = _model_task(req.model), req.model

@@ -55,12 +55,12 @@ def _check_local(args: dict[str, Any]) -> None:
 
     model = args.get("model")
     if not model:
-        raise UsageError("no model: give model= in CFG or as model=... (a model YAML such as yolo11n.yaml, or a local "
+        raise UsageError("no model: give model= in CFG or as model=... (a model YAML such as yolo26n.yaml, or a local "
                          ".pt); `yolo train` would download yolo26n.pt, and nothing is downloaded here")  # fmt: skip
     m = Path(str(model)).expanduser()
     if m.suffix == ".pt" and not m.is_file() and not (Path(SETTINGS["weights_dir"]) / m.name).is_file():
         raise UsageError(f"model={model}: no such file, and nothing is downloaded; give a local .pt or a model YAML "
-                         "(e.g. yolo11n.yaml, built without weights)")  # fmt: skip
+                         "(e.g. yolo26n.yaml, built without weights)")  # fmt: skip
     if args.get("data") is None and not args.get("resume"):
         raise UsageError("no data: give data= in CFG or as data=... (your dataset's yaml); `yolo train` would "
                          "download a sample dataset, and nothing is downloaded here")  # fmt: skip
