@@ -86,3 +86,24 @@ def test_deterministic_trials_never_share_a_rank_process():
     c = dataclasses.replace(a, trial_id="c", knobs=dataclasses.replace(a.knobs, batch=128, workers=2))
     assert a.env_key != b.env_key
     assert a.env_key == c.env_key  # batch and workers still share one
+
+
+def test_the_plots_font_check_never_downloads(monkeypatch):
+    """The epoch job times the run's end with plots: the Annotator's font check must not reach the network
+    (tests/test_scan_cpu.py's network test saw `getaddrinfo github.com` before this patch)."""
+    import ultralytics.utils.downloads as downloads
+    import ultralytics.utils.plotting as plotting
+
+    from probes import offline
+
+    import ultralytics.data.utils as data_utils
+    import ultralytics.engine.trainer as trainer_mod
+    import ultralytics.utils.callbacks as callbacks_pkg
+
+    for mod, name in ((plotting, "check_font"), (data_utils, "check_font"), (trainer_mod, "check_amp"),
+                      (callbacks_pkg, "add_integration_callbacks")):  # fmt: skip
+        monkeypatch.setattr(mod, name, getattr(mod, name))  # each patch undone after the test
+    monkeypatch.setattr(downloads, "is_url", lambda *a, **k: pytest.fail("a download was tried"))
+    offline.patch_ultralytics()
+    assert plotting.check_font is offline.font_on_this_machine
+    assert offline.font_on_this_machine("NoSuchFont-yoloprof.ttf") is None  # PIL's default font then
