@@ -45,8 +45,8 @@ def real_batch(task: str, data_path, n: int = 4) -> dict:
         ds = ClassificationDataset(str(d["train"]), cfg, augment=True, prefix="train", names=d["names"])
         items = [ds[i] for i in range(n)]
         return {"img": torch.stack([x["img"] for x in items]), "cls": torch.tensor([x["cls"] for x in items])}
-    ds = build_yolo_dataset(cfg, check_det_dataset(str(data_path))["train"], n, check_det_dataset(str(data_path)),
-                            mode="train", stride=32)  # fmt: skip
+    d = check_det_dataset(str(data_path))
+    ds = build_yolo_dataset(cfg, d["train"], n, d, mode="train", stride=32)
     batch = ds.collate_fn([ds[i] for i in range(n)])
     batch["img"] = batch["img"].float() / 255  # DetectionTrainer.preprocess_batch
     return batch
