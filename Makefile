@@ -10,7 +10,7 @@ ifeq ($(origin TORCH),command line)
 REPLACE_TORCH := 1
 endif
 
-.PHONY: install scan test gpu-prepare clean FORCE
+.PHONY: install scan test test-fast lint format docs gpu-prepare clean FORCE
 
 $(VENV)/.installed: pyproject.toml $(if $(REPLACE_TORCH),FORCE)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,8 +30,25 @@ install: $(VENV)/.installed
 scan: install
 	$(VENV)/bin/yoloprof scan $(SCAN_ARGS)
 
-test: install
+# CI (.ci/run) runs `make test`: the linter first, then the whole suite.
+test: install lint
 	$(PY) -m pytest -q --durations=15
+
+# For development: the tests that start no torchrun and train nothing (the `slow` marker's complement).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# The docs as a site in runs/site (tests/test_docs.py builds it too).
+docs: install
+	$(VENV)/bin/mkdocs build --strict
 
 # Before a GPU lease: the wheels the device machine lacks into .whl/, and the size of what travels
 # (README: "The GPU check").

@@ -81,7 +81,6 @@ def ranges(lines: Iterable[int], statements: Optional[Iterable[int]] = None) -> 
     return ", ".join(out)
 
 
-
 # -- 2. the intersection --------------------------------------------------------------------------
 @dataclass
 class FileFigures:
@@ -99,8 +98,9 @@ class FileFigures:
         return sorted(set(self.lines) - self.executed)
 
 
-def intersect(cuda: dict[str, dict[int, str]], executed: dict[str, set[int]],
-              main_process: Optional[dict[str, set[int]]] = None) -> list[FileFigures]:  # fmt: skip
+def intersect(
+    cuda: dict[str, dict[int, str]], executed: dict[str, set[int]], main_process: Optional[dict[str, set[int]]] = None
+) -> list[FileFigures]:
     """Per file: its CUDA-only lines and which of them the suite ran. `executed` holds every line any
     process ran (coverage's numbering); `main_process`, when given, the pytest process's own lines."""
     out = []
@@ -136,12 +136,14 @@ def summary_line(figures: list[FileFigures]) -> str:
 # -- running the suite under coverage ------------------------------------------------------------
 def rcfile_text(data_file: Path, root: Path = ROOT) -> str:
     source = "\n".join(f"    {root / d}" for d in PRODUCT_DIRS)
-    return (f"[run]\ndata_file = {data_file}\nparallel = True\nsource =\n{source}\n"
-            "concurrency =\n    thread\n    multiprocessing\npatch =\n    subprocess\n    _exit\nsigterm = True\n"
-            # Children that run no product code (torchrun's launcher, bash, `python -c`) must not print
-            # warnings into the output a test reads.
-            "disable_warnings =\n    no-data-collected\n    module-not-measured\n    module-not-imported\n"
-            "    already-imported\n")  # fmt: skip
+    return (
+        f"[run]\ndata_file = {data_file}\nparallel = True\nsource =\n{source}\n"
+        "concurrency =\n    thread\n    multiprocessing\npatch =\n    subprocess\n    _exit\nsigterm = True\n"
+        # Children that run no product code (torchrun's launcher, bash, `python -c`) must not print
+        # warnings into the output a test reads.
+        "disable_warnings =\n    no-data-collected\n    module-not-measured\n    module-not-imported\n"
+        "    already-imported\n"
+    )
 
 
 def relative(path: str, root: Path = ROOT) -> Optional[str]:
@@ -240,29 +242,42 @@ def print_figures(figures: list[FileFigures], show_list: bool, root: Path = ROOT
     print(f"\n  {'file':<{width}} {'ran':>4} {'of':>4} {'':>5}  never executed")
     for f in figures:
         stmts = statement_parser((root / f.path).read_text()).statements
-        print(f"  {f.path:<{width}} {len(f.executed):>4} {f.total:>4} {percent(len(f.executed), f.total):>5}  "
-              f"{ranges(f.missing, stmts)}".rstrip())  # fmt: skip
+        print(
+            f"  {f.path:<{width}} {len(f.executed):>4} {f.total:>4} {percent(len(f.executed), f.total):>5}  "
+            f"{ranges(f.missing, stmts)}".rstrip()
+        )
         if show_list and f.only_in_subprocesses:
             print(f"  {'':<{width}} only in subprocesses: {ranges(f.only_in_subprocesses, stmts)}")
     rules = by_rule(figures)
     print("  by rule: " + ", ".join(f"{r} {a}/{b}" for r, (a, b) in rules.items()))
     done, total = (sum(rules[r][i] for r in rules if r != "ifexp") for i in (0, 1))
-    print(f"  branches and functions alone (rules a-c, no conditional expressions): {done} of {total} "
-          f"({percent(done, total)})")  # fmt: skip
+    print(
+        f"  branches and functions alone (rules a-c, no conditional expressions): {done} of {total} "
+        f"({percent(done, total)})"
+    )
 
 
-def to_json(cuda: dict[str, dict[int, str]], figures: Optional[list[FileFigures]], meta: dict,
-            root: Path = ROOT) -> dict:  # fmt: skip
+def to_json(
+    cuda: dict[str, dict[int, str]], figures: Optional[list[FileFigures]], meta: dict, root: Path = ROOT
+) -> dict:
     files = {}
     fig = {f.path: f for f in figures or []}
     for path, lines in cuda.items():
         stmts = statement_parser((root / path).read_text()).statements
-        entry = {"count": len(lines), "lines": sorted(lines), "ranges": ranges(lines, stmts),
-                 "rules": {str(n): r for n, r in sorted(lines.items())}}  # fmt: skip
+        entry = {
+            "count": len(lines),
+            "lines": sorted(lines),
+            "ranges": ranges(lines, stmts),
+            "rules": {str(n): r for n, r in sorted(lines.items())},
+        }
         if path in fig:
             f = fig[path]
-            entry.update(executed=sorted(f.executed), missing=sorted(f.missing),
-                         missing_ranges=ranges(f.missing, stmts), only_in_subprocesses=sorted(f.only_in_subprocesses))
+            entry.update(
+                executed=sorted(f.executed),
+                missing=sorted(f.missing),
+                missing_ranges=ranges(f.missing, stmts),
+                only_in_subprocesses=sorted(f.only_in_subprocesses),
+            )
         files[path] = entry
     out = {"meta": meta, "files": files, "cuda_only_lines": sum(len(v) for v in cuda.values())}
     if figures is not None:
@@ -272,17 +287,18 @@ def to_json(cuda: dict[str, dict[int, str]], figures: Optional[list[FileFigures]
     return out
 
 
-
-
 def description() -> str:
     """This docstring with the finder's rules in their place, as one page."""
-    rules = cuda_lines.__doc__[cuda_lines.__doc__.index("## The rules"):]
+    rules = cuda_lines.__doc__[cuda_lines.__doc__.index("## The rules") :]
     return __doc__.replace("## Subprocesses", rules + "\n## Subprocesses", 1)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="benchmarks/cuda_coverage.py", description=description(),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="benchmarks/cuda_coverage.py",
+        description=description(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--pytest-args", default=DEFAULT_PYTEST_ARGS, help=f"one string (default {DEFAULT_PYTEST_ARGS!r})")
     ap.add_argument("--from-data", type=Path, help="a combined .coverage data file to read instead of running pytest")
     ap.add_argument("--save-data", type=Path, help="keep the combined .coverage data file here (for --from-data)")
@@ -309,8 +325,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 executed = normalise(read_lines(run.data_file))
                 main_lines, rc = run.main_lines, run.pytest_rc
             meta.update(pytest_args=args.pytest_args, pytest_rc=rc, processes_measured=run.processes)
-            print(f"\npytest exit status {rc}; {run.processes} processes wrote coverage data "
-                  f"(the pytest process and {max(run.processes - 1, 0)} subprocesses)")  # fmt: skip
+            print(
+                f"\npytest exit status {rc}; {run.processes} processes wrote coverage data "
+                f"(the pytest process and {max(run.processes - 1, 0)} subprocesses)"
+            )
         figures = intersect(cuda, executed, main_lines)
         print_figures(figures, args.list)
         if main_lines is not None:

@@ -91,8 +91,10 @@ def _is_cuda_str(node: ast.AST) -> bool:
 
 def _is_nccl_backend(a: ast.AST, b: ast.AST) -> bool:
     """`<...>backend == "nccl"`: the NCCL process-group backend runs on CUDA devices only."""
-    return any(isinstance(x, ast.Constant) and x.value == "nccl" and (_name(y) or "").lower().endswith("backend")
-               for x, y in ((a, b), (b, a)))  # fmt: skip
+    return any(
+        isinstance(x, ast.Constant) and x.value == "nccl" and (_name(y) or "").lower().endswith("backend")
+        for x, y in ((a, b), (b, a))
+    )
 
 
 def polarity(test: ast.AST, flags: frozenset = frozenset()) -> Optional[str]:
@@ -149,11 +151,14 @@ def local_flags(body: list[ast.stmt], outer: frozenset = frozenset()) -> frozens
                         pairs = list(zip(t.elts, v.elts)) if same else [(e, None) for e in t.elts]
                     for target, value in pairs:
                         if isinstance(target, ast.Name):
-                            pos = (value is not None and not isinstance(child, ast.AugAssign)
-                                   and polarity(value, outer) == POS)  # fmt: skip
+                            pos = (
+                                value is not None
+                                and not isinstance(child, ast.AugAssign)
+                                and polarity(value, outer) == POS
+                            )
                             seen[target.id] = seen.get(target.id, True) and pos
             elif isinstance(child, (ast.For, ast.AsyncFor, ast.With, ast.AsyncWith, ast.comprehension)):
-                for t in ([child.target] if hasattr(child, "target") else [i.optional_vars for i in child.items]):
+                for t in [child.target] if hasattr(child, "target") else [i.optional_vars for i in child.items]:
                     for n in ast.walk(t) if t is not None else ():
                         if isinstance(n, ast.Name):
                             seen[n.id] = False
@@ -262,8 +267,11 @@ class _Finder:
 
     def _else_marked(self, st: ast.If) -> bool:
         """`else:  # cuda-only` (an `elif` is an If of its own, with its own line)."""
-        if not st.orelse or (len(st.orelse) == 1 and isinstance(st.orelse[0], ast.If)
-                             and self.lines[st.orelse[0].lineno - 1].lstrip().startswith("elif")):  # fmt: skip
+        if not st.orelse or (
+            len(st.orelse) == 1
+            and isinstance(st.orelse[0], ast.If)
+            and self.lines[st.orelse[0].lineno - 1].lstrip().startswith("elif")
+        ):
             return False
         for line in range(st.body[-1].end_lineno + 1, st.orelse[0].lineno):
             if self.lines[line - 1].lstrip().startswith("else") and line in self.markers:
@@ -282,7 +290,7 @@ class _Finder:
                     self.block(st.body)
                     self.mark(st.orelse, "else")
                     if _leaves(st.body):
-                        self.mark(stmts[i + 1:], "rest")
+                        self.mark(stmts[i + 1 :], "rest")
                         return
                 else:
                     self.block(st.body)

@@ -127,15 +127,31 @@ def prediction(text: str, trial_id: str) -> dict[str, Optional[float]]:
     rows = list(csv.DictReader(io.StringIO(text)))
     missing = [c for c in PREDICTED if not rows or c not in rows[0]]
     if missing:
-        raise ValueError(f"the scan's results.csv has no {', '.join(missing)} column(s): this yoloprof does not "
-                         "predict epoch times yet")  # fmt: skip
+        raise ValueError(
+            f"the scan's results.csv has no {', '.join(missing)} column(s): this yoloprof does not "
+            "predict epoch times yet"
+        )
     row = next((r for r in rows if r["trial_id"] == trial_id), None)
     if row is None:
         raise ValueError(f"trial {trial_id} is not in the scan's results.csv")
     num = lambda v: float(v) if v not in (None, "") else None  # noqa: E731
-    cols = dict.fromkeys(PREDICTED + ("steps_s", "boundary_s", "val_s", "save_s", "img_per_s", "img_per_s_ci_low",
-                        "img_per_s_ci_high", "img_per_s_config", "img_per_s_config_ci_low", "img_per_s_config_ci_high",
-                        "world_size", *fidelity_run.RUN_PREDICTED))  # fmt: skip
+    cols = dict.fromkeys(
+        PREDICTED
+        + (
+            "steps_s",
+            "boundary_s",
+            "val_s",
+            "save_s",
+            "img_per_s",
+            "img_per_s_ci_low",
+            "img_per_s_ci_high",
+            "img_per_s_config",
+            "img_per_s_config_ci_low",
+            "img_per_s_config_ci_high",
+            "world_size",
+            *fidelity_run.RUN_PREDICTED,
+        )
+    )
     return {c: num(row.get(c)) for c in cols}
 
 
@@ -208,7 +224,7 @@ def env_file(text: str) -> dict[str, str]:
     out = {}
     for line in text.splitlines():
         if line.startswith("export "):
-            name, _, value = line[len("export "):].partition("=")
+            name, _, value = line[len("export ") :].partition("=")
             out[name.strip()] = shlex.split(value)[0] if value.strip() else ""
     return out
 
@@ -218,9 +234,24 @@ def scan(out: Path, args) -> Path:
     if out.exists():
         shutil.rmtree(out)
     where = ["--gpus", args.gpus] if args.gpus else ["--device", "cpu", "--nproc", "1"]
-    cmd = [str(Path(sys.executable).parent / "yoloprof"), "scan", *where, "--strategy", "grid",
-           "--batch", str(args.batch), "--workers", str(args.workers), "--no-defaults", "--no-ceilings",
-           "--epochs", str(args.scan_epochs), "--out", str(out), *args.scan_arg]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "yoloprof"),
+        "scan",
+        *where,
+        "--strategy",
+        "grid",
+        "--batch",
+        str(args.batch),
+        "--workers",
+        str(args.workers),
+        "--no-defaults",
+        "--no-ceilings",
+        "--epochs",
+        str(args.scan_epochs),
+        "--out",
+        str(out),
+        *args.scan_arg,
+    ]
     print("$", " ".join(cmd), flush=True)
     if subprocess.run(cmd).returncode != 0:
         raise SystemExit(f"fidelity: the scan into {out} failed")
@@ -230,22 +261,43 @@ def scan(out: Path, args) -> Path:
 EPOCH_ARGS = ("close_mosaic=0", "warmup_epochs=0")  # the epoch level: steady mosaic epochs only
 
 
-def plain(scan_dir: Path, epochs: int, work: Path, extra: Sequence[str] = EPOCH_ARGS) -> tuple[str, list[dict], float, float]:
+def plain(
+    scan_dir: Path, epochs: int, work: Path, extra: Sequence[str] = EPOCH_ARGS
+) -> tuple[str, list[dict], float, float]:
     """`yolo train cfg=best.yaml epochs=N *extra` in a fresh process: (results.csv, the callback's log, launch
     and exit on the monotonic clock, which is the log's: perf_counter and monotonic are one clock on Linux)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "YOLOPROF_CACHE")}
-    env.update(YOLO_OFFLINE="1", YOLO_AUTOINSTALL="0", YOLO_CONFIG_DIR=str(work / "ultralytics"),
-               MPLCONFIGDIR=str(work / "matplotlib"), FIDELITY_LOG=str(work / "steps.jsonl"))  # fmt: skip
+    env.update(
+        YOLO_OFFLINE="1",
+        YOLO_AUTOINSTALL="0",
+        YOLO_CONFIG_DIR=str(work / "ultralytics"),
+        MPLCONFIGDIR=str(work / "matplotlib"),
+        FIDELITY_LOG=str(work / "steps.jsonl"),
+    )
     best_env = env_file((scan_dir / "best.env").read_text()) if (scan_dir / "best.env").is_file() else {}
     env.update(best_env)
-    argv = ["train", f"cfg={scan_dir.resolve() / 'best.yaml'}", f"epochs={epochs}", *extra, f"project={work}",
-            "name=train", "exist_ok=True"]  # fmt: skip
-    print("$", *(f"{k}={shlex.quote(v)}" for k, v in sorted(best_env.items())), "yolo", *argv, f"  (cwd {work})",
-          flush=True)  # fmt: skip
+    argv = [
+        "train",
+        f"cfg={scan_dir.resolve() / 'best.yaml'}",
+        f"epochs={epochs}",
+        *extra,
+        f"project={work}",
+        "name=train",
+        "exist_ok=True",
+    ]
+    print(
+        "$",
+        *(f"{k}={shlex.quote(v)}" for k, v in sorted(best_env.items())),
+        "yolo",
+        *argv,
+        f"  (cwd {work})",
+        flush=True,
+    )
     launched = time.monotonic()
     with open(work / "train.log", "w") as log:
-        proc = subprocess.run([sys.executable, "-c", PLAIN, *argv], cwd=work, env=env, stdout=log,
-                              stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", PLAIN, *argv], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     exited = time.monotonic()
     if proc.returncode != 0:
         raise SystemExit(f"fidelity: plain training exited {proc.returncode}; see {work / 'train.log'}")
@@ -268,8 +320,9 @@ def read_scan(scan_dir: Path) -> tuple[str, dict]:
     return trial, pred
 
 
-def compare(n: int, scan_dir: Path, trial: str, pred: dict, run: tuple[str, list[dict], float, Path],
-            skip: int) -> tuple[Ratio, Ratio]:  # fmt: skip
+def compare(
+    n: int, scan_dir: Path, trial: str, pred: dict, run: tuple[str, list[dict], float, Path], skip: int
+) -> tuple[Ratio, Ratio]:
     """One round: prints its figures, returns (epoch ratio, images/s ratio)."""
     results, log, launched, exited, work = run
     wall = exited - launched
@@ -277,25 +330,32 @@ def compare(n: int, scan_dir: Path, trial: str, pred: dict, run: tuple[str, list
     if len(epochs) < 3:
         raise SystemExit(f"fidelity: plain training wrote {len(epochs)} epochs to results.csv; see {work}")
     first = next((e for e in log if "batches" in e), {})
-    print(f"\nround {n}: scan {scan_dir} recommends {trial}; plain run {wall:.0f} s in {work}: "
-          f"{first.get('images')} train images, {first.get('batches')} steps an epoch, batch {first.get('batch')}")
-    print("  epoch times (results.csv):", ", ".join(f"{e}: {s:.2f} s" for e, s in epochs),
-          "(first and last not compared)")
+    print(
+        f"\nround {n}: scan {scan_dir} recommends {trial}; plain run {wall:.0f} s in {work}: "
+        f"{first.get('images')} train images, {first.get('batches')} steps an epoch, batch {first.get('batch')}"
+    )
+    print(
+        "  epoch times (results.csv):", ", ".join(f"{e}: {s:.2f} s" for e, s in epochs), "(first and last not compared)"
+    )
     mid = [s for _, s in epochs[1:-1]]
     m, lo, hi = mean_ci(mid)
     ps = pred["epoch_s"]
     e = ratio(m, lo, hi, ps, pred["epoch_s_low"] or ps, pred["epoch_s_high"] or ps)
-    print(f"  epoch time: plain {m:.2f} s (95% {lo:.2f}-{hi:.2f}, {len(mid)} epochs), predicted epoch_s {ps:.2f} s "
-          f"({pred['epoch_s_low']:.2f}-{pred['epoch_s_high']:.2f}; run_h {pred['run_h']}): ratio {e.ratio:.3f} "
-          f"({e.low:.3f}-{e.high:.3f})")  # fmt: skip
+    print(
+        f"  epoch time: plain {m:.2f} s (95% {lo:.2f}-{hi:.2f}, {len(mid)} epochs), predicted epoch_s {ps:.2f} s "
+        f"({pred['epoch_s_low']:.2f}-{pred['epoch_s_high']:.2f}; run_h {pred['run_h']}): ratio {e.ratio:.3f} "
+        f"({e.low:.3f}-{e.high:.3f})"
+    )
     spent = in_steps(log)
     loop = [spent[k - 1] for k, _ in epochs[1:-1] if k - 1 in spent]  # results.csv counts epochs from 1
     if len(loop) == len(mid) and pred["steps_s"] is not None:
         around = [a - x for a, x in zip(mid, loop)]
         val, save, extra = pred["val_s"] or 0, pred["save_s"] or 0, pred["boundary_s"] or 0
-        print(f"    step loop: plain {statistics.mean(loop):.2f} s, predicted {pred['steps_s'] + extra:.2f} s (steps "
-              f"{pred['steps_s']:.2f} + first-step extra {extra:.2f}); validation, saving, epoch end: plain "
-              f"{statistics.mean(around):.2f} s, predicted {val + save:.2f} s (val {val:.2f} + save {save:.2f})")
+        print(
+            f"    step loop: plain {statistics.mean(loop):.2f} s, predicted {pred['steps_s'] + extra:.2f} s (steps "
+            f"{pred['steps_s']:.2f} + first-step extra {extra:.2f}); validation, saving, epoch end: plain "
+            f"{statistics.mean(around):.2f} s, predicted {val + save:.2f} s (val {val:.2f} + save {save:.2f})"
+        )
     images, ms = steady_steps(log, skip)
     rate = throughput(images, ms)
     cfg = pred["img_per_s_config"] is not None
@@ -305,9 +365,11 @@ def compare(n: int, scan_dir: Path, trial: str, pred: dict, run: tuple[str, list
         raise SystemExit("fidelity: images/s not compared (no steady steps, or no img_per_s in the scan)")
     plo, phi = pred[f"{key}_ci_low"] or p, pred[f"{key}_ci_high"] or p
     r = ratio(rate.estimate, rate.low, rate.high, p, plo, phi)
-    print(f"  images/s: plain steady {rate.estimate:.1f} (95% {rate.low:.1f}-{rate.high:.1f}, {len(ms)} steps, "
-          f"{rate.method}), scan {p:.1f} ({plo:.1f}-{phi:.1f}{', configuration figure' if cfg else ''}): "
-          f"ratio {r.ratio:.3f} ({r.low:.3f}-{r.high:.3f})")  # fmt: skip
+    print(
+        f"  images/s: plain steady {rate.estimate:.1f} (95% {rate.low:.1f}-{rate.high:.1f}, {len(ms)} steps, "
+        f"{rate.method}), scan {p:.1f} ({plo:.1f}-{phi:.1f}{', configuration figure' if cfg else ''}): "
+        f"ratio {r.ratio:.3f} ({r.low:.3f}-{r.high:.3f})"
+    )
     return e, r
 
 
@@ -317,14 +379,18 @@ def compare_run(n: int, pred: dict, run: tuple[str, list[dict], float, float, Pa
     parts = fidelity_run.run_parts(log, launched, exited)
     first = next((e for e in log if "batches" in e), {})
     kinds = fidelity_run.phases(epochs, first.get("batches", 1), WARMUP_EPOCHS, CLOSE_MOSAIC)
-    print(f"\nround {n}, the run: plain yolo train epochs={epochs} (Ultralytics' defaults: warmup_epochs "
-          f"{WARMUP_EPOCHS:g}, close_mosaic {CLOSE_MOSAIC}, val, plots) in {work}")
+    print(
+        f"\nround {n}, the run: plain yolo train epochs={epochs} (Ultralytics' defaults: warmup_epochs "
+        f"{WARMUP_EPOCHS:g}, close_mosaic {CLOSE_MOSAIC}, val, plots) in {work}"
+    )
     for line in fidelity_run.table(parts, pred, kinds):
         print(line)
     p, lo, hi = (3600 * (pred[k] or pred["run_h"]) for k in ("run_h", "run_h_low", "run_h_high"))
     r = ratio(parts.wall_s, parts.wall_s, parts.wall_s, p, lo, hi)
-    print(f"  run: plain {parts.wall_s:.1f} s (launch to exit), predicted run_h {p:.1f} s ({lo:.1f}-{hi:.1f}): ratio "
-          f"{r.ratio:.3f} ({r.low:.3f}-{r.high:.3f})")  # fmt: skip
+    print(
+        f"  run: plain {parts.wall_s:.1f} s (launch to exit), predicted run_h {p:.1f} s ({lo:.1f}-{hi:.1f}): ratio "
+        f"{r.ratio:.3f} ({r.low:.3f}-{r.high:.3f})"
+    )
     return r
 
 
@@ -351,13 +417,19 @@ def main() -> int:
     ap.add_argument("--out", default="runs/yoloprof/bench-fidelity")
     ap.add_argument("--scan", help="use this finished scan in every round instead of running scans")
     ap.add_argument("--scan-arg", action="append", default=[], help="extra argument for the scan (repeatable)")
-    ap.add_argument("--run-epochs", type=int, default=0,
-                    help="also train a whole run of N epochs with Ultralytics' defaults each round and compare its wall "
-                         "time with the scan's run prediction for N epochs (the scan then predicts for N)")  # fmt: skip
+    ap.add_argument(
+        "--run-epochs",
+        type=int,
+        default=0,
+        help="also train a whole run of N epochs with Ultralytics' defaults each round and compare its wall "
+        "time with the scan's run prediction for N epochs (the scan then predicts for N)",
+    )
     args = ap.parse_args()
     if args.epochs < 3 or args.rounds < 1 or args.run_epochs < 0:
-        raise SystemExit("fidelity: give --epochs >= 3 (the first and the last epoch are not compared), --rounds >= 1, "
-                         "--run-epochs >= 0")  # fmt: skip
+        raise SystemExit(
+            "fidelity: give --epochs >= 3 (the first and the last epoch are not compared), --rounds >= 1, "
+            "--run-epochs >= 0"
+        )
     args.scan_epochs = args.run_epochs or args.epochs
     started = time.monotonic()
     given = Path(args.scan) if args.scan else None
@@ -387,8 +459,10 @@ def main() -> int:
     print(f"images/s, plain / scan: {r.ratio:.3f} (95% {r.low:.3f}-{r.high:.3f}): {judge(r, RATE_TARGET)}")
     if runs:
         w = combine(runs)
-        print(f"run, plain yolo train cfg=best.yaml epochs={args.run_epochs} (launch to exit) / run_h: {w.ratio:.3f} "
-              f"(95% {w.low:.3f}-{w.high:.3f}): {judge(w, RUN_TARGET)}")  # fmt: skip
+        print(
+            f"run, plain yolo train cfg=best.yaml epochs={args.run_epochs} (launch to exit) / run_h: {w.ratio:.3f} "
+            f"(95% {w.low:.3f}-{w.high:.3f}): {judge(w, RUN_TARGET)}"
+        )
     print(f"benchmark wall: {(time.monotonic() - started) / 60:.1f} min")
     return 0
 

@@ -22,8 +22,18 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-RUN_PREDICTED = ("run_h", "run_h_low", "run_h_high", "epoch_s", "no_mosaic_epoch_s", "once_s", "setup_s", "val_s",
-                 "startup_s")  # fmt: skip
+RUN_PREDICTED = (
+    "run_h",
+    "run_h_low",
+    "run_h_high",
+    "epoch_s",
+    "no_mosaic_epoch_s",
+    "once_s",
+    "setup_s",
+    "val_s",
+    "startup_s",
+    "final_s",
+)
 
 
 @dataclass
@@ -73,22 +83,35 @@ def phases(epochs: int, nb: int, warmup_epochs: float, close_mosaic: int) -> dic
     nw = round(min(warmup_epochs, max(epochs - 1, 0)) * nb) if warmup_epochs > 0 else 0
     warm = set(range(math.ceil((nw + 1) / nb))) if nw else set()  # ni <= nw is in the ramp
     closed = set(range(max(epochs - close_mosaic, 0), epochs)) if close_mosaic > 0 else set()
-    return {"warm-up": sorted(warm - closed), "mosaic": sorted(set(range(epochs)) - warm - closed),
-            "close_mosaic": sorted(closed)}  # fmt: skip
+    return {
+        "warm-up": sorted(warm - closed),
+        "mosaic": sorted(set(range(epochs)) - warm - closed),
+        "close_mosaic": sorted(closed),
+    }
 
 
 def table(parts: RunParts, pred: dict, kinds: dict[str, list[int]]) -> list[str]:
     """Lines: each part, plain against predicted ('n/a' where the prediction has no such part)."""
     f = lambda v: "n/a" if v is None else f"{v:.1f} s"  # noqa: E731
-    lines = [f"    start-up (launch to trainer): plain {f(parts.startup_s)}, predicted {f(pred.get('startup_s'))}",
-             f"    set-up (trainer to first step): plain {f(parts.setup_s)}, predicted {f(pred.get('setup_s'))}"]
+    lines = [
+        f"    start-up (launch to trainer): plain {f(parts.startup_s)}, predicted {f(pred.get('startup_s'))}",
+        f"    set-up (trainer to first step): plain {f(parts.setup_s)}, predicted {f(pred.get('setup_s'))}",
+    ]
     for kind, eps in kinds.items():
         if not eps:
             continue
         p = pred.get("no_mosaic_epoch_s") if kind == "close_mosaic" else pred.get("epoch_s")
         shown = ", ".join(f"{parts.epoch_s[e]:.1f}" for e in eps if e in parts.epoch_s)
-        lines.append(f"    {kind} epochs {eps[0] + 1}-{eps[-1] + 1}: plain {shown} s (mean {f(parts.mean(eps))}), "
-                     f"predicted {f(p)} each" + (" + the warm-up's extra optimizer steps (in once)"
-                                                 if kind == "warm-up" else ""))  # fmt: skip
-    lines.append(f"    final (last epoch end to exit): plain {f(parts.final_s)}, predicted validation {f(pred.get('val_s'))}")
+        lines.append(
+            f"    {kind} epochs {eps[0] + 1}-{eps[-1] + 1}: plain {shown} s (mean {f(parts.mean(eps))}), "
+            f"predicted {f(p)} each" + (" + the warm-up's extra optimizer steps (in once)" if kind == "warm-up" else "")
+        )
+    if pred.get("final_s") is not None:  # the epoch job timed the run's end (final_eval, plots)
+        lines.append(
+            f"    final (last epoch end to exit): plain {f(parts.final_s)}, predicted {f(pred.get('final_s'))}"
+        )
+    else:  # older scans: one validation pass stood in for it
+        lines.append(
+            f"    final (last epoch end to exit): plain {f(parts.final_s)}, predicted validation {f(pred.get('val_s'))}"
+        )
     return lines

@@ -31,32 +31,104 @@ if str(HERE) not in sys.path:  # the gpu_check_* modules beside this file, howev
 from gpu_check_device_stages import nvml_info, stage_cuda_start, stage_doctor, stage_nccl  # noqa: E402
 from gpu_check_run import BUDGET_S, CPU_SMOKE, GRACE_S, SUMMARY, Ctx, Params, Ran, Runner, Stage, pack_records  # noqa: E402
 from gpu_check_trial_stages import stage_grid, stage_knobs, stage_oom_fit, stage_phases  # noqa: E402
-from gpu_check_travel import (check_travel, missing_requirements, recompress_wheels, travel_files,  # noqa: E402
-                               wheel_requirements)  # fmt: skip
-from gpu_check_verdicts import (Check, compare_phases, expected_settings, fit_against_oom, settings_check,  # noqa: E402
-                                step_problem, steps_check, telemetry_plausible, trials_check)  # fmt: skip
+from gpu_check_travel import (  # noqa: E402
+    check_travel,
+    missing_requirements,
+    recompress_wheels,
+    travel_files,
+    wheel_requirements,
+)
+from gpu_check_verdicts import (  # noqa: E402
+    Check,
+    compare_phases,
+    expected_settings,
+    fit_against_oom,
+    settings_check,
+    step_problem,
+    steps_check,
+    telemetry_plausible,
+    trials_check,
+)
 
-__all__ = ["BUDGET_S", "GRACE_S", "STAGES", "Check", "Ctx", "Ran", "Runner", "Stage", "check_travel", "compare_phases",
-           "expected_settings", "fit_against_oom", "main", "missing_requirements", "pack_records", "settings_check",
-           "stage_cuda_start", "stage_doctor", "stage_oom_fit", "step_problem", "steps_check", "telemetry_plausible",
-           "travel_files", "trials_check", "wheel_requirements"]  # fmt: skip
+__all__ = [
+    "BUDGET_S",
+    "GRACE_S",
+    "STAGES",
+    "Check",
+    "Ctx",
+    "Ran",
+    "Runner",
+    "Stage",
+    "check_travel",
+    "compare_phases",
+    "expected_settings",
+    "fit_against_oom",
+    "main",
+    "missing_requirements",
+    "pack_records",
+    "settings_check",
+    "stage_cuda_start",
+    "stage_doctor",
+    "stage_oom_fit",
+    "step_problem",
+    "steps_check",
+    "telemetry_plausible",
+    "travel_files",
+    "trials_check",
+    "wheel_requirements",
+]
 
 
 STAGES = [
-    Stage("cuda-start", 20, stage_cuda_start, "a rank's CUDA start-up (probes.memory.start, then peaks), and whether "
-          "the old order (reset_peak_memory_stats first) raises", needs_gpu=True),
-    Stage("doctor", 25, stage_doctor, "yoloprof doctor with CUDA_VISIBLE_DEVICES=0 and =<the GPU's UUID>: exit 0, "
-          "the same GPU", needs_gpu=True),
-    Stage("grid", 120, stage_grid, "a pooled grid scan of AMP on/off/bf16 x pin_memory on/off (yolo11n, batch 64, "
-          "640, 8 workers): CUDA-event steps whose phases add up, effective settings, NVML telemetry"),
-    Stage("phases", 50, stage_phases, "the grid's best on one GPU, CUDA events against a run synchronized around "
-          "every phase (within 10% or 1 ms)"),
-    Stage("nccl", 40, stage_nccl, "one NCCL rank under torchrun: DDP with the comm hook (every bucket's AllReduce "
-          "timed), barrier, destroy_process_group; the AllReduce sweep; the doctor's collective check"),
-    Stage("oom-fit", 120, stage_oom_fit, "the compute probe's memory fit (yolo11x, 1280) against the batch that "
-          "really runs out of memory", needs_gpu=True),
-    Stage("knobs", 105, stage_knobs, "compile, deterministic off and channels_last off against Ultralytics' "
-          "defaults on the tiny model, with the epoch job"),
+    Stage(
+        "cuda-start",
+        20,
+        stage_cuda_start,
+        "a rank's CUDA start-up (probes.memory.start, then peaks), and whether "
+        "the old order (reset_peak_memory_stats first) raises",
+        needs_gpu=True,
+    ),
+    Stage(
+        "doctor",
+        25,
+        stage_doctor,
+        "yoloprof doctor with CUDA_VISIBLE_DEVICES=0 and =<the GPU's UUID>: exit 0, the same GPU",
+        needs_gpu=True,
+    ),
+    Stage(
+        "grid",
+        120,
+        stage_grid,
+        "a pooled grid scan of AMP on/off/bf16 x pin_memory on/off (yolo11n, batch 64, "
+        "640, 8 workers): CUDA-event steps whose phases add up, effective settings, NVML telemetry",
+    ),
+    Stage(
+        "phases",
+        50,
+        stage_phases,
+        "the grid's best on one GPU, CUDA events against a run synchronized around every phase (within 10% or 1 ms)",
+    ),
+    Stage(
+        "nccl",
+        40,
+        stage_nccl,
+        "one NCCL rank under torchrun: DDP with the comm hook (every bucket's AllReduce "
+        "timed), barrier, destroy_process_group; the AllReduce sweep; the doctor's collective check",
+    ),
+    Stage(
+        "oom-fit",
+        120,
+        stage_oom_fit,
+        "the compute probe's memory fit (yolo11x, 1280) against the batch that really runs out of memory",
+        needs_gpu=True,
+    ),
+    Stage(
+        "knobs",
+        105,
+        stage_knobs,
+        "compile, deterministic off and channels_last off against Ultralytics' "
+        "defaults on the tiny model, with the epoch job",
+    ),
 ]
 
 
@@ -84,12 +156,20 @@ def plan_text(stages: list[Stage], budget_s: float) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/gpu-check", help="folder for every stage's records and gpu_check.json")
-    p.add_argument("--stages", help=f"comma list, run in the check's order (default all: {','.join(s.name for s in STAGES)})")
-    p.add_argument("--budget-s", type=float, default=BUDGET_S, help="skip a stage whose estimate no longer fits (default 480)")
+    p.add_argument(
+        "--stages", help=f"comma list, run in the check's order (default all: {','.join(s.name for s in STAGES)})"
+    )
+    p.add_argument(
+        "--budget-s", type=float, default=BUDGET_S, help="skip a stage whose estimate no longer fits (default 480)"
+    )
     p.add_argument("--gpu", type=int, default=0, help="the GPU's index (default 0)")
-    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a smoke test of this driver on CPU ranks")
+    p.add_argument(
+        "--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a smoke test of this driver on CPU ranks"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the stages and their estimates; run nothing")
-    p.add_argument("--check-travel", action="store_true", help="size of what the device tool carries; the wheels' needs")
+    p.add_argument(
+        "--check-travel", action="store_true", help="size of what the device tool carries; the wheels' needs"
+    )
     p.add_argument("--recompress-wheels", action="store_true", help="LZMA-recompress the big wheels in .whl")
     args = p.parse_args(argv)
     if args.recompress_wheels:
@@ -113,8 +193,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     copy_to = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
     summary = Runner(stages, ctx, args.budget_s, copy_to).run()
     bad = [r["name"] for r in summary["stages"] if r["status"] in ("fail", "error")]
-    print(f"gpu_check: {summary['elapsed_s']:.0f} s; " + (f"FAILED: {', '.join(bad)}" if bad else "no check failed")
-          + f"; results in {ctx.out / SUMMARY}" + (f" and {copy_to}" if copy_to else ""))  # fmt: skip
+    print(
+        f"gpu_check: {summary['elapsed_s']:.0f} s; "
+        + (f"FAILED: {', '.join(bad)}" if bad else "no check failed")
+        + f"; results in {ctx.out / SUMMARY}"
+        + (f" and {copy_to}" if copy_to else "")
+    )
     return 1 if bad else 0
 
 

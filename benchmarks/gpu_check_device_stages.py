@@ -82,14 +82,27 @@ def stage_cuda_start(ctx: Ctx) -> list[Check]:
             problems.append(f"device total {total} MiB")
         if ran.returncode != 0:
             problems.append(ran.line("the start-up"))
-        checks.append(Check("probes.memory.start", not problems, "; ".join(problems) or
-                            f"set_device + init + reset in {got.get('start_s')} s; peaks {big:.0f} MiB with a 64 MiB "
-                            f"tensor, {after:.0f} MiB after reset; device {total:.0f} MiB", got))  # fmt: skip
+        checks.append(
+            Check(
+                "probes.memory.start",
+                not problems,
+                "; ".join(problems)
+                or f"set_device + init + reset in {got.get('start_s')} s; peaks {big:.0f} MiB with a 64 MiB "
+                f"tensor, {after:.0f} MiB after reset; device {total:.0f} MiB",
+                got,
+            )
+        )
     if "raised" not in old:
         checks.append(Check("old order (reset_peak_memory_stats first)", None, old_ran.line("the old order"), old))
     else:
-        checks.append(Check("old order (reset_peak_memory_stats first)", None,
-                            f"raises: {old['error']}" if old["raised"] else "does not raise with this torch", old))
+        checks.append(
+            Check(
+                "old order (reset_peak_memory_stats first)",
+                None,
+                f"raises: {old['error']}" if old["raised"] else "does not raise with this torch",
+                old,
+            )
+        )
     return checks
 
 
@@ -110,9 +123,13 @@ def doctor_seen(report: dict) -> dict:
     """The GPU a doctor JSON says CUDA index 0 is: torch's name and memory, NVML's UUID for it."""
     torch_gpus = report.get("torch_gpus") or []
     nvml0 = [g for g in report.get("nvml_gpus") or [] if g.get("cuda_index") == 0]
-    return dict(torch_gpus=len(torch_gpus), name=torch_gpus[0]["name"] if torch_gpus else None,
-                mem_total_mib=torch_gpus[0].get("mem_total_mib") if torch_gpus else None,
-                nvml_uuid=nvml0[0].get("uuid") if nvml0 else None, mapping_note=report.get("mapping_note"))  # fmt: skip
+    return dict(
+        torch_gpus=len(torch_gpus),
+        name=torch_gpus[0]["name"] if torch_gpus else None,
+        mem_total_mib=torch_gpus[0].get("mem_total_mib") if torch_gpus else None,
+        nvml_uuid=nvml0[0].get("uuid") if nvml0 else None,
+        mapping_note=report.get("mapping_note"),
+    )
 
 
 def stage_doctor(ctx: Ctx) -> list[Check]:
@@ -122,24 +139,39 @@ def stage_doctor(ctx: Ctx) -> list[Check]:
     runs = {}
     for tag, visible in (("index", str(ctx.gpu)), ("uuid", uuid)):
         js = ctx.stage_dir / f"doctor-{tag}.json"
-        ran = ctx.run([sys.executable, "-m", "yoloprof", "doctor", "--json", str(js)], f"doctor-{tag}",
-                      {"CUDA_VISIBLE_DEVICES": visible}, timeout_s=90)  # fmt: skip
+        ran = ctx.run(
+            [sys.executable, "-m", "yoloprof", "doctor", "--json", str(js)],
+            f"doctor-{tag}",
+            {"CUDA_VISIBLE_DEVICES": visible},
+            timeout_s=90,
+        )
         doc = json.loads(js.read_text()) if js.is_file() else {}
         seen = doctor_seen(doc.get("report") or {})
         errors = [f["what"] for f in doc.get("findings") or [] if f.get("severity") == "error"]
         runs[tag] = dict(visible=visible, returncode=ran.returncode, seen=seen, errors=errors, line=ran.line("doctor"))
     a, b = runs["index"], runs["uuid"]
-    problems = [f"CUDA_VISIBLE_DEVICES={r['visible']}: {r['line']}; {'; '.join(r['errors'])}"
-                for r in (a, b) if r["returncode"] != 0]  # fmt: skip
+    problems = [
+        f"CUDA_VISIBLE_DEVICES={r['visible']}: {r['line']}; {'; '.join(r['errors'])}"
+        for r in (a, b)
+        if r["returncode"] != 0
+    ]
     for tag, r in runs.items():
         s = r["seen"]
         if s["torch_gpus"] != 1 or s["nvml_uuid"] != uuid:
-            problems.append(f"{tag}: torch sees {s['torch_gpus']} GPU(s), NVML maps CUDA 0 to {s['nvml_uuid']} "
-                            f"(expected {uuid}; {s['mapping_note'] or 'no note'})")  # fmt: skip
+            problems.append(
+                f"{tag}: torch sees {s['torch_gpus']} GPU(s), NVML maps CUDA 0 to {s['nvml_uuid']} "
+                f"(expected {uuid}; {s['mapping_note'] or 'no note'})"
+            )
     if (a["seen"]["name"], a["seen"]["mem_total_mib"]) != (b["seen"]["name"], b["seen"]["mem_total_mib"]):
         problems.append(f"index and UUID runs report different GPUs: {a['seen']} vs {b['seen']}")
-    return [Check("doctor by index and by UUID", not problems, "; ".join(problems) or
-                  f"exit 0 both times, the same GPU: {a['seen']['name']} {uuid}", dict(uuid=uuid, nvml_name=name, runs=runs))]  # fmt: skip
+    return [
+        Check(
+            "doctor by index and by UUID",
+            not problems,
+            "; ".join(problems) or f"exit 0 both times, the same GPU: {a['seen']['name']} {uuid}",
+            dict(uuid=uuid, nvml_name=name, runs=runs),
+        )
+    ]
 
 
 def torchrun(nproc: int = 1) -> list[str]:
@@ -155,23 +187,47 @@ def stage_nccl(ctx: Ctx) -> list[Check]:
 
     cpu = [] if ctx.cuda else ["--cpu"]
     ddp_json = ctx.stage_dir / "ddp.json"
-    ran = ctx.run(torchrun(1) + [str(ROOT / "benchmarks" / "gpu_nccl_check.py"), "--out", str(ddp_json), *cpu], "ddp",
-                  timeout_s=120)  # fmt: skip
+    ran = ctx.run(
+        torchrun(1) + [str(ROOT / "benchmarks" / "gpu_nccl_check.py"), "--out", str(ddp_json), *cpu],
+        "ddp",
+        timeout_s=120,
+    )
     got = json.loads(ddp_json.read_text()) if ddp_json.is_file() else {}
     problems = list(got.get("problems") or [])
     if not got:
         problems.append("no result")
     if ran.returncode != 0 or ran.timed_out:
         problems.append(ran.line("torchrun"))
-    checks = [Check(f"{'NCCL' if ctx.cuda else 'gloo'} DDP with the comm hook, one rank", not problems,
-                    "; ".join(problems) or f"{got.get('steps')} steps, {got.get('buckets_per_step')} buckets a step "
-                    f"({got.get('bucket_bytes')} B = the gradients), every AllReduce timed; barrier, "
-                    "destroy_process_group and a clean exit", got)]  # fmt: skip
+    checks = [
+        Check(
+            f"{'NCCL' if ctx.cuda else 'gloo'} DDP with the comm hook, one rank",
+            not problems,
+            "; ".join(problems)
+            or f"{got.get('steps')} steps, {got.get('buckets_per_step')} buckets a step "
+            f"({got.get('bucket_bytes')} B = the gradients), every AllReduce timed; barrier, "
+            "destroy_process_group and a clean exit",
+            got,
+        )
+    ]
 
     ar_json = ctx.stage_dir / "allreduce.json"
-    ran = ctx.run(torchrun(1) + ["-m", "probes.allreduce_bench", "--out", str(ar_json), "--sizes-max", str(16 * 2**20),
-                                 "--target-s", "0.05", "--backend", "nccl" if ctx.cuda else "gloo"], "allreduce",
-                  timeout_s=120)  # fmt: skip
+    ran = ctx.run(
+        torchrun(1)
+        + [
+            "-m",
+            "probes.allreduce_bench",
+            "--out",
+            str(ar_json),
+            "--sizes-max",
+            str(16 * 2**20),
+            "--target-s",
+            "0.05",
+            "--backend",
+            "nccl" if ctx.cuda else "gloo",
+        ],
+        "allreduce",
+        timeout_s=120,
+    )
     ceiling = read_json(ar_json, AllReduceCeiling) if ar_json.is_file() else None
     want = "cuda_event" if ctx.cuda else "host"
     if ceiling is None:
@@ -179,19 +235,35 @@ def stage_nccl(ctx: Ctx) -> list[Check]:
     else:
         bad = [f"{p.size_bytes} B: {p.time_us} us" for p in ceiling.points if not p.time_us or p.time_us <= 0]
         ok = ceiling.status == "ok" and ceiling.timing == want and ceiling.points and not bad and ran.returncode == 0
-        checks.append(Check("AllReduce sweep, one rank", bool(ok),
-                            f"{ceiling.status}{' ' + ceiling.error if ceiling.error else ''}; timing {ceiling.timing}; {len(ceiling.points)} sizes, "
-                            f"{ceiling.points[-1].time_us:.1f} us at {ceiling.points[-1].size_bytes} B" if ceiling.points
-                            else f"{ceiling.status}: {ceiling.error}",
-                            dict(points=[(p.size_bytes, round(p.time_us, 2)) for p in ceiling.points])))  # fmt: skip
+        checks.append(
+            Check(
+                "AllReduce sweep, one rank",
+                bool(ok),
+                f"{ceiling.status}{' ' + ceiling.error if ceiling.error else ''}; timing {ceiling.timing}; {len(ceiling.points)} sizes, "
+                f"{ceiling.points[-1].time_us:.1f} us at {ceiling.points[-1].size_bytes} B"
+                if ceiling.points
+                else f"{ceiling.status}: {ceiling.error}",
+                dict(points=[(p.size_bytes, round(p.time_us, 2)) for p in ceiling.points]),
+            )
+        )
 
     t0 = time.monotonic()
-    tries = collective.run(1, backend="nccl" if ctx.cuda else "gloo", timeout_s=min(60.0, max(ctx.left_s(), 5.0)),
-                           gpus=[str(ctx.gpu)] if ctx.cuda else None, work_dir=ctx.stage_dir / "collective")  # fmt: skip
+    tries = collective.run(
+        1,
+        backend="nccl" if ctx.cuda else "gloo",
+        timeout_s=min(60.0, max(ctx.left_s(), 5.0)),
+        gpus=[str(ctx.gpu)] if ctx.cuda else None,
+        work_dir=ctx.stage_dir / "collective",
+    )
     first = tries[0]
-    checks.append(Check("doctor's collective check, one rank", first.status == "ok",
-                        f"{first.backend} {first.status} in {time.monotonic() - t0:.1f} s {first.error or ''}".strip(),
-                        dict(tries=[dataclasses.asdict(t) for t in tries])))  # fmt: skip
+    checks.append(
+        Check(
+            "doctor's collective check, one rank",
+            first.status == "ok",
+            f"{first.backend} {first.status} in {time.monotonic() - t0:.1f} s {first.error or ''}".strip(),
+            dict(tries=[dataclasses.asdict(t) for t in tries]),
+        )
+    )
     return checks
 
 
@@ -207,9 +279,14 @@ def nvml_info(gpu: int) -> dict:
             def s(v):
                 return v.decode() if isinstance(v, bytes) else v
 
-            return dict(index=gpu, name=s(pynvml.nvmlDeviceGetName(h)), uuid=s(pynvml.nvmlDeviceGetUUID(h)),
-                        mem_total_mib=round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**20),
-                        driver=s(pynvml.nvmlSystemGetDriverVersion()), count=pynvml.nvmlDeviceGetCount())  # fmt: skip
+            return dict(
+                index=gpu,
+                name=s(pynvml.nvmlDeviceGetName(h)),
+                uuid=s(pynvml.nvmlDeviceGetUUID(h)),
+                mem_total_mib=round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**20),
+                driver=s(pynvml.nvmlSystemGetDriverVersion()),
+                count=pynvml.nvmlDeviceGetCount(),
+            )
         finally:
             pynvml.nvmlShutdown()
     except Exception as exc:  # noqa: BLE001 - no NVML: the stages say what they can

@@ -48,7 +48,9 @@ class Ran:
     def line(self, what: str) -> str:
         if self.timed_out:
             return f"{what} stopped at its time limit after {self.wall_s:.0f} s: {self.tail()}"
-        return f"{what} exited {self.returncode} in {self.wall_s:.0f} s" + (f": {self.tail()}" if self.returncode else "")
+        return f"{what} exited {self.returncode} in {self.wall_s:.0f} s" + (
+            f": {self.tail()}" if self.returncode else ""
+        )
 
 
 @dataclass
@@ -72,8 +74,18 @@ class Params:
     oom_batches: tuple[int, ...] = (8, 16)  # the compute probe's points the fit is drawn through
 
 
-CPU_SMOKE = Params(device="cpu", imgsz=64, batch=4, workers=0, amp="off", pin_memory="off", steps=3, warmup=1,
-                   knobs_imgsz=64, knobs_batch=4)  # fmt: skip
+CPU_SMOKE = Params(
+    device="cpu",
+    imgsz=64,
+    batch=4,
+    workers=0,
+    amp="off",
+    pin_memory="off",
+    steps=3,
+    warmup=1,
+    knobs_imgsz=64,
+    knobs_batch=4,
+)
 
 
 @dataclass
@@ -99,7 +111,9 @@ class Ctx:
     def env(self, extra: Optional[dict] = None) -> dict:
         return child_env(extra)
 
-    def run(self, cmd: list[str], name: str, extra_env: Optional[dict] = None, timeout_s: Optional[float] = None) -> Ran:
+    def run(
+        self, cmd: list[str], name: str, extra_env: Optional[dict] = None, timeout_s: Optional[float] = None
+    ) -> Ran:
         """A child in a session of its own, its output in <stage>/<name>.log, stopped at the stage's limit."""
         log = self.stage_dir / f"{name}.log"
         limit = max(min(timeout_s if timeout_s is not None else float("inf"), self.left_s()), 1.0)
@@ -107,8 +121,15 @@ class Ctx:
         with open(log, "wb") as f:
             f.write(("$ " + " ".join(cmd) + "\n").encode())
             f.flush()
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=self.env(extra_env), start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env(extra_env),
+                start_new_session=True,
+            )
             timed_out = False
             try:
                 proc.wait(timeout=limit)
@@ -119,7 +140,9 @@ class Ctx:
                 kill_group(proc, STOP_GRACE_S)  # a scan ends its trials on SIGTERM
         return Ran(proc.returncode, timed_out, time.monotonic() - t0, log)
 
-    def python(self, code: str, name: str, extra_env: Optional[dict] = None, timeout_s: float = 120.0) -> tuple[Ran, dict]:
+    def python(
+        self, code: str, name: str, extra_env: Optional[dict] = None, timeout_s: float = 120.0
+    ) -> tuple[Ran, dict]:
         """`python -c code` in a fresh process; its result is the JSON on its last `RESULT ` line."""
         ran = self.run([sys.executable, "-c", code], name, extra_env, timeout_s)
         found = {}
@@ -140,8 +163,14 @@ def child_env(extra: Optional[dict] = None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     cache = paths.cache_dir()
-    for k, v in dict(YOLO_OFFLINE="1", YOLO_AUTOINSTALL="0", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-                     YOLO_CONFIG_DIR=str(cache / "ultralytics"), MPLCONFIGDIR=str(cache / "matplotlib")).items():  # fmt: skip
+    for k, v in dict(
+        YOLO_OFFLINE="1",
+        YOLO_AUTOINSTALL="0",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        YOLO_CONFIG_DIR=str(cache / "ultralytics"),
+        MPLCONFIGDIR=str(cache / "matplotlib"),
+    ).items():
         env.setdefault(k, v)
     env.update(extra or {})
     return env
@@ -169,7 +198,12 @@ def pack_records(out: Path, dest: Path) -> None:
     with tarfile.open(tmp, "w:gz") as tar:
         for path in sorted(out.rglob("*")):
             rel = path.relative_to(out)
-            if not path.is_file() or path.is_symlink() or path.suffix not in RECORD_SUFFIXES or rel.name.startswith("."):
+            if (
+                not path.is_file()
+                or path.is_symlink()
+                or path.suffix not in RECORD_SUFFIXES
+                or rel.name.startswith(".")
+            ):
                 continue
             if any(part in ("compile-cache", "weights") for part in rel.parts):
                 continue
@@ -185,15 +219,36 @@ def pack_records(out: Path, dest: Path) -> None:
 class Runner:
     """Runs the stages in order under the budget, writing each result the moment its stage ends."""
 
-    def __init__(self, stages: list[Stage], ctx: Ctx, budget_s: float = BUDGET_S, copy_to: Optional[Path] = None,
-                 grace_s: float = GRACE_S, echo: Callable[[str], None] = print):  # fmt: skip
-        self.stages, self.ctx, self.budget_s, self.copy_to, self.grace_s, self.echo = stages, ctx, budget_s, copy_to, grace_s, echo
+    def __init__(
+        self,
+        stages: list[Stage],
+        ctx: Ctx,
+        budget_s: float = BUDGET_S,
+        copy_to: Optional[Path] = None,
+        grace_s: float = GRACE_S,
+        echo: Callable[[str], None] = print,
+    ):
+        self.stages, self.ctx, self.budget_s, self.copy_to, self.grace_s, self.echo = (
+            stages,
+            ctx,
+            budget_s,
+            copy_to,
+            grace_s,
+            echo,
+        )
         self.t0 = ctx.clock()
         self.records: list[dict] = []
-        self.summary = dict(tool="benchmarks/gpu_check.py", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                            budget_s=budget_s, device=ctx.params.device, gpu=ctx.gpu_info, finished=False,
-                            verdict="running", plan=[dict(name=s.name, estimate_s=s.estimate_s) for s in stages],
-                            stages=self.records)  # fmt: skip
+        self.summary = dict(
+            tool="benchmarks/gpu_check.py",
+            started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            budget_s=budget_s,
+            device=ctx.params.device,
+            gpu=ctx.gpu_info,
+            finished=False,
+            verdict="running",
+            plan=[dict(name=s.name, estimate_s=s.estimate_s) for s in stages],
+            stages=self.records,
+        )
 
     def elapsed(self) -> float:
         return self.ctx.clock() - self.t0
@@ -240,7 +295,10 @@ class Runner:
         if error:
             rec["error"] = error
         mark = {"pass": "PASS", "fail": "FAIL", "n/a": "n/a ", "error": "ERR "}[status]
-        self.echo(f"[{mark}] {stage.name} in {wall:.0f} s (estimate {stage.estimate_s:.0f} s)" + (f": {error}" if error else ""))
+        self.echo(
+            f"[{mark}] {stage.name} in {wall:.0f} s (estimate {stage.estimate_s:.0f} s)"
+            + (f": {error}" if error else "")
+        )
         for c in checks:
             self.echo(f"    [{ {True: 'ok', False: 'FAIL', None: 'n/a'}[c.ok] }] {c.name}: {c.detail}")
         return rec

@@ -15,7 +15,8 @@ TRAVEL_LIMIT_BYTES = 64 * 2**20  # what the device tool carries: tracked + untra
 CARRY = (".whl",)
 
 # The device image's Python packages (opencv-python-headless provides ultralytics' opencv-python).
-DEVICE_PACKAGES = set("""
+DEVICE_PACKAGES = set(
+    """
 absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
 charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core cuda-pathfinder
 cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock flatbuffers flax fonttools
@@ -34,7 +35,8 @@ scikit-learn scipy seaborn sentencepiece sentence-transformers setuptools shelli
 statsmodels sympy tabulate tensorboard tensorboard-data-server tensorstore threadpoolctl tifffile tiktoken timm
 tokenizers toolz torch torchaudio torchdiffeq torch-geometric torchmetrics torchvision tqdm transformers treescope
 triton typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp
-""".split())
+""".split()
+)
 PROVIDED_BY = {"opencv-python": "opencv-python-headless"}  # the same cv2 module
 
 
@@ -57,8 +59,11 @@ def travel_files(root: Path, carry: tuple[str, ...] = CARRY) -> dict[str, int]:
             found[rel] = p.lstat().st_size
     for c in carry:
         base = root / c
-        paths = [base] if base.is_file() else (sorted(x for x in base.rglob("*") if x.is_file() or x.is_symlink())
-                                                if base.is_dir() else [])  # fmt: skip
+        paths = (
+            [base]
+            if base.is_file()
+            else (sorted(x for x in base.rglob("*") if x.is_file() or x.is_symlink()) if base.is_dir() else [])
+        )
         for p in paths:
             found[str(p.relative_to(root))] = p.lstat().st_size
     return found
@@ -70,8 +75,11 @@ def wheel_requirements(whl: Path) -> list[str]:
 
     with zipfile.ZipFile(whl) as z:
         meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
-        lines = [ln[len("Requires-Dist:"):].strip() for ln in z.read(meta).decode(errors="replace").splitlines()
-                 if ln.startswith("Requires-Dist:")]  # fmt: skip
+        lines = [
+            ln[len("Requires-Dist:") :].strip()
+            for ln in z.read(meta).decode(errors="replace").splitlines()
+            if ln.startswith("Requires-Dist:")
+        ]
     out = []
     for req in lines:
         spec, _, marker = req.partition(";")
@@ -81,9 +89,16 @@ def wheel_requirements(whl: Path) -> list[str]:
             try:
                 from packaging.markers import Marker
 
-                env = dict(python_version="3.12", python_full_version="3.12.3", sys_platform="linux",
-                           platform_system="Linux", platform_machine="x86_64", os_name="posix",
-                           implementation_name="cpython", platform_python_implementation="CPython")  # fmt: skip
+                env = dict(
+                    python_version="3.12",
+                    python_full_version="3.12.3",
+                    sys_platform="linux",
+                    platform_system="Linux",
+                    platform_machine="x86_64",
+                    os_name="posix",
+                    implementation_name="cpython",
+                    platform_python_implementation="CPython",
+                )
                 if not Marker(marker.strip()).evaluate(env):
                     continue
             except Exception:  # noqa: BLE001 - no packaging here: keep the requirement, to be safe
@@ -112,8 +127,10 @@ def check_travel(root: Path = ROOT, limit: int = TRAVEL_LIMIT_BYTES, echo: Calla
     total = sum(files.values())
     whl = sorted((root / ".whl").glob("*.whl"))
     carried = sum(v for k, v in files.items() if k.startswith(".whl"))
-    echo(f"travels: {len(files)} files, {total / 2**20:.1f} MiB of {limit / 2**20:.0f} MiB "
-         f"(.whl {carried / 2**20:.1f} MiB, the rest {(total - carried) / 2**20:.1f} MiB)")  # fmt: skip
+    echo(
+        f"travels: {len(files)} files, {total / 2**20:.1f} MiB of {limit / 2**20:.0f} MiB "
+        f"(.whl {carried / 2**20:.1f} MiB, the rest {(total - carried) / 2**20:.1f} MiB)"
+    )
     for k, v in sorted(files.items(), key=lambda kv: -kv[1])[:5]:
         echo(f"  {v / 2**20:8.2f} MiB  {k}")
     code = 0
@@ -136,13 +153,17 @@ def check_travel(root: Path = ROOT, limit: int = TRAVEL_LIMIT_BYTES, echo: Calla
         echo(f"{w} needs {', '.join(lack)}: not on the device machine and not in .whl")
         code = 1
     if total >= limit:
-        echo("over the device tool's limit: recompress the big wheels (XZ=1 bash benchmarks/gpu_prepare.sh) "
-             "or ignore what need not travel")  # fmt: skip
+        echo(
+            "over the device tool's limit: recompress the big wheels (XZ=1 bash benchmarks/gpu_prepare.sh) "
+            "or ignore what need not travel"
+        )
         code = 1
     return code
 
 
-def recompress_wheels(folder: Path = ROOT / ".whl", over_bytes: int = 8 * 2**20, echo: Callable[[str], None] = print) -> None:
+def recompress_wheels(
+    folder: Path = ROOT / ".whl", over_bytes: int = 8 * 2**20, echo: Callable[[str], None] = print
+) -> None:
     """Rewrite each wheel over `over_bytes` with LZMA entries: pip reads them like deflated ones, the
     hashes in RECORD are of the contents and stay true; a wheel already recompressed is left alone."""
     import zipfile

@@ -10,15 +10,36 @@ from pathlib import Path
 from typing import Optional
 
 from gpu_check_run import Ctx
-from gpu_check_verdicts import (Check, compare_phases, fit_against_oom, settings_check, steps_check, telemetry_plausible,
-                                trials_check)  # fmt: skip
+from gpu_check_verdicts import (
+    Check,
+    compare_phases,
+    fit_against_oom,
+    settings_check,
+    steps_check,
+    telemetry_plausible,
+    trials_check,
+)
 from yoloprof.records import ComputePoint, Knobs
 
 
 def scan_command(ctx: Ctx, out: Path, *flags: str) -> list[str]:
     where = ["--gpus", str(ctx.gpu)] if ctx.cuda else ["--device", "cpu", "--nproc", "1"]
-    return [sys.executable, "-m", "yoloprof", "scan", *where, "--strategy", "grid", "--precision", "off",
-            "--no-defaults", "--no-ceilings", "--out", str(out), *flags]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "yoloprof",
+        "scan",
+        *where,
+        "--strategy",
+        "grid",
+        "--precision",
+        "off",
+        "--no-defaults",
+        "--no-ceilings",
+        "--out",
+        str(out),
+        *flags,
+    ]
 
 
 def scan_records(scan: Path):
@@ -41,9 +62,27 @@ def scan_records(scan: Path):
 def stage_grid(ctx: Ctx) -> list[Check]:
     p = ctx.params
     scan = ctx.stage_dir / "scan"
-    flags = ["--model", p.model, "--amp", p.amp, "--pin-memory", p.pin_memory, "--workers", str(p.workers),
-             "--batch", str(p.batch), "--imgsz", str(p.imgsz), "--steps", str(p.steps), "--warmup", str(p.warmup),
-             "--no-epoch-job", "--trial-timeout", "100"]  # fmt: skip
+    flags = [
+        "--model",
+        p.model,
+        "--amp",
+        p.amp,
+        "--pin-memory",
+        p.pin_memory,
+        "--workers",
+        str(p.workers),
+        "--batch",
+        str(p.batch),
+        "--imgsz",
+        str(p.imgsz),
+        "--steps",
+        str(p.steps),
+        "--warmup",
+        str(p.warmup),
+        "--no-epoch-job",
+        "--trial-timeout",
+        "100",
+    ]
     ran = ctx.run(scan_command(ctx, scan, *flags), "scan")
     checks = [Check("scan", ran.returncode == 0 and not ran.timed_out, ran.line("yoloprof scan"))]
     if not (scan / "scan.json").is_file():
@@ -65,9 +104,30 @@ def stage_knobs(ctx: Ctx) -> list[Check]:
     every knob runs once, on the tiny model so the compile fits the stage."""
     p = ctx.params
     scan = ctx.stage_dir / "scan"
-    cmd = scan_command(ctx, scan, "--model", p.knobs_model, "--imgsz", str(p.knobs_imgsz), "--batch", str(p.knobs_batch),
-                       "--workers", str(min(p.workers, 4)), "--steps", "10", "--warmup", "3", "--compile", "default",
-                       "--deterministic", "off", "--channels-last", "off", "--trial-timeout", "150")  # fmt: skip
+    cmd = scan_command(
+        ctx,
+        scan,
+        "--model",
+        p.knobs_model,
+        "--imgsz",
+        str(p.knobs_imgsz),
+        "--batch",
+        str(p.knobs_batch),
+        "--workers",
+        str(min(p.workers, 4)),
+        "--steps",
+        "10",
+        "--warmup",
+        "3",
+        "--compile",
+        "default",
+        "--deterministic",
+        "off",
+        "--channels-last",
+        "off",
+        "--trial-timeout",
+        "150",
+    )
     cmd.remove("--no-defaults")  # the defaults trial is the other half of every knob
     ran = ctx.run(cmd, "scan")
     checks = [Check("scan", ran.returncode == 0 and not ran.timed_out, ran.line("yoloprof scan"))]
@@ -80,9 +140,14 @@ def stage_knobs(ctx: Ctx) -> list[Check]:
     costs = list(res.epoch_costs.values())
     epoch_ok = [c for c in costs if c.status == "ok"]
     predicted = {t: pr.epoch_s for t, pr in res.predictions.items()}
-    checks.append(Check("epoch job", bool(epoch_ok) and all(v is not None for v in predicted.values()),
-                        "; ".join(f"world {c.world_size}: {c.status} {c.error or ''}".strip() for c in costs) or "no epoch job ran",
-                        dict(epoch_s=predicted, val_s=[c.val.estimate for c in costs], save_s=[c.save.estimate for c in costs])))  # fmt: skip
+    checks.append(
+        Check(
+            "epoch job",
+            bool(epoch_ok) and all(v is not None for v in predicted.values()),
+            "; ".join(f"world {c.world_size}: {c.status} {c.error or ''}".strip() for c in costs) or "no epoch job ran",
+            dict(epoch_s=predicted, val_s=[c.val.estimate for c in costs], save_s=[c.save.estimate for c in costs]),
+        )
+    )
     return checks
 
 
@@ -94,10 +159,20 @@ def default_phase_spec(ctx: Ctx):
 
     p = ctx.params
     knobs = Knobs(batch=p.batch, workers=p.workers, amp=ctx.cuda, pin_memory=ctx.cuda, cache="off", nccl="default")
-    return TrialSpec(trial_id="phase", knobs=knobs, world_size=1, device=p.device, gpus=[ctx.gpu] if ctx.cuda else [],
-                     model=p.model, data=str(dataset.ensure(paths.cache_dir())), imgsz=p.imgsz, optimizer="SGD",
-                     warmup_steps=p.warmup, measured_steps=p.steps,
-                     env={"OMP_NUM_THREADS": str(max((os.cpu_count() or 1), 1))})  # fmt: skip
+    return TrialSpec(
+        trial_id="phase",
+        knobs=knobs,
+        world_size=1,
+        device=p.device,
+        gpus=[ctx.gpu] if ctx.cuda else [],
+        model=p.model,
+        data=str(dataset.ensure(paths.cache_dir())),
+        imgsz=p.imgsz,
+        optimizer="SGD",
+        warmup_steps=p.warmup,
+        measured_steps=p.steps,
+        env={"OMP_NUM_THREADS": str(max((os.cpu_count() or 1), 1))},
+    )
 
 
 def stage_phases(ctx: Ctx) -> list[Check]:
@@ -109,7 +184,10 @@ def stage_phases(ctx: Ctx) -> list[Check]:
     if (scan / "scan.json").is_file():
         best = outputs.collect(scan).best
         if best is not None:
-            spec, source = read_json(scan / "trials" / best.trial_id / "spec.json", TrialSpec), f"the grid's best, {best.trial_id}"
+            spec, source = (
+                read_json(scan / "trials" / best.trial_id / "spec.json", TrialSpec),
+                f"the grid's best, {best.trial_id}",
+            )
     if spec is None:
         spec = default_phase_spec(ctx)
     checks = _phase_check(ctx, spec, paths.cache_dir())
@@ -125,16 +203,30 @@ def _phase_check(ctx: Ctx, spec, cache: Path) -> list[Check]:
     per_rank = dataclasses.replace(spec.knobs, batch=max(spec.knobs.batch // spec.world_size, 1))
     runs, ranks = {}, {}
     for sync in (False, True):
-        one = dataclasses.replace(spec, trial_id=f"phase-{'synced' if sync else 'events'}", knobs=per_rank,
-                                  world_size=1, gpus=[ctx.gpu] if ctx.cuda else [], sync_phases=sync,
-                                  warmup_steps=5, measured_steps=20, max_steps=None, precision=None)  # fmt: skip
+        one = dataclasses.replace(
+            spec,
+            trial_id=f"phase-{'synced' if sync else 'events'}",
+            knobs=per_rank,
+            world_size=1,
+            gpus=[ctx.gpu] if ctx.cuda else [],
+            sync_phases=sync,
+            warmup_steps=5,
+            measured_steps=20,
+            max_steps=None,
+            precision=None,
+        )
         tdir = ctx.stage_dir / one.trial_id
         outcome = launch.run_trial(one, tdir, cache_dir=cache, should_stop=ctx.expired)
         ranks[one.trial_id] = aggregate.read_ranks(tdir)
         runs[sync] = aggregate.aggregate(one, ranks[one.trial_id], outcome)
     if any(r.status != "ok" or r.breakdown is None for r in runs.values()):
-        return [Check("phase times vs synchronized", False,
-                      "; ".join(f"{r.trial_id}: {r.status} {r.error or ''}" for r in runs.values()))]  # fmt: skip
+        return [
+            Check(
+                "phase times vs synchronized",
+                False,
+                "; ".join(f"{r.trial_id}: {r.status} {r.error or ''}" for r in runs.values()),
+            )
+        ]
     checks = [compare_phases(runs[False].breakdown, runs[True].breakdown)]
     timing = ("cuda_event", "cuda_sync") if ctx.cuda else ("host", "host")
     checks += steps_check({"phase-events": ranks["phase-events"]}, timing[0], " (events run)")
@@ -168,8 +260,17 @@ def stage_oom_fit(ctx: Ctx) -> list[Check]:
     hw = plan.Hardware(p.device, 1, [ctx.gpu], os.cpu_count() or 1, 1)
 
     def specs(batch_list):
-        return ceilings.compute_specs(hw, list(batch_list), [True], model=p.oom_model, data=data, imgsz=p.oom_imgsz,
-                                      optimizer="SGD", warmup=2, steps=3)  # fmt: skip
+        return ceilings.compute_specs(
+            hw,
+            list(batch_list),
+            [True],
+            model=p.oom_model,
+            data=data,
+            imgsz=p.oom_imgsz,
+            optimizer="SGD",
+            warmup=2,
+            steps=3,
+        )
 
     points, total = [], None
     for spec in specs(p.oom_batches):
@@ -178,18 +279,26 @@ def stage_oom_fit(ctx: Ctx) -> list[Check]:
         total = total or mem
     margin = ComputeCeiling(device="cuda", device_name="", device_mem_total_mib=total, points=[]).mem_margin_frac
     fit = max_batch_fit(points, total, margin) if total else None
-    probe = Check("compute probe points", all(x.status == "ok" for x in points),
-                  "; ".join(f"b{x.batch}: {x.status} {x.peak_mem_mib or 0:.0f} MiB {x.error or ''}".strip() for x in points)
-                  + f"; device {total or 0:.0f} MiB; fit {fit}", dict(points=[dataclasses.asdict(x) for x in points]))  # fmt: skip
+    probe = Check(
+        "compute probe points",
+        all(x.status == "ok" for x in points),
+        "; ".join(f"b{x.batch}: {x.status} {x.peak_mem_mib or 0:.0f} MiB {x.error or ''}".strip() for x in points)
+        + f"; device {total or 0:.0f} MiB; fit {fit}",
+        dict(points=[dataclasses.asdict(x) for x in points]),
+    )
     if fit is None:
         return [probe, fit_against_oom(None, points)]
     batch, search = fit, []
-    while batch <= min(fit * 4, OOM_SEARCH_MAX_BATCH) and not ctx.expired():  # the fit must run; double until a batch runs out of memory
+    while (
+        batch <= min(fit * 4, OOM_SEARCH_MAX_BATCH) and not ctx.expired()
+    ):  # the fit must run; double until a batch runs out of memory
         pt, _ = _compute_point(ctx, specs([batch])[0], ctx.stage_dir / "search", cache)
         search.append(pt)
         if pt.status != "ok":
             break
         batch *= 2
     verdict = fit_against_oom(fit, points + search)
-    verdict.figures["search"] = [dict(batch=x.batch, status=x.status, peak_mem_mib=x.peak_mem_mib, error=x.error) for x in search]
+    verdict.figures["search"] = [
+        dict(batch=x.batch, status=x.status, peak_mem_mib=x.peak_mem_mib, error=x.error) for x in search
+    ]
     return [probe, verdict]

@@ -37,8 +37,12 @@ def compare_phases(events: Breakdown, synced: Breakdown) -> Check:
     if not measured:
         return Check("phase times vs synchronized", None, "no phase was measured in both runs", rows)
     text = ", ".join(f"{p[:-3]} {rows[p]['events_ms']:.1f}/{rows[p]['synced_ms']:.1f} ms" for p in measured)
-    return Check("phase times vs synchronized", not bad,
-                 f"events/synced: {text}" + (f"; off by more than 10% and 1 ms: {', '.join(bad)}" if bad else ""), rows)
+    return Check(
+        "phase times vs synchronized",
+        not bad,
+        f"events/synced: {text}" + (f"; off by more than 10% and 1 ms: {', '.join(bad)}" if bad else ""),
+        rows,
+    )
 
 
 def telemetry_plausible(results: list[TrialResult]) -> Check:
@@ -51,17 +55,27 @@ def telemetry_plausible(results: list[TrialResult]) -> Check:
         if t is None or t.gpu_status != "ok":
             problems.append(f"{r.trial_id}: {t.gpu_status if t else 'no telemetry'}")
             continue
-        figures[r.trial_id] = dict(util_pct=t.gpu_util_mean_pct, power_w=t.power_w_mean,
-                                   mem_used_peak_mib=t.gpu_mem_used_peak_mib, energy_j_per_img=t.energy_j_per_img)
+        figures[r.trial_id] = dict(
+            util_pct=t.gpu_util_mean_pct,
+            power_w=t.power_w_mean,
+            mem_used_peak_mib=t.gpu_mem_used_peak_mib,
+            energy_j_per_img=t.energy_j_per_img,
+        )
         if t.gpu_util_mean_pct is None or not 0 < t.gpu_util_mean_pct <= 100:
             problems.append(f"{r.trial_id}: utilisation {t.gpu_util_mean_pct}")
         if t.power_w_mean is not None and not 0 < t.power_w_mean < MAX_POWER_W:
             problems.append(f"{r.trial_id}: power {t.power_w_mean} W")
         total = r.device_mem_total_mib
-        if t.gpu_mem_used_peak_mib is None or t.gpu_mem_used_peak_mib <= 0 or (total and t.gpu_mem_used_peak_mib > total * 1.01):
+        if (
+            t.gpu_mem_used_peak_mib is None
+            or t.gpu_mem_used_peak_mib <= 0
+            or (total and t.gpu_mem_used_peak_mib > total * 1.01)
+        ):
             problems.append(f"{r.trial_id}: memory used {t.gpu_mem_used_peak_mib} MiB of {total}")
         if r.peak_mem_mib and t.gpu_mem_used_peak_mib and t.gpu_mem_used_peak_mib < r.peak_mem_mib:
-            problems.append(f"{r.trial_id}: NVML used {t.gpu_mem_used_peak_mib:.0f} < allocator {r.peak_mem_mib:.0f} MiB")
+            problems.append(
+                f"{r.trial_id}: NVML used {t.gpu_mem_used_peak_mib:.0f} < allocator {r.peak_mem_mib:.0f} MiB"
+            )
     return Check("NVML telemetry", not problems, "; ".join(problems) or f"plausible in {len(figures)} trials", figures)
 
 
@@ -72,18 +86,34 @@ def fit_against_oom(fit: Optional[int], points: list[ComputePoint]) -> Check:
     if fit is None:
         return Check("memory fit vs real OOM", None, "no fit (fewer than two compute points)")
     if not oom:
-        return Check("memory fit vs real OOM", None, f"fit {fit}; no batch tried ran out of memory (largest run {ran[-1] if ran else 'none'})")
+        return Check(
+            "memory fit vs real OOM",
+            None,
+            f"fit {fit}; no batch tried ran out of memory (largest run {ran[-1] if ran else 'none'})",
+        )
     first = oom[0]
     ok = fit < first and (fit in ran or any(b >= fit for b in ran))
-    return Check("memory fit vs real OOM", ok, f"fit {fit} per rank (90% of memory); first OOM at {first}; "
-                 f"fit / OOM = {fit / first:.2f}", dict(fit=fit, first_oom=first, ran=ran))
+    return Check(
+        "memory fit vs real OOM",
+        ok,
+        f"fit {fit} per rank (90% of memory); first OOM at {first}; fit / OOM = {fit / first:.2f}",
+        dict(fit=fit, first_oom=first, ran=ran),
+    )
 
 
 # -- verdicts on rank records (pure: tested on the recorded CPU scans) --------------------------------
 
 ADD_UP_REL, ADD_UP_ABS_MS = 0.01, 0.01  # the parts of a step add up to it within 1% (0.01 ms for tiny steps)
-STEP_PARTS = ("data_wait_ms", "h2d_ms", "forward_ms", "backward_ms", "comm_wait_ms", "optimizer_ms", "epoch_end_ms",
-              "other_ms")  # fmt: skip
+STEP_PARTS = (
+    "data_wait_ms",
+    "h2d_ms",
+    "forward_ms",
+    "backward_ms",
+    "comm_wait_ms",
+    "optimizer_ms",
+    "epoch_end_ms",
+    "other_ms",
+)
 REQUIRED_PARTS = ("data_wait_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms", "other_ms")
 
 
@@ -121,18 +151,22 @@ def steps_check(trials: dict[str, list[RankRecords]], timing: str, label: str = 
         more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
         return Check(name, not bad, "; ".join(bad[:5]) + more if bad else ok_text, {**counts, "bad": len(bad)})
 
-    return [check(name_t, bad_t, f"all {len(steps)} steps of {len(trials)} trials timed {timing}"),
-            check(name_a, bad_a, f"all {len(steps)} steps add up within 1%")]
+    return [
+        check(name_t, bad_t, f"all {len(steps)} steps of {len(trials)} trials timed {timing}"),
+        check(name_a, bad_a, f"all {len(steps)} steps add up within 1%"),
+    ]
 
 
 def expected_settings(knobs: Knobs, device: str) -> dict:
     """What each rank's info line must say ran, for the knobs asked (None: not checked)."""
     cuda = device == "cuda"
-    return dict(amp_effective=cuda and knobs.amp in (True, "bf16"),  # check_amp and bf16 both leave amp on
-                pin_memory_effective=cuda and knobs.pin_memory,  # Ultralytics: `nd > 0 and pin_memory`
-                compiled=knobs.compile != "off",
-                deterministic_effective=knobs.deterministic,
-                channels_last_effective=cuda and knobs.channels_last)  # NCHW on CPU either way
+    return dict(
+        amp_effective=cuda and knobs.amp in (True, "bf16"),  # check_amp and bf16 both leave amp on
+        pin_memory_effective=cuda and knobs.pin_memory,  # Ultralytics: `nd > 0 and pin_memory`
+        compiled=knobs.compile != "off",
+        deterministic_effective=knobs.deterministic,
+        channels_last_effective=cuda and knobs.channels_last,
+    )  # NCHW on CPU either way
 
 
 def settings_check(trials: dict[str, tuple[Knobs, str, list[RankRecords]]], keys: tuple[str, ...]) -> Check:
@@ -151,8 +185,9 @@ def settings_check(trials: dict[str, tuple[Knobs, str, list[RankRecords]]], keys
                     bad.append(f"{tid} rank {r.rank}: {k} {got}, asked {want[k]}")
     if not trials or not seen:
         return Check("effective settings", False, "no rank info line")
-    return Check("effective settings", not bad, "; ".join(bad) or f"{', '.join(keys)} as asked on {seen} ranks",
-                 dict(ranks=seen))
+    return Check(
+        "effective settings", not bad, "; ".join(bad) or f"{', '.join(keys)} as asked on {seen} ranks", dict(ranks=seen)
+    )
 
 
 def trials_check(results: list[TrialResult], planned: list[str], expect: Optional[int] = None) -> Check:

@@ -57,10 +57,18 @@ def main(argv=None) -> int:
         got.update(phase="init", backend=dist.get_backend(), world_size=dist.get_world_size())
         torch.manual_seed(0)
         model = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3, padding=1),
-            torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 2048),
-            torch.nn.ReLU(), torch.nn.Linear(2048, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10),
-        ).to(device)  # fmt: skip
+            torch.nn.Conv2d(3, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(32, 64, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(64, 2048),
+            torch.nn.ReLU(),
+            torch.nn.Linear(2048, 256),
+            torch.nn.ReLU(),
+            torch.nn.Linear(256, 10),
+        ).to(device)
         grad_bytes = sum(q.numel() * q.element_size() for q in model.parameters() if q.requires_grad)
         ddp = DDP(model, device_ids=[local] if cuda else None, bucket_cap_mb=0.25)
         clock = Clock(cuda=cuda)
@@ -86,8 +94,15 @@ def main(argv=None) -> int:
         rows = []
         for i, (a, b, c, d, buckets) in enumerate(steps):
             spans = dict(forward_ms=clock.ms(a, b), backward_ms=clock.ms(b, c), optimizer_ms=clock.ms(c, d))
-            timed = [dict(index=t.index, size_bytes=t.size_bytes, end=t.end is not None,
-                          allreduce_ms=clock.ms(t.start, t.end) if t.end is not None else None) for t in buckets]  # fmt: skip
+            timed = [
+                dict(
+                    index=t.index,
+                    size_bytes=t.size_bytes,
+                    end=t.end is not None,
+                    allreduce_ms=clock.ms(t.start, t.end) if t.end is not None else None,
+                )
+                for t in buckets
+            ]
             rows.append(dict(step=i, **spans, buckets=timed))
             for k, v in spans.items():
                 if v is None or v < 0:
@@ -105,8 +120,14 @@ def main(argv=None) -> int:
         counts = sorted({len(r["buckets"]) for r in rows})
         if counts and counts[-1] < 2:
             problems.append(f"one bucket a step (cap 0.25 MB, {grad_bytes} B of gradients): expected several")
-        got.update(steps=len(rows), buckets_per_step=counts, bucket_bytes=grad_bytes, timing=clock.timing,
-                   device_error=clock.device_error, rows=rows)  # fmt: skip
+        got.update(
+            steps=len(rows),
+            buckets_per_step=counts,
+            bucket_bytes=grad_bytes,
+            timing=clock.timing,
+            device_error=clock.device_error,
+            rows=rows,
+        )
         got["phase"] = "barrier"
         if cuda:
             dist.barrier(device_ids=[local])

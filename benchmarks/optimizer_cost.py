@@ -49,7 +49,7 @@ def block_means(series: Sequence[Sequence[float]], block: int = MIN_BLOCK_STEPS)
     out = []
     for xs in series:
         for i in range(len(xs) // block):
-            chunk = xs[i * block:(i + 1) * block]
+            chunk = xs[i * block : (i + 1) * block]
             out.append(sum(chunk) / len(chunk))
     return out
 
@@ -110,8 +110,9 @@ def _run(spec, out: Path) -> tuple[list[float], list[float], str]:
     ranks = aggregate.read_ranks(tdir)
     if not ranks or ranks[0].end is None or ranks[0].end.status != "ok":
         end = ranks[0].end if ranks else None
-        raise SystemExit(f"optimizer_cost: {spec.trial_id} did not finish ({end.error if end else 'no record'}); "
-                         f"see {tdir}")  # fmt: skip
+        raise SystemExit(
+            f"optimizer_cost: {spec.trial_id} did not finish ({end.error if end else 'no record'}); see {tdir}"
+        )
     r = ranks[0]
     steady = [s for s in r.steps if not s.warmup and not s.epoch_boundary]
     opt = [s.optimizer_ms for s in steady if s.optimizer_stepped and s.optimizer_ms is not None]
@@ -142,15 +143,24 @@ def main() -> int:
 
     data = str(ensure(paths.cache_dir(), SyntheticSpec()))
     device = "cuda" if args.gpu is not None else "cpu"
-    hw = plan.Hardware(device, 1, [args.gpu] if args.gpu is not None else [], os.cpu_count() or 1,
-                       1 if args.gpu is not None else 0)  # fmt: skip
+    hw = plan.Hardware(
+        device, 1, [args.gpu] if args.gpu is not None else [], os.cpu_count() or 1, 1 if args.gpu is not None else 0
+    )
     nbs = args.nbs or args.batch
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
     base = {}
     for name in names:
-        (spec,) = ceilings.compute_specs(hw, [args.batch], [bool(args.amp and device == "cuda")], model=args.model,
-                                         data=data, imgsz=args.imgsz, optimizer=name, warmup=args.warmup,
-                                         steps=args.steps)  # fmt: skip
+        (spec,) = ceilings.compute_specs(
+            hw,
+            [args.batch],
+            [bool(args.amp and device == "cuda")],
+            model=args.model,
+            data=data,
+            imgsz=args.imgsz,
+            optimizer=name,
+            warmup=args.warmup,
+            steps=args.steps,
+        )
         base[name] = dataclasses.replace(spec, overrides={"nbs": nbs}, optimizer_iterations=THROUGH_AUTO.get(name))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,16 +174,24 @@ def main() -> int:
                 raise SystemExit(f"optimizer_cost: {spec.trial_id} built {built}, not {name}")
             opt_ms[name].append(o)
             step_ms[name].append(s)
-            print(f"round {r + 1} {name:6s}: optimizer {sum(o) / len(o):7.1f} ms over {len(o)} steps, "
-                  f"step {sum(s) / len(s):7.1f} ms over {len(s)} steps (built {built})", flush=True)  # fmt: skip
+            print(
+                f"round {r + 1} {name:6s}: optimizer {sum(o) / len(o):7.1f} ms over {len(o)} steps, "
+                f"step {sum(s) / len(s):7.1f} ms over {len(s)} steps (built {built})",
+                flush=True,
+            )
 
-    print(f"\n{args.model}, imgsz {args.imgsz}, batch {args.batch}, nbs {nbs} (accumulate "
-          f"{max(round(nbs / args.batch), 1)}), {device}{' AMP' if args.amp and device == 'cuda' else ' fp32'}, "
-          f"1 rank, compute mode; {args.rounds} rounds x {args.warmup} warm-up + {args.steps} measured steps, "
-          f"interleaved {' '.join(names)}")  # fmt: skip
+    print(
+        f"\n{args.model}, imgsz {args.imgsz}, batch {args.batch}, nbs {nbs} (accumulate "
+        f"{max(round(nbs / args.batch), 1)}), {device}{' AMP' if args.amp and device == 'cuda' else ' fp32'}, "
+        f"1 rank, compute mode; {args.rounds} rounds x {args.warmup} warm-up + {args.steps} measured steps, "
+        f"interleaved {' '.join(names)}"
+    )
     stats = {n: (mean_of(opt_ms[n]), mean_of(step_ms[n])) for n in names}
-    rows = ["| optimizer | optimizer_ms per optimizer step (95%) | step_ms (95%) | optimizer share of the step | "
-            "per training step at nbs 64 |", "|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| optimizer | optimizer_ms per optimizer step (95%) | step_ms (95%) | optimizer share of the step | "
+        "per training step at nbs 64 |",
+        "|---|---|---|---|---|",
+    ]
     for n, (o, s) in stats.items():
         share = f"{100 * o.mean / s.mean:.0f}%" if o and s else "n/a"
         amort = f"{per_training_step(o.mean, args.batch):.1f} ms" if o else "n/a"
@@ -185,8 +203,9 @@ def main() -> int:
             continue
         ro, lo, hi = ratio(o, stats[ref][0])
         rs, slo, shi = ratio(s, stats[ref][1])
-        ratios.append(f"{n}/{ref}: optimizer_ms {ro:.2f}x (95% {lo:.2f}-{hi:.2f}), step_ms {rs:.2f}x "
-                      f"(95% {slo:.2f}-{shi:.2f})")  # fmt: skip
+        ratios.append(
+            f"{n}/{ref}: optimizer_ms {ro:.2f}x (95% {lo:.2f}-{hi:.2f}), step_ms {rs:.2f}x (95% {slo:.2f}-{shi:.2f})"
+        )
     print("\n".join(rows))
     print("\n".join(ratios))
     return 0

@@ -273,15 +273,41 @@ def run(args) -> tuple[Switch, int, str]:
     probe = StepProbe(0, 0, Clock(cuda=cuda), lambda s: writer.write("step", s))
     gpus = args.device if cuda else ""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    sampler = subprocess.Popen([sys.executable, "-c", SAMPLER, str(os.getpid()), str(args.interval), str(tmp), gpus],
-                               stdin=subprocess.PIPE, text=True, env=env, cwd=ROOT)  # fmt: skip
-    trainer = DetectionTrainer(overrides=dict(
-        model="yolo11n.yaml", data=str(data), imgsz=args.imgsz, batch=args.batch, workers=0, device=args.device,
-        optimizer="SGD", epochs=1000, close_mosaic=0, warmup_epochs=0, val=False, save=False, plots=False,
-        project=str(tmp), name="train", exist_ok=True, verbose=False))  # fmt: skip
+    sampler = subprocess.Popen(
+        [sys.executable, "-c", SAMPLER, str(os.getpid()), str(args.interval), str(tmp), gpus],
+        stdin=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    trainer = DetectionTrainer(
+        overrides=dict(
+            model="yolo11n.yaml",
+            data=str(data),
+            imgsz=args.imgsz,
+            batch=args.batch,
+            workers=0,
+            device=args.device,
+            optimizer="SGD",
+            epochs=1000,
+            close_mosaic=0,
+            warmup_epochs=0,
+            val=False,
+            save=False,
+            plots=False,
+            project=str(tmp),
+            name="train",
+            exist_ok=True,
+            verbose=False,
+        )
+    )
     sw = Switch(trainer, probe, sampler, schedule(args.windows), args.window_steps, args.no_telemetry)
-    for event, fn in (("on_train_epoch_start", sw.epoch_start), ("on_train_batch_start", sw.batch_start),
-                      ("on_train_batch_end", sw.batch_end), ("on_train_batch_end", sw.timer)):  # fmt: skip
+    for event, fn in (
+        ("on_train_epoch_start", sw.epoch_start),
+        ("on_train_batch_start", sw.batch_start),
+        ("on_train_batch_end", sw.batch_end),
+        ("on_train_batch_end", sw.timer),
+    ):
         trainer.add_callback(event, fn)
     try:
         trainer.train()
@@ -299,8 +325,9 @@ def run(args) -> tuple[Switch, int, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=60, help="windows, half with probes (default 60)")
-    ap.add_argument("--window-steps", type=int, default=6, help="measured steps per window, after one settling "
-                    "step (default 6)")  # fmt: skip
+    ap.add_argument(
+        "--window-steps", type=int, default=6, help="measured steps per window, after one settling step (default 6)"
+    )
     ap.add_argument("--imgsz", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--device", default="cpu", help="cpu, or one GPU index (default cpu)")
@@ -319,26 +346,40 @@ def main() -> int:
     on_off, off_off = pair_logs(sw.states, means)
     Path(tmp, "windows.json").write_text(json.dumps({"states": sw.states, "steps": sw.steps}))
     ci, noise = log_ratio_ci(on_off), log_ratio_ci(off_off)
-    print(f"\nyolo11n.yaml, imgsz {args.imgsz}, batch {args.batch}, {args.device}, workers 0, world size 1; "
-          f"{os.cpu_count()} cores; {wall:.0f} s")
-    print(f"windows: {len(sw.states)} of {args.window_steps} steps (+1 settling), mirrored pairs off on | on off; "
-          f"{len(on_off)} on/off pairs, {len(off_off)} off/off neighbours")
-    print(f"step, probes off: {1e3 * statistics.mean(off_steps):.1f} ms (mean of {len(off_steps)} steps, "
-          f"sd {1e3 * statistics.stdev(off_steps):.1f})")
-    print(f"step, probes on:  {1e3 * statistics.mean(on_steps):.1f} ms (mean of {len(on_steps)} steps, "
-          f"sd {1e3 * statistics.stdev(on_steps):.1f}); telemetry wrote {samples} CPU samples; files in {tmp}")
+    print(
+        f"\nyolo11n.yaml, imgsz {args.imgsz}, batch {args.batch}, {args.device}, workers 0, world size 1; "
+        f"{os.cpu_count()} cores; {wall:.0f} s"
+    )
+    print(
+        f"windows: {len(sw.states)} of {args.window_steps} steps (+1 settling), mirrored pairs off on | on off; "
+        f"{len(on_off)} on/off pairs, {len(off_off)} off/off neighbours"
+    )
+    print(
+        f"step, probes off: {1e3 * statistics.mean(off_steps):.1f} ms (mean of {len(off_steps)} steps, "
+        f"sd {1e3 * statistics.stdev(off_steps):.1f})"
+    )
+    print(
+        f"step, probes on:  {1e3 * statistics.mean(on_steps):.1f} ms (mean of {len(on_steps)} steps, "
+        f"sd {1e3 * statistics.stdev(on_steps):.1f}); telemetry wrote {samples} CPU samples; files in {tmp}"
+    )
     if ci is None:
         print("too few window pairs for an interval")
         return 1
-    print(f"step time, on / off: {ci.ratio:.4f} (95% {ci.low:.4f} to {ci.high:.4f}; one pair's spread "
-          f"sd {100 * ci.sd:.1f}%)")
+    print(
+        f"step time, on / off: {ci.ratio:.4f} (95% {ci.low:.4f} to {ci.high:.4f}; one pair's spread "
+        f"sd {100 * ci.sd:.1f}%)"
+    )
     if noise is not None:
-        print(f"noise, off / off neighbours: {noise.ratio:.4f} (95% {noise.low:.4f} to {noise.high:.4f}; one pair's "
-              f"spread sd {100 * noise.sd:.1f}%, {noise.n} pairs)")
+        print(
+            f"noise, off / off neighbours: {noise.ratio:.4f} (95% {noise.low:.4f} to {noise.high:.4f}; one pair's "
+            f"spread sd {100 * noise.sd:.1f}%, {noise.n} pairs)"
+        )
     robust = median_ci(on_off)
     if robust is not None:
-        print(f"robust check, median of the pairs: {robust[0]:.4f} (95% {robust[1]:.4f} to {robust[2]:.4f}, order "
-              "statistics: a neighbour's burst that slows a few windows does not move it)")
+        print(
+            f"robust check, median of the pairs: {robust[0]:.4f} (95% {robust[1]:.4f} to {robust[2]:.4f}, order "
+            "statistics: a neighbour's burst that slows a few windows does not move it)"
+        )
     print(verdict(ci))
     return 0
 

@@ -67,18 +67,24 @@ def main() -> int:
     twin = by_knobs.get((pick.knobs, pick.world_size))
     tied = set(grid.ranking.tied or [grid.ranking.fastest_trial_id])
     print(f"\nspace: {', '.join(f'{k} {_show(v)}' for k, v in space.items())}")
-    print(f"auto: {len(auto.results)} trials in {auto_s / 60:.1f} min; recommends {pick.trial_id} "
-          f"({pick.img_per_s:.1f} img/s in the auto scan)")  # fmt: skip
-    print(f"grid: {len(grid.results)} trials in {grid_s / 60:.1f} min; fastest {fastest.trial_id} "
-          f"({fastest.img_per_s:.1f} img/s); tied with it: {', '.join(sorted(tied))}")  # fmt: skip
+    print(
+        f"auto: {len(auto.results)} trials in {auto_s / 60:.1f} min; recommends {pick.trial_id} "
+        f"({pick.img_per_s:.1f} img/s in the auto scan)"
+    )
+    print(
+        f"grid: {len(grid.results)} trials in {grid_s / 60:.1f} min; fastest {fastest.trial_id} "
+        f"({fastest.img_per_s:.1f} img/s); tied with it: {', '.join(sorted(tied))}"
+    )
     if twin is None:
         print("auto's recommendation is not in the grid (outside the space?)")
         return 1
     ratio = twin.img_per_s / fastest.img_per_s
     in_tied = twin.trial_id in tied
-    print(f"best images/s, auto's pick as the grid measured it / grid's fastest: {ratio:.3f} "
-          f"({'in the grid tied group' if in_tied else 'not in the tied group'}"
-          f"{', within 3%' if ratio >= 0.97 else ''})")  # fmt: skip
+    print(
+        f"best images/s, auto's pick as the grid measured it / grid's fastest: {ratio:.3f} "
+        f"({'in the grid tied group' if in_tied else 'not in the tied group'}"
+        f"{', within 3%' if ratio >= 0.97 else ''})"
+    )
     print(f"wall time, auto / grid: {auto_s / grid_s:.2f} (target <= 0.33)")
     return 0
 

@@ -103,8 +103,10 @@ def main() -> None:
             root.kill()
         log.seek(0)
         steps = [tuple(json.loads(line)) for line in log if line.startswith("[")]
-    print(f"machine: {os.cpu_count()} cores; step on {args.threads} torch thread(s); "
-          f"sampler every {args.interval * 1e3:.0f} ms")
+    print(
+        f"machine: {os.cpu_count()} cores; step on {args.threads} torch thread(s); "
+        f"sampler every {args.interval * 1e3:.0f} ms"
+    )
     print(f"one CPU read (1 rank, {workers} workers, cores busy): {cpu_ms:.2f} ms")
     print(f"one GPU read: {f'{gpu_ms:.2f} ms' if gpu_ms is not None else f'n/a, no GPU reader here ({status})'}")
     report(steps, windows, thread_cpu, args)
@@ -118,8 +120,11 @@ def report(steps: list[tuple[float, float]], windows, thread_cpu, args) -> None:
     on = [d for o, a, b in windows if o for d in inside(a, b)]
     base, with_sampler = statistics.median(off), statistics.median(on)
     per_window = [statistics.median(inside(a, b) or [float("nan")]) for _, a, b in windows]
-    paired = [per_window[i] / ((per_window[i - 1] + per_window[i + 1]) / 2)
-              for i in range(1, len(windows) - 1) if windows[i][0]]  # each "on" window against its neighbours
+    paired = [
+        per_window[i] / ((per_window[i - 1] + per_window[i + 1]) / 2)
+        for i in range(1, len(windows) - 1)
+        if windows[i][0]
+    ]  # each "on" window against its neighbours
     same = [per_window[i + 2] / per_window[i] for i in range(0, len(windows) - 2, 2)]  # off against off: the noise
     q = statistics.quantiles(same, n=4)
     noise = (q[2] - q[0]) / 2
@@ -130,11 +135,15 @@ def report(steps: list[tuple[float, float]], windows, thread_cpu, args) -> None:
     verdict = "under" if ratio - 1 < 0.01 else "NOT under"
     if noise > 0.01:
         verdict = "inconclusive here: this machine's noise (below) is larger than"
-    print(f"slowdown ratio on/off: {ratio:.4f} (median of {len(paired)} on-windows, each against its neighbours): "
-          f"{100 * (ratio - 1):+.2f}% of a step; {verdict} the 1% budget")
+    print(
+        f"slowdown ratio on/off: {ratio:.4f} (median of {len(paired)} on-windows, each against its neighbours): "
+        f"{100 * (ratio - 1):+.2f}% of a step; {verdict} the 1% budget"
+    )
     print(f"noise: off-against-off windows differ by +-{100 * noise:.2f}% (half the interquartile range)")
-    print(f"sampler thread CPU: {1e3 * share:.1f} ms per second ({100 * share:.2f}% of one core, "
-          f"{100 * share / (os.cpu_count() or 1):.2f}% of this {os.cpu_count()}-core machine)")
+    print(
+        f"sampler thread CPU: {1e3 * share:.1f} ms per second ({100 * share:.2f}% of one core, "
+        f"{100 * share / (os.cpu_count() or 1):.2f}% of this {os.cpu_count()}-core machine)"
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,20 @@ def _steps_s(tdir: Path) -> float:
 
 
 def _round(out: Path, ctx, meta, knobs: Knobs, n: int, reuse: bool, first: int, args) -> dict:
-    specs = [plan.spec_for(knobs, first + i, ctx.hw, model=ctx.model, data=ctx.dataset.data, imgsz=ctx.imgsz,
-                           optimizer="SGD", warmup=args.warmup, steps=args.steps) for i in range(n)]  # fmt: skip
+    specs = [
+        plan.spec_for(
+            knobs,
+            first + i,
+            ctx.hw,
+            model=ctx.model,
+            data=ctx.dataset.data,
+            imgsz=ctx.imgsz,
+            optimizer="SGD",
+            warmup=args.warmup,
+            steps=args.steps,
+        )
+        for i in range(n)
+    ]
     start = time.monotonic()
     runner.execute(out, specs, meta, launch.HangPolicy(), Console(file=io.StringIO()), reuse=reuse)
     wall = time.monotonic() - start
@@ -78,8 +90,15 @@ def main() -> int:
     ap.add_argument("--out", default="runs/yoloprof/bench-trial-cost")
     args = ap.parse_args()
     console = Console()
-    req = orchestrate.ScanRequest(device="cpu", nproc=2, strategy="grid", batch=str(args.batch),
-                                  workers=str(args.workers), precision="off", no_ceilings=True)  # fmt: skip
+    req = orchestrate.ScanRequest(
+        device="cpu",
+        nproc=2,
+        strategy="grid",
+        batch=str(args.batch),
+        workers=str(args.workers),
+        precision="off",
+        no_ceilings=True,
+    )
     ctx = orchestrate.prepare(req, console)
     out = Path(args.out)
     if out.exists():
@@ -89,8 +108,25 @@ def main() -> int:
     (out / "trials").mkdir(parents=True)
     from yoloprof.records import ScanMeta
 
-    meta = ScanMeta("bench", time.time(), [], ctx.hw.device, ctx.hw.world_size, ctx.hw.gpus, ctx.model, ctx.imgsz, "SGD",
-                    args.warmup, args.steps, ctx.dataset, {}, [], [], ctx.env, [])  # fmt: skip
+    meta = ScanMeta(
+        "bench",
+        time.time(),
+        [],
+        ctx.hw.device,
+        ctx.hw.world_size,
+        ctx.hw.gpus,
+        ctx.model,
+        ctx.imgsz,
+        "SGD",
+        args.warmup,
+        args.steps,
+        ctx.dataset,
+        {},
+        [],
+        [],
+        ctx.env,
+        [],
+    )
     knobs = Knobs(args.batch, args.workers, False, False, "off", "default")
     ways = {"pool": [], "launch": []}
     index = 1
@@ -101,8 +137,10 @@ def main() -> int:
             index += args.trials
             w = ways[way][-1]
             console.print(f"round {r + 1} {way:6s}: {w['n']} trials in {w['wall_s']:.1f} s, steps {w['steps_s']:.1f} s")
-    console.print(f"\n{knobs}, {ctx.hw.world_size} {ctx.hw.device} ranks, imgsz {ctx.imgsz}, "
-                  f"{args.warmup} warm-up + {args.steps} measured steps; {args.rounds} rounds x {args.trials} trials each way")  # fmt: skip
+    console.print(
+        f"\n{knobs}, {ctx.hw.world_size} {ctx.hw.device} ranks, imgsz {ctx.imgsz}, "
+        f"{args.warmup} warm-up + {args.steps} measured steps; {args.rounds} rounds x {args.trials} trials each way"
+    )
     summary = {}
     for way, rounds in ways.items():
         n = sum(x["n"] for x in rounds)
@@ -110,13 +148,17 @@ def main() -> int:
         fixed = (sum(x["wall_s"] for x in rounds) - sum(x["steps_s"] for x in rounds)) / n
         ips = [v for x in rounds for v in x["img_per_s"]]
         summary[way] = ips
-        console.print(f"{way:6s}: wall {wall:5.1f} s a trial, fixed cost {fixed:5.1f} s a trial "
-                      f"({100 * fixed / wall:4.1f}% of its wall), images/s {statistics.mean(ips):.1f} "
-                      f"(sd {statistics.stdev(ips):.1f}, {len(ips)} trials)")  # fmt: skip
+        console.print(
+            f"{way:6s}: wall {wall:5.1f} s a trial, fixed cost {fixed:5.1f} s a trial "
+            f"({100 * fixed / wall:4.1f}% of its wall), images/s {statistics.mean(ips):.1f} "
+            f"(sd {statistics.stdev(ips):.1f}, {len(ips)} trials)"
+        )
     r, lo, hi = _ratio(summary["pool"], summary["launch"])
     same = lo <= 1.0 <= hi
-    console.print(f"images/s, pool / launch: {r:.3f} (95% interval {lo:.3f}-{hi:.3f}): "
-                  + ("equal within the noise" if same else "differs beyond the noise"))
+    console.print(
+        f"images/s, pool / launch: {r:.3f} (95% interval {lo:.3f}-{hi:.3f}): "
+        + ("equal within the noise" if same else "differs beyond the noise")
+    )
     return 0
 
 

@@ -46,13 +46,25 @@ def bus_bandwidth(algbw_gbs: float, world_size: int) -> float:
     return algbw_gbs * 2 * (world_size - 1) / world_size
 
 
-def point(size_bytes: int, time_s: float, iters: int, world_size: int, is_bucket: bool = False,
-          enqueue_s: Optional[float] = None) -> AllReducePoint:  # fmt: skip
+def point(
+    size_bytes: int,
+    time_s: float,
+    iters: int,
+    world_size: int,
+    is_bucket: bool = False,
+    enqueue_s: Optional[float] = None,
+) -> AllReducePoint:
     """One size's record from its time per AllReduce (seconds, slowest rank)."""
     algbw = size_bytes / time_s / 1e9
-    return AllReducePoint(size_bytes=size_bytes, time_us=time_s * 1e6, algbw_gbs=algbw,
-                          busbw_gbs=bus_bandwidth(algbw, world_size), iters=iters, is_bucket=is_bucket,
-                          enqueue_us=enqueue_s * 1e6 if enqueue_s is not None else None)  # fmt: skip
+    return AllReducePoint(
+        size_bytes=size_bytes,
+        time_us=time_s * 1e6,
+        algbw_gbs=algbw,
+        busbw_gbs=bus_bandwidth(algbw, world_size),
+        iters=iters,
+        is_bucket=is_bucket,
+        enqueue_us=enqueue_s * 1e6 if enqueue_s is not None else None,
+    )
 
 
 def sizes(lo: int, hi: int, factor: int, extra: list[int]) -> list[tuple[int, bool]]:
@@ -178,11 +190,20 @@ def sweep(args, cuda: bool) -> AllReduceCeiling:
         p = point(size, t_s, iters, n, is_bucket, enqueue_s)
         points.append(p)
         if rank == 0:
-            print(f"{size:>11} B  {p.time_us:>11.1f} us  algbw {p.algbw_gbs:8.3f}  busbw {p.busbw_gbs:8.3f} GB/s"
-                  f"  x{iters}{'  (model bucket)' if is_bucket else ''}", flush=True)  # fmt: skip
-    return AllReduceCeiling(backend="nccl" if cuda else "gloo", world_size=n, nccl=args.nccl_preset,
-                            device=device.type, dtype="float32", timing="cuda_event" if cuda else "host",
-                            points=points)  # fmt: skip
+            print(
+                f"{size:>11} B  {p.time_us:>11.1f} us  algbw {p.algbw_gbs:8.3f}  busbw {p.busbw_gbs:8.3f} GB/s"
+                f"  x{iters}{'  (model bucket)' if is_bucket else ''}",
+                flush=True,
+            )
+    return AllReduceCeiling(
+        backend="nccl" if cuda else "gloo",
+        world_size=n,
+        nccl=args.nccl_preset,
+        device=device.type,
+        dtype="float32",
+        timing="cuda_event" if cuda else "host",
+        points=points,
+    )
 
 
 def _ints(text: str) -> list[int]:
@@ -205,7 +226,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-
 def main(argv: list[str] | None = None) -> int:
     from yoloprof.orphan_guard import die_with_parent
 
@@ -217,10 +237,17 @@ def main(argv: list[str] | None = None) -> int:
         cuda = _use_cuda(args.backend)
         result = sweep(args, cuda)
     except Exception as exc:  # noqa: BLE001 - one line in the record, the scan goes on
-        result = AllReduceCeiling(backend="nccl" if cuda else "gloo", world_size=int(os.environ.get("WORLD_SIZE", "1")),
-                                  nccl=args.nccl_preset, device="cuda" if cuda else "cpu", dtype="float32",
-                                  timing="cuda_event" if cuda else "host", points=[], status="error",
-                                  error=error_line(exc))  # fmt: skip
+        result = AllReduceCeiling(
+            backend="nccl" if cuda else "gloo",
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            nccl=args.nccl_preset,
+            device="cuda" if cuda else "cpu",
+            dtype="float32",
+            timing="cuda_event" if cuda else "host",
+            points=[],
+            status="error",
+            error=error_line(exc),
+        )
     # Before the teardown, which may block when a peer is gone. On failure every rank writes (atomically,
     # so the file is always whole): torchrun may SIGTERM rank 0 as soon as another rank exits.
     if rank == 0 or result.status != "ok":

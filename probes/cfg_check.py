@@ -32,8 +32,10 @@ def check(args: dict, where: str) -> None:
         near = [s.strip(" '\"").split("=")[0] for s in similar.split(",") if s.strip()]
         hint = f" (did you mean {' or '.join(near)}?)" if near else ""
         more = f"; also {', '.join(repr(k) for k, _ in found[1:])}" if len(found) > 1 else ""
-        raise UsageError(f"{where}: '{key}' is not an argument of Ultralytics {ultralytics.__version__}{hint}{more}; "
-                         "remove or fix it") from None  # fmt: skip
+        raise UsageError(
+            f"{where}: '{key}' is not an argument of Ultralytics {ultralytics.__version__}{hint}{more}; "
+            "remove or fix it"
+        ) from None
     except (TypeError, ValueError) as exc:  # get_cfg's messages name the key: "'lr0=abc' is of invalid type str..."
         raise UsageError(f"{where}: {' '.join(str(exc).split())}") from None
     finally:

@@ -42,8 +42,14 @@ def _cuda_sync() -> None:
 
 
 class Clock:
-    def __init__(self, cuda: bool, *, sync: bool = False, new_event: Optional[Callable[[], Any]] = None,
-                 synchronize: Optional[Callable[[], None]] = None):  # fmt: skip
+    def __init__(
+        self,
+        cuda: bool,
+        *,
+        sync: bool = False,
+        new_event: Optional[Callable[[], Any]] = None,
+        synchronize: Optional[Callable[[], None]] = None,
+    ):
         """new_event / synchronize: replacements for torch.cuda's (an event is recorded when made), which
         the worker's fault injection uses to break a device; tests run the real calls against a stand-in."""
         self.cuda = bool(cuda)

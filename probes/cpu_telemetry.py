@@ -98,8 +98,9 @@ class CpuReader:
     def read(self, t_s: Optional[float] = None) -> CpuSample:
         t_s = time.time() if t_s is None else t_s
         per_core = [float(x) for x in psutil.cpu_percent(percpu=True)]
-        if self.root_pid is not None and (time.monotonic() >= self._next_walk or self._root is None
-                                          or self._root.pid != self.root_pid):  # fmt: skip
+        if self.root_pid is not None and (
+            time.monotonic() >= self._next_walk or self._root is None or self._root.pid != self.root_pid
+        ):
             self._walk()
         _, ranks_cpu, ranks_rss = self._usage(self._ranks)
         workers, loader_cpu, loader_rss = self._usage(self._workers)

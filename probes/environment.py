@@ -24,9 +24,7 @@ SECRET = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNO
 
 def safe_env(environ: Optional[dict] = None) -> dict[str, str]:
     environ = os.environ if environ is None else environ
-    return {
-        k: v for k, v in sorted(environ.items()) if k.startswith(ENV_PREFIXES) and not SECRET.search(k)
-    }
+    return {k: v for k, v in sorted(environ.items()) if k.startswith(ENV_PREFIXES) and not SECRET.search(k)}
 
 
 def _version(package: str) -> str:
@@ -64,8 +62,14 @@ def gpus() -> list[GpuInfo]:
     out = []
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
-        out.append(GpuInfo(index=i, name=props.name, mem_total_mib=props.total_memory / 2**20,
-                           capability=[props.major, props.minor]))  # fmt: skip
+        out.append(
+            GpuInfo(
+                index=i,
+                name=props.name,
+                mem_total_mib=props.total_memory / 2**20,
+                capability=[props.major, props.minor],
+            )
+        )
     return out
 
 

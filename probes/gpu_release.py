@@ -47,7 +47,9 @@ class ReleaseWatch:
                 return f"GPU {gpu} still uses {now - before:.0f} MiB more than before the trial"
         return None
 
-    def wait(self, pids: set[int], timeout_s: float = RELEASE_TIMEOUT_S, poll_s: float = 0.2) -> tuple[float, Optional[str]]:
+    def wait(
+        self, pids: set[int], timeout_s: float = RELEASE_TIMEOUT_S, poll_s: float = 0.2
+    ) -> tuple[float, Optional[str]]:
         """(seconds waited, None) once released, or (seconds, what still held it) after timeout_s."""
         if self.reader is None:
             return 0.0, None
@@ -63,4 +65,3 @@ class ReleaseWatch:
         if self.reader is not None:
             self.reader.close()
             self.reader = None
-

@@ -84,8 +84,10 @@ def _check_order(environ: Mapping[str, str], count: int, nvml: Any) -> None:
         return
     names = {_str(nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(i))) for i in range(count)}
     if len(names) > 1:
-        raise MappingError(f"mixed GPU models ({', '.join(sorted(names))}) are numbered fastest first by CUDA: "
-                           "set CUDA_DEVICE_ORDER=PCI_BUS_ID or name the GPUs by UUID")  # fmt: skip
+        raise MappingError(
+            f"mixed GPU models ({', '.join(sorted(names))}) are numbered fastest first by CUDA: "
+            "set CUDA_DEVICE_ORDER=PCI_BUS_ID or name the GPUs by UUID"
+        )
 
 
 def visible_physical(environ: Mapping[str, str], nvml: Any = pynvml) -> tuple[list[int], str]:
@@ -105,8 +107,10 @@ def resolve_nvml_indices(cuda_indices: list[int], environ: Mapping[str, str], nv
     out = []
     for i in cuda_indices:
         if not 0 <= i < len(physical):
-            raise MappingError(f"CUDA device {i} is not visible (CUDA_VISIBLE_DEVICES={visible!r}: "
-                               f"{len(physical)} visible{'; ' + why if why else ''})")  # fmt: skip
+            raise MappingError(
+                f"CUDA device {i} is not visible (CUDA_VISIBLE_DEVICES={visible!r}: "
+                f"{len(physical)} visible{'; ' + why if why else ''})"
+            )
         out.append(physical[i])
     return out
 
@@ -213,8 +217,11 @@ class GpuReader:
 
     def _pcie_turn(self, t_s: float) -> Optional[int]:
         """The GPU whose PCIe throughput this read asks for, if any is due (the longest waiting)."""
-        due = [(nxt, k) for k, (gpu, nxt) in enumerate(self._pcie_next.items())
-               if t_s >= nxt and not {(gpu, "pcie_tx"), (gpu, "pcie_rx")} <= self._skip]  # fmt: skip
+        due = [
+            (nxt, k)
+            for k, (gpu, nxt) in enumerate(self._pcie_next.items())
+            if t_s >= nxt and not {(gpu, "pcie_tx"), (gpu, "pcie_rx")} <= self._skip
+        ]
         if not due:
             return None
         gpu = self.gpus[min(due)[1]]
@@ -233,7 +240,8 @@ class GpuReader:
         reasons = self._ask(gpu, "throttle", ("throttle_reasons",), lambda: self._reasons(h))
         nv_tx, nv_rx = self._nvlink(gpu, h, t_s)
         return GpuSample(
-            t_s=t_s, gpu=gpu,
+            t_s=t_s,
+            gpu=gpu,
             sm_util_pct=float(util.gpu) if util is not None else None,
             mem_util_pct=float(util.memory) if util is not None else None,
             mem_used_mib=mem.used / MIB if mem is not None else None,
@@ -244,14 +252,19 @@ class GpuReader:
             mem_clock_mhz=ask("mem_clock", ("mem_clock_mhz",), lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM)),
             temp_c=ask("temp", ("temp_c",), lambda: n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)),
             throttle_reasons=throttle_names(reasons, n) if reasons is not None else None,
-            pcie_tx_mib_s=ask("pcie_tx", ("pcie_tx_mib_s",),
-                              lambda: n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_TX_BYTES), 1024)  # KB/s
-            if pcie else None,
-            pcie_rx_mib_s=ask("pcie_rx", ("pcie_rx_mib_s",),
-                              lambda: n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_RX_BYTES), 1024)
-            if pcie else None,
-            nvlink_tx_mib_s=nv_tx, nvlink_rx_mib_s=nv_rx,
-        )  # fmt: skip
+            pcie_tx_mib_s=ask(
+                "pcie_tx", ("pcie_tx_mib_s",), lambda: n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_TX_BYTES), 1024
+            )  # KB/s
+            if pcie
+            else None,
+            pcie_rx_mib_s=ask(
+                "pcie_rx", ("pcie_rx_mib_s",), lambda: n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_RX_BYTES), 1024
+            )
+            if pcie
+            else None,
+            nvlink_tx_mib_s=nv_tx,
+            nvlink_rx_mib_s=nv_rx,
+        )
 
     def read(self, t_s: Optional[float] = None) -> list[GpuSample]:
         """One sample per GPU, in CUDA order; a field the device refuses is None, never the read.

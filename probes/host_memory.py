@@ -70,8 +70,9 @@ def _chain(mount: Path, rel: str) -> list[Path]:
     return out
 
 
-def cgroup_spare(root: Path = Path("/sys/fs/cgroup"),
-                 proc: Path = Path("/proc/self/cgroup")) -> tuple[Optional[float], Optional[float]]:  # fmt: skip
+def cgroup_spare(
+    root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")
+) -> tuple[Optional[float], Optional[float]]:
     """(limit MiB, spare MiB) of the tightest memory limit over this process's cgroup and its ancestors;
     (None, None) where no limit applies or none can be read."""
     try:
@@ -83,8 +84,10 @@ def cgroup_spare(root: Path = Path("/sys/fs/cgroup"),
     if v2 is not None and (root / "cgroup.controllers").is_file():
         levels = [(d / "memory.max", d / "memory.current", d / "memory.stat", "file") for d in _chain(root, v2)]
     elif v1 is not None and (root / "memory").is_dir():
-        levels = [(d / "memory.limit_in_bytes", d / "memory.usage_in_bytes", d / "memory.stat", "total_cache")
-                  for d in _chain(root / "memory", v1)]  # fmt: skip
+        levels = [
+            (d / "memory.limit_in_bytes", d / "memory.usage_in_bytes", d / "memory.stat", "total_cache")
+            for d in _chain(root / "memory", v1)
+        ]
     for limit_f, usage_f, stat_f, key in levels:
         limit = _int(limit_f)
         if limit is None:
@@ -102,8 +105,9 @@ def budget(override_mib: Optional[float] = None, override_text: Optional[str] = 
     """The memory the fit test uses: the override where given, else the smaller of psutil's and the cgroup's."""
     avail = environment.available_ram_mib()  # psutil's available memory
     limit, spare = cgroup_spare()
-    out = MemoryBudget(available_mib=avail, source="psutil", psutil_available_mib=avail, cgroup_limit_mib=limit,
-                       cgroup_spare_mib=spare)  # fmt: skip
+    out = MemoryBudget(
+        available_mib=avail, source="psutil", psutil_available_mib=avail, cgroup_limit_mib=limit, cgroup_spare_mib=spare
+    )
     if spare is not None and spare < avail:
         out.available_mib, out.source = spare, "cgroup"
     if override_mib is not None:

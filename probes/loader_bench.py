@@ -81,13 +81,23 @@ def join_group(rendezvous: str, rank: int, ranks: int) -> bool:
         return False
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=Path(rendezvous).resolve().as_uri(), rank=rank, world_size=ranks,
-                            timeout=GROUP_TIMEOUT)  # fmt: skip
+    dist.init_process_group(
+        "gloo", init_method=Path(rendezvous).resolve().as_uri(), rank=rank, world_size=ranks, timeout=GROUP_TIMEOUT
+    )
     return True
 
 
-def build_loader(data_yaml: str, imgsz: int, batch: int, workers: int, cache: str, device: str, model: str,
-                 pin_memory: bool, rank: int = -1):  # fmt: skip
+def build_loader(
+    data_yaml: str,
+    imgsz: int,
+    batch: int,
+    workers: int,
+    cache: str,
+    device: str,
+    model: str,
+    pin_memory: bool,
+    rank: int = -1,
+):
     """The train loader of a trial's rank `rank` (-1: one rank, no sampler), on `device`."""
     import torch
     from ultralytics.cfg import get_cfg
@@ -100,8 +110,18 @@ def build_loader(data_yaml: str, imgsz: int, batch: int, workers: int, cache: st
 
     offline.patch_ultralytics()
     task = model_check.model_task(model)
-    cfg = get_cfg(overrides=dict(data=data_yaml, imgsz=imgsz, batch=batch, workers=workers, model=model, task=task,
-                                 cache={"off": False}.get(cache, cache), close_mosaic=0))  # fmt: skip
+    cfg = get_cfg(
+        overrides=dict(
+            data=data_yaml,
+            imgsz=imgsz,
+            batch=batch,
+            workers=workers,
+            model=model,
+            task=task,
+            cache={"off": False}.get(cache, cache),
+            close_mosaic=0,
+        )
+    )
     init_seeds(cfg.seed + 1 + RANK, deterministic=cfg.deterministic)  # BaseTrainer.__init__
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -112,8 +132,16 @@ def build_loader(data_yaml: str, imgsz: int, batch: int, workers: int, cache: st
             dataset = ClassificationDataset(data["train"], cfg, augment=True, prefix="train", names=data["names"])
         else:  # DetectionTrainer.build_dataset, which segment, pose and obb use; cfg.task picks the labels
             dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="train", rect=False, stride=32)
-    return build_dataloader(dataset, batch=batch, workers=workers, shuffle=True, rank=rank,
-                            drop_last=bool(cfg.compile), pin_memory=pin_memory, device=dev)  # fmt: skip
+    return build_dataloader(
+        dataset,
+        batch=batch,
+        workers=workers,
+        shuffle=True,
+        rank=rank,
+        drop_last=bool(cfg.compile),
+        pin_memory=pin_memory,
+        device=dev,
+    )
 
 
 def _forever(loader):
@@ -162,8 +190,10 @@ def cold_window(it, loader, cache: str, batches: int, consumed: int, rank: int, 
         return dict(cold_error="cache=ram: the images were decoded into RAM at set-up; an epoch reads no image file")
     nb, inflight = len(loader), loader.num_workers * (getattr(loader, "prefetch_factor", None) or 0)
     if nb - inflight < 1:
-        return dict(cold_error=f"a pass of {nb} batches per rank is no longer than the {inflight} batches in flight "
-                               "(workers x prefetch_factor): no batch would be read after the eviction within one pass")
+        return dict(
+            cold_error=f"a pass of {nb} batches per rank is no longer than the {inflight} batches in flight "
+            "(workers x prefetch_factor): no batch would be read after the eviction within one pass"
+        )
     room = nb - consumed % nb - inflight  # this pass's batches dispatched after an eviction now
     if room < batches and room < nb - inflight:  # the next pass has more room: go there (fewer than `batches` batches)
         for _ in range(nb - consumed % nb):
@@ -174,13 +204,19 @@ def cold_window(it, loader, cache: str, batches: int, consumed: int, rank: int, 
     if rank in (0, -1):
         before = page_cache.resident_frac(files)
         ev = page_cache.evict(files)
-        out = dict(evicted_files=ev.files, evicted_bytes=ev.bytes, resident_frac_evicted=ev.resident_frac_after,
-                   resident_frac_before_evict=before)  # fmt: skip
+        out = dict(
+            evicted_files=ev.files,
+            evicted_bytes=ev.bytes,
+            resident_frac_evicted=ev.resident_frac_after,
+            resident_frac_before_evict=before,
+        )
         if ev.errors:
             out["cold_error"] = f"the eviction failed on {len(ev.errors)} of {len(files)} files ({ev.errors[0]})"
         elif ev.resident_frac_after is not None and ev.resident_frac_after > MAX_RESIDENT_AFTER_EVICT:
-            out["cold_error"] = (f"the file system kept {100 * ev.resident_frac_after:.0f}% of the files' pages cached "
-                                 "after posix_fadvise(DONTNEED) (tmpfs, or pages another process maps): no cold read to time")
+            out["cold_error"] = (
+                f"the file system kept {100 * ev.resident_frac_after:.0f}% of the files' pages cached "
+                "after posix_fadvise(DONTNEED) (tmpfs, or pages another process maps): no cold read to time"
+            )
     out = _broadcast(out, grouped)
     if out.get("cold_error"):
         return out
@@ -203,8 +239,17 @@ MAX_RESIDENT_AFTER_EVICT = 0.05  # more than this still cached after the evictio
 def run(args) -> dict:
     os.environ.update(distributed_env(args.rank, args.ranks))  # before Ultralytics is imported
     grouped = join_group(args.rendezvous, args.rank, args.ranks)
-    loader = build_loader(args.data, args.imgsz, args.batch, args.workers, args.cache, args.device, args.model,
-                          args.pin_memory == "on", rank=args.rank if grouped else -1)  # fmt: skip
+    loader = build_loader(
+        args.data,
+        args.imgsz,
+        args.batch,
+        args.workers,
+        args.cache,
+        args.device,
+        args.model,
+        args.pin_memory == "on",
+        rank=args.rank if grouped else -1,
+    )
     it = _forever(loader)
     for _ in range(args.warmup):
         next(it)
@@ -223,15 +268,37 @@ def run(args) -> dict:
     elapsed = time.perf_counter() - t0
     cpu = _cpu_seconds(me) - cpu0
     images = sum(batch_images)
-    out = dict(rank=args.rank, device=str(args.device), pin_memory=args.pin_memory == "on",
-               pin_memory_effective=bool(loader.pin_memory), sampler=type(loader.sampler).__name__,
-               batches_per_epoch=len(loader), workers_effective=loader.num_workers, images=images, elapsed_s=elapsed,
-               img_per_s=images / elapsed, cpu_pct=100.0 * cpu / elapsed, batch_ms=batch_ms, batch_images=batch_images,
-               resident_frac_warm=resident, status="ok", error=None)  # fmt: skip
+    out = dict(
+        rank=args.rank,
+        device=str(args.device),
+        pin_memory=args.pin_memory == "on",
+        pin_memory_effective=bool(loader.pin_memory),
+        sampler=type(loader.sampler).__name__,
+        batches_per_epoch=len(loader),
+        workers_effective=loader.num_workers,
+        images=images,
+        elapsed_s=elapsed,
+        img_per_s=images / elapsed,
+        cpu_pct=100.0 * cpu / elapsed,
+        batch_ms=batch_ms,
+        batch_images=batch_images,
+        resident_frac_warm=resident,
+        status="ok",
+        error=None,
+    )
     if args.cold == "on":
         try:  # the warm figure stands whatever happens to the cold one
-            out.update(cold_window(it, loader, args.cache, args.batches, args.warmup + args.batches,
-                                   args.rank if grouped else -1, grouped))  # fmt: skip
+            out.update(
+                cold_window(
+                    it,
+                    loader,
+                    args.cache,
+                    args.batches,
+                    args.warmup + args.batches,
+                    args.rank if grouped else -1,
+                    grouped,
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - recorded as the reason the cold rate is n/a
             out["cold_error"] = f"the cold window failed: {error_line(exc)}"
     if hasattr(loader, "close"):
@@ -242,7 +309,9 @@ def run(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="probes.loader_bench")
     p.add_argument("--data", required=True)
-    p.add_argument("--model", default="yolo26n.yaml", help="its task picks the dataset (detect, segment, pose, obb, classify)")
+    p.add_argument(
+        "--model", default="yolo26n.yaml", help="its task picks the dataset (detect, segment, pose, obb, classify)"
+    )
     p.add_argument("--imgsz", type=int, required=True)
     p.add_argument("--batch", type=int, required=True, help="per rank")
     p.add_argument("--workers", type=int, required=True, help="per rank")
@@ -254,8 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rendezvous", help="a file all ranks name (absent or empty at start); needed for --ranks > 1")
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--cold", choices=("on", "off"), default="off", help="also time the loaders after evicting the "
-                   "dataset's files from the page cache")
+    p.add_argument(
+        "--cold",
+        choices=("on", "off"),
+        default="off",
+        help="also time the loaders after evicting the dataset's files from the page cache",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:

@@ -70,5 +70,6 @@ def peak(device: torch.device) -> MemoryPeak:
         )
     # The rank process itself, not its DataLoader workers; VmHWM is what a pool resets between trials.
     hwm = _vm_hwm_mib()
-    return MemoryPeak(hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      None, None, "rss")  # fmt: skip
+    return MemoryPeak(
+        hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, None, None, "rss"
+    )

@@ -17,8 +17,13 @@ TASKS = ("detect", "segment", "pose", "obb", "classify")
 # The model YAML a scan builds for each task when --model is not given (the data's task decides).
 # YOLO26, Ultralytics' default family (`yolo train` without a model trains yolo26n.pt); YOLO11 and YOLOv8 are
 # built the same way when named (--model yolo11n.yaml).
-DEFAULT_MODELS = {"detect": "yolo26n.yaml", "segment": "yolo26n-seg.yaml", "pose": "yolo26n-pose.yaml",
-                  "obb": "yolo26n-obb.yaml", "classify": "yolo26n-cls.yaml"}  # fmt: skip
+DEFAULT_MODELS = {
+    "detect": "yolo26n.yaml",
+    "segment": "yolo26n-seg.yaml",
+    "pose": "yolo26n-pose.yaml",
+    "obb": "yolo26n-obb.yaml",
+    "classify": "yolo26n-cls.yaml",
+}
 
 
 def _model_class(task: str):
@@ -126,8 +131,10 @@ def check_checkpoint(path: Path, model: str, nc: int) -> None:
     from ultralytics.utils.checks import check_yolov5u_filename
 
     if check_yolov5u_filename(str(path), verbose=False) != str(path):
-        raise UsageError(f"--model {model}: Ultralytics reads this name as its YOLOv5u release and would download it; "
-                         f"rename the file (e.g. {path.stem}-mine.pt)")  # fmt: skip
+        raise UsageError(
+            f"--model {model}: Ultralytics reads this name as its YOLOv5u release and would download it; "
+            f"rename the file (e.g. {path.stem}-mine.pt)"
+        )
     with _quiet("CRITICAL"):
         try:
             weights, _ = load_checkpoint(path)
@@ -135,29 +142,35 @@ def check_checkpoint(path: Path, model: str, nc: int) -> None:
             raise UsageError(f"--model {model}: {_unloadable(exc)}; {PT_FIX}") from None
         cfg = getattr(weights, "yaml", None)
         if not isinstance(cfg, dict):
-            raise UsageError(f"--model {model}: its model carries no Ultralytics YAML, so Ultralytics cannot rebuild "
-                             f"it; {PT_FIX}")  # fmt: skip
+            raise UsageError(
+                f"--model {model}: its model carries no Ultralytics YAML, so Ultralytics cannot rebuild it; {PT_FIX}"
+            )
         task = _weights_task(weights)
         try:
             _build(cfg, model, nc, task).load(weights, verbose=False)
         except UsageError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to rebuild it is the checkpoint's
-            raise UsageError(f"--model {model}: Ultralytics cannot build a {task} model from it "
-                             f"({_first_line(exc)}); {PT_FIX}") from None  # fmt: skip
+            raise UsageError(
+                f"--model {model}: Ultralytics cannot build a {task} model from it ({_first_line(exc)}); {PT_FIX}"
+            ) from None
 
 
 def _build(cfg, model: str, nc: int, task: str):
     """The model the task's trainer builds. A YAML whose head is not its task's (a Classify head on a
     detection backbone read as detect, say) would fail every trial in the loss: refuse it here."""
     if task not in TASKS:
-        raise UsageError(f"--model {model}: a {task} model; yoloprof measures {', '.join(TASKS[:-1])} and "
-                         f"{TASKS[-1]} training (e.g. yolo26n.yaml, yolo26n-seg.yaml)")  # fmt: skip
+        raise UsageError(
+            f"--model {model}: a {task} model; yoloprof measures {', '.join(TASKS[:-1])} and "
+            f"{TASKS[-1]} training (e.g. yolo26n.yaml, yolo26n-seg.yaml)"
+        )
     cls, head = _model_class(task)
     m = cls(cfg, nc=nc, verbose=False)
     if not isinstance(m.model[-1], head):
-        raise UsageError(f"--model {model}: its last layer is {type(m.model[-1]).__name__}, not a {task} head "
-                         f"({head.__name__}); give a {task} model (e.g. {DEFAULT_MODELS[task]})")  # fmt: skip
+        raise UsageError(
+            f"--model {model}: its last layer is {type(m.model[-1]).__name__}, not a {task} head "
+            f"({head.__name__}); give a {task} model (e.g. {DEFAULT_MODELS[task]})"
+        )
     return m
 
 

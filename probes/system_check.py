@@ -20,8 +20,14 @@ from yoloprof.records import DoctorReport, Environment, GpuLink, NvmlGpu
 
 SHM_PATH = "/dev/shm"
 # nvmlDeviceGetTopologyCommonAncestor level -> nvidia-smi topo's name for it
-TOPOLOGY = {"INTERNAL": "internal", "SINGLE": "PIX", "MULTIPLE": "PXB", "HOSTBRIDGE": "PHB", "NODE": "NODE",
-            "SYSTEM": "SYS"}  # fmt: skip
+TOPOLOGY = {
+    "INTERNAL": "internal",
+    "SINGLE": "PIX",
+    "MULTIPLE": "PXB",
+    "HOSTBRIDGE": "PHB",
+    "NODE": "NODE",
+    "SYSTEM": "SYS",
+}
 
 
 def _str(v: Any) -> str:
@@ -33,7 +39,9 @@ def cuda_version(v: Optional[int]) -> Optional[str]:
     return None if not v else f"{v // 1000}.{v % 1000 // 10}"
 
 
-def shm_mib(path: str = SHM_PATH, statvfs: Callable[[str], Any] = os.statvfs) -> tuple[Optional[float], Optional[float]]:
+def shm_mib(
+    path: str = SHM_PATH, statvfs: Callable[[str], Any] = os.statvfs
+) -> tuple[Optional[float], Optional[float]]:
     """(size, free) of the shared-memory mount in MiB; (None, None) where there is none."""
     try:
         st = statvfs(path)
@@ -98,14 +106,23 @@ def _read(environ: Mapping[str, str], nvml: Any) -> dict:
         "nvml_gpus": gpus,
         "mapping_note": why or None,
         "cuda_visible_count": visible,
-        "links": [_link(nvml, handles[pa], handles[pb], a, b) for (a, pa), (b, pb) in combinations(enumerate(physical), 2)],
+        "links": [
+            _link(nvml, handles[pa], handles[pb], a, b) for (a, pa), (b, pb) in combinations(enumerate(physical), 2)
+        ],
     }
 
 
 def nvml_view(environ: Mapping[str, str], nvml: Any = None) -> dict:
     """DoctorReport's NVML fields; nvml_status says "not measured: <why>" where NVML cannot be asked."""
-    out: dict = {"nvml_status": "ok", "driver": None, "driver_cuda": None, "nvml_gpus": [], "mapping_note": None,
-                 "cuda_visible_count": None, "links": []}  # fmt: skip
+    out: dict = {
+        "nvml_status": "ok",
+        "driver": None,
+        "driver_cuda": None,
+        "nvml_gpus": [],
+        "mapping_note": None,
+        "cuda_visible_count": None,
+        "links": [],
+    }
     if nvml is None:
         try:
             import pynvml as nvml
@@ -123,8 +140,14 @@ def nvml_view(environ: Mapping[str, str], nvml: Any = None) -> dict:
         nvml.nvmlShutdown()
 
 
-def collect(env: Environment, *, device_asked: Optional[str], environ: Optional[Mapping[str, str]] = None,
-            nvml: Any = None, shm_path: str = SHM_PATH) -> DoctorReport:  # fmt: skip
+def collect(
+    env: Environment,
+    *,
+    device_asked: Optional[str],
+    environ: Optional[Mapping[str, str]] = None,
+    nvml: Any = None,
+    shm_path: str = SHM_PATH,
+) -> DoctorReport:
     """Everything but the collective check; ranks and workers are filled in once the scan is planned."""
     environ = os.environ if environ is None else environ
     shm_total, shm_free = shm_mib(shm_path)

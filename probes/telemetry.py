@@ -23,9 +23,15 @@ from yoloprof.records import TelemetryHeader, to_dict
 class TelemetrySampler:
     JOIN_S = 5.0  # longest stop() waits for a read stuck in the driver
 
-    def __init__(self, path: Path, interval_s: float = 0.1, gpus: Optional[list[int]] = None,
-                 root_pid: Optional[int] = None, environ: Optional[Mapping[str, str]] = None,
-                 mem_used_before_launch_mib: Optional[list[Optional[float]]] = None):  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        interval_s: float = 0.1,
+        gpus: Optional[list[int]] = None,
+        root_pid: Optional[int] = None,
+        environ: Optional[Mapping[str, str]] = None,
+        mem_used_before_launch_mib: Optional[list[Optional[float]]] = None,
+    ):
         """mem_used_before_launch_mib: what the GPUs used before the launch (a pool's, read when it started);
         None: read at start(), which must then come before the launch."""
         if not interval_s > 0:

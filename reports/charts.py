@@ -30,7 +30,7 @@ def _svg(fig) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: the page inlines it
+    return text[text.index("<svg") :]  # drop the XML prolog and DOCTYPE: the page inlines it
 
 
 def throughput(results: list[TrialResult], intervals: Optional[dict] = None) -> Optional[str]:
@@ -89,11 +89,27 @@ def against_ceilings(views: list) -> Optional[str]:
     y = list(range(len(rows)))
     ax.barh(y, [v.img_per_s for v in rows], color="#1f77b4", label="achieved in training")
     cy = [i for i, v in zip(y, rows) if v.compute_img_s]
-    ax.scatter([v.compute_img_s for v in rows if v.compute_img_s], cy, marker="|", s=300, color="#2ca02c",
-               linewidths=3, label="compute ceiling (no input, no AllReduce)", zorder=3)  # fmt: skip
+    ax.scatter(
+        [v.compute_img_s for v in rows if v.compute_img_s],
+        cy,
+        marker="|",
+        s=300,
+        color="#2ca02c",
+        linewidths=3,
+        label="compute ceiling (no input, no AllReduce)",
+        zorder=3,
+    )
     iy = [i for i, v in zip(y, rows) if v.input_img_s]
-    ax.scatter([v.input_img_s for v in rows if v.input_img_s], iy, marker="|", s=300, color="#d62728",
-               linewidths=3, label="input ceiling (loaders alone)", zorder=3)  # fmt: skip
+    ax.scatter(
+        [v.input_img_s for v in rows if v.input_img_s],
+        iy,
+        marker="|",
+        s=300,
+        color="#d62728",
+        linewidths=3,
+        label="input ceiling (loaders alone)",
+        zorder=3,
+    )
     ax.set_yticks(y, [v.trial_id for v in rows])
     ax.set_xlabel("images/s, all ranks")
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
@@ -108,11 +124,27 @@ def busbw(ceilings: list, achieved: list[tuple[int, float]]) -> Optional[str]:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for c in curves:
         pts = sorted((p.size_bytes, p.busbw_gbs) for p in c.points)
-        ax.plot([s / 2**20 for s, _ in pts], [b for _, b in pts], marker="o", ms=3, label=f"probe, {c.backend} {c.nccl}" + (
-            "" if not any(o.nnodes > 1 for o in curves) else f", {c.world_size} ranks on {c.nnodes} node{'s' * (c.nnodes > 1)}"))
+        ax.plot(
+            [s / 2**20 for s, _ in pts],
+            [b for _, b in pts],
+            marker="o",
+            ms=3,
+            label=f"probe, {c.backend} {c.nccl}"
+            + (
+                ""
+                if not any(o.nnodes > 1 for o in curves)
+                else f", {c.world_size} ranks on {c.nnodes} node{'s' * (c.nnodes > 1)}"
+            ),
+        )
     if achieved:
-        ax.scatter([s / 2**20 for s, _ in achieved], [b for _, b in achieved], color="#d62728", marker="x", zorder=3,
-                   label="model buckets during training")  # fmt: skip
+        ax.scatter(
+            [s / 2**20 for s, _ in achieved],
+            [b for _, b in achieved],
+            color="#d62728",
+            marker="x",
+            zorder=3,
+            label="model buckets during training",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("message size (MiB)")
     ax.set_ylabel("busbw (GB/s)")
@@ -128,8 +160,11 @@ def compute_memory(points: list, total_mib: Optional[float]) -> Optional[str]:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
     for amp in sorted({p.amp for p in ok}, key=precision_name):
         # at the batch that ran: a capped point repeats a smaller batch, never one that did not run
-        ran = {p.batch_ran: (p.img_per_s, p.peak_mem_mib) for p in sorted(ok, key=lambda p: p.capped, reverse=True)
-               if p.amp == amp}  # fmt: skip
+        ran = {
+            p.batch_ran: (p.img_per_s, p.peak_mem_mib)
+            for p in sorted(ok, key=lambda p: p.capped, reverse=True)
+            if p.amp == amp
+        }
         pts = sorted((b, r, m) for b, (r, m) in ran.items())
         label = precision_name(amp)
         a1.plot([b for b, _, _ in pts], [r for _, r, _ in pts], marker="o", label=label)
@@ -154,8 +189,15 @@ def over_time(timelines: list) -> Optional[str]:
     fig, axes = plt.subplots(len(tls), 1, figsize=(7, 2.4 * len(tls)), squeeze=False)
     for ax, tl in zip(axes[:, 0], tls):
         starts = [t - ms / 1e3 for t, ms in zip(tl.step_t_s, tl.step_ms)]
-        ax.bar(starts, tl.data_wait_ms, width=[0.95 * ms / 1e3 for ms in tl.step_ms], align="edge", color="#d62728",
-               alpha=0.6, label="data wait (ms, per step)")  # fmt: skip
+        ax.bar(
+            starts,
+            tl.data_wait_ms,
+            width=[0.95 * ms / 1e3 for ms in tl.step_ms],
+            align="edge",
+            color="#d62728",
+            alpha=0.6,
+            label="data wait (ms, per step)",
+        )
         ax.set_ylabel("data wait ms")
         ax.set_title(tl.trial_id, fontsize=9, loc="left")
         if tl.util_t_s:

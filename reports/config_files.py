@@ -59,8 +59,9 @@ def _cfg_value(knobs: Knobs, key: str):
     return v
 
 
-def best_config(meta: ScanMeta, best: TrialResult, baseline: TrialResult | None = None,
-                results: list[TrialResult] | None = None) -> BestConfig:  # fmt: skip
+def best_config(
+    meta: ScanMeta, best: TrialResult, baseline: TrialResult | None = None, results: list[TrialResult] | None = None
+) -> BestConfig:
     """`results` (every trial's) give --cfg's comments their measured difference and its interval."""
     k = best.knobs
     wanted = {
@@ -83,10 +84,16 @@ def best_config(meta: ScanMeta, best: TrialResult, baseline: TrialResult | None 
         cfg, comments, header, findings = _user_config(meta, best, results or [], accepted)
     else:
         cfg = {key: v for key, v in wanted.items() if key in accepted}
-        findings = [f"'{key}' is not an argument of Ultralytics {meta.environment.ultralytics}; left out of best.yaml"
-                    for key in wanted if key not in accepted]  # fmt: skip
-        comments = {key: note for key, note in tradeoffs.config_notes(results or [best], best,
-                                                                      meta.dataset.train_images).items() if key in cfg}
+        findings = [
+            f"'{key}' is not an argument of Ultralytics {meta.environment.ultralytics}; left out of best.yaml"
+            for key in wanted
+            if key not in accepted
+        ]
+        comments = {
+            key: note
+            for key, note in tradeoffs.config_notes(results or [best], best, meta.dataset.train_images).items()
+            if key in cfg
+        }
     if meta.device == "cuda" and "pin_memory" not in accepted:
         findings.append(
             f"pin_memory={'on' if k.pin_memory else 'off'} was measured best, but Ultralytics "
@@ -96,12 +103,22 @@ def best_config(meta: ScanMeta, best: TrialResult, baseline: TrialResult | None 
         cfg["pin_memory"] = k.pin_memory
     env = []
     for name, value in sorted(nccl_env(k.nccl).items()):
-        env.append((name, value, f"NCCL preset '{k.nccl}' won this scan; NCCL documents {name} as a debugging variable"))
+        env.append(
+            (name, value, f"NCCL preset '{k.nccl}' won this scan; NCCL documents {name} as a debugging variable")
+        )
     if meta.device == "cuda" or meta.world_size > 1:
         threads = str(omp_threads(meta.environment.cpu_count, ranks_per_node(meta)))
         env.append(("OMP_NUM_THREADS", threads, "the value the trials ran with; torchrun sets 1 when it is unset"))
-    return BestConfig(best.trial_id, cfg, env, findings, comments, header, nnodes=meta.nnodes,
-                      optimizer_note=optimizer_note(meta, best))
+    return BestConfig(
+        best.trial_id,
+        cfg,
+        env,
+        findings,
+        comments,
+        header,
+        nnodes=meta.nnodes,
+        optimizer_note=optimizer_note(meta, best),
+    )
 
 
 def optimizer_key(meta: ScanMeta) -> dict:
@@ -129,8 +146,13 @@ def _user_config(meta: ScanMeta, best: TrialResult, results: list[TrialResult], 
     args, yid = dict(meta.train_cfg_args), meta.baselines.get(YOURS)
     yours = next((s.knobs for s in meta.specs if s.trial_id == yid), None)
     keys = MEASURED + (("pin_memory",) if "pin_memory" in accepted else ())  # a release that has the argument
-    changed = [key for key in keys if yours is not None and getattr(yours, key) != getattr(best.knobs, key)
-               and not (key in args and args[key] == _cfg_value(best.knobs, key))]  # your trial ran a capped value
+    changed = [
+        key
+        for key in keys
+        if yours is not None
+        and getattr(yours, key) != getattr(best.knobs, key)
+        and not (key in args and args[key] == _cfg_value(best.knobs, key))
+    ]  # your trial ran a capped value
     d = noise.difference(results, yid, best.trial_id) if yid else None
     if d is None or d.ratio != d.ratio:  # nan: your settings' trial has no figure
         status = next((r.status for r in results if r.trial_id == yid), "no result")
@@ -140,20 +162,30 @@ def _user_config(meta: ScanMeta, best: TrialResult, results: list[TrialResult], 
     cfg, comments, findings = dict(args), {}, []
     for key in changed:
         if key not in accepted and key not in args:
-            findings.append(f"'{key}' is not an argument of Ultralytics {meta.environment.ultralytics}; "
-                            "left out of best.yaml")  # fmt: skip
+            findings.append(
+                f"'{key}' is not an argument of Ultralytics {meta.environment.ultralytics}; left out of best.yaml"
+            )
             continue
         was = _scalar(args[key]) if key in args else f"{_scalar(_cfg_value(yours, key))} (not in your config)"
         cfg[key] = _cfg_value(best.knobs, key)
         others = [c for c in changed if c != key]
         cost = tradeoffs.trade_off(key, getattr(best.knobs, key))
-        comments[key] = (f"was {was}: {gain}" + (f", together with {' and '.join(others)}" if others else "")
-                         + f", yoloprof {best.trial_id}" + (f"; it {cost}" if cost else ""))  # fmt: skip
+        comments[key] = (
+            f"was {was}: {gain}"
+            + (f", together with {' and '.join(others)}" if others else "")
+            + f", yoloprof {best.trial_id}"
+            + (f"; it {cost}" if cost else "")
+        )
     rate = f" ({best.img_per_s:.1f} img/s)" if best.img_per_s else ""
-    header = [f"# yoloprof {meta.yoloprof_version}: your config {meta.train_cfg or ''}, with the recommended trial "
-              f"{best.trial_id}{rate} against your settings (trial {yid or 'not run'})."]  # fmt: skip
-    header.append(f"# Changed: {', '.join(comments)} (each line says what was measured); every other line is yours."
-                  if comments else "# Nothing to change: your measured settings were the recommended ones.")
+    header = [
+        f"# yoloprof {meta.yoloprof_version}: your config {meta.train_cfg or ''}, with the recommended trial "
+        f"{best.trial_id}{rate} against your settings (trial {yid or 'not run'})."
+    ]
+    header.append(
+        f"# Changed: {', '.join(comments)} (each line says what was measured); every other line is yours."
+        if comments
+        else "# Nothing to change: your measured settings were the recommended ones."
+    )
     p = meta.optimizer_plan
     if p is not None and p.source == "--optimizer" and not optim.is_auto(p.asked) and "optimizer" not in args:
         cfg["optimizer"] = p.asked  # named on the command line only: plain `yolo train` would otherwise pick auto's
@@ -167,8 +199,10 @@ def ranks_per_node(meta: ScanMeta) -> int:
 
 def _train_with(meta: ScanMeta, epochs: str = "") -> str:
     if meta.nnodes > 1:
-        return (f"# Train with:  NODE_RANK=k ./best.sh{epochs} on each of the {meta.nnodes} nodes (`yoloprof train`: "
-                "plain `yolo train` trains on one node only)")  # fmt: skip
+        return (
+            f"# Train with:  NODE_RANK=k ./best.sh{epochs} on each of the {meta.nnodes} nodes (`yoloprof train`: "
+            "plain `yolo train` trains on one node only)"
+        )
     return f"# Train with:  yolo train cfg=best.yaml{epochs}   (arguments on the command line win over this file)"
 
 
@@ -179,8 +213,10 @@ def render_yaml(meta: ScanMeta, best: TrialResult, cfg: BestConfig) -> str:
         lines = [*cfg.header, _train_with(meta), *note]
         if meta.dataset.synthetic and "data" not in meta.train_cfg_args:
             lines.append("# data: measured on yoloprof's synthetic speed-test dataset; your config names none.")
-        lines += [_yaml_line(key, v) + (f"  # {cfg.comments[key]}" if key in cfg.comments else "")
-                  for key, v in cfg.cfg.items()]  # fmt: skip
+        lines += [
+            _yaml_line(key, v) + (f"  # {cfg.comments[key]}" if key in cfg.comments else "")
+            for key, v in cfg.cfg.items()
+        ]
         return "\n".join(lines) + "\n"
     lines = [
         f"# yoloprof {meta.yoloprof_version}: best of {len(meta.trial_ids)} trials, trial {best.trial_id} ({rate}).",
@@ -191,14 +227,18 @@ def render_yaml(meta: ScanMeta, best: TrialResult, cfg: BestConfig) -> str:
     if meta.device != "cuda" and meta.nnodes <= 1:
         lines.append("# device=cpu: `yolo train` runs one process with workers=0 on CPU (the trials ran DDP ranks).")
     lines += note
-    lines += [_yaml_line(key, v) + (f"  # {cfg.comments[key]}" if key in cfg.comments else "")
-              for key, v in cfg.cfg.items()]  # fmt: skip
+    lines += [
+        _yaml_line(key, v) + (f"  # {cfg.comments[key]}" if key in cfg.comments else "") for key, v in cfg.cfg.items()
+    ]
     return "\n".join(lines) + "\n"
 
 
 def render_env(best: TrialResult, cfg: BestConfig) -> str:
-    use = ("`yoloprof train` reads it (best.sh, on every node)" if cfg.nnodes > 1
-           else "source best.env && yolo train cfg=best.yaml")  # fmt: skip
+    use = (
+        "`yoloprof train` reads it (best.sh, on every node)"
+        if cfg.nnodes > 1
+        else "source best.env && yolo train cfg=best.yaml"
+    )
     lines = [f"# yoloprof: environment for trial {best.trial_id}. Use:  {use}"]
     for name, value, why in cfg.env:
         lines += [f"# {why}", f"export {name}={shlex.quote(value)}"]
@@ -229,8 +269,11 @@ def _render_sh_nodes(meta: ScanMeta, best: TrialResult) -> str:
     """A scan across nodes trains across them: `yoloprof train` on every node, each with its NODE_RANK."""
     n, last = meta.nnodes, meta.nnodes - 1
     endpoint = meta.rdzv_endpoint if meta.rdzv_endpoint and _SAFE_ENDPOINT.match(meta.rdzv_endpoint) else None
-    rdzv = (f'"${{RDZV_ENDPOINT:-{endpoint}}}"' if endpoint
-            else '"${RDZV_ENDPOINT:?set RDZV_ENDPOINT to HOST:PORT of node 0}"')  # fmt: skip
+    rdzv = (
+        f'"${{RDZV_ENDPOINT:-{endpoint}}}"'
+        if endpoint
+        else '"${RDZV_ENDPOINT:?set RDZV_ENDPOINT to HOST:PORT of node 0}"'
+    )
     per_node = "" if meta.device == "cuda" else f" --nproc {ranks_per_node(meta)}"  # GPUs: best.yaml's device list
     return (
         "#!/usr/bin/env bash\n"
@@ -250,11 +293,10 @@ def _render_sh_nodes(meta: ScanMeta, best: TrialResult) -> str:
     )
 
 
-def write(out_dir: Path, meta: ScanMeta, best: TrialResult) -> BestConfig:
+def write(out_dir: Path, meta: ScanMeta, best: TrialResult, results: list[TrialResult]) -> BestConfig:
+    """best.yaml, best.env and best.sh; `results` are every trial's (the comments' figures pool the noise over
+    repeats), handed in by the pipeline that read them, so this module reads no scan folder itself."""
     out_dir = Path(out_dir)
-    from yoloprof.outputs import trial_result  # the comments need every trial's figure (noise pools over repeats)
-
-    results = [r for r in (trial_result(out_dir, tid) for tid in meta.trial_ids) if r is not None]
     cfg = best_config(meta, best, results=results)
     (out_dir / "best.yaml").write_text(render_yaml(meta, best, cfg))
     (out_dir / "best.env").write_text(render_env(best, cfg))

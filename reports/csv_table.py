@@ -19,29 +19,100 @@ from typing import Optional
 from yoloprof.analysis import noise
 from yoloprof.records import EpochPrediction, Ranking, RunPlan, TrialResult
 
-PREDICTED = ("epoch_s", "epoch_s_low", "epoch_s_high", "run_h", "run_h_low", "run_h_high", "cost_epoch", "cost_run",
-             "energy_epoch_kwh", "energy_run_kwh", "steps_s", "val_s", "save_s", "boundary_s", "no_mosaic_epoch_s",
-             "once_s", "compile_s", "startup_s", "final_s")  # fmt: skip
+PREDICTED = (
+    "epoch_s",
+    "epoch_s_low",
+    "epoch_s_high",
+    "run_h",
+    "run_h_low",
+    "run_h_high",
+    "cost_epoch",
+    "cost_run",
+    "energy_epoch_kwh",
+    "energy_run_kwh",
+    "steps_s",
+    "val_s",
+    "save_s",
+    "boundary_s",
+    "no_mosaic_epoch_s",
+    "once_s",
+    "compile_s",
+    "startup_s",
+    "final_s",
+)
 
 COLUMNS = [
-    "trial_id", "status", "world_size", "batch", "workers", "amp", "pin_memory", "cache", "nccl",
-    "img_per_s", "img_per_s_ci_low", "img_per_s_ci_high", "step_ms_p50", "step_ms_p90", "data_wait_frac", "comm_ms_p50", "comm_frac",
-    "peak_mem_mib", "gpu_util_pct", "bottleneck", "position",
-    "epoch_s", "epoch_s_low", "epoch_s_high", "run_h", "run_h_low", "run_h_high", "cost_epoch", "cost_run",
-    "img_per_s_p10", "img_per_s_p90", "comm_wait_ms_p50", "workers_effective", "accumulate", "rank_skew",
-    "measured_steps", "error", "epoch_boundary_steps", "epoch_boundary_ms_p50", "mem_overhead_mib",
-    "tied_with_best", "repeat_of", "img_per_s_config", "img_per_s_config_ci_low", "img_per_s_config_ci_high",
-    "energy_epoch_kwh", "energy_run_kwh", "steps_s", "val_s", "save_s", "boundary_s", "no_mosaic_epoch_s", "once_s",
+    "trial_id",
+    "status",
+    "world_size",
+    "batch",
+    "workers",
+    "amp",
+    "pin_memory",
+    "cache",
+    "nccl",
+    "img_per_s",
+    "img_per_s_ci_low",
+    "img_per_s_ci_high",
+    "step_ms_p50",
+    "step_ms_p90",
+    "data_wait_frac",
+    "comm_ms_p50",
+    "comm_frac",
+    "peak_mem_mib",
+    "gpu_util_pct",
+    "bottleneck",
+    "position",
+    "epoch_s",
+    "epoch_s_low",
+    "epoch_s_high",
+    "run_h",
+    "run_h_low",
+    "run_h_high",
+    "cost_epoch",
+    "cost_run",
+    "img_per_s_p10",
+    "img_per_s_p90",
+    "comm_wait_ms_p50",
+    "workers_effective",
+    "accumulate",
+    "rank_skew",
+    "measured_steps",
+    "error",
+    "epoch_boundary_steps",
+    "epoch_boundary_ms_p50",
+    "mem_overhead_mib",
+    "tied_with_best",
+    "repeat_of",
+    "img_per_s_config",
+    "img_per_s_config_ci_low",
+    "img_per_s_config_ci_high",
+    "energy_epoch_kwh",
+    "energy_run_kwh",
+    "steps_s",
+    "val_s",
+    "save_s",
+    "boundary_s",
+    "no_mosaic_epoch_s",
+    "once_s",
     # the knobs beyond the five, at the end: the first columns keep their places
-    "epoch_parts_missing", "deterministic", "compile", "channels_last", "setup_s", "warmup_extra_s", "compile_s",
+    "epoch_parts_missing",
+    "deterministic",
+    "compile",
+    "channels_last",
+    "setup_s",
+    "warmup_extra_s",
+    "compile_s",
     # the global batch that ran where it was less than `batch` asked (a dataset smaller than a batch), and the notes
-    "batch_effective", "notes",
+    "batch_effective",
+    "notes",
     # the optimizer the trial ran, read back from its ranks (Ultralytics' auto resolved for the planned run by default)
     "optimizer",
     # once per run, measured by the epoch job: the process's start to the trainer (interpreter and imports), and the
     # end after the last epoch (final validation of best.pt, plots)
-    "startup_s", "final_s",
-]  # fmt: skip  # fmt: skip
+    "startup_s",
+    "final_s",
+]
 
 
 def _cell(v) -> str:
@@ -59,8 +130,12 @@ def ordered(results: list[TrialResult], ranking: Ranking) -> list[TrialResult]:
     return [by_id[v.trial_id] for v in ranking.verdicts if v.trial_id in by_id]
 
 
-def rows(results: list[TrialResult], ranking: Ranking, predictions: Optional[dict[str, EpochPrediction]] = None,
-         run_plan: Optional[RunPlan] = None) -> list[dict[str, Optional[object]]]:  # fmt: skip
+def rows(
+    results: list[TrialResult],
+    ranking: Ranking,
+    predictions: Optional[dict[str, EpochPrediction]] = None,
+    run_plan: Optional[RunPlan] = None,
+) -> list[dict[str, Optional[object]]]:
     predictions = predictions or {}
     verdicts = {v.trial_id: v for v in ranking.verdicts}
     rtr = noise.run_to_run(results)
@@ -69,33 +144,67 @@ def rows(results: list[TrialResult], ranking: Ranking, predictions: Optional[dic
         v = verdicts[r.trial_id]
         k = r.knobs
         low, high = noise.trial_interval(r, rtr)
-        out.append({
-            "trial_id": r.trial_id, "status": r.status, "world_size": r.world_size,
-            "batch": k.batch, "workers": k.workers, "amp": k.amp, "pin_memory": k.pin_memory,
-            "cache": k.cache, "nccl": k.nccl, "deterministic": k.deterministic, "compile": k.compile,
-            "channels_last": k.channels_last, "setup_s": r.setup_s, "warmup_extra_s": r.warmup_extra_s,
-            "img_per_s": r.img_per_s, "img_per_s_ci_low": low, "img_per_s_ci_high": high, "step_ms_p50": r.step_ms_p50, "step_ms_p90": r.step_ms_p90,
-            "data_wait_frac": r.data_wait_frac, "comm_ms_p50": r.comm_ms_p50, "comm_frac": r.comm_frac,
-            "peak_mem_mib": r.peak_mem_mib, "gpu_util_pct": r.gpu_util_pct,
-            "bottleneck": v.bottleneck, "position": v.position,
-            "img_per_s_p10": r.img_per_s_p10, "img_per_s_p90": r.img_per_s_p90,
-            "comm_wait_ms_p50": r.comm_wait_ms_p50, "workers_effective": r.workers_effective,
-            "accumulate": r.accumulate, "rank_skew": r.rank_skew, "measured_steps": r.measured_steps,
-            "error": r.error, "epoch_boundary_steps": r.epoch_boundary_steps,
-            "epoch_boundary_ms_p50": r.epoch_boundary_ms_p50, "mem_overhead_mib": r.mem_overhead_mib,
-            "tied_with_best": v.tied_with_best if v.position is not None else None, "repeat_of": v.repeat_of,
-            "img_per_s_config": v.img_per_s, "img_per_s_config_ci_low": v.img_per_s_ci_low,
-            "img_per_s_config_ci_high": v.img_per_s_ci_high,
-            "batch_effective": r.batch_effective, "notes": "; ".join(r.notes) or None, "optimizer": r.optimizer,
-        })  # fmt: skip
+        out.append(
+            {
+                "trial_id": r.trial_id,
+                "status": r.status,
+                "world_size": r.world_size,
+                "batch": k.batch,
+                "workers": k.workers,
+                "amp": k.amp,
+                "pin_memory": k.pin_memory,
+                "cache": k.cache,
+                "nccl": k.nccl,
+                "deterministic": k.deterministic,
+                "compile": k.compile,
+                "channels_last": k.channels_last,
+                "setup_s": r.setup_s,
+                "warmup_extra_s": r.warmup_extra_s,
+                "img_per_s": r.img_per_s,
+                "img_per_s_ci_low": low,
+                "img_per_s_ci_high": high,
+                "step_ms_p50": r.step_ms_p50,
+                "step_ms_p90": r.step_ms_p90,
+                "data_wait_frac": r.data_wait_frac,
+                "comm_ms_p50": r.comm_ms_p50,
+                "comm_frac": r.comm_frac,
+                "peak_mem_mib": r.peak_mem_mib,
+                "gpu_util_pct": r.gpu_util_pct,
+                "bottleneck": v.bottleneck,
+                "position": v.position,
+                "img_per_s_p10": r.img_per_s_p10,
+                "img_per_s_p90": r.img_per_s_p90,
+                "comm_wait_ms_p50": r.comm_wait_ms_p50,
+                "workers_effective": r.workers_effective,
+                "accumulate": r.accumulate,
+                "rank_skew": r.rank_skew,
+                "measured_steps": r.measured_steps,
+                "error": r.error,
+                "epoch_boundary_steps": r.epoch_boundary_steps,
+                "epoch_boundary_ms_p50": r.epoch_boundary_ms_p50,
+                "mem_overhead_mib": r.mem_overhead_mib,
+                "tied_with_best": v.tied_with_best if v.position is not None else None,
+                "repeat_of": v.repeat_of,
+                "img_per_s_config": v.img_per_s,
+                "img_per_s_config_ci_low": v.img_per_s_ci_low,
+                "img_per_s_config_ci_high": v.img_per_s_ci_high,
+                "batch_effective": r.batch_effective,
+                "notes": "; ".join(r.notes) or None,
+                "optimizer": r.optimizer,
+            }
+        )
         p = predictions.get(r.trial_id) or EpochPrediction(r.trial_id)
         out[-1].update({k: getattr(p, k) for k in PREDICTED})
         out[-1]["epoch_parts_missing"] = "; ".join(p.parts_missing) or None
     return out
 
 
-def render(results: list[TrialResult], ranking: Ranking, predictions: Optional[dict[str, EpochPrediction]] = None,
-           run_plan: Optional[RunPlan] = None) -> str:  # fmt: skip
+def render(
+    results: list[TrialResult],
+    ranking: Ranking,
+    predictions: Optional[dict[str, EpochPrediction]] = None,
+    run_plan: Optional[RunPlan] = None,
+) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -104,6 +213,11 @@ def render(results: list[TrialResult], ranking: Ranking, predictions: Optional[d
     return buf.getvalue()
 
 
-def write(path: Path, results: list[TrialResult], ranking: Ranking,
-          predictions: Optional[dict[str, EpochPrediction]] = None, run_plan: Optional[RunPlan] = None) -> None:  # fmt: skip
+def write(
+    path: Path,
+    results: list[TrialResult],
+    ranking: Ranking,
+    predictions: Optional[dict[str, EpochPrediction]] = None,
+    run_plan: Optional[RunPlan] = None,
+) -> None:
     Path(path).write_text(render(results, ranking, predictions, run_plan))

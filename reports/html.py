@@ -42,11 +42,18 @@ def _interval(v: Optional[float], low: Optional[float], high: Optional[float]) -
 
 
 NUM_COLS = [
-    ("img_per_s", _num(".1f")), ("img_per_s_p10", _num(".1f")), ("img_per_s_p90", _num(".1f")),
-    ("step_ms_p50", _num(".0f")), ("step_ms_p90", _num(".0f")), ("data_wait_frac", _pct),
-    ("comm_ms_p50", _num(".1f")), ("comm_frac", _pct), ("peak_mem_mib", _num(".0f")), ("gpu_util_pct", _num(".0f")),
+    ("img_per_s", _num(".1f")),
+    ("img_per_s_p10", _num(".1f")),
+    ("img_per_s_p90", _num(".1f")),
+    ("step_ms_p50", _num(".0f")),
+    ("step_ms_p90", _num(".0f")),
+    ("data_wait_frac", _pct),
+    ("comm_ms_p50", _num(".1f")),
+    ("comm_frac", _pct),
+    ("peak_mem_mib", _num(".0f")),
+    ("gpu_util_pct", _num(".0f")),
     ("energy_j_per_img", _num(".2f")),
-]  # fmt: skip
+]
 
 
 def optimizer_text(meta: ScanMeta, results: list) -> str:
@@ -62,55 +69,95 @@ def env_rows(meta: ScanMeta, results: Optional[list] = None) -> list[tuple[str, 
     gpus = "; ".join(f"{g.index}: {g.name} ({g.mem_total_mib:.0f} MiB)" for g in e.gpus) or "none"
     return [
         ("command", " ".join(meta.command)),
-        ("ranks", f"{meta.world_size} ({'NCCL on GPUs ' + ','.join(map(str, meta.gpus)) if meta.device == 'cuda' else 'gloo on CPU'})"
-                  + (f" across {meta.nnodes} nodes, {meta.world_size // meta.nnodes} ranks a node; c10d rendezvous at "
-                     f"{meta.rdzv_endpoint}; environment below: node 0's" if meta.nnodes > 1 else "")),
+        (
+            "ranks",
+            f"{meta.world_size} ({'NCCL on GPUs ' + ','.join(map(str, meta.gpus)) if meta.device == 'cuda' else 'gloo on CPU'})"
+            + (
+                f" across {meta.nnodes} nodes, {meta.world_size // meta.nnodes} ranks a node; c10d rendezvous at "
+                f"{meta.rdzv_endpoint}; environment below: node 0's"
+                if meta.nnodes > 1
+                else ""
+            ),
+        ),
         ("task", meta.task),
         ("model", meta.model),
         ("imgsz", str(meta.imgsz)),
         ("optimizer", optimizer_text(meta, results or [])),
         ("steps", f"{meta.warmup_steps} warm-up + {meta.measured_steps} measured per trial"),
-        ("dataset", f"{d.data}: {d.train_images} train / {d.val_images} val images, {len(d.classes)} classes "
-                    f"({', '.join(d.classes[:20])}{', ...' if len(d.classes) > 20 else ''})"
-                    + (" - synthetic, for measuring speed only" if d.synthetic else "")),
+        (
+            "dataset",
+            f"{d.data}: {d.train_images} train / {d.val_images} val images, {len(d.classes)} classes "
+            f"({', '.join(d.classes[:20])}{', ...' if len(d.classes) > 20 else ''})"
+            + (" - synthetic, for measuring speed only" if d.synthetic else ""),
+        ),
         ("GPUs", gpus),
         ("driver / CUDA / NCCL", f"{e.driver or 'n/a'} / {e.cuda or 'n/a'} / {e.nccl or 'n/a'}"),
         ("torch / ultralytics / python", f"{e.torch} / {e.ultralytics} / {e.python}"),
         ("CPU / RAM", f"{e.cpu_count} cores / " + (f"{e.ram_total_mib / 1024:.1f} GiB" if e.ram_total_mib else "n/a")),
         ("host", f"{e.hostname} ({e.platform})"),
         ("environment variables", ", ".join(f"{k}={v}" for k, v in e.env_vars.items()) or "none set"),
-    ]  # fmt: skip
+    ]
 
 
 def _ceiling_context(out) -> dict:
     c = out.ceilings
     views = [against.against(r, c) for r in ordered(out.results, out.ranking)] if c.any else []
     best_bw = against.achieved_bucket_busbw(out.best) if out.best else []
-    probe_bw = {size: bw for a in c.allreduce if a.nccl == (out.best.knobs.nccl if out.best else "default")
-                and (out.best is None or a.world_size == out.best.world_size)
-                for size, bw in against.bucket_busbw(a).items()}  # fmt: skip
-    link = [dict(size=s, achieved=bw, probe=probe_bw.get(s), frac=bw / probe_bw[s] if probe_bw.get(s) else None)
-            for s, bw in best_bw]  # fmt: skip
+    probe_bw = {
+        size: bw
+        for a in c.allreduce
+        if a.nccl == (out.best.knobs.nccl if out.best else "default")
+        and (out.best is None or a.world_size == out.best.world_size)
+        for size, bw in against.bucket_busbw(a).items()
+    }
+    link = [
+        dict(size=s, achieved=bw, probe=probe_bw.get(s), frac=bw / probe_bw[s] if probe_bw.get(s) else None)
+        for s, bw in best_bw
+    ]
     figures = []
     svg = charts.against_ceilings(views)
     if svg:
-        figures.append(dict(title="Trials against the ceilings", svg=svg, caption=(
-            "Bars: images/s achieved in training. Green: the compute ceiling at the trial's batch and AMP (the "
-            "training step on one device with the batch already there, times the ranks). Red: the input ceiling "
-            "at the trial's workers and pin_memory (the dataloaders alone, all ranks at once). A bar far below "
-            "green with red near it is input-bound.")))  # fmt: skip
+        figures.append(
+            dict(
+                title="Trials against the ceilings",
+                svg=svg,
+                caption=(
+                    "Bars: images/s achieved in training. Green: the compute ceiling at the trial's batch and AMP (the "
+                    "training step on one device with the batch already there, times the ranks). Red: the input ceiling "
+                    "at the trial's workers and pin_memory (the dataloaders alone, all ranks at once). A bar far below "
+                    "green with red near it is input-bound."
+                ),
+            )
+        )
     if c.compute is not None:
         svg = charts.compute_memory(c.compute.points, c.compute.device_mem_total_mib)
         if svg:
-            figures.append(dict(title="Compute and memory against batch", svg=svg, caption=(
-                "One device, no data loading. " + _fit_text(c.compute, out.results))))
+            figures.append(
+                dict(
+                    title="Compute and memory against batch",
+                    svg=svg,
+                    caption=("One device, no data loading. " + _fit_text(c.compute, out.results)),
+                )
+            )
     svg = charts.busbw(c.allreduce, best_bw)
     if svg:
-        figures.append(dict(title="AllReduce bus bandwidth", svg=svg, caption=(
-            "Probe: an nccl-tests style sweep on the scan's ranks and backend, busbw = algbw x 2(n-1)/n. "
-            "Crosses: the best trial's DDP buckets as timed in training (launch to completion).")))  # fmt: skip
-    return dict(views=views, link=link, ceilings=c, ceiling_figures=figures,
-                link_losses=[x.text for x in scaling.link_losses(c.allreduce)])
+        figures.append(
+            dict(
+                title="AllReduce bus bandwidth",
+                svg=svg,
+                caption=(
+                    "Probe: an nccl-tests style sweep on the scan's ranks and backend, busbw = algbw x 2(n-1)/n. "
+                    "Crosses: the best trial's DDP buckets as timed in training (launch to completion)."
+                ),
+            )
+        )
+    return dict(
+        views=views,
+        link=link,
+        ceilings=c,
+        ceiling_figures=figures,
+        link_losses=[x.text for x in scaling.link_losses(c.allreduce)],
+    )
 
 
 def _fit_text(compute, results) -> str:
@@ -119,19 +166,30 @@ def _fit_text(compute, results) -> str:
     one = ", ".join(f"{k} {v}" for k, v in compute.max_batch_fit.items())
     ddp, overhead = memory_fit.ddp_fits(compute, results)
     if overhead is None:
-        return (f"Largest batch per rank within 90% of device memory, measured on one device: {one}. Under DDP a "
-                "rank also holds its CUDA context, NCCL buffers and gradient buckets, not measured here (no NVML "
-                "reading from a DDP trial), so DDP fits less.")  # fmt: skip
-    return (f"Largest batch per rank within 90% of device memory under DDP: "
-            f"{', '.join(f'{k} {v}' for k, v in ddp.items()) or 'none'} (one device alone: {one}; a DDP rank holds "
-            f"{overhead:.0f} MiB more, measured by NVML in the DDP trials: CUDA context, NCCL buffers, buckets).")
+        return (
+            f"Largest batch per rank within 90% of device memory, measured on one device: {one}. Under DDP a "
+            "rank also holds its CUDA context, NCCL buffers and gradient buckets, not measured here (no NVML "
+            "reading from a DDP trial), so DDP fits less."
+        )
+    return (
+        f"Largest batch per rank within 90% of device memory under DDP: "
+        f"{', '.join(f'{k} {v}' for k, v in ddp.items()) or 'none'} (one device alone: {one}; a DDP rank holds "
+        f"{overhead:.0f} MiB more, measured by NVML in the DDP trials: CUDA context, NCCL buffers, buckets)."
+    )
 
 
 def _advice_context(out) -> dict:
     meta, results, best = out.meta, out.results, out.best
     verdicts = {v.trial_id: v for v in out.ranking.verdicts}
-    ctx = dict(effects=advice.effects(results), path=[], reference=None, untested=[], gains=[], gives_up={},
-               payoffs=[p.text for p in tradeoffs.compile_payoffs(results, meta.dataset.train_images)])  # fmt: skip
+    ctx = dict(
+        effects=advice.effects(results),
+        path=[],
+        reference=None,
+        untested=[],
+        gains=[],
+        gives_up={},
+        payoffs=[p.text for p in tradeoffs.compile_payoffs(results, meta.dataset.train_images)],
+    )
     ctx["gains"] = ranking_mod.gains(results, out.ranking, meta.baselines)
     if best is None:
         return ctx
@@ -178,8 +236,10 @@ def steps_text(meta: ScanMeta) -> Optional[str]:
     """'each trial measured 20 to 60 steps, until its images/s was within +-3% (95% interval)'; None for fixed steps."""
     if not meta.precision or not meta.max_steps or meta.max_steps <= meta.measured_steps:
         return None
-    return (f"each trial measured {meta.measured_steps} to {meta.max_steps} steps, until its images/s was within "
-            f"±{100 * meta.precision:.3g}% (95% interval)")  # fmt: skip
+    return (
+        f"each trial measured {meta.measured_steps} to {meta.max_steps} steps, until its images/s was within "
+        f"±{100 * meta.precision:.3g}% (95% interval)"
+    )
 
 
 def budget_used_s(meta: ScanMeta) -> Optional[float]:
@@ -197,18 +257,34 @@ def _search_context(meta: ScanMeta, anchors: dict[str, str]) -> dict:
     titles = dict(SEARCH_STAGES) | {d.stage: d.stage for d in meta.decisions if d.stage not in known}
     groups = []
     for stage in dict.fromkeys(known + [d.stage for d in meta.decisions]):
-        rows = [dict(kind=d.kind, setting="" if d.knob is None else f"{d.knob}={d.value}" if d.value is not None
-                     else d.knob, trial_id=d.trial_id, anchor=anchors.get(d.trial_id or ""), reason=d.reason,
-                     minutes=_minutes(d.budget_used_s), css="struck" if d.kind in _STRUCK else f"kind-{d.kind}")
-                for d in meta.decisions if d.stage == stage]  # fmt: skip
+        rows = [
+            dict(
+                kind=d.kind,
+                setting="" if d.knob is None else f"{d.knob}={d.value}" if d.value is not None else d.knob,
+                trial_id=d.trial_id,
+                anchor=anchors.get(d.trial_id or ""),
+                reason=d.reason,
+                minutes=_minutes(d.budget_used_s),
+                css="struck" if d.kind in _STRUCK else f"kind-{d.kind}",
+            )
+            for d in meta.decisions
+            if d.stage == stage
+        ]
         if rows:
             groups.append(dict(stage=stage, title=titles[stage], rows=rows))
     used = budget_used_s(meta)
-    budget = (f"{_minutes(used) or 'n/a'} of {_minutes(meta.budget_s)} min used" if meta.budget_s
-              else f"{_minutes(used) or 'n/a'} min used (no budget recorded)")  # fmt: skip
+    budget = (
+        f"{_minutes(used) or 'n/a'} of {_minutes(meta.budget_s)} min used"
+        if meta.budget_s
+        else f"{_minutes(used) or 'n/a'} min used (no budget recorded)"
+    )
     precision = steps or f"each trial measured {meta.measured_steps} steps (fixed, no precision target)"
-    return dict(search=dict(strategy=meta.strategy, budget=budget, precision=precision, groups=groups,
-                            trials=len(meta.trial_ids)), steps_note=None)  # fmt: skip
+    return dict(
+        search=dict(
+            strategy=meta.strategy, budget=budget, precision=precision, groups=groups, trials=len(meta.trial_ids)
+        ),
+        steps_note=None,
+    )
 
 
 def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[list] = None) -> str:
@@ -234,20 +310,41 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
     ranked = ordered(results, ranking)
     svg = charts.throughput(ranked, {r.trial_id: noise.trial_interval(r, noise.run_to_run(results)) for r in ranked})
     if svg:
-        figures.append(dict(title="Throughput", caption=(
-            "images/s per trial. Black whiskers: the 95% interval (batch means over the trial's steps, widened to "
-            "the run-to-run spread where repeats measured it); grey ticks: the per-step p10 and p90."), svg=svg))
+        figures.append(
+            dict(
+                title="Throughput",
+                caption=(
+                    "images/s per trial. Black whiskers: the 95% interval (batch means over the trial's steps, widened to "
+                    "the run-to-run spread where repeats measured it); grey ticks: the per-step p10 and p90."
+                ),
+                svg=svg,
+            )
+        )
     svg = charts.breakdown(ranked)
     if svg:
-        figures.append(dict(title="Where a step's time goes", svg=svg, caption=(
-            "Mean milliseconds per step by phase. Data wait: blocked on the next batch. Exposed AllReduce: "
-            "after the last gradient, waiting for gradient synchronisation. Device phases are timed with CUDA "
-            "events on GPUs, with the host clock on CPU.")))  # fmt: skip
+        figures.append(
+            dict(
+                title="Where a step's time goes",
+                svg=svg,
+                caption=(
+                    "Mean milliseconds per step by phase. Data wait: blocked on the next batch. Exposed AllReduce: "
+                    "after the last gradient, waiting for gradient synchronisation. Device phases are timed with CUDA "
+                    "events on GPUs, with the host clock on CPU."
+                ),
+            )
+        )
     svg = charts.over_time(timelines or [])
     if svg:
-        figures.append(dict(title="Over time: the best and the slowest trial", svg=svg, caption=(
-            "Bars: data wait of each measured step on rank 0 (width: the step). Line: GPU utilisation from NVML "
-            "where a GPU was sampled, else the CPU's (all cores). Time 0 is the start of the first measured step.")))  # fmt: skip
+        figures.append(
+            dict(
+                title="Over time: the best and the slowest trial",
+                svg=svg,
+                caption=(
+                    "Bars: data wait of each measured step on rank 0 (width: the step). Line: GPU utilisation from NVML "
+                    "where a GPU was sampled, else the CPU's (all cores). Time 0 is the start of the first measured step."
+                ),
+            )
+        )
     figures += _knob_figures(out)
     scale_groups = scaling.groups(results)
     command = "source best.env && yolo train cfg=best.yaml"
@@ -278,10 +375,18 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         ranks_of={r.trial_id: r.ranks for r in results},
         notes_of={r.trial_id: r.notes for r in results},
         scale_groups=scale_groups,
-        scale_epoch={pt.trial_id: epoch_view.table_cells(out.predictions.get(pt.trial_id))
-                     for g in scale_groups for pt in g.points},
-        training=epoch_view.context(out.predictions.get(ranking.best_trial_id or ""), meta.run_plan, out.epoch_costs,
-                                    meta.device, best.world_size if best else meta.world_size),
+        scale_epoch={
+            pt.trial_id: epoch_view.table_cells(out.predictions.get(pt.trial_id))
+            for g in scale_groups
+            for pt in g.points
+        },
+        training=epoch_view.context(
+            out.predictions.get(ranking.best_trial_id or ""),
+            meta.run_plan,
+            out.epoch_costs,
+            meta.device,
+            best.world_size if best else meta.world_size,
+        ),
         run_plan=meta.run_plan,
         amount=epoch_amount,
         precision_name=precision_name,
@@ -303,21 +408,38 @@ def _knob_figures(out) -> list[dict]:
         loader.setdefault(f"input ceiling (loaders alone{pin})", {})[p.workers] = p.img_per_s_machine
     svg = charts.against_knob(out.results, "workers", "batch", loader)
     if svg:
-        figs.append(dict(title="Images/s against workers", svg=svg, caption=(
-            "Each line: the trials at one batch size (the best of their other settings). Dashed: what the "
-            "dataloaders deliver alone at each workers value, all ranks at once.")))  # fmt: skip
+        figs.append(
+            dict(
+                title="Images/s against workers",
+                svg=svg,
+                caption=(
+                    "Each line: the trials at one batch size (the best of their other settings). Dashed: what the "
+                    "dataloaders deliver alone at each workers value, all ranks at once."
+                ),
+            )
+        )
     lines = {}
     if c.compute:
         for amp in sorted({p.amp for p in c.compute.points}, key=precision_name):
-            pts = {p.batch_ran * n: p.img_per_s * n for p in sorted(c.compute.points, key=lambda p: p.capped, reverse=True)
-                   if p.amp == amp and p.img_per_s}  # at the batch that ran; a point that ran as asked wins  # fmt: skip
+            pts = {
+                p.batch_ran * n: p.img_per_s * n
+                for p in sorted(c.compute.points, key=lambda p: p.capped, reverse=True)
+                if p.amp == amp and p.img_per_s
+            }  # at the batch that ran; a point that ran as asked wins
             if pts:
                 lines[f"compute ceiling, {precision_name(amp)}"] = pts
     svg = charts.against_knob(out.results, "batch", "workers", lines)
     if svg:
-        figs.append(dict(title="Images/s against batch", svg=svg, caption=(
-            "Each line: the trials at one workers value. Dashed: the training step alone on one device with the "
-            "batch already there, times the ranks.")))  # fmt: skip
+        figs.append(
+            dict(
+                title="Images/s against batch",
+                svg=svg,
+                caption=(
+                    "Each line: the trials at one workers value. Dashed: the training step alone on one device with the "
+                    "batch already there, times the ranks."
+                ),
+            )
+        )
     return figs
 
 
@@ -329,4 +451,5 @@ def render_compare(comparison, a_title: str, b_title: str) -> str:
         return "" if v is None else f"±{v:.1f}"
 
     return _ENV.get_template("compare.html.j2").render(
-        c=comparison, a_title=a_title, b_title=b_title, fmt=_num, pct=_pct, sign=sign, pm=pm)
+        c=comparison, a_title=a_title, b_title=b_title, fmt=_num, pct=_pct, sign=sign, pm=pm
+    )

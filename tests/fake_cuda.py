@@ -42,8 +42,14 @@ class RealTime:
 class FakeCuda:
     """The runtime of `count` GPUs of `total_mib` each; nothing is initialised until something asks."""
 
-    def __init__(self, count: int = 2, name: str = "NVIDIA H200", total_mib: float = 143771.0, clock=None,
-                 capability: tuple[int, int] = (9, 0)):  # fmt: skip
+    def __init__(
+        self,
+        count: int = 2,
+        name: str = "NVIDIA H200",
+        total_mib: float = 143771.0,
+        clock=None,
+        capability: tuple[int, int] = (9, 0),
+    ):
         self.count, self.name, self.total_mib, self.capability = count, name, total_mib, capability
         self.clock = clock or RealTime()
         self.initialized = False
@@ -142,8 +148,9 @@ class FakeCuda:
         if not 0 <= i < self.count:
             raise AssertionError("Invalid device id")
         major, minor = self.capability
-        return types.SimpleNamespace(name=self.name, total_memory=int(self.total_mib * MIB), major=major,
-                                     minor=minor, multi_processor_count=132)  # fmt: skip
+        return types.SimpleNamespace(
+            name=self.name, total_memory=int(self.total_mib * MIB), major=major, minor=minor, multi_processor_count=132
+        )
 
     def get_device_name(self, device=None) -> str:
         return self.get_device_properties(device).name
@@ -228,10 +235,25 @@ class FakeEvent:
         return (end.t - self.t) * 1e3
 
 
-PATCHED = ("is_available", "device_count", "is_initialized", "init", "set_device", "current_device",
-           "get_device_properties", "get_device_name", "get_device_capability", "synchronize", "empty_cache",
-           "reset_peak_memory_stats", "max_memory_reserved", "max_memory_allocated", "memory_reserved",
-           "memory_allocated", "Event")  # fmt: skip
+PATCHED = (
+    "is_available",
+    "device_count",
+    "is_initialized",
+    "init",
+    "set_device",
+    "current_device",
+    "get_device_properties",
+    "get_device_name",
+    "get_device_capability",
+    "synchronize",
+    "empty_cache",
+    "reset_peak_memory_stats",
+    "max_memory_reserved",
+    "max_memory_allocated",
+    "memory_reserved",
+    "memory_allocated",
+    "Event",
+)
 
 
 @contextmanager

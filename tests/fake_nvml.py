@@ -8,9 +8,19 @@ from unittest import mock
 
 import pynvml
 
-FUNCS = ("nvmlInit", "nvmlShutdown", "nvmlSystemGetDriverVersion", "nvmlSystemGetCudaDriverVersion",
-         "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetName", "nvmlDeviceGetMemoryInfo",
-         "nvmlDeviceGetUUID", "nvmlDeviceGetP2PStatus", "nvmlDeviceGetTopologyCommonAncestor")  # fmt: skip
+FUNCS = (
+    "nvmlInit",
+    "nvmlShutdown",
+    "nvmlSystemGetDriverVersion",
+    "nvmlSystemGetCudaDriverVersion",
+    "nvmlDeviceGetCount",
+    "nvmlDeviceGetHandleByIndex",
+    "nvmlDeviceGetName",
+    "nvmlDeviceGetMemoryInfo",
+    "nvmlDeviceGetUUID",
+    "nvmlDeviceGetP2PStatus",
+    "nvmlDeviceGetTopologyCommonAncestor",
+)
 UUIDS = ["GPU-aaaa0000", "GPU-bbbb1111", "GPU-cccc2222", "GPU-dddd3333"]
 
 
@@ -35,8 +45,11 @@ def patched(count=4, driver="535.104.05", cuda=12020, nvlink=(), levels=None, re
         m["nvmlDeviceGetMemoryInfo"].side_effect = lambda h: types.SimpleNamespace(total=80 * 2**30, used=0)
         m["nvmlDeviceGetUUID"].side_effect = lambda h: UUIDS[h.index]
         m["nvmlDeviceGetP2PStatus"].side_effect = lambda a, b, cap: (
-            pynvml.NVML_P2P_STATUS_OK if pair(a, b) in nvlink and cap == pynvml.NVML_P2P_CAPS_INDEX_NVLINK
-            else pynvml.NVML_P2P_STATUS_NOT_SUPPORTED)  # fmt: skip
+            pynvml.NVML_P2P_STATUS_OK
+            if pair(a, b) in nvlink and cap == pynvml.NVML_P2P_CAPS_INDEX_NVLINK
+            else pynvml.NVML_P2P_STATUS_NOT_SUPPORTED
+        )
         m["nvmlDeviceGetTopologyCommonAncestor"].side_effect = lambda a, b: levels.get(
-            pair(a, b), pynvml.NVML_TOPOLOGY_SYSTEM)
+            pair(a, b), pynvml.NVML_TOPOLOGY_SYSTEM
+        )
         yield m

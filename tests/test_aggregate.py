@@ -18,9 +18,24 @@ SPEC = TrialSpec("t1", KNOBS, 2, "cpu", [], "yolo11n.yaml", "/d.yaml", 64, "SGD"
 
 def step(rank, i, step_ms, wait, comm_wait, images=4, warmup=False):
     fwd = (step_ms - wait - comm_wait) / 2
-    return StepSample(rank=rank, step=i, epoch=0, warmup=warmup, t_end_s=float(i), images=images, step_ms=step_ms,
-                      data_wait_ms=wait, h2d_ms=0.0, forward_ms=fwd, backward_ms=fwd, comm_wait_ms=comm_wait,
-                      optimizer_ms=0.0, other_ms=0.0, optimizer_stepped=False, comm_ms=comm_wait * 2)  # fmt: skip
+    return StepSample(
+        rank=rank,
+        step=i,
+        epoch=0,
+        warmup=warmup,
+        t_end_s=float(i),
+        images=images,
+        step_ms=step_ms,
+        data_wait_ms=wait,
+        h2d_ms=0.0,
+        forward_ms=fwd,
+        backward_ms=fwd,
+        comm_wait_ms=comm_wait,
+        optimizer_ms=0.0,
+        other_ms=0.0,
+        optimizer_stepped=False,
+        comm_ms=comm_wait * 2,
+    )
 
 
 def ranks_with(steps0, steps1):
@@ -31,7 +46,9 @@ def ranks_with(steps0, steps1):
 def test_exact_throughput_percentiles_and_fractions():
     warm = [step(0, 0, 999, 500, 0, warmup=True)]
     r0 = warm + [step(0, i, ms, 10, 20) for i, ms in enumerate([100, 100, 200, 100], start=1)]
-    r1 = [step(1, 0, 999, 500, 0, warmup=True)] + [step(1, i, ms, 30, 5) for i, ms in enumerate([100, 100, 200, 100], start=1)]
+    r1 = [step(1, 0, 999, 500, 0, warmup=True)] + [
+        step(1, i, ms, 30, 5) for i, ms in enumerate([100, 100, 200, 100], start=1)
+    ]
     res = aggregate.aggregate(SPEC, ranks_with(r0, r1), LaunchOutcome(0, wall_s=9.0))
     assert res.status == "ok" and res.measured_steps == 4
     # 4 steps x 2 ranks x 4 images over 0.5 s of the slowest rank (warm-up excluded)
@@ -55,14 +72,22 @@ def test_only_steps_on_every_rank_count():
     assert res.measured_steps == 3
 
 
-@pytest.mark.parametrize("outcome,ends,status,words", [
-    (LaunchOutcome(None, timed_out=True, wall_s=30.0), ("ok", "ok"), "timeout", "hung: after 30 s; rank 0 last finished step 0"),
-    (LaunchOutcome(1), ("oom", "error"), "oom", "injected oom"),
-    (LaunchOutcome(1), ("ok", "error"), "error", "injected error"),
-    (LaunchOutcome(1), ("ok", None), "error", "rank 1 ended without a record"),
-    (LaunchOutcome(1, rank_exitcodes={"1": -9}), ("ok", None), "error", "rank 1 killed by SIGKILL"),
-    (LaunchOutcome(None, interrupted=True), ("ok", "ok"), "interrupted", "interrupted"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "outcome,ends,status,words",
+    [
+        (
+            LaunchOutcome(None, timed_out=True, wall_s=30.0),
+            ("ok", "ok"),
+            "timeout",
+            "hung: after 30 s; rank 0 last finished step 0",
+        ),
+        (LaunchOutcome(1), ("oom", "error"), "oom", "injected oom"),
+        (LaunchOutcome(1), ("ok", "error"), "error", "injected error"),
+        (LaunchOutcome(1), ("ok", None), "error", "rank 1 ended without a record"),
+        (LaunchOutcome(1, rank_exitcodes={"1": -9}), ("ok", None), "error", "rank 1 killed by SIGKILL"),
+        (LaunchOutcome(None, interrupted=True), ("ok", "ok"), "interrupted", "interrupted"),
+    ],
+)
 def test_failure_statuses(outcome, ends, status, words):
     ranks = []
     for r, st in enumerate(ends):
@@ -111,8 +136,10 @@ def test_a_truncated_last_line_is_skipped(tmp_path):
 def test_a_rank_sigkilled_while_ram_ran_out_is_oom():
     from yoloprof.records import CpuSample
 
-    ranks = [RankRecords(0, None, [step(0, 0, 100, 0, 0)], RankEnd(0, "ok", 1.0, "rss")),
-             RankRecords(1, None, [step(1, 0, 100, 0, 0)], None)]  # fmt: skip
+    ranks = [
+        RankRecords(0, None, [step(0, 0, 100, 0, 0)], RankEnd(0, "ok", 1.0, "rss")),
+        RankRecords(1, None, [step(1, 0, 100, 0, 0)], None),
+    ]
     outcome = LaunchOutcome(1, rank_exitcodes={"1": -9})
     cpu = lambda free: CpuSample(0.0, [100.0], 0, 0.0, 0.0, 0.0, 0.0, free)  # noqa: E731
     res = aggregate.aggregate(SPEC, ranks, outcome, (None, [], [cpu(20000.0), cpu(300.0)], []))
@@ -149,7 +176,9 @@ def boundary_step(rank, i, step_ms, epoch_end_ms):
 def test_epoch_boundary_steps_are_left_out_of_the_steady_state_and_costed_apart():
     # 3 batches per epoch: steps 3 and 6 start an epoch and carry 200 ms (rank 0) / 180 ms (rank 1) of epoch end
     def rank(r, end_ms):
-        return [boundary_step(r, i, 100 + end_ms, end_ms) if i in (3, 6) else step(r, i, 100, 5, 5) for i in range(1, 8)]
+        return [
+            boundary_step(r, i, 100 + end_ms, end_ms) if i in (3, 6) else step(r, i, 100, 5, 5) for i in range(1, 8)
+        ]
 
     res = aggregate.aggregate(SPEC, ranks_with(rank(0, 200), rank(1, 180)), LaunchOutcome(0))
     assert res.measured_steps == 5 and res.epoch_boundary_steps == 2
@@ -172,8 +201,10 @@ def test_every_step_a_boundary_keeps_the_figures_and_says_why():
 
 
 def test_colour_codes_never_reach_the_result():
-    ends = [RankEnd(0, "error", None, "rss", error="\x1b[34m\x1b[1mtrain: \x1b[0mNo labels found in /d/labels.cache"),
-            RankEnd(1, "ok", None, "rss")]
+    ends = [
+        RankEnd(0, "error", None, "rss", error="\x1b[34m\x1b[1mtrain: \x1b[0mNo labels found in /d/labels.cache"),
+        RankEnd(1, "ok", None, "rss"),
+    ]
     ranks = [RankRecords(0, None, [], ends[0]), RankRecords(1, None, [], ends[1])]
     res = aggregate.aggregate(SPEC, ranks, LaunchOutcome(1))
     assert res.error == "train: No labels found in /d/labels.cache"
@@ -197,8 +228,11 @@ def test_colour_codes_are_stripped_from_every_output(cpu_scan_copy):
     assert bad.status == "error" and bad.error == "train: No labels found in /d/labels.cache"
     console = Console(record=True, width=200, color_system=None)
     console.print(ranked_table(out.results, out.ranking))
-    for text in ((cpu_scan_copy / "results.csv").read_text(), (cpu_scan_copy / "report.html").read_text(),
-                 console.export_text()):  # fmt: skip
+    for text in (
+        (cpu_scan_copy / "results.csv").read_text(),
+        (cpu_scan_copy / "report.html").read_text(),
+        console.export_text(),
+    ):
         assert "\x1b" not in text and "\\u001b" not in text
     assert "No labels found" in (cpu_scan_copy / "results.csv").read_text()
 
@@ -237,7 +271,9 @@ def test_interval_of_the_global_rate_and_of_the_shares_by_batch_means():
     res = aggregate.aggregate(spec, ranks_with(r0, r1), LaunchOutcome(0))
     assert res.repeat_of == "t1" and res.img_per_s == pytest.approx(96 / 1.6)
     half = 4.303 * statistics.stdev([80.0, 40.0, 80.0]) / math.sqrt(3)  # t975(2)
-    assert res.img_per_s_ci_low == pytest.approx(max(60 - half, 0.0)) and res.img_per_s_ci_high == pytest.approx(60 + half)
+    assert res.img_per_s_ci_low == pytest.approx(max(60 - half, 0.0)) and res.img_per_s_ci_high == pytest.approx(
+        60 + half
+    )
     assert res.img_per_s_ci_method == "batch means over 3 blocks of 4 steps"
     # data wait: rank 0 10 ms of every step; rank 1 30 ms in the first block, 10 after; median rank's bounds
     s0 = [0.1, 10 / 200, 0.1]
@@ -266,6 +302,9 @@ def test_recorded_scan_intervals():
     spec = read_json(tdir / "spec.json", TrialSpec)
     res = aggregate.aggregate(spec, aggregate.read_ranks(tdir), read_json(tdir / "launch.json", LaunchOutcome))
     assert res.img_per_s_ci_method == "batch means over 5 blocks of 4 steps"
-    assert (res.img_per_s_ci_low, res.img_per_s_ci_high) == (pytest.approx(38.600, abs=1e-3), pytest.approx(45.214, abs=1e-3))
+    assert (res.img_per_s_ci_low, res.img_per_s_ci_high) == (
+        pytest.approx(38.600, abs=1e-3),
+        pytest.approx(45.214, abs=1e-3),
+    )
     assert res.data_wait_frac_ci == [pytest.approx(0.1215, abs=1e-4), pytest.approx(0.1336, abs=1e-4)]
     assert res.comm_frac_ci[0] < res.comm_frac < res.comm_frac_ci[1] < 0.13

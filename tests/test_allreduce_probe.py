@@ -87,11 +87,15 @@ class _Log:
                 return (other.t - self.t) * 1e3
 
         self.torch = SimpleNamespace(
-            tensor=torch.tensor, float64=torch.float64,
-            cuda=SimpleNamespace(Event=Event, current_device=lambda: 0,
-                                 synchronize=lambda: self.calls.append("cuda.synchronize")))  # fmt: skip
-        self.dist = SimpleNamespace(ReduceOp=SimpleNamespace(MAX="max"), barrier=self._barrier,
-                                    all_reduce=self._all_reduce)  # fmt: skip
+            tensor=torch.tensor,
+            float64=torch.float64,
+            cuda=SimpleNamespace(
+                Event=Event, current_device=lambda: 0, synchronize=lambda: self.calls.append("cuda.synchronize")
+            ),
+        )
+        self.dist = SimpleNamespace(
+            ReduceOp=SimpleNamespace(MAX="max"), barrier=self._barrier, all_reduce=self._all_reduce
+        )
 
     def _barrier(self, device_ids=None):
         self.calls.append("barrier")
@@ -123,7 +127,7 @@ def test_barrier_then_a_batch_of_ops_inside_the_timed_window(cuda):
             assert before[-3:] == ["barrier", "cuda.synchronize", "clock"]  # barrier, empty stream, then the window
         else:
             assert before[-1] == "barrier"
-    timed = fake.calls[starts[1] + 1:]
+    timed = fake.calls[starts[1] + 1 :]
     timed = timed[: timed.index(start_mark)]
     assert timed == ["all_reduce"] * ops  # back to back, nothing else inside the window
     assert fake.calls.count("agree") == 2  # ops and the slowest rank's time agreed across ranks
@@ -137,9 +141,17 @@ def _free_port() -> int:
 
 def _torchrun(nproc: int, *probe_args: str) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
-        "--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "probes.allreduce_bench", *probe_args,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        f"--nproc-per-node={nproc}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={_free_port()}",
+        "-m",
+        "probes.allreduce_bench",
+        *probe_args,
+    ]
     env = {"OMP_NUM_THREADS": "1", **os.environ}  # torchrun's default, without its warning
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
@@ -148,13 +160,38 @@ def _torchrun(nproc: int, *probe_args: str) -> subprocess.CompletedProcess:
 def test_real_gloo_sweep(tmp_path):
     out = tmp_path / "ar.json"
     proc = _torchrun(
-        2, "--out", str(out), "--sizes-min", "65536", "--sizes-max", "1048576", "--factor", "4",
-        "--extra-sizes", "100000", "--target-s", "0.02", "--backend", "auto", "--min-iters", "3", "--max-iters", "50",
-    )  # fmt: skip
+        2,
+        "--out",
+        str(out),
+        "--sizes-min",
+        "65536",
+        "--sizes-max",
+        "1048576",
+        "--factor",
+        "4",
+        "--extra-sizes",
+        "100000",
+        "--target-s",
+        "0.02",
+        "--backend",
+        "auto",
+        "--min-iters",
+        "3",
+        "--max-iters",
+        "50",
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     c = read_json(out, AllReduceCeiling)
     assert (c.backend, c.world_size, c.timing, c.device, c.dtype, c.nccl, c.status, c.error) == (
-        "gloo", 2, "host", "cpu", "float32", "default", "ok", None)  # fmt: skip
+        "gloo",
+        2,
+        "host",
+        "cpu",
+        "float32",
+        "default",
+        "ok",
+        None,
+    )
     assert [p.size_bytes for p in c.points] == [65536, 100000, 262144, 1048576]
     assert [p.is_bucket for p in c.points] == [False, True, False, False]
     for p in c.points:
@@ -182,8 +219,15 @@ def test_bad_settings_are_recorded_as_an_error_and_exit_1(tmp_path):
 @pytest.mark.slow
 def test_scan_side_runner_writes_the_link_ceiling(tmp_path, _private_cache):
     hw = plan.Hardware("cpu", 2, [], 2, 0)
-    c = ceilings.allreduce(tmp_path, hw=hw, preset="default", bucket_sizes=[100000], cache_dir=_private_cache,
-                           sizes_max=262144, target_s=0.01)  # fmt: skip
+    c = ceilings.allreduce(
+        tmp_path,
+        hw=hw,
+        preset="default",
+        bucket_sizes=[100000],
+        cache_dir=_private_cache,
+        sizes_max=262144,
+        target_s=0.01,
+    )
     assert c.status == "ok" and [p.size_bytes for p in c.points] == [65536, 100000, 131072, 262144]
     assert read_json(tmp_path / "allreduce-default.json", AllReduceCeiling) == c
 
@@ -194,8 +238,11 @@ def test_the_link_table_flags_a_window_the_host_may_have_timed():
     from reports import terminal
     from yoloprof.records import AllReducePoint
 
-    pts = [point(65536, 10e-6, 100, 2, enqueue_s=9.5e-6), point(1 << 20, 100e-6, 20, 2, True, enqueue_s=10e-6),
-           point(1 << 22, 1e-3, 20, 2)]  # fmt: skip
+    pts = [
+        point(65536, 10e-6, 100, 2, enqueue_s=9.5e-6),
+        point(1 << 20, 100e-6, 20, 2, True, enqueue_s=10e-6),
+        point(1 << 22, 1e-3, 20, 2),
+    ]
     assert pts[0].enqueue_us == pytest.approx(9.5) and pts[2].enqueue_us is None
     c = AllReduceCeiling("nccl", 2, "default", "cuda", "float32", "cuda_event", pts)
     console = Console(width=200, record=True)

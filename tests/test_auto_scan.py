@@ -54,8 +54,12 @@ def test_auto_scan_searches_within_budget_through_a_failure(tiny_data, tmp_path)
     assert "auto search: " in proc.stdout and f"of {BUDGET_S / 60:.1f} min" in proc.stdout
     assert leftovers(out) == []
     # --resume of the finished scan replays the search on the clock it had: no fresh budget, no new trial
-    again = subprocess.run([str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings", "--no-epoch-job"], capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+    again = subprocess.run(
+        [str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings", "--no-epoch-job"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
     resumed = read_json(out / "scan.json", ScanMeta)
     assert resumed.trial_ids == meta.trial_ids
@@ -70,5 +74,6 @@ def test_auto_scan_searches_within_budget_through_a_failure(tiny_data, tmp_path)
     assert meta.optimizer == "auto" and meta.optimizer_plan.images == 16 and meta.optimizer_plan.epochs == 100
     assert {(s.optimizer, s.optimizer_iterations) for s in meta.specs} == {("AdamW", 100)}
     assert [(s.trial_id, s.optimizer, s.optimizer_iterations) for s in resumed.specs] == [
-        (s.trial_id, s.optimizer, s.optimizer_iterations) for s in meta.specs]  # fmt: skip
+        (s.trial_id, s.optimizer, s.optimizer_iterations) for s in meta.specs
+    ]
     assert all(x.optimizer == "AdamW" for x in r.values() if x.status == "ok")  # read back from every rank

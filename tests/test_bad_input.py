@@ -21,8 +21,9 @@ GPUS = [GpuInfo(0, "NVIDIA H100", 81559.0), GpuInfo(1, "NVIDIA H100", 81559.0)]
 
 
 def fake_env(gpus):
-    return Environment("h", "linux", "3.11", 16, 64000.0, "2.14.1", "8.4.190", "13.0", "2.30", None, gpus,
-                       ["batch", "workers"], {})  # fmt: skip
+    return Environment(
+        "h", "linux", "3.11", 16, 64000.0, "2.14.1", "8.4.190", "13.0", "2.30", None, gpus, ["batch", "workers"], {}
+    )
 
 
 def write_bad_checkpoints(folder: Path) -> None:
@@ -140,8 +141,13 @@ def test_bad_input(args, words, gpu, cases, tiny_data, monkeypatch, capsys):
 def test_labels_are_looked_for_where_ultralytics_looks():
     from ultralytics.data.utils import img2label_paths
 
-    images = ["/d/images/set/images/train/a.b.jpg", "/d/images/train/x.PNG", "/d/imagesets/train/y.jpg",
-              "/d/images/img.images/z.jpeg", "/d/train/images.jpg"]  # fmt: skip
+    images = [
+        "/d/images/set/images/train/a.b.jpg",
+        "/d/images/train/x.PNG",
+        "/d/imagesets/train/y.jpg",
+        "/d/images/img.images/z.jpeg",
+        "/d/train/images.jpg",
+    ]
     assert [str(datainfo._label_file(Path(i))) for i in images] == img2label_paths(images)
 
 
@@ -189,11 +195,12 @@ def test_a_legacy_yolov5_file_name_is_refused_before_ultralytics_would_download(
     folder.mkdir(exist_ok=True)
     try:
         (folder / "yolov5s.pt").write_bytes(b"never read")
-        with pytest.raises(UsageError, match=r"its YOLOv5u release and would download it; rename the file \(e.g. yolov5s-mine"):
+        with pytest.raises(
+            UsageError, match=r"its YOLOv5u release and would download it; rename the file \(e.g. yolov5s-mine"
+        ):
             model_check.resolve(str(folder / "yolov5s.pt"), 3)
     finally:
         shutil.rmtree(folder)
-
 
 
 def test_torch_blind_to_the_gpus_nvml_sees(tiny_data, monkeypatch, capsys):
@@ -201,11 +208,17 @@ def test_torch_blind_to_the_gpus_nvml_sees(tiny_data, monkeypatch, capsys):
     before anything else is checked (the bad model comes later); --device cpu goes on to the model."""
     from fake_nvml import patched
 
-    blind = ["NVML sees 2 GPUs but torch 2.14.1 (built for CUDA 13.0) sees none: NVIDIA driver 535.104.05 runs CUDA "
-             "up to 12.2", 'make install TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cu121"']
+    blind = [
+        "NVML sees 2 GPUs but torch 2.14.1 (built for CUDA 13.0) sees none: NVIDIA driver 535.104.05 runs CUDA "
+        "up to 12.2",
+        'make install TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cu121"',
+    ]
     monkeypatch.setattr(environment, "collect", lambda env_vars=None: fake_env([]))
-    for argv, words in ((["scan"], blind), (["probe", "compute"], blind),
-                        (["scan", "--device", "cpu"], ["not a model Ultralytics knows"])):  # fmt: skip
+    for argv, words in (
+        (["scan"], blind),
+        (["probe", "compute"], blind),
+        (["scan", "--device", "cpu"], ["not a model Ultralytics knows"]),
+    ):
         with patched(count=2, driver="535.104.05", cuda=12020):
             code = cli.main([*argv, "--data", str(tiny_data), "--model", "yolo99z.yaml"])
         err = capsys.readouterr().err

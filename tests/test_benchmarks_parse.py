@@ -90,10 +90,14 @@ def test_prediction_read_by_column_name():
 def test_steady_steps_skip_each_epochs_first_steps_and_a_partial_batch():
     log = [
         {"epoch": 0, "t": 0.0, "batch": 4, "images": 10, "batches": 3},
-        {"epoch": 0, "t": 1.0}, {"epoch": 0, "t": 1.5}, {"epoch": 0, "t": 2.25},  # the last: 2 images, dropped
+        {"epoch": 0, "t": 1.0},
+        {"epoch": 0, "t": 1.5},
+        {"epoch": 0, "t": 2.25},  # the last: 2 images, dropped
         {"epoch": 1, "t": 3.0, "batch": 4, "images": 10, "batches": 3},
-        {"epoch": 1, "t": 4.0}, {"epoch": 1, "t": 4.5}, {"epoch": 1, "t": 5.0},
-    ]  # fmt: skip
+        {"epoch": 1, "t": 4.0},
+        {"epoch": 1, "t": 4.5},
+        {"epoch": 1, "t": 5.0},
+    ]
     assert fidelity.steady_steps(log, 1) == ([4, 4], [500.0, 500.0])
     assert fidelity.steady_steps(log, 0) == ([4, 4, 4, 4], [1000.0, 500.0, 1000.0, 500.0])
     log[0]["images"] = log[4]["images"] = 12  # full last batches are kept
@@ -121,11 +125,13 @@ def test_best_env_exports():
 def test_time_in_the_step_loop_per_epoch():
     log = [
         {"epoch": 0, "t": 10.0, "batch": 4, "images": 8, "batches": 2},
-        {"epoch": 0, "t": 11.0}, {"epoch": 0, "t": 12.5},
+        {"epoch": 0, "t": 11.0},
+        {"epoch": 0, "t": 12.5},
         {"epoch": 1, "t": 14.0, "batch": 4, "images": 8, "batches": 2},
-        {"epoch": 1, "t": 15.0}, {"epoch": 1, "t": 16.0},
+        {"epoch": 1, "t": 15.0},
+        {"epoch": 1, "t": 16.0},
         {"epoch": 2, "t": 18.0, "batch": 4, "images": 8, "batches": 2},  # stopped before its first batch ended
-    ]  # fmt: skip
+    ]
     assert fidelity.in_steps(log) == {0: 2.5, 1: 2.0}
 
 
@@ -140,11 +146,13 @@ def test_median_interval_from_order_statistics():
 
 def test_rounds_combine():
     e = math.exp
-    two = fidelity.combine([fidelity.Ratio(1.1, 1.1 * e(-0.05), 1.1 * e(0.05)),
-                            fidelity.Ratio(0.9, 0.9 * e(-0.05), 0.9 * e(0.05))])  # fmt: skip
+    two = fidelity.combine(
+        [fidelity.Ratio(1.1, 1.1 * e(-0.05), 1.1 * e(0.05)), fidelity.Ratio(0.9, 0.9 * e(-0.05), 0.9 * e(0.05))]
+    )
     half = math.sqrt(2 * 0.05**2) / 2  # each 5%: together 3.5%
-    assert (two.ratio, two.low, two.high) == pytest.approx((math.sqrt(0.99), math.sqrt(0.99) * math.exp(-half),
-                                                             math.sqrt(0.99) * math.exp(half)))  # fmt: skip
+    assert (two.ratio, two.low, two.high) == pytest.approx(
+        (math.sqrt(0.99), math.sqrt(0.99) * math.exp(-half), math.sqrt(0.99) * math.exp(half))
+    )
     spread = fidelity.combine([fidelity.Ratio(x, x * 0.99, x * 1.01) for x in (0.8, 1.0, 1.25)])
     logs = [math.log(0.8), 0.0, math.log(1.25)]
     half = 4.303 * statistics.stdev(logs) / math.sqrt(3)  # the rounds disagree more than their intervals say
@@ -179,14 +187,16 @@ def test_a_runs_parts_come_from_its_callback_log_and_ignore_event_lines_elsewher
     log = [
         {"event": "pretrain", "epoch": 0, "t": 104.0},
         {"epoch": 0, "t": 110.0, "batch": 4, "images": 8, "batches": 2},
-        {"epoch": 0, "t": 111.0}, {"epoch": 0, "t": 112.0},
+        {"epoch": 0, "t": 111.0},
+        {"epoch": 0, "t": 112.0},
         {"event": "fit_end", "epoch": 0, "t": 113.5},
         {"epoch": 1, "t": 114.0, "batch": 4, "images": 8, "batches": 2},
-        {"epoch": 1, "t": 115.0}, {"epoch": 1, "t": 116.5},
+        {"epoch": 1, "t": 115.0},
+        {"epoch": 1, "t": 116.5},
         {"event": "fit_end", "epoch": 1, "t": 117.0},
         {"event": "fit_end", "epoch": 1, "t": 119.0},  # final_eval's own call of the callback
         {"event": "train_end", "epoch": 1, "t": 120.0},
-    ]  # fmt: skip
+    ]
     parts = fidelity_run.run_parts(log, launched=100.0, exited=121.0)
     assert (parts.wall_s, parts.startup_s, parts.setup_s, parts.final_s) == (21.0, 4.0, 6.0, 4.0)
     assert parts.epoch_s == {0: 4.0, 1: 3.0} and parts.mean([0, 1]) == 3.5 and parts.mean([5]) is None
@@ -198,15 +208,24 @@ def test_a_runs_parts_come_from_its_callback_log_and_ignore_event_lines_elsewher
 def test_a_runs_epochs_by_kind_as_ultralytics_counts_them():
     # 15 epochs of 32 steps, defaults: warm-up over the first 96 iterations (ni <= 96 reaches epoch 3's first step),
     # the last 10 without mosaic
-    assert fidelity_run.phases(15, 32, 3.0, 10) == {"warm-up": [0, 1, 2, 3], "mosaic": [4], "close_mosaic": list(range(5, 15))}
+    assert fidelity_run.phases(15, 32, 3.0, 10) == {
+        "warm-up": [0, 1, 2, 3],
+        "mosaic": [4],
+        "close_mosaic": list(range(5, 15)),
+    }
     assert fidelity_run.phases(6, 32, 0.0, 0) == {"warm-up": [], "mosaic": [0, 1, 2, 3, 4, 5], "close_mosaic": []}
     assert fidelity_run.phases(2, 10, 3.0, 0)["warm-up"] == [0, 1]  # min(3, epochs - 1) = 1 epoch: ni <= 10
 
 
 def test_a_runs_table_names_each_part_and_says_na_where_nothing_is_predicted():
-    parts = fidelity_run.RunParts(wall_s=30.0, startup_s=3.0, setup_s=2.0, epoch_s={0: 5.0, 1: 4.0, 2: 3.0}, final_s=2.5)
-    lines = fidelity_run.table(parts, {"epoch_s": 4.2, "no_mosaic_epoch_s": 3.1, "setup_s": 1.9, "val_s": 0.5},
-                               {"warm-up": [0], "mosaic": [1], "close_mosaic": [2]})  # fmt: skip
+    parts = fidelity_run.RunParts(
+        wall_s=30.0, startup_s=3.0, setup_s=2.0, epoch_s={0: 5.0, 1: 4.0, 2: 3.0}, final_s=2.5
+    )
+    lines = fidelity_run.table(
+        parts,
+        {"epoch_s": 4.2, "no_mosaic_epoch_s": 3.1, "setup_s": 1.9, "val_s": 0.5},
+        {"warm-up": [0], "mosaic": [1], "close_mosaic": [2]},
+    )
     assert lines[0] == "    start-up (launch to trainer): plain 3.0 s, predicted n/a"
     assert "close_mosaic epochs 3-3: plain 3.0 s (mean 3.0 s), predicted 3.1 s each" in lines[4]
     assert lines[-1].endswith("plain 2.5 s, predicted validation 0.5 s")
@@ -217,8 +236,9 @@ drift = _load("drift")
 
 
 def test_drift_keeps_only_steps_inside_a_window():
-    log = [{"epoch": 0, "t": 0.0, "batch": 4, "images": 8, "batches": 9}] + [{"epoch": 0, "t": t} for t in
-                                                                           (1.0, 2.0, 3.5, 10.0, 10.5, 11.0)]  # fmt: skip
+    log = [{"epoch": 0, "t": 0.0, "batch": 4, "images": 8, "batches": 9}] + [
+        {"epoch": 0, "t": t} for t in (1.0, 2.0, 3.5, 10.0, 10.5, 11.0)
+    ]
     # window 1 holds the steps 1->2 and 2->3.5; 3.5->10 straddles a pause; window 2 holds 10->10.5 and 10.5->11
     assert drift.window_means(log, [(0.5, 4.0), (9.0, 11.5), (20.0, 21.0)])[:2] == [1250.0, 500.0]
     assert math.isnan(drift.window_means(log, [(20.0, 21.0)])[0])
@@ -231,3 +251,27 @@ def test_drift_tells_the_machines_spread_from_the_processes():
     own = [[800.0, 900.0], [805.0, 905.0], [798.0, 897.0]]  # each process its own speed
     rot, proc = drift.spreads(own)
     assert proc > 0.07 and rot < 0.005
+
+
+def test_drift_reads_a_trial_ranks_own_steps_and_pairs_them_with_plain_by_rotation():
+    """A trial's steps come from its rank's records (start = end - step_ms): warm-up and epoch-boundary steps
+    left out; the ratio is taken per rotation, so a machine that slows for a whole rotation cancels out."""
+    log = [
+        {"kind": "info"},
+        {"kind": "step", "warmup": True, "t_end_s": 101.0, "step_ms": 1000.0},
+        {"kind": "step", "t_end_s": 102.0, "step_ms": 1000.0},
+        {"kind": "step", "t_end_s": 103.5, "step_ms": 1500.0, "epoch_boundary": True},
+        {"kind": "step", "t_end_s": 104.0, "step_ms": 500.0},
+        {"kind": "step", "t_end_s": 110.0, "step_ms": 800.0},
+    ]
+    assert drift.trial_window_means(log, [(100.0, 105.0), (109.0, 110.0)]) == pytest.approx([750.0, 800.0])
+    kinds = ["plain", "trial", "plain", "trial"]
+    table = [[1000.0, 1030.0, 1000.0, 1030.0], [1200.0, 1236.0, 1200.0, 1236.0], [900.0, 927.0, 900.0, 927.0]]
+    m, lo, hi, n = drift.paired(table, kinds)
+    assert (round(m, 6), n) == (1.03, 3) and lo == pytest.approx(1.03) and hi == pytest.approx(1.03)
+    assert drift.paired(table, ["plain"] * 4) is None
+
+
+def test_drift_leaves_a_plain_step_that_holds_an_epoch_end_out():
+    log = [{"t": 0.0}, {"t": 1.0}, {"epoch": 1, "t": 1.1, "batches": 32}, {"t": 3.0}, {"t": 4.0}]
+    assert drift.window_means(log, [(0.0, 5.0)]) == [1000.0]  # 0-1 and 3-4; 1-3 held the epoch's end

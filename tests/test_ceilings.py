@@ -13,8 +13,15 @@ from yoloprof.scan import ceilings, launch
 from yoloprof.search import plan
 from yoloprof.analysis.memory_fit import fit_line, max_batch_fit
 from yoloprof.records import (
-    ComputeCeiling, ComputePoint, Knobs, LoaderCeiling, LoaderPoint, TrialResult, TrialSpec, read_json,
-)  # fmt: skip
+    ComputeCeiling,
+    ComputePoint,
+    Knobs,
+    LoaderCeiling,
+    LoaderPoint,
+    TrialResult,
+    TrialSpec,
+    read_json,
+)
 
 
 def cp(batch, mem, status="ok", amp=True):
@@ -32,14 +39,20 @@ def test_memory_line_and_largest_batch_with_margin():
 
 def test_trials_are_set_against_the_ceilings_at_their_own_settings():
     c = against.Ceilings(
-        loader=LoaderCeiling("/d", 640, "off", [LoaderPoint(2, 2, 2, 8, 20, 50.0, 100.0, 190.0),
-                                               LoaderPoint(8, 8, 2, 8, 20, 200.0, 400.0, 790.0)]),
+        loader=LoaderCeiling(
+            "/d",
+            640,
+            "off",
+            [LoaderPoint(2, 2, 2, 8, 20, 50.0, 100.0, 190.0), LoaderPoint(8, 8, 2, 8, 20, 200.0, 400.0, 790.0)],
+        ),
         compute=ComputeCeiling("cuda", "H100", 81559.0, [cp(8, 3000, amp=True), cp(16, 5000, amp=True)]),
-    )  # fmt: skip
+    )
     r = TrialResult("t", "ok", Knobs(16, 2, True, True, "off", "default"), 2, "cuda", img_per_s=90.0)
     v = against.against(r, c)
     assert v.compute_img_s == 200.0  # 100 img/s per device at batch 8 per rank, 2 ranks
-    assert v.input_img_s == 100.0 and v.pipeline_eff == pytest.approx(0.45) and v.input_headroom == pytest.approx(100 / 90)
+    assert (
+        v.input_img_s == 100.0 and v.pipeline_eff == pytest.approx(0.45) and v.input_headroom == pytest.approx(100 / 90)
+    )
     r2 = TrialResult("t2", "error", Knobs(64, 4, False, True, "off", "default"), 2, "cuda")
     v2 = against.against(r2, c)
     assert v2.compute_img_s is None and v2.input_img_s is None and v2.pipeline_eff is None
@@ -47,8 +60,9 @@ def test_trials_are_set_against_the_ceilings_at_their_own_settings():
 
 def test_compute_specs_keep_the_trials_gradient_accumulation():
     hw = plan.Hardware("cuda", 4, [2, 3, 5, 7], 32, 8)
-    specs = ceilings.compute_specs(hw, [32, 64], [True, False], model="m.yaml", data="/d", imgsz=640,
-                                   optimizer="SGD", warmup=5, steps=20)  # fmt: skip
+    specs = ceilings.compute_specs(
+        hw, [32, 64], [True, False], model="m.yaml", data="/d", imgsz=640, optimizer="SGD", warmup=5, steps=20
+    )
     assert [(s.knobs.batch, s.knobs.amp) for s in specs] == [(8, True), (8, False), (16, True), (16, False)]
     assert all(s.world_size == 1 and s.gpus == [2] and s.mode == "compute" for s in specs)
     # global batch 32 accumulates round(64/32) = 2 steps: batch 8 alone must too (nbs = 2 x 8)
@@ -58,8 +72,9 @@ def test_compute_specs_keep_the_trials_gradient_accumulation():
 @pytest.mark.slow
 def test_compute_probe_for_real_on_cpu(tiny_data, tmp_path, _private_cache):
     hw = plan.Hardware("cpu", 2, [], 2, 0)
-    specs = ceilings.compute_specs(hw, [4, 16], [False], model="yolo11n.yaml", data=str(tiny_data), imgsz=128,
-                                   optimizer="SGD", warmup=1, steps=3)  # fmt: skip
+    specs = ceilings.compute_specs(
+        hw, [4, 16], [False], model="yolo11n.yaml", data=str(tiny_data), imgsz=128, optimizer="SGD", warmup=1, steps=3
+    )
     c = ceilings.compute(tmp_path, specs, cache_dir=_private_cache, device_name="cpu", device_mem_total_mib=None)
     assert [p.batch for p in c.points] == [2, 8] and all(p.status == "ok" for p in c.points)
     assert c.max_batch_fit == {} and "CPU" in c.note
@@ -69,7 +84,8 @@ def test_compute_probe_for_real_on_cpu(tiny_data, tmp_path, _private_cache):
         ranks = aggregate.read_ranks(tmp_path / "compute" / spec.trial_id)
         assert len(ranks) == 1 and ranks[0].info.workers_effective == 0 and ranks[0].info.world_size == 1
         steps = [s for s in ranks[0].steps if not s.warmup and not s.epoch_boundary] or [
-            s for s in ranks[0].steps if not s.warmup]  # the steady state, unless every step starts an epoch
+            s for s in ranks[0].steps if not s.warmup
+        ]  # the steady state, unless every step starts an epoch
         # images/s at batch b is b images per step over the measured step time, nothing else
         assert all(s.images == p.batch for s in steps)
         assert p.img_per_s == pytest.approx(p.batch * len(steps) / (sum(s.step_ms for s in steps) / 1e3))
@@ -81,14 +97,27 @@ def test_compute_probe_for_real_on_cpu(tiny_data, tmp_path, _private_cache):
 
 @pytest.mark.slow
 def test_loader_probe_for_real_on_cpu(tiny_data, tmp_path, _private_cache):
-    c = ceilings.loader(tmp_path, data=str(tiny_data), model="yolo11n.yaml", imgsz=64, batch_per_rank=2,
-                        workers=[0, 1], ranks=2, device="cpu", cache="off", cache_dir=_private_cache,
-                        pin_memory=[False], batches=6, warmup=2)  # fmt: skip
+    c = ceilings.loader(
+        tmp_path,
+        data=str(tiny_data),
+        model="yolo11n.yaml",
+        imgsz=64,
+        batch_per_rank=2,
+        workers=[0, 1],
+        ranks=2,
+        device="cpu",
+        cache="off",
+        cache_dir=_private_cache,
+        pin_memory=[False],
+        batches=6,
+        warmup=2,
+    )
     assert [p.workers for p in c.points] == [0, 1] and [p.workers_effective for p in c.points] == [0, 1]
     for p in c.points:
         assert p.status == "ok", p.error
-        raw = [json.loads((tmp_path / "raw" / f"loader-w{p.workers}-pinoff" / f"rank{r}.json").read_text())
-               for r in (0, 1)]  # fmt: skip
+        raw = [
+            json.loads((tmp_path / "raw" / f"loader-w{p.workers}-pinoff" / f"rank{r}.json").read_text()) for r in (0, 1)
+        ]
         assert all(x["images"] == 6 * 2 for x in raw)
         assert p.img_per_s_machine == pytest.approx(sum(x["img_per_s"] for x in raw))
         assert p.img_per_s_rank == pytest.approx(p.img_per_s_machine / 2)  # the median of two ranks is their mean
@@ -106,11 +135,35 @@ def test_loader_probe_loads_as_a_trials_rank_does(tiny_data, tmp_path, _private_
     16 images, 2 ranks, 8 per rank: a rank's shard is one batch, so Ultralytics runs it with no workers
     (min(cpu_count, 2, 0)). A probe without the shard saw 2 batches and 2 workers.
     """
-    c = ceilings.loader(tmp_path / "probe", data=str(tiny_data), model="yolo11n.yaml", imgsz=64, batch_per_rank=8,
-                        workers=[2], ranks=2, device="cpu", cache="off", cache_dir=_private_cache,
-                        pin_memory=[False], batches=3, warmup=1)  # fmt: skip
-    spec = TrialSpec("t", Knobs(16, 2, False, False, "off", "default"), 2, "cpu", [], "yolo11n.yaml", str(tiny_data),
-                     64, "SGD", 1, 1, {"OMP_NUM_THREADS": "1"})  # fmt: skip
+    c = ceilings.loader(
+        tmp_path / "probe",
+        data=str(tiny_data),
+        model="yolo11n.yaml",
+        imgsz=64,
+        batch_per_rank=8,
+        workers=[2],
+        ranks=2,
+        device="cpu",
+        cache="off",
+        cache_dir=_private_cache,
+        pin_memory=[False],
+        batches=3,
+        warmup=1,
+    )
+    spec = TrialSpec(
+        "t",
+        Knobs(16, 2, False, False, "off", "default"),
+        2,
+        "cpu",
+        [],
+        "yolo11n.yaml",
+        str(tiny_data),
+        64,
+        "SGD",
+        1,
+        1,
+        {"OMP_NUM_THREADS": "1"},
+    )
     outcome = launch.run_trial(spec, tmp_path / "trial", cache_dir=_private_cache)
     infos = [r.info for r in aggregate.read_ranks(tmp_path / "trial")]
     assert outcome.returncode == 0 and len(infos) == 2 and None not in infos, (outcome, infos)
@@ -156,9 +209,19 @@ def test_each_loader_rank_feeds_its_own_gpu(tmp_path, monkeypatch):
         def __init__(self, cmd, env, **kw):
             launched.append((cmd, env))
             arg = dict(zip(cmd[3::2], cmd[4::2]))
-            Path(arg["--out"]).write_text(json.dumps(dict(
-                status="ok", device=arg["--device"], img_per_s=10.0, cpu_pct=50.0, workers_effective=2,
-                pin_memory_effective=arg["--pin-memory"] == "on", batches_per_epoch=3)))  # fmt: skip
+            Path(arg["--out"]).write_text(
+                json.dumps(
+                    dict(
+                        status="ok",
+                        device=arg["--device"],
+                        img_per_s=10.0,
+                        cpu_pct=50.0,
+                        workers_effective=2,
+                        pin_memory_effective=arg["--pin-memory"] == "on",
+                        batches_per_epoch=3,
+                    )
+                )
+            )
             self.pid = 0
 
         def poll(self):
@@ -166,9 +229,20 @@ def test_each_loader_rank_feeds_its_own_gpu(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ceilings.subprocess, "Popen", FakeProc)
     monkeypatch.setattr(ceilings.launch, "kill_group", lambda p, grace_s: None)
-    c = ceilings.loader(tmp_path, data="/d.yaml", model="m.yaml", imgsz=64, batch_per_rank=4, workers=[2], ranks=4,
-                        device="cuda", cache="off", cache_dir=tmp_path / "cache", pin_memory=[True, False],
-                        gpus=[2, 3, 5, 7])  # fmt: skip
+    c = ceilings.loader(
+        tmp_path,
+        data="/d.yaml",
+        model="m.yaml",
+        imgsz=64,
+        batch_per_rank=4,
+        workers=[2],
+        ranks=4,
+        device="cuda",
+        cache="off",
+        cache_dir=tmp_path / "cache",
+        pin_memory=[True, False],
+        gpus=[2, 3, 5, 7],
+    )
     assert [(p.workers, p.pin_memory, p.pin_memory_effective) for p in c.points] == [(2, True, True), (2, False, False)]
     assert all(p.devices == ["cuda:2", "cuda:3", "cuda:5", "cuda:7"] for p in c.points)
     for r, (cmd, env) in enumerate(launched[:4]):
@@ -183,8 +257,10 @@ def test_each_loader_rank_feeds_its_own_gpu(tmp_path, monkeypatch):
 
 def test_a_trial_meets_the_loader_point_with_its_own_pin_memory(cpu_scan_copy):
     """Defect 4: the input ceiling is read at the trial's workers AND pin_memory; old records match on workers."""
-    pts = [LoaderPoint(2, 2, 2, 8, 20, 50.0, 100.0, 190.0, pin_memory=False),
-           LoaderPoint(2, 2, 2, 8, 20, 80.0, 160.0, 190.0, pin_memory=True)]  # fmt: skip
+    pts = [
+        LoaderPoint(2, 2, 2, 8, 20, 50.0, 100.0, 190.0, pin_memory=False),
+        LoaderPoint(2, 2, 2, 8, 20, 80.0, 160.0, 190.0, pin_memory=True),
+    ]
     c = against.Ceilings(loader=LoaderCeiling("/d", 640, "off", pts))
     for pin, want in ((True, 160.0), (False, 100.0)):
         r = TrialResult("t", "ok", Knobs(16, 2, True, pin, "off", "default"), 2, "cuda", img_per_s=90.0)

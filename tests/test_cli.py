@@ -27,18 +27,24 @@ def test_report_rebuilds_outputs_from_records(cpu_scan_copy):
     assert all((cpu_scan_copy / n).is_file() for n in ("report.html", "results.csv", "best.yaml"))
 
 
-@pytest.mark.parametrize("args,words", [
-    (["scan", "--batch", "0"], "--batch '0' is not a whole number >= 1"),
-    (["scan", "--amp", "maybe"], "--amp 'maybe' is not one of"),
-    (["scan", "--steps", "0"], "--steps 0"),
-    (["scan", "--frobnicate"], "unrecognized arguments"),
-    (["report", "/nonexistent/scan"], "is not a folder"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["scan", "--batch", "0"], "--batch '0' is not a whole number >= 1"),
+        (["scan", "--amp", "maybe"], "--amp 'maybe' is not one of"),
+        (["scan", "--steps", "0"], "--steps 0"),
+        (["scan", "--frobnicate"], "unrecognized arguments"),
+        (["report", "/nonexistent/scan"], "is not a folder"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, words):
     proc = run(*args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr
+    assert lines[0].startswith("yoloprof: error: ") and lines[0].count("yoloprof:") == 1  # one prefix
+    if args[-1] == "--frobnicate":
+        assert lines[0] == "yoloprof: error: unrecognized arguments: --frobnicate (see yoloprof scan --help)"
 
 
 def fail_every_trial(scan: Path) -> None:
@@ -46,15 +52,19 @@ def fail_every_trial(scan: Path) -> None:
     for tdir in sorted((scan / "trials").iterdir()):
         spec = read_json(tdir / "spec.json", TrialSpec)
         shutil.rmtree(tdir)
-        write_json(tdir / "result.json", TrialResult(spec.trial_id, "error", spec.knobs, spec.world_size, spec.device,
-                                                     error="RuntimeError: boom"))  # fmt: skip
+        write_json(
+            tdir / "result.json",
+            TrialResult(spec.trial_id, "error", spec.knobs, spec.world_size, spec.device, error="RuntimeError: boom"),
+        )
 
 
 def assert_no_trial_finished(proc, scan: Path) -> None:
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last == (f"yoloprof: no trial finished; each trial's error is in {scan / 'results.csv'} and its rank logs "
-                    f"in {scan / 'trials'}/<trial>/"), proc.stderr[-2000:]  # fmt: skip
+    assert last == (
+        f"yoloprof: no trial finished; each trial's error is in {scan / 'results.csv'} and its rank logs "
+        f"in {scan / 'trials'}/<trial>/"
+    ), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert "No trial finished" in proc.stdout  # the table and headline still come first
     assert all((scan / n).is_file() for n in ("results.csv", "report.html", "ranking.json"))
@@ -73,11 +83,30 @@ def test_resume_of_a_scan_where_no_trial_finished_exits_1(cpu_scan_copy):
 @pytest.mark.slow
 def test_scan_where_every_trial_fails_exits_1_and_writes_everything(tiny_data, tmp_path):
     out = tmp_path / "s"
-    small = ["--device", "cpu", "--nproc", "2", "--imgsz", "64", "--steps", "2", "--warmup", "1",
-             "--no-defaults", "--batch", "2", "--workers", "0,1"]  # fmt: skip
-    proc = subprocess.run([str(BIN / "yoloprof"), "scan", *small, "--data", str(tiny_data), "--out", str(out)],
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "YOLOPROF_TEST_FAULT": "raise@1"})  # fmt: skip
+    small = [
+        "--device",
+        "cpu",
+        "--nproc",
+        "2",
+        "--imgsz",
+        "64",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--no-defaults",
+        "--batch",
+        "2",
+        "--workers",
+        "0,1",
+    ]
+    proc = subprocess.run(
+        [str(BIN / "yoloprof"), "scan", *small, "--data", str(tiny_data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "YOLOPROF_TEST_FAULT": "raise@1"},
+    )
     assert_no_trial_finished(proc, out)
     results = [read_json(p, TrialResult) for p in sorted(out.glob("trials/*/result.json"))]
     assert [r.status for r in results] == ["error", "error"], [(r.trial_id, r.error) for r in results]

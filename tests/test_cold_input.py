@@ -6,7 +6,6 @@ Expected figures are computed here from the raw inputs, by hand."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -19,9 +18,20 @@ from yoloprof.analysis import dataset_fit, epoch, intervals
 from yoloprof.analysis.against import Ceilings
 from yoloprof.errors import UsageError
 from yoloprof.records import (
-    Breakdown, DatasetInfo, Knobs, LoaderCeiling, LoaderPoint, MemoryBudget, RunPlan, ScanMeta, TrialResult,
-    from_dict, read_json, to_dict, write_json,
-)  # fmt: skip
+    Breakdown,
+    DatasetInfo,
+    Knobs,
+    LoaderCeiling,
+    LoaderPoint,
+    MemoryBudget,
+    RunPlan,
+    ScanMeta,
+    TrialResult,
+    from_dict,
+    read_json,
+    to_dict,
+    write_json,
+)
 from yoloprof.search.plan import Hardware
 from yoloprof.search.prune import prune
 from yoloprof.search.space import Space
@@ -40,21 +50,55 @@ def budget(mib: float, source="override") -> MemoryBudget:
 
 
 def point(workers, warm, cold, cold_ci=(None, None), cache=None, ranks=2, **kw) -> LoaderPoint:
-    return LoaderPoint(workers, workers, ranks, 8, 20, warm / ranks, warm, 150.0, pin_memory=False, cache=cache,
-                       img_per_s_machine_cold=cold, img_per_s_machine_cold_ci_low=cold_ci[0],
-                       img_per_s_machine_cold_ci_high=cold_ci[1], **kw)  # fmt: skip
+    return LoaderPoint(
+        workers,
+        workers,
+        ranks,
+        8,
+        20,
+        warm / ranks,
+        warm,
+        150.0,
+        pin_memory=False,
+        cache=cache,
+        img_per_s_machine_cold=cold,
+        img_per_s_machine_cold_ci_low=cold_ci[0],
+        img_per_s_machine_cold_ci_high=cold_ci[1],
+        **kw,
+    )
 
 
 def trial(tid="t1", knobs=K2, rate=100.0, ci=(90.0, 110.0)) -> TrialResult:
-    return TrialResult(tid, "ok", knobs, 2, "cpu", img_per_s=rate, img_per_s_ci_low=ci[0], img_per_s_ci_high=ci[1],
-                       batches_per_epoch=32, accumulate=4, breakdown=Breakdown(0, 0, 0, 0, 0, 10.0, 0, 100.0))  # fmt: skip
+    return TrialResult(
+        tid,
+        "ok",
+        knobs,
+        2,
+        "cpu",
+        img_per_s=rate,
+        img_per_s_ci_low=ci[0],
+        img_per_s_ci_high=ci[1],
+        batches_per_epoch=32,
+        accumulate=4,
+        breakdown=Breakdown(0, 0, 0, 0, 0, 10.0, 0, 100.0),
+    )
 
 
 # --- the memory the dataset may use ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text,mib", [("512MiB", 512.0), ("1.5GiB", 1536.0), ("800MB", 800e6 / MIB), ("2048", 2048.0),
-                                      ("2g", 2048.0), (" 64 kib ", 1 / 16), ("1TiB", 2**20)])  # fmt: skip
+@pytest.mark.parametrize(
+    "text,mib",
+    [
+        ("512MiB", 512.0),
+        ("1.5GiB", 1536.0),
+        ("800MB", 800e6 / MIB),
+        ("2048", 2048.0),
+        ("2g", 2048.0),
+        (" 64 kib ", 1 / 16),
+        ("1TiB", 2**20),
+    ],
+)
 def test_mem_limit_takes_its_unit(text, mib):
     assert dataset_fit.parse_mem_limit(text) == pytest.approx(mib)
 
@@ -65,11 +109,14 @@ def test_a_bad_mem_limit_is_one_line(text):
         dataset_fit.parse_mem_limit(text)
 
 
-@pytest.mark.parametrize("argv,env,said", [
-    (["scan", "--mem-limit", "12XB"], None, "--mem-limit 12XB: give the memory the dataset may use"),
-    (["probe", "loader", "--mem-limit", "0MiB"], None, "--mem-limit 0MiB: the memory must be more than 0"),
-    (["scan"], "lots", "YOLOPROF_MEM_LIMIT=lots: give the memory the dataset may use"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv,env,said",
+    [
+        (["scan", "--mem-limit", "12XB"], None, "--mem-limit 12XB: give the memory the dataset may use"),
+        (["probe", "loader", "--mem-limit", "0MiB"], None, "--mem-limit 0MiB: the memory must be more than 0"),
+        (["scan"], "lots", "YOLOPROF_MEM_LIMIT=lots: give the memory the dataset may use"),
+    ],
+)
 def test_the_cli_refuses_a_bad_mem_limit_with_exit_2(argv, env, said, monkeypatch, capsys, tmp_path):
     if env is not None:
         monkeypatch.setenv("YOLOPROF_MEM_LIMIT", env)
@@ -111,7 +158,12 @@ def test_the_budget_is_the_override_else_the_smaller_of_psutil_and_the_cgroup(mo
     monkeypatch.setattr(environment, "available_ram_mib", lambda: 20000.0)
     monkeypatch.setattr(host_memory, "cgroup_spare", lambda: (8192.0, 3000.0))
     b = host_memory.budget()
-    assert (b.available_mib, b.source, b.psutil_available_mib, b.cgroup_limit_mib) == (3000.0, "cgroup", 20000.0, 8192.0)
+    assert (b.available_mib, b.source, b.psutil_available_mib, b.cgroup_limit_mib) == (
+        3000.0,
+        "cgroup",
+        20000.0,
+        8192.0,
+    )
     monkeypatch.setattr(host_memory, "cgroup_spare", lambda: (None, None))
     assert (host_memory.budget().available_mib, host_memory.budget().source) == (20000.0, "psutil")
     b = host_memory.budget(64.0, "64MiB")
@@ -145,8 +197,10 @@ def test_a_scan_folder_keeps_the_memory_the_decision_used(cpu_scan_copy):
     first = outputs.write_all(cpu_scan_copy)
     again = outputs.collect(cpu_scan_copy)  # what `yoloprof report DIR` rebuilds from: the same verdict
     assert first.memory_line == again.memory_line and first.dataset_fit.fits is False
-    assert first.memory_line.startswith("The dataset's 2.5 MiB of images (train and val) do not fit in the 1.0 MiB "
-                                        "this machine can spare (--mem-limit; 80% of it for the page cache)")
+    assert first.memory_line.startswith(
+        "The dataset's 2.5 MiB of images (train and val) do not fit in the 1.0 MiB "
+        "this machine can spare (--mem-limit; 80% of it for the page cache)"
+    )
     # the fixture's loader points predate the cold probe: the epoch stays at the warm rate, named as a lower bound
     assert "the cold read is n/a: not measured by this version of the probe" in first.memory_line
     p = first.predictions[first.best.trial_id]
@@ -181,11 +235,23 @@ def test_the_steps_run_at_the_lower_of_the_trials_rate_and_the_cold_rate():
 
 
 def test_each_trial_meets_the_cold_point_of_its_own_settings():
-    loader = LoaderCeiling("/d", 128, "off", [point(0, 300.0, 30.0, (25.0, 35.0)), point(2, 500.0, 60.0, (50.0, 70.0)),
-                                              point(2, 520.0, 90.0, (80.0, 100.0), cache="disk")])  # fmt: skip
-    results = [trial("a", K0), trial("b", K2), trial("c", Knobs(16, 2, False, False, "disk", "default")),
-               trial("d", Knobs(16, 2, False, False, "ram", "default")),
-               trial("e", Knobs(16, 4, False, False, "off", "default"))]  # fmt: skip
+    loader = LoaderCeiling(
+        "/d",
+        128,
+        "off",
+        [
+            point(0, 300.0, 30.0, (25.0, 35.0)),
+            point(2, 500.0, 60.0, (50.0, 70.0)),
+            point(2, 520.0, 90.0, (80.0, 100.0), cache="disk"),
+        ],
+    )
+    results = [
+        trial("a", K0),
+        trial("b", K2),
+        trial("c", Knobs(16, 2, False, False, "disk", "default")),
+        trial("d", Knobs(16, 2, False, False, "ram", "default")),
+        trial("e", Knobs(16, 4, False, False, "off", "default")),
+    ]
     assert dataset_fit.caps(results, dataset_fit.decide(data(), budget(99999.0), 128, 2), loader) == {}  # fits
     caps = dataset_fit.caps(results, dataset_fit.decide(data(), budget(100.0), 128, 2), loader)
     assert caps["a"] == (30.0, 25.0, 35.0) and caps["b"] == (60.0, 50.0, 70.0) and caps["c"] == (90.0, 80.0, 100.0)
@@ -205,14 +271,16 @@ def test_the_memory_sentence_gives_the_numbers():
         "The dataset's 1000.0 MiB of images (train and val) do not fit in the 1.0 GiB this machine can spare "
         "(--mem-limit; 80% of it for the page cache), so every epoch reads them from storage: the loaders deliver "
         "60 img/s cold against 500 warm (workers 2, cache off), and an epoch of b takes 8.5 s at the cold rate "
-        "(5.1 s warm).")  # 512 images / 60 img/s and / 100 img/s  # fmt: skip
+        "(5.1 s warm)."
+    )  # 512 images / 60 img/s and / 100 img/s
     blind = LoaderCeiling("/d", 128, "off", [point(2, 500.0, 60.0, (50.0, 70.0))])  # evicted, not verified
     assert "(workers 2, cache off; the eviction unverified: mincore shows" in dataset_fit.line(fit, best, blind, p)
     fits = dataset_fit.decide(data(), budget(4096.0, "psutil"), 128, 2)
     assert dataset_fit.line(fits, best, loader, None) == (
         "The dataset's 1000.0 MiB of images (train and val) fit in the 4.0 GiB this machine can spare (available "
         "memory, psutil; 80% of it for the page cache): after the first epoch they come from the page cache, as in "
-        "the trials.")  # fmt: skip
+        "the trials."
+    )
     fast = LoaderCeiling("/d", 128, "off", [point(2, 500.0, 300.0, (280.0, 320.0), resident_frac_evicted=0.0)])
     text = dataset_fit.line(fit, best, fast, epoch.predict(best, None, None, RP, cold=(300.0, 280.0, 320.0)))
     assert text.endswith("above the 100 img/s b trains at: the reads do not slow it.")
@@ -221,7 +289,8 @@ def test_the_memory_sentence_gives_the_numbers():
 def test_a_large_dataset_that_fits_is_not_evicted_and_read_back_per_loader_point():
     big = data(train_bytes=3 * 2**30, val_bytes=0)
     assert dataset_fit.cold_skip(dataset_fit.decide(big, budget(10 * 1024.0), 128, 2)).startswith(
-        "not timed: the dataset's 3.0 GiB fit in memory")
+        "not timed: the dataset's 3.0 GiB fit in memory"
+    )
     assert dataset_fit.cold_skip(dataset_fit.decide(big, budget(1024.0), 128, 2)) is None  # does not fit: timed
     assert dataset_fit.cold_skip(dataset_fit.decide(data(), budget(10 * 1024.0), 128, 2)) is None  # small: timed
 
@@ -231,10 +300,22 @@ def test_a_large_dataset_that_fits_is_not_evicted_and_read_back_per_loader_point
 
 def test_where_the_data_do_not_fit_workers_are_judged_by_the_cold_rates():
     # warm: flat after workers 2 (+2%); cold: still +60% from 2 to 4
-    loader = LoaderCeiling("/d", 128, "off", [point(1, 400.0, 50.0), point(2, 500.0, 100.0), point(4, 510.0, 160.0),
-                                              point(8, 512.0, 165.0)])  # fmt: skip
-    space = Space({"batch": [16], "workers": [0, 1, 2, 4, 8], "amp": [False], "pin_memory": [False],
-                   "cache": ["off", "disk"], "nccl": ["default"]})  # fmt: skip
+    loader = LoaderCeiling(
+        "/d",
+        128,
+        "off",
+        [point(1, 400.0, 50.0), point(2, 500.0, 100.0), point(4, 510.0, 160.0), point(8, 512.0, 165.0)],
+    )
+    space = Space(
+        {
+            "batch": [16],
+            "workers": [0, 1, 2, 4, 8],
+            "amp": [False],
+            "pin_memory": [False],
+            "cache": ["off", "disk"],
+            "nccl": ["default"],
+        }
+    )
     hw = Hardware("cpu", 2, [], 16, 0)
     warm = prune(space, Ceilings(loader=loader), hw)
     assert warm.space.values["workers"] == [0, 1, 2]  # warm: 4 adds under 5% over 2
@@ -250,13 +331,19 @@ def test_where_the_data_do_not_fit_workers_are_judged_by_the_cold_rates():
 
 
 def test_a_change_wins_on_its_cold_rate_where_storage_bounds_the_epochs():
-    loader = LoaderCeiling("/d", 128, "off", [point(0, 300.0, 30.0, (25.0, 35.0)), point(2, 500.0, 60.0, (50.0, 70.0)),
-                                              point(4, 500.0, 64.0, (55.0, 73.0))])  # fmt: skip
+    loader = LoaderCeiling(
+        "/d",
+        128,
+        "off",
+        [point(0, 300.0, 30.0, (25.0, 35.0)), point(2, 500.0, 60.0, (50.0, 70.0)), point(4, 500.0, 64.0, (55.0, 73.0))],
+    )
     k4 = Knobs(16, 4, False, False, "off", "default")
     rs = [trial("w0", K0, 100.0), trial("w2", K2, 100.0), trial("w4", k4, 100.0)]  # the trials tie warm
     assert dataset_fit.cold_bound(rs[1], loader) and dataset_fit.cold_beats(rs, "w2", "w0", loader) is True
     assert dataset_fit.cold_beats(rs, "w4", "w2", loader) is False  # 55-73 overlaps 50-70: not beyond the noise
-    fast = LoaderCeiling("/d", 128, "off", [point(0, 300.0, 300.0, (290.0, 310.0)), point(2, 500.0, 400.0, (390.0, 410.0))])
+    fast = LoaderCeiling(
+        "/d", 128, "off", [point(0, 300.0, 300.0, (290.0, 310.0)), point(2, 500.0, 400.0, (390.0, 410.0))]
+    )
     assert not dataset_fit.cold_bound(rs[0], fast)
     assert dataset_fit.cold_beats(rs, "w2", "w0", fast) is None  # storage bounds neither: the trials decide
 
@@ -276,12 +363,31 @@ def test_summed_rates_of_ranks_and_their_interval():
 
 
 def test_loader_points_round_trip_and_old_ones_load():
-    p = point(2, 500.0, 60.0, (50.0, 70.0), cache="disk", cold_batches=20, evicted_files=64, evicted_bytes=10**6,
-              resident_frac_evicted=0.0, resident_frac_warm=1.0, cold_error=None)  # fmt: skip
+    p = point(
+        2,
+        500.0,
+        60.0,
+        (50.0, 70.0),
+        cache="disk",
+        cold_batches=20,
+        evicted_files=64,
+        evicted_bytes=10**6,
+        resident_frac_evicted=0.0,
+        resident_frac_warm=1.0,
+        cold_error=None,
+    )
     c = LoaderCeiling("/d", 128, "off", [p])
     assert from_dict(LoaderCeiling, json.loads(json.dumps(to_dict(c)))) == c
-    old = {"workers": 2, "workers_effective": 2, "ranks": 2, "batch_per_rank": 8, "batches": 20, "img_per_s_rank": 1.0,
-           "img_per_s_machine": 2.0, "cpu_pct": 50.0}  # fmt: skip
+    old = {
+        "workers": 2,
+        "workers_effective": 2,
+        "ranks": 2,
+        "batch_per_rank": 8,
+        "batches": 20,
+        "img_per_s_rank": 1.0,
+        "img_per_s_machine": 2.0,
+        "cpu_pct": 50.0,
+    }
     o = from_dict(LoaderPoint, old)
     assert o.img_per_s_machine_cold is None and o.cold_error is None and o.cache is None
 
@@ -308,6 +414,18 @@ def test_eviction_leaves_no_page_of_the_files_cached(tmp_path):
     assert page_cache.read_back(files) == 6 * 64 * 1024
     assert page_cache.resident_frac(files) == 1.0
     assert page_cache.sample(list(range(10)), 4) == [0, 2, 5, 7]
+
+
+def test_pages_that_survive_the_first_advice_get_a_second_pass_over_every_file(tmp_path, monkeypatch):
+    """A page the kernel held back (a per-CPU batch, writeback) leaves residue in the sample: every file is
+    advised once more, not only the sampled ones, and the figure kept is the one read after that pass."""
+    files = _files(tmp_path)
+    advised, readings = [], iter([0.03, 0.0])
+    monkeypatch.setattr(page_cache, "_drop", lambda fd: advised.append(fd))
+    monkeypatch.setattr(page_cache, "resident_frac", lambda paths, limit: next(readings))
+    ev = page_cache.evict(files)
+    assert len(advised) >= 2 * len(files) and ev.resident_frac_after == 0.0
+    assert (ev.files, ev.bytes) == (6, 6 * 64 * 1024)  # counted once, not per pass
 
 
 class _Img:
@@ -369,7 +487,10 @@ def test_where_the_eviction_does_not_take_the_cold_rate_is_not_measured(tmp_path
     assert loader_bench.cold_window(iter(()), loader, "ram", 2, 0, -1, False)["cold_error"].startswith("cache=ram")
     busy = _Loader(files)
     busy.num_workers, busy.prefetch_factor = 1, 4  # 4 batches in flight: the whole pass of 4
-    assert "no longer than the 4 batches in flight" in loader_bench.cold_window(iter(()), busy, "off", 2, 0, -1, False)["cold_error"]
+    assert (
+        "no longer than the 4 batches in flight"
+        in loader_bench.cold_window(iter(()), busy, "off", 2, 0, -1, False)["cold_error"]
+    )
 
 
 # --- for real on CPU ----------------------------------------------------------------------------------
@@ -387,9 +508,37 @@ def test_the_cold_probe_for_real_with_a_memory_limit_below_the_dataset(tmp_path,
     ds = generate(tmp_path / "ds", SyntheticSpec(images=64, width=160, height=120, val_images=4, seed=3))
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "probe"
-    assert cli.main(["probe", "loader", "--device", "cpu", "--nproc", "2", "--data", str(ds), "--imgsz", "64",
-                     "--batch", "4", "--workers", "0", "--cache", "off", "--steps", "12", "--warmup", "2",
-                     "--mem-limit", "64KiB", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "probe",
+                "loader",
+                "--device",
+                "cpu",
+                "--nproc",
+                "2",
+                "--data",
+                str(ds),
+                "--imgsz",
+                "64",
+                "--batch",
+                "4",
+                "--workers",
+                "0",
+                "--cache",
+                "off",
+                "--steps",
+                "12",
+                "--warmup",
+                "2",
+                "--mem-limit",
+                "64KiB",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     said = capsys.readouterr().out
     assert "does not fit, epochs read it from storage" in said and "Input ceiling" in said
     c = read_json(out / "loader.json", LoaderCeiling)
@@ -404,11 +553,15 @@ def test_the_cold_probe_for_real_with_a_memory_limit_below_the_dataset(tmp_path,
     assert p.img_per_s_machine_cold_ci_low <= p.img_per_s_machine_cold <= p.img_per_s_machine_cold_ci_high
     info = datainfo.inspect(ds)
     assert p.evicted_files == 64 and p.evicted_bytes == info.train_bytes  # the train images, every one
-    assert p.resident_frac_evicted == 0.0 and p.resident_frac_warm == 1.0  # mincore: none left, all there before
+    # mincore: all there before; after, at most the probe's bar (a page or two the kernel held in a batch or under
+    # writeback can survive the advice on a busy machine: 1 of 129 pages in one CI run)
+    assert p.resident_frac_evicted <= loader_bench.MAX_RESIDENT_AFTER_EVICT and p.resident_frac_warm == 1.0
 
     fit = dataset_fit.decide(info, request.resolve_memory(request.ScanRequest(mem_limit="64KiB")), 64, 2)
     assert fit.fits is False and fit.source == "override" and fit.available_mib == 1 / 16
-    fast = trial("t", K0, rate=4 * p.img_per_s_machine_cold, ci=(3.5 * p.img_per_s_machine_cold, 4.5 * p.img_per_s_machine_cold))
+    fast = trial(
+        "t", K0, rate=4 * p.img_per_s_machine_cold, ci=(3.5 * p.img_per_s_machine_cold, 4.5 * p.img_per_s_machine_cold)
+    )
     cap = dataset_fit.caps([fast], fit, c)["t"]
     pred = epoch.predict(fast, None, info, RP, cold=cap)
     assert pred.cold_img_per_s == p.img_per_s_machine_cold
@@ -423,8 +576,12 @@ def test_the_input_ceiling_times_cache_disk_too_where_the_data_do_not_fit_and_th
     from yoloprof.scan.orchestrate import disk_too
 
     def ctx(cache, strategy="grid", given=None, mib=100.0):
-        return SimpleNamespace(plan=SimpleNamespace(axes=SimpleNamespace(cache=cache)), strategy=strategy,
-                               given=given or {}, fit=lambda: dataset_fit.decide(data(), budget(mib), 128, 2))  # fmt: skip
+        return SimpleNamespace(
+            plan=SimpleNamespace(axes=SimpleNamespace(cache=cache)),
+            strategy=strategy,
+            given=given or {},
+            fit=lambda: dataset_fit.decide(data(), budget(mib), 128, 2),
+        )
 
     assert disk_too(ctx(["off"], "auto")) == ["disk"]  # auto's space holds cache disk
     assert disk_too(ctx(["off"], "auto", {"cache": ["off"]})) == []  # the user left it out
@@ -439,6 +596,8 @@ def test_the_search_sees_storage_bound_trials_as_input_bound():
     judge, bound = auto.cold_aware(loader)
     rs = [trial("w0", K0, 100.0), trial("w2", K2, 100.0)]
     assert bound(rs[0]) == "input" and judge(rs, "w2", "w0") is True and judge(rs, "w0", "w2") is False
-    fast = LoaderCeiling("/d", 128, "off", [point(0, 300.0, 300.0, (290.0, 310.0)), point(2, 500.0, 400.0, (390.0, 410.0))])
+    fast = LoaderCeiling(
+        "/d", 128, "off", [point(0, 300.0, 300.0, (290.0, 310.0)), point(2, 500.0, 400.0, (390.0, 410.0))]
+    )
     judge, bound = auto.cold_aware(fast)  # storage keeps up: the trials' own figures and noise test decide
     assert bound(rs[0]) == auto.bottleneck(rs[0]) and judge(rs, "w2", "w0") == auto.beats(rs, "w2", "w0")

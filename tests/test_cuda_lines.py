@@ -238,8 +238,15 @@ def test_the_marker_comment_on_a_def_an_if_an_else_and_a_statement():
              2)  # cuda-only
         return a
     """
-    assert found(src) == {2: "marker", 7: "marker", 11: "marker", 12: "marker", 13: "marker", 14: "marker",
-                          15: "marker"}  # fmt: skip
+    assert found(src) == {
+        2: "marker",
+        7: "marker",
+        11: "marker",
+        12: "marker",
+        13: "marker",
+        14: "marker",
+        15: "marker",
+    }
 
 
 def test_a_comment_that_only_mentions_cuda_is_no_marker():
@@ -298,12 +305,16 @@ def test_ranges_join_runs_of_consecutive_statements():
 
 
 def test_intersect_counts_executed_cuda_lines_per_file_and_in_total():
-    cuda = {"probes/clock.py": {31: "def", 33: "def", 63: "rest", 72: "rest"},
-            "yoloprof/worker/ddp.py": {129: "if"},
-            "probes/memory.py": {44: "if", 45: "ifexp"}}  # fmt: skip
-    executed = {"probes/clock.py": {1, 2, 31, 33, 72, 200},  # lines that are not CUDA-only do not count
-                "probes/memory.py": {45},
-                "reports/html.py": {10, 11}}  # fmt: skip
+    cuda = {
+        "probes/clock.py": {31: "def", 33: "def", 63: "rest", 72: "rest"},
+        "yoloprof/worker/ddp.py": {129: "if"},
+        "probes/memory.py": {44: "if", 45: "ifexp"},
+    }
+    executed = {
+        "probes/clock.py": {1, 2, 31, 33, 72, 200},  # lines that are not CUDA-only do not count
+        "probes/memory.py": {45},
+        "reports/html.py": {10, 11},
+    }
     main = {"probes/clock.py": {1, 31, 33}, "probes/memory.py": {45}}
     figures = cc.intersect(cuda, executed, main)
     by_path = {f.path: f for f in figures}

@@ -25,19 +25,51 @@ A100 = GpuInfo(0, "NVIDIA A100-SXM4-80GB", 81920.0)
 
 
 def env(n_gpus: int, cpu_count: int = 32, cuda: str = "13.0") -> Environment:
-    return Environment("h", "linux", "3.11", cpu_count, 64000.0, "2.14.1+cu130", "8.4.190", cuda, "2.30.7", None,
-                       [dataclasses.replace(A100, index=i) for i in range(n_gpus)], [], {})  # fmt: skip
+    return Environment(
+        "h",
+        "linux",
+        "3.11",
+        cpu_count,
+        64000.0,
+        "2.14.1+cu130",
+        "8.4.190",
+        cuda,
+        "2.30.7",
+        None,
+        [dataclasses.replace(A100, index=i) for i in range(n_gpus)],
+        [],
+        {},
+    )
 
 
 def report(**over) -> DoctorReport:
     """A healthy 2-GPU machine; each test spoils one thing."""
-    base = DoctorReport(device="cuda", device_asked=None, ranks=2, workers_per_rank=8, torch="2.14.1+cu130",
-                        torch_cuda="13.0", torch_cuda_error=None, torch_gpus=[A100, dataclasses.replace(A100, index=1)],
-                        nccl="2.30.7", nvml_status="ok", driver="580.65.06", driver_cuda="13.0",
-                        nvml_gpus=[NvmlGpu(i, i, A100.name, 81920.0, UUIDS[i]) for i in (0, 1)],
-                        cuda_visible_devices=None, mapping_note=None, cuda_visible_count=2, links=[], cpu_count=32,
-                        ram_total_mib=256000.0, ram_available_mib=200000.0, shm_total_mib=65536.0,
-                        shm_free_mib=65536.0, nofile_soft=65536, nofile_hard=65536)  # fmt: skip
+    base = DoctorReport(
+        device="cuda",
+        device_asked=None,
+        ranks=2,
+        workers_per_rank=8,
+        torch="2.14.1+cu130",
+        torch_cuda="13.0",
+        torch_cuda_error=None,
+        torch_gpus=[A100, dataclasses.replace(A100, index=1)],
+        nccl="2.30.7",
+        nvml_status="ok",
+        driver="580.65.06",
+        driver_cuda="13.0",
+        nvml_gpus=[NvmlGpu(i, i, A100.name, 81920.0, UUIDS[i]) for i in (0, 1)],
+        cuda_visible_devices=None,
+        mapping_note=None,
+        cuda_visible_count=2,
+        links=[],
+        cpu_count=32,
+        ram_total_mib=256000.0,
+        ram_available_mib=200000.0,
+        shm_total_mib=65536.0,
+        shm_free_mib=65536.0,
+        nofile_soft=65536,
+        nofile_hard=65536,
+    )
     return dataclasses.replace(base, **over)
 
 
@@ -56,10 +88,17 @@ def test_nvml_readings_map_cuda_indices_and_links():
     assert m["nvmlShutdown"].call_count == m["nvmlInit"].call_count == 2
     assert (r.nvml_status, r.driver, r.driver_cuda, r.cuda_visible_count) == ("ok", "535.104.05", "12.2", 4)
     assert [(g.nvml_index, g.cuda_index, g.name, g.mem_total_mib, g.uuid) for g in r.nvml_gpus[:1]] == [
-        (0, 0, "NVIDIA A100-SXM4-80GB", 81920.0, UUIDS[0])]
+        (0, 0, "NVIDIA A100-SXM4-80GB", 81920.0, UUIDS[0])
+    ]
     links = {(x.gpu_a, x.gpu_b): (x.nvlink, x.pcie) for x in r.links}
-    assert links == {(0, 1): (True, "PIX"), (0, 2): (False, "SYS"), (0, 3): (False, "SYS"), (1, 2): (False, "SYS"),
-                     (1, 3): (None, None), (2, 3): (False, "PHB")}  # (1, 3) refused: n/a, not a guess  # fmt: skip
+    assert links == {
+        (0, 1): (True, "PIX"),
+        (0, 2): (False, "SYS"),
+        (0, 3): (False, "SYS"),
+        (1, 2): (False, "SYS"),
+        (1, 3): (None, None),
+        (2, 3): (False, "PHB"),
+    }  # (1, 3) refused: n/a, not a guess
     # CUDA 0 is physical GPU 2 (by UUID prefix), CUDA 1 is GPU 0; GPUs 1 and 3 are hidden from CUDA
     assert [g.cuda_index for g in hidden.nvml_gpus] == [1, None, 0, None] and hidden.cuda_visible_count == 2
     assert [(x.gpu_a, x.gpu_b, x.pcie) for x in hidden.links] == [(0, 1, "SYS")]
@@ -88,15 +127,34 @@ def test_shm_and_open_files_readings():
     assert system_check.shm_mib("/no/such/mount") == (None, None)
     soft, hard = system_check.nofile()
     assert soft == os.sysconf("SC_OPEN_MAX") and (hard is None or hard >= soft)
-    assert [system_check.cuda_version(v) for v in (12020, 13000, 11080, 12090, None)] == ["12.2", "13.0", "11.8", "12.9", None]
+    assert [system_check.cuda_version(v) for v in (12020, 13000, 11080, 12090, None)] == [
+        "12.2",
+        "13.0",
+        "11.8",
+        "12.9",
+        None,
+    ]
 
 
 # --- item 7: torch blind to the GPUs NVML sees --------------------------------------------------
 
 
-@pytest.mark.parametrize("driver_cuda,tag", [("11.4", None), ("11.8", "cu118"), ("12.0", "cu118"), ("12.2", "cu121"),
-                                             ("12.5", "cu124"), ("12.6", "cu126"), ("12.8", "cu128"), ("12.9", "cu129"),
-                                             ("13.0", "cu130"), ("13.2", "cu130"), (None, None)])  # fmt: skip
+@pytest.mark.parametrize(
+    "driver_cuda,tag",
+    [
+        ("11.4", None),
+        ("11.8", "cu118"),
+        ("12.0", "cu118"),
+        ("12.2", "cu121"),
+        ("12.5", "cu124"),
+        ("12.6", "cu126"),
+        ("12.8", "cu128"),
+        ("12.9", "cu129"),
+        ("13.0", "cu130"),
+        ("13.2", "cu130"),
+        (None, None),
+    ],
+)
 def test_install_line_picks_the_newest_wheel_the_driver_runs(driver_cuda, tag):
     assert doctor.torch_wheel(driver_cuda) == tag
 
@@ -116,7 +174,9 @@ def test_torch_blind_to_gpus_is_an_error_with_the_install_line():
     assert doctor.torch_blind(dataclasses.replace(r, driver_cuda="11.4")).fix.startswith("update the NVIDIA driver")
     cpu_build = doctor.torch_blind(dataclasses.replace(r, torch_cuda=None))
     assert "a CPU-only build" in cpu_build.what and "whl/cu121" in cpu_build.fix
-    new_driver = doctor.torch_blind(dataclasses.replace(r, driver_cuda="13.0", torch_cuda_error="no CUDA-capable device"))
+    new_driver = doctor.torch_blind(
+        dataclasses.replace(r, driver_cuda="13.0", torch_cuda_error="no CUDA-capable device")
+    )
     assert "torch says: no CUDA-capable device" in new_driver.what and "--gpus all" in new_driver.fix
 
 
@@ -130,14 +190,17 @@ def test_cuda_visible_devices_hiding_every_gpu_is_named():
 # --- findings on records ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("free,ranks,workers,severity,words", [
-    (60.0, 1, 1, "error", "Docker's default is 64 MiB"),
-    (900.0, 1, 2, "warn", "less than the 1024 MiB"),  # at least 1 GiB whatever the plan
-    (4096.0, 8, 8, "warn", "less than the 8192 MiB 8 rank(s) x 8 workers"),
-    (8192.0, 8, 8, "ok", "/dev/shm: 8.0 GiB free"),
-    (60.0, 2, 0, None, None),  # no workers: /dev/shm is not used
-    (None, 2, 8, None, None),  # not measured: no finding
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "free,ranks,workers,severity,words",
+    [
+        (60.0, 1, 1, "error", "Docker's default is 64 MiB"),
+        (900.0, 1, 2, "warn", "less than the 1024 MiB"),  # at least 1 GiB whatever the plan
+        (4096.0, 8, 8, "warn", "less than the 8192 MiB 8 rank(s) x 8 workers"),
+        (8192.0, 8, 8, "ok", "/dev/shm: 8.0 GiB free"),
+        (60.0, 2, 0, None, None),  # no workers: /dev/shm is not used
+        (None, 2, 8, None, None),  # not measured: no finding
+    ],
+)
 def test_shm_thresholds(free, ranks, workers, severity, words):
     found = by_topic(report(shm_free_mib=free, ranks=ranks, workers_per_rank=workers), "shm")
     if severity is None:
@@ -156,7 +219,9 @@ def test_open_files_cores_and_ram():
     assert "raise the hard limit (4096)" in f.fix and "--ulimit nofile=65536:65536" in f.fix
     assert by_topic(report(nofile_soft=4096), "nofile")[0].severity == "ok"
     (f,) = by_topic(report(ranks=8, cpu_count=16), "cores")
-    assert f.severity == "warn" and "16 CPU cores for 8 GPUs (2.0 per GPU)" in f.what and "at most 2 DataLoader" in f.what
+    assert (
+        f.severity == "warn" and "16 CPU cores for 8 GPUs (2.0 per GPU)" in f.what and "at most 2 DataLoader" in f.what
+    )
     assert by_topic(report(ranks=8, cpu_count=32), "cores") == []
     (f,) = by_topic(report(device="cpu", ranks=4, cpu_count=2), "cores")
     assert f.fix == "--nproc 2"
@@ -175,14 +240,18 @@ def test_collective_findings_name_the_setting_that_works():
     hang = check("hang", phases=("all_reduce", "all_reduce"), error="no answer within 60 s")
     (f,) = by_topic(report(collectives=[hang, check("ok", collective_check.P2P_OFF)]), "collective")
     assert f.severity == "error" and "hangs (no answer within 60 s; the ranks met, the first AllReduce never" in f.what
-    assert "works with NCCL_P2P_DISABLE=1" in f.what and f.fix.startswith("export NCCL_P2P_DISABLE=1 before yoloprof scan")
+    assert "works with NCCL_P2P_DISABLE=1" in f.what and f.fix.startswith(
+        "export NCCL_P2P_DISABLE=1 before yoloprof scan"
+    )
     never_met = check("hang", collective_check.P2P_OFF, phases=("init", "all_reduce"), error="no answer within 60 s")
     (f,) = by_topic(report(collectives=[hang, never_met]), "collective")
     assert "the ranks never met: init, all_reduce) (also with NCCL_P2P_DISABLE=1)" in f.what
     assert "NCCL_DEBUG=INFO" in f.fix
     assert by_topic(report(), "collective") == []  # not run: no finding
     assert [f.severity for f in doctor.findings(report(collectives=[hang, never_met], shm_free_mib=600.0))][:2] == [
-        "error", "warn"]  # errors first
+        "error",
+        "warn",
+    ]  # errors first
 
 
 def test_record_round_trips():
@@ -220,7 +289,9 @@ def test_scan_runs_the_collective_on_gpus_only(monkeypatch):
     cpu = plan.Hardware("cpu", 2, [], 2, 0)
     preflight.before_scan(report(device="cpu", torch_gpus=[], nvml_gpus=[]), cpu, 2, console)
     runs.assert_not_called()  # a CPU scan starts no extra process
-    with pytest.raises(UsageError, match="works with NCCL_P2P_DISABLE=1: peer-to-peer .*; fix: export NCCL_P2P_DISABLE=1"):
+    with pytest.raises(
+        UsageError, match="works with NCCL_P2P_DISABLE=1: peer-to-peer .*; fix: export NCCL_P2P_DISABLE=1"
+    ):
         preflight.before_scan(report(), plan.Hardware("cuda", 2, [0, 2], 32, 3), 8, console)
     assert runs.call_args.kwargs == {"backend": "nccl", "timeout_s": 60.0, "gpus": ["4", "6"]}
 
@@ -238,8 +309,9 @@ def test_gloo_collective_for_real_and_a_hang_caught(tmp_path, monkeypatch):
     assert (ok.status, ok.phases, ok.error, ok.env) == ("ok", ["done", "done"], None, {}) and ok.wall_s < 60
     monkeypatch.setenv(collective_check.HANG_ENV, "p2p")  # rank 1 stalls unless NCCL_P2P_DISABLE=1
     monkeypatch.delenv("NCCL_P2P_DISABLE", raising=False)
-    hang, retry = collective.run(2, backend="gloo", timeout_s=12, work_dir=tmp_path / "hang",
-                                       settings=[{}, collective_check.P2P_OFF])  # fmt: skip
+    hang, retry = collective.run(
+        2, backend="gloo", timeout_s=12, work_dir=tmp_path / "hang", settings=[{}, collective_check.P2P_OFF]
+    )
     assert (hang.status, hang.phases, hang.error) == ("hang", ["all_reduce", "all_reduce"], "no answer within 12 s")
     assert 12 <= hang.wall_s < 22
     assert (retry.status, retry.env, retry.phases) == ("ok", {"NCCL_P2P_DISABLE": "1"}, ["done", "done"])

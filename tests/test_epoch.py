@@ -11,25 +11,57 @@ from yoloprof import outputs
 from yoloprof.analysis import epoch
 from yoloprof.errors import UsageError
 from yoloprof.records import (
-    Breakdown, EpochCosts, EpochPart, Knobs, RunPlan, TelemetrySummary, TrialResult, read_json, write_json,
-)  # fmt: skip
+    Breakdown,
+    EpochCosts,
+    EpochPart,
+    Knobs,
+    RunPlan,
+    TelemetrySummary,
+    TrialResult,
+    read_json,
+    write_json,
+)
 
 K = Knobs(16, 2, False, False, "off", "default")
 
 
 def trial(**kw) -> TrialResult:
-    r = TrialResult("t1", "ok", K, 2, "cpu", img_per_s=100.0, img_per_s_ci_low=90.0, img_per_s_ci_high=110.0,
-                    batches_per_epoch=32, accumulate=4,
-                    breakdown=Breakdown(0, 0, 0, 0, 0, 10.0, 0, 100.0))  # fmt: skip
+    r = TrialResult(
+        "t1",
+        "ok",
+        K,
+        2,
+        "cpu",
+        img_per_s=100.0,
+        img_per_s_ci_low=90.0,
+        img_per_s_ci_high=110.0,
+        batches_per_epoch=32,
+        accumulate=4,
+        breakdown=Breakdown(0, 0, 0, 0, 0, 10.0, 0, 100.0),
+    )
     for k, v in kw.items():
         setattr(r, k, v)
     return r
 
 
 def costs(**kw) -> EpochCosts:
-    c = EpochCosts(2, "cpu", K, "ok", val=EpochPart([2.0, 1.0, 1.2]), val_images_total=64, val_images_timed=64,
-                   save=EpochPart([0.3, 0.2]), end=EpochPart([0.05, 0.04]), boundary_ms=150.0, setup_s=4.0,
-                   startup_s=3.0, final_s=2.5, no_mosaic_ratio=1.25, no_mosaic_ratio_ci=[1.1, 1.4])  # fmt: skip
+    c = EpochCosts(
+        2,
+        "cpu",
+        K,
+        "ok",
+        val=EpochPart([2.0, 1.0, 1.2]),
+        val_images_total=64,
+        val_images_timed=64,
+        save=EpochPart([0.3, 0.2]),
+        end=EpochPart([0.05, 0.04]),
+        boundary_ms=150.0,
+        setup_s=4.0,
+        startup_s=3.0,
+        final_s=2.5,
+        no_mosaic_ratio=1.25,
+        no_mosaic_ratio_ci=[1.1, 1.4],
+    )
     for k, v in kw.items():
         setattr(c, k, v)
     return c
@@ -52,13 +84,20 @@ def test_without_the_runs_end_timed_the_final_validation_stands_in_and_the_rest_
     timed, old = epoch.predict(trial(), costs(), None, RP), epoch.predict(trial(), costs(final_s=None), None, RP)
     assert timed.final_s == 2.5 and old.final_s is None
     assert timed.once_s - old.once_s == pytest.approx(2.5 - 1.1)  # one validation pass instead
-    assert old.parts_missing == ["the run's end beyond the final validation (stripping checkpoints, plots): not measured"]
+    assert old.parts_missing == [
+        "the run's end beyond the final validation (stripping checkpoints, plots): not measured"
+    ]
 
 
 def test_a_run_without_a_measured_start_up_names_it_and_leaves_it_out():
-    with_it, without = epoch.predict(trial(), costs(), None, RP), epoch.predict(trial(), costs(startup_s=None), None, RP)
+    with_it, without = (
+        epoch.predict(trial(), costs(), None, RP),
+        epoch.predict(trial(), costs(startup_s=None), None, RP),
+    )
     assert with_it.run_h * 3600 - without.run_h * 3600 == pytest.approx(3.0) and without.startup_s is None
-    assert without.parts_missing == ["the process's start-up (interpreter, torch and Ultralytics imports): not measured"]
+    assert without.parts_missing == [
+        "the process's start-up (interpreter, torch and Ultralytics imports): not measured"
+    ]
 
 
 def test_the_run_counts_close_mosaic_epochs_warmup_set_up_and_the_final_validation():
@@ -136,12 +175,20 @@ def test_steps_per_epoch_from_the_split_as_the_distributed_sampler_shards_it():
 
 def test_durations_are_in_the_unit_a_team_plans_in():
     assert [epoch.duration(x) for x in (0.19, 4.2, 42, 708, 70920, None)] == [
-        "190 ms", "4.2 s", "42 s", "11.8 min", "19.7 h", "n/a"]
+        "190 ms",
+        "4.2 s",
+        "42 s",
+        "11.8 min",
+        "19.7 h",
+        "n/a",
+    ]
     assert [epoch.amount(x) for x in (1234.5, 0.0312, None)] == ["1,234.50", "0.0312", "n/a"]
     assert epoch.duration_band(708, 672, 750) == "11.8 min (11.2-12.5)"
     assert epoch.duration_band(0.19, 0.17, 0.25) == "190 ms (170-250)"
     p = epoch.predict(trial(), costs(), None, RunPlan(epochs=100))
-    assert epoch.one_line(p, 100).startswith(f"{epoch.duration(p.epoch_s)} an epoch, ") and "for 100 epochs" in epoch.one_line(p, 100)
+    assert epoch.one_line(p, 100).startswith(
+        f"{epoch.duration(p.epoch_s)} an epoch, "
+    ) and "for 100 epochs" in epoch.one_line(p, 100)
 
 
 def test_the_run_plan_takes_flags_over_the_config_over_ultralytics():
@@ -174,7 +221,8 @@ def test_outputs_carry_epoch_run_and_cost_and_report_re_prices(cpu_scan_copy):
     before = p.run_h
     outputs.replan(cpu_scan_copy, epochs=100)
     assert outputs.collect(cpu_scan_copy).predictions[best["trial_id"]].run_h == pytest.approx(
-        before + 50 * p.epoch_s / 3600, rel=1e-6)  # 50 more mosaic epochs, the rest unchanged
+        before + 50 * p.epoch_s / 3600, rel=1e-6
+    )  # 50 more mosaic epochs, the rest unchanged
 
 
 def test_the_scaling_table_reads_ranks_epoch_run_cost_and_efficiency(tmp_path):
@@ -210,4 +258,6 @@ def test_report_command_re_prices_and_refuses_a_bad_price_in_one_line(cpu_scan_c
     assert cli.main(["report", str(cpu_scan_copy), "--gpu-hour-price", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--gpu-hour-price -1.0: give the price of one GPU-hour, > 0" in err[0]
-    assert read_json(cpu_scan_copy / "scan.json")["run_plan"]["gpu_hour_price"] == 2.5  # the refused one changed nothing
+    assert (
+        read_json(cpu_scan_copy / "scan.json")["run_plan"]["gpu_hour_price"] == 2.5
+    )  # the refused one changed nothing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,21 @@ KNOBS = Knobs(batch=4, workers=1, amp=False, pin_memory=False, cache="off", nccl
 
 
 def tiny_spec(data: Path, **kw) -> TrialSpec:
-    base = dict(trial_id="epoch-w2", knobs=KNOBS, world_size=2, device="cpu", gpus=[], model="yolo11n.yaml",
-                data=str(data), imgsz=64, optimizer="SGD", warmup_steps=2, measured_steps=16,
-                env={"OMP_NUM_THREADS": "1"}, mode="epoch")  # fmt: skip
+    base = dict(
+        trial_id="epoch-w2",
+        knobs=KNOBS,
+        world_size=2,
+        device="cpu",
+        gpus=[],
+        model="yolo11n.yaml",
+        data=str(data),
+        imgsz=64,
+        optimizer="SGD",
+        warmup_steps=2,
+        measured_steps=16,
+        env={"OMP_NUM_THREADS": "1"},
+        mode="epoch",
+    )
     return TrialSpec(**{**base, **kw})
 
 
@@ -32,14 +45,49 @@ def tiny_spec(data: Path, **kw) -> TrialSpec:
 
 
 def _step(rank, i, ms, mosaic, boundary=False, end_ms=None, warmup=False) -> StepSample:
-    return StepSample(rank=rank, step=i, epoch=0, warmup=warmup, t_end_s=float(i), images=4, step_ms=ms, data_wait_ms=1.0,
-                      h2d_ms=None, forward_ms=None, backward_ms=None, comm_wait_ms=None, optimizer_ms=0.0, other_ms=None,
-                      optimizer_stepped=True, epoch_boundary=boundary, epoch_end_ms=end_ms, mosaic=mosaic)  # fmt: skip
+    return StepSample(
+        rank=rank,
+        step=i,
+        epoch=0,
+        warmup=warmup,
+        t_end_s=float(i),
+        images=4,
+        step_ms=ms,
+        data_wait_ms=1.0,
+        h2d_ms=None,
+        forward_ms=None,
+        backward_ms=None,
+        comm_wait_ms=None,
+        optimizer_ms=0.0,
+        other_ms=None,
+        optimizer_stepped=True,
+        epoch_boundary=boundary,
+        epoch_end_ms=end_ms,
+        mosaic=mosaic,
+    )
 
 
 def _write_rank(tdir: Path, rank: int, steps: list[StepSample], parts: RankEpochParts) -> None:
     lines = [{"kind": "step", **to_dict(s)} for s in steps] + [{"kind": "epoch_parts", **to_dict(parts)}]
     (tdir / f"rank{rank}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_the_mosaic_phases_on_both_sides_cancel_a_drift_of_the_machine(tmp_path):
+    """Mosaic makes no difference here, but the machine slows by 20% linearly over the job: the phase without
+    mosaic, in the middle, is as slow as the mean of the two around it, so the ratio reads 1.0, where mosaic
+    on then off alone would read 0.94: the drift taken for mosaic's effect."""
+    slow = lambda i: 100.0 * (1.0 + 0.2 * i / 35)  # noqa: E731 - step i's time on a machine that drifts
+    for r in (0, 1):
+        steps = [_step(r, i, slow(i), True) for i in range(0, 12)]
+        steps += [_step(r, i, slow(i), False) for i in range(12, 24)]
+        steps += [_step(r, i, slow(i), True) for i in range(24, 36)]
+        _write_rank(tmp_path, r, steps, RankEpochParts(rank=r, mosaic_off_step=12, mosaic_back_step=24))
+    ratio, ci, why = epoch_costs.no_mosaic_ratio(aggregate.read_ranks(tmp_path))
+    assert ratio == pytest.approx(1.0, abs=0.01) and ci[0] < 1.0 < ci[1] and why is None
+    first_only = [s for s in aggregate.read_ranks(tmp_path)[0].steps if s.step < 24]
+    on = statistics.mean(s.step_ms for s in first_only if s.mosaic)
+    off = statistics.mean(s.step_ms for s in first_only if not s.mosaic)
+    assert on / off == pytest.approx((1 + 0.2 * 5.5 / 35) / 1.1) and on / off < 0.94  # one phase after the other
 
 
 def test_aggregation_takes_the_slowest_rank_and_scales_the_val_loop(tmp_path):
@@ -50,10 +98,20 @@ def test_aggregation_takes_the_slowest_rank_and_scales_the_val_loop(tmp_path):
         steps += [_step(r, 13, (150.0 if r else 90.0), True, boundary=True, end_ms=20.0)]
         steps += [_step(r, 14, 400.0, False, warmup=True)]  # the loader's restart after close_mosaic
         steps += [_step(r, i, 80.0 * slow[r], False) for i in range(15, 27)]
-        parts = RankEpochParts(rank=r, setup_s=3.0 + r, startup_s=5.0 - r, mosaic_off_step=14, end_s=[0.02, 0.01 + r * 0.01],
-                               val_s=[1.0 + r * 0.1, 0.5 + r * 0.1], val_loop_s=[0.6 + r * 0.1, 0.3 + r * 0.1],
-                               val_images=[8, 8], val_capped=True, val_batches=2, val_images_total=64,
-                               save_s=[0.4 - r * 0.1, 0.2])  # fmt: skip
+        parts = RankEpochParts(
+            rank=r,
+            setup_s=3.0 + r,
+            startup_s=5.0 - r,
+            mosaic_off_step=14,
+            end_s=[0.02, 0.01 + r * 0.01],
+            val_s=[1.0 + r * 0.1, 0.5 + r * 0.1],
+            val_loop_s=[0.6 + r * 0.1, 0.3 + r * 0.1],
+            val_images=[8, 8],
+            val_capped=True,
+            val_batches=2,
+            val_images_total=64,
+            save_s=[0.4 - r * 0.1, 0.2],
+        )
         _write_rank(tmp_path, r, steps, parts)
     spec = tiny_spec(Path("/nowhere/data.yaml"))
     costs = epoch_costs.build(spec, aggregate.read_ranks(tmp_path), epoch_costs.read_parts(tmp_path), "ok")
@@ -72,10 +130,12 @@ def test_aggregation_takes_the_slowest_rank_and_scales_the_val_loop(tmp_path):
 
 
 def test_the_runs_end_is_the_slowest_ranks_with_its_validation_scaled_to_the_split():
-    a = RankEpochParts(rank=0, val_capped=True, val_images_total=64, final_s=3.0, final_val_loop_s=0.5,
-                       final_val_images=8)  # fmt: skip
-    b = RankEpochParts(rank=1, val_capped=True, val_images_total=64, final_s=2.0, final_val_loop_s=0.4,
-                       final_val_images=8)  # fmt: skip
+    a = RankEpochParts(
+        rank=0, val_capped=True, val_images_total=64, final_s=3.0, final_val_loop_s=0.5, final_val_images=8
+    )
+    b = RankEpochParts(
+        rank=1, val_capped=True, val_images_total=64, final_s=2.0, final_val_loop_s=0.4, final_val_images=8
+    )
     assert epoch_costs.final([a, b]) == pytest.approx(3.0 + 0.5 * (64 / 16 - 1))  # 16 of 64 images timed
     a.val_capped = b.val_capped = False
     assert epoch_costs.final([a, b]) == 3.0
@@ -160,9 +220,10 @@ def test_epoch_mode_times_every_part_on_both_ranks(tmp_path):
     assert costs.boundary_ms is not None  # 4 batches per epoch: the steps crossed several
     # the step records tell the phases apart, the loader's restart counted as warm-up
     ranks = aggregate.read_ranks(tdir)
-    off = parts[0].mosaic_off_step
-    assert off == 18 and all(s.mosaic == (s.step < off) for r in ranks for s in r.steps)
-    assert all(s.warmup for r in ranks for s in r.steps if off <= s.step < off + 2)
+    off, back = parts[0].mosaic_off_step, parts[0].mosaic_back_step
+    assert (off, back) == (18, 36) and all(s.mosaic == (not off <= s.step < back) for r in ranks for s in r.steps)
+    assert all(s.warmup for r in ranks for s in r.steps if off <= s.step < off + 2 or back <= s.step < back + 2)
+    assert max(s.step for s in ranks[0].steps) == 53  # mosaic on, off, on again: 2 + 16, 2 + 16, 2 + 16 steps
     assert (tdir / "ultralytics" / "weights" / "last.pt").is_file()  # save_model wrote into the job's folder
     write_json(tmp_path / "w2.json", costs)
     assert read_json(tmp_path / "w2.json", EpochCosts) == costs
@@ -184,11 +245,15 @@ def test_a_hung_job_times_out_and_the_scan_goes_on(tiny_data, cpu_scan_copy, mon
     (cpu_scan_copy / "epoch").rename(cpu_scan_copy / "epoch-recorded")
     spec_path = cpu_scan_copy / "trials" / best / "spec.json"
     spec = read_json(spec_path, TrialSpec)
-    write_json(spec_path, tiny_spec(tiny_data, trial_id=best, knobs=spec.knobs, mode="train", warmup_steps=1,
-                                    measured_steps=4))  # fmt: skip
+    write_json(
+        spec_path, tiny_spec(tiny_data, trial_id=best, knobs=spec.knobs, mode="train", warmup_steps=1, measured_steps=4)
+    )
     monkeypatch.setenv("YOLOPROF_TEST_FAULT", "hang@1:trial=epoch")
     out = io.StringIO()
     done = epoch_job.run(cpu_scan_copy, None, None, ScanRequest(trial_timeout=5), Console(file=out, width=300))
     assert [c.status for c in done] == ["timeout"] and "--trial-timeout 15 s reached" in done[0].error
     assert read_json(cpu_scan_copy / "epoch" / "w2.json", EpochCosts) == done[0]
-    assert f"the settings of {best}" in out.getvalue() and "Epoch costs (2 ranks): not measured (timeout)" in out.getvalue()
+    assert (
+        f"the settings of {best}" in out.getvalue()
+        and "Epoch costs (2 ranks): not measured (timeout)" in out.getvalue()
+    )

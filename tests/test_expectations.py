@@ -75,9 +75,14 @@ def test_recorded_trials_aggregate_to_figures_computed_from_the_raw_lines(tdir):
         assert spec.measured_steps <= want["measured_steps"] + res.epoch_boundary_steps <= spec.max_steps
     assert want["images"] == spec.knobs.batch * want["measured_steps"]  # every rank's batch share, every step
     # the one-time cost: the warm-up steps beyond as many steady steps, slowest rank (compile's start-up)
-    extra = max((sum(s["step_ms"] for s in st if s["warmup"])
-                 - sum(s["warmup"] for s in st) * statistics.median(s["step_ms"] for s in st if not s["warmup"])) / 1e3
-                for st in raw_steps(tdir))  # fmt: skip
+    extra = max(
+        (
+            sum(s["step_ms"] for s in st if s["warmup"])
+            - sum(s["warmup"] for s in st) * statistics.median(s["step_ms"] for s in st if not s["warmup"])
+        )
+        / 1e3
+        for st in raw_steps(tdir)
+    )
     assert res.warmup_extra_s == pytest.approx(extra, rel=1e-9)
     assert res.img_per_s == pytest.approx(want["img_per_s"], rel=1e-9)
     assert res.step_ms_p50 == pytest.approx(want["step_ms_p50"], rel=1e-9)
@@ -91,7 +96,8 @@ def test_raw_rule_is_not_the_fastest_rank_nor_warmup_inclusive():
     want = expected_from_raw(tdir)
     fastest_span = min(sum(s["step_ms"] for s in steps if not s["warmup"]) for steps in ranks) / 1000.0
     with_warmup = sum(s["images"] for steps in ranks for s in steps) / (
-        max(sum(s["step_ms"] for s in steps) for steps in ranks) / 1000.0)  # fmt: skip
+        max(sum(s["step_ms"] for s in steps) for steps in ranks) / 1000.0
+    )
     assert abs(want["img_per_s"] / (want["images"] / fastest_span) - 1) > 1e-4
     assert abs(want["img_per_s"] / with_warmup - 1) > 1e-3
 
@@ -118,8 +124,11 @@ def test_recorded_scan_winner_is_pinned_by_the_raw_throughput(scan, tmp_path):
     out = outputs.write_all(copy)
     assert out.ranking.best_trial_id == winner
     assert out.headline.startswith(f"Best: {winner} (")
-    raw = {p.name: expected_from_raw(p)["img_per_s"] for p in sorted((copy / "trials").iterdir())
-           if (p / "rank0.jsonl").is_file() and read_json(p / "launch.json", LaunchOutcome).returncode == 0}  # fmt: skip
+    raw = {
+        p.name: expected_from_raw(p)["img_per_s"]
+        for p in sorted((copy / "trials").iterdir())
+        if (p / "rank0.jsonl").is_file() and read_json(p / "launch.json", LaunchOutcome).returncode == 0
+    }
     if runner_up is None:
         assert list(raw) == [winner]
         assert [r.trial_id for r in out.results if r.status == "ok"] == [winner]
@@ -140,7 +149,10 @@ def test_recorded_winner_is_cpu_starved_and_its_worker_twin_is_not(cpu_scan_copy
     t04 = expected_from_raw(cpu_scan_copy / "trials" / "t04-b16-w2-fp32")["data_wait_frac"]
     assert t03 >= ranking.INPUT_FRAC > t04
     # t03's exposed AllReduce is 7% with a 95% interval reaching 12%: both shares can bound a run of it
-    assert v["t03-b16-w0-fp32"].bottleneck == "input" and v["t03-b16-w0-fp32"].label == "input (CPU-starved) + communication"
+    assert (
+        v["t03-b16-w0-fp32"].bottleneck == "input"
+        and v["t03-b16-w0-fp32"].label == "input (CPU-starved) + communication"
+    )
     assert v["t04-b16-w2-fp32"].bottleneck == "compute" and v["t04-b16-w2-fp32"].label is None
     assert "bound by input (CPU-starved)" in out.headline
 
@@ -157,14 +169,17 @@ def hand(tid, img, data=0.02, comm=None, busy_frac=None, status="ok"):
     return TrialResult(tid, status, knobs, 2, "cpu", img_per_s=img, data_wait_frac=data, comm_frac=comm, telemetry=tel)
 
 
-@pytest.mark.parametrize("data,busy,bottleneck,label", [
-    (0.30, 0.50, "input", "input (CPU-starved)"),  # at the threshold: starved
-    (0.30, 1.00, "input", "input (CPU-starved)"),
-    (0.30, 0.49, "input", None),  # just below: plain input
-    (0.30, 0.0, "input", None),
-    (0.30, None, "input", None),  # no telemetry: no claim about the cores
-    (0.05, 1.00, "compute", None),  # busy cores alone do not make a trial input-bound
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "data,busy,bottleneck,label",
+    [
+        (0.30, 0.50, "input", "input (CPU-starved)"),  # at the threshold: starved
+        (0.30, 1.00, "input", "input (CPU-starved)"),
+        (0.30, 0.49, "input", None),  # just below: plain input
+        (0.30, 0.0, "input", None),
+        (0.30, None, "input", None),  # no telemetry: no claim about the cores
+        (0.05, 1.00, "compute", None),  # busy cores alone do not make a trial input-bound
+    ],
+)
 def test_cpu_starved_label_needs_input_bound_and_busy_cores(data, busy, bottleneck, label):
     rk = ranking.rank_trials([hand("a", 100.0, data=data, busy_frac=busy)])
     v = rk.verdicts[0]

@@ -26,14 +26,27 @@ def test_phases_agree_within_ten_percent_or_one_millisecond():
 
 def result(tid, util=91.0, power=412.0, used=20000.0, status="ok", gpu_status="ok"):
     t = TelemetrySummary(gpu_status, gpu_util_mean_pct=util, power_w_mean=power, gpu_mem_used_peak_mib=used)
-    return TrialResult(tid, status, Knobs(32, 8, True, True, "off", "default"), 1, "cuda", telemetry=t,
-                       peak_mem_mib=18000.0, device_mem_total_mib=81559.0)  # fmt: skip
+    return TrialResult(
+        tid,
+        status,
+        Knobs(32, 8, True, True, "off", "default"),
+        1,
+        "cuda",
+        telemetry=t,
+        peak_mem_mib=18000.0,
+        device_mem_total_mib=81559.0,
+    )
 
 
 def test_telemetry_must_be_present_and_plausible():
     assert gpu_check.telemetry_plausible([result("a"), result("b", status="oom", util=None)]).ok is True
-    c = gpu_check.telemetry_plausible([result("a", power=412000.0), result("b", used=9000.0),
-                                       result("c", gpu_status="not measured: NVML is not available")])  # fmt: skip
+    c = gpu_check.telemetry_plausible(
+        [
+            result("a", power=412000.0),
+            result("b", used=9000.0),
+            result("c", gpu_status="not measured: NVML is not available"),
+        ]
+    )
     assert c.ok is False
     assert "a: power 412000.0 W" in c.detail and "b: NVML used 9000 < allocator 18000 MiB" in c.detail
     assert "c: not measured" in c.detail
@@ -63,8 +76,10 @@ ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 CPU_SCAN = Path(__file__).parent / "fixtures" / "cpu-scan"
 # Run the script with torch and pynvml unimportable: a dry run that touched CUDA (or NVML) would fail.
-NO_CUDA = ("import runpy, sys; sys.modules['torch'] = None; sys.modules['pynvml'] = None; "
-           "sys.argv = ['gpu_check.py'] + sys.argv[1:]; runpy.run_path(%r, run_name='__main__')" % str(SCRIPT))
+NO_CUDA = (
+    "import runpy, sys; sys.modules['torch'] = None; sys.modules['pynvml'] = None; "
+    "sys.argv = ['gpu_check.py'] + sys.argv[1:]; runpy.run_path(%r, run_name='__main__')" % str(SCRIPT)
+)
 
 
 def run_script(*args):
@@ -115,8 +130,12 @@ def fake_stage(name, estimate, takes, ok=True, seen=None, clock=None, raises=Fal
 
 def test_a_stage_whose_estimate_no_longer_fits_is_skipped_and_says_why(tmp_path):
     clock, seen = FakeClock(), []
-    stages = [fake_stage("a", 100, 150, seen=seen, clock=clock), fake_stage("b", 200, 200, seen=seen, clock=clock),
-              fake_stage("c", 200, 10, seen=seen, clock=clock), fake_stage("d", 100, 50, seen=seen, clock=clock)]
+    stages = [
+        fake_stage("a", 100, 150, seen=seen, clock=clock),
+        fake_stage("b", 200, 200, seen=seen, clock=clock),
+        fake_stage("c", 200, 10, seen=seen, clock=clock),
+        fake_stage("d", 100, 50, seen=seen, clock=clock),
+    ]
     ctx = gpu_check.Ctx(out=tmp_path / "out", clock=clock)
     summary = gpu_check.Runner(stages, ctx, budget_s=480, echo=lambda s: None).run()
     by = {r["name"]: r for r in summary["stages"]}
@@ -133,9 +152,11 @@ def test_each_result_is_written_the_moment_its_stage_ends_and_a_raising_stage_is
     clock, seen = FakeClock(), []
     copy = tmp_path / "OUT"
     copy.mkdir()
-    stages = [fake_stage("first", 10, 5, seen=seen, clock=clock),
-              fake_stage("second", 10, 5, seen=seen, clock=clock, raises=True),
-              fake_stage("third", 10, 5, ok=False, seen=seen, clock=clock)]
+    stages = [
+        fake_stage("first", 10, 5, seen=seen, clock=clock),
+        fake_stage("second", 10, 5, seen=seen, clock=clock, raises=True),
+        fake_stage("third", 10, 5, ok=False, seen=seen, clock=clock),
+    ]
     ctx = gpu_check.Ctx(out=tmp_path / "out", clock=clock)
     summary = gpu_check.Runner(stages, ctx, budget_s=480, copy_to=copy).run()
     assert [s["status"] for s in summary["stages"]] == ["pass", "error", "fail"]
@@ -159,7 +180,9 @@ def test_each_result_is_written_the_moment_its_stage_ends_and_a_raising_stage_is
 
 def test_the_main_exits_1_when_a_stage_failed(tmp_path, monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(gpu_check, "STAGES", [fake_stage("x", 10, 1, clock=clock), fake_stage("y", 10, 1, ok=False, clock=clock)])
+    monkeypatch.setattr(
+        gpu_check, "STAGES", [fake_stage("x", 10, 1, clock=clock), fake_stage("y", 10, 1, ok=False, clock=clock)]
+    )
     monkeypatch.delenv("OUT", raising=False)
     assert gpu_check.main(["--out", str(tmp_path / "o"), "--device", "cpu", "--stages", "x"]) == 0
     assert gpu_check.main(["--out", str(tmp_path / "o"), "--device", "cpu"]) == 1
@@ -206,8 +229,9 @@ def test_a_step_whose_parts_do_not_add_up_is_named():
     assert "below zero: other" in gpu_check.step_problem(longer)  # the parts outgrew the step
     assert "parts" in gpu_check.step_problem(dataclasses.replace(s, other_ms=s.other_ms + s.step_ms * 0.02))
     assert gpu_check.step_problem(dataclasses.replace(s, h2d_ms=None)) == "no h2d"
-    bad = gpu_check.steps_check({"t": [dataclasses.replace(read_ranks(CPU_SCAN / "trials" / "t01-b8-w0-fp32")[0],
-                                                           steps=[longer])]}, "host")[1]  # fmt: skip
+    bad = gpu_check.steps_check(
+        {"t": [dataclasses.replace(read_ranks(CPU_SCAN / "trials" / "t01-b8-w0-fp32")[0], steps=[longer])]}, "host"
+    )[1]
     assert bad.ok is False and bad.detail.startswith("t rank 0 step 3: below zero")
 
 
@@ -257,12 +281,16 @@ def test_the_travel_size_counts_tracked_untracked_and_carried_files_not_ignored_
     assert gpu_check.check_travel(root, limit=10_000, echo=lines.append) == 0
     assert lines[0].startswith("travels: 4 files")
     lines.clear()
-    assert gpu_check.check_travel(root, limit=1000, echo=lines.append) == 1 and "over the device tool's limit" in lines[-1]
+    assert (
+        gpu_check.check_travel(root, limit=1000, echo=lines.append) == 1 and "over the device tool's limit" in lines[-1]
+    )
     wheel(root / ".whl", "x", "2", ["torch"])
     (root / ".whl" / "y-1-py3-none-any.whl").write_bytes(b"not a zip")
     lines.clear()
     assert gpu_check.check_travel(root, limit=10_000, echo=lines.append) == 1
-    assert "two versions of x in .whl: x-1-py3-none-any.whl, x-2-py3-none-any.whl (pip refuses both): remove one" in lines
+    assert (
+        "two versions of x in .whl: x-1-py3-none-any.whl, x-2-py3-none-any.whl (pip refuses both): remove one" in lines
+    )
     assert "y-1-py3-none-any.whl: not a readable wheel (BadZipFile: File is not a zip file)" in lines
 
 
@@ -270,15 +298,29 @@ def wheel(folder, name, version, requires):
     path = folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as z:
         meta = "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (name, version)
-        z.writestr(f"{name.replace('-', '_')}-{version}.dist-info/METADATA", meta + "".join(f"Requires-Dist: {r}\n" for r in requires))
+        z.writestr(
+            f"{name.replace('-', '_')}-{version}.dist-info/METADATA",
+            meta + "".join(f"Requires-Dist: {r}\n" for r in requires),
+        )
     return path
 
 
 def test_a_wheel_needing_what_the_device_lacks_is_named(tmp_path):
-    ul = wheel(tmp_path, "ultralytics", "8.4.190", ["numpy>=1.23.0", "opencv-python!=4.13.0.90,>=4.7.0", "polars>=0.20.0",
-                                                   "ultralytics-thop>=2.2.3", 'pywin32; sys_platform == "win32"',
-                                                   'ultralytics-platform>=0.1.45; python_version >= "3.11"',
-                                                   'pytest; extra == "dev"', "seaborn-extras (>=1)"])  # fmt: skip
+    ul = wheel(
+        tmp_path,
+        "ultralytics",
+        "8.4.190",
+        [
+            "numpy>=1.23.0",
+            "opencv-python!=4.13.0.90,>=4.7.0",
+            "polars>=0.20.0",
+            "ultralytics-thop>=2.2.3",
+            'pywin32; sys_platform == "win32"',
+            'ultralytics-platform>=0.1.45; python_version >= "3.11"',
+            'pytest; extra == "dev"',
+            "seaborn-extras (>=1)",
+        ],
+    )
     thop = wheel(tmp_path, "ultralytics-thop", "2.2.3", ["numpy", "torch"])
     assert gpu_check.wheel_requirements(thop) == ["numpy", "torch"]
     assert gpu_check.missing_requirements([ul, thop]) == {ul.name: ["polars", "ultralytics-platform", "seaborn-extras"]}
@@ -308,18 +350,27 @@ PEAK = dict(peak_mib=300.0, allocated_mib=0.0, total_mib=143771.0, source="cuda_
 
 
 def test_cuda_start_passes_on_a_working_start_and_reports_the_old_orders_error(tmp_path):
-    ok = dict(start="ok", start_s=1.5, initialized=True, current_device=0, peak_after_start=PEAK,
-              peak_after_64mib={**PEAK, "allocated_mib": 64.0}, peak_after_reset={**PEAK, "allocated_mib": 0.0})
+    ok = dict(
+        start="ok",
+        start_s=1.5,
+        initialized=True,
+        current_device=0,
+        peak_after_start=PEAK,
+        peak_after_64mib={**PEAK, "allocated_mib": 64.0},
+        peak_after_reset={**PEAK, "allocated_mib": 0.0},
+    )
     old = dict(raised=True, error="RuntimeError: Invalid device argument 0: did you call init?")
     start, order = gpu_check.stage_cuda_start(CannedCtx(tmp_path, {"start": (0, ok), "old-order": (0, old)}))
     assert start.ok is True and "64 MiB with a 64 MiB tensor, 0 MiB after reset; device 143771 MiB" in start.detail
     assert order.ok is None and order.detail == "raises: RuntimeError: Invalid device argument 0: did you call init?"
-    missing = gpu_check.stage_cuda_start(CannedCtx(tmp_path, {"start": (0, {"start": "missing"}),
-                                                               "old-order": (0, {"raised": False})}))  # fmt: skip
+    missing = gpu_check.stage_cuda_start(
+        CannedCtx(tmp_path, {"start": (0, {"start": "missing"}), "old-order": (0, {"raised": False})})
+    )
     assert missing[0].ok is False and missing[0].detail.startswith("missing")
     assert missing[1].detail == "does not raise with this torch"
-    broken = gpu_check.stage_cuda_start(CannedCtx(tmp_path, {"start": (1, {"start": "ok", **ok, "current_device": 1}),
-                                                              "old-order": (1, {})}))  # fmt: skip
+    broken = gpu_check.stage_cuda_start(
+        CannedCtx(tmp_path, {"start": (1, {"start": "ok", **ok, "current_device": 1}), "old-order": (1, {})})
+    )
     assert broken[0].ok is False and "device 1" in broken[0].detail and "exited 1" in broken[0].detail
     assert broken[1].ok is None and "exited 1" in broken[1].detail
 
@@ -327,21 +378,30 @@ def test_cuda_start_passes_on_a_working_start_and_reports_the_old_orders_error(t
 def doctor_json(uuid, code_name="NVIDIA H200", errors=()):
     gpus = [dict(index=0, name=code_name, mem_total_mib=143771.0)] if uuid else []
     nvml = [dict(nvml_index=0, cuda_index=0 if uuid else None, name="NVIDIA H200", mem_total_mib=143771.0, uuid=uuid)]
-    return dict(report=dict(torch_gpus=gpus, nvml_gpus=nvml, mapping_note=None),
-                findings=[dict(severity="error", topic="torch", what=e) for e in errors])
+    return dict(
+        report=dict(torch_gpus=gpus, nvml_gpus=nvml, mapping_note=None),
+        findings=[dict(severity="error", topic="torch", what=e) for e in errors],
+    )
 
 
 def test_the_doctor_must_see_the_same_gpu_by_index_and_by_uuid(tmp_path):
     uuid = "GPU-8f1e2d3c-0000-1111-2222-333344445555"
     info = dict(uuid=uuid, name="NVIDIA H200")
-    ctx = CannedCtx(tmp_path, {"doctor-index": (0, doctor_json(uuid)), "doctor-uuid": (0, doctor_json(uuid))}, gpu_info=info)
+    ctx = CannedCtx(
+        tmp_path, {"doctor-index": (0, doctor_json(uuid)), "doctor-uuid": (0, doctor_json(uuid))}, gpu_info=info
+    )
     (c,) = gpu_check.stage_doctor(ctx)
     assert c.ok is True and c.detail == f"exit 0 both times, the same GPU: NVIDIA H200 {uuid}"
     assert [e for _, e in ctx.calls] == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": uuid}]
-    blind = CannedCtx(tmp_path, {"doctor-index": (0, doctor_json(uuid)),
-                                 "doctor-uuid": (2, doctor_json(None, errors=["torch sees none"]))}, gpu_info=info)  # fmt: skip
+    blind = CannedCtx(
+        tmp_path,
+        {"doctor-index": (0, doctor_json(uuid)), "doctor-uuid": (2, doctor_json(None, errors=["torch sees none"]))},
+        gpu_info=info,
+    )
     (c,) = gpu_check.stage_doctor(blind)
-    assert c.ok is False and f"CUDA_VISIBLE_DEVICES={uuid}: doctor exited 2" in c.detail and "torch sees none" in c.detail
+    assert (
+        c.ok is False and f"CUDA_VISIBLE_DEVICES={uuid}: doctor exited 2" in c.detail and "torch sees none" in c.detail
+    )
     assert "uuid: torch sees 0 GPU(s), NVML maps CUDA 0 to None" in c.detail
 
 
@@ -361,8 +421,12 @@ def test_the_oom_search_doubles_from_the_fit_until_a_batch_runs_out(tmp_path, mo
 
     monkeypatch.setattr(sys.modules[gpu_check.stage_oom_fit.__module__], "_compute_point", point)  # its own module
     probe, verdict = gpu_check.stage_oom_fit(gpu_check.Ctx(out=tmp_path, stage_dir=tmp_path))
-    assert tried == [("probe", 8, 1280, "yolo11x.yaml", "compute"), ("probe", 16, 1280, "yolo11x.yaml", "compute"),
-                     ("search", 25, 1280, "yolo11x.yaml", "compute"), ("search", 50, 1280, "yolo11x.yaml", "compute")]
+    assert tried == [
+        ("probe", 8, 1280, "yolo11x.yaml", "compute"),
+        ("probe", 16, 1280, "yolo11x.yaml", "compute"),
+        ("search", 25, 1280, "yolo11x.yaml", "compute"),
+        ("search", 50, 1280, "yolo11x.yaml", "compute"),
+    ]
     assert probe.ok is True and probe.detail.endswith("device 143771 MiB; fit 25")
     assert verdict.ok is True and verdict.figures["fit"] == 25 and verdict.figures["first_oom"] == 50
     assert made == [512]  # the search stops at the dataset's size: no batch it tries is capped

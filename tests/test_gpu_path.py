@@ -26,9 +26,20 @@ def rt(monkeypatch):
 
 
 def spec(**kw) -> TrialSpec:
-    base = dict(trial_id="t", knobs=Knobs(64, 8, True, True, "off", "default"), world_size=2, device="cuda",
-                gpus=[2, 3], model="yolo26n.yaml", data="/d/data.yaml", imgsz=640, optimizer="SGD", warmup_steps=0,
-                measured_steps=3, env={})  # fmt: skip
+    base = dict(
+        trial_id="t",
+        knobs=Knobs(64, 8, True, True, "off", "default"),
+        world_size=2,
+        device="cuda",
+        gpus=[2, 3],
+        model="yolo26n.yaml",
+        data="/d/data.yaml",
+        imgsz=640,
+        optimizer="SGD",
+        warmup_steps=0,
+        measured_steps=3,
+        env={},
+    )
     return TrialSpec(**{**base, **kw})
 
 
@@ -143,14 +154,19 @@ def test_a_gpu_rank_writes_event_timed_steps_and_the_allocators_peak(tmp_path, m
     steps = [x for x in lines if x["kind"] == "step"]
     assert [s["timing"] for s in steps] == ["cuda_event"] * 3
     for s in steps[1:]:  # device spans, and they add up to the device's step
-        assert (s["h2d_ms"], s["forward_ms"], s["backward_ms"]) == (pytest.approx(2, abs=0.5),
-                                                                     pytest.approx(30, abs=1), pytest.approx(60, abs=1))  # fmt: skip
-        parts = [s[k] for k in ("data_wait_ms", "h2d_ms", "forward_ms", "backward_ms", "comm_wait_ms", "optimizer_ms",
-                                "other_ms")]  # fmt: skip
+        assert (s["h2d_ms"], s["forward_ms"], s["backward_ms"]) == (
+            pytest.approx(2, abs=0.5),
+            pytest.approx(30, abs=1),
+            pytest.approx(60, abs=1),
+        )
+        parts = [
+            s[k]
+            for k in ("data_wait_ms", "h2d_ms", "forward_ms", "backward_ms", "comm_wait_ms", "optimizer_ms", "other_ms")
+        ]
         assert sum(p for p in parts if p is not None) == pytest.approx(s["step_ms"])
     assert (end.mem_source, end.peak_mem_mib, end.peak_mem_allocated_mib) == ("cuda_reserved", 20000.0, 20000.0)
     assert end.device_mem_total_mib == pytest.approx(rt.total_mib)
-    assert "empty_cache" in rt.calls[rt.calls.index("reset_peak_memory_stats(3)") + 1:]  # the pool's clean-up
+    assert "empty_cache" in rt.calls[rt.calls.index("reset_peak_memory_stats(3)") + 1 :]  # the pool's clean-up
 
 
 def test_a_sticky_cuda_error_still_ends_the_rank_with_its_record(tmp_path, monkeypatch, rt):
@@ -164,12 +180,15 @@ def test_a_sticky_cuda_error_still_ends_the_rank_with_its_record(tmp_path, monke
 # -- defect 2: what Ultralytics counts as out of memory -----------------------------------------------
 
 
-@pytest.mark.parametrize("message", [
-    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
-    "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR",
-    "GET was unable to find an engine to execute this computation",
-    "CUDA out of memory. Tried to allocate 2.00 GiB",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR",
+        "GET was unable to find an engine to execute this computation",
+        "CUDA out of memory. Tried to allocate 2.00 GiB",
+    ],
+)
 def test_cuda_memory_errors_are_oom_as_ultralytics_counts_them(message):
     from yoloprof.worker.__main__ import _is_oom
 
@@ -184,8 +203,9 @@ def test_the_comm_hook_times_each_bucket_with_events_on_the_device(rt, gloo_grou
     from probes import comm
 
     torch.cuda.set_device(0)
-    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(256, 256),
-                                                                          torch.nn.Linear(256, 4)))  # fmt: skip
+    model = torch.nn.parallel.DistributedDataParallel(
+        torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 4))
+    )
     clock = Clock(cuda=True)
     seen = []
     comm.attach(model, clock, seen.append)
@@ -238,8 +258,7 @@ def test_the_environment_lists_each_gpu_with_its_capability(rt):
 def test_the_loader_probe_makes_its_gpu_current_before_building_the_loader(rt, tiny_data):
     from probes import loader_bench
 
-    loader = loader_bench.build_loader(str(Path(tiny_data)), 64, 4, 0, "off", "cuda:2", "yolo26n.yaml",
-                                       pin_memory=True)  # fmt: skip
+    loader = loader_bench.build_loader(str(Path(tiny_data)), 64, 4, 0, "off", "cuda:2", "yolo26n.yaml", pin_memory=True)
     assert rt.calls[0] == "set_device(2)" and rt.current == 2
     assert loader.pin_memory is True and loader.batch_size == 4  # Ultralytics pins where it counts GPUs
     # (pinning itself needs the driver: a batch is not fetched here)

@@ -42,8 +42,10 @@ def test_batch_means_covers_the_true_rate_where_the_per_step_error_does_not():
 
 
 def test_independent_steps_cover_about_as_often_either_way():
-    bm = sum(intervals.throughput([32.0] * 40, ms).low <= 320.0 <= intervals.throughput([32.0] * 40, ms).high
-             for ms in (ar1(s, phi=0.0) for s in range(200)))  # fmt: skip
+    bm = sum(
+        intervals.throughput([32.0] * 40, ms).low <= 320.0 <= intervals.throughput([32.0] * 40, ms).high
+        for ms in (ar1(s, phi=0.0) for s in range(200))
+    )
     assert 0.90 <= bm / 200 <= 0.99
 
 

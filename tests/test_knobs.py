@@ -12,8 +12,17 @@ import torch
 from yoloprof.analysis import advice, aggregate, epoch, tradeoffs
 from yoloprof.analysis.ranking import rank_trials
 from yoloprof.errors import UsageError
-from yoloprof.records import (DatasetInfo, GpuInfo, Knobs, RankRecords, RunPlan, StepSample, TrialResult, from_dict,
-                              to_dict)  # fmt: skip
+from yoloprof.records import (
+    DatasetInfo,
+    GpuInfo,
+    Knobs,
+    RankRecords,
+    RunPlan,
+    StepSample,
+    TrialResult,
+    from_dict,
+    to_dict,
+)
 from yoloprof.scan import request
 from yoloprof.search import baselines, plan
 from yoloprof.search.space import auto_space
@@ -37,28 +46,51 @@ def test_flags_parse_every_value_ultralytics_takes():
     with pytest.raises(UsageError, match="names the same setting twice"):
         plan.parse_compile("on,default")
     axes = request.parse_axes(request.ScanRequest(deterministic="on,off", compile="off,default", channels_last="off"))
-    assert (axes["deterministic"], axes["compile"], axes["channels_last"]) == ([True, False], ["off", "default"], [False])
+    assert (axes["deterministic"], axes["compile"], axes["channels_last"]) == (
+        [True, False],
+        ["off", "default"],
+        [False],
+    )
 
 
 def test_cpu_grid_runs_deterministic_and_compile_and_drops_the_gpu_only_values_with_reasons():
-    given = {"batch": [16], "workers": [0], "amp": [True, False, "bf16"], "deterministic": [True, False],
-             "compile": ["off", "default"], "channels_last": [True, False]}  # fmt: skip
+    given = {
+        "batch": [16],
+        "workers": [0],
+        "amp": [True, False, "bf16"],
+        "deterministic": [True, False],
+        "compile": ["off", "default"],
+        "channels_last": [True, False],
+    }
     p = plan.make_plan(CPU2, given)
     assert len(p.knobs) == 4  # deterministic x compile; amp and channels_last cannot vary on CPU
-    assert {(k.deterministic, k.compile) for k in p.knobs} == {(True, "off"), (True, "default"), (False, "off"),
-                                                               (False, "default")}  # fmt: skip
+    assert {(k.deterministic, k.compile) for k in p.knobs} == {
+        (True, "off"),
+        (True, "default"),
+        (False, "off"),
+        (False, "default"),
+    }
     assert all(k.amp is False and k.channels_last for k in p.knobs)
     said = " | ".join(p.dropped)
     assert "amp on: AMP needs a GPU" in said and "amp bf16: AMP needs a GPU" in said
     assert "channels_last off: Ultralytics applies NHWC on CUDA only" in said
     ids = [plan.trial_id(i + 1, k) for i, k in enumerate(p.knobs)]
-    assert ids == ["t01-b16-w0-fp32", "t02-b16-w0-fp32-compile", "t03-b16-w0-fp32-nondet",
-                   "t04-b16-w0-fp32-nondet-compile"]  # fmt: skip
+    assert ids == [
+        "t01-b16-w0-fp32",
+        "t02-b16-w0-fp32-compile",
+        "t03-b16-w0-fp32-nondet",
+        "t04-b16-w0-fp32-nondet-compile",
+    ]
 
 
 def test_gpu_grid_keeps_bf16_and_nhwc_where_they_can_run():
-    given = {"batch": [32], "workers": [8], "amp": [True, "bf16"], "channels_last": [True, False],
-             "compile": ["off", "reduce-overhead"]}  # fmt: skip
+    given = {
+        "batch": [32],
+        "workers": [8],
+        "amp": [True, "bf16"],
+        "channels_last": [True, False],
+        "compile": ["off", "reduce-overhead"],
+    }
     p = plan.make_plan(GPU2, given)
     assert len(p.knobs) == 8 and not p.dropped
     k = Knobs(32, 8, "bf16", True, "off", "default", False, "reduce-overhead", False)
@@ -67,8 +99,9 @@ def test_gpu_grid_keeps_bf16_and_nhwc_where_they_can_run():
     assert {k.amp for k in old.knobs} == {True} and any("no native bfloat16" in d for d in old.dropped)
     blocked = dataclasses.replace(GPU2, compile_blocker="inductor needs Triton for GPU kernels and it is not installed")
     p = plan.make_plan(blocked, given)
-    assert {k.compile for k in p.knobs} == {"off"} and any("compile reduce-overhead: inductor needs Triton" in d
-                                                           for d in p.dropped)  # fmt: skip
+    assert {k.compile for k in p.knobs} == {"off"} and any(
+        "compile reduce-overhead: inductor needs Triton" in d for d in p.dropped
+    )
 
 
 def test_environment_facts_decide_bf16_and_compile():
@@ -109,14 +142,25 @@ def test_baselines_and_configs_take_the_new_knobs():
 def test_records_round_trip_and_old_records_read_as_ultralytics_defaults():
     k = Knobs(32, 8, "bf16", True, "off", "default", False, "max-autotune-no-cudagraphs", False)
     assert from_dict(Knobs, json.loads(json.dumps(to_dict(k)))) == k
-    old = from_dict(Knobs, {"batch": 16, "workers": 0, "amp": True, "pin_memory": False, "cache": "off", "nccl": "default"})
+    old = from_dict(
+        Knobs, {"batch": 16, "workers": 0, "amp": True, "pin_memory": False, "cache": "off", "nccl": "default"}
+    )
     assert (old.deterministic, old.compile, old.channels_last, old.precision) == (True, "off", True, "amp")
     assert k.extras() == ["deterministic off", "compile max-autotune-no-cudagraphs", "channels_last off"]
 
 
 def test_a_compile_trial_gets_a_launch_of_its_own():
-    spec = plan.spec_for(dataclasses.replace(BASE, compile="default"), 2, CPU2, model="m", data="d", imgsz=64,
-                         optimizer="SGD", warmup=5, steps=20)  # fmt: skip
+    spec = plan.spec_for(
+        dataclasses.replace(BASE, compile="default"),
+        2,
+        CPU2,
+        model="m",
+        data="d",
+        imgsz=64,
+        optimizer="SGD",
+        warmup=5,
+        steps=20,
+    )
     twin = plan.spec_for(BASE, 3, CPU2, model="m", data="d", imgsz=64, optimizer="SGD", warmup=5, steps=20)
     again = plan.spec_for(BASE, 4, CPU2, model="m", data="d", imgsz=64, optimizer="SGD", warmup=5, steps=20)
     assert twin.env_key == again.env_key and spec.env_key != twin.env_key
@@ -138,23 +182,53 @@ def test_the_worker_reads_back_compile_and_memory_format():
 
 
 def step(i: int, ms: float, warmup: bool) -> StepSample:
-    return StepSample(rank=0, step=i, epoch=0, warmup=warmup, t_end_s=float(i), images=8, step_ms=ms,
-                      data_wait_ms=0.0, h2d_ms=0.0, forward_ms=0.0, backward_ms=0.0, comm_wait_ms=0.0,
-                      optimizer_ms=0.0, other_ms=0.0, optimizer_stepped=True)  # fmt: skip
+    return StepSample(
+        rank=0,
+        step=i,
+        epoch=0,
+        warmup=warmup,
+        t_end_s=float(i),
+        images=8,
+        step_ms=ms,
+        data_wait_ms=0.0,
+        h2d_ms=0.0,
+        forward_ms=0.0,
+        backward_ms=0.0,
+        comm_wait_ms=0.0,
+        optimizer_ms=0.0,
+        other_ms=0.0,
+        optimizer_stepped=True,
+    )
 
 
 def test_warmup_extra_is_the_slowest_ranks_warmup_beyond_as_many_steady_steps():
-    r0 = RankRecords(0, None, [step(0, 20_000.0, True), step(1, 300.0, True)] + [step(i, 100.0, False) for i in range(2, 9)], None)
-    r1 = RankRecords(1, None, [step(0, 21_000.0, True), step(1, 100.0, True)] + [step(i, 100.0, False) for i in range(2, 9)], None)
+    r0 = RankRecords(
+        0, None, [step(0, 20_000.0, True), step(1, 300.0, True)] + [step(i, 100.0, False) for i in range(2, 9)], None
+    )
+    r1 = RankRecords(
+        1, None, [step(0, 21_000.0, True), step(1, 100.0, True)] + [step(i, 100.0, False) for i in range(2, 9)], None
+    )
     extra, n = aggregate.warmup_extra([r0, r1])
     assert n == 2 and extra == pytest.approx((21_000 + 100 - 2 * 100) / 1e3)  # rank 1: 20.9 s
     assert aggregate.warmup_extra([RankRecords(0, None, [step(0, 100.0, False)], None)]) == (None, 0)
 
 
 def result(tid: str, k: Knobs, img: float, warm: float, low: float = None, high: float = None, **kw) -> TrialResult:
-    return TrialResult(tid, "ok", k, 2, "cpu", img_per_s=img, img_per_s_ci_low=low or 0.98 * img,
-                       img_per_s_ci_high=high or 1.02 * img, img_per_s_ci_method="batch means", wall_s=30.0,
-                       warmup_extra_s=warm, step_ms_p50=1000 * k.batch / img, **kw)  # fmt: skip
+    return TrialResult(
+        tid,
+        "ok",
+        k,
+        2,
+        "cpu",
+        img_per_s=img,
+        img_per_s_ci_low=low or 0.98 * img,
+        img_per_s_ci_high=high or 1.02 * img,
+        img_per_s_ci_method="batch means",
+        wall_s=30.0,
+        warmup_extra_s=warm,
+        step_ms_p50=1000 * k.batch / img,
+        **kw,
+    )
 
 
 def test_compile_pays_for_itself_after_its_one_time_cost_is_won_back():
@@ -251,8 +325,10 @@ def test_recorded_scan_measures_compile_start_up_apart_and_recommends_what_gives
     assert all(r[t].warmup_extra_s > 100 for t in compiled)  # yolo11n compiled cold on 2 cores: minutes
     assert all(r[t].warmup_extra_s < 1 for t in r if t not in compiled)
     pays = {p.trial_id: p for p in tradeoffs.compile_payoffs(out.results, out.meta.dataset.train_images)}
-    assert {t: p.twin_id for t, p in pays.items()} == {compiled[0]: "t01-b16-w0-fp32",
-                                                       compiled[1]: "t03-b16-w0-fp32-nondet"}  # fmt: skip
+    assert {t: p.twin_id for t, p in pays.items()} == {
+        compiled[0]: "t01-b16-w0-fp32",
+        compiled[1]: "t03-b16-w0-fp32-nondet",
+    }
     # on 2 gloo ranks compile gave no steady gain beyond the noise: it never pays, and the text says so
     assert all(p.break_even_images is None and "leave it off" in p.text for p in pays.values())
     p = out.predictions
@@ -277,7 +353,16 @@ def yaml_body(path) -> dict:
 def test_compare_pairs_only_the_same_configuration_across_scans():
     from yoloprof.analysis import compare
 
-    plain, compiled = result("t01", BASE, 100.0, 0.1), result("t01", dataclasses.replace(BASE, compile="default"), 100.0, 60.0)
-    old = result("t01", from_dict(Knobs, {"batch": 16, "workers": 0, "amp": False, "pin_memory": False, "cache": "off",
-                                          "nccl": "default"}), 100.0, 0.1)  # fmt: skip
+    plain, compiled = (
+        result("t01", BASE, 100.0, 0.1),
+        result("t01", dataclasses.replace(BASE, compile="default"), 100.0, 60.0),
+    )
+    old = result(
+        "t01",
+        from_dict(
+            Knobs, {"batch": 16, "workers": 0, "amp": False, "pin_memory": False, "cache": "off", "nccl": "default"}
+        ),
+        100.0,
+        0.1,
+    )
     assert compare._key(plain) != compare._key(compiled) and compare._key(plain) == compare._key(old)

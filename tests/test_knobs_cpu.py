@@ -42,9 +42,24 @@ def test_a_cpu_scan_measures_deterministic_and_compile_for_real(tiny_data, tmp_p
     from ultralytics.cfg import get_cfg
 
     out = tmp_path / "s"
-    cmd = scan_cmd(tiny_data, out, "--model", str(TINY_MODEL), "--batch", "8", "--workers", "0", "--warmup", "2",
-                   "--deterministic", "on,off", "--compile", "off",
-                   "--baseline", "batch=8,workers=0,deterministic=off,compile=default")  # one compile: ~20 s each  # fmt: skip
+    cmd = scan_cmd(
+        tiny_data,
+        out,
+        "--model",
+        str(TINY_MODEL),
+        "--batch",
+        "8",
+        "--workers",
+        "0",
+        "--warmup",
+        "2",
+        "--deterministic",
+        "on,off",
+        "--compile",
+        "off",
+        "--baseline",
+        "batch=8,workers=0,deterministic=off,compile=default",
+    )  # one compile: ~20 s each
     # The loss costs 80 ms more on odd steps: compiled, Ultralytics computes it outside the compiled forward,
     # and it must still land in forward (+ loss), as it does uncompiled, not in backward.
     env = {**os.environ, "YOLOPROF_TEST_COST": f"loss={LOSS_MS}:odd"}

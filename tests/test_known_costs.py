@@ -19,10 +19,12 @@ from yoloprof.records import Knobs, TrialSpec
 pytestmark = pytest.mark.slow
 PHASES = ("data_wait_ms", "h2d_ms", "forward_ms", "backward_ms", "comm_wait_ms", "optimizer_ms")
 COSTS = {"data_wait_ms": 150.0, "forward_ms": 100.0, "backward_ms": 80.0, "optimizer_ms": 60.0}
-# A phase without a cost may grow this much (10% of the largest cost). It may shrink more: on two cores a
-# rank that sleeps leaves the other one a core to itself (seen: rank 0's forward 15 ms faster while rank 1
-# slept). A cost measured in the wrong phase shows as growth, which is what these tests look for.
-OTHERS_MS = 15.0
+# A phase without a cost may grow this much (a third of the smallest cost, 60 ms). It may shrink more: on two
+# cores a rank that sleeps leaves the other one a core to itself (seen: rank 0's forward 15 ms faster while
+# rank 1 slept), and the wait for the other rank moves with that (seen: comm_wait 15.2 ms in a CI run). A cost
+# measured in the wrong phase shows as growth by the whole cost, three times this, which is what these tests
+# look for.
+OTHERS_MS = 20.0
 
 
 def tolerance(cost_ms: float, base_ms: float = 0.0) -> float:
@@ -35,9 +37,22 @@ def tolerance(cost_ms: float, base_ms: float = 0.0) -> float:
 
 def spec(tiny_data: Path, tid: str, world: int = 2, mode: str = "train") -> TrialSpec:
     # global batch 4 with nbs 4: accumulate 1, so every iteration steps the optimizer
-    return TrialSpec(tid, Knobs(2 * world, 0, False, False, "off", "default"), world, "cpu", [], "yolo11n.yaml",
-                     str(tiny_data), 64, "SGD", warmup_steps=2, measured_steps=14, env={"OMP_NUM_THREADS": "1"},
-                     mode=mode, overrides={"nbs": 2 * world})  # fmt: skip
+    return TrialSpec(
+        tid,
+        Knobs(2 * world, 0, False, False, "off", "default"),
+        world,
+        "cpu",
+        [],
+        "yolo11n.yaml",
+        str(tiny_data),
+        64,
+        "SGD",
+        warmup_steps=2,
+        measured_steps=14,
+        env={"OMP_NUM_THREADS": "1"},
+        mode=mode,
+        overrides={"nbs": 2 * world},
+    )
 
 
 def run(tmp: Path, s: TrialSpec, cost: str = ""):
@@ -126,8 +141,9 @@ def test_the_compute_probe_moves_by_the_injected_costs(tiny_data, tmp_path):
     # One core's worth of threads: with two, OpenMP's pool parks during the injected sleep and waking it
     # costs another ~20 ms in forward and backward (seen here), a real cost but not the injected one.
     hw = plan.Hardware("cpu", 1, [], 1, 0)
-    (one,) = ceilings.compute_specs(hw, [2], [False], model="yolo11n.yaml", data=str(tiny_data), imgsz=64,
-                                    optimizer="SGD", warmup=2, steps=14)  # fmt: skip
+    (one,) = ceilings.compute_specs(
+        hw, [2], [False], model="yolo11n.yaml", data=str(tiny_data), imgsz=64, optimizer="SGD", warmup=2, steps=14
+    )
     one = dataclasses.replace(one, overrides={"nbs": 2})  # accumulate 1: the optimizer steps every iteration
     ranks, _ = run(tmp_path, one, "forward=100:odd;backward=80:odd;optimizer=60:odd")
     assert one.env["OMP_NUM_THREADS"] == "1" and ranks[0].info.accumulate == 1
@@ -144,8 +160,15 @@ def test_the_link_probe_moves_by_the_injected_allreduce(tmp_path):
     times = []
     for name, cost in (("plain", ""), ("slow", "allreduce=5")):
         os.environ["YOLOPROF_TEST_COST"] = cost
-        c = ceilings.allreduce(tmp_path / name, hw=hw, preset="default", bucket_sizes=[], cache_dir=tmp_path / "cache",
-                               sizes_max=256 * 1024, target_s=0.05)  # fmt: skip
+        c = ceilings.allreduce(
+            tmp_path / name,
+            hw=hw,
+            preset="default",
+            bucket_sizes=[],
+            cache_dir=tmp_path / "cache",
+            sizes_max=256 * 1024,
+            target_s=0.05,
+        )
         assert c.status == "ok", c.error
         times.append({p.size_bytes: p.time_us for p in c.points})
     for size in times[0]:

@@ -7,8 +7,15 @@ import pytest
 from yoloprof.analysis.aggregate import mem_overhead
 from yoloprof.analysis.memory_fit import ddp_fits, max_batch_fit
 from yoloprof.records import (
-    ComputeCeiling, ComputePoint, GpuSample, Knobs, RankEnd, RankRecords, TrialResult, TrialSpec,
-)  # fmt: skip
+    ComputeCeiling,
+    ComputePoint,
+    GpuSample,
+    Knobs,
+    RankEnd,
+    RankRecords,
+    TrialResult,
+    TrialSpec,
+)
 
 BUCKETS = [9306532, 1055104]  # yolo11n's two DDP buckets, 9.88 MiB together
 SPEC = TrialSpec("t", Knobs(32, 8, True, True, "off", "default"), 2, "cuda", [2, 5], "m", "/d", 640, "SGD", 1, 1, {})
@@ -19,7 +26,9 @@ def samples(gpu, used):
 
 
 def ranks(reserved0, reserved1):
-    return [RankRecords(r, None, [], RankEnd(r, "ok", res, "cuda_reserved")) for r, res in enumerate((reserved0, reserved1))]
+    return [
+        RankRecords(r, None, [], RankEnd(r, "ok", res, "cuda_reserved")) for r, res in enumerate((reserved0, reserved1))
+    ]
 
 
 def test_overhead_is_nvml_used_less_what_was_there_less_the_allocator_plus_buckets():
@@ -61,20 +70,43 @@ def test_a_pools_later_trial_measures_its_overhead_from_before_the_pool_launched
     got = mem_overhead(SPEC, ranks(19000.0, 19200.0), gpu, BUCKETS, before)
     assert got == pytest.approx(2100 + sum(BUCKETS) / 2**20)  # GPU 5: 21300 - 0 - 19200
     assert mem_overhead(SPEC, ranks(19000.0, 19200.0), gpu, BUCKETS) == pytest.approx(
-        max(21100 - 2700 - 19000, 21300 - 2100 - 19200, 0) + sum(BUCKETS) / 2**20)  # without it: ~0
+        max(21100 - 2700 - 19000, 21300 - 2100 - 19200, 0) + sum(BUCKETS) / 2**20
+    )  # without it: ~0
 
 
 def test_each_rank_is_read_on_its_own_nodes_gpu_by_local_rank():
     from yoloprof.records import RankInfo
 
     def info(rank, local, node):
-        return RankInfo(rank, local, 4, 1, "h", f"cuda:{local}", "H200", "nccl", 16, 1, 8, 8, True, True, 512, 10,
-                        None, 8, 0.0, node=node)  # fmt: skip
+        return RankInfo(
+            rank,
+            local,
+            4,
+            1,
+            "h",
+            f"cuda:{local}",
+            "H200",
+            "nccl",
+            16,
+            1,
+            8,
+            8,
+            True,
+            True,
+            512,
+            10,
+            None,
+            8,
+            0.0,
+            node=node,
+        )
 
     two_nodes = TrialSpec("t", SPEC.knobs, 4, "cuda", [2, 5], "m", "/d", 640, "SGD", 1, 1, {}, nnodes=2)
     # global ranks 0 and 1 ran on node 1, 2 and 3 on node 0: node 0's telemetry is for ranks 2 and 3 only
-    recs = [RankRecords(r, info(r, r % 2, 1 if r < 2 else 0), [], RankEnd(r, "ok", 19000.0, "cuda_reserved"))
-            for r in range(4)]  # fmt: skip
+    recs = [
+        RankRecords(r, info(r, r % 2, 1 if r < 2 else 0), [], RankEnd(r, "ok", 19000.0, "cuda_reserved"))
+        for r in range(4)
+    ]
     recs[0].end.peak_mem_mib = 1.0  # a node-1 rank read against node 0's GPU would claim ~20 GiB of overhead
     gpu = samples(2, [0, 20000]) + samples(5, [0, 20500])
     got = mem_overhead(two_nodes, recs, gpu, BUCKETS, {2: 0.0, 5: 0.0})

@@ -26,8 +26,26 @@ from yoloprof.search import plan
 
 BIN = Path(sys.executable).parent
 TINY_MODEL = Path(__file__).parent / "fixtures" / "tiny-detect.yaml"
-SMALL = ["--device", "cpu", "--imgsz", "64", "--steps", "3", "--warmup", "1", "--no-defaults", "--precision", "off",
-         "--model", str(TINY_MODEL), "--workers", "0", "--nproc", "1", "--no-epoch-job"]  # fmt: skip
+SMALL = [
+    "--device",
+    "cpu",
+    "--imgsz",
+    "64",
+    "--steps",
+    "3",
+    "--warmup",
+    "1",
+    "--no-defaults",
+    "--precision",
+    "off",
+    "--model",
+    str(TINY_MODEL),
+    "--workers",
+    "0",
+    "--nproc",
+    "1",
+    "--no-epoch-job",
+]
 
 
 def free_port() -> int:
@@ -44,9 +62,14 @@ def test_node_flags_parse_and_name_what_is_wrong():
     n = nodes.parse(2, 1, "node0.cluster:29500")
     assert (n.nnodes, n.node_rank, n.host, n.port, n.multi, n.leader) == (2, 1, "node0.cluster", 29500, True, False)
     assert nodes.parse(2, 0, "10.0.0.1").port == nodes.DEFAULT_PORT
-    for args, words in (((2, None, "h:1"), "--node-rank"), ((2, 0, None), "--rdzv-endpoint"),
-                        ((2, 2, "h:1"), "give 0 to 1"), ((0, None, None), "1 or more"),
-                        ((2, 0, "h:notaport"), "HOST:PORT"), ((1, 1, None), "single node")):  # fmt: skip
+    for args, words in (
+        ((2, None, "h:1"), "--node-rank"),
+        ((2, 0, None), "--rdzv-endpoint"),
+        ((2, 2, "h:1"), "give 0 to 1"),
+        ((0, None, None), "1 or more"),
+        ((2, 0, "h:notaport"), "HOST:PORT"),
+        ((1, 1, None), "single node"),
+    ):
         with pytest.raises(UsageError, match=words):
             nodes.parse(*args)
 
@@ -55,15 +78,24 @@ def test_torchrun_arguments_single_and_across_nodes():
     one = nodes.torchrun(2, master_port=1234)
     assert "--nnodes=1" in one and "--master-port=1234" in one and "--nproc-per-node=2" in one
     many = nodes.torchrun(4, nodes.parse(2, 1, "h:29400"), rdzv_endpoint="h:5555", rdzv_id="scan-7")
-    assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=h:5555", "--rdzv-id=scan-7", "--max-restarts=0"} <= set(many)
+    assert {
+        "--nnodes=2",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=h:5555",
+        "--rdzv-id=scan-7",
+        "--max-restarts=0",
+    } <= set(many)
     assert any(a.startswith("--rdzv-conf=is_host=false") for a in many)  # only node 0 hosts a launch's rendezvous
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["scan", "--nnodes", "2", "--device", "cpu"], "--node-rank"),
-    (["scan", "--nnodes", "2", "--node-rank", "5", "--rdzv-endpoint", "h:1", "--device", "cpu"], "give 0 to 1"),
-    (["probe", "allreduce", "--nnodes", "2", "--rdzv-endpoint", "h:x", "--node-rank", "1"], "HOST:PORT"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["scan", "--nnodes", "2", "--device", "cpu"], "--node-rank"),
+        (["scan", "--nnodes", "2", "--node-rank", "5", "--rdzv-endpoint", "h:1", "--device", "cpu"], "give 0 to 1"),
+        (["probe", "allreduce", "--nnodes", "2", "--rdzv-endpoint", "h:x", "--node-rank", "1"], "HOST:PORT"),
+    ],
+)
 def test_bad_node_flags_are_one_line_and_exit_2(argv, words, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -77,10 +109,13 @@ def test_scaling_across_nodes_compares_one_node_with_all():
     with pytest.raises(UsageError, match="--ranks 8,16"):
         plan.parse_world_sizes("4,16", hw)
     p = plan.make_plan(hw, {"batch": [256], "workers": [8]})
-    specs = plan.specs(p, hw, model="m.yaml", data="d.yaml", imgsz=640, optimizer="SGD", warmup=1, steps=3,
-                       world_sizes=[8, 16])  # fmt: skip
+    specs = plan.specs(
+        p, hw, model="m.yaml", data="d.yaml", imgsz=640, optimizer="SGD", warmup=1, steps=3, world_sizes=[8, 16]
+    )
     assert [(s.world_size, s.nnodes, s.nproc_per_node, s.knobs.batch, len(s.gpus)) for s in specs] == [
-        (8, 1, 8, 128, 8), (16, 2, 8, 256, 8)]  # the same batch per rank; 8 GPUs on each node
+        (8, 1, 8, 128, 8),
+        (16, 2, 8, 256, 8),
+    ]  # the same batch per rank; 8 GPUs on each node
     assert all(s.env["OMP_NUM_THREADS"] == "8" for s in specs)  # cores per rank of one node
 
 
@@ -88,8 +123,12 @@ def test_scaling_across_nodes_compares_one_node_with_all():
 
 
 def test_a_lost_node_is_the_cause_and_resumable_a_refusal_is_an_error():
-    spec = TrialSpec("t", Knobs(4, 0, False, False, "off", "default"), 2, "cpu", [], "m", "d", 64, "SGD", 1, 3, {}, nnodes=2)
-    lost = LaunchOutcome(returncode=1, node_failure="node 1 stopped answering (21 s without a heartbeat)", node_lost=True)
+    spec = TrialSpec(
+        "t", Knobs(4, 0, False, False, "off", "default"), 2, "cpu", [], "m", "d", 64, "SGD", 1, 3, {}, nnodes=2
+    )
+    lost = LaunchOutcome(
+        returncode=1, node_failure="node 1 stopped answering (21 s without a heartbeat)", node_lost=True
+    )
     assert _status(spec, [], lost) == ("interrupted", lost.node_failure)
     refused = LaunchOutcome(returncode=1, node_failure="node 1 could not launch: no GPU 3")
     assert _status(spec, [], refused) == ("error", refused.node_failure)
@@ -144,14 +183,26 @@ def node_cmd(kind: str, k: int, port: int, data: Path, *extra: str) -> list[str]
     """`extra` starts with the probe's kind for `probe`."""
     head = [kind, *SMALL] if kind == "scan" else [kind, extra[0]]
     rest = extra if kind == "scan" else extra[1:]
-    return [str(BIN / "yoloprof"), *head, "--data", str(data), "--nnodes", "2", "--node-rank", str(k),
-            "--rdzv-endpoint", f"127.0.0.1:{port}", *rest]  # fmt: skip
+    return [
+        str(BIN / "yoloprof"),
+        *head,
+        "--data",
+        str(data),
+        "--nnodes",
+        "2",
+        "--node-rank",
+        str(k),
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        *rest,
+    ]
 
 
 def start(cmd, cwd: Path, **env) -> subprocess.Popen:
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **env})  # fmt: skip
+    return subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env}
+    )
 
 
 def finish(p: subprocess.Popen, timeout: float = 300) -> str:
@@ -176,7 +227,9 @@ def test_two_nodes_scan_one_node_against_both_and_an_oom_on_node_1(tiny_data, tm
     memory: its records reach node 0, which writes every output once."""
     port, out = free_port(), tmp_path / "scan"
     args = ("--batch", "8", "--ranks", "1,2", "--no-ceilings")
-    follower = start(node_cmd("scan", 1, port, tiny_data, *args), tmp_path / "node1", YOLOPROF_TEST_FAULT="alloc@1:trial=t02")
+    follower = start(
+        node_cmd("scan", 1, port, tiny_data, *args), tmp_path / "node1", YOLOPROF_TEST_FAULT="alloc@1:trial=t02"
+    )
     leader = start(node_cmd("scan", 0, port, tiny_data, *args, "--out", str(out)), tmp_path / "node0")
     log0, log1 = finish(leader), finish(follower)
     assert leader.returncode == 0, log0[-3000:]
@@ -189,7 +242,9 @@ def test_two_nodes_scan_one_node_against_both_and_an_oom_on_node_1(tiny_data, tm
     one, both = out / "trials" / "t01-b4-w0-fp32-r1", out / "trials" / "t02-b8-w0-fp32-r2"
     assert [p.name for p in one.glob("rank*.jsonl")] == ["rank0.jsonl"] and not (one / "nodes").exists()
     assert sorted(p.name for p in both.glob("rank*.jsonl")) == ["rank0.jsonl", "rank1.jsonl"]
-    assert (both / "nodes" / "node1" / "telemetry.jsonl").exists() and (both / "nodes" / "node1" / "launcher.log").exists()
+    assert (both / "nodes" / "node1" / "telemetry.jsonl").exists() and (
+        both / "nodes" / "node1" / "launcher.log"
+    ).exists()
     assert "can't allocate memory" in r["t02-b8-w0-fp32-r2"].error  # node 1's rank, read on node 0
     assert r["t01-b4-w0-fp32-r1"].img_per_s > 0 and r["t02-b8-w0-fp32-r2"].world_size == 2
     assert (out / "report.html").exists() and (out / "results.csv").exists()
@@ -200,8 +255,11 @@ def test_two_nodes_scan_one_node_against_both_and_an_oom_on_node_1(tiny_data, tm
 @pytest.mark.slow
 def test_a_node_killed_mid_trial_stops_the_scan_and_resume_finishes_it(tiny_data, tmp_path):
     port, out = free_port(), tmp_path / "scan"
-    hold = {"YOLOPROF_TEST_FAULT": "wait@1:trial=t02", "YOLOPROF_TEST_RELEASE": str(tmp_path / "never"),
-            "YOLOPROF_NODE_LOST_S": "5"}  # fmt: skip
+    hold = {
+        "YOLOPROF_TEST_FAULT": "wait@1:trial=t02",
+        "YOLOPROF_TEST_RELEASE": str(tmp_path / "never"),
+        "YOLOPROF_NODE_LOST_S": "5",
+    }
     args = ("--batch", "4,8", "--no-ceilings")
     follower = start(node_cmd("scan", 1, port, tiny_data, *args), tmp_path / "node1", **hold)
     leader = start(node_cmd("scan", 0, port, tiny_data, *args, "--out", str(out)), tmp_path / "node0", **hold)
@@ -221,7 +279,9 @@ def test_a_node_killed_mid_trial_stops_the_scan_and_resume_finishes_it(tiny_data
     assert leftovers(out, tmp_path / "node1") == []
     # node 1 starts its command again; node 0 resumes from its folder: only t02 runs
     follower = start(node_cmd("scan", 1, port, tiny_data, *args), tmp_path / "node1b")
-    leader = start([str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings", "--no-epoch-job"], tmp_path / "node0")
+    leader = start(
+        [str(BIN / "yoloprof"), "scan", "--resume", str(out), "--no-ceilings", "--no-epoch-job"], tmp_path / "node0"
+    )
     log0, log1 = finish(leader), finish(follower)
     assert leader.returncode == 0 and "1 of 2 trials have results; running 1" in log0, log0[-3000:]
     assert follower.returncode == 0, log1[-3000:]
@@ -237,8 +297,10 @@ def test_a_node_that_never_joins_stops_the_scan_and_leaves_no_folder(tmp_path, m
     monkeypatch.setattr(nodes, "JOIN_TIMEOUT_S", 1.0)
     out = tmp_path / "scan"
     out.mkdir()
-    with pytest.raises(ScanFailed, match="node 1 did not join at 127.0.0.1:.* within 1 s: run the same command there "
-                                         "with --node-rank 1"):  # fmt: skip
+    with pytest.raises(
+        ScanFailed,
+        match="node 1 did not join at 127.0.0.1:.* within 1 s: run the same command there with --node-rank 1",
+    ):
         orchestrate._lead(nodes.parse(2, 0, f"127.0.0.1:{free_port()}"), out, {}, Console(quiet=True))
     assert not out.exists()  # nothing half-written
 

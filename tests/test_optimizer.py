@@ -56,7 +56,10 @@ def test_where_the_optimizer_comes_from():
     assert usercfg.optimizer_asked(None, {}) == ("auto", "Ultralytics' default")
     assert usercfg.optimizer_asked(None, {"optimizer": "Adam"}) == ("Adam", "your config")
     assert usercfg.optimizer_asked(None, {"optimizer": "AUTO"}) == ("auto", "your config")
-    assert usercfg.optimizer_asked("sgd", {"optimizer": "SGD"}) == ("SGD", "--optimizer")  # the flag wins; as spelt by UL
+    assert usercfg.optimizer_asked("sgd", {"optimizer": "SGD"}) == (
+        "SGD",
+        "--optimizer",
+    )  # the flag wins; as spelt by UL
     with pytest.raises(UsageError, match="no optimizer 'Lion'"):
         usercfg.optimizer_asked(None, {"optimizer": "Lion"})
     req = orchestrate.ScanRequest(command=["yoloprof", "scan"])
@@ -77,23 +80,53 @@ def test_the_configs_fraction_and_nbs_count_as_ultralytics_counts_them():
 def test_every_trial_and_its_compute_probe_get_the_pick_for_their_global_batch():
     mid = optim.plan("auto", images=20000, epochs=100)
     axes = plan.Axes([64, 1024], [0], [False], [False], ["off"], ["default"])
-    grid = plan.specs(plan.Plan(axes, [knobs(64), knobs(1024)]), CPU_2, model="m", data="/d", imgsz=64,
-                      optimizer=mid, warmup=1, steps=3)  # fmt: skip
-    assert [(s.knobs.batch, s.optimizer, s.optimizer_iterations) for s in grid] == [(64, "MuSGD", 31300),
-                                                                                    (1024, "AdamW", 2000)]  # fmt: skip
+    grid = plan.specs(
+        plan.Plan(axes, [knobs(64), knobs(1024)]),
+        CPU_2,
+        model="m",
+        data="/d",
+        imgsz=64,
+        optimizer=mid,
+        warmup=1,
+        steps=3,
+    )
+    assert [(s.knobs.batch, s.optimizer, s.optimizer_iterations) for s in grid] == [
+        (64, "MuSGD", 31300),
+        (1024, "AdamW", 2000),
+    ]
     one = plan.spec_for(knobs(1024), 3, CPU_2, model="m", data="/d", imgsz=64, optimizer=mid, warmup=1, steps=3)
     assert (one.optimizer, one.optimizer_iterations) == ("AdamW", 2000)
     # the compute probe runs batch 32 and 512 on one rank for the 2-rank trials of global batch 64 and 1024
-    probe = ceilings.compute_specs(CPU_2, [64, 1024], [False], model="m", data="/d", imgsz=64, optimizer=mid,
-                                   warmup=1, steps=3)  # fmt: skip
-    assert [(s.knobs.batch, s.optimizer, s.optimizer_iterations) for s in probe] == [(32, "MuSGD", 31300),
-                                                                                     (512, "AdamW", 2000)]  # fmt: skip
+    probe = ceilings.compute_specs(
+        CPU_2, [64, 1024], [False], model="m", data="/d", imgsz=64, optimizer=mid, warmup=1, steps=3
+    )
+    assert [(s.knobs.batch, s.optimizer, s.optimizer_iterations) for s in probe] == [
+        (32, "MuSGD", 31300),
+        (512, "AdamW", 2000),
+    ]
     # scaling: the 1-rank trial of the same batch per rank has a smaller global batch, so its own pick
-    scaled = plan.specs(plan.Plan(axes, [knobs(1024)]), CPU_2, model="m", data="/d", imgsz=64, optimizer=mid,
-                        warmup=1, steps=3, world_sizes=[1, 2])  # fmt: skip
+    scaled = plan.specs(
+        plan.Plan(axes, [knobs(1024)]),
+        CPU_2,
+        model="m",
+        data="/d",
+        imgsz=64,
+        optimizer=mid,
+        warmup=1,
+        steps=3,
+        world_sizes=[1, 2],
+    )
     assert [(s.knobs.batch, s.optimizer) for s in scaled] == [(512, "AdamW"), (1024, "AdamW")]
-    named = plan.specs(plan.Plan(axes, [knobs(64)]), CPU_2, model="m", data="/d", imgsz=64,
-                       optimizer=optim.plan("SGD", images=20000, epochs=100), warmup=1, steps=3)  # fmt: skip
+    named = plan.specs(
+        plan.Plan(axes, [knobs(64)]),
+        CPU_2,
+        model="m",
+        data="/d",
+        imgsz=64,
+        optimizer=optim.plan("SGD", images=20000, epochs=100),
+        warmup=1,
+        steps=3,
+    )
     assert (named[0].optimizer, named[0].optimizer_iterations) == ("SGD", None)
 
 
@@ -115,8 +148,17 @@ def test_the_trainer_hands_auto_the_planned_runs_iterations(iterations, built):
     from ultralytics.nn.tasks import DetectionModel
     from yoloprof.worker.trainer import ScanTrainer
 
-    spec = plan.spec_for(knobs(64), 1, CPU_2, model="m", data="/d", imgsz=64, warmup=1, steps=3,
-                         optimizer=optim.plan("auto", images=20000 if built == "MuSGD" else 2000, epochs=100))  # fmt: skip
+    spec = plan.spec_for(
+        knobs(64),
+        1,
+        CPU_2,
+        model="m",
+        data="/d",
+        imgsz=64,
+        warmup=1,
+        steps=3,
+        optimizer=optim.plan("auto", images=20000 if built == "MuSGD" else 2000, epochs=100),
+    )
     t = ScanTrainer.__new__(ScanTrainer)  # no data, no process group: only the optimizer is built
     t.spec, t.args, t.data = spec, get_cfg(overrides={"optimizer": "auto"}), {"nc": 2}
     model = DetectionModel(str(Path(__file__).parent / "fixtures" / "tiny-detect.yaml"), nc=2, verbose=False)
@@ -147,8 +189,10 @@ def test_best_yaml_leaves_auto_to_ultralytics_and_says_what_it_picks(cpu_scan_co
     best = yaml.safe_load(text)
     assert "optimizer" not in best  # plain `yolo train` picks auto itself: the pick the trials were given
     get_cfg(overrides=best)
-    assert (f"# optimizer: not set, so Ultralytics' auto picks it: AdamW for this run (100 epochs of 512 images at "
-            f"batch {out.best.knobs.batch}: 800 iterations <= 10,000;") in text  # fmt: skip
+    assert (
+        f"# optimizer: not set, so Ultralytics' auto picks it: AdamW for this run (100 epochs of 512 images at "
+        f"batch {out.best.knobs.batch}: 800 iterations <= 10,000;"
+    ) in text
     # these recorded trials ran SGD (recorded before auto was resolved): the line says that is not this run's step
     assert "The trials ran SGD: its optimizer step is not the one this run takes" in text
     assert "optimizer" not in (cpu_scan_copy / "best.sh").read_text()
@@ -162,7 +206,7 @@ def best_yaml(folder) -> str:
     from reports import config_files
 
     out = outputs.collect(folder)
-    config_files.write(folder, out.meta, out.best)
+    config_files.write(folder, out.meta, out.best, out.results)
     return (folder / "best.yaml").read_text()
 
 
@@ -219,17 +263,41 @@ def test_re_priced_epochs_that_change_autos_pick_are_said(cpu_scan_copy):
 def fake_env():
     from yoloprof.records import Environment
 
-    return Environment("h", "linux", "3.11", 16, 64000.0, "2.14.1", "8.4.190", None, None, None, [],
-                       ["batch", "workers", "optimizer"], {})  # fmt: skip
+    return Environment(
+        "h",
+        "linux",
+        "3.11",
+        16,
+        64000.0,
+        "2.14.1",
+        "8.4.190",
+        None,
+        None,
+        None,
+        [],
+        ["batch", "workers", "optimizer"],
+        {},
+    )
 
 
-@pytest.mark.parametrize("extra,said,picks", [
-    ([], "optimizer: auto -> AdamW (Ultralytics' pick for 100 epochs of 16 images at batches 4, 8: 100 iterations "
-         "<= 10,000)", ["AdamW", "AdamW"]),
-    (["--epochs", "10001"], "auto -> MuSGD (Ultralytics' pick for 10001 epochs of 16 images at batches 4, 8: "
-                            "10,001 iterations > 10,000)", ["MuSGD", "MuSGD"]),
-    (["--optimizer", "sgd"], "optimizer: SGD (--optimizer)", ["SGD", "SGD"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra,said,picks",
+    [
+        (
+            [],
+            "optimizer: auto -> AdamW (Ultralytics' pick for 100 epochs of 16 images at batches 4, 8: 100 iterations "
+            "<= 10,000)",
+            ["AdamW", "AdamW"],
+        ),
+        (
+            ["--epochs", "10001"],
+            "auto -> MuSGD (Ultralytics' pick for 10001 epochs of 16 images at batches 4, 8: "
+            "10,001 iterations > 10,000)",
+            ["MuSGD", "MuSGD"],
+        ),
+        (["--optimizer", "sgd"], "optimizer: SGD (--optimizer)", ["SGD", "SGD"]),
+    ],
+)
 def test_the_scan_resolves_says_and_keeps_its_choice(extra, said, picks, tmp_path, tiny_data, monkeypatch):
     monkeypatch.setattr(environment, "collect", lambda env_vars=None: fake_env())
     seen = {}
@@ -241,9 +309,17 @@ def test_the_scan_resolves_says_and_keeps_its_choice(extra, said, picks, tmp_pat
     monkeypatch.setattr(orchestrate, "finish", finish)
     argv = ["--device", "cpu", "--data", str(tiny_data), "--batch", "4,8", "--workers", "0", "--no-defaults", *extra]
     opt = extra[extra.index("--optimizer") + 1] if "--optimizer" in extra else "auto"
-    req = orchestrate.ScanRequest(device="cpu", data=str(tiny_data), batch="4,8", workers="0", no_defaults=True,
-                                  out=str(tmp_path / "s"), optimizer=opt, command=["yoloprof", "scan", *argv],
-                                  epochs=int(extra[1]) if "--epochs" in extra else None)  # fmt: skip
+    req = orchestrate.ScanRequest(
+        device="cpu",
+        data=str(tiny_data),
+        batch="4,8",
+        workers="0",
+        no_defaults=True,
+        out=str(tmp_path / "s"),
+        optimizer=opt,
+        command=["yoloprof", "scan", *argv],
+        epochs=int(extra[1]) if "--epochs" in extra else None,
+    )
     buf = io.StringIO()
     orchestrate.run(req, Console(file=buf, width=300))
     assert said in buf.getvalue()
@@ -252,19 +328,29 @@ def test_the_scan_resolves_says_and_keeps_its_choice(extra, said, picks, tmp_pat
     assert meta.optimizer == ("SGD" if "--optimizer" in extra else "auto")  # what was asked, not what it resolved to
     assert meta.optimizer_plan == seen["ctx"].optimizer
     # --resume resolves the saved choice again, the same way, for the trials it still runs
-    orchestrate.resume(str(tmp_path / "s"), orchestrate.ScanRequest(command=["yoloprof", "scan", "--resume"]),
-                       Console(file=io.StringIO()))  # fmt: skip
+    orchestrate.resume(
+        str(tmp_path / "s"),
+        orchestrate.ScanRequest(command=["yoloprof", "scan", "--resume"]),
+        Console(file=io.StringIO()),
+    )
     ctx, again = seen["ctx"], seen["req"]
     assert ctx.optimizer == meta.optimizer_plan and again.optimizer == meta.optimizer
-    respec = plan.spec_for(meta.specs[0].knobs, 1, ctx.hw, model="m", data="/d", imgsz=64, optimizer=ctx.optimizer,
-                           warmup=1, steps=3)  # fmt: skip
-    assert (respec.optimizer, respec.optimizer_iterations) == (meta.specs[0].optimizer, meta.specs[0].optimizer_iterations)
+    respec = plan.spec_for(
+        meta.specs[0].knobs, 1, ctx.hw, model="m", data="/d", imgsz=64, optimizer=ctx.optimizer, warmup=1, steps=3
+    )
+    assert (respec.optimizer, respec.optimizer_iterations) == (
+        meta.specs[0].optimizer,
+        meta.specs[0].optimizer_iterations,
+    )
 
 
 def test_resume_of_an_earlier_scan_keeps_its_pinned_optimizer(cpu_scan_copy, monkeypatch):
     monkeypatch.setattr(environment, "collect", lambda env_vars=None: fake_env())
     seen = {}
     monkeypatch.setattr(orchestrate, "finish", lambda out, meta, ctx, req, console, started=None: seen.update(ctx=ctx))
-    orchestrate.resume(str(cpu_scan_copy), orchestrate.ScanRequest(command=["yoloprof", "scan", "--resume"]),
-                       Console(file=open(os.devnull, "w")))  # fmt: skip
+    orchestrate.resume(
+        str(cpu_scan_copy),
+        orchestrate.ScanRequest(command=["yoloprof", "scan", "--resume"]),
+        Console(file=open(os.devnull, "w")),
+    )
     assert seen["ctx"].optimizer == "SGD"

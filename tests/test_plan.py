@@ -14,8 +14,14 @@ GPU4 = Hardware("cuda", 4, [0, 1, 2, 3], cpu_count=32, gpus_on_machine=4)
 
 
 def test_product_of_knob_lists_on_gpus():
-    given = {"batch": [32, 64], "workers": [4, 8], "amp": [True, False], "pin_memory": None, "cache": None,
-             "nccl": ["default", "ring", "tree"]}  # fmt: skip
+    given = {
+        "batch": [32, 64],
+        "workers": [4, 8],
+        "amp": [True, False],
+        "pin_memory": None,
+        "cache": None,
+        "nccl": ["default", "ring", "tree"],
+    }
     p = plan.make_plan(GPU4, given)
     assert len(p.knobs) == 2 * 2 * 2 * 1 * 1 * 3
     assert p.dropped == []
@@ -28,8 +34,14 @@ def test_product_of_knob_lists_on_gpus():
 
 
 def test_cpu_drops_gpu_only_knobs_with_reasons():
-    given = {"batch": [8, 16], "workers": [0, 2], "amp": [True, False], "pin_memory": [True, False], "cache": None,
-             "nccl": ["default", "ring"]}  # fmt: skip
+    given = {
+        "batch": [8, 16],
+        "workers": [0, 2],
+        "amp": [True, False],
+        "pin_memory": [True, False],
+        "cache": None,
+        "nccl": ["default", "ring"],
+    }
     p = plan.make_plan(CPU, given)
     assert len(p.knobs) == 4  # batch x workers only
     assert {k.amp for k in p.knobs} == {False} and {k.pin_memory for k in p.knobs} == {False}
@@ -57,9 +69,16 @@ def test_one_gpu_drops_nccl_presets():
     assert {k.nccl for k in p.knobs} == {"default"} and "one GPU" in p.dropped[0]
 
 
-@pytest.mark.parametrize("flag,text,minimum", [
-    ("--batch", "0", 1), ("--batch", "8,", 1), ("--batch", "8,8", 1), ("--workers", "-1", 0), ("--batch", "x", 1),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flag,text,minimum",
+    [
+        ("--batch", "0", 1),
+        ("--batch", "8,", 1),
+        ("--batch", "8,8", 1),
+        ("--workers", "-1", 0),
+        ("--batch", "x", 1),
+    ],
+)
 def test_bad_int_lists(flag, text, minimum):
     with pytest.raises(UsageError, match=flag):
         plan.parse_ints(flag, text, minimum)
@@ -102,7 +121,9 @@ def test_ultralytics_defaults_and_your_settings_join_the_plan_once():
     roles = baselines.add(p, hw, mine, with_defaults=True)
     # defaults = batch 16, workers 8 (capped to 4: the planned b16 w4 trial), AMP and pinned memory on
     assert roles[baselines.DEFAULTS] == Knobs(16, 4, True, True, "off", "default")
-    assert roles[baselines.YOURS] == Knobs(32, 8, False, True, "off", "default") and p.knobs[0] == roles[baselines.YOURS]
+    assert (
+        roles[baselines.YOURS] == Knobs(32, 8, False, True, "off", "default") and p.knobs[0] == roles[baselines.YOURS]
+    )
     assert len(p.knobs) == 5
     with pytest.raises(UsageError, match="multiple of the 4 ranks"):
         baselines.parse_baseline("batch=10", hw)
@@ -115,9 +136,22 @@ def test_ultralytics_defaults_and_your_settings_join_the_plan_once():
 def test_scaling_runs_each_setting_at_every_world_size_with_the_same_batch_per_rank():
     hw = Hardware("cuda", 4, [3, 5, 6, 7], cpu_count=32, gpus_on_machine=8)
     p = plan.make_plan(hw, {"batch": [64], "workers": [4]})
-    specs = plan.specs(p, hw, model="m.yaml", data="/d", imgsz=640, optimizer="SGD", warmup=1, steps=2,
-                       world_sizes=plan.parse_world_sizes("4,1,2", hw))  # fmt: skip
-    assert [(s.world_size, s.knobs.batch, s.gpus) for s in specs] == [(1, 16, [3]), (2, 32, [3, 5]), (4, 64, [3, 5, 6, 7])]
+    specs = plan.specs(
+        p,
+        hw,
+        model="m.yaml",
+        data="/d",
+        imgsz=640,
+        optimizer="SGD",
+        warmup=1,
+        steps=2,
+        world_sizes=plan.parse_world_sizes("4,1,2", hw),
+    )
+    assert [(s.world_size, s.knobs.batch, s.gpus) for s in specs] == [
+        (1, 16, [3]),
+        (2, 32, [3, 5]),
+        (4, 64, [3, 5, 6, 7]),
+    ]
     assert [s.trial_id for s in specs] == ["t01-b16-w4-amp-pin-r1", "t02-b32-w4-amp-pin-r2", "t03-b64-w4-amp-pin-r4"]
     assert [s.env["OMP_NUM_THREADS"] for s in specs] == ["32", "16", "8"]
     with pytest.raises(UsageError, match="--ranks 8: the scan has 4 ranks"):
@@ -129,9 +163,16 @@ def test_scaling_speedup_and_efficiency():
     from yoloprof.records import TrialResult
 
     k = lambda b: Knobs(b, 4, True, True, "off", "default")  # noqa: E731
-    rs = [TrialResult("a", "ok", k(16), 1, "cuda", img_per_s=100.0), TrialResult("b", "ok", k(32), 2, "cuda", img_per_s=190.0),
-          TrialResult("c", "ok", k(64), 4, "cuda", img_per_s=340.0, comm_frac=0.2),
-          TrialResult("d", "ok", k(128), 4, "cuda", img_per_s=400.0)]  # fmt: skip
+    rs = [
+        TrialResult("a", "ok", k(16), 1, "cuda", img_per_s=100.0),
+        TrialResult("b", "ok", k(32), 2, "cuda", img_per_s=190.0),
+        TrialResult("c", "ok", k(64), 4, "cuda", img_per_s=340.0, comm_frac=0.2),
+        TrialResult("d", "ok", k(128), 4, "cuda", img_per_s=400.0),
+    ]
     (g,) = scaling.groups(rs)  # d has 32 per rank and no partner: no group
     assert g.settings.startswith("batch 16/rank, workers 4, amp")
-    assert [(p.world_size, p.speedup, p.efficiency) for p in g.points] == [(1, 1.0, 1.0), (2, 1.9, 0.95), (4, 3.4, 0.85)]
+    assert [(p.world_size, p.speedup, p.efficiency) for p in g.points] == [
+        (1, 1.0, 1.0),
+        (2, 1.9, 0.95),
+        (4, 3.4, 0.85),
+    ]

@@ -34,8 +34,9 @@ def _measured(out: Path, trial: str) -> list[int]:
 
 def test_a_pool_runs_trials_in_the_same_ranks_and_a_failure_gets_a_fresh_launch(tiny_data, tmp_path):
     out = tmp_path / "s"
-    proc = run_scan(tiny_data, out, "--batch", "2,4", "--workers", "0,1", "--precision", "off",
-                    fault="raise@2:trial=t02")  # fmt: skip
+    proc = run_scan(
+        tiny_data, out, "--batch", "2,4", "--workers", "0,1", "--precision", "off", fault="raise@2:trial=t02"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = results(out)
     assert [r[t].status for t in sorted(r)] == ["ok", "error", "ok", "ok"], {t: r[t].error for t in r}
@@ -45,8 +46,10 @@ def test_a_pool_runs_trials_in_the_same_ranks_and_a_failure_gets_a_fresh_launch(
     assert len(t01) == 2 and t01 == t02
     assert len(t03) == 2 and t03 == t04 and not (t03 & t01)
     jobs = {p.name: sorted(j.name for j in p.glob("job-*.json")) for p in (out / "pools").iterdir()}
-    assert jobs == {"pool-1": ["job-0001.json", "job-0002.json"],
-                    "pool-2": ["job-0001.json", "job-0002.json", "job-0003.json"]}  # the third: stop  # fmt: skip
+    assert jobs == {
+        "pool-1": ["job-0001.json", "job-0002.json"],
+        "pool-2": ["job-0001.json", "job-0002.json", "job-0003.json"],
+    }  # the third: stop
     assert json.loads((out / "pools" / "pool-2" / "job-0003.json").read_text()) == {"stop": True}
     # a reused trial costs its steps and a trainer, not a launch: the pool's first trial pays torchrun and imports
     assert r["t04-b4-w1-fp32"].wall_s < r["t03-b4-w0-fp32"].wall_s

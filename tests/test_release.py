@@ -40,8 +40,15 @@ class Gpu:
 
 @pytest.fixture
 def gpus():
-    names = ("nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetName",
-             "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetComputeRunningProcesses")  # fmt: skip
+    names = (
+        "nvmlInit",
+        "nvmlShutdown",
+        "nvmlDeviceGetCount",
+        "nvmlDeviceGetHandleByIndex",
+        "nvmlDeviceGetName",
+        "nvmlDeviceGetMemoryInfo",
+        "nvmlDeviceGetComputeRunningProcesses",
+    )
     devices: list[Gpu] = []
     with mock.patch.multiple(pynvml, autospec=True, **{n: mock.DEFAULT for n in names}) as m:
         m["nvmlDeviceGetCount"].side_effect = lambda: len(devices)
@@ -94,7 +101,9 @@ def test_wait_gone_waits_for_a_process_that_exits_late():
 
 def test_run_trial_waits_for_the_group_and_the_gpus_before_returning(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(launch, "torchrun_command", lambda spec, path, port, rendezvous=None: [sys.executable, "-c", "pass"])
+    monkeypatch.setattr(
+        launch, "torchrun_command", lambda spec, path, port, rendezvous=None: [sys.executable, "-c", "pass"]
+    )
     monkeypatch.setattr(launch, "wait_gone", lambda pgid, **kw: calls.append(("gone", pgid)) or 0.25)
 
     class Watch:
@@ -114,7 +123,8 @@ def test_run_trial_waits_for_the_group_and_the_gpus_before_returning(tmp_path, m
         '{"kind": "info", "rank": 0, "local_rank": 0, "world_size": 1, "pid": 77, "hostname": "h", "device": "cuda:0", '
         '"device_name": "H100", "backend": null, "batch_per_rank": 8, "accumulate": 8, "workers_requested": 2, '
         '"workers_effective": 2, "pin_memory_effective": true, "amp_effective": true, "dataset_images": 16, '
-        '"batches_per_epoch": 2, "ddp_bucket_cap_mb": null, "torch_threads": 1, "t_start_s": 0}\n')  # fmt: skip
+        '"batches_per_epoch": 2, "ddp_bucket_cap_mb": null, "torch_threads": 1, "t_start_s": 0}\n'
+    )
     spec = TrialSpec("t", Knobs(8, 2, True, True, "off", "default"), 1, "cuda", [3], "m", "/d", 64, "SGD", 1, 1, {})
     outcome = launch.run_trial(spec, tmp_path / "t", cache_dir=tmp_path / "cache")
     assert [c[0] for c in calls] == ["baseline", "gone", "release", "close"]

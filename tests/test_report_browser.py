@@ -14,8 +14,15 @@ from yoloprof.analysis.compare import compare
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +60,12 @@ def test_report_renders_offline_and_sorts(browser, cpu_scan_copy):
     col = [headers.nth(i).inner_text() for i in range(headers.count())].index("img/s")
 
     def column():
-        return [float(x) for x in page.eval_on_selector_all(
-            "#trials tbody tr", f"rows => rows.map(r => r.cells[{col}].getAttribute('data-v'))")]  # fmt: skip
+        return [
+            float(x)
+            for x in page.eval_on_selector_all(
+                "#trials tbody tr", f"rows => rows.map(r => r.cells[{col}].getAttribute('data-v'))"
+            )
+        ]
 
     headers.nth(col).click()
     assert column() == sorted(column())

@@ -15,9 +15,29 @@ from yoloprof.errors import UsageError
 from yoloprof.records import write_json
 from reports import config_files, csv_table, html
 
-REQUIRED = ["trial_id", "status", "world_size", "batch", "workers", "amp", "pin_memory", "cache", "nccl", "img_per_s",
-            "img_per_s_ci_low", "img_per_s_ci_high", "step_ms_p50", "step_ms_p90", "data_wait_frac", "comm_ms_p50", "comm_frac", "peak_mem_mib",
-            "gpu_util_pct", "bottleneck", "position"]  # fmt: skip
+REQUIRED = [
+    "trial_id",
+    "status",
+    "world_size",
+    "batch",
+    "workers",
+    "amp",
+    "pin_memory",
+    "cache",
+    "nccl",
+    "img_per_s",
+    "img_per_s_ci_low",
+    "img_per_s_ci_high",
+    "step_ms_p50",
+    "step_ms_p90",
+    "data_wait_frac",
+    "comm_ms_p50",
+    "comm_frac",
+    "peak_mem_mib",
+    "gpu_util_pct",
+    "bottleneck",
+    "position",
+]
 
 
 def test_report_dir_rebuilds_every_output(cpu_scan_copy):
@@ -35,7 +55,12 @@ def test_report_dir_rebuilds_every_output(cpu_scan_copy):
     assert {r["bottleneck"] for r in rows} <= {"input", "compute", "communication", "memory", "straggler"}
     ranking = json.loads((cpu_scan_copy / "ranking.json").read_text())
     # t03 (41.9 img/s, 95% 38.6-45.2) and t04 (39.9, 36.6-43.1) are tied; t03 is the fastest and uses no workers
-    assert ranking["best_trial_id"] == ranking["recommended_trial_id"] == ranking["fastest_trial_id"] == rows[0]["trial_id"]
+    assert (
+        ranking["best_trial_id"]
+        == ranking["recommended_trial_id"]
+        == ranking["fastest_trial_id"]
+        == rows[0]["trial_id"]
+    )
     assert ranking["tied"] == ["t03-b16-w0-fp32", "t04-b16-w2-fp32"] and ranking["run_to_run_rel"] is None
     assert "tied within ±11%" in ranking["recommendation_reason"]
     assert ranking["verdicts"][0]["uncertainty"] == "batch means within the run; run-to-run noise not measured"
@@ -65,8 +90,13 @@ def test_best_yaml_is_accepted_by_ultralytics_get_cfg(cpu_scan_copy):
 
 def test_unknown_cfg_keys_never_reach_best_yaml(cpu_scan_copy):
     out = outputs.collect(cpu_scan_copy)
-    meta = dataclasses.replace(out.meta, environment=dataclasses.replace(
-        out.meta.environment, ultralytics_cfg_keys=[k for k in out.meta.environment.ultralytics_cfg_keys if k != "cache"]))
+    meta = dataclasses.replace(
+        out.meta,
+        environment=dataclasses.replace(
+            out.meta.environment,
+            ultralytics_cfg_keys=[k for k in out.meta.environment.ultralytics_cfg_keys if k != "cache"],
+        ),
+    )
     cfg = config_files.best_config(meta, out.best)
     assert "cache" not in cfg.cfg and any("'cache'" in f for f in cfg.findings)
 
@@ -86,8 +116,9 @@ def test_nccl_preset_and_pin_memory_go_to_env_and_findings(cpu_scan_copy):
 def test_html_is_self_contained_and_escapes_user_strings(cpu_scan_copy):
     out = outputs.collect(cpu_scan_copy)
     evil = '<script>alert("x")</script>'
-    meta = dataclasses.replace(out.meta, model=f"{evil}.yaml", dataset=dataclasses.replace(
-        out.meta.dataset, classes=[evil, "<b>car</b>"]))
+    meta = dataclasses.replace(
+        out.meta, model=f"{evil}.yaml", dataset=dataclasses.replace(out.meta.dataset, classes=[evil, "<b>car</b>"])
+    )
     out = dataclasses.replace(out, meta=meta)
     page = html.render(out, config_files.best_config(meta, out.best), title=str(cpu_scan_copy))
     assert evil not in page and "&lt;script&gt;alert(" in page and "<b>car</b>" not in page
@@ -120,8 +151,13 @@ def test_csv_cells_are_empty_for_unmeasured_values(cpu_scan_copy):
 
 def _scaled(r, k: float, **kw):
     """A trial whose throughput (and its interval) is k times r's."""
-    return dataclasses.replace(r, img_per_s=r.img_per_s * k, img_per_s_ci_low=r.img_per_s_ci_low * k,
-                               img_per_s_ci_high=r.img_per_s_ci_high * k, **kw)  # fmt: skip
+    return dataclasses.replace(
+        r,
+        img_per_s=r.img_per_s * k,
+        img_per_s_ci_low=r.img_per_s_ci_low * k,
+        img_per_s_ci_high=r.img_per_s_ci_high * k,
+        **kw,
+    )
 
 
 def test_compare_finds_where_the_time_moved(cpu_scan_copy):
@@ -133,7 +169,7 @@ def test_compare_finds_where_the_time_moved(cpu_scan_copy):
     c = compare(a, b)
     assert c.best_ratio == pytest.approx(1.5) and c.beyond_noise
     # both sides +-7.9% relative: the ratio's interval is 1.5 x exp(+-sqrt(2) log 1.079)
-    assert c.best_ratio_low == pytest.approx(1.5 * 1.0789 ** -2 ** 0.5, rel=2e-3)
+    assert c.best_ratio_low == pytest.approx(1.5 * 1.0789 ** -(2**0.5), rel=2e-3)
     assert c.best_ratio_low > 1.3 and c.best_ratio_high < 1.75
     assert c.phases[0].phase == "data_wait_ms" and c.phases[0].b_ms == 1.0 and c.phases[0].beyond_noise
     assert "is 1.50x best of A" in c.summary and "data wait" in c.summary and "beyond the noise" in c.summary
@@ -141,7 +177,9 @@ def test_compare_finds_where_the_time_moved(cpu_scan_copy):
     assert c.env_changes == []
     # the same configuration with another optimizer step (auto's MuSGD against a pinned SGD) is a change to name
     musgd = dataclasses.replace(faster, optimizer="MuSGD")
-    assert compare(a, dataclasses.replace(b, results=[musgd], best=musgd)).env_changes == [("optimizer", "SGD", "MuSGD")]
+    assert compare(a, dataclasses.replace(b, results=[musgd], best=musgd)).env_changes == [
+        ("optimizer", "SGD", "MuSGD")
+    ]
 
 
 def test_compare_of_identical_scans_is_no_measurable_change(cpu_scan_copy, tmp_path):
@@ -159,7 +197,9 @@ def test_compare_of_identical_scans_is_no_measurable_change(cpu_scan_copy, tmp_p
     assert not any(m.beyond_noise for m in c.phases) and not any(p.beyond_noise for p in c.pairs)
     # a rerun 6% slower with data wait moved within its interval: still no measurable change
     t03 = b.best
-    slower = _scaled(t03, 0.94, breakdown=dataclasses.replace(t03.breakdown, data_wait_ms=t03.breakdown.data_wait_ms * 1.02))
+    slower = _scaled(
+        t03, 0.94, breakdown=dataclasses.replace(t03.breakdown, data_wait_ms=t03.breakdown.data_wait_ms * 1.02)
+    )
     b2 = dataclasses.replace(b, results=[slower if r is t03 else r for r in b.results], best=slower)
     c = compare(a, b2)
     assert c.best_ratio == pytest.approx(0.94) and not c.beyond_noise and c.summary.startswith("No measurable change")
@@ -177,11 +217,18 @@ def test_recorded_scan_with_failed_trials(tmp_path):
     shutil.copytree(FIXTURES / "cpu-scan-failures", scan)
     out = outputs.write_all(scan)
     status = {r.trial_id: r.status for r in out.results}
-    assert status == {"t01-b2-w0-fp32": "oom", "t02-b2-w1-fp32": "error", "t03-b4-w0-fp32": "skipped",
-                      "t04-b4-w1-fp32": "ok"}  # fmt: skip
+    assert status == {
+        "t01-b2-w0-fp32": "oom",
+        "t02-b2-w1-fp32": "error",
+        "t03-b4-w0-fp32": "skipped",
+        "t04-b4-w1-fp32": "ok",
+    }
     by = {r.trial_id: r for r in out.results}
     assert "can't allocate memory" in by["t01-b2-w0-fp32"].error
-    assert by["t02-b2-w1-fp32"].error.startswith("rank 1 killed by SIGKILL") and "torchrun then stopped" in by["t02-b2-w1-fp32"].error
+    assert (
+        by["t02-b2-w1-fp32"].error.startswith("rank 1 killed by SIGKILL")
+        and "torchrun then stopped" in by["t02-b2-w1-fp32"].error
+    )
     assert by["t03-b4-w0-fp32"].error.startswith("oom at batch 2")
     verdicts = {v.trial_id: v for v in out.ranking.verdicts}
     assert verdicts["t01-b2-w0-fp32"].bottleneck == "memory" and verdicts["t04-b4-w1-fp32"].position == 1

@@ -50,7 +50,9 @@ def fake_launch(monkeypatch):
 # 65536 images at imgsz 128, 3 bytes a pixel: 3072 MiB a copy, 2 ranks -> 6144 MiB; the limit is 80% of free RAM,
 # so 6144 / 0.8 = 7680 MiB free is the least that runs.
 @pytest.mark.parametrize("free_mib,skipped", [(4096.0, True), (7679.0, True), (7680.0, False), (8192.0, False)])
-def test_cache_ram_trial_is_skipped_when_the_copies_would_not_fit(tmp_path, monkeypatch, fake_launch, free_mib, skipped):
+def test_cache_ram_trial_is_skipped_when_the_copies_would_not_fit(
+    tmp_path, monkeypatch, fake_launch, free_mib, skipped
+):
     import probes.environment
 
     monkeypatch.setattr(probes.environment, "available_ram_mib", lambda: free_mib)
@@ -72,8 +74,10 @@ def test_cache_ram_trial_is_skipped_when_the_copies_would_not_fit(tmp_path, monk
     else:
         assert fake_launch == ["t01-ram", "t02-off"]
         assert ram.status == "ok"
-        assert (f"cache=ram under DDP holds one copy of the dataset per rank (2 ranks x up to 3.0 GiB = 6.0 GiB; "
-                f"{free_mib / 1024:.1f} GiB free)") in ram.notes  # fmt: skip
+        assert (
+            f"cache=ram under DDP holds one copy of the dataset per rank (2 ranks x up to 3.0 GiB = 6.0 GiB; "
+            f"{free_mib / 1024:.1f} GiB free)"
+        ) in ram.notes
 
 
 def test_the_cache_ram_check_counts_every_rank(tmp_path, monkeypatch, fake_launch):
@@ -94,7 +98,9 @@ def test_stall_limit_is_factor_times_median_step_with_a_floor(tmp_path):
     policy = launch.HangPolicy(startup_s=60.0, stall_factor=10.0, min_stall_s=3.0)
     assert watch.stall_limit_s(policy) == 60.0  # no step yet
     watch.step_ms = [500.0, 2400.0, 100.0]
-    assert watch.stall_limit_s(policy) == pytest.approx(5.0)  # 10 x the 500 ms median, not the mean (10 s), the middle record or the last
+    assert watch.stall_limit_s(policy) == pytest.approx(
+        5.0
+    )  # 10 x the 500 ms median, not the mean (10 s), the middle record or the last
     watch.step_ms = [100.0, 200.0, 250.0]
     assert watch.stall_limit_s(policy) == pytest.approx(3.0)  # 10 x 200 ms = 2 s is under the 3 s floor
     assert launch.HangPolicy() == launch.HangPolicy(None, 900.0, 20.0, 120.0)  # the README's defaults
@@ -111,9 +117,20 @@ def test_default_watchdog_ends_a_real_hang_by_the_stall_rule(tiny_data, tmp_path
     from yoloprof.analysis import aggregate
     from yoloprof.records import Knobs
 
-    spec = TrialSpec(trial_id="t01-hang", knobs=Knobs(4, 0, False, False, "off", "default"), world_size=2,
-                     device="cpu", gpus=[], model="yolo11n.yaml", data=str(tiny_data), imgsz=64, optimizer="SGD",
-                     warmup_steps=1, measured_steps=3, env={"YOLOPROF_TEST_FAULT": "hang@2:rank1"})  # fmt: skip
+    spec = TrialSpec(
+        trial_id="t01-hang",
+        knobs=Knobs(4, 0, False, False, "off", "default"),
+        world_size=2,
+        device="cpu",
+        gpus=[],
+        model="yolo11n.yaml",
+        data=str(tiny_data),
+        imgsz=64,
+        optimizer="SGD",
+        warmup_steps=1,
+        measured_steps=3,
+        env={"YOLOPROF_TEST_FAULT": "hang@2:rank1"},
+    )
     policy = launch.HangPolicy(total_s=None, startup_s=240.0, stall_factor=5.0, min_stall_s=4.0)
     tdir = tmp_path / "t"
     outcome = launch.run_trial(spec, tdir, cache_dir=_private_cache, policy=policy)
@@ -141,7 +158,10 @@ def test_default_watchdog_ends_a_real_hang_by_the_stall_rule(tiny_data, tmp_path
             cmd = " ".join(proc.info["cmdline"] or [])
         except psutil.Error:
             continue
-        if proc.info["pid"] != os.getpid() and proc.info["status"] != psutil.STATUS_ZOMBIE and (
-                str(tdir) in cmd or proc.info["pid"] in rank_pids):  # fmt: skip
+        if (
+            proc.info["pid"] != os.getpid()
+            and proc.info["status"] != psutil.STATUS_ZOMBIE
+            and (str(tdir) in cmd or proc.info["pid"] in rank_pids)
+        ):
             left.append(cmd[:120])
     assert left == []

@@ -17,10 +17,35 @@ BIN = Path(sys.executable).parent
 def scan(tiny_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("ceil")
     out = root / "s"
-    proc = subprocess.run([str(BIN / "yoloprof"), "scan", "--device", "cpu", "--nproc", "2", "--data", str(tiny_data),
-                           "--imgsz", "64", "--batch", "4", "--workers", "0", "--steps", "2", "--warmup", "1",
-                           "--no-defaults", "--out", str(out)],
-                          capture_output=True, text=True, cwd=root, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [
+            str(BIN / "yoloprof"),
+            "scan",
+            "--device",
+            "cpu",
+            "--nproc",
+            "2",
+            "--data",
+            str(tiny_data),
+            "--imgsz",
+            "64",
+            "--batch",
+            "4",
+            "--workers",
+            "0",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--no-defaults",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc
 
@@ -56,8 +81,11 @@ def test_scan_writes_the_three_ceilings_with_measured_points(scan):
     trial = json.loads((out / "trials" / "t01-b4-w0-fp32" / "result.json").read_text())
     buckets = {p["size_bytes"] for p in link["points"] if p["is_bucket"]}
     assert trial["bucket_sizes_bytes"] and buckets == set(trial["bucket_sizes_bytes"])
-    for line in ("Input ceiling: the dataloader alone", "Compute ceiling: the training step on one device",
-                 "Link ceiling: AllReduce sweep on the scan's ranks"):  # fmt: skip
+    for line in (
+        "Input ceiling: the dataloader alone",
+        "Compute ceiling: the training step on one device",
+        "Link ceiling: AllReduce sweep on the scan's ranks",
+    ):
         assert line in proc.stdout
 
 
@@ -71,6 +99,8 @@ def test_report_sets_the_trial_against_the_measured_ceilings(scan):
     loader = json.loads((out / "ceilings" / "loader.json").read_text())["points"][0]["img_per_s_machine"]
     img = json.loads((out / "trials" / "t01-b4-w0-fp32" / "result.json").read_text())["img_per_s"]
     # the trial's row: achieved, compute ceiling x 2 ranks, efficiency, input ceiling of the machine
-    row = (f'<td class="l">t01-b4-w0-fp32</td><td>{img:.1f}</td><td>{2 * compute:.1f}</td>'
-           f'<td>{100 * img / (2 * compute):.0f}%</td><td>{loader:.1f}</td>')  # fmt: skip
+    row = (
+        f'<td class="l">t01-b4-w0-fp32</td><td>{img:.1f}</td><td>{2 * compute:.1f}</td>'
+        f"<td>{100 * img / (2 * compute):.0f}%</td><td>{loader:.1f}</td>"
+    )
     assert row in page

@@ -22,13 +22,18 @@ BIN = Path(sys.executable).parent
 
 
 NETBLOCK = Path(__file__).parent / "netblock"
-SECRETS = {"MY_API_TOKEN": "tok-5e5e5e", "NCCL_TEST_KEY": "key-6f6f6f", "AWS_SECRET_ACCESS_KEY": "sec-7a7a7a",
-           "CUDA_DB_PASSWORD": "pw-8b8b8b"}  # fmt: skip
+SECRETS = {
+    "MY_API_TOKEN": "tok-5e5e5e",
+    "NCCL_TEST_KEY": "key-6f6f6f",
+    "AWS_SECRET_ACCESS_KEY": "sec-7a7a7a",
+    "CUDA_DB_PASSWORD": "pw-8b8b8b",
+}
 
 
 def run_cli(*args, cwd=None, timeout=600, env=None):
-    return subprocess.run([str(BIN / "yoloprof"), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env=env)  # fmt: skip
+    return subprocess.run(
+        [str(BIN / "yoloprof"), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +43,46 @@ def scan(tiny_data, tmp_path_factory):
     out, home, netlog = root / "s", root / "home", root / "net.log"
     home.mkdir()
     path = os.pathsep.join([str(NETBLOCK)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
-    env = {**os.environ, **SECRETS, "PYTHONPATH": path, "YOLOPROF_TEST_NETLOG": str(netlog), "HOME": str(home),
-           "NCCL_DEBUG": "WARN", "OMP_PROC_BIND": "false"}  # fmt: skip
+    env = {
+        **os.environ,
+        **SECRETS,
+        "PYTHONPATH": path,
+        "YOLOPROF_TEST_NETLOG": str(netlog),
+        "HOME": str(home),
+        "NCCL_DEBUG": "WARN",
+        "OMP_PROC_BIND": "false",
+    }
     probe = "import socket\ntry: socket.create_connection(('203.0.113.7', 80), timeout=1)\nexcept OSError: pass"
     subprocess.run([sys.executable, "-c", probe], env=env, timeout=30)
     assert "203.0.113.7" in netlog.read_text()  # the blocker is live in child processes
     netlog.unlink()
-    proc = run_cli("scan", "--device", "cpu", "--nproc", "2", "--data", str(tiny_data), "--imgsz", "64",
-                   "--batch", "4", "--workers", "0,1", "--steps", "3", "--warmup", "1", "--out", str(out), "--no-ceilings",
-                   "--no-defaults", "--precision", "off", cwd=root, env=env)  # fmt: skip
+    proc = run_cli(
+        "scan",
+        "--device",
+        "cpu",
+        "--nproc",
+        "2",
+        "--data",
+        str(tiny_data),
+        "--imgsz",
+        "64",
+        "--batch",
+        "4",
+        "--workers",
+        "0,1",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--out",
+        str(out),
+        "--no-ceilings",
+        "--no-defaults",
+        "--precision",
+        "off",
+        cwd=root,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc, root
 
@@ -71,8 +107,9 @@ def test_scan_prints_its_choices_progress_and_ranked_table(scan):
     text = proc.stdout
     assert "2 CPU ranks with gloo" in text and "plan: 2 trials" in text
     # no --optimizer: Ultralytics' auto, resolved for the planned run (16 images, 100 epochs: 100 iterations)
-    assert ("optimizer: auto -> AdamW (Ultralytics' pick for 100 epochs of 16 images at batch 4: 100 iterations "
-            "<= 10,000)") in text  # fmt: skip
+    assert (
+        "optimizer: auto -> AdamW (Ultralytics' pick for 100 epochs of 16 images at batch 4: 100 iterations <= 10,000)"
+    ) in text
     assert "[1/2] t01-b4-w0-fp32" in text and "[2/2] t02-b4-w1-fp32" in text
     assert "trials, best first" in text and "Best: " in text and str(out / "best.yaml") in text
 
@@ -141,16 +178,25 @@ def test_results_csv_positions_follow_throughput(scan):
 
 
 def _train_env(tmp_path):
-    return {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(tmp_path / "cfg"), "MPLCONFIGDIR": str(tmp_path / "mpl"),
-            "YOLO_VERBOSE": "True"}
+    return {
+        **os.environ,
+        "YOLO_OFFLINE": "1",
+        "YOLO_CONFIG_DIR": str(tmp_path / "cfg"),
+        "MPLCONFIGDIR": str(tmp_path / "mpl"),
+        "YOLO_VERBOSE": "True",
+    }
 
 
 def test_yolo_train_cfg_best_yaml_trains_as_it_is(scan, tmp_path):
     out, _, _ = scan
     proc = subprocess.run(
         [str(BIN / "yolo"), "train", f"cfg={out / 'best.yaml'}", "epochs=1", f"project={tmp_path}", "name=cli"],
-        capture_output=True, text=True, cwd=tmp_path, env=_train_env(tmp_path), timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_train_env(tmp_path),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (tmp_path / "cli" / "weights" / "last.pt").is_file()
     assert "1 epochs completed" in proc.stdout + proc.stderr
@@ -159,10 +205,18 @@ def test_yolo_train_cfg_best_yaml_trains_as_it_is(scan, tmp_path):
 def test_python_api_trains_from_best_yaml(scan, tmp_path):
     out, _, _ = scan
     best = yaml.safe_load((out / "best.yaml").read_text())
-    code = (f"from ultralytics import YOLO; YOLO({best['model']!r}).train(cfg={str(out / 'best.yaml')!r}, "
-            f"epochs=1, project={str(tmp_path)!r}, name='api')")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                          env=_train_env(tmp_path), timeout=600)  # fmt: skip
+    code = (
+        f"from ultralytics import YOLO; YOLO({best['model']!r}).train(cfg={str(out / 'best.yaml')!r}, "
+        f"epochs=1, project={str(tmp_path)!r}, name='api')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_train_env(tmp_path),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (tmp_path / "api" / "weights" / "last.pt").is_file()
 

@@ -10,8 +10,15 @@ import pytest
 
 from yoloprof.analysis.against import Ceilings, load
 from yoloprof.records import (
-    AllReduceCeiling, AllReducePoint, ComputeCeiling, ComputePoint, Knobs, LoaderCeiling, LoaderPoint, TrialResult,
-)  # fmt: skip
+    AllReduceCeiling,
+    AllReducePoint,
+    ComputeCeiling,
+    ComputePoint,
+    Knobs,
+    LoaderCeiling,
+    LoaderPoint,
+    TrialResult,
+)
 from yoloprof.search.baselines import ultralytics_defaults
 from yoloprof.search.plan import Hardware, trial_id
 from yoloprof.search.prune import prune
@@ -35,11 +42,16 @@ def dropped(decisions, knob):
 def test_space_gpu_covers_every_knob():
     s = auto_space(GPU2, dataset_fits_ram=True)
     assert s.values == {
-        "batch": [16, 32, 64, 128, 256], "workers": [0, 1, 2, 4, 8, 16], "amp": [True, False, "bf16"],
-        "pin_memory": [True, False], "cache": ["off", "disk", "ram"],
+        "batch": [16, 32, 64, 128, 256],
+        "workers": [0, 1, 2, 4, 8, 16],
+        "amp": [True, False, "bf16"],
+        "pin_memory": [True, False],
+        "cache": ["off", "disk", "ram"],
         "nccl": ["default", "ring", "tree", "simple", "no-shm", "buff8m"],
-        "deterministic": [True, False], "compile": ["off", "default"], "channels_last": [True, False],
-    }  # fmt: skip
+        "deterministic": [True, False],
+        "compile": ["off", "default"],
+        "channels_last": [True, False],
+    }
     assert dropped(s.dropped, "nccl") == {"no-p2p"}  # debug-only, said so, never tried
     assert dropped(s.dropped, "compile") == {"reduce-overhead, max-autotune-no-cudagraphs"}  # minutes of autotuning
 
@@ -113,8 +125,15 @@ def test_prune_workers_above_need_and_never_from_workers_0():
 
 
 def test_prune_batches_that_will_not_fit():
-    ceil = compute([(32, True, "ok", 900.0, 10.0, 30000.0), (64, True, "ok", 950.0, 20.0, 60000.0),
-                    (32, False, "ok", 500.0), (64, False, "oom")], fit={"amp": 48})  # fmt: skip
+    ceil = compute(
+        [
+            (32, True, "ok", 900.0, 10.0, 30000.0),
+            (64, True, "ok", 950.0, 20.0, 60000.0),
+            (32, False, "ok", 500.0),
+            (64, False, "oom"),
+        ],
+        fit={"amp": 48},
+    )
     p = prune(auto_space(GPU2, {"amp": [True, False]}), Ceilings(compute=ceil), GPU2)
     assert p.space.values["batch"] == [16, 32, 64]  # 128 = 64 per rank: over 48 with amp and OOM in fp32
     assert p.max_fit == {True: 96, False: 126}
@@ -132,15 +151,24 @@ def test_prune_batches_that_will_not_fit():
 
 
 def allreduce(preset: str, times_us: tuple[float, float], status: str = "ok") -> AllReduceCeiling:
-    pts = [AllReducePoint(2**20, 90.0, 0, 0, 50), AllReducePoint(1_055_104, times_us[0], 0, 0, 50, True),
-           AllReducePoint(9_306_532, times_us[1], 0, 0, 20, True)]  # fmt: skip
+    pts = [
+        AllReducePoint(2**20, 90.0, 0, 0, 50),
+        AllReducePoint(1_055_104, times_us[0], 0, 0, 50, True),
+        AllReducePoint(9_306_532, times_us[1], 0, 0, 20, True),
+    ]
     return AllReduceCeiling("nccl", 2, preset, "cuda", "float32", "cuda_event", pts, status)
 
 
 def test_prune_nccl_slow_tie_fast_and_promote():
-    c = Ceilings(allreduce=[allreduce("default", (100, 500)), allreduce("ring", (110, 540)),
-                            allreduce("tree", (200, 700)), allreduce("simple", (60, 300)),
-                            allreduce("buff8m", (1, 1), status="error")])  # fmt: skip
+    c = Ceilings(
+        allreduce=[
+            allreduce("default", (100, 500)),
+            allreduce("ring", (110, 540)),
+            allreduce("tree", (200, 700)),
+            allreduce("simple", (60, 300)),
+            allreduce("buff8m", (1, 1), status="error"),
+        ]
+    )
     p = prune(auto_space(GPU2), c, GPU2)
     assert p.space.values["nccl"] == ["default", "ring", "simple", "no-shm", "buff8m"]
     assert p.promote == ["tree"]
@@ -215,8 +243,9 @@ def drive(search, rate=surface, wall_s=60.0, oom=lambda k: False, noise=0.0, see
 
 def search(space=None, start=None, budget_s=1e6, bottleneck=lambda r: "unknown", **kw):
     space = space or auto_space(GPU2, dataset_fits_ram=True)
-    return AutoSearch(space, start or ultralytics_defaults(GPU2), budget_s, beats=beats, contenders=top2,
-                      bottleneck=bottleneck, **kw)  # fmt: skip
+    return AutoSearch(
+        space, start or ultralytics_defaults(GPU2), budget_s, beats=beats, contenders=top2, bottleneck=bottleneck, **kw
+    )
 
 
 def test_descent_finds_the_optimum_in_far_fewer_trials_than_the_grid():
@@ -242,8 +271,17 @@ def test_descent_with_noise_still_lands_near_the_optimum():
         assert surface(s.incumbent.knobs) >= 0.9 * best
 
 
-@pytest.mark.parametrize("bn, first", [("input", "workers"), ("compute", "amp"), ("communication", "nccl"),
-                                       ("straggler", "workers"), ("memory", "batch"), (None, "batch")])  # fmt: skip
+@pytest.mark.parametrize(
+    "bn, first",
+    [
+        ("input", "workers"),
+        ("compute", "amp"),
+        ("communication", "nccl"),
+        ("straggler", "workers"),
+        ("memory", "batch"),
+        (None, "batch"),
+    ],
+)
 def test_first_knob_follows_the_bottleneck(bn, first):
     start = Knobs(64, 8, True, True, "off", "default")
     s = search(start=start, bottleneck=lambda r: bn)
@@ -264,12 +302,14 @@ def test_pruned_start_still_runs_and_promoted_presets_when_communication_bound()
     s = AutoSearch.from_pruned(p, start, 1e6, beats=beats, contenders=top2, bottleneck=lambda r: "compute")
     _, proposals, _ = drive(s)
     assert proposals[0].knobs == start
-    comm = AutoSearch.from_pruned(p, ultralytics_defaults(GPU2), 1e6, beats=beats, contenders=top2,
-                                  bottleneck=lambda r: "communication")  # fmt: skip
+    comm = AutoSearch.from_pruned(
+        p, ultralytics_defaults(GPU2), 1e6, beats=beats, contenders=top2, bottleneck=lambda r: "communication"
+    )
     _, proposals, _ = drive(comm)
     assert "tree" in {q.knobs.nccl for q in proposals}
-    quiet = AutoSearch.from_pruned(p, ultralytics_defaults(GPU2), 1e6, beats=beats, contenders=top2,
-                                   bottleneck=lambda r: "compute")  # fmt: skip
+    quiet = AutoSearch.from_pruned(
+        p, ultralytics_defaults(GPU2), 1e6, beats=beats, contenders=top2, bottleneck=lambda r: "compute"
+    )
     _, proposals, _ = drive(quiet)
     assert "tree" not in {q.knobs.nccl for q in proposals}
 
@@ -348,16 +388,20 @@ def test_confirmation_interleaves_repeats_of_the_contenders():
 
 def test_no_proposal_repeats_a_configuration_already_run():
     space = auto_space(GPU2, dataset_fits_ram=True)
-    done = [TrialResult("t01-old", "ok", Knobs(32, 8, True, True, "off", "default"), 2, "cuda", img_per_s=10.0,
-                        wall_s=60.0)]  # fmt: skip
+    done = [
+        TrialResult("t01-old", "ok", Knobs(32, 8, True, True, "off", "default"), 2, "cuda", img_per_s=10.0, wall_s=60.0)
+    ]
     s = search(space)
     proposals = []
     results = list(done)
     while (p := s.propose(results, 60.0 * len(results))) is not None:
         assert p.stage == "confirm" or all(r.knobs != p.knobs for r in results)
         proposals.append(p)
-        results.append(TrialResult(trial_id(len(results) + 1, p.knobs), "ok", p.knobs, 2, "cuda",
-                                   img_per_s=surface(p.knobs), wall_s=60.0))  # fmt: skip
+        results.append(
+            TrialResult(
+                trial_id(len(results) + 1, p.knobs), "ok", p.knobs, 2, "cuda", img_per_s=surface(p.knobs), wall_s=60.0
+            )
+        )
     assert s.propose(results, 1.0) is None  # done stays done
 
 
@@ -437,10 +481,18 @@ def test_the_reserve_prices_each_contenders_repeat_at_its_own_trial():
 
     s = search(budget_s=900, noise_df=lambda rs: noise_mod.run_to_run(rs).df, after_trials=2.0)
     walls = {16: 15.0, 32: 15.0, 64: 15.0, 128: 60.0}
-    s._results = [TrialResult(trial_id(i + 1, Knobs(b, 8, True, True, "off", "default")), "ok",
-                              Knobs(b, 8, True, True, "off", "default"), 2, "cuda", img_per_s=surface(
-                                  Knobs(b, 8, True, True, "off", "default")), wall_s=w)
-                  for i, (b, w) in enumerate(walls.items())]  # fmt: skip
+    s._results = [
+        TrialResult(
+            trial_id(i + 1, Knobs(b, 8, True, True, "off", "default")),
+            "ok",
+            Knobs(b, 8, True, True, "off", "default"),
+            2,
+            "cuda",
+            img_per_s=surface(Knobs(b, 8, True, True, "off", "default")),
+            wall_s=w,
+        )
+        for i, (b, w) in enumerate(walls.items())
+    ]
     assert s.estimate_s() == 15.0  # the median: what the old reserve priced every repeat at
     # contenders (top2): batch 128 (60 s) and 64 (15 s): one repeat each, one more for 3 df at 15 s, the epoch job
     assert s._reserve_s() == pytest.approx((60 + 15) + 1 * 15 + 2 * 15)

@@ -12,8 +12,18 @@ import pytest
 from yoloprof.cli import main
 
 # Arguments a shell would mangle if the script quoted them wrongly: a space, a quote, a $, a glob.
-SCAN = ["--nnodes", "2", "--gpus", "0,1,2,3", "--out", "/shared/my scan", "--cfg", "it's $HOME.yaml",
-        "--baseline", "batch=32,workers=*"]  # fmt: skip
+SCAN = [
+    "--nnodes",
+    "2",
+    "--gpus",
+    "0,1,2,3",
+    "--out",
+    "/shared/my scan",
+    "--cfg",
+    "it's $HOME.yaml",
+    "--baseline",
+    "batch=32,workers=*",
+]
 
 
 def _script(capsys, *argv: str) -> str:
@@ -36,8 +46,16 @@ def test_script_asks_for_the_nodes_and_runs_one_scan_per_node(capsys):
     assert {"--nodes=2", "--ntasks-per-node=1", "--time=01:00:00", "--gpus-per-node=4"} <= set(sbatch)
     assert srun == ["srun", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     # shlex.split undoes exactly the quoting bash undoes: every scan argument arrives as it was given
-    assert task == ["exec", "yoloprof", "scan", *SCAN, "--node-rank", "$SLURM_NODEID", "--rdzv-endpoint",
-                    "$RDZV_ENDPOINT"]  # fmt: skip
+    assert task == [
+        "exec",
+        "yoloprof",
+        "scan",
+        *SCAN,
+        "--node-rank",
+        "$SLURM_NODEID",
+        "--rdzv-endpoint",
+        "$RDZV_ENDPOINT",
+    ]
     assert 'head_node="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"' in text
     assert 'export RDZV_ENDPOINT="${head_node}:29555"' in text
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
@@ -53,10 +71,10 @@ def test_each_node_runs_the_scan_with_its_own_node_rank(capsys, tmp_path):
     shims = {
         "scontrol": '[ "$1 $2 $3" = "show hostnames gpu-[07-08]" ] || exit 9\nprintf "gpu-07\\ngpu-08\\n"',
         "srun": 'n=1; for a in "$@"; do case "$a" in --nodes=*) n=${a#--nodes=};; esac; done\n'
-                'while [ "${1#--}" != "$1" ]; do shift; done\n'
-                'i=0; while [ $i -lt $n ]; do SLURM_NODEID=$i "$@" || exit $?; i=$((i+1)); done',
+        'while [ "${1#--}" != "$1" ]; do shift; done\n'
+        'i=0; while [ $i -lt $n ]; do SLURM_NODEID=$i "$@" || exit $?; i=$((i+1)); done',
         "yoloprof": 'echo "node=$SLURM_NODEID cwd=$(pwd)"; for a in "$@"; do printf "%s\\n" "$a"; done; echo END',
-    }  # fmt: skip
+    }
     for name, body in shims.items():
         (bin_dir / name).write_text("#!/bin/sh\n" + body + "\n")
         (bin_dir / name).chmod(0o755)
@@ -70,16 +88,19 @@ def test_each_node_runs_the_scan_with_its_own_node_rank(capsys, tmp_path):
         assert lines[1:] == ["scan", *SCAN, "--node-rank", str(k), "--rdzv-endpoint", "gpu-07:29400"]
 
 
-@pytest.mark.parametrize("argv, words", [
-    ([], "after `--`"),
-    (["--", "--gpus", "0,1"], "give --nnodes N"),
-    (["--", "--nnodes", "two"], "--nnodes two"),
-    (["--", "--nnodes=2", "--node-rank", "0"], "drop --node-rank"),
-    (["--", "--nnodes", "2", "--rdzv-endpoint=h:1"], "drop --rdzv-endpoint"),
-    (["--port", "0", "--", "--nnodes", "2"], "--port 0"),
-    (["--unknown", "--", "--nnodes", "2"], "unrecognized arguments: --unknown"),
-    (["--out", "/no/such/dir/x.sh", "--", "--nnodes", "2"], "does not exist"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        ([], "after `--`"),
+        (["--", "--gpus", "0,1"], "give --nnodes N"),
+        (["--", "--nnodes", "two"], "--nnodes two"),
+        (["--", "--nnodes=2", "--node-rank", "0"], "drop --node-rank"),
+        (["--", "--nnodes", "2", "--rdzv-endpoint=h:1"], "drop --rdzv-endpoint"),
+        (["--port", "0", "--", "--nnodes", "2"], "--port 0"),
+        (["--unknown", "--", "--nnodes", "2"], "unrecognized arguments: --unknown"),
+        (["--out", "/no/such/dir/x.sh", "--", "--nnodes", "2"], "does not exist"),
+    ],
+)
 def test_bad_slurm_input_is_one_line_and_exit_2(argv, words, capsys):
     assert main(["slurm", *argv]) == 2
     err = capsys.readouterr().err.strip()

@@ -177,8 +177,12 @@ def test_gpu_data_wait_is_the_devices_idle_gap_not_the_hosts_wait(fake, dev):
         parts = [s.data_wait_ms, s.h2d_ms, s.forward_ms, s.backward_ms, s.comm_wait_ms, s.optimizer_ms]
         assert min(parts + [s.other_ms]) >= 0
         assert sum(parts) + s.other_ms == pytest.approx(s.step_ms)
-        assert (s.h2d_ms, s.forward_ms, s.backward_ms, s.optimizer_ms) == (pytest.approx(2), pytest.approx(30),
-                                                                            pytest.approx(60), pytest.approx(5))
+        assert (s.h2d_ms, s.forward_ms, s.backward_ms, s.optimizer_ms) == (
+            pytest.approx(2),
+            pytest.approx(30),
+            pytest.approx(60),
+            pytest.approx(5),
+        )
 
 
 def test_sync_mode_times_on_the_host_after_each_synchronize(fake, dev):

@@ -31,12 +31,18 @@ LABELLED = ("segment", "pose", "obb")
 def task_data(tmp_path_factory):
     """{task: data=} for every task but detect: 16 training images at 160x120 (a few DDP steps at imgsz 64)."""
     root = tmp_path_factory.mktemp("task-data")
-    return {t: generate(root / t, SyntheticSpec(images=16, width=160, height=120, val_images=4, seed=2, task=t))
-            for t in ("segment", "pose", "obb", "classify")}  # fmt: skip
+    return {
+        t: generate(root / t, SyntheticSpec(images=16, width=160, height=120, val_images=4, seed=2, task=t))
+        for t in ("segment", "pose", "obb", "classify")
+    }
 
 
 def _columns(data_yaml) -> set[int]:
-    rows = [line.split() for f in (data_yaml.parent / "labels" / "train").glob("*.txt") for line in f.read_text().splitlines()]
+    rows = [
+        line.split()
+        for f in (data_yaml.parent / "labels" / "train").glob("*.txt")
+        for line in f.read_text().splitlines()
+    ]
     return {len(r) for r in rows}
 
 
@@ -73,8 +79,13 @@ def test_classify_folders_load_with_ultralytics_and_datainfo_counts_them(task_da
     folder = task_data["classify"]
     data = check_cls_dataset(str(folder))
     assert data["nc"] == 3 and sorted(data["names"].values()) == ["ellipse", "rectangle", "triangle"]
-    ds = ClassificationDataset(str(data["train"]), get_cfg(overrides=dict(task="classify", imgsz=64)), augment=True,
-                               prefix="train", names=data["names"])  # fmt: skip
+    ds = ClassificationDataset(
+        str(data["train"]),
+        get_cfg(overrides=dict(task="classify", imgsz=64)),
+        augment=True,
+        prefix="train",
+        names=data["names"],
+    )
     assert len(ds) == 16 and tuple(ds[0]["img"].shape) == (3, 64, 64)
     info = datainfo.inspect(folder)
     assert (info.task, info.train_images, info.val_images) == ("classify", 16, 4)
@@ -94,7 +105,9 @@ def test_labels_say_their_task():
 def test_pose_labels_are_checked_against_kpt_shape(task_data, tmp_path):
     text = task_data["pose"].read_text().replace("kpt_shape: [17, 3]", "kpt_shape: [5, 3]")
     (tmp_path / "five.yaml").write_text(text)
-    with pytest.raises(UsageError, match=r"has 56 columns; with the yaml's kpt_shape a pose label is .* \(20 columns\)"):
+    with pytest.raises(
+        UsageError, match=r"has 56 columns; with the yaml's kpt_shape a pose label is .* \(20 columns\)"
+    ):
         datainfo.inspect(tmp_path / "five.yaml")
 
 
@@ -109,8 +122,13 @@ def test_a_model_names_its_task_and_its_trainer():
     from yoloprof.worker import tasks
     from yoloprof.worker.trainer import ScanMixin
 
-    bases = {"detect": DetectionTrainer, "segment": SegmentationTrainer, "pose": PoseTrainer, "obb": OBBTrainer,
-             "classify": ClassificationTrainer}  # fmt: skip
+    bases = {
+        "detect": DetectionTrainer,
+        "segment": SegmentationTrainer,
+        "pose": PoseTrainer,
+        "obb": OBBTrainer,
+        "classify": ClassificationTrainer,
+    }
     suffix = {"detect": "", "segment": "-seg", "pose": "-pose", "obb": "-obb", "classify": "-cls"}
     # YOLO26 (the default), YOLO11 and YOLOv8 by name, each task; the tiny test models of YOLO11 and YOLO26
     named = [(f"{family}n{suffix[t]}.yaml", t) for family in ("yolo26", "yolo11", "yolov8") for t in bases]
@@ -145,8 +163,12 @@ def test_a_checkpoint_carries_its_task(tmp_path):
 def test_the_data_picks_the_default_model_and_the_model_the_default_data(task_data, tmp_path, monkeypatch):
     from yoloprof.scan import request
 
-    for task, model in [("pose", "yolo26n-pose.yaml"), ("classify", "yolo26n-cls.yaml"), ("segment", "yolo26n-seg.yaml"),
-                        ("obb", "yolo26n-obb.yaml")]:  # fmt: skip
+    for task, model in [
+        ("pose", "yolo26n-pose.yaml"),
+        ("classify", "yolo26n-cls.yaml"),
+        ("segment", "yolo26n-seg.yaml"),
+        ("obb", "yolo26n-obb.yaml"),
+    ]:
         req = request.ScanRequest(data=str(task_data[task]))
         assert request.resolve_data(req, Console(quiet=True)).task == task and req.model == model
     assert request.DEFAULT_MODEL == "yolo26n.yaml"  # detect data: req.model stays None, the scan builds this
@@ -158,25 +180,37 @@ def test_the_data_picks_the_default_model_and_the_model_the_default_data(task_da
         assert request.resolve_data(req, Console(quiet=True)).task == task and req.model == model
     # no --data: the synthetic dataset of the model's task, in the cache (small here: the default is 512 images)
     monkeypatch.setenv("YOLOPROF_CACHE", str(tmp_path))
-    monkeypatch.setattr(request, "SyntheticSpec", functools.partial(SyntheticSpec, images=3, width=64, height=48,
-                                                                    val_images=2))  # fmt: skip
+    monkeypatch.setattr(
+        request, "SyntheticSpec", functools.partial(SyntheticSpec, images=3, width=64, height=48, val_images=2)
+    )
     info = request.resolve_data(request.ScanRequest(model="yolo26n-pose.yaml"), Console(quiet=True))
     assert info.task == "pose" and info.synthetic and "synthetic-pose-3-64x48-" in info.data
     assert yaml.safe_load(open(info.data))["kpt_shape"] == [17, 3]
 
 
 MISMATCH = [
-    ("yolo26n-pose.yaml", "detect", "is a pose model, but --data", "holds detection labels (class x y w h); give a pose "
-     "data yaml (with kpt_shape), or a detect model (e.g. --model yolo26n.yaml)"),
+    (
+        "yolo26n-pose.yaml",
+        "detect",
+        "is a pose model, but --data",
+        "holds detection labels (class x y w h); give a pose "
+        "data yaml (with kpt_shape), or a detect model (e.g. --model yolo26n.yaml)",
+    ),
     ("yolo11n.yaml", "classify", "is a detect model, but --data", "holds a classify folder"),
-    ("yolo26n-cls.yaml", "segment", "is a classify model, but --data", "give a classify folder (train/<class>/, val/<class>/)"),
+    (
+        "yolo26n-cls.yaml",
+        "segment",
+        "is a classify model, but --data",
+        "give a classify folder (train/<class>/, val/<class>/)",
+    ),
     ("yolo11n-obb.yaml", "pose", "is an obb model", "or a pose model (e.g. --model yolo26n-pose.yaml)"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("model,data,first,second", MISMATCH, ids=[m[0] for m in MISMATCH])
-def test_a_model_and_data_of_different_tasks_is_one_line_and_exit_2(model, data, first, second, task_data, tiny_data,
-                                                                   monkeypatch, capsys, tmp_path):  # fmt: skip
+def test_a_model_and_data_of_different_tasks_is_one_line_and_exit_2(
+    model, data, first, second, task_data, tiny_data, monkeypatch, capsys, tmp_path
+):
     from probes import environment
     from test_bad_input import fake_env
 
@@ -196,9 +230,14 @@ def test_records_from_before_tasks_load_as_detect():
 
 
 def test_the_dataset_command_writes_each_task(tmp_path, capsys):
-    assert cli.main(["dataset", "--task", "pose", "--out", str(tmp_path / "p"), "--images", "2", "--size", "64x48"]) == 0
+    assert (
+        cli.main(["dataset", "--task", "pose", "--out", str(tmp_path / "p"), "--images", "2", "--size", "64x48"]) == 0
+    )
     assert "kpt_shape: [17, 3]" in (tmp_path / "p" / "data.yaml").read_text()
-    assert cli.main(["dataset", "--task", "classify", "--out", str(tmp_path / "c"), "--images", "3", "--size", "64x48"]) == 0
+    assert (
+        cli.main(["dataset", "--task", "classify", "--out", str(tmp_path / "c"), "--images", "3", "--size", "64x48"])
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "c" / "train").iterdir()) == ["ellipse", "rectangle", "triangle"]
     assert "data folder (classify)" in capsys.readouterr().out
 
@@ -220,8 +259,9 @@ def test_a_real_scan_trains_and_validates_each_task(task, task_data, tiny_data, 
 
     out = tmp_path / "s"
     data = tiny_data if task == "detect" else task_data[task]
-    cmd = scan_cmd(data, out, "--model", str(FIXTURES / f"tiny26-{task}.yaml"), "--batch", "4", "--workers", "0",
-                   epoch_job=True)  # fmt: skip
+    cmd = scan_cmd(
+        data, out, "--model", str(FIXTURES / f"tiny26-{task}.yaml"), "--batch", "4", "--workers", "0", epoch_job=True
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     (r,) = results(out).values()

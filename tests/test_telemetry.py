@@ -53,27 +53,47 @@ class FakeDevice:
         return out
 
 
-PATCHED = ("nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetUUID",
-           "nvmlDeviceGetName", "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetPowerUsage",
-           "nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetClockInfo", "nvmlDeviceGetTemperature",
-           "nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons",
-           "nvmlDeviceGetPcieThroughput", "nvmlDeviceGetFieldValues", "nvmlDeviceGetNvLinkState")  # fmt: skip
+PATCHED = (
+    "nvmlInit",
+    "nvmlShutdown",
+    "nvmlDeviceGetCount",
+    "nvmlDeviceGetHandleByIndex",
+    "nvmlDeviceGetUUID",
+    "nvmlDeviceGetName",
+    "nvmlDeviceGetUtilizationRates",
+    "nvmlDeviceGetMemoryInfo",
+    "nvmlDeviceGetPowerUsage",
+    "nvmlDeviceGetTotalEnergyConsumption",
+    "nvmlDeviceGetClockInfo",
+    "nvmlDeviceGetTemperature",
+    "nvmlDeviceGetCurrentClocksEventReasons",
+    "nvmlDeviceGetCurrentClocksThrottleReasons",
+    "nvmlDeviceGetPcieThroughput",
+    "nvmlDeviceGetFieldValues",
+    "nvmlDeviceGetNvLinkState",
+)
 
 
 @pytest.fixture
 def nvml():
     """pynvml with every function the reader calls patched (autospec keeps the real signatures)."""
-    devices = [FakeDevice(0), FakeDevice(1, refuses={"power", "energy", "pcie", "nvlink"}),
-               FakeDevice(2, all_links_scope=False), FakeDevice(3, links=())]  # fmt: skip
+    devices = [
+        FakeDevice(0),
+        FakeDevice(1, refuses={"power", "energy", "pcie", "nvlink"}),
+        FakeDevice(2, all_links_scope=False),
+        FakeDevice(3, links=()),
+    ]
     with mock.patch.multiple(pynvml, autospec=True, **{name: mock.DEFAULT for name in PATCHED}) as m:
         m["nvmlDeviceGetCount"].side_effect = lambda: len(devices)
         m["nvmlDeviceGetHandleByIndex"].side_effect = lambda i: devices[i]
         m["nvmlDeviceGetUUID"].side_effect = lambda h: UUIDS[h.index]
         m["nvmlDeviceGetName"].side_effect = lambda h: h.name
         m["nvmlDeviceGetUtilizationRates"].side_effect = lambda h: h.answer(
-            "util", types.SimpleNamespace(gpu=90 + h.index, memory=40))
+            "util", types.SimpleNamespace(gpu=90 + h.index, memory=40)
+        )
         m["nvmlDeviceGetMemoryInfo"].side_effect = lambda h: h.answer(
-            "memory", types.SimpleNamespace(used=3 * 2**30 + 512 * 2**20, total=80 * 2**30))
+            "memory", types.SimpleNamespace(used=3 * 2**30 + 512 * 2**20, total=80 * 2**30)
+        )
         m["nvmlDeviceGetPowerUsage"].side_effect = lambda h: h.answer("power", MW)
         m["nvmlDeviceGetTotalEnergyConsumption"].side_effect = lambda h: h.answer("energy", MJ)
         m["nvmlDeviceGetClockInfo"].side_effect = lambda h, c: 1980 if c == pynvml.NVML_CLOCK_SM else 2619
@@ -82,7 +102,8 @@ def nvml():
         m["nvmlDeviceGetCurrentClocksEventReasons"].return_value = reasons
         m["nvmlDeviceGetCurrentClocksThrottleReasons"].return_value = pynvml.nvmlClocksThrottleReasonGpuIdle
         m["nvmlDeviceGetPcieThroughput"].side_effect = lambda h, c: h.answer(
-            "pcie", 1536 if c == pynvml.NVML_PCIE_UTIL_TX_BYTES else 512)  # KB/s
+            "pcie", 1536 if c == pynvml.NVML_PCIE_UTIL_TX_BYTES else 512
+        )  # KB/s
 
         def link_state(h, link):
             h.calls["link_state"] = h.calls.get("link_state", 0) + 1
@@ -96,27 +117,33 @@ def nvml():
         yield m
 
 
-@pytest.mark.parametrize("environ,cuda,expected", [
-    ({}, [0, 1, 2, 3], [0, 1, 2, 3]),
-    ({"CUDA_VISIBLE_DEVICES": "3,1"}, [0, 1], [3, 1]),
-    ({"CUDA_VISIBLE_DEVICES": " 3, 1 "}, [1], [1]),
-    ({"CUDA_VISIBLE_DEVICES": "GPU-1b2e3333-0000,GPU-8f3c1111-0000"}, [0, 1], [2, 0]),  # full UUIDs
-    ({"CUDA_VISIBLE_DEVICES": "GPU-c0de,8F3C2"}, [1, 0], [1, 3]),  # prefixes, with or without "GPU-"
-    ({"CUDA_VISIBLE_DEVICES": "2,-1,3"}, [0], [2]),  # CUDA ignores everything from an invalid entry on
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "environ,cuda,expected",
+    [
+        ({}, [0, 1, 2, 3], [0, 1, 2, 3]),
+        ({"CUDA_VISIBLE_DEVICES": "3,1"}, [0, 1], [3, 1]),
+        ({"CUDA_VISIBLE_DEVICES": " 3, 1 "}, [1], [1]),
+        ({"CUDA_VISIBLE_DEVICES": "GPU-1b2e3333-0000,GPU-8f3c1111-0000"}, [0, 1], [2, 0]),  # full UUIDs
+        ({"CUDA_VISIBLE_DEVICES": "GPU-c0de,8F3C2"}, [1, 0], [1, 3]),  # prefixes, with or without "GPU-"
+        ({"CUDA_VISIBLE_DEVICES": "2,-1,3"}, [0], [2]),  # CUDA ignores everything from an invalid entry on
+    ],
+)
 def test_cuda_indices_map_to_physical_nvml_indices(nvml, environ, cuda, expected):
     assert gpu_telemetry.resolve_nvml_indices(cuda, environ, pynvml) == expected
 
 
-@pytest.mark.parametrize("environ,cuda,words", [
-    ({"CUDA_VISIBLE_DEVICES": "MIG-GPU-8f3c1111-0000/1/0"}, [0], "MIG is not supported"),
-    ({"CUDA_VISIBLE_DEVICES": "3,1"}, [2], "CUDA device 2 is not visible"),
-    ({"CUDA_VISIBLE_DEVICES": "7"}, [0], "not one of the 4 GPUs"),
-    ({"CUDA_VISIBLE_DEVICES": "2,-1,3"}, [1], "CUDA device 1 is not visible"),
-    ({"CUDA_VISIBLE_DEVICES": "GPU-ffff"}, [0], "matches no GPU UUID"),
-    ({"CUDA_VISIBLE_DEVICES": "GPU-8f3c"}, [0], "matches 2 GPUs"),
-    ({"CUDA_VISIBLE_DEVICES": ""}, [0], "0 visible"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "environ,cuda,words",
+    [
+        ({"CUDA_VISIBLE_DEVICES": "MIG-GPU-8f3c1111-0000/1/0"}, [0], "MIG is not supported"),
+        ({"CUDA_VISIBLE_DEVICES": "3,1"}, [2], "CUDA device 2 is not visible"),
+        ({"CUDA_VISIBLE_DEVICES": "7"}, [0], "not one of the 4 GPUs"),
+        ({"CUDA_VISIBLE_DEVICES": "2,-1,3"}, [1], "CUDA device 1 is not visible"),
+        ({"CUDA_VISIBLE_DEVICES": "GPU-ffff"}, [0], "matches no GPU UUID"),
+        ({"CUDA_VISIBLE_DEVICES": "GPU-8f3c"}, [0], "matches 2 GPUs"),
+        ({"CUDA_VISIBLE_DEVICES": ""}, [0], "0 visible"),
+    ],
+)
 def test_unmappable_devices_are_not_measured(nvml, environ, cuda, words):
     reader, status = gpu_telemetry.open_gpus(cuda, environ)
     assert reader is None and status.startswith("not measured:") and words in status
@@ -185,8 +212,14 @@ def test_refused_fields_are_none_listed_and_asked_once(nvml):
     assert refusing.pcie_rx_mib_s is None and refusing.nvlink_tx_mib_s is None and refusing.nvlink_rx_mib_s is None
     assert refusing.sm_util_pct == 91.0  # the rest of the device still answers
     assert no_links.nvlink_tx_mib_s is None and no_links.power_w == 350.123  # a PCIe card: None, never 0 MiB/s
-    assert reader.unsupported == {"power_w", "energy_j", "pcie_tx_mib_s", "pcie_rx_mib_s",
-                                  "nvlink_tx_mib_s", "nvlink_rx_mib_s"}  # fmt: skip
+    assert reader.unsupported == {
+        "power_w",
+        "energy_j",
+        "pcie_tx_mib_s",
+        "pcie_rx_mib_s",
+        "nvlink_tx_mib_s",
+        "nvlink_rx_mib_s",
+    }
     dev1, dev3 = nvml["devices"][1], nvml["devices"][3]
     assert dev1.calls["power"] == dev1.calls["energy"] == 1 and dev1.calls["pcie"] == 2  # once each: tx, rx
     assert dev1.calls["nvlink"] == 2  # in the first read only: the all-links scope, then link by link
@@ -195,8 +228,16 @@ def test_refused_fields_are_none_listed_and_asked_once(nvml):
 
 
 def test_other_nvml_errors_are_retried_then_given_up(nvml):
-    calls = iter([pynvml.NVMLError_Unknown(), 60, pynvml.NVMLError_Timeout(), pynvml.NVMLError_Unknown(),
-                  pynvml.NVMLError_Unknown(), 99])  # fmt: skip
+    calls = iter(
+        [
+            pynvml.NVMLError_Unknown(),
+            60,
+            pynvml.NVMLError_Timeout(),
+            pynvml.NVMLError_Unknown(),
+            pynvml.NVMLError_Unknown(),
+            99,
+        ]
+    )
 
     def temp(h, sensor):
         v = next(calls)
@@ -213,12 +254,18 @@ def test_other_nvml_errors_are_retried_then_given_up(nvml):
 
 def test_throttle_bitmask_decoding(nvml):
     n = pynvml
-    mask = (n.nvmlClocksEventReasonGpuIdle | n.nvmlClocksEventReasonSwThermalSlowdown
-            | n.nvmlClocksEventReasonHwPowerBrakeSlowdown | n.nvmlClocksEventReasonSyncBoost | 0x8000)  # fmt: skip
+    mask = (
+        n.nvmlClocksEventReasonGpuIdle
+        | n.nvmlClocksEventReasonSwThermalSlowdown
+        | n.nvmlClocksEventReasonHwPowerBrakeSlowdown
+        | n.nvmlClocksEventReasonSyncBoost
+        | 0x8000
+    )
     assert gpu_telemetry.throttle_names(mask) == ["idle", "sync_boost", "sw_thermal", "hw_power_brake", "0x8000"]
     assert gpu_telemetry.throttle_names(0) == []
-    old = types.SimpleNamespace(nvmlClocksThrottleReasonHwSlowdown=0x8,
-                                nvmlClocksThrottleReasonDisplayClockSetting=0x100)  # fmt: skip
+    old = types.SimpleNamespace(
+        nvmlClocksThrottleReasonHwSlowdown=0x8, nvmlClocksThrottleReasonDisplayClockSetting=0x100
+    )
     assert gpu_telemetry.throttle_names(0x108, old) == ["hw_slowdown", "display_clocks"]  # an older pynvml
     with mock.patch.object(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None):  # a pynvml without it
         reader, _ = gpu_telemetry.open_gpus([0], {})
@@ -342,8 +389,10 @@ def test_sampler_writes_a_header_then_samples_and_survives_a_failing_reader(tmp_
 def test_sampler_without_gpus_says_why_and_survives_a_failing_cpu_reader(tmp_path):
     path = tmp_path / "t.jsonl"
     reads = [CpuSample(1.0, [5.0], 0, 0, 0, 0, 0, 1.0), OSError("proc went away")]
-    with mock.patch.object(cpu_telemetry.CpuReader, "read", side_effect=reads), \
-            telemetry.TelemetrySampler(path, interval_s=0.05, gpus=[]):  # fmt: skip
+    with (
+        mock.patch.object(cpu_telemetry.CpuReader, "read", side_effect=reads),
+        telemetry.TelemetrySampler(path, interval_s=0.05, gpus=[]),
+    ):
         deadline = time.monotonic() + 30  # until the second read has failed, however slow the machine
         while '"kind": "error"' not in (path.read_text() if path.exists() else "") and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -365,31 +414,58 @@ def test_sampler_never_raises_into_the_scan(tmp_path):
 def test_read_telemetry_tolerates_a_cut_file_and_no_file(tmp_path):
     assert read_telemetry(tmp_path / "missing.jsonl") == (None, [], [], [])
     path = tmp_path / "t.jsonl"
-    header = {"kind": "header", "interval_s": 0.1, "gpus": [0], "nvml_indices": [0], "gpu_status": "ok",
-              "unsupported": ["power_w"]}  # fmt: skip
-    path.write_text(json.dumps(header) + "\n"
-                    + json.dumps({"kind": "gpu", "t_s": 1.0, "gpu": 0, "sm_util_pct": 50}) + "\n"
-                    + '{"kind": "cpu", "t_s": 1.0, "cpu_pct_per')  # fmt: skip
+    header = {
+        "kind": "header",
+        "interval_s": 0.1,
+        "gpus": [0],
+        "nvml_indices": [0],
+        "gpu_status": "ok",
+        "unsupported": ["power_w"],
+    }
+    path.write_text(
+        json.dumps(header)
+        + "\n"
+        + json.dumps({"kind": "gpu", "t_s": 1.0, "gpu": 0, "sm_util_pct": 50})
+        + "\n"
+        + '{"kind": "cpu", "t_s": 1.0, "cpu_pct_per'
+    )
     header, gpu, cpu, notes = read_telemetry(path)
     assert header.gpus == [0] and gpu[0].sm_util_pct == 50.0 and cpu == []
     assert notes == ["not supported by the GPU: power_w"]
 
 
 def g(t, gpu, util, energy=None, power=None, used=1000.0, reasons=None):
-    return GpuSample(t_s=t, gpu=gpu, sm_util_pct=util, energy_j=energy, power_w=power, mem_used_mib=used,
-                     sm_clock_mhz=1000.0 + gpu, throttle_reasons=reasons)  # fmt: skip
+    return GpuSample(
+        t_s=t,
+        gpu=gpu,
+        sm_util_pct=util,
+        energy_j=energy,
+        power_w=power,
+        mem_used_mib=used,
+        sm_clock_mhz=1000.0 + gpu,
+        throttle_reasons=reasons,
+    )
 
 
 def test_summary_over_the_measured_window():
     header = TelemetryHeader(0.1, [0, 1], [0, 1], "ok")
-    gpu = [g(0.0, 0, 0.0, 0.0, reasons=["hw_slowdown"]), g(0.0, 1, 0.0, power=900.0),  # before the window
-           g(1.0, 0, 40.0, 100.0), g(1.0, 1, 60.0, power=200.0),
-           g(2.0, 0, 100.0, 400.0, used=5000.0, reasons=["sw_power_cap"]), g(2.0, 1, 80.0, power=300.0),
-           g(3.0, 0, 90.0, 500.0), g(3.0, 1, 50.0, power=300.0, reasons=["idle", "hw_thermal"]),
-           g(3.5, 0, 0.0, 9000.0, used=9999.0), g(3.5, 1, 0.0, power=900.0)]  # after it  # fmt: skip
-    cpu = [CpuSample(0.5, [0.0, 0.0], 0, 0.0, 5000.0, 0.0, 0.0, 100.0),  # outside
-           CpuSample(1.5, [95.0, 99.0], 4, 180.0, 800.0, 150.0, 900.0, 9000.0),
-           CpuSample(2.5, [95.0, 50.0], 4, 120.0, 900.0, 150.0, 900.0, 8000.0)]  # fmt: skip
+    gpu = [
+        g(0.0, 0, 0.0, 0.0, reasons=["hw_slowdown"]),
+        g(0.0, 1, 0.0, power=900.0),  # before the window
+        g(1.0, 0, 40.0, 100.0),
+        g(1.0, 1, 60.0, power=200.0),
+        g(2.0, 0, 100.0, 400.0, used=5000.0, reasons=["sw_power_cap"]),
+        g(2.0, 1, 80.0, power=300.0),
+        g(3.0, 0, 90.0, 500.0),
+        g(3.0, 1, 50.0, power=300.0, reasons=["idle", "hw_thermal"]),
+        g(3.5, 0, 0.0, 9000.0, used=9999.0),
+        g(3.5, 1, 0.0, power=900.0),
+    ]  # after it
+    cpu = [
+        CpuSample(0.5, [0.0, 0.0], 0, 0.0, 5000.0, 0.0, 0.0, 100.0),  # outside
+        CpuSample(1.5, [95.0, 99.0], 4, 180.0, 800.0, 150.0, 900.0, 9000.0),
+        CpuSample(2.5, [95.0, 50.0], 4, 120.0, 900.0, 150.0, 900.0, 8000.0),
+    ]
     s = summarize(header, gpu, cpu, 1.0, 3.0, images=100)
     assert s.gpu_status == "ok" and s.samples == 8
     assert s.gpu_util_mean_pct == pytest.approx(70.0)  # (40 + 60 + 100 + 80 + 90 + 50) / 6
@@ -415,10 +491,23 @@ def test_summary_energy_none_when_a_gpu_has_neither_counter_nor_power():
 def test_summary_without_telemetry_is_none_not_zero():
     s = summarize(None, [], [], 0.0, 1.0, images=10)
     assert s.gpu_status == "not measured: no telemetry file" and s.samples == 0 and s.throttle_reasons == []
-    assert all(getattr(s, f) is None for f in ("gpu_util_mean_pct", "gpu_util_p10_pct", "gpu_mem_used_peak_mib",
-                                               "power_w_mean", "energy_j", "energy_j_per_img", "sm_clock_mhz_mean",
-                                               "cpu_util_mean_pct", "cpu_busy_cores_frac", "loader_cpu_pct_mean",
-                                               "loader_rss_peak_mib", "mem_available_min_mib"))  # fmt: skip
+    assert all(
+        getattr(s, f) is None
+        for f in (
+            "gpu_util_mean_pct",
+            "gpu_util_p10_pct",
+            "gpu_mem_used_peak_mib",
+            "power_w_mean",
+            "energy_j",
+            "energy_j_per_img",
+            "sm_clock_mhz_mean",
+            "cpu_util_mean_pct",
+            "cpu_busy_cores_frac",
+            "loader_cpu_pct_mean",
+            "loader_rss_peak_mib",
+            "mem_available_min_mib",
+        )
+    )
     no_gpu = TelemetryHeader(0.1, [], [], "not measured: no GPU in this run")
     cpu_only = summarize(no_gpu, [], [CpuSample(0.5, [10.0, 30.0], 0, 0.0, 0.0, 5.0, 50.0, 700.0)], 0.0, 1.0, images=10)
     assert cpu_only.gpu_util_mean_pct is None and cpu_only.energy_j is None and cpu_only.cpu_util_mean_pct == 20.0

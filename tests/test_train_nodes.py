@@ -31,16 +31,38 @@ TIMEOUT_S = 180
 def _cfg(tmp_path: Path, data: Path) -> Path:
     """A config as a scan writes it, epochs 3 (the command line's epochs=1 must win), and its best.env."""
     cfg = tmp_path / "best.yaml"
-    cfg.write_text(yaml.safe_dump({"model": str(TINY_MODEL), "data": str(data), "imgsz": 64, "batch": 4,
-                                   "epochs": 3, "workers": 0, "device": "cpu", "optimizer": "SGD"}))  # fmt: skip
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(TINY_MODEL),
+                "data": str(data),
+                "imgsz": 64,
+                "batch": 4,
+                "epochs": 3,
+                "workers": 0,
+                "device": "cpu",
+                "optimizer": "SGD",
+            }
+        )
+    )
     (tmp_path / "best.env").write_text("# yoloprof: environment\nexport OMP_NUM_THREADS=1\n")
     return cfg
 
 
 def _train(cfg: Path, cwd: Path, project: Path, *flags: str) -> subprocess.Popen:
     cwd.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "yoloprof", "train", str(cfg), "epochs=1", "plots=False", f"project={project}",
-           "name=run", *flags]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "yoloprof",
+        "train",
+        str(cfg),
+        "epochs=1",
+        "plots=False",
+        f"project={project}",
+        "name=run",
+        *flags,
+    ]
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -54,8 +76,13 @@ def _written(run: Path) -> dict:
 
     ckpt = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=False)
     rows = list(csv.DictReader((run / "results.csv").open()))
-    return {"top": sorted(ckpt), "state": sorted(ckpt["model"].state_dict()), "columns": list(rows[0]),
-            "rows": len(rows), "files": sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())}  # fmt: skip
+    return {
+        "top": sorted(ckpt),
+        "state": sorted(ckpt["model"].state_dict()),
+        "columns": list(rows[0]),
+        "rows": len(rows),
+        "files": sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()),
+    }
 
 
 @pytest.mark.slow
@@ -65,8 +92,20 @@ def test_one_epoch_across_two_nodes_writes_what_one_node_writes(tiny_data, tmp_p
     t0 = time.monotonic()
     # node 1 starts first: c10d would make it global rank 0 by its order; --node-rank must decide. The
     # single-node run goes at the same time (the suite's time: the two take about 45 s one after the other)
-    node = {k: _train(cfg, tmp_path / f"node{k}", tmp_path / f"node{k}" / "runs", "--nnodes", "2", "--node-rank",
-                      str(k), "--rdzv-endpoint", f"127.0.0.1:{port}") for k in (1, 0)}  # fmt: skip
+    node = {
+        k: _train(
+            cfg,
+            tmp_path / f"node{k}",
+            tmp_path / f"node{k}" / "runs",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(k),
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+        )
+        for k in (1, 0)
+    }
     single = _train(cfg, tmp_path / "single", tmp_path / "single" / "runs", "--nproc", "2")
     done = {k: _finish(p) for k, p in node.items()}
     code, single_log = _finish(single)
@@ -90,19 +129,22 @@ def test_one_epoch_across_two_nodes_writes_what_one_node_writes(tiny_data, tmp_p
     assert (args["epochs"], args["plots"], args["batch"]) == (1, False, 4)
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["train"], "give CFG"),
-    (["train", "nosuch.yaml"], "CFG nosuch.yaml: no such file"),
-    (["train", "{cfg}", "epochs"], "epochs: give Ultralytics arguments as key=value"),
-    (["train", "{cfg}", "foo/bar"], "foo/bar: give Ultralytics arguments as key=value"),
-    (["train", "{cfg}", "epochs="], "give key=value with a value"),
-    (["train", "{cfg}", "batchh=4"], "'batchh' is not an argument of Ultralytics"),
-    (["train", "{cfg}", "--nnodes", "2", "--node-rank", "0"], "--rdzv-endpoint"),
-    (["train", "{cfg}", "--nproc", "2", "--gpus", "0,1"], "give one of them"),
-    (["train", "{cfg}", "--gpus", "a,b"], "--gpus a,b"),
-    (["train", "{cfg}", "--env", "nope.env"], "--env nope.env: no such file"),
-    (["train", "{cfg}", "model=nothere.pt"], "model=nothere.pt: no such file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train"], "give CFG"),
+        (["train", "nosuch.yaml"], "CFG nosuch.yaml: no such file"),
+        (["train", "{cfg}", "epochs"], "epochs: give Ultralytics arguments as key=value"),
+        (["train", "{cfg}", "foo/bar"], "foo/bar: give Ultralytics arguments as key=value"),
+        (["train", "{cfg}", "epochs="], "give key=value with a value"),
+        (["train", "{cfg}", "batchh=4"], "'batchh' is not an argument of Ultralytics"),
+        (["train", "{cfg}", "--nnodes", "2", "--node-rank", "0"], "--rdzv-endpoint"),
+        (["train", "{cfg}", "--nproc", "2", "--gpus", "0,1"], "give one of them"),
+        (["train", "{cfg}", "--gpus", "a,b"], "--gpus a,b"),
+        (["train", "{cfg}", "--env", "nope.env"], "--env nope.env: no such file"),
+        (["train", "{cfg}", "model=nothere.pt"], "model=nothere.pt: no such file"),
+    ],
+)
 def test_bad_train_input_is_one_line_and_exit_2(argv, words, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model: {TINY_MODEL}\ndata: d.yaml\ndevice: cpu\n")
@@ -152,8 +194,14 @@ def test_ranks_per_node_from_gpus_device_list_or_nproc():
 def test_node_rank_decides_the_global_rank():
     from yoloprof.worker import ddp
 
-    env = {"YOLOPROF_NODE_RANK": "1", "YOLOPROF_NNODES": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
-           "LOCAL_WORLD_SIZE": "2", "RANK": "0"}  # fmt: skip
+    env = {
+        "YOLOPROF_NODE_RANK": "1",
+        "YOLOPROF_NNODES": "2",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "RANK": "0",
+    }
     assert ddp.follow_node_rank(env) == 3 and env["RANK"] == "3" and env["GROUP_RANK"] == "1"
     uneven = {**env, "WORLD_SIZE": "5", "RANK": "0"}  # nodes with different rank counts: torchrun's numbering
     assert ddp.follow_node_rank(uneven) is None and uneven["RANK"] == "0"
@@ -178,7 +226,7 @@ def test_best_sh_on_one_node_stays_plain_yolo_train(cpu_scan_copy):
 
     out = outputs.collect(cpu_scan_copy)
     assert out.meta.nnodes == 1  # a scan recorded before nodes existed reads as one node
-    config_files.write(cpu_scan_copy, out.meta, out.best)
+    config_files.write(cpu_scan_copy, out.meta, out.best, out.results)
     sh = (cpu_scan_copy / "best.sh").read_text()
     assert 'exec yolo train cfg="$here/best.yaml" "$@"' in sh and "yoloprof train" not in sh
     assert "yolo train cfg=best.yaml" in (cpu_scan_copy / "best.env").read_text()
@@ -189,7 +237,7 @@ def test_best_sh_after_a_scan_across_nodes_runs_yoloprof_train(cpu_scan_copy, tm
 
     out = outputs.collect(cpu_scan_copy)
     meta = dataclasses.replace(out.meta, nnodes=2, rdzv_endpoint="node0.cluster:29400", world_size=4)
-    config_files.write(cpu_scan_copy, meta, out.best)
+    config_files.write(cpu_scan_copy, meta, out.best, out.results)
     sh = cpu_scan_copy / "best.sh"
     text = sh.read_text()
     assert "plain `yolo train`" in text and "one node" in text  # why not yolo train, in a comment
@@ -200,13 +248,27 @@ def test_best_sh_after_a_scan_across_nodes_runs_yoloprof_train(cpu_scan_copy, tm
     env = _fake_yoloprof(tmp_path)
     ran = subprocess.run([str(sh), "epochs=5"], env={**env, "NODE_RANK": "1"}, capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.splitlines() == ["train", str(cpu_scan_copy / "best.yaml"), "--env", str(cpu_scan_copy / "best.env"),
-                                       "--nnodes", "2", "--nproc", "2", "--node-rank", "1", "--rdzv-endpoint",
-                                       "node0.cluster:29400", "epochs=5"]  # fmt: skip
-    moved = subprocess.run([str(sh)], env={**env, "NODE_RANK": "0", "RDZV_ENDPOINT": "10.0.0.5:29500"},
-                           capture_output=True, text=True)  # fmt: skip
+    assert ran.stdout.splitlines() == [
+        "train",
+        str(cpu_scan_copy / "best.yaml"),
+        "--env",
+        str(cpu_scan_copy / "best.env"),
+        "--nnodes",
+        "2",
+        "--nproc",
+        "2",
+        "--node-rank",
+        "1",
+        "--rdzv-endpoint",
+        "node0.cluster:29400",
+        "epochs=5",
+    ]
+    moved = subprocess.run(
+        [str(sh)], env={**env, "NODE_RANK": "0", "RDZV_ENDPOINT": "10.0.0.5:29500"}, capture_output=True, text=True
+    )
     assert moved.stdout.splitlines()[-1] == "10.0.0.5:29500"
-    unset = subprocess.run([str(sh)], env={k: v for k, v in env.items() if k != "NODE_RANK"}, capture_output=True,
-                           text=True)  # fmt: skip
+    unset = subprocess.run(
+        [str(sh)], env={k: v for k, v in env.items() if k != "NODE_RANK"}, capture_output=True, text=True
+    )
     assert unset.returncode != 0 and "set NODE_RANK to the rank of this node, 0..1" in unset.stderr
     assert unset.stdout == ""

@@ -15,7 +15,9 @@ def test_an_oom_at_world_size_1_is_oom_not_a_smaller_batch(tiny_data, tmp_path):
     out = tmp_path / "s"
     proc = run_scan(tiny_data, out, "--nproc", "1", "--batch", "8,16", "--workers", "0", fault="oomabove@8")
     r = results(out)
-    assert {k: v.status for k, v in r.items()} == {"t01-b8-w0-fp32": "ok", "t02-b16-w0-fp32": "oom"}, proc.stderr[-2000:]
+    assert {k: v.status for k, v in r.items()} == {"t01-b8-w0-fp32": "ok", "t02-b16-w0-fp32": "oom"}, proc.stderr[
+        -2000:
+    ]
     assert "CUDA out of memory" in r["t02-b16-w0-fp32"].error and "batch 16 > 8" in r["t02-b16-w0-fp32"].error
     log = (out / "trials" / "t02-b16-w0-fp32" / "rank0.log").read_text()
     assert "Reducing to batch" not in log

@@ -22,16 +22,45 @@ from yoloprof.search import baselines, plan, usercfg
 
 CPU_2 = plan.Hardware("cpu", 2, [], 16, 0)
 GPU_2 = plan.Hardware("cuda", 2, [0, 1], 16, 2)
-MEASUREMENT = {"val": False, "save": False, "close_mosaic": 0, "warmup_epochs": 0, "epochs": 1000, "plots": False,
-               "exist_ok": True, "name": "ultralytics", "verbose": False}  # fmt: skip
-USER = {"model": "yolo11n.yaml", "epochs": 300, "imgsz": 64, "batch": 8, "workers": 0, "lr0": 0.02, "mosaic": 0.5,
-        "nbs": 32, "val": True, "save": True, "close_mosaic": 10, "warmup_epochs": 3.0, "plots": True, "device": "0",
-        "project": "mine", "name": "exp", "exist_ok": False, "resume": False, "amp": True, "cache": False}  # fmt: skip
+MEASUREMENT = {
+    "val": False,
+    "save": False,
+    "close_mosaic": 0,
+    "warmup_epochs": 0,
+    "epochs": 1000,
+    "plots": False,
+    "exist_ok": True,
+    "name": "ultralytics",
+    "verbose": False,
+}
+USER = {
+    "model": "yolo11n.yaml",
+    "epochs": 300,
+    "imgsz": 64,
+    "batch": 8,
+    "workers": 0,
+    "lr0": 0.02,
+    "mosaic": 0.5,
+    "nbs": 32,
+    "val": True,
+    "save": True,
+    "close_mosaic": 10,
+    "warmup_epochs": 3.0,
+    "plots": True,
+    "device": "0",
+    "project": "mine",
+    "name": "exp",
+    "exist_ok": False,
+    "resume": False,
+    "amp": True,
+    "cache": False,
+}
 
 
 def fake_env():
-    return Environment("h", "linux", "3.11", 16, 64000.0, "2.14.1", "8.4.190", "13.0", "2.30", None, [],
-                       ["batch", "workers"], {})  # fmt: skip
+    return Environment(
+        "h", "linux", "3.11", 16, 64000.0, "2.14.1", "8.4.190", "13.0", "2.30", None, [], ["batch", "workers"], {}
+    )
 
 
 def write_cfg(folder: Path, text: str, name: str = "my_train.yaml") -> Path:
@@ -69,8 +98,9 @@ def test_bad_config_is_one_line_and_exit_2(text, flags, words, tmp_path, tiny_da
     monkeypatch.setattr(environment, "collect", lambda env_vars=None: fake_env())
     cfg = tmp_path / "missing.yaml" if text is None else write_cfg(tmp_path, text)
     before = sorted(tmp_path.rglob("*"))
-    code = cli.main(["scan", "--device", "cpu", "--data", str(tiny_data), "--cfg", str(cfg), "--out",
-                     str(tmp_path / "s"), *flags])  # fmt: skip
+    code = cli.main(
+        ["scan", "--device", "cpu", "--data", str(tiny_data), "--cfg", str(cfg), "--out", str(tmp_path / "s"), *flags]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -82,8 +112,19 @@ def test_bad_config_is_one_line_and_exit_2(text, flags, words, tmp_path, tiny_da
 def test_held_arguments_are_the_users_less_the_measurement_and_the_knobs():
     held = usercfg.held(USER)
     assert held == {"lr0": 0.02, "mosaic": 0.5, "nbs": 32}
-    assert set(usercfg.left_out(USER)) == {"epochs", "val", "save", "close_mosaic", "warmup_epochs", "plots", "device",
-                                           "project", "name", "exist_ok", "resume"}  # fmt: skip
+    assert set(usercfg.left_out(USER)) == {
+        "epochs",
+        "val",
+        "save",
+        "close_mosaic",
+        "warmup_epochs",
+        "plots",
+        "device",
+        "project",
+        "name",
+        "exist_ok",
+        "resume",
+    }
     assert all(why for why in usercfg.NOT_IN_TRIALS.values())
     assert "close_mosaic (a trial measures the steady state" in usercfg.deviation(USER)
 
@@ -92,17 +133,41 @@ def test_trial_overrides_carry_the_config_and_never_override_the_measurement():
     from yoloprof.worker.trainer import trial_overrides
 
     knobs = Knobs(16, 2, False, False, "disk", "default")
-    grid = plan.specs(plan.Plan(plan.Axes([16], [2], [False], [False], ["disk"], ["default"]), [knobs]), CPU_2,
-                      model="yolo11n.yaml", data="/d.yaml", imgsz=64, optimizer="SGD", warmup=1, steps=3,
-                      overrides=usercfg.held(USER))  # fmt: skip
-    auto = plan.spec_for(knobs, 1, CPU_2, model="yolo11n.yaml", data="/d.yaml", imgsz=64, optimizer="SGD", warmup=1,
-                         steps=3, overrides=usercfg.held(USER))  # fmt: skip
+    grid = plan.specs(
+        plan.Plan(plan.Axes([16], [2], [False], [False], ["disk"], ["default"]), [knobs]),
+        CPU_2,
+        model="yolo11n.yaml",
+        data="/d.yaml",
+        imgsz=64,
+        optimizer="SGD",
+        warmup=1,
+        steps=3,
+        overrides=usercfg.held(USER),
+    )
+    auto = plan.spec_for(
+        knobs,
+        1,
+        CPU_2,
+        model="yolo11n.yaml",
+        data="/d.yaml",
+        imgsz=64,
+        optimizer="SGD",
+        warmup=1,
+        steps=3,
+        overrides=usercfg.held(USER),
+    )
     for spec in (grid[0], auto):
         assert spec.overrides == {"lr0": 0.02, "mosaic": 0.5, "nbs": 32}
         args = trial_overrides(spec, "/proj")
         assert (args["lr0"], args["mosaic"], args["nbs"]) == (0.02, 0.5, 32)
         assert {k: args[k] for k in MEASUREMENT} == MEASUREMENT and args["project"] == "/proj"
-        assert (args["batch"], args["workers"], args["amp"], args["cache"], args["device"]) == (16, 2, False, "disk", "cpu")
+        assert (args["batch"], args["workers"], args["amp"], args["cache"], args["device"]) == (
+            16,
+            2,
+            False,
+            "disk",
+            "cpu",
+        )
     # even a spec that carries the user's whole config (built by hand) measures as a trial must
     rogue = dataclasses.replace(auto, overrides=dict(USER))
     args = trial_overrides(rogue, "/proj")
@@ -111,17 +176,25 @@ def test_trial_overrides_carry_the_config_and_never_override_the_measurement():
 
 
 def test_compute_ceiling_holds_the_config_and_the_users_accumulation():
-    specs = ceilings.compute_specs(CPU_2, [8, 16], [False], model="m", data="/d", imgsz=64, optimizer="SGD", warmup=1,
-                                   steps=3)  # fmt: skip
+    specs = ceilings.compute_specs(
+        CPU_2, [8, 16], [False], model="m", data="/d", imgsz=64, optimizer="SGD", warmup=1, steps=3
+    )
     out = usercfg.for_compute(specs, USER, ranks=2)
     # per rank 4 and 8 at 2 ranks: a DDP trial accumulates round(32 / global batch) = 4 and 2 steps
-    assert [s.overrides for s in out] == [{"lr0": 0.02, "mosaic": 0.5, "nbs": 16}, {"lr0": 0.02, "mosaic": 0.5, "nbs": 16}]
+    assert [s.overrides for s in out] == [
+        {"lr0": 0.02, "mosaic": 0.5, "nbs": 16},
+        {"lr0": 0.02, "mosaic": 0.5, "nbs": 16},
+    ]
     assert usercfg.for_compute(specs, {"epochs": 3}, ranks=2) == specs
 
 
 def test_baseline_from_the_config():
-    assert baselines.from_cfg({"batch": 32, "workers": 4, "cache": True}, GPU_2, "c") == Knobs(32, 4, True, True, "ram", "default")
-    assert baselines.from_cfg({"amp": False, "cache": "disk"}, GPU_2, "c") == Knobs(16, 8, False, True, "disk", "default")
+    assert baselines.from_cfg({"batch": 32, "workers": 4, "cache": True}, GPU_2, "c") == Knobs(
+        32, 4, True, True, "ram", "default"
+    )
+    assert baselines.from_cfg({"amp": False, "cache": "disk"}, GPU_2, "c") == Knobs(
+        16, 8, False, True, "disk", "default"
+    )
     assert baselines.from_cfg({"amp": True, "workers": 2}, CPU_2, "c") == Knobs(16, 2, False, False, "off", "default")
     assert baselines.from_cfg({}, GPU_2, "c") == baselines.ultralytics_defaults(GPU_2)
 
@@ -223,22 +296,71 @@ def test_best_yaml_when_your_settings_did_not_finish(cfg_scan):
 def test_best_yaml_without_cfg_is_unchanged(cpu_scan_copy):
     outputs.write_all(cpu_scan_copy)
     best = _body((cpu_scan_copy / "best.yaml").read_text())
-    assert list(best) == ["model", "data", "imgsz", "batch", "workers", "amp", "cache", "deterministic", "compile",
-                          "device", "optimizer"]  # fmt: skip
+    assert list(best) == [
+        "model",
+        "data",
+        "imgsz",
+        "batch",
+        "workers",
+        "amp",
+        "cache",
+        "deterministic",
+        "compile",
+        "device",
+        "optimizer",
+    ]
     assert best["deterministic"] is True and best["compile"] is False  # the recorded scan varied neither
 
 
 @pytest.mark.slow
 def test_real_scan_from_a_config(tmp_path, tiny_data):
     """A real grid scan started from a config: its arguments reach Ultralytics in every trial, best.yaml is it."""
-    user = {"model": "yolo11n.yaml", "data": str(tiny_data), "imgsz": 64, "epochs": 50, "batch": 8, "workers": 0,
-            "optimizer": "SGD", "lr0": 0.02, "mosaic": 0.5, "val": True, "close_mosaic": 5, "project": "mine"}  # fmt: skip
+    user = {
+        "model": "yolo11n.yaml",
+        "data": str(tiny_data),
+        "imgsz": 64,
+        "epochs": 50,
+        "batch": 8,
+        "workers": 0,
+        "optimizer": "SGD",
+        "lr0": 0.02,
+        "mosaic": 0.5,
+        "val": True,
+        "close_mosaic": 5,
+        "project": "mine",
+    }
     cfg = write_cfg(tmp_path, yaml.safe_dump(user, sort_keys=False))
     out = tmp_path / "s"
-    proc = subprocess.run([str(Path(sys.executable).parent / "yoloprof"), "scan", "--device", "cpu", "--nproc", "2",
-                           "--cfg", str(cfg), "--strategy", "grid", "--batch", "4", "--steps", "3", "--warmup", "1",
-                           "--no-ceilings", "--no-defaults", "--precision", "off", "--out", str(out)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "yoloprof"),
+            "scan",
+            "--device",
+            "cpu",
+            "--nproc",
+            "2",
+            "--cfg",
+            str(cfg),
+            "--strategy",
+            "grid",
+            "--batch",
+            "4",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--no-ceilings",
+            "--no-defaults",
+            "--precision",
+            "off",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "held in every trial: lr0, mosaic" in proc.stdout
     meta = json.loads((out / "scan.json").read_text())
@@ -248,8 +370,15 @@ def test_real_scan_from_a_config(tmp_path, tiny_data):
         assert spec["overrides"] == {"lr0": 0.02, "mosaic": 0.5}
         assert (spec["optimizer"], spec["optimizer_iterations"]) == ("SGD", None)  # the config's, as named
         args = yaml.safe_load((out / "trials" / spec["trial_id"] / "ultralytics" / "args.yaml").read_text())
-        assert (args["lr0"], args["mosaic"], args["val"], args["close_mosaic"], args["epochs"]) == (0.02, 0.5, False, 0, 1000)
+        assert (args["lr0"], args["mosaic"], args["val"], args["close_mosaic"], args["epochs"]) == (
+            0.02,
+            0.5,
+            False,
+            0,
+            1000,
+        )
         assert args["batch"] == spec["knobs"]["batch"] and args["project"] != "mine"
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert list(best) == list(user) and {k: v for k, v in best.items() if k != "batch"} == {
-        k: v for k, v in user.items() if k != "batch"}  # fmt: skip
+        k: v for k, v in user.items() if k != "batch"
+    }

@@ -29,8 +29,10 @@ HEADS = {"detect": "Detect", "segment": "Segment26", "pose": "Pose26", "obb": "O
 def data(tmp_path_factory):
     """{task: data=}: 8 training images at 160x120 per task."""
     root = tmp_path_factory.mktemp("y26-data")
-    return {t: generate(root / t, SyntheticSpec(images=8, width=160, height=120, val_images=2, seed=3, task=t))
-            for t in TASKS}  # fmt: skip
+    return {
+        t: generate(root / t, SyntheticSpec(images=8, width=160, height=120, val_images=2, seed=3, task=t))
+        for t in TASKS
+    }
 
 
 def real_batch(task: str, data_path, n: int = 4) -> dict:
@@ -152,8 +154,9 @@ def test_the_epoch_end_moves_the_e2e_loss_weights_as_ultralytics_does(data):
     m = train_model(str(FIXTURES / "tiny26-detect.yaml"), "detect", 3, epochs=8)
     m(real_batch("detect", data["detect"], n=2))  # the criterion is built on the first loss
     called = []
-    t = SimpleNamespace(model=m, optimizer=SimpleNamespace(param_groups=[{"lr": 0.01}]), ema=ModelEMA(m),
-                        run_callbacks=called.append)  # fmt: skip
+    t = SimpleNamespace(
+        model=m, optimizer=SimpleNamespace(param_groups=[{"lr": 0.01}]), ema=ModelEMA(m), run_callbacks=called.append
+    )
     assert (m.criterion.o2m, m.criterion.o2o) == (0.8, pytest.approx(0.2))
     for k in (1, 2):
         EpochEndMixin._end_before_val(t)

@@ -13,32 +13,44 @@ from yoloprof.errors import ScanFailed, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, like every other input error
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+    def error(self, message):  # one line and exit 2, like every other input error; main() prints the prefix
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def _run_flags(p: argparse.ArgumentParser, again: bool = False) -> None:
+def _run_flags(p, again: bool = False) -> None:
     """The run the epoch and cost figures predict; `report` re-prices a saved scan with them."""
     was = " (default: as the scan had it)" if again else ""
-    p.add_argument("--epochs", type=int, help="epochs of the training run to predict (default: your --cfg's epochs, "
-                   "else Ultralytics' 100)" + was)
-    p.add_argument("--gpu-hour-price", type=float, metavar="PRICE", help="price of one GPU-hour (of one rank-hour "
-                   "on CPU ranks): adds cost per epoch and per run" + was)
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="epochs of the training run to predict (default: your --cfg's epochs, else Ultralytics' 100)" + was,
+    )
+    p.add_argument(
+        "--gpu-hour-price",
+        type=float,
+        metavar="PRICE",
+        help="price of one GPU-hour (of one rank-hour on CPU ranks): adds cost per epoch and per run" + was,
+    )
     p.add_argument("--currency", help="currency of --gpu-hour-price (default USD)" + was)
 
 
-def _node_flags(p: argparse.ArgumentParser) -> None:
+def _node_flags(p) -> None:
     """Several nodes: the same command on each, with its own --node-rank; node 0 writes the outputs."""
     p.add_argument("--nnodes", type=int, help="nodes the scan spans (default 1); run the same command on each")
     p.add_argument("--node-rank", type=int, help="this node: 0 plans and writes every output, 1..N-1 follow it")
-    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port: the scan's store "
-                   "and every trial's torchrun rendezvous start there")
+    p.add_argument(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        help="node 0's address and a free port: the scan's store and every trial's torchrun rendezvous start there",
+    )
 
 
-MEM_LIMIT_HELP = ("memory the dataset may use, with its unit: e.g. 512MiB, 1.5GiB, 800MB (a bare number is MiB; "
-                  "default: what the machine has available, or its cgroup's limit; also $YOLOPROF_MEM_LIMIT). A "
-                  "dataset larger than 80%% of it is read from storage every epoch: epochs are priced at the loaders' "
-                  "cold rate")
+MEM_LIMIT_HELP = (
+    "memory the dataset may use, with its unit: e.g. 512MiB, 1.5GiB, 800MB (a bare number is MiB; "
+    "default: what the machine has available, or its cgroup's limit; also $YOLOPROF_MEM_LIMIT). A "
+    "dataset larger than 80%% of it is read from storage every epoch: epochs are priced at the loaders' "
+    "cold rate"
+)
 
 
 def _follower(args) -> bool:
@@ -54,64 +66,129 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     s = sub.add_parser("scan", help="run short real DDP trials over settings and rank them")
-    s.add_argument("--gpus", help="GPU indices, one rank each (default: every visible GPU)")
-    s.add_argument("--device", help="'cpu' to run CPU ranks with gloo even where GPUs exist")
-    s.add_argument("--nproc", type=int, help="CPU ranks (default 2)")
-    s.add_argument("--model", help="model YAML or local .pt (default yolo26n.yaml, built without download)")
-    s.add_argument("--data", help="data yaml, or a classify folder (default: a synthetic dataset of the model's task, "
-                   "generated once)")
-    s.add_argument("--imgsz", type=int, help="image size (default 640 on GPU, 128 on CPU)")
-    s.add_argument("--optimizer", help="optimizer of every trial and of best.yaml, e.g. SGD, AdamW, MuSGD (default: "
-                   "auto, Ultralytics' own default, picked per trial for the planned run: MuSGD past 10000 optimizer "
-                   "iterations, else AdamW; best.yaml then leaves it to Ultralytics)")
-    s.add_argument("--steps", type=int, default=20, help="measured steps per trial, at least (default 20)")
-    s.add_argument("--max-steps", type=int, help="measured steps per trial, at most (default 3 x --steps)")
-    s.add_argument("--precision", help="measure each trial until its images/s is known within this, 95%% "
-                   "interval half-width (default 3%%; 'off': exactly --steps)")
-    s.add_argument("--strategy", choices=("auto", "grid"), help="auto: ceilings, then a search over every knob within "
-                   "--budget (the default); grid: every combination of the lists (the default when you name lists)")
-    s.add_argument("--budget", help="auto: wall time for the whole scan, e.g. 5m, 300s, 1h (default 5m on CPU, "
-                   "10m on GPUs)")
-    s.add_argument("--no-reuse", action="store_true", help="launch torchrun for every trial instead of reusing "
-                   "ranks between trials of the same environment")
-    s.add_argument("--warmup", type=int, default=5, help="warm-up steps per trial, not measured (default 5)")
-    s.add_argument("--out", help="scan folder (default runs/yoloprof/scan-N, never overwriting)")
-    s.add_argument("--trial-timeout", type=float, help="seconds before a trial is ended as hung")
-    for flag, example in (("batch", "16,32 (global, all ranks)"), ("workers", "2,8 (per rank)"),
-                          ("amp", "on,off,bf16"), ("pin-memory", "on,off"), ("cache", "off,ram,disk"),
-                          ("nccl", "default,ring,tree"), ("deterministic", "on,off (off gives up bit-reproducible runs)"),
-                          ("compile", "off,default,reduce-overhead,max-autotune-no-cudagraphs"),
-                          ("channels-last", "on,off (NHWC on CUDA)")):  # fmt: skip
-        s.add_argument(f"--{flag}", help=f"comma list, e.g. {example}")
+    w = s.add_argument_group("what to train", "the ranks, the model, the data; the optimizer and your own config")
+    w.add_argument("--gpus", help="GPU indices, one rank each (default: every visible GPU)")
+    w.add_argument("--device", help="'cpu' to run CPU ranks with gloo even where GPUs exist")
+    w.add_argument("--nproc", type=int, help="CPU ranks (default 2)")
+    w.add_argument("--model", help="model YAML or local .pt (default yolo26n.yaml, built without download)")
+    w.add_argument(
+        "--data",
+        help="data yaml, or a classify folder (default: a synthetic dataset of the model's task, generated once)",
+    )
+    w.add_argument("--imgsz", type=int, help="image size (default 640 on GPU, 128 on CPU)")
+    w.add_argument(
+        "--optimizer",
+        help="optimizer of every trial and of best.yaml, e.g. SGD, AdamW, MuSGD (default: "
+        "auto, Ultralytics' own default, picked per trial for the planned run: MuSGD past 10000 optimizer "
+        "iterations, else AdamW; best.yaml then leaves it to Ultralytics)",
+    )
+    w.add_argument(
+        "--cfg",
+        metavar="YAML",
+        help="your Ultralytics training config (what `yolo train cfg=` takes): "
+        "its arguments hold in every trial, its throughput settings are the baseline, best.yaml is it "
+        "with only the measured settings changed",
+    )
 
-    s.add_argument("--cfg", metavar="YAML", help="your Ultralytics training config (what `yolo train cfg=` takes): "
-                   "its arguments hold in every trial, its throughput settings are the baseline, best.yaml is it "
-                   "with only the measured settings changed")
-    _run_flags(s)
-    s.add_argument("--resume", metavar="DIR", help="finish an interrupted scan: run only the trials without a result")
-    s.add_argument("--baseline", metavar="K=V,...", help="your current settings, measured as a trial to compare with "
-                   "(e.g. batch=32,workers=4,amp=off; unnamed knobs keep Ultralytics' defaults)")
-    s.add_argument("--ranks", help="world sizes to compare, e.g. 1,2,4 (scaling; same batch per rank; "
-                   "--batch is global at the largest)")
-    s.add_argument("--no-defaults", action="store_true", help="do not add a trial with Ultralytics' default settings")
-    s.add_argument("--no-ceilings", action="store_true", help="skip the input, compute and link ceilings after the trials")
-    s.add_argument("--mem-limit", metavar="SIZE", help=MEM_LIMIT_HELP)
-    s.add_argument("--no-epoch-job", action="store_true", help="skip timing validation, saving and the epoch end once "
-                   "per world size (the epoch and run figures then say they leave them out)")
-    _node_flags(s)
+    se = s.add_argument_group("the search and its budget", "which trials run, how long each measures, where they go")
+    se.add_argument(
+        "--strategy",
+        choices=("auto", "grid"),
+        help="auto: ceilings, then a search over every knob within "
+        "--budget (the default); grid: every combination of the lists (the default when you name lists)",
+    )
+    se.add_argument(
+        "--budget", help="auto: wall time for the whole scan, e.g. 5m, 300s, 1h (default 5m on CPU, 10m on GPUs)"
+    )
+    se.add_argument("--steps", type=int, default=20, help="measured steps per trial, at least (default 20)")
+    se.add_argument("--max-steps", type=int, help="measured steps per trial, at most (default 3 x --steps)")
+    se.add_argument(
+        "--precision",
+        help="measure each trial until its images/s is known within this, 95%% "
+        "interval half-width (default 3%%; 'off': exactly --steps)",
+    )
+    se.add_argument("--warmup", type=int, default=5, help="warm-up steps per trial, not measured (default 5)")
+    se.add_argument(
+        "--baseline",
+        metavar="K=V,...",
+        help="your current settings, measured as a trial to compare with "
+        "(e.g. batch=32,workers=4,amp=off; unnamed knobs keep Ultralytics' defaults)",
+    )
+    se.add_argument(
+        "--ranks",
+        help="world sizes to compare, e.g. 1,2,4 (scaling; same batch per rank; --batch is global at the largest)",
+    )
+    se.add_argument("--no-defaults", action="store_true", help="do not add a trial with Ultralytics' default settings")
+    se.add_argument(
+        "--no-ceilings", action="store_true", help="skip the input, compute and link ceilings after the trials"
+    )
+    se.add_argument(
+        "--no-epoch-job",
+        action="store_true",
+        help="skip timing validation, saving and the epoch end once "
+        "per world size (the epoch and run figures then say they leave them out)",
+    )
+    se.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="launch torchrun for every trial instead of reusing ranks between trials of the same environment",
+    )
+    se.add_argument("--trial-timeout", type=float, help="seconds before a trial is ended as hung")
+    se.add_argument("--resume", metavar="DIR", help="finish an interrupted scan: run only the trials without a result")
+    se.add_argument("--out", help="scan folder (default runs/yoloprof/scan-N, never overwriting)")
+
+    k = s.add_argument_group("the knobs", "the values to try; without any, --strategy auto searches them all")
+    for flag, example in (
+        ("batch", "16,32 (global, all ranks)"),
+        ("workers", "2,8 (per rank)"),
+        ("amp", "on,off,bf16"),
+        ("pin-memory", "on,off"),
+        ("cache", "off,ram,disk"),
+        ("nccl", "default,ring,tree"),
+        ("deterministic", "on,off (off gives up bit-reproducible runs)"),
+        ("compile", "off,default,reduce-overhead,max-autotune-no-cudagraphs"),
+        ("channels-last", "on,off (NHWC on CUDA)"),
+    ):
+        k.add_argument(f"--{flag}", help=f"comma list, e.g. {example}")
+
+    pred = s.add_argument_group("the prediction and its price", "the run the epoch, run and cost figures predict")
+    _run_flags(pred)
+    pred.add_argument("--mem-limit", metavar="SIZE", help=MEM_LIMIT_HELP)
+    _node_flags(s.add_argument_group("nodes", "a scan across several machines: the same command on each"))
 
     pr = sub.add_parser("probe", help="measure one ceiling alone: loader (input), compute, allreduce (link)")
-    pr.add_argument("kind", choices=("loader", "compute", "allreduce"))
-    for flag in ("--gpus", "--device", "--model", "--data", "--out", "--batch", "--workers", "--amp", "--cache", "--nccl"):
-        pr.add_argument(flag)
-    pr.add_argument("--nproc", type=int)
-    pr.add_argument("--imgsz", type=int)
+    pr.add_argument(
+        "kind",
+        choices=("loader", "compute", "allreduce"),
+        help="loader: the dataloader alone (input); compute: the training step on one device with the "
+        "batch already there; allreduce: the AllReduce sweep on the ranks (link)",
+    )
+    pr.add_argument("--gpus", help="GPU indices, one rank each (default: every visible GPU)")
+    pr.add_argument("--device", help="'cpu' to probe CPU ranks with gloo even where GPUs exist")
+    pr.add_argument("--nproc", type=int, help="CPU ranks (default 2)")
+    pr.add_argument(
+        "--model",
+        help="compute, allreduce: model YAML or local .pt (default yolo26n.yaml; its "
+        "gradient buckets set the sweep's sizes)",
+    )
+    pr.add_argument("--data", help="loader, compute: data yaml or classify folder (default: the synthetic dataset)")
+    pr.add_argument("--imgsz", type=int, help="loader, compute: image size (default 640 on GPU, 128 on CPU)")
+    pr.add_argument("--out", help="folder for the probe's records (default runs/yoloprof/probe-N)")
+    pr.add_argument("--batch", help="loader, compute: comma list, e.g. 16,32 (global, all ranks)")
+    pr.add_argument("--workers", help="loader: comma list, e.g. 0,2,8 (per rank)")
+    pr.add_argument("--amp", help="compute: comma list, e.g. on,off,bf16 (GPU; off on CPU)")
+    pr.add_argument("--cache", help="loader: comma list, e.g. off,ram,disk")
+    pr.add_argument("--nccl", help="allreduce: comma list, e.g. default,ring,tree (GPU)")
     pr.add_argument("--optimizer", help="compute: the optimizer (default auto, picked for 100 epochs of the data)")
     pr.add_argument("--steps", type=int, default=20, help="timed steps or batches (default 20)")
-    pr.add_argument("--warmup", type=int, default=5)
+    pr.add_argument("--warmup", type=int, default=5, help="steps or batches run before timing (default 5)")
     pr.add_argument("--mem-limit", metavar="SIZE", help=MEM_LIMIT_HELP)
-    pr.add_argument("--max-mib", type=float, help="allreduce: the sweep's largest message in MiB (default 256 on GPUs, "
-                    "32 on CPU; the model's bucket sizes are always added)")
+    pr.add_argument(
+        "--max-mib",
+        type=float,
+        help="allreduce: the sweep's largest message in MiB (default 256 on GPUs, "
+        "32 on CPU; the model's bucket sizes are always added)",
+    )
     _node_flags(pr)
 
     r = sub.add_parser("report", help="rebuild report.html, results.csv and best.* from a scan folder")
@@ -131,17 +208,28 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", metavar="OUT", help="also write the readings and findings to this JSON file")
 
     # train and slurm parse their own arguments (Ultralytics' k=v, the scan's flags): listed here for --help
-    sub.add_parser("train", add_help=False, help="train with Ultralytics under torchrun with best.yaml/best.env, "
-                   "on one node or several (see yoloprof train --help)")
-    sub.add_parser("slurm", add_help=False, help="write a SLURM batch script that runs a scan on every node of "
-                   "the allocation (see yoloprof slurm --help)")
+    sub.add_parser(
+        "train",
+        add_help=False,
+        help="train with Ultralytics under torchrun with best.yaml/best.env, "
+        "on one node or several (see yoloprof train --help)",
+    )
+    sub.add_parser(
+        "slurm",
+        add_help=False,
+        help="write a SLURM batch script that runs a scan on every node of the allocation (see yoloprof slurm --help)",
+    )
     d = sub.add_parser("dataset", help="write the synthetic YOLO dataset yoloprof uses by default")
     d.add_argument("--out", required=True, help="folder to create")
     d.add_argument("--images", type=int, default=512, help="training images (default 512)")
     d.add_argument("--size", default="640x480", help="image size WxH (default 640x480)")
-    d.add_argument("--task", default="detect", choices=("detect", "segment", "pose", "obb", "classify"),
-                   help="label format: detect boxes (default), segment polygons, pose keypoints, obb rotated "
-                   "boxes, or classify class folders")  # fmt: skip
+    d.add_argument(
+        "--task",
+        default="detect",
+        choices=("detect", "segment", "pose", "obb", "classify"),
+        help="label format: detect boxes (default), segment polygons, pose keypoints, obb rotated "
+        "boxes, or classify class folders",
+    )
     return p
 
 
@@ -149,18 +237,64 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
     from reports.terminal import ranked_table
     from yoloprof.scan import orchestrate as scan
 
-    keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
-            "batch", "workers", "amp", "pin_memory", "cache", "nccl", "deterministic", "compile", "channels_last",
-            "trial_timeout", "no_ceilings", "no_epoch_job", "baseline",
-            "no_defaults", "ranks", "strategy", "budget", "precision", "max_steps", "no_reuse", "cfg", "epochs",
-            "gpu_hour_price", "currency", "nnodes", "node_rank", "rdzv_endpoint", "mem_limit")  # fmt: skip
-    req = scan.ScanRequest(**{k: getattr(args, k) for k in keys if k != "optimizer"}, command=["yoloprof", *argv],
-                           optimizer=args.optimizer or "auto")  # fmt: skip
+    keys = (
+        "gpus",
+        "device",
+        "nproc",
+        "model",
+        "data",
+        "imgsz",
+        "optimizer",
+        "steps",
+        "warmup",
+        "out",
+        "batch",
+        "workers",
+        "amp",
+        "pin_memory",
+        "cache",
+        "nccl",
+        "deterministic",
+        "compile",
+        "channels_last",
+        "trial_timeout",
+        "no_ceilings",
+        "no_epoch_job",
+        "baseline",
+        "no_defaults",
+        "ranks",
+        "strategy",
+        "budget",
+        "precision",
+        "max_steps",
+        "no_reuse",
+        "cfg",
+        "epochs",
+        "gpu_hour_price",
+        "currency",
+        "nnodes",
+        "node_rank",
+        "rdzv_endpoint",
+        "mem_limit",
+    )
+    req = scan.ScanRequest(
+        **{k: getattr(args, k) for k in keys if k != "optimizer"},
+        command=["yoloprof", *argv],
+        optimizer=args.optimizer or "auto",
+    )
     if args.resume:  # the saved plan's optimizer: --optimizer is refused below, as every setting of the plan is
-        kept = ("trial_timeout", "no_ceilings", "no_epoch_job", "steps", "warmup", "no_reuse", "nnodes",
-                "node_rank", "rdzv_endpoint")
-        others = [k for k in keys if k not in kept
-                  and getattr(args, k) not in (None, False)]  # fmt: skip
+        kept = (
+            "trial_timeout",
+            "no_ceilings",
+            "no_epoch_job",
+            "steps",
+            "warmup",
+            "no_reuse",
+            "nnodes",
+            "node_rank",
+            "rdzv_endpoint",
+        )
+        others = [k for k in keys if k not in kept and getattr(args, k) not in (None, False)]
         if others:
             raise UsageError(f"--resume runs the saved plan as it was; drop --{others[0].replace('_', '-')}")
         out, folder, code = scan.resume(args.resume, req, console)
@@ -170,21 +304,48 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
         out, folder, code = scan.run(req, console)
     _print_outputs(console, out, folder, ranked_table)
     if code == scan.NO_TRIAL_OK:
-        print(f"yoloprof: no trial finished; each trial's error is in {folder / 'results.csv'} and its rank logs "
-              f"in {folder / 'trials'}/<trial>/", file=sys.stderr)  # fmt: skip
+        print(
+            f"yoloprof: no trial finished; each trial's error is in {folder / 'results.csv'} and its rank logs "
+            f"in {folder / 'trials'}/<trial>/",
+            file=sys.stderr,
+        )
     return code
 
 
 def _cmd_probe(args, argv: list[str], console: Console) -> int:
     from yoloprof.scan import orchestrate as scan
 
-    keys = ("gpus", "device", "nproc", "model", "data", "imgsz", "optimizer", "steps", "warmup", "out",
-            "batch", "workers", "amp", "cache", "nccl", "nnodes", "node_rank", "rdzv_endpoint", "mem_limit")  # fmt: skip
-    req = scan.ScanRequest(**{k: getattr(args, k) for k in keys if k != "optimizer"}, command=["yoloprof", *argv],
-                           optimizer=args.optimizer or "auto")  # fmt: skip
+    keys = (
+        "gpus",
+        "device",
+        "nproc",
+        "model",
+        "data",
+        "imgsz",
+        "optimizer",
+        "steps",
+        "warmup",
+        "out",
+        "batch",
+        "workers",
+        "amp",
+        "cache",
+        "nccl",
+        "nnodes",
+        "node_rank",
+        "rdzv_endpoint",
+        "mem_limit",
+    )
+    req = scan.ScanRequest(
+        **{k: getattr(args, k) for k in keys if k != "optimizer"},
+        command=["yoloprof", *argv],
+        optimizer=args.optimizer or "auto",
+    )
     if args.max_mib is not None:
         if args.max_mib < 0.0625:
-            raise UsageError(f"--max-mib {args.max_mib}: give a size in MiB, at least 0.0625 (the sweep starts at 64 KiB)")
+            raise UsageError(
+                f"--max-mib {args.max_mib}: give a size in MiB, at least 0.0625 (the sweep starts at 64 KiB)"
+            )
         req.allreduce_max_bytes = int(args.max_mib * 2**20)
     if _follower(args):
         return scan.follow(req, console)
@@ -230,8 +391,12 @@ def trade_off_lines(out) -> list[str]:
     from yoloprof.analysis import tradeoffs
 
     images = out.meta.dataset.train_images
-    lines = [f"Gives up: {knob}: {text}" for knob, text in
-             (tradeoffs.config_notes(out.results, out.best, images, payoff=False).items() if out.best else [])]  # fmt: skip
+    lines = [
+        f"Gives up: {knob}: {text}"
+        for knob, text in (
+            tradeoffs.config_notes(out.results, out.best, images, payoff=False).items() if out.best else []
+        )
+    ]
     return lines + [f"Compile: {p.text}" for p in tradeoffs.compile_payoffs(out.results, images)]
 
 
@@ -259,10 +424,14 @@ def _cmd_compare(args, console: Console) -> int:
     console.print(f"[bold]{result.summary}[/]")
     for m in result.phases:
         if m.delta_ms is not None:
-            console.print(f"  {m.phase.replace('_ms', ''):<14} {m.a_ms:8.1f} -> {m.b_ms:8.1f} ms/step ({m.delta_ms:+.1f})")
+            console.print(
+                f"  {m.phase.replace('_ms', ''):<14} {m.a_ms:8.1f} -> {m.b_ms:8.1f} ms/step ({m.delta_ms:+.1f})"
+            )
     for p in result.pairs:
         if p.ratio is not None:
-            console.print(f"  same settings: {p.a.trial_id} {p.a.img_per_s:.1f} -> {p.b.trial_id} {p.b.img_per_s:.1f} img/s ({p.ratio:.2f}x)")
+            console.print(
+                f"  same settings: {p.a.trial_id} {p.a.img_per_s:.1f} -> {p.b.trial_id} {p.b.img_per_s:.1f} img/s ({p.ratio:.2f}x)"
+            )
     for what, x, y in result.env_changes:
         console.print(f"  changed: {what}: {x} -> {y}")
     console.print(f"Wrote: {out / 'compare.html'}")
@@ -321,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
             from yoloprof import slurm, train
 
             return (train if argv[0] == "train" else slurm).main(argv[1:])
-        args = _parser().parse_args(argv)
+        args, extra = _parser().parse_known_args(argv)
+        if extra:  # argparse would name the top-level parser; the user typed a subcommand's flags
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see yoloprof {args.cmd} --help)")
         if args.cmd == "scan":
             return _cmd_scan(args, argv, console)
         if args.cmd == "probe":

@@ -26,9 +26,13 @@ class ScanProgress:
         self.console = console
         self.total = total
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True,
-        )  # fmt: skip
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
         self._trials = None
         self._steps = None
         self._spec: Optional[TrialSpec] = None

@@ -68,8 +68,10 @@ def parse(nnodes: Optional[int], node_rank: Optional[int], endpoint: Optional[st
         return SINGLE
     if node_rank is None or endpoint is None:
         missing = "--node-rank" if node_rank is None else "--rdzv-endpoint"
-        raise UsageError(f"--nnodes {n} needs {missing} too: run the same command on every node with its own "
-                         "--node-rank 0..N-1 and the same --rdzv-endpoint HOST:PORT (node 0's address)")  # fmt: skip
+        raise UsageError(
+            f"--nnodes {n} needs {missing} too: run the same command on every node with its own "
+            "--node-rank 0..N-1 and the same --rdzv-endpoint HOST:PORT (node 0's address)"
+        )
     if not 0 <= node_rank < n:
         raise UsageError(f"--node-rank {node_rank}: give 0 to {n - 1} for --nnodes {n}")
     host, port = split_endpoint(endpoint)
@@ -82,8 +84,9 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
         host, port = endpoint.strip(), str(DEFAULT_PORT)
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--rdzv-endpoint {endpoint}: give HOST:PORT, node 0's address and a free port, "
-                         "e.g. node0.cluster:29400")  # fmt: skip
+        raise UsageError(
+            f"--rdzv-endpoint {endpoint}: give HOST:PORT, node 0's address and a free port, e.g. node0.cluster:29400"
+        )
     return host, int(port)
 
 
@@ -104,9 +107,15 @@ def is_local(host: str) -> bool:
         return False
 
 
-def torchrun(nproc: int, nodes: Nodes = SINGLE, *, master_port: Optional[int] = None,
-             rdzv_endpoint: Optional[str] = None, rdzv_id: str = "yoloprof",
-             join_timeout_s: float = JOIN_TIMEOUT_S) -> list[str]:  # fmt: skip
+def torchrun(
+    nproc: int,
+    nodes: Nodes = SINGLE,
+    *,
+    master_port: Optional[int] = None,
+    rdzv_endpoint: Optional[str] = None,
+    rdzv_id: str = "yoloprof",
+    join_timeout_s: float = JOIN_TIMEOUT_S,
+) -> list[str]:
     """`python -m torch.distributed.run ...` up to the program: on one node a fixed local master, on
     several the c10d rendezvous at `rdzv_endpoint` (default: the nodes' endpoint), node 0 its host."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
@@ -121,3 +130,10 @@ def torchrun(nproc: int, nodes: Nodes = SINGLE, *, master_port: Optional[int] = 
         f"--rdzv-conf=is_host={is_host},join_timeout={int(join_timeout_s)}",
         "--max-restarts=0",
     ]
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (the kernel's pick), for a torchrun master or a rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

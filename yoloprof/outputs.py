@@ -18,9 +18,18 @@ from yoloprof.analysis.telemetry import read_telemetry
 from yoloprof.text import strip_ansi
 from yoloprof.analysis.ranking import headline, rank_trials
 from yoloprof.records import (
-    SCHEMA_VERSION, EpochCosts, EpochPrediction, Ranking, RecordError, RunPlan, ScanMeta, TrialResult, TrialSpec,
-    read_json, write_json,
-)  # fmt: skip
+    SCHEMA_VERSION,
+    EpochCosts,
+    EpochPrediction,
+    Ranking,
+    RecordError,
+    RunPlan,
+    ScanMeta,
+    TrialResult,
+    TrialSpec,
+    read_json,
+    write_json,
+)
 
 LAUNCH_FILE = "launch.json"
 TELEMETRY_FILE = "telemetry.jsonl"  # written by probes.telemetry (yoloprof.scan.launch.TELEMETRY_FILE)
@@ -112,8 +121,9 @@ def collect(scan_dir: Path) -> ScanOutputs:
     return ScanOutputs(meta, results, ranking, text, best, missing, ceilings, costs, predictions, fit, memory)
 
 
-def replan(scan_dir: Path, epochs: Optional[int] = None, price: Optional[float] = None,
-           currency: Optional[str] = None) -> Optional[RunPlan]:  # fmt: skip
+def replan(
+    scan_dir: Path, epochs: Optional[int] = None, price: Optional[float] = None, currency: Optional[str] = None
+) -> Optional[RunPlan]:
     """`yoloprof report DIR --epochs/--gpu-hour-price/--currency`: the run to predict, changed in scan.json
     so every output, now and rebuilt later, prices the same run. Nothing measured changes."""
     if epochs is None and price is None and currency is None:
@@ -140,7 +150,7 @@ def write_all(scan_dir: Path) -> ScanOutputs:
     write_json(scan_dir / "ranking.json", dataclasses.asdict(out.ranking))
     best_cfg = None
     if out.best is not None:
-        best_cfg = config_files.write(scan_dir, out.meta, out.best)
+        best_cfg = config_files.write(scan_dir, out.meta, out.best, out.results)
     else:
         for name in ("best.yaml", "best.env", "best.sh"):
             (scan_dir / name).unlink(missing_ok=True)

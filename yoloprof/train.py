@@ -31,20 +31,29 @@ KEEP_USERS = ("YOLO_CONFIG_DIR", "MPLCONFIGDIR", "YOLO_VERBOSE")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise UsageError(f"yoloprof train: {message} (see yoloprof train --help)")
+        raise UsageError(f"{message} (see yoloprof train --help)")  # cli.main prints the one prefix
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="yoloprof train", description="Train with Ultralytics' own trainer under torchrun, with "
-                "best.env's environment, on one node or several (CPU ranks on gloo included).")  # fmt: skip
-    p.add_argument("cfg", metavar="CFG", nargs="?", help="training config, e.g. a scan's best.yaml (what `yolo train cfg=` takes)")
+    p = _Parser(
+        prog="yoloprof train",
+        description="Train with Ultralytics' own trainer under torchrun, with "
+        "best.env's environment, on one node or several (CPU ranks on gloo included).",
+    )
+    p.add_argument(
+        "cfg", metavar="CFG", nargs="?", help="training config, e.g. a scan's best.yaml (what `yolo train cfg=` takes)"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Ultralytics arguments; they win over CFG")
     p.add_argument("--nnodes", type=int, help="nodes (default 1); every node runs the same command")
     p.add_argument("--node-rank", type=int, help="this node, 0..N-1 (node 0 writes the checkpoints and metrics)")
-    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port, the same on every node")
+    p.add_argument(
+        "--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port, the same on every node"
+    )
     p.add_argument("--nproc", type=int, help="CPU ranks per node (default 1)")
     p.add_argument("--gpus", help="GPUs per node, one rank each, e.g. 0,1 (default: CFG's device list)")
-    p.add_argument("--env", metavar="FILE", help=f"environment file, lines `export K=V` (default: {ENV_FILE} beside CFG, if any)")
+    p.add_argument(
+        "--env", metavar="FILE", help=f"environment file, lines `export K=V` (default: {ENV_FILE} beside CFG, if any)"
+    )
     return p
 
 
@@ -95,8 +104,10 @@ def ranks_per_node(args: dict, nproc: Optional[int], gpus: Optional[str]) -> tup
         return (nproc or 1), None
     ids = [x for x in device.removeprefix("cuda:").split(",") if x.strip()] if device else []
     if nproc is not None:
-        raise UsageError(f"--nproc {nproc} counts CPU ranks, but the config trains on device={device or 'GPU 0'}: "
-                         "give --gpus 0,1 (one rank per GPU) or device=cpu")  # fmt: skip
+        raise UsageError(
+            f"--nproc {nproc} counts CPU ranks, but the config trains on device={device or 'GPU 0'}: "
+            "give --gpus 0,1 (one rank per GPU) or device=cpu"
+        )
     return max(len(ids), 1), None
 
 
@@ -107,13 +118,25 @@ def _cuda() -> bool:
 
 
 def command(opts: argparse.Namespace, nproc: int, device: Optional[str], nodes: nodes_mod.Nodes) -> list[str]:
-    from yoloprof.scan.launch import free_port
-
-    run = nodes_mod.torchrun(nproc, nodes, master_port=None if nodes.multi else free_port(), rdzv_id=RDZV_ID,
-                             join_timeout_s=JOIN_TIMEOUT_S)  # fmt: skip
+    run = nodes_mod.torchrun(
+        nproc,
+        nodes,
+        master_port=None if nodes.multi else nodes_mod.free_port(),
+        rdzv_id=RDZV_ID,
+        join_timeout_s=JOIN_TIMEOUT_S,
+    )
     extra = [f"device={device}"] if device else []  # the last k=v wins, as on `yolo train`'s command line
-    return [sys.executable, "-m", "yoloprof.orphan_guard", *run, "-m", "yoloprof.worker.train_rank",
-            str(Path(opts.cfg).expanduser().resolve()), *opts.overrides, *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "yoloprof.orphan_guard",
+        *run,
+        "-m",
+        "yoloprof.worker.train_rank",
+        str(Path(opts.cfg).expanduser().resolve()),
+        *opts.overrides,
+        *extra,
+    ]
 
 
 def environment(opts: argparse.Namespace, nodes: nodes_mod.Nodes) -> tuple[dict[str, str], Optional[Path]]:
@@ -159,7 +182,7 @@ def run(cmd: list[str], env: dict[str, str]) -> int:
 def main(argv: list[str]) -> int:
     opts = parser().parse_intermixed_args(argv)
     if opts.cfg is None:
-        raise UsageError("yoloprof train: give CFG, a training config such as a scan's best.yaml (see yoloprof train --help)")
+        raise UsageError("give CFG, a training config such as a scan's best.yaml (see yoloprof train --help)")
     nodes = nodes_mod.parse(opts.nnodes, opts.node_rank, opts.rdzv_endpoint)
     from yoloprof.worker.train_args import train_args
 
@@ -167,6 +190,9 @@ def main(argv: list[str]) -> int:
     nproc, device = ranks_per_node(args, opts.nproc, opts.gpus)
     env, env_file = environment(opts, nodes)
     where = f"node {nodes.node_rank} of {nodes.nnodes}, " if nodes.multi else ""
-    print(f"yoloprof train: {where}{nproc} rank(s) on this node" + (f", environment from {env_file}" if env_file else ""),
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"yoloprof train: {where}{nproc} rank(s) on this node" + (f", environment from {env_file}" if env_file else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     return run(command(opts, nproc, device, nodes), env)

@@ -110,12 +110,25 @@ def effects(results: list[TrialResult]) -> list[Effect]:
                 continue
             d = noise.difference(results, a.trial_id, b.trial_id)
             cost = trade_off(knob, vb)
-            text = (f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: {d.gain_text()}, "
-                    f"{_evidence(knob, a, b)} ({a.trial_id} -> {b.trial_id})"
-                    + (f"; it {cost}" if cost else ""))  # fmt: skip
+            text = (
+                f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: {d.gain_text()}, "
+                f"{_evidence(knob, a, b)} ({a.trial_id} -> {b.trial_id})" + (f"; it {cost}" if cost else "")
+            )
             low, high = _ratio(d)
-            out.append(Effect(knob, _show(knob, va), _show(knob, vb), a.trial_id, b.trial_id, d.gain, text,
-                              d.beyond_noise, low, high))  # fmt: skip
+            out.append(
+                Effect(
+                    knob,
+                    _show(knob, va),
+                    _show(knob, vb),
+                    a.trial_id,
+                    b.trial_id,
+                    d.gain,
+                    text,
+                    d.beyond_noise,
+                    low,
+                    high,
+                )
+            )
     return sorted(out, key=lambda e: (KNOBS.index(e.knob), not e.beyond_noise, -abs(e.gain)))
 
 
@@ -129,16 +142,26 @@ def path_to_best(best: TrialResult, reference: TrialResult, results: list[TrialR
             continue
         twin = tradeoffs.twin(results, best, **{knob: va})
         if twin is None:
-            lines.append(f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: untested alone (no trial changes only {knob})")
+            lines.append(
+                f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: untested alone (no trial changes only {knob})"
+            )
         else:
             d = noise.difference(results, twin.trial_id, best.trial_id)
-            lines.append(f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: {d.gain_text()} with everything "
-                         f"else as in the best trial, {_evidence(knob, twin, best)} ({twin.trial_id} -> {best.trial_id})")  # fmt: skip
+            lines.append(
+                f"{knob} {_show(knob, va)} -> {_show(knob, vb)}: {d.gain_text()} with everything "
+                f"else as in the best trial, {_evidence(knob, twin, best)} ({twin.trial_id} -> {best.trial_id})"
+            )
     return lines
 
 
-def untested(best: TrialResult, bottleneck: Optional[str], results: list[TrialResult], device: str,
-             workers_cap: int, max_batch_fit: Optional[int] = None) -> list[Untested]:  # fmt: skip
+def untested(
+    best: TrialResult,
+    bottleneck: Optional[str],
+    results: list[TrialResult],
+    device: str,
+    workers_cap: int,
+    max_batch_fit: Optional[int] = None,
+) -> list[Untested]:
     """What the verdict points at that no trial tried, with the flags of the scan that would try it."""
     tried = {k: {getattr(r.knobs, k) for r in results if r.status not in ("skipped",)} for k in KNOBS}
     out = []
@@ -148,26 +171,49 @@ def untested(best: TrialResult, bottleneck: Optional[str], results: list[TrialRe
     if bottleneck == "input":
         more = [w for w in (best.knobs.workers * 2, best.knobs.workers + 4, workers_cap) if w > max(tried["workers"])]
         if starved:
-            out.append(Untested("every core was busy during the best trial: more workers cannot add CPU; cache "
-                                "decoded images or lighten augmentation", "--cache ram,disk"))  # fmt: skip
+            out.append(
+                Untested(
+                    "every core was busy during the best trial: more workers cannot add CPU; cache "
+                    "decoded images or lighten augmentation",
+                    "--cache ram,disk",
+                )
+            )
         elif more and max(tried["workers"]) < workers_cap:
             w = min(min(more), workers_cap)
-            out.append(Untested(f"more DataLoader workers per rank (none above {max(tried['workers'])} tried; "
-                                f"Ultralytics caps at {workers_cap})", f"--workers {best.knobs.workers},{w}"))  # fmt: skip
+            out.append(
+                Untested(
+                    f"more DataLoader workers per rank (none above {max(tried['workers'])} tried; "
+                    f"Ultralytics caps at {workers_cap})",
+                    f"--workers {best.knobs.workers},{w}",
+                )
+            )
         if tried["cache"] == {"off"} and not starved:
             out.append(Untested("caching images (cache=disk keeps RAM free under DDP)", "--cache off,disk"))
     if bottleneck == "communication":
         if max(tried["batch"]) <= best.knobs.batch:
-            out.append(Untested("a larger batch: fewer AllReduces per image", f"--batch {best.knobs.batch},{2 * best.knobs.batch}"))
+            out.append(
+                Untested(
+                    "a larger batch: fewer AllReduces per image", f"--batch {best.knobs.batch},{2 * best.knobs.batch}"
+                )
+            )
         if device == "cuda" and tried["nccl"] == {"default"}:
-            out.append(Untested("NCCL algorithm presets (NCCL files them under debugging variables)", "--nccl default,ring,tree"))
+            out.append(
+                Untested(
+                    "NCCL algorithm presets (NCCL files them under debugging variables)", "--nccl default,ring,tree"
+                )
+            )
     if bottleneck == "compute":  # the same math done faster: these run on CPU too, bf16 on GPUs only
         if tried["deterministic"] == {True}:
-            out.append(Untested("deterministic=False, which allows the fastest algorithms (and gives up "
-                                "bit-reproducible runs)", "--deterministic on,off"))  # fmt: skip
+            out.append(
+                Untested(
+                    "deterministic=False, which allows the fastest algorithms (and gives up bit-reproducible runs)",
+                    "--deterministic on,off",
+                )
+            )
         if tried["compile"] == {"off"}:
-            out.append(Untested("torch.compile (a one-time compilation at the start of every run)",
-                                "--compile off,default"))  # fmt: skip
+            out.append(
+                Untested("torch.compile (a one-time compilation at the start of every run)", "--compile off,default")
+            )
     if bottleneck == "compute" and device == "cuda":
         if True not in tried["amp"]:
             out.append(Untested("AMP (mixed precision)", "--amp off,on"))
@@ -175,8 +221,14 @@ def untested(best: TrialResult, bottleneck: Optional[str], results: list[TrialRe
             out.append(Untested("bf16 autocast (Ampere or later: no GradScaler, other numerics)", "--amp on,bf16"))
         b = max_batch_fit * n if max_batch_fit else 2 * best.knobs.batch
         if max(tried["batch"]) <= best.knobs.batch and b > best.knobs.batch:
-            out.append(Untested(f"a larger batch, up to {b} (memory allows it per the compute probe)" if max_batch_fit
-                                else "a larger batch", f"--batch {best.knobs.batch},{b}"))  # fmt: skip
+            out.append(
+                Untested(
+                    f"a larger batch, up to {b} (memory allows it per the compute probe)"
+                    if max_batch_fit
+                    else "a larger batch",
+                    f"--batch {best.knobs.batch},{b}",
+                )
+            )
     if bottleneck == "memory":
         if device == "cuda" and True not in tried["amp"]:
             out.append(Untested("AMP, which roughly halves activation memory", "--amp on"))

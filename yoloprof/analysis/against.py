@@ -13,8 +13,15 @@ from pathlib import Path
 from typing import Optional
 
 from yoloprof.records import (
-    AllReduceCeiling, ComputeCeiling, Knobs, LoaderCeiling, LoaderPoint, RecordError, TrialResult, from_dict,
-)  # fmt: skip
+    AllReduceCeiling,
+    ComputeCeiling,
+    Knobs,
+    LoaderCeiling,
+    LoaderPoint,
+    RecordError,
+    TrialResult,
+    from_dict,
+)
 
 
 @dataclass

@@ -120,7 +120,9 @@ def _status(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome) -
     if outcome.node_failure:  # the ranks of the other nodes then fail on a broken collective: not the cause
         return ("interrupted" if outcome.node_lost else "error"), outcome.node_failure
     if outcome.timed_out:
-        reached = ", ".join(f"rank {r.rank} last finished step {r.steps[-1].step if r.steps else 'none'}" for r in ranks)
+        reached = ", ".join(
+            f"rank {r.rank} last finished step {r.steps[-1].step if r.steps else 'none'}" for r in ranks
+        )
         why = outcome.timeout_reason or f"after {outcome.wall_s:.0f} s"
         return "timeout", f"hung: {why}; {reached or 'no rank started'}"
     ends = [r.end for r in ranks if r.end is not None]
@@ -135,8 +137,9 @@ def _status(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome) -
         codes = {int(k): v for k, v in (outcome.rank_exitcodes or {}).items()}
         # torchrun SIGTERMs the surviving ranks once one fails: those are consequences, not the cause
         causes = [m for m in missing if codes.get(m) != -15] or missing
-        detail = ", ".join(f"rank {m} " + (_describe_exit(codes[m]) if m in codes else "ended without a record")
-                           for m in causes)  # fmt: skip
+        detail = ", ".join(
+            f"rank {m} " + (_describe_exit(codes[m]) if m in codes else "ended without a record") for m in causes
+        )
         if len(causes) < len(missing):
             detail += "; torchrun then stopped the other ranks"
         return "error", detail
@@ -157,8 +160,11 @@ def _common_measured(ranks: list[RankRecords]) -> tuple[dict[int, list[StepSampl
 def _boundary_cost(result: TrialResult, steady: dict, boundary: dict) -> None:
     """What starting an epoch costs on top of a steady step: the epoch-time prediction needs it."""
     result.epoch_boundary_steps = len(boundary)
-    ends = [max(s.epoch_end_ms for s in g if s.epoch_end_ms is not None) for g in boundary.values()
-            if any(s.epoch_end_ms is not None for s in g)]  # fmt: skip
+    ends = [
+        max(s.epoch_end_ms for s in g if s.epoch_end_ms is not None)
+        for g in boundary.values()
+        if any(s.epoch_end_ms is not None for s in g)
+    ]
     result.epoch_end_ms_p50 = median(ends) if ends else None
     if boundary and steady:
         typical = median(max(s.step_ms for s in g) for g in steady.values())
@@ -274,8 +280,13 @@ def _local_gpu(spec: TrialSpec, r: RankRecords) -> Optional[int]:
     return spec.gpus[local] if 0 <= local < len(spec.gpus) else None
 
 
-def mem_overhead(spec: TrialSpec, ranks: list[RankRecords], gpu_samples: list, bucket_sizes_bytes: list[int],
-                 before_mib: Optional[dict[int, float]] = None) -> Optional[float]:  # fmt: skip
+def mem_overhead(
+    spec: TrialSpec,
+    ranks: list[RankRecords],
+    gpu_samples: list,
+    bucket_sizes_bytes: list[int],
+    before_mib: Optional[dict[int, float]] = None,
+) -> Optional[float]:
     """Device memory a rank holds beyond its allocator's reserved peak, worst rank, in MiB.
 
     NVML's used memory on the rank's GPU, less what was used there before the launch started (the
@@ -307,24 +318,29 @@ def _batch_that_ran(result: TrialResult, spec: TrialSpec, infos: list[RankInfo])
     """The batch per rank the ranks trained at (Ultralytics caps it at the dataset, DDP at a rank's shard),
     and a note where that is less than the trial asked: images/s count the images that ran, but the knobs
     name a batch that never ran."""
-    result.batch_per_rank_effective = min(batch_that_runs(i.batch_per_rank, i.dataset_images, i.world_size)
-                                          for i in infos)  # fmt: skip
+    result.batch_per_rank_effective = min(
+        batch_that_runs(i.batch_per_rank, i.dataset_images, i.world_size) for i in infos
+    )
     asked = max(spec.knobs.batch // max(spec.world_size, 1), 1)
     if result.batch_per_rank_effective < asked:
-        result.notes.append(capped_batch_note(asked, result.batch_per_rank_effective, infos[0].dataset_images,
-                                              spec.world_size) + ".")  # fmt: skip
+        result.notes.append(
+            capped_batch_note(asked, result.batch_per_rank_effective, infos[0].dataset_images, spec.world_size) + "."
+        )
 
 
-def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
-              telemetry: Optional[tuple] = None) -> TrialResult:  # fmt: skip
+def aggregate(
+    spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome, telemetry: Optional[tuple] = None
+) -> TrialResult:
     """telemetry: what yoloprof.analysis.telemetry.read_telemetry returned for the trial, if anything."""
     status, error = _status(spec, ranks, outcome)
     if status == "error" and "SIGKILL" in (error or "") and telemetry is not None:
         free = [c.mem_available_mib for c in telemetry[2]]
         if free and min(free) < OOM_KILL_FREE_FRAC * max(free):
             status = "oom"
-            error = (f"{error.split(' (')[0]} while free RAM fell from {max(free):.0f} to {min(free):.0f} MiB: "
-                     "the kernel's OOM killer")  # fmt: skip
+            error = (
+                f"{error.split(' (')[0]} while free RAM fell from {max(free):.0f} to {min(free):.0f} MiB: "
+                "the kernel's OOM killer"
+            )
     result = TrialResult(
         repeat_of=getattr(spec, "repeat_of", None),
         trial_id=spec.trial_id,
@@ -389,10 +405,20 @@ def aggregate(spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome,
         result.comm_frac_ci = _frac_interval(per_rank, "comm_wait_ms")
         first = next((s for s in per_rank[0] if s.buckets), None)
         result.bucket_sizes_bytes = [b.size_bytes for b in first.buckets] if first else []
-        result.bucket_allreduce_ms_p50 = [
-            median(b.allreduce_ms for steps in per_rank for s in steps for b in s.buckets if b.index == first.buckets[i].index)
-            for i in range(len(result.bucket_sizes_bytes))
-        ] if first else []  # fmt: skip
+        result.bucket_allreduce_ms_p50 = (
+            [
+                median(
+                    b.allreduce_ms
+                    for steps in per_rank
+                    for s in steps
+                    for b in s.buckets
+                    if b.index == first.buckets[i].index
+                )
+                for i in range(len(result.bucket_sizes_bytes))
+            ]
+            if first
+            else []
+        )
 
     means = {p: [mean(getattr(s, p) for s in steps) for steps in per_rank] for p in PHASES + ("step_ms",)}
     result.breakdown = Breakdown(**{p: median(v) for p, v in means.items()})

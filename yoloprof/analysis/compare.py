@@ -167,29 +167,52 @@ def compare(a: ScanOutputs, b: ScanOutputs) -> Comparison:
     env_changes = [(k, ea[k], eb[k]) for k in ea if ea[k] != eb.get(k)]
     uncertainty = ""
     if ratio is None:
-        summary = "No comparison of the best trials: " + ("scan A" if best_a is None else "scan B") + " has no finished trial."
+        summary = (
+            "No comparison of the best trials: "
+            + ("scan A" if best_a is None else "scan B")
+            + " has no finished trial."
+        )
     else:
-        span = f"95% {low:.2f}-{high:.2f}" if low is not None else (
-            "uncertainty not recorded" if not (cfg_a.known or cfg_b.known) else "uncertainty unknown: too few steps")
+        span = (
+            f"95% {low:.2f}-{high:.2f}"
+            if low is not None
+            else (
+                "uncertainty not recorded" if not (cfg_a.known or cfg_b.known) else "uncertainty unknown: too few steps"
+            )
+        )
         uncertainty = f"A: {cfg_a.method}; B: {cfg_b.method}"
         moved = [m for m in phases if m.beyond_noise and m.delta_ms]
         fig = lambda c, r: f"{r.trial_id}, {c.mean:.1f} img/s"  # noqa: E731
         if beyond:
             summary = f"Best of B ({fig(cfg_b, best_b)}) is {ratio:.2f}x best of A ({fig(cfg_a, best_a)}; {span})"
         else:
-            summary = (f"No measurable change: best of B ({fig(cfg_b, best_b)}) is {ratio:.2f}x best of A "
-                       f"({fig(cfg_a, best_a)}), {span}, within both scans' noise")  # fmt: skip
+            summary = (
+                f"No measurable change: best of B ({fig(cfg_b, best_b)}) is {ratio:.2f}x best of A "
+                f"({fig(cfg_a, best_a)}), {span}, within both scans' noise"
+            )
         if moved:
             m = moved[0]
-            summary += (f"; the largest move beyond the noise is {_name(m.phase)} {m.a_ms:.1f} -> {m.b_ms:.1f} ms "
-                        "per step" + (f" (+-{m.noise_ms:.1f} ms)" if m.noise_ms is not None else ""))  # fmt: skip
+            summary += (
+                f"; the largest move beyond the noise is {_name(m.phase)} {m.a_ms:.1f} -> {m.b_ms:.1f} ms "
+                "per step" + (f" (+-{m.noise_ms:.1f} ms)" if m.noise_ms is not None else "")
+            )
         elif phases:
             summary += "; no phase of the step moved beyond the noise"
         summary += "."
     return Comparison(
-        best_a=best_a, best_b=best_b, best_ratio=ratio, phases=phases, pairs=pairs, env_changes=env_changes,
-        verdict_a=a.headline, verdict_b=b.headline, summary=summary,
+        best_a=best_a,
+        best_b=best_b,
+        best_ratio=ratio,
+        phases=phases,
+        pairs=pairs,
+        env_changes=env_changes,
+        verdict_a=a.headline,
+        verdict_b=b.headline,
+        summary=summary,
         only_a=[r.trial_id for r in a.results if _key(r) not in keys_b],
         only_b=[r.trial_id for r in b.results if _key(r) not in keys_a],
-        best_ratio_low=low, best_ratio_high=high, beyond_noise=beyond, uncertainty=uncertainty,
-    )  # fmt: skip
+        best_ratio_low=low,
+        best_ratio_high=high,
+        beyond_noise=beyond,
+        uncertainty=uncertainty,
+    )

@@ -25,8 +25,22 @@ MIB = 2**20
 # The share of the spare memory the dataset's pages (or cache=ram copies) may take: the ranks, their workers and
 # the model need the rest (the same 80% rule as search.plan.cache_ram_risk).
 FIT_SHARE = 0.8
-_UNITS = {"": MIB, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": MIB, "mb": 10**6, "mib": MIB,
-          "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}  # fmt: skip
+_UNITS = {
+    "": MIB,
+    "b": 1,
+    "k": 2**10,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": MIB,
+    "mb": 10**6,
+    "mib": MIB,
+    "g": 2**30,
+    "gb": 10**9,
+    "gib": 2**30,
+    "t": 2**40,
+    "tb": 10**12,
+    "tib": 2**40,
+}
 
 Cap = tuple[float, Optional[float], Optional[float]]  # a rate (img/s) with its 95% interval (None: unknown)
 
@@ -37,8 +51,9 @@ def parse_mem_limit(text: str, flag: str = "--mem-limit") -> float:
     unit = m.group(2).lower() if m else ""
     said = f"{flag} {text}" if flag.startswith("-") else f"{flag}={text}"  # a flag, or an environment variable
     if not m or unit not in _UNITS:
-        raise UsageError(f"{said}: give the memory the dataset may use, e.g. 512MiB, 1.5GiB or 800MB "
-                         "(a bare number is MiB)")  # fmt: skip
+        raise UsageError(
+            f"{said}: give the memory the dataset may use, e.g. 512MiB, 1.5GiB or 800MB (a bare number is MiB)"
+        )
     mib = float(m.group(1)) * _UNITS[unit] / MIB
     if not mib > 0 or not math.isfinite(mib):
         raise UsageError(f"{said}: the memory must be more than 0")
@@ -54,8 +69,7 @@ def size_text(nbytes: Optional[float]) -> str:
     return f"{nbytes:.0f} B"
 
 
-SOURCES = {"psutil": "available memory, psutil", "cgroup": "the cgroup's memory limit",
-           "override": "--mem-limit"}  # fmt: skip
+SOURCES = {"psutil": "available memory, psutil", "cgroup": "the cgroup's memory limit", "override": "--mem-limit"}
 
 
 @dataclass
@@ -96,12 +110,14 @@ def summary(fit: DatasetFit) -> str:
     """'1.2 GiB of images, 0.5 GiB to spare (--mem-limit): does not fit, epochs read from storage'."""
     if fit.available_mib is None:
         return "n/a (no reading)"
-    head = (f"{size_text(fit.epoch_bytes)} of images, {size_text(fit.available_mib * 2**20)} "
-            f"to spare ({fit.where})")  # fmt: skip
+    head = f"{size_text(fit.epoch_bytes)} of images, {size_text(fit.available_mib * 2**20)} to spare ({fit.where})"
     if fit.fits is None:
         return f"{head}: whether it fits is n/a ({fit.why})"
-    return head + (": fits in the page cache" if fit.fits else ": does not fit, epochs read it from storage (the input "
-                   "ceiling times it cold too)")  # fmt: skip
+    return head + (
+        ": fits in the page cache"
+        if fit.fits
+        else ": does not fit, epochs read it from storage (the input ceiling times it cold too)"
+    )
 
 
 COLD_ANYWAY_BYTES = 2**30  # a dataset that fits is still timed cold up to this size: its read-back costs little
@@ -112,8 +128,10 @@ def cold_skip(fit: DatasetFit) -> Optional[str]:
     them back afterwards (so the next point and the trials find the page cache as it was): where a large dataset
     fits, that is its whole size read again per point, to time a case its epochs never meet."""
     if fit.fits is True and (fit.epoch_bytes or 0) > COLD_ANYWAY_BYTES:
-        return (f"not timed: the dataset's {size_text(fit.epoch_bytes)} fit in memory, so epochs read them warm, and "
-                "a cold window would re-read them per loader point")  # fmt: skip
+        return (
+            f"not timed: the dataset's {size_text(fit.epoch_bytes)} fit in memory, so epochs read them warm, and "
+            "a cold window would re-read them per loader point"
+        )
     return None
 
 
@@ -122,11 +140,19 @@ def cold_point(r: TrialResult, loader: Optional[LoaderCeiling]) -> Union[LoaderP
     if loader is None:
         return "no input ceiling was measured, so the cold read is n/a"
     n = max(r.world_size, 1)
-    pts = [p for p in loader.points if p.workers == r.knobs.workers and (p.cache or loader.cache) == r.knobs.cache
-           and (p.pin_memory is None or p.pin_memory == r.knobs.pin_memory) and p.ranks == n]  # fmt: skip
+    pts = [
+        p
+        for p in loader.points
+        if p.workers == r.knobs.workers
+        and (p.cache or loader.cache) == r.knobs.cache
+        and (p.pin_memory is None or p.pin_memory == r.knobs.pin_memory)
+        and p.ranks == n
+    ]
     if not pts:
-        return (f"the cold read at workers {r.knobs.workers}, cache {r.knobs.cache} on {n} rank(s) was not measured "
-                "(the input ceiling ran other settings)")  # fmt: skip
+        return (
+            f"the cold read at workers {r.knobs.workers}, cache {r.knobs.cache} on {n} rank(s) was not measured "
+            "(the input ceiling ran other settings)"
+        )
     p = next((p for p in pts if p.img_per_s_machine_cold), pts[0])
     if not p.img_per_s_machine_cold:
         return f"the cold read is n/a: {p.cold_error or p.error or 'not measured by this version of the probe'}"
@@ -142,18 +168,24 @@ def caps(results: list[TrialResult], fit: DatasetFit, loader: Optional[LoaderCei
         if r.status != "ok" or r.knobs.cache == "ram":  # cache=ram reads no file after set-up
             continue
         p = cold_point(r, loader)
-        out[r.trial_id] = p if isinstance(p, str) else (
-            p.img_per_s_machine_cold, p.img_per_s_machine_cold_ci_low, p.img_per_s_machine_cold_ci_high)
+        out[r.trial_id] = (
+            p
+            if isinstance(p, str)
+            else (p.img_per_s_machine_cold, p.img_per_s_machine_cold_ci_low, p.img_per_s_machine_cold_ci_high)
+        )
     return out
 
 
-def line(fit: DatasetFit, best: Optional[TrialResult], loader: Optional[LoaderCeiling],
-         prediction: Optional[EpochPrediction]) -> str:  # fmt: skip
+def line(
+    fit: DatasetFit, best: Optional[TrialResult], loader: Optional[LoaderCeiling], prediction: Optional[EpochPrediction]
+) -> str:
     """The verdict's sentence on memory: fits or not, with the numbers, and what an epoch reads at."""
     if fit.fits is None:
         return f"Whether the dataset fits in memory is n/a: {fit.why}."
-    room = f"the {size_text(fit.available_mib * MIB)} this machine can spare ({fit.where}; {100 * FIT_SHARE:.0f}% of it " \
-           "for the page cache)"
+    room = (
+        f"the {size_text(fit.available_mib * MIB)} this machine can spare ({fit.where}; {100 * FIT_SHARE:.0f}% of it "
+        "for the page cache)"
+    )
     files = f"The dataset's {size_text(fit.epoch_bytes)} of images (train and val)"
     if fit.fits:
         return f"{files} fit in {room}: after the first epoch they come from the page cache, as in the trials."
@@ -164,15 +196,23 @@ def line(fit: DatasetFit, best: Optional[TrialResult], loader: Optional[LoaderCe
     if isinstance(p, str):
         return f"{head}, but {p}: the epoch is priced at the warm rate the trials measured, a lower bound."
     warm = f"{p.img_per_s_machine:.0f}" if p.img_per_s_machine else "n/a"
-    unverified = ("; the eviction unverified: mincore shows the page cache only for files this user owns or may write"
-                  if p.resident_frac_evicted is None else "")  # fmt: skip
-    text = (f"{head}: the loaders deliver {p.img_per_s_machine_cold:.0f} img/s cold against {warm} warm "
-            f"(workers {p.workers}, cache {p.cache or loader.cache}{unverified})")
+    unverified = (
+        "; the eviction unverified: mincore shows the page cache only for files this user owns or may write"
+        if p.resident_frac_evicted is None
+        else ""
+    )
+    text = (
+        f"{head}: the loaders deliver {p.img_per_s_machine_cold:.0f} img/s cold against {warm} warm "
+        f"(workers {p.workers}, cache {p.cache or loader.cache}{unverified})"
+    )
     if prediction is not None and prediction.epoch_s is not None and prediction.cold_img_per_s is not None:
         bound = prediction.cold_img_per_s < (best.img_per_s or math.inf)
-        text += (f", and an epoch of {best.trial_id} takes {duration(prediction.epoch_s)} at the cold rate "
-                 f"({duration(prediction.epoch_s_warm)} warm)" if bound else
-                 f", above the {best.img_per_s:.0f} img/s {best.trial_id} trains at: the reads do not slow it")
+        text += (
+            f", and an epoch of {best.trial_id} takes {duration(prediction.epoch_s)} at the cold rate "
+            f"({duration(prediction.epoch_s_warm)} warm)"
+            if bound
+            else f", above the {best.img_per_s:.0f} img/s {best.trial_id} trains at: the reads do not slow it"
+        )
     return text + "."
 
 
@@ -186,10 +226,16 @@ def _effective(r: TrialResult, loader: Optional[LoaderCeiling]) -> Optional[tupl
     p = cold_point(r, loader)
     if isinstance(p, str):
         return None
-    low = None if None in (r.img_per_s_ci_low, p.img_per_s_machine_cold_ci_low) else min(
-        r.img_per_s_ci_low, p.img_per_s_machine_cold_ci_low)
-    high = None if None in (r.img_per_s_ci_high, p.img_per_s_machine_cold_ci_high) else min(
-        r.img_per_s_ci_high, p.img_per_s_machine_cold_ci_high)
+    low = (
+        None
+        if None in (r.img_per_s_ci_low, p.img_per_s_machine_cold_ci_low)
+        else min(r.img_per_s_ci_low, p.img_per_s_machine_cold_ci_low)
+    )
+    high = (
+        None
+        if None in (r.img_per_s_ci_high, p.img_per_s_machine_cold_ci_high)
+        else min(r.img_per_s_ci_high, p.img_per_s_machine_cold_ci_high)
+    )
     return min(r.img_per_s, p.img_per_s_machine_cold), low, high, p.img_per_s_machine_cold < r.img_per_s
 
 
@@ -199,8 +245,9 @@ def cold_bound(r: TrialResult, loader: Optional[LoaderCeiling]) -> bool:
     return bool(e and e[3])
 
 
-def cold_beats(results: list[TrialResult], candidate: str, incumbent: str,
-               loader: Optional[LoaderCeiling]) -> Optional[bool]:  # fmt: skip
+def cold_beats(
+    results: list[TrialResult], candidate: str, incumbent: str, loader: Optional[LoaderCeiling]
+) -> Optional[bool]:
     """Whether the candidate's epochs read faster than the incumbent's where storage bounds either: its capped rate's
     95% interval lies wholly above the incumbent's. None where neither is cold-bound or a cold rate is n/a (the
     trials' own noise test decides)."""

@@ -14,8 +14,15 @@ from yoloprof.records import CollectiveCheck, DoctorReport, Finding
 
 # PyTorch's CUDA wheel flavours (download.pytorch.org/whl/<tag>), oldest first. A build runs on a
 # driver whose CUDA version is at least the one it was built for.
-TORCH_WHEELS = [("cu118", (11, 8)), ("cu121", (12, 1)), ("cu124", (12, 4)), ("cu126", (12, 6)),
-                ("cu128", (12, 8)), ("cu129", (12, 9)), ("cu130", (13, 0))]  # fmt: skip
+TORCH_WHEELS = [
+    ("cu118", (11, 8)),
+    ("cu121", (12, 1)),
+    ("cu124", (12, 4)),
+    ("cu126", (12, 6)),
+    ("cu128", (12, 8)),
+    ("cu129", (12, 9)),
+    ("cu130", (13, 0)),
+]
 # TORCH given on make's command line replaces the torch in the venv (see the Makefile).
 INSTALL = 'make install TORCH="torch torchvision --index-url https://download.pytorch.org/whl/{tag}"'
 
@@ -62,16 +69,26 @@ def torch_blind(r: DoctorReport) -> Optional[Finding]:
         return None
     n, cpu = len(r.nvml_gpus), "; --device cpu runs on CPU meanwhile"
     if r.cuda_visible_devices is not None and r.cuda_visible_count == 0:
-        return Finding("error", "torch", f"CUDA_VISIBLE_DEVICES={r.cuda_visible_devices!r} hides all {n} GPUs NVML "
-                       f"sees ({r.mapping_note or 'no entry matches'}), so torch sees none",
-                       f"unset CUDA_VISIBLE_DEVICES, or list GPUs by index (0-{n - 1}) or UUID{cpu}")  # fmt: skip
+        return Finding(
+            "error",
+            "torch",
+            f"CUDA_VISIBLE_DEVICES={r.cuda_visible_devices!r} hides all {n} GPUs NVML "
+            f"sees ({r.mapping_note or 'no entry matches'}), so torch sees none",
+            f"unset CUDA_VISIBLE_DEVICES, or list GPUs by index (0-{n - 1}) or UUID{cpu}",
+        )
     built = f"built for CUDA {r.torch_cuda}" if r.torch_cuda else "a CPU-only build"
-    what = (f"NVML sees {n} GPU{'s' * (n > 1)} but torch {r.torch} ({built}) sees none: NVIDIA driver "
-            f"{r.driver or 'n/a'} runs CUDA up to {r.driver_cuda or 'n/a'}")  # fmt: skip
+    what = (
+        f"NVML sees {n} GPU{'s' * (n > 1)} but torch {r.torch} ({built}) sees none: NVIDIA driver "
+        f"{r.driver or 'n/a'} runs CUDA up to {r.driver_cuda or 'n/a'}"
+    )
     tag = torch_wheel(r.driver_cuda)
     if r.torch_cuda and r.driver_cuda and _v(r.torch_cuda) <= _v(r.driver_cuda):
-        return Finding("error", "torch", f"{what}; torch says: {r.torch_cuda_error or 'n/a'}",
-                       f"give the process the GPUs (docker run --gpus all; /dev/nvidia* readable){cpu}")  # fmt: skip
+        return Finding(
+            "error",
+            "torch",
+            f"{what}; torch says: {r.torch_cuda_error or 'n/a'}",
+            f"give the process the GPUs (docker run --gpus all; /dev/nvidia* readable){cpu}",
+        )
     if r.torch_cuda and r.driver_cuda:
         what += f", older than torch's CUDA {r.torch_cuda}"
     if tag:
@@ -90,17 +107,35 @@ def _gpus(r: DoctorReport) -> list[Finding]:
     out = []
     if r.torch_gpus:
         names = ", ".join(sorted({g.name for g in r.torch_gpus}))
-        out.append(Finding("ok", "gpus", f"torch sees {len(r.torch_gpus)} GPU(s) ({names}); built for CUDA "
-                           f"{r.torch_cuda}, driver {r.driver or 'n/a'} runs CUDA up to {r.driver_cuda or 'n/a'}"))
+        out.append(
+            Finding(
+                "ok",
+                "gpus",
+                f"torch sees {len(r.torch_gpus)} GPU(s) ({names}); built for CUDA "
+                f"{r.torch_cuda}, driver {r.driver or 'n/a'} runs CUDA up to {r.driver_cuda or 'n/a'}",
+            )
+        )
         mapped = sum(g.cuda_index is not None for g in r.nvml_gpus)
         if r.nvml_status != "ok":
-            out.append(Finding("warn", "gpus", f"NVML {r.nvml_status}: GPU utilisation, power and links will be n/a",
-                               "install nvidia-ml-py; make the driver's libnvidia-ml.so.1 visible (docker --gpus all)"))
+            out.append(
+                Finding(
+                    "warn",
+                    "gpus",
+                    f"NVML {r.nvml_status}: GPU utilisation, power and links will be n/a",
+                    "install nvidia-ml-py; make the driver's libnvidia-ml.so.1 visible (docker --gpus all)",
+                )
+            )
         elif mapped != len(r.torch_gpus):
-            out.append(Finding("warn", "gpus", f"GPU readings cannot be matched to torch's {len(r.torch_gpus)} GPUs "
-                               f"({r.mapping_note or f'NVML maps {mapped}'}): telemetry will be n/a",
-                               "set CUDA_DEVICE_ORDER=PCI_BUS_ID or name GPUs by UUID in CUDA_VISIBLE_DEVICES; "
-                               "nvidia-smi shows a GPU in an error state"))  # fmt: skip
+            out.append(
+                Finding(
+                    "warn",
+                    "gpus",
+                    f"GPU readings cannot be matched to torch's {len(r.torch_gpus)} GPUs "
+                    f"({r.mapping_note or f'NVML maps {mapped}'}): telemetry will be n/a",
+                    "set CUDA_DEVICE_ORDER=PCI_BUS_ID or name GPUs by UUID in CUDA_VISIBLE_DEVICES; "
+                    "nvidia-smi shows a GPU in an error state",
+                )
+            )
     if r.device == "cuda" and not r.nccl:
         tag = torch_wheel(r.driver_cuda)
         fix = INSTALL.format(tag=tag) if tag else "install a Linux CUDA torch wheel from pytorch.org"
@@ -112,8 +147,11 @@ def _gpus(r: DoctorReport) -> list[Finding]:
 
 def _failed(c: CollectiveCheck) -> str:
     if c.status == "hang":
-        met = "the ranks never met" if any(p in ("start", "init", "not started") for p in c.phases) else \
-            "the ranks met, the first AllReduce never finished"  # fmt: skip
+        met = (
+            "the ranks never met"
+            if any(p in ("start", "init", "not started") for p in c.phases)
+            else "the ranks met, the first AllReduce never finished"
+        )
         return f"hangs ({c.error}; {met}: {', '.join(c.phases)})"
     return f"fails ({c.error})"
 
@@ -127,14 +165,21 @@ def _collective(r: DoctorReport) -> list[Finding]:
         return [Finding("ok", "collective", f"{label}: ok in {first.wall_s:.1f} s, start-up included")]
     if last.status == "ok":
         worked = " ".join(f"{k}={v}" for k, v in last.env.items())
-        return [Finding("error", "collective", f"{label} {_failed(first)} as set, and works with {worked}: "
-                        "peer-to-peer between these GPUs is broken",
-                        f"export {worked} before yoloprof scan and before training (the trials inherit it); "
-                        "for full speed fix P2P: ACS/IOMMU off, a driver that allows P2P on these GPUs")]  # fmt: skip
+        return [
+            Finding(
+                "error",
+                "collective",
+                f"{label} {_failed(first)} as set, and works with {worked}: peer-to-peer between these GPUs is broken",
+                f"export {worked} before yoloprof scan and before training (the trials inherit it); "
+                "for full speed fix P2P: ACS/IOMMU off, a driver that allows P2P on these GPUs",
+            )
+        ]
     also = f" (also with {' '.join(f'{k}={v}' for k, v in last.env.items())})" if len(r.collectives) > 1 else ""
     if first.backend == "nccl":
-        fix = ("rerun with NCCL_DEBUG=INFO to see where NCCL stops; check NCCL_SOCKET_IFNAME, that ACS/IOMMU is "
-               "off (nvidia-smi topo -m), and give a container --ipc=host")  # fmt: skip
+        fix = (
+            "rerun with NCCL_DEBUG=INFO to see where NCCL stops; check NCCL_SOCKET_IFNAME, that ACS/IOMMU is "
+            "off (nvidia-smi topo -m), and give a container --ipc=host"
+        )
     else:
         fix = "check that 127.0.0.1 accepts local connections; try GLOO_SOCKET_IFNAME=lo"
     return [Finding("error", "collective", f"{label} {_failed(last)}{also}", fix)]
@@ -147,42 +192,85 @@ def _memory(r: DoctorReport) -> list[Finding]:
         size = f"{max(8, -(-need // 1024))}g"
         have = f"/dev/shm has {r.shm_free_mib:.0f} MiB free of {r.shm_total_mib:.0f} MiB"
         if r.shm_free_mib < SHM_ERROR_MIB:
-            out.append(Finding("error", "shm", f"{have}: DataLoader workers pass every batch through it and die with "
-                               "'bus error' or 'No space left on device' (Docker's default is 64 MiB)",
-                               SHM_FIX.format(size=size)))  # fmt: skip
+            out.append(
+                Finding(
+                    "error",
+                    "shm",
+                    f"{have}: DataLoader workers pass every batch through it and die with "
+                    "'bus error' or 'No space left on device' (Docker's default is 64 MiB)",
+                    SHM_FIX.format(size=size),
+                )
+            )
         elif r.shm_free_mib < need:
-            out.append(Finding("warn", "shm", f"{have}, less than the {need} MiB {ranks} rank(s) x {workers} workers "
-                               f"can queue ({SHM_MIB_PER_WORKER} MiB each)", SHM_FIX.format(size=size)))  # fmt: skip
+            out.append(
+                Finding(
+                    "warn",
+                    "shm",
+                    f"{have}, less than the {need} MiB {ranks} rank(s) x {workers} workers "
+                    f"can queue ({SHM_MIB_PER_WORKER} MiB each)",
+                    SHM_FIX.format(size=size),
+                )
+            )
         else:
             out.append(Finding("ok", "shm", f"/dev/shm: {r.shm_free_mib / 1024:.1f} GiB free"))
     if r.nofile_soft is not None and workers is not None:
         need = NOFILE_BASE + NOFILE_PER_WORKER * workers
         if r.nofile_soft < need:
             hard = r.nofile_hard is None or r.nofile_hard >= NOFILE_FIX
-            fix = f"ulimit -n {NOFILE_FIX} in the shell that runs the scan and training" if hard else (
-                f"raise the hard limit ({r.nofile_hard}): docker run --ulimit nofile={NOFILE_FIX}:{NOFILE_FIX} or "
-                f"nofile in /etc/security/limits.conf, then ulimit -n {NOFILE_FIX}")  # fmt: skip
-            out.append(Finding("warn", "nofile", f"open files limit {r.nofile_soft} is below the {need} a rank with "
-                               f"{workers} workers can hold: 'Too many open files' in the DataLoader", fix))  # fmt: skip
+            fix = (
+                f"ulimit -n {NOFILE_FIX} in the shell that runs the scan and training"
+                if hard
+                else (
+                    f"raise the hard limit ({r.nofile_hard}): docker run --ulimit nofile={NOFILE_FIX}:{NOFILE_FIX} or "
+                    f"nofile in /etc/security/limits.conf, then ulimit -n {NOFILE_FIX}"
+                )
+            )
+            out.append(
+                Finding(
+                    "warn",
+                    "nofile",
+                    f"open files limit {r.nofile_soft} is below the {need} a rank with "
+                    f"{workers} workers can hold: 'Too many open files' in the DataLoader",
+                    fix,
+                )
+            )
         else:
             out.append(Finding("ok", "nofile", f"open files limit {r.nofile_soft}"))
     if r.ram_available_mib is not None and r.ranks and r.ram_available_mib < r.ranks * RAM_MIB_PER_RANK:
-        out.append(Finding("warn", "ram", f"{r.ram_available_mib / 1024:.1f} GiB RAM available for {r.ranks} ranks, "
-                           f"under {RAM_MIB_PER_RANK / 1024:.0f} GiB each",
-                           "fewer ranks or workers; cache=disk, not ram"))  # fmt: skip
+        out.append(
+            Finding(
+                "warn",
+                "ram",
+                f"{r.ram_available_mib / 1024:.1f} GiB RAM available for {r.ranks} ranks, "
+                f"under {RAM_MIB_PER_RANK / 1024:.0f} GiB each",
+                "fewer ranks or workers; cache=disk, not ram",
+            )
+        )
     return out
 
 
 def _cores(r: DoctorReport) -> list[Finding]:
     if r.device == "cuda" and r.ranks and r.cpu_count / r.ranks < MIN_CORES_PER_GPU:
-        return [Finding("warn", "cores", f"{r.cpu_count} CPU cores for {r.ranks} GPUs ({r.cpu_count / r.ranks:.1f} "
-                        f"per GPU): each rank gets at most {ultralytics_workers(r.cpu_count, r.ranks)} DataLoader "
-                        "workers and input is likely the bound",
-                        "the scan's input ceiling and data-wait column show whether it is; cache=ram or a smaller imgsz "
-                        "lighten the workers")]  # fmt: skip
+        return [
+            Finding(
+                "warn",
+                "cores",
+                f"{r.cpu_count} CPU cores for {r.ranks} GPUs ({r.cpu_count / r.ranks:.1f} "
+                f"per GPU): each rank gets at most {ultralytics_workers(r.cpu_count, r.ranks)} DataLoader "
+                "workers and input is likely the bound",
+                "the scan's input ceiling and data-wait column show whether it is; cache=ram or a smaller imgsz "
+                "lighten the workers",
+            )
+        ]
     if r.device == "cpu" and r.ranks > r.cpu_count:
-        return [Finding("warn", "cores", f"{r.ranks} CPU ranks on {r.cpu_count} cores: the ranks time-share cores",
-                        f"--nproc {r.cpu_count}")]  # fmt: skip
+        return [
+            Finding(
+                "warn",
+                "cores",
+                f"{r.ranks} CPU ranks on {r.cpu_count} cores: the ranks time-share cores",
+                f"--nproc {r.cpu_count}",
+            )
+        ]
     return []
 
 
@@ -193,10 +281,15 @@ def _topology(r: DoctorReport) -> list[Finding]:
     out = [Finding("ok", "topology", "GPU links: " + ", ".join(f"{a}-{b} {p}" for (a, b), p in path.items()))]
     far = [f"{a}-{b}" for (a, b), p in path.items() if p == "SYS"]
     if far:
-        out.append(Finding("warn", "topology", f"GPUs {', '.join(far)} talk across CPU sockets (SYS): AllReduce "
-                           "crosses the CPU interconnect, the slowest path between GPUs",
-                           "compare with GPUs under one socket (yoloprof scan --gpus ...; nvidia-smi topo -m shows "
-                           "CPU affinity)"))  # fmt: skip
+        out.append(
+            Finding(
+                "warn",
+                "topology",
+                f"GPUs {', '.join(far)} talk across CPU sockets (SYS): AllReduce "
+                "crosses the CPU interconnect, the slowest path between GPUs",
+                "compare with GPUs under one socket (yoloprof scan --gpus ...; nvidia-smi topo -m shows CPU affinity)",
+            )
+        )
     return out
 
 

@@ -21,8 +21,12 @@ from yoloprof.records import DatasetInfo, EpochCosts, EpochPrediction, Ranking, 
 J_PER_KWH = 3.6e6
 
 
-def plan_run(cfg_args: Optional[dict] = None, epochs: Optional[int] = None, price: Optional[float] = None,
-             currency: Optional[str] = None) -> RunPlan:  # fmt: skip
+def plan_run(
+    cfg_args: Optional[dict] = None,
+    epochs: Optional[int] = None,
+    price: Optional[float] = None,
+    currency: Optional[str] = None,
+) -> RunPlan:
     """The run to predict: flags win over the user's config, which wins over Ultralytics' defaults."""
     cfg_args = cfg_args or {}
     rp = RunPlan()
@@ -83,8 +87,14 @@ def _capped(rate: tuple, cap: tuple) -> tuple:
     return min(rate[0], cap[0]), low, high
 
 
-def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[DatasetInfo], rp: RunPlan,
-            rate: Optional[tuple] = None, cold: Union[tuple, str, None] = None) -> EpochPrediction:  # fmt: skip
+def predict(
+    r: TrialResult,
+    costs: Optional[EpochCosts],
+    dataset: Optional[DatasetInfo],
+    rp: RunPlan,
+    rate: Optional[tuple] = None,
+    cold: Union[tuple, str, None] = None,
+) -> EpochPrediction:
     """`rate`: (img/s, low, high) to use instead of the trial's own: its configuration's mean over repeats.
     `cold`: the dataset does not fit in memory (analysis.dataset_fit.caps): the loaders' cold (img/s, low,
     high), which caps the steps' rate, or why it is unknown (the steps then stay at the warm rate, named missing)."""
@@ -98,8 +108,9 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
     rate, lo_rate, hi_rate = rate or (r.img_per_s, r.img_per_s_ci_low, r.img_per_s_ci_high)
     warm_rate = rate
     if isinstance(cold, str):
-        out.parts_missing.append(f"the dataset does not fit in memory and {cold}: its steps are priced at the warm "
-                                 "rate, a lower bound")  # fmt: skip
+        out.parts_missing.append(
+            f"the dataset does not fit in memory and {cold}: its steps are priced at the warm rate, a lower bound"
+        )
     elif cold is not None:
         out.cold_img_per_s = cold[0]
         rate, lo_rate, hi_rate = _capped((rate, lo_rate, hi_rate), cold)
@@ -108,14 +119,18 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
     out.steps_s = nb * batch / rate
     steps = (out.steps_s, nb * batch / hi_rate if known else None, nb * batch / lo_rate if known else None)
     if not known:
-        out.parts_missing.append("the throughput interval (too few steps, or too wide to bound the time): the band "
-                                 "holds the other parts only")  # fmt: skip
+        out.parts_missing.append(
+            "the throughput interval (too few steps, or too wide to bound the time): the band "
+            "holds the other parts only"
+        )
         steps = (out.steps_s, out.steps_s, out.steps_s)
     ok = costs is not None and costs.status == "ok"
     if costs is None:
         out.parts_missing.append("validation, checkpoint saving and epoch-end work (not measured in this scan)")
     elif not ok:
-        out.parts_missing.append(f"validation, saving and epoch end: their measurement failed ({costs.error or costs.status})")
+        out.parts_missing.append(
+            f"validation, saving and epoch end: their measurement failed ({costs.error or costs.status})"
+        )
 
     # An epoch's first step: the trial's own where it crossed an epoch (its settings; its span carries the
     # previous epoch's end work, as val and save were off), else the epoch job's, which leaves the end work to
@@ -129,7 +144,9 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
             out.boundary_s = max(costs.boundary_ms, 0.0) / 1e3
             parts.append((out.boundary_s,) * 3)
         elif ok:
-            out.parts_missing.append("the loader's restart at an epoch's first step (no measured step crossed an epoch)")
+            out.parts_missing.append(
+                "the loader's restart at an epoch's first step (no measured step crossed an epoch)"
+            )
         if ok and costs.end.s:
             out.end_s = costs.end.estimate
             parts.append((out.end_s, costs.end.low, costs.end.high))
@@ -158,8 +175,9 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
     else:
         no_mosaic = out_band(out)
         if closed:
-            out.parts_missing.append(f"the last {closed} epochs' step cost without mosaic: not measured, counted at the "
-                                     "mosaic rate")  # fmt: skip
+            out.parts_missing.append(
+                f"the last {closed} epochs' step cost without mosaic: not measured, counted at the mosaic rate"
+            )
     setup = r.setup_s if r.setup_s is not None else (costs.setup_s if ok else None)  # the trial's own: its cache
     once = [(setup,) * 3] if setup is not None else []
     if not once:
@@ -184,8 +202,9 @@ def predict(r: TrialResult, costs: Optional[EpochCosts], dataset: Optional[Datas
         once.append((out.final_s,) * 3)
     elif ok and costs.val.s:
         once.append(val)  # final_eval validates best.pt once more; its plots were not timed
-        out.parts_missing.append("the run's end beyond the final validation (stripping checkpoints, plots): not "
-                                 "measured")  # fmt: skip
+        out.parts_missing.append(
+            "the run's end beyond the final validation (stripping checkpoints, plots): not measured"
+        )
     if ok and costs.val.s and not rp.val:  # the final epoch validates even with val=False
         once.append(val)
     if ok and costs.save.s and not rp.save:  # and saves even with save=False
@@ -213,9 +232,14 @@ def out_band(p: EpochPrediction) -> tuple[float, float, float]:
     return (p.epoch_s, p.epoch_s_low, p.epoch_s_high)
 
 
-def predict_all(results: list[TrialResult], costs: dict[int, EpochCosts], dataset: Optional[DatasetInfo],
-                rp: RunPlan, ranking: Optional[Ranking] = None,
-                cold: Optional[dict[str, Union[tuple, str]]] = None) -> dict[str, EpochPrediction]:  # fmt: skip
+def predict_all(
+    results: list[TrialResult],
+    costs: dict[int, EpochCosts],
+    dataset: Optional[DatasetInfo],
+    rp: RunPlan,
+    ranking: Optional[Ranking] = None,
+    cold: Optional[dict[str, Union[tuple, str]]] = None,
+) -> dict[str, EpochPrediction]:
     """Every trial; a repeated configuration's trials all at its combined figure (the mean of its runs, with
     the run-to-run spread in its interval), as the ranking and the verdict state it. `cold`: trial id -> its
     cold cap (analysis.dataset_fit.caps), where the dataset does not fit in memory."""
@@ -223,10 +247,16 @@ def predict_all(results: list[TrialResult], costs: dict[int, EpochCosts], datase
     for v in ranking.verdicts if ranking else []:
         if v.img_per_s and len(v.runs) > 1:
             low, high = v.img_per_s_ci_low, v.img_per_s_ci_high
-            combined[v.trial_id] = (v.img_per_s, low if low is not None else 0.0, high if high is not None else math.inf)
+            combined[v.trial_id] = (
+                v.img_per_s,
+                low if low is not None else 0.0,
+                high if high is not None else math.inf,
+            )
     cold = cold or {}
-    return {r.trial_id: predict(r, costs.get(r.world_size), dataset, rp, combined.get(r.trial_id), cold.get(r.trial_id))
-            for r in results}  # fmt: skip
+    return {
+        r.trial_id: predict(r, costs.get(r.world_size), dataset, rp, combined.get(r.trial_id), cold.get(r.trial_id))
+        for r in results
+    }
 
 
 def duration(seconds: Optional[float]) -> str:

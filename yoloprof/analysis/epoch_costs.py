@@ -134,8 +134,9 @@ def boundary_ms(ranks: list[RankRecords]) -> tuple[Optional[float], int]:
     return (median(costs) if costs else None), len(costs)
 
 
-def build(spec: TrialSpec, ranks: list[RankRecords], parts: list[RankEpochParts], status: str,
-          error: Optional[str] = None) -> EpochCosts:  # fmt: skip
+def build(
+    spec: TrialSpec, ranks: list[RankRecords], parts: list[RankEpochParts], status: str, error: Optional[str] = None
+) -> EpochCosts:
     """The EpochCosts of one "epoch" trial; status/error: the trial's (yoloprof.analysis.aggregate)."""
     costs = EpochCosts(world_size=spec.world_size, device=spec.device, knobs=spec.knobs, status=status, error=error)
     if status != "ok":
@@ -156,16 +157,21 @@ def build(spec: TrialSpec, ranks: list[RankRecords], parts: list[RankEpochParts]
         costs.notes.append(
             f"Validation was timed over {costs.val_images_timed} of {costs.val_images_total} images per pass "
             f"({max(p.val_batches for p in parts)} batch(es) per rank); its batch loop was scaled to the whole "
-            "split, the once-per-validation rest (gathering, mAP) was kept as measured.")  # fmt: skip
+            "split, the once-per-validation rest (gathering, mAP) was kept as measured."
+        )
     raw, crossed = boundary_ms(ranks)
     costs.boundary_ms = None if raw is None else max(raw, 0.0)
     if raw is not None and raw < 0:
-        costs.notes.append(f"The first step of an epoch was no slower than a steady one ({raw:+.0f} ms, median of "
-                           f"{crossed}): it is priced at 0.")  # fmt: skip
+        costs.notes.append(
+            f"The first step of an epoch was no slower than a steady one ({raw:+.0f} ms, median of "
+            f"{crossed}): it is priced at 0."
+        )
     if costs.boundary_ms is None:
         nb = next((r.info.batches_per_epoch for r in ranks if r.info is not None), None)
-        costs.notes.append(f"The measured steps crossed no epoch boundary ({nb} batches per epoch per rank): the "
-                           "first step of an epoch was not priced beyond a steady step.")  # fmt: skip
+        costs.notes.append(
+            f"The measured steps crossed no epoch boundary ({nb} batches per epoch per rank): the "
+            "first step of an epoch was not priced beyond a steady step."
+        )
     costs.no_mosaic_ratio, costs.no_mosaic_ratio_ci, why = no_mosaic_ratio(ranks)
     if why:
         costs.notes.append(why[0].upper() + why[1:] + ".")
@@ -181,8 +187,11 @@ def summary_line(c: EpochCosts) -> str:
     head = f"Epoch costs ({c.world_size} rank{'s' if c.world_size != 1 else ''})"
     if c.status != "ok":
         return f"{head}: not measured ({c.status}): {c.error or 'no reason recorded'}"
-    parts = [f"validation {_s(c.val)} ({c.val_images_timed} of {c.val_images_total} images)",
-             f"saving {_s(c.save)}", f"epoch end {_s(c.end)}"]  # fmt: skip
+    parts = [
+        f"validation {_s(c.val)} ({c.val_images_timed} of {c.val_images_total} images)",
+        f"saving {_s(c.save)}",
+        f"epoch end {_s(c.end)}",
+    ]
     if c.startup_s is not None:
         parts.append(f"start-up {c.startup_s:.1f} s")
     if c.final_s is not None:

@@ -14,9 +14,16 @@ from typing import Optional
 from yoloprof.records import Knobs, RankRecords, TrialResult, TrialSpec
 
 FATAL_ERRORS = (
-    "FileNotFoundError", "NotADirectoryError", "IsADirectoryError", "PermissionError", "ModuleNotFoundError",
-    "ImportError", "SyntaxError", "NameError", "AttributeError",
-)  # fmt: skip
+    "FileNotFoundError",
+    "NotADirectoryError",
+    "IsADirectoryError",
+    "PermissionError",
+    "ModuleNotFoundError",
+    "ImportError",
+    "SyntaxError",
+    "NameError",
+    "AttributeError",
+)
 
 
 def fatal_reason(result: TrialResult, ranks: list[RankRecords], previous: list[TrialResult]) -> Optional[str]:

@@ -21,9 +21,38 @@ MAX_BLOCKS = 10
 MIN_BLOCKS = 3  # fewer blocks than this and the spread says nothing
 
 # Two-sided 95% quantiles of Student's t, df 1..30; beyond 30 the normal approximation below.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)  # fmt: skip
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t975(df: int) -> float:
@@ -75,16 +104,21 @@ def throughput(images: Sequence[float], step_ms: Sequence[float]) -> Optional[In
     estimate = sum(n for n, _ in pairs) / total_s
     length, count = blocks_for(len(pairs))
     if count < MIN_BLOCKS:
-        return Interval(estimate, 0.0, math.inf, f"no interval: {len(pairs)} steps are fewer than "
-                                                 f"{MIN_BLOCKS} blocks of {MIN_BLOCK_STEPS}")  # fmt: skip
+        return Interval(
+            estimate,
+            0.0,
+            math.inf,
+            f"no interval: {len(pairs)} steps are fewer than {MIN_BLOCKS} blocks of {MIN_BLOCK_STEPS}",
+        )
     rates = []
     for b in range(count):
-        block = pairs[b * length:(b + 1) * length]
+        block = pairs[b * length : (b + 1) * length]
         rates.append(sum(n for n, _ in block) / (sum(ms for _, ms in block) / 1e3))
     half = t975(count - 1) * _sd(rates) / math.sqrt(count)
     used = count * length
     method = f"batch means over {count} blocks of {length} steps" + (
-        f" (last {len(pairs) - used} steps in the estimate only)" if used < len(pairs) else "")
+        f" (last {len(pairs) - used} steps in the estimate only)" if used < len(pairs) else ""
+    )
     return Interval(estimate, max(estimate - half, 0.0), estimate + half, method)
 
 
@@ -103,10 +137,18 @@ def fraction(part_ms: Sequence[Optional[float]], step_ms: Sequence[float]) -> Op
     length, count = blocks_for(len(pairs))
     if count < MIN_BLOCKS:
         return Interval(estimate, 0.0, 1.0, "no interval: too few steps")
-    shares = [sum(p for p, _ in pairs[b * length:(b + 1) * length]) / sum(s for _, s in pairs[b * length:(b + 1) * length])
-              for b in range(count)]  # fmt: skip
+    shares = [
+        sum(p for p, _ in pairs[b * length : (b + 1) * length])
+        / sum(s for _, s in pairs[b * length : (b + 1) * length])
+        for b in range(count)
+    ]
     half = t975(count - 1) * _sd(shares) / math.sqrt(count)
-    return Interval(estimate, max(estimate - half, 0.0), min(estimate + half, 1.0), f"batch means over {count} blocks of {length} steps")
+    return Interval(
+        estimate,
+        max(estimate - half, 0.0),
+        min(estimate + half, 1.0),
+        f"batch means over {count} blocks of {length} steps",
+    )
 
 
 def summed_throughput(series: Sequence[tuple[Sequence[float], Sequence[float]]]) -> Optional[Interval]:
@@ -122,12 +164,20 @@ def summed_throughput(series: Sequence[tuple[Sequence[float], Sequence[float]]])
     shortest = min(len(p) for p in pairs)
     length, count = blocks_for(shortest)
     if count < MIN_BLOCKS:
-        return Interval(estimate, 0.0, math.inf, f"no interval: {shortest} batches are fewer than "
-                                                 f"{MIN_BLOCKS} blocks of {MIN_BLOCK_STEPS}")  # fmt: skip
+        return Interval(
+            estimate,
+            0.0,
+            math.inf,
+            f"no interval: {shortest} batches are fewer than {MIN_BLOCKS} blocks of {MIN_BLOCK_STEPS}",
+        )
     sums = []
     for b in range(count):
-        blocks = [p[b * length:(b + 1) * length] for p in pairs]
+        blocks = [p[b * length : (b + 1) * length] for p in pairs]
         sums.append(sum(sum(n for n, _ in blk) / (sum(ms for _, ms in blk) / 1e3) for blk in blocks))
     half = t975(count - 1) * _sd(sums) / math.sqrt(count)
-    return Interval(estimate, max(estimate - half, 0.0), estimate + half,
-                    f"batch means over {count} blocks of {length} batches, ranks summed")
+    return Interval(
+        estimate,
+        max(estimate - half, 0.0),
+        estimate + half,
+        f"batch means over {count} blocks of {length} batches, ranks summed",
+    )

@@ -24,8 +24,9 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
-def max_batch_fit(points: list[ComputePoint], total_mib: float, margin_frac: float,
-                  overhead_mib: float = 0.0) -> Optional[int]:  # fmt: skip
+def max_batch_fit(
+    points: list[ComputePoint], total_mib: float, margin_frac: float, overhead_mib: float = 0.0
+) -> Optional[int]:
     """Largest batch whose predicted peak plus the per-rank overhead stays under (1 - margin) of the
     device; None without 2 points. An OOM point caps the answer below its batch, whatever the line says.
 
@@ -48,8 +49,9 @@ def max_batch_fit(points: list[ComputePoint], total_mib: float, margin_frac: flo
 
 def ddp_overhead_mib(results: list[TrialResult]) -> Optional[float]:
     """The largest per-rank overhead the finished DDP trials measured; None when none did (CPU, no NVML)."""
-    found = [r.mem_overhead_mib for r in results
-             if r.status == "ok" and r.world_size > 1 and r.mem_overhead_mib is not None]  # fmt: skip
+    found = [
+        r.mem_overhead_mib for r in results if r.status == "ok" and r.world_size > 1 and r.mem_overhead_mib is not None
+    ]
     return max(found) if found else None
 
 
@@ -60,8 +62,9 @@ def ddp_fits(compute: ComputeCeiling, results: list[TrialResult]) -> tuple[dict[
         return {}, overhead
     fits = {}
     for key, amp in PRECISIONS.items():
-        fit = max_batch_fit([p for p in compute.points if p.amp == amp], compute.device_mem_total_mib,
-                            compute.mem_margin_frac, overhead)  # fmt: skip
+        fit = max_batch_fit(
+            [p for p in compute.points if p.amp == amp], compute.device_mem_total_mib, compute.mem_margin_frac, overhead
+        )
         if fit is not None:
             fits[key] = fit
     return fits, overhead

@@ -70,8 +70,10 @@ class RunToRun:
     def text(self) -> str:
         if self.s_rel is None:
             return "run-to-run noise not measured (no configuration was run twice)"
-        return (f"run-to-run spread {100 * self.s_rel:.1f}% pooled over {self.configs} repeated "
-                f"configuration{'s' if self.configs != 1 else ''} (df {self.df})")  # fmt: skip
+        return (
+            f"run-to-run spread {100 * self.s_rel:.1f}% pooled over {self.configs} repeated "
+            f"configuration{'s' if self.configs != 1 else ''} (df {self.df})"
+        )
 
 
 @dataclass
@@ -126,8 +128,16 @@ def _combine(key: tuple, runs: list[TrialResult], rtr: RunToRun) -> Config:
     ids = [r.trial_id for r in runs]
     known = [w for w in within if w is not None]
     if not known and rtr.s_rel is None:
-        return Config(key, ids, [r.img_per_s for r in runs], mean, mean, mean,
-                      "uncertainty not recorded (no interval in these records)", False)  # fmt: skip
+        return Config(
+            key,
+            ids,
+            [r.img_per_s for r in runs],
+            mean,
+            mean,
+            mean,
+            "uncertainty not recorded (no interval in these records)",
+            False,
+        )
     w_mean = sum(known) / len(known) if known else 0.0
     floor = w_mean / math.sqrt(k)
     if rtr.s_rel is not None:
@@ -137,11 +147,19 @@ def _combine(key: tuple, runs: list[TrialResult], rtr: RunToRun) -> Config:
         half = floor
         method = "batch means within the run; run-to-run noise not measured"
     if not math.isfinite(half):
-        return Config(key, ids, [r.img_per_s for r in runs], mean, 0.0, math.inf,
-                      "no interval: too few steps for batch means" + ("" if rtr.s_rel is None else f"; {rtr.text()}"),
-                      True)  # fmt: skip
-    return Config(key, ids, [r.img_per_s for r in runs], mean, max(mean * (1 - half), 0.0), mean * (1 + half),
-                  method, True)  # fmt: skip
+        return Config(
+            key,
+            ids,
+            [r.img_per_s for r in runs],
+            mean,
+            0.0,
+            math.inf,
+            "no interval: too few steps for batch means" + ("" if rtr.s_rel is None else f"; {rtr.text()}"),
+            True,
+        )
+    return Config(
+        key, ids, [r.img_per_s for r in runs], mean, max(mean * (1 - half), 0.0), mean * (1 + half), method, True
+    )
 
 
 def configurations(results: list[TrialResult]) -> list[Config]:
@@ -236,8 +254,16 @@ def difference(results: list[TrialResult], a_trial_id: str, b_trial_id: str) -> 
     by_id = {tid: c for c in configs for tid in c.trial_ids}
     missing = [t for t in (a_trial_id, b_trial_id) if t not in by_id]
     if missing:
-        return Difference(a_trial_id, b_trial_id, math.nan, math.nan, math.nan, False,
-                          f"{', '.join(missing)} did not finish: no figure to compare", False)  # fmt: skip
+        return Difference(
+            a_trial_id,
+            b_trial_id,
+            math.nan,
+            math.nan,
+            math.nan,
+            False,
+            f"{', '.join(missing)} did not finish: no figure to compare",
+            False,
+        )
     a, b = by_id[a_trial_id], by_id[b_trial_id]
     if a is b:
         return Difference(a_trial_id, b_trial_id, 1.0, 1.0, 1.0, False, "the same configuration", a.known)

@@ -41,8 +41,10 @@ def check_name(name: str, where: str) -> str:
         return AUTO
     known = {n.lower(): n for n in NAMES}
     if str(name).strip().lower() not in known:
-        raise UsageError(f"{where}: Ultralytics has no optimizer {name!r}; give one of {', '.join(NAMES)}, or "
-                         "auto (its default: picked by the run's length)")  # fmt: skip
+        raise UsageError(
+            f"{where}: Ultralytics has no optimizer {name!r}; give one of {', '.join(NAMES)}, or "
+            "auto (its default: picked by the run's length)"
+        )
     return known[str(name).strip().lower()]
 
 
@@ -67,9 +69,12 @@ def auto_pick(iters: int) -> str:
     return "MuSGD" if iters > MUSGD_PAST else "AdamW"
 
 
-def plan(asked: str, *, images: int, epochs: int, nbs: Optional[int] = None, source: str = DEFAULT_SOURCE) -> OptimizerPlan:
-    return OptimizerPlan(asked=AUTO if is_auto(asked) else asked, source=source, images=images, epochs=epochs,
-                         nbs=nbs or DEFAULT_NBS)  # fmt: skip
+def plan(
+    asked: str, *, images: int, epochs: int, nbs: Optional[int] = None, source: str = DEFAULT_SOURCE
+) -> OptimizerPlan:
+    return OptimizerPlan(
+        asked=AUTO if is_auto(asked) else asked, source=source, images=images, epochs=epochs, nbs=nbs or DEFAULT_NBS
+    )
 
 
 def for_batch(optimizer: Union[str, OptimizerPlan], batch: int) -> tuple[str, Optional[int]]:
@@ -103,13 +108,13 @@ def _against(pick: str) -> str:
 
 
 def run_text(p: OptimizerPlan, batch: int) -> str:
-    """"100 epochs of 118287 images at batch 64: 184,900 iterations > 10,000": auto's input and its threshold."""
+    """ "100 epochs of 118287 images at batch 64: 184,900 iterations > 10,000": auto's input and its threshold."""
     pick, iters = for_batch(p, batch)
     return f"{p.epochs} epochs of {p.images} images at batch {batch}: {iters:,} iterations {_against(pick)}"
 
 
 def reason(p: OptimizerPlan, batch: int) -> str:
-    """"Ultralytics' pick for 100 epochs of 118287 images at batch 64: 184,900 iterations > 10,000"."""
+    """ "Ultralytics' pick for 100 epochs of 118287 images at batch 64: 184,900 iterations > 10,000"."""
     return f"Ultralytics' pick for {run_text(p, batch)}"
 
 
@@ -136,8 +141,10 @@ def describe(optimizer: Union[str, OptimizerPlan, None], batches: Iterable[int])
         iters = [for_batch(optimizer, b)[1] for b in bs]
         return f"{head} -> {pick} ({run} at {_batches(bs)}: {_span(iters)} iterations {_against(pick)})"
     picks = ", ".join(f"{pick} at {_batches(bs)}" for pick, bs in groups.items())
-    why = "; ".join(f"{pick}: {_span([for_batch(optimizer, b)[1] for b in bs])} iterations {_against(pick)}"
-                    for pick, bs in groups.items())  # fmt: skip
+    why = "; ".join(
+        f"{pick}: {_span([for_batch(optimizer, b)[1] for b in bs])} iterations {_against(pick)}"
+        for pick, bs in groups.items()
+    )
     return f"{head} -> {picks} ({run}, per batch: {why})"
 
 
@@ -146,12 +153,16 @@ def yaml_note(p: OptimizerPlan, batch: int, epochs: int, ran: Optional[str]) -> 
     recommended batch and the planned epochs, and whether that is the one the trials timed."""
     now = OptimizerPlan(p.asked, p.source, p.images, epochs, p.nbs)
     pick = name_for(now, batch)
-    text = (f"optimizer: not set, so Ultralytics' auto picks it: {pick} for this run ({run_text(now, batch)}; "
-            "another epochs= or batch= can change it)")  # fmt: skip
+    text = (
+        f"optimizer: not set, so Ultralytics' auto picks it: {pick} for this run ({run_text(now, batch)}; "
+        "another epochs= or batch= can change it)"
+    )
     if ran and ran.lower() != pick.lower():
         why = f", auto's pick for the scan's {p.epochs} epochs" if ran.lower() == name_for(p, batch).lower() else ""
-        text += (f". The trials ran {ran}{why}: its optimizer step is not the one this run takes; scan again with "
-                 f"--epochs {epochs} to time {pick}'s")  # fmt: skip
+        text += (
+            f". The trials ran {ran}{why}: its optimizer step is not the one this run takes; scan again with "
+            f"--epochs {epochs} to time {pick}'s"
+        )
     elif ran:
         text += ", the optimizer the trials ran"
     return text

@@ -51,7 +51,9 @@ def bounds(r: TrialResult) -> tuple[list[str], str]:
     input and communication are named together when both shares' intervals reach their limits (and one
     estimate does): their order then changes from run to run, so one name alone would flip."""
     if r.status == "oom":
-        return ["memory"], f"out of memory at batch {r.batch_ran}" + (f" (asked {r.knobs.batch})" if r.batch_capped else "")
+        return ["memory"], f"out of memory at batch {r.batch_ran}" + (
+            f" (asked {r.knobs.batch})" if r.batch_capped else ""
+        )
     if r.status != "ok":
         return [], r.error or r.status
     if r.peak_mem_mib and r.device_mem_total_mib and r.peak_mem_mib / r.device_mem_total_mib > MEMORY_FRAC:
@@ -72,10 +74,14 @@ def bounds(r: TrialResult) -> tuple[list[str], str]:
         own = (slow.comm_wait_ms_p50 or 0.0) / slow.step_ms_p50 if slow.step_ms_p50 else 0.0
         if own < COMM_FRAC:
             return ["straggler"], evidence
-        evidence += (f"; rank {slow.rank} itself waits {slow.comm_wait_ms_p50:.0f} ms ({_pct(own)} of its step, limit "
-                     f"{_pct(COMM_FRAC)}) in AllReduce, so communication bounds it too")  # fmt: skip
+        evidence += (
+            f"; rank {slow.rank} itself waits {slow.comm_wait_ms_p50:.0f} ms ({_pct(own)} of its step, limit "
+            f"{_pct(COMM_FRAC)}) in AllReduce, so communication bounds it too"
+        )
         skew_ms = slow.busy_ms_p50 - fast.busy_ms_p50
-        return (["communication", "straggler"] if slow.comm_wait_ms_p50 > skew_ms else ["straggler", "communication"]), evidence
+        return (
+            ["communication", "straggler"] if slow.comm_wait_ms_p50 > skew_ms else ["straggler", "communication"]
+        ), evidence
     data = r.data_wait_frac or 0.0
     comm = r.comm_frac or 0.0
     data_ci = r.data_wait_frac_ci if r.data_wait_frac is not None else None
@@ -116,7 +122,11 @@ def _img(v: Verdict) -> str:
     if v.img_per_s is None:
         return "n/a"
     text = f"{v.img_per_s:.1f} img/s"
-    if v.img_per_s_ci_high is not None and math.isfinite(v.img_per_s_ci_high) and v.img_per_s_ci_high > v.img_per_s_ci_low:
+    if (
+        v.img_per_s_ci_high is not None
+        and math.isfinite(v.img_per_s_ci_high)
+        and v.img_per_s_ci_high > v.img_per_s_ci_low
+    ):
         text += f" (95% {v.img_per_s_ci_low:.1f}-{v.img_per_s_ci_high:.1f})"
     return text
 
@@ -192,8 +202,10 @@ def rank_trials(results: list[TrialResult]) -> Ranking:
         tel = r.telemetry
         if bottleneck == "input" and tel is not None and (tel.cpu_busy_cores_frac or 0) >= CPU_STARVED_FRAC:
             label = "input (CPU-starved)"
-            evidence += (f"; every core was busy in {100 * tel.cpu_busy_cores_frac:.0f}% of samples, so more workers "
-                         "have no CPU to run on")  # fmt: skip
+            evidence += (
+                f"; every core was busy in {100 * tel.cpu_busy_cores_frac:.0f}% of samples, so more workers "
+                "have no CPU to run on"
+            )
         if len(names) > 1:
             label = " + ".join([label or names[0], *names[1:]])
         c = config_of.get(r.trial_id)
@@ -210,8 +222,13 @@ def rank_trials(results: list[TrialResult]) -> Ranking:
         verdicts.append(v)
     order = {tid: i for c in configs for i, tid in enumerate(c.trial_ids)}
     verdicts.sort(key=lambda v: (v.position is None, v.position or 0, order.get(v.trial_id, 0)))
-    rk = Ranking(verdicts=verdicts, best_trial_id=None, run_to_run_rel=rtr.s_rel, run_to_run_df=rtr.df,
-                 run_to_run_configs=rtr.configs)  # fmt: skip
+    rk = Ranking(
+        verdicts=verdicts,
+        best_trial_id=None,
+        run_to_run_rel=rtr.s_rel,
+        run_to_run_df=rtr.df,
+        run_to_run_configs=rtr.configs,
+    )
     if not configs:
         return rk
     rec, why = _recommend(tied, by_id)
@@ -220,9 +237,11 @@ def rank_trials(results: list[TrialResult]) -> Ranking:
         # "tied" says nothing, and picking the cheapest would pick by memory alone, often the slowest.
         fast, fast_why = _recommend(tied, by_id, by_cost=False)
         if fast.first != rec.first:
-            note = (f"the run-to-run noise rests on {rtr.df} df, too few to tell the tied apart, so the fastest"
-                    + (" that gives up nothing" if fast.first != tied[0].first else "")
-                    + f" is recommended, not the one that costs least ({rec.first}); repeats settle it")
+            note = (
+                f"the run-to-run noise rests on {rtr.df} df, too few to tell the tied apart, so the fastest"
+                + (" that gives up nothing" if fast.first != tied[0].first else "")
+                + f" is recommended, not the one that costs least ({rec.first}); repeats settle it"
+            )
             rec, why = fast, note if fast_why is None else f"{fast_why}; {note}"
     rk.best_trial_id = rk.recommended_trial_id = rec.first
     rk.fastest_trial_id = configs[0].first
@@ -238,21 +257,29 @@ def _reason(results, configs, tied, rec, why) -> str:
     if len(tied) == 1:
         d = noise.difference(results, fastest.first, configs[1].first)
         if not d.known:
-            return (f"{fastest.first} is the fastest ({configs[1].first}: {d.ratio:.2f}x of it); the uncertainty "
-                    "was not recorded")  # fmt: skip
-        return (f"{fastest.first} leads the next configuration beyond the noise: {configs[1].first} runs at "
-                f"{d.ratio:.2f}x of it ({d.interval_text()})")
+            return (
+                f"{fastest.first} is the fastest ({configs[1].first}: {d.ratio:.2f}x of it); the uncertainty "
+                "was not recorded"
+            )
+        return (
+            f"{fastest.first} leads the next configuration beyond the noise: {configs[1].first} runs at "
+            f"{d.ratio:.2f}x of it ({d.interval_text()})"
+        )
     other = rec if rec.first != fastest.first else tied[1]
     d = noise.difference(results, fastest.first, other.first)
     names = ", ".join(c.first for c in tied[:-1]) + f" and {tied[-1].first}"
-    within = ("within the noise (uncertainty unknown: too few steps for an interval)" if not math.isfinite(d.half_rel)
-              else f"within ±{100 * d.half_rel:.0f}% ({other.first}/{fastest.first} = {d.ratio:.2f}, "
-                   f"{d.interval_text()})")  # fmt: skip
+    within = (
+        "within the noise (uncertainty unknown: too few steps for an interval)"
+        if not math.isfinite(d.half_rel)
+        else f"within ±{100 * d.half_rel:.0f}% ({other.first}/{fastest.first} = {d.ratio:.2f}, {d.interval_text()})"
+    )
     if why is not None and "rests on" in why:  # the noise is too poorly known to rank by cost
         return f"{names} are tied {within}: recommending {rec.first}: {why}"
     if why is None:
-        return (f"{names} are tied {within}: recommending {rec.first}, the fastest; none of the tied costs less "
-                "(fewer workers, less memory, no NCCL debug variable, no cache)")  # fmt: skip
+        return (
+            f"{names} are tied {within}: recommending {rec.first}, the fastest; none of the tied costs less "
+            "(fewer workers, less memory, no NCCL debug variable, no cache)"
+        )
     return f"{names} are tied {within}: recommending {rec.first} because {why}"
 
 
@@ -276,14 +303,19 @@ def settings_tail(k: Knobs) -> list[str]:
     return parts + k.extras()
 
 
-def gains(results: list[TrialResult], ranking: Ranking, baselines: dict[str, str]) -> list[tuple[str, str, Optional[float]]]:
+def gains(
+    results: list[TrialResult], ranking: Ranking, baselines: dict[str, str]
+) -> list[tuple[str, str, Optional[float]]]:
     """(role, trial id, best img/s over the baseline's - 1, None if the baseline did not finish). Over the
     configurations' combined figures (repeats averaged); `gain_differences` adds the interval."""
-    return [(role, tid, None if d is None else d.gain) for role, tid, d in gain_differences(results, ranking, baselines)]
+    return [
+        (role, tid, None if d is None else d.gain) for role, tid, d in gain_differences(results, ranking, baselines)
+    ]
 
 
-def gain_differences(results: list[TrialResult], ranking: Ranking,
-                     baselines: dict[str, str]) -> list[tuple[str, str, Optional[noise.Difference]]]:  # fmt: skip
+def gain_differences(
+    results: list[TrialResult], ranking: Ranking, baselines: dict[str, str]
+) -> list[tuple[str, str, Optional[noise.Difference]]]:
     """(role, trial id, the best configuration against the baseline's, None if the baseline did not finish)."""
     by_id = {r.trial_id: r for r in results}
     out = []
@@ -294,8 +326,9 @@ def gain_differences(results: list[TrialResult], ranking: Ranking,
     return out
 
 
-def headline(results: list[TrialResult], ranking: Ranking, baselines: Optional[dict[str, str]] = None,
-             lead: Optional[str] = None) -> str:  # fmt: skip
+def headline(
+    results: list[TrialResult], ranking: Ranking, baselines: Optional[dict[str, str]] = None, lead: Optional[str] = None
+) -> str:
     """The verdict in one sentence; a gain is stated only where it is beyond the noise. `lead`: what the
     recommended trial's training will take ("11.8 min an epoch, 19.7 h for 100 epochs"), said first."""
     by_id = {r.trial_id: r for r in results}
@@ -327,10 +360,13 @@ def headline(results: list[TrialResult], ranking: Ranking, baselines: Optional[d
         d = noise.difference(results, configs[-1].first, best.trial_id)
         if not d.known or d.beyond_noise:
             text += f", {d.ratio:.2f}x the slowest trial ({configs[-1].first}" + (
-                f", {d.interval_text()})" if d.known else ")")
+                f", {d.interval_text()})" if d.known else ")"
+            )
         else:
-            text += (f", no measurable difference from the slowest trial ({configs[-1].first}: ratio {d.ratio:.2f}, "
-                     f"{d.interval_text()})")  # fmt: skip
+            text += (
+                f", no measurable difference from the slowest trial ({configs[-1].first}: ratio {d.ratio:.2f}, "
+                f"{d.interval_text()})"
+            )
     if ranking.tied and ranking.recommendation_reason:
         text += f". Within the noise: {ranking.recommendation_reason}"
     text += f". It is bound by {v.label or v.bottleneck}: {v.evidence}."

@@ -48,8 +48,16 @@ def groups(results: list[TrialResult]) -> list[ScaleGroup]:
         pts = []
         for r in rs:
             speedup = r.img_per_s / base.img_per_s
-            pts.append(ScalePoint(r.trial_id, r.world_size, r.img_per_s, speedup,
-                                  speedup / (r.world_size / base.world_size), r.comm_frac))  # fmt: skip
+            pts.append(
+                ScalePoint(
+                    r.trial_id,
+                    r.world_size,
+                    r.img_per_s,
+                    speedup,
+                    speedup / (r.world_size / base.world_size),
+                    r.comm_frac,
+                )
+            )
         settings = ", ".join([f"batch {key.batch}/rank", f"workers {key.workers}", *settings_tail(key)])
         out.append(ScaleGroup(settings, pts))
     return out
@@ -91,19 +99,26 @@ def link_losses(allreduce: list[AllReduceCeiling]) -> list[LinkLoss]:
             common = {p.size_bytes for p in c.points} & ({p.size_bytes for p in one.points} if one else set())
             sizes = {max(common)} if common else ({max(p.size_bytes for p in c.points)} if c.points else set())
         across, within = _bucket_ms(c, sizes), _bucket_ms(one, sizes) if one else None
-        what = (f"{len(sizes)} gradient bucket{'s' if len(sizes) != 1 else ''}" if any(p.is_bucket for p in c.points)
-                else "the largest message")  # fmt: skip
+        what = (
+            f"{len(sizes)} gradient bucket{'s' if len(sizes) != 1 else ''}"
+            if any(p.is_bucket for p in c.points)
+            else "the largest message"
+        )
         mib = sum(sizes) / 2**20
         if across is None:
             text = f"AllReduce across {c.nnodes} nodes ({c.nccl}): the probe did not reach the model's {what}"
         elif within is None:
-            text = (f"AllReduce of the model's {what} ({mib:.1f} MiB) takes {across:.2f} ms a step across {c.nnodes} "
-                    f"nodes ({c.world_size} ranks, {c.nccl}); within one node: not measured (one rank per node), so "
-                    "the share lost to the inter-node link is unknown")  # fmt: skip
+            text = (
+                f"AllReduce of the model's {what} ({mib:.1f} MiB) takes {across:.2f} ms a step across {c.nnodes} "
+                f"nodes ({c.world_size} ranks, {c.nccl}); within one node: not measured (one rank per node), so "
+                "the share lost to the inter-node link is unknown"
+            )
         else:
-            both = (f"AllReduce of the model's {what} ({mib:.1f} MiB) takes {across:.2f} ms a step across {c.nnodes} "
-                    f"nodes ({c.world_size} ranks) and {within:.2f} ms within one node ({one.world_size} ranks, "
-                    f"{c.nccl}; one sweep each, no interval)")  # fmt: skip
+            both = (
+                f"AllReduce of the model's {what} ({mib:.1f} MiB) takes {across:.2f} ms a step across {c.nnodes} "
+                f"nodes ({c.world_size} ranks) and {within:.2f} ms within one node ({one.world_size} ranks, "
+                f"{c.nccl}; one sweep each, no interval)"
+            )
             if within > 0 and abs(across / within - 1) > LINK_NOISE:
                 text = f"{both}: the inter-node link costs {across - within:+.2f} ms a step ({across / within:.1f}x)"
             else:

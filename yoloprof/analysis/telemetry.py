@@ -86,8 +86,14 @@ def _cpu_summary(out: TelemetrySummary, c: list[CpuSample]) -> None:
     out.mem_available_min_mib = min((s.mem_available_mib for s in c if s.mem_available_mib is not None), default=None)
 
 
-def summarize(header: Optional[TelemetryHeader], gpu_samples: list[GpuSample], cpu_samples: list[CpuSample],
-              t0_s: float, t1_s: float, images: int) -> TelemetrySummary:  # fmt: skip
+def summarize(
+    header: Optional[TelemetryHeader],
+    gpu_samples: list[GpuSample],
+    cpu_samples: list[CpuSample],
+    t0_s: float,
+    t1_s: float,
+    images: int,
+) -> TelemetrySummary:
     """Telemetry over [t0_s, t1_s], the trial's measured steps; images: those trained in the window."""
     g = [s for s in gpu_samples if t0_s <= s.t_s <= t1_s]
     c = [s for s in cpu_samples if t0_s <= s.t_s <= t1_s]

@@ -19,14 +19,20 @@ from yoloprof.records import EpochPrediction, Knobs, Ranking, TrialResult
 def trade_off(knob: str, value) -> Optional[str]:
     """What this value gives up against Ultralytics' default, or None where it gives up nothing."""
     if knob == "deterministic" and value is False:
-        return ("gives up bit-reproducible runs: torch's deterministic algorithms and cuDNN's deterministic mode are "
-                "off, so two runs with the same seed can differ")  # fmt: skip
+        return (
+            "gives up bit-reproducible runs: torch's deterministic algorithms and cuDNN's deterministic mode are "
+            "off, so two runs with the same seed can differ"
+        )
     if knob == "amp" and value == "bf16":
-        return ("changes the numerics: bfloat16 autocast keeps fp32's range with fewer mantissa bits (no GradScaler, "
-                "no fp16 overflow); needs a GPU with native bf16 (Ampere or later)")  # fmt: skip
+        return (
+            "changes the numerics: bfloat16 autocast keeps fp32's range with fewer mantissa bits (no GradScaler, "
+            "no fp16 overflow); needs a GPU with native bf16 (Ampere or later)"
+        )
     if knob == "compile" and value != "off":
-        return ("the same math, but every run first compiles the model (start-up time, measured below) and needs a "
-                "working compiler toolchain: a C++ compiler on CPU, Triton on CUDA")  # fmt: skip
+        return (
+            "the same math, but every run first compiles the model (start-up time, measured below) and needs a "
+            "working compiler toolchain: a C++ compiler on CPU, Triton on CUDA"
+        )
     if knob == "channels_last" and value is False:
         return "the same math in NCHW memory format; no Tensor-Core-friendly NHWC layout"
     return None
@@ -55,8 +61,14 @@ class CompilePayoff:
 def twin(results: list[TrialResult], r: TrialResult, **change) -> Optional[TrialResult]:
     """The finished trial with r's settings but for `change` (the first run of that configuration)."""
     want = replace(r.knobs, **change)
-    return next((t for t in results if t.status == "ok" and t.img_per_s and t.knobs == want
-                 and t.world_size == r.world_size and not t.repeat_of), None)  # fmt: skip
+    return next(
+        (
+            t
+            for t in results
+            if t.status == "ok" and t.img_per_s and t.knobs == want and t.world_size == r.world_size and not t.repeat_of
+        ),
+        None,
+    )
 
 
 def compile_payoffs(results: list[TrialResult], images_per_epoch: Optional[int]) -> list[CompilePayoff]:
@@ -79,15 +91,19 @@ def compile_payoffs(results: list[TrialResult], images_per_epoch: Optional[int])
         what = f"compile {r.knobs.compile}"
         cost = "n/a (no warm-up steps timed)" if one_time is None else f"{one_time:.0f} s"
         if not (d.beyond_noise and d.ratio > 1):
-            text = (f"{what}: no faster steps beyond the noise ({d.gain_text()}), and {cost} of compilation at "
-                    f"the start of every run: leave it off")  # fmt: skip
+            text = (
+                f"{what}: no faster steps beyond the noise ({d.gain_text()}), and {cost} of compilation at "
+                f"the start of every run: leave it off"
+            )
         elif images is None:
             text = f"{what}: {d.gain_text()} on the steady steps; its start-up cost was not measured"
         else:
             when = f"{epochs:.1f} epochs" if epochs is not None else f"{images:,.0f} images"
-            text = (f"{what}: {d.gain_text()} on the steady steps, after {cost} of compilation at the start "
-                    f"(measured cold); it pays for itself after {when} ({images:,.0f} images): a shorter run is "
-                    "faster without it")  # fmt: skip
+            text = (
+                f"{what}: {d.gain_text()} on the steady steps, after {cost} of compilation at the start "
+                f"(measured cold); it pays for itself after {when} ({images:,.0f} images): a shorter run is "
+                "faster without it"
+            )
         out.append(CompilePayoff(r.trial_id, off.trial_id, r.knobs.compile, one_time, d, images, epochs, text))
     return out
 
@@ -97,8 +113,9 @@ def _rate(results: list[TrialResult], trial_id: str) -> float:
     return cfg.mean if cfg is not None else 0.0
 
 
-def short_run_swap(ranking: Ranking, results: list[TrialResult],
-                   predictions: dict[str, EpochPrediction]) -> Optional[tuple[str, str]]:  # fmt: skip
+def short_run_swap(
+    ranking: Ranking, results: list[TrialResult], predictions: dict[str, EpochPrediction]
+) -> Optional[tuple[str, str]]:
     """(trial id, why) when the recommended trial compiles and the planned run is predicted to end sooner
     with the same settings uncompiled: compile's start-up is not won back in that many epochs."""
     rec = next((r for r in results if r.trial_id == ranking.recommended_trial_id), None)
@@ -112,10 +129,12 @@ def short_run_swap(ranking: Ranking, results: list[TrialResult],
         return None
     if a.run_h <= b.run_h:
         return None
-    return off.trial_id, (f"{rec.trial_id} compiles ({rec.knobs.compile}), and the planned run is predicted to take "
-                           f"{60 * a.run_h:.1f} min with it against {60 * b.run_h:.1f} min without: compile's start-up "
-                           f"is not won back in this run, so {off.trial_id} (the same settings, uncompiled) is "
-                           "recommended")  # fmt: skip
+    return off.trial_id, (
+        f"{rec.trial_id} compiles ({rec.knobs.compile}), and the planned run is predicted to take "
+        f"{60 * a.run_h:.1f} min with it against {60 * b.run_h:.1f} min without: compile's start-up "
+        f"is not won back in this run, so {off.trial_id} (the same settings, uncompiled) is "
+        "recommended"
+    )
 
 
 ULTRALYTICS_DEFAULT = {"deterministic": True, "compile": "off", "channels_last": True, "amp": True}
@@ -130,8 +149,9 @@ def measured_against_default(results: list[TrialResult], best: TrialResult, knob
     return f"{d.gain_text()} against {other.trial_id}"
 
 
-def config_notes(results: list[TrialResult], best: TrialResult, images_per_epoch: Optional[int],
-                 payoff: bool = True) -> dict[str, str]:  # fmt: skip
+def config_notes(
+    results: list[TrialResult], best: TrialResult, images_per_epoch: Optional[int], payoff: bool = True
+) -> dict[str, str]:
     """knob -> the comment best.yaml writes beside it: what it gives up, and what it was measured to gain
     (with compile's pay-off unless `payoff` is False, where it is shown on its own)."""
     notes = {}

@@ -82,10 +82,14 @@ def require_labels(images: list[Path], split: str, path: Path) -> None:
     if IMAGES_DIR in str(images[0]):
         fix = "put one .txt per image, named like it, in the labels/ folder beside images/"
     else:
-        fix = ("Ultralytics finds labels by replacing /images/ in an image's path with /labels/: keep the images "
-               "in an images/ folder and their .txt labels in a labels/ folder beside it")
-    raise UsageError(f"{path}: none of the {len(images)} {split} images has a label file "
-                     f"(looked for {first.name} in {first.parent}); {fix}")  # fmt: skip
+        fix = (
+            "Ultralytics finds labels by replacing /images/ in an image's path with /labels/: keep the images "
+            "in an images/ folder and their .txt labels in a labels/ folder beside it"
+        )
+    raise UsageError(
+        f"{path}: none of the {len(images)} {split} images has a label file "
+        f"(looked for {first.name} in {first.parent}); {fix}"
+    )
 
 
 def _kpt_columns(data: dict, path: Path) -> int | None:
@@ -93,8 +97,12 @@ def _kpt_columns(data: dict, path: Path) -> int | None:
     shape = data.get("kpt_shape")
     if shape is None:
         return None
-    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)
-            and shape[1] in (2, 3)):  # fmt: skip
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(v, int) and v > 0 for v in shape)
+        and shape[1] in (2, 3)
+    ):
         raise UsageError(f"{path}: kpt_shape {shape} is not [keypoints, 2 or 3], e.g. kpt_shape: [17, 3]")
     return 5 + shape[0] * shape[1]
 
@@ -111,8 +119,10 @@ def check_labels(images: list[Path], nc: int, kpt_columns: int | None = None) ->
             if not cols:
                 continue
             if kpt_columns is not None and len(cols) != kpt_columns:
-                raise UsageError(f"{label}:{lineno} has {len(cols)} columns; with the yaml's kpt_shape a pose label is "
-                                 f"'class x y w h' and the keypoints ({kpt_columns} columns)")  # fmt: skip
+                raise UsageError(
+                    f"{label}:{lineno} has {len(cols)} columns; with the yaml's kpt_shape a pose label is "
+                    f"'class x y w h' and the keypoints ({kpt_columns} columns)"
+                )
             if kpt_columns is None and len(cols) != 5 and (len(cols) < 7 or len(cols) % 2 == 0):
                 raise UsageError(
                     f"{label}:{lineno} has {len(cols)} columns; a detection label is 'class x y w h' (5 columns)"
@@ -124,7 +134,9 @@ def check_labels(images: list[Path], nc: int, kpt_columns: int | None = None) ->
             except ValueError:
                 raise UsageError(f"{label}:{lineno} is not numbers: '{line.strip()[:60]}'") from None
             if not 0 <= cls < nc:
-                raise UsageError(f"{label}:{lineno} has class id {cls}, but the data yaml names {nc} classes (0..{nc - 1})")
+                raise UsageError(
+                    f"{label}:{lineno} has class id {cls}, but the data yaml names {nc} classes (0..{nc - 1})"
+                )
     return seen
 
 
@@ -166,8 +178,10 @@ def inspect_classify(folder: Path) -> DatasetInfo:
     train = _class_split(folder, ("train",))
     val = _class_split(folder, ("val", "validation", "valid", "test"))
     if train is None or val is None:
-        raise UsageError(f"--data {folder}: a folder is a classify dataset and needs train/ and val/ folders, each "
-                         "with one folder of images per class (train/cat/1.jpg); a detect dataset is a data yaml")  # fmt: skip
+        raise UsageError(
+            f"--data {folder}: a folder is a classify dataset and needs train/ and val/ folders, each "
+            "with one folder of images per class (train/cat/1.jpg); a detect dataset is a data yaml"
+        )
     classes = sorted(d.name for d in train.iterdir() if d.is_dir())
     if not classes:
         raise UsageError(f"--data {folder}: {train} holds no class folders (train/<class>/*.jpg)")
@@ -210,7 +224,9 @@ def inspect(data_yaml: str | Path) -> DatasetInfo:
     if not root.is_absolute():
         root = Path.cwd() / root
     if not root.is_dir():
-        raise UsageError(f"--data {path}: 'path: {data.get('path')}' is not a folder (from {Path.cwd()}); use an absolute path")
+        raise UsageError(
+            f"--data {path}: 'path: {data.get('path')}' is not a folder (from {Path.cwd()}); use an absolute path"
+        )
     names = _names(data, path)
     train = _split_images(root, data["train"], "train", path)
     val = _split_images(root, data["val"], "val", path)
@@ -218,7 +234,11 @@ def inspect(data_yaml: str | Path) -> DatasetInfo:
     kpt = _kpt_columns(data, path)
     columns = check_labels(train, len(names), kpt) | check_labels(val, len(names), kpt)
     manifest = synthetic.read_manifest(path)
-    task = manifest.get("task", "detect") if manifest and manifest.get("synthetic") else labels_task(columns, kpt is not None)
+    task = (
+        manifest.get("task", "detect")
+        if manifest and manifest.get("synthetic")
+        else labels_task(columns, kpt is not None)
+    )
     return DatasetInfo(
         data=str(path.resolve()),
         train_images=len(train),

@@ -81,7 +81,9 @@ def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     return Image.fromarray(np.clip(field, 0, 255).astype(np.uint8))
 
 
-def _image(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, list[tuple[int, float, float, float, float]]]:
+def _image(
+    rng: np.random.Generator, w: int, h: int
+) -> tuple[Image.Image, list[tuple[int, float, float, float, float]]]:
     img = _background(rng, w, h)
     draw = ImageDraw.Draw(img)
     labels = []
@@ -102,8 +104,7 @@ def _image(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, list[
     return img, labels
 
 
-def _write_split(root: Path, split: str, start: int, stop: int, spec: SyntheticSpec,
-                 rng: np.random.Generator) -> None:  # fmt: skip
+def _write_split(root: Path, split: str, start: int, stop: int, spec: SyntheticSpec, rng: np.random.Generator) -> None:
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
     (root / "labels" / split).mkdir(parents=True, exist_ok=True)
     for i in range(start, stop):
@@ -117,8 +118,9 @@ def _write_split(root: Path, split: str, start: int, stop: int, spec: SyntheticS
         (root / "labels" / split / f"{i:06d}.txt").write_text(rows)
 
 
-def _write_class_split(root: Path, split: str, start: int, stop: int, spec: SyntheticSpec,
-                       rng: np.random.Generator) -> None:  # fmt: skip
+def _write_class_split(
+    root: Path, split: str, start: int, stop: int, spec: SyntheticSpec, rng: np.random.Generator
+) -> None:
     """classify: root/split/<class>/*.jpg, the classes in turn, so each split holds every class."""
     for name in CLASSES:
         (root / split / name).mkdir(parents=True, exist_ok=True)
@@ -168,9 +170,21 @@ def _write_all(root: Path, spec: SyntheticSpec, processes: int | None = None) ->
     procs = []
     try:
         for share in shares[1:]:
-            procs.append(subprocess.Popen([sys.executable, "-m", "yoloprof.data.dataset", str(root),
-                                           json.dumps(spec.__dict__), json.dumps(share)],
-                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "yoloprof.data.dataset",
+                        str(root),
+                        json.dumps(spec.__dict__),
+                        json.dumps(share),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
         for start, stop in shares[0]:
             _write_part(root, spec, start, stop)
         for p in procs:
@@ -194,8 +208,9 @@ def generate(out: Path, spec: SyntheticSpec = SyntheticSpec(), processes: int | 
         _write_all(tmp, spec, processes)
         if spec.task != "classify":
             names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASSES))
-            pose = (f"kpt_shape: {task_labels.KPT_SHAPE}\nflip_idx: {task_labels.FLIP_IDX}\n"
-                    if spec.task == "pose" else "")  # fmt: skip
+            pose = (
+                f"kpt_shape: {task_labels.KPT_SHAPE}\nflip_idx: {task_labels.FLIP_IDX}\n" if spec.task == "pose" else ""
+            )
             (tmp / "data.yaml").write_text(
                 f"# Synthetic {spec.task} dataset written by `yoloprof dataset`: for measuring speed only.\n"
                 f"path: {out.resolve()}\ntrain: images/train\nval: images/val\n{pose}names:\n{names}"

@@ -116,6 +116,8 @@ class ComputeCeiling:
     device_name: str
     device_mem_total_mib: Optional[float]
     points: list[ComputePoint]
-    max_batch_fit: dict[str, int] = field(default_factory=dict)  # "amp"/"bf16"/"fp32" -> largest batch within the margin
+    max_batch_fit: dict[str, int] = field(
+        default_factory=dict
+    )  # "amp"/"bf16"/"fp32" -> largest batch within the margin
     mem_margin_frac: float = 0.10
     note: Optional[str] = None

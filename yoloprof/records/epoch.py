@@ -81,6 +81,7 @@ class RankEpochParts:
     setup_s: Optional[float] = None  # trainer construction to the first training step's start
     startup_s: Optional[float] = None  # the rank process's start to the trainer's construction (interpreter, imports)
     mosaic_off_step: Optional[int] = None  # the first step trained after close_mosaic
+    mosaic_back_step: Optional[int] = None  # the first step with mosaic reopened (its last phase)
     end_s: list[float] = field(default_factory=list)
     val_s: list[float] = field(default_factory=list)  # the whole validate() of each pass, over the timed batches
     val_loop_s: list[float] = field(default_factory=list)  # of which the batch loop: the part that grows with images

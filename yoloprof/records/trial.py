@@ -13,7 +13,7 @@ from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
 
 
 def precision_name(amp: Union[bool, str]) -> str:
-    """"amp" (fp16 mixed precision), "bf16" or "fp32": how ids, tables and memory fits name an amp setting."""
+    """ "amp" (fp16 mixed precision), "bf16" or "fp32": how ids, tables and memory fits name an amp setting."""
     return "bf16" if amp == "bf16" else ("amp" if amp else "fp32")
 
 
@@ -88,7 +88,10 @@ class TrialSpec:
 
     @property
     def total_steps(self) -> int:
-        """The most steps the trial may run (warm-up included)."""
+        """The most steps the trial may run (warm-up included). An "epoch" trial runs three phases, mosaic on,
+        off, on again, the last two re-warmed (yoloprof.worker.epoch_end.EpochPlan)."""
+        if self.mode == "epoch":
+            return self.warmup_steps + 3 * self.measured_steps + 2 * max(self.warmup_steps, 1)
         return self.warmup_steps + max(self.measured_steps, self.max_steps or 0)
 
     @property
@@ -97,8 +100,13 @@ class TrialSpec:
         trial gets a launch of its own: the compiler's in-process caches would make a later compile look free."""
         own = (self.trial_id,) if self.knobs.compile != "off" else ()
         # deterministic: Ultralytics sets CUBLAS_WORKSPACE_CONFIG for it, and cuBLAS reads that once per process
-        return (self.world_size, self.device, tuple(self.gpus), tuple(sorted(self.env.items())),
-                self.knobs.deterministic) + own  # fmt: skip
+        return (
+            self.world_size,
+            self.device,
+            tuple(self.gpus),
+            tuple(sorted(self.env.items())),
+            self.knobs.deterministic,
+        ) + own
 
 
 def batch_that_runs(batch_per_rank: int, train_images: int, world_size: int) -> int:
@@ -117,11 +125,15 @@ def capped_batch_note(asked_per_rank: int, ran_per_rank: int, train_images: int,
     """Why a trial ran a smaller batch than it asked (batch_that_runs), in words for its notes."""
     n = max(world_size, 1)
     if n == 1:
-        return (f"ran at batch {ran_per_rank} per rank, not {asked_per_rank}: Ultralytics caps the batch at the "
-                f"dataset's {train_images} images")  # fmt: skip
-    return (f"ran at batch {ran_per_rank} per rank ({ran_per_rank * n} in all), not {asked_per_rank} "
-            f"({asked_per_rank * n}): each of the {n} ranks loads a shard of {ran_per_rank} of the dataset's "
-            f"{train_images} images an epoch (Ultralytics' DistributedSampler), fewer than a batch")  # fmt: skip
+        return (
+            f"ran at batch {ran_per_rank} per rank, not {asked_per_rank}: Ultralytics caps the batch at the "
+            f"dataset's {train_images} images"
+        )
+    return (
+        f"ran at batch {ran_per_rank} per rank ({ran_per_rank * n} in all), not {asked_per_rank} "
+        f"({asked_per_rank * n}): each of the {n} ranks loads a shard of {ran_per_rank} of the dataset's "
+        f"{train_images} images an epoch (Ultralytics' DistributedSampler), fewer than a batch"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

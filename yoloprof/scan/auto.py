@@ -17,7 +17,7 @@ from yoloprof import paths
 from yoloprof.analysis import against, dataset_fit, noise
 from yoloprof.analysis.ranking import classify
 from yoloprof.records import Decision, ScanMeta, TrialResult, write_json
-from yoloprof.scan import launch, runner
+from yoloprof.scan import ceiling_runs, launch, runner
 from yoloprof.search import baselines, plan, usercfg
 from yoloprof.search.prune import prune
 from yoloprof.search.space import Space, auto_space
@@ -36,8 +36,13 @@ def bottleneck(r: TrialResult) -> Optional[str]:
 
 def space_for(ctx, meta: ScanMeta) -> Space:
     risky, why = plan.cache_ram_risk(meta.dataset.train_images, ctx.imgsz, ctx.hw.world_size, runner.spare_mib(meta))
-    return auto_space(ctx.hw, ctx.given, dataset_fits_ram=not risky, ram_reason=why if risky else None,
-                      train_images=meta.dataset.train_images)  # fmt: skip
+    return auto_space(
+        ctx.hw,
+        ctx.given,
+        dataset_fits_ram=not risky,
+        ram_reason=why if risky else None,
+        train_images=meta.dataset.train_images,
+    )
 
 
 def cold_aware(loader):
@@ -57,14 +62,14 @@ def cold_aware(loader):
 
 def axes_of(space: Space) -> plan.Axes:
     v = space.values
-    return plan.Axes(list(v["batch"]), list(v["workers"]), list(v["amp"]), list(v["pin_memory"]), ["off"], list(v["nccl"]))
+    return plan.Axes(
+        list(v["batch"]), list(v["workers"]), list(v["amp"]), list(v["pin_memory"]), ["off"], list(v["nccl"])
+    )
 
 
 def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -> int:
     """0, or 128 + the signal that interrupted the scan. `started`: time.monotonic() when the scan began
     (the budget counts ceilings and set-up too)."""
-    from yoloprof.scan import orchestrate
-
     hw = ctx.hw
     clock = SearchClock(started, list(meta.decisions))  # --resume: the interrupted run's clock
     space = space_for(ctx, meta)
@@ -76,7 +81,7 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
         from probes import model_check
 
         buckets = model_check.ddp_bucket_sizes(ctx.model, len(ctx.dataset.classes)) if hw.world_size > 1 else []
-        orchestrate.run_ceilings(out / "ceilings", ctx, req, console, bucket_sizes=buckets)
+        ceiling_runs.run_ceilings(out / "ceilings", ctx, req, console, bucket_sizes=buckets)
     found = against.load(out / "ceilings")
     cold = ctx.fit().fits is False  # epochs read the dataset from storage: the loaders' cold rates bound them
     pruned = prune(space, found, hw, cold=cold)
@@ -89,10 +94,17 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
         if ctx.baseline is not None:
             references.append(defaults)
     judge, bound = (beats, bottleneck) if not cold else cold_aware(found.loader)
-    search = AutoSearch.from_pruned(pruned, start, meta.budget_s, beats=judge, contenders=noise.contenders,
-                                    bottleneck=bound, references=references,
-                                    after_trials=EPOCH_JOB_TRIALS,  # also on --resume: the job's time was spent
-                                    noise_df=lambda rs: noise.run_to_run(rs).df)  # fmt: skip
+    search = AutoSearch.from_pruned(
+        pruned,
+        start,
+        meta.budget_s,
+        beats=judge,
+        contenders=noise.contenders,
+        bottleneck=bound,
+        references=references,
+        after_trials=EPOCH_JOB_TRIALS,  # also on --resume: the job's time was spent
+        noise_df=lambda rs: noise.run_to_run(rs).df,
+    )
     done_before = {s.trial_id: s for s in meta.specs}  # --resume: trials that may already have results
     meta.specs, meta.trial_ids = [], []
     results: list[TrialResult] = []
@@ -104,10 +116,21 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
             _save(out, meta, space, pruned, search)
             if proposal is None:
                 break
-            spec = plan.spec_for(proposal.knobs, len(meta.specs) + 1, hw, model=ctx.model, data=ctx.dataset.data,
-                                 imgsz=ctx.imgsz, optimizer=ctx.optimizer, warmup=req.warmup, steps=req.steps,
-                                 precision=ctx.precision, max_steps=ctx.max_steps, repeat_of=proposal.repeat_of,
-                                 overrides=usercfg.held(meta.train_cfg_args))  # fmt: skip
+            spec = plan.spec_for(
+                proposal.knobs,
+                len(meta.specs) + 1,
+                hw,
+                model=ctx.model,
+                data=ctx.dataset.data,
+                imgsz=ctx.imgsz,
+                optimizer=ctx.optimizer,
+                warmup=req.warmup,
+                steps=req.steps,
+                precision=ctx.precision,
+                max_steps=ctx.max_steps,
+                repeat_of=proposal.repeat_of,
+                overrides=usercfg.held(meta.train_cfg_args),
+            )
             earlier = done_before.get(spec.trial_id)
             if earlier is not None and (earlier.knobs, earlier.repeat_of) != (spec.knobs, spec.repeat_of):
                 runner.discard(out, spec.trial_id)  # the resumed search went another way: that trial is stale
@@ -169,4 +192,3 @@ def _ceilings_measured(out: Path) -> bool:
 def _save(out: Path, meta: ScanMeta, space: Space, pruned, search: AutoSearch) -> None:
     meta.decisions = list(space.dropped) + list(pruned.decisions) + list(search.decisions)
     write_json(out / paths.SCAN_MARKER, meta)
-

@@ -48,8 +48,10 @@ class Job:
                 return f"node {k} could not launch: {lead.store.get(refused).decode()}"
             silent = lead.pulses[k].silent_s()
             if silent > LOST_S:
-                return (f"node {k} stopped answering ({silent:.0f} s without a heartbeat): its scan process was "
-                        "killed, or the network to it is down")  # fmt: skip
+                return (
+                    f"node {k} stopped answering ({silent:.0f} s without a heartbeat): its scan process was "
+                    "killed, or the network to it is down"
+                )
         return None
 
     def finish(self, folder: Path) -> Optional[str]:
@@ -64,9 +66,14 @@ class Job:
             while not has(lead.store, key):
                 silent = lead.pulses[k].silent_s()
                 if silent > LOST_S or time.monotonic() > deadline:
-                    failure = failure or (f"node {k} sent no records: " + (
-                        f"{silent:.0f} s without a heartbeat (its scan process was killed, or the network is down)"
-                        if silent > LOST_S else f"none within {GATHER_S:.0f} s of the launch's end on node 0"))  # fmt: skip
+                    failure = failure or (
+                        f"node {k} sent no records: "
+                        + (
+                            f"{silent:.0f} s without a heartbeat (its scan process was killed, or the network is down)"
+                            if silent > LOST_S
+                            else f"none within {GATHER_S:.0f} s of the launch's end on node 0"
+                        )
+                    )
                     break
                 time.sleep(0.2)
             else:
@@ -106,8 +113,10 @@ class Leader:
         try:
             self.store = connect(nodes.host, nodes.port, leader=True, timeout_s=nodes_mod.JOIN_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - a taken port, an address of another machine
-            raise ScanFailed(f"node 0 cannot host the scan's store at {nodes.endpoint}: {_first_line(exc)}; give "
-                             "--rdzv-endpoint this machine's address and a free port") from None  # fmt: skip
+            raise ScanFailed(
+                f"node 0 cannot host the scan's store at {nodes.endpoint}: {_first_line(exc)}; give "
+                "--rdzv-endpoint this machine's address and a free port"
+            ) from None
         self.followers = list(range(1, nodes.nnodes))
         self.pulses = {k: Pulse(self.store, k) for k in self.followers}
         self.heart = Heart(nodes.host, nodes.port, 0)
@@ -123,8 +132,10 @@ class Leader:
             while not has(self.store, key):
                 if time.monotonic() > deadline:
                     self.close(f"node {k} did not join")
-                    raise ScanFailed(f"node {k} did not join at {self.nodes.endpoint} within {timeout_s:.0f} s: run "
-                                     f"the same command there with --node-rank {k}")  # fmt: skip
+                    raise ScanFailed(
+                        f"node {k} did not join at {self.nodes.endpoint} within {timeout_s:.0f} s: run "
+                        f"the same command there with --node-rank {k}"
+                    )
                 time.sleep(0.2)
             self.peers[k] = get_json(self.store, key)
         for k, peer in self.peers.items():
@@ -136,13 +147,13 @@ class Leader:
 
     def job(self, kind: str, payload: dict) -> Job:
         """Publish a launch; node 0 starts its own torchrun right after."""
-        from yoloprof.scan.launch import free_port
-
         self.n += 1
-        port = free_port()
+        port = nodes_mod.free_port()
         job = Job(self, self.n, f"{self.nodes.host}:{port}", f"{self.scan_id}-{self.n}")
-        self.store.set(store_key("job", self.n), json.dumps({"kind": kind, "rdzv_endpoint": job.rdzv_endpoint,
-                                                        "rdzv_id": job.rdzv_id, **payload}))  # fmt: skip
+        self.store.set(
+            store_key("job", self.n),
+            json.dumps({"kind": kind, "rdzv_endpoint": job.rdzv_endpoint, "rdzv_id": job.rdzv_id, **payload}),
+        )
         return job
 
     def close(self, reason: str = "the scan ended") -> None:
@@ -152,8 +163,9 @@ class Leader:
             self.store.set(store_key("job", self.n), json.dumps({"kind": "end", "reason": reason}))
             joined = [k for k in self.followers if has(self.store, store_key("hello", k))]  # the others cannot hear it
             deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline and not all(has(self.store, store_key("bye", k)) or
-                                                          self.pulses[k].silent_s() > LOST_S for k in joined):  # fmt: skip
+            while time.monotonic() < deadline and not all(
+                has(self.store, store_key("bye", k)) or self.pulses[k].silent_s() > LOST_S for k in joined
+            ):
                 time.sleep(0.1)
         finally:
             self.heart.stop()
@@ -161,18 +173,35 @@ class Leader:
 
 def hello(hw, dataset, model: str, imgsz: int) -> dict:
     """What node 0 compares with its own: a follower runs the same trials only where these match."""
-    return {"version": __version__, "host": socket.gethostname(), "device": hw.device,
-            "nproc": hw.world_size // max(hw.nnodes, 1), "gpus": list(hw.gpus), "model": model, "imgsz": imgsz,
-            "train_images": dataset.train_images, "classes": len(dataset.classes), "data": dataset.data}  # fmt: skip
+    return {
+        "version": __version__,
+        "host": socket.gethostname(),
+        "device": hw.device,
+        "nproc": hw.world_size // max(hw.nnodes, 1),
+        "gpus": list(hw.gpus),
+        "model": model,
+        "imgsz": imgsz,
+        "train_images": dataset.train_images,
+        "classes": len(dataset.classes),
+        "data": dataset.data,
+    }
 
 
 def mismatch(mine: dict, theirs: dict) -> Optional[str]:
     """Why a follower cannot run node 0's trials, or None (node 0's side of the check)."""
-    for key, what in (("version", "yoloprof version"), ("device", "device"), ("nproc", "ranks per node"),
-                      ("imgsz", "image size"), ("train_images", "training images"), ("classes", "classes")):  # fmt: skip
+    for key, what in (
+        ("version", "yoloprof version"),
+        ("device", "device"),
+        ("nproc", "ranks per node"),
+        ("imgsz", "image size"),
+        ("train_images", "training images"),
+        ("classes", "classes"),
+    ):
         if mine.get(key) != theirs.get(key):
-            return (f"{what} {theirs.get(key)} there, {mine.get(key)} on node 0: run the same command, with the same "
-                    "data and as many ranks, on every node")  # fmt: skip
+            return (
+                f"{what} {theirs.get(key)} there, {mine.get(key)} on node 0: run the same command, with the same "
+                "data and as many ranks, on every node"
+            )
     if Path(str(mine.get("model"))).name != Path(str(theirs.get("model"))).name:
         return f"model {theirs.get('model')} there, {mine.get('model')} on node 0"
     return None
@@ -180,8 +209,10 @@ def mismatch(mine: dict, theirs: dict) -> Optional[str]:
 
 def lead(nodes: nodes_mod.Nodes, scan_id: str, me: dict, console) -> Leader:
     """Node 0: host the store and wait until every other node has joined with matching inputs."""
-    console.print(f"  nodes: {nodes.nnodes}, this is node 0; waiting for nodes 1-{nodes.nnodes - 1} at {nodes.endpoint} "
-                  f"(at most {nodes_mod.JOIN_TIMEOUT_S:.0f} s)...")  # fmt: skip
+    console.print(
+        f"  nodes: {nodes.nnodes}, this is node 0; waiting for nodes 1-{nodes.nnodes - 1} at {nodes.endpoint} "
+        f"(at most {nodes_mod.JOIN_TIMEOUT_S:.0f} s)..."
+    )
     leader = Leader(nodes, scan_id, me)
     try:
         leader.admit(mismatch)

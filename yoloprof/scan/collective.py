@@ -20,18 +20,28 @@ from yoloprof.analysis.aggregate import log_tail
 from yoloprof.records import CollectiveCheck
 
 
-def _once(world_size: int, backend: str, timeout_s: float, extra: dict[str, str], folder: Path,
-          cuda_visible: Optional[str]) -> CollectiveCheck:  # fmt: skip
+def _once(
+    world_size: int, backend: str, timeout_s: float, extra: dict[str, str], folder: Path, cuda_visible: Optional[str]
+) -> CollectiveCheck:
     folder.mkdir(parents=True, exist_ok=True)
     cmd = launch.torchrun_prefix(world_size, launch.free_port()) + [
-        "-m", "probes.collective_check", "--dir", str(folder), "--backend", backend, "--timeout-s", str(timeout_s)]
+        "-m",
+        "probes.collective_check",
+        "--dir",
+        str(folder),
+        "--backend",
+        backend,
+        "--timeout-s",
+        str(timeout_s),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
     if cuda_visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = cuda_visible
     start = time.monotonic()
     with open(folder / "launcher.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
         try:
             proc.wait(timeout=timeout_s)
             hung = False
@@ -67,9 +77,15 @@ def _tail(log: Path) -> str:
     return (causes or lines or [""])[-1][:300]
 
 
-def run(world_size: int, *, backend: str, timeout_s: float, gpus: Optional[list[str]] = None,
-        settings: Optional[list[dict[str, str]]] = None,
-        work_dir: Optional[Path] = None) -> list[CollectiveCheck]:  # fmt: skip
+def run(
+    world_size: int,
+    *,
+    backend: str,
+    timeout_s: float,
+    gpus: Optional[list[str]] = None,
+    settings: Optional[list[dict[str, str]]] = None,
+    work_dir: Optional[Path] = None,
+) -> list[CollectiveCheck]:
     """One check per setting until one works. Default settings: as inherited, then (NCCL only, and
     only if it is not set already) with NCCL_P2P_DISABLE=1. gpus: CUDA_VISIBLE_DEVICES entries."""
     if settings is None:

@@ -43,8 +43,9 @@ def pick(results: list[TrialResult], best_trial_id: Optional[str], ranking_order
 
 def epoch_spec(spec: TrialSpec) -> TrialSpec:
     """The trial's settings in "epoch" mode: fixed steps (no stopping rule), not a repeat of anything."""
-    return dataclasses.replace(spec, trial_id=f"epoch-w{spec.world_size}", mode="epoch", max_steps=None,
-                               precision=None, repeat_of=None)  # fmt: skip
+    return dataclasses.replace(
+        spec, trial_id=f"epoch-w{spec.world_size}", mode="epoch", max_steps=None, precision=None, repeat_of=None
+    )
 
 
 def measure(spec: TrialSpec, tdir: Path, policy: launch.HangPolicy = launch.HangPolicy()) -> EpochCosts:
@@ -87,10 +88,14 @@ def run(out: Path, meta, ctx, req, console: Console) -> list[EpochCosts]:
         try:
             spec = epoch_spec(read_json(paths.trial_dir(out, trial.trial_id) / "spec.json", TrialSpec))
         except (OSError, RecordError) as exc:
-            costs = EpochCosts(w, trial.device, trial.knobs, "error", error=f"trial {trial.trial_id}: {error_line(exc)}")
+            costs = EpochCosts(
+                w, trial.device, trial.knobs, "error", error=f"trial {trial.trial_id}: {error_line(exc)}"
+            )
         else:
-            console.print(f"Epoch costs ({w} rank{'s' if w != 1 else ''}): validation, saving and the epoch end with "
-                          f"the settings of {trial.trial_id}...")  # fmt: skip
+            console.print(
+                f"Epoch costs ({w} rank{'s' if w != 1 else ''}): validation, saving and the epoch end with "
+                f"the settings of {trial.trial_id}..."
+            )
             tdir = out / epoch_costs.EPOCH_DIR / f"w{w}"
             costs = measure(spec, tdir, policy)
             for ckpt in (tdir / "ultralytics" / "weights").glob("*.pt"):

@@ -34,8 +34,10 @@ class Follower:
         try:
             self.store = connect(host, port, leader=False, timeout_s=JOIN_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001
-            raise ScanFailed(f"node {k} cannot reach node 0's scan at {nodes.endpoint} within {JOIN_TIMEOUT_S:.0f} s "
-                             f"({cluster._first_line(exc)}): start the scan on node 0 with the same --rdzv-endpoint") from None  # fmt: skip
+            raise ScanFailed(
+                f"node {k} cannot reach node 0's scan at {nodes.endpoint} within {JOIN_TIMEOUT_S:.0f} s "
+                f"({cluster._first_line(exc)}): start the scan on node 0 with the same --rdzv-endpoint"
+            ) from None
         self.heart = Heart(host, port, k)
         self.leader = Pulse(self.store, 0)
 
@@ -53,7 +55,9 @@ class Follower:
                 job = get_json(self.store, key)
                 if job["kind"] == "end":
                     return job.get("reason", "the scan ended")
-                self.console.print(f"node {k}: launch {n} ({job['kind']}{': ' + job['spec']['trial_id'] if job['kind'] == 'trial' else ''})")
+                self.console.print(
+                    f"node {k}: launch {n} ({job['kind']}{': ' + job['spec']['trial_id'] if job['kind'] == 'trial' else ''})"
+                )
                 folder = self.out / "launches" / f"{n:03d}"
                 try:
                     self._launch(n, job, folder, stop)
@@ -63,8 +67,10 @@ class Follower:
                 shutil.rmtree(folder / paths.COMPILE_CACHE, ignore_errors=True)
                 n += 1
         except (RuntimeError, OSError) as exc:  # the store is gone with node 0's scan process
-            raise ScanFailed(f"node 0 stopped answering ({cluster._first_line(exc)}); its outputs hold what finished: "
-                             "resume there with --resume and start this command again") from None  # fmt: skip
+            raise ScanFailed(
+                f"node 0 stopped answering ({cluster._first_line(exc)}); its outputs hold what finished: "
+                "resume there with --resume and start this command again"
+            ) from None
         finally:
             self.heart.stop()
             try:
@@ -78,8 +84,10 @@ class Follower:
         silent = self.leader.silent_s()
         if silent > cluster.LOST_S:
             how = "its store is gone" if silent == float("inf") else f"{silent:.0f} s without a heartbeat"
-            raise ScanFailed(f"node 0 stopped answering ({how}); its outputs hold "
-                             "what finished: resume there with --resume and start this command again")  # fmt: skip
+            raise ScanFailed(
+                f"node 0 stopped answering ({how}); its outputs hold "
+                "what finished: resume there with --resume and start this command again"
+            )
 
     def _ended(self, n: int, stop):
         """should_stop for this node's launch: node 0's ended (and a grace passed), node 0 is gone, or a signal."""
@@ -103,9 +111,15 @@ class Follower:
         folder.mkdir(parents=True, exist_ok=True)
         if job["kind"] == "trial":
             spec = self.localize(from_dict(TrialSpec, job["spec"]))
-            outcome = launch.run_trial(spec, folder, cache_dir=paths.cache_dir(), policy=NEVER,
-                                       should_stop=self._ended(n, stop), rendezvous=rdzv,
-                                       extra_env={SCAN_NODE_ENV: str(self.nodes.node_rank)})  # fmt: skip
+            outcome = launch.run_trial(
+                spec,
+                folder,
+                cache_dir=paths.cache_dir(),
+                policy=NEVER,
+                should_stop=self._ended(n, stop),
+                rendezvous=rdzv,
+                extra_env={SCAN_NODE_ENV: str(self.nodes.node_rank)},
+            )
             (folder / "launch.json").write_text(json.dumps(dataclasses.asdict(outcome)))
             return
         self._command(job, folder, rdzv, self._ended(n, stop))
@@ -113,9 +127,12 @@ class Follower:
     def localize(self, spec: TrialSpec) -> TrialSpec:
         """Node 0's trial with this node's GPUs, data and model paths."""
         nproc = spec.nproc_per_node
-        return dataclasses.replace(spec, gpus=list(self.hw.gpus[:nproc]) if spec.device == "cuda" else [],
-                                   data=self.dataset.data, model=self.model if Path(spec.model).name ==
-                                   Path(self.model).name else spec.model)  # fmt: skip
+        return dataclasses.replace(
+            spec,
+            gpus=list(self.hw.gpus[:nproc]) if spec.device == "cuda" else [],
+            data=self.dataset.data,
+            model=self.model if Path(spec.model).name == Path(self.model).name else spec.model,
+        )
 
     def _command(self, job: dict, folder: Path, rdzv: launch.Rendezvous, should_stop) -> None:
         """A probe's launch (the link ceiling): `{dir}` in its arguments is this node's folder."""
@@ -127,8 +144,9 @@ class Follower:
 
             env["CUDA_VISIBLE_DEVICES"] = ",".join(physical(self.hw.gpus[: job["nproc"]]))
         with open(folder / "launcher.log", "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
             try:
                 while proc.poll() is None and not should_stop():
                     time.sleep(0.25)
@@ -143,8 +161,10 @@ def run(ctx, req, console: Console) -> int:
     nodes = ctx.nodes
     out = paths.next_run_dir(f"scan-node{nodes.node_rank}")
     out.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]yoloprof scan[/], node {nodes.node_rank} of {nodes.nnodes}: following node 0 at {nodes.endpoint} "
-                  f"({ctx.hw_why}); this node's launches go to {out}, node 0 writes every output")  # fmt: skip
+    console.print(
+        f"[bold]yoloprof scan[/], node {nodes.node_rank} of {nodes.nnodes}: following node 0 at {nodes.endpoint} "
+        f"({ctx.hw_why}); this node's launches go to {out}, node 0 writes every output"
+    )
     me = cluster.hello(ctx.hw, ctx.dataset, ctx.model, ctx.imgsz)
     with StopFlag() as stop:
         follower = Follower(nodes, out, ctx.hw, ctx.dataset, ctx.model, console)

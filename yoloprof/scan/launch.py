@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import json
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from yoloprof.analysis.aggregate import LaunchOutcome, read_ranks
+from yoloprof.nodes import free_port  # noqa: F401 - the launches' port, used here and by pool, ceilings, collective
 from yoloprof.records import TrialSpec, write_json
 
 
@@ -35,12 +35,6 @@ def offline_env(cache_dir: Path) -> dict[str, str]:
     }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun_prefix(nproc: int, port: Optional[int] = None, rendezvous: Optional["Rendezvous"] = None) -> list[str]:
     """torchrun under the orphan guard: a local master on one node, the launch's c10d rendezvous on several."""
     from yoloprof import nodes
@@ -48,7 +42,8 @@ def torchrun_prefix(nproc: int, port: Optional[int] = None, rendezvous: Optional
     if rendezvous is None:
         return [sys.executable, "-m", "yoloprof.orphan_guard"] + nodes.torchrun(nproc, master_port=port)
     return [sys.executable, "-m", "yoloprof.orphan_guard"] + nodes.torchrun(
-        nproc, rendezvous.nodes, rdzv_endpoint=rendezvous.endpoint, rdzv_id=rendezvous.rdzv_id)
+        nproc, rendezvous.nodes, rdzv_endpoint=rendezvous.endpoint, rdzv_id=rendezvous.rdzv_id
+    )
 
 
 @dataclass(frozen=True)
@@ -137,8 +132,10 @@ class HangPolicy:
             return None
         if not watch.step_ms:
             return f"no first step within {limit:.0f} s"
-        return (f"no step for {still_s:.0f} s (limit {limit:.0f} s: {self.stall_factor:.0f} x the median step, "
-                f"at least {self.min_stall_s:.0f} s)")  # fmt: skip
+        return (
+            f"no step for {still_s:.0f} s (limit {limit:.0f} s: {self.stall_factor:.0f} x the median step, "
+            f"at least {self.min_stall_s:.0f} s)"
+        )
 
 
 class TrialWatch:
@@ -187,9 +184,15 @@ class TrialClock:
     """One trial's watch loop step, shared by a launch per trial and a rank pool: new steps reset the
     stall clock, the hang rule and a stop request end the wait."""
 
-    def __init__(self, watch: "TrialWatch", policy: HangPolicy, start: float,
-                 on_poll: Optional[Callable] = None, should_stop: Optional[Callable[[], bool]] = None,
-                 abort: Optional[Callable[[], Optional[str]]] = None):  # fmt: skip
+    def __init__(
+        self,
+        watch: "TrialWatch",
+        policy: HangPolicy,
+        start: float,
+        on_poll: Optional[Callable] = None,
+        should_stop: Optional[Callable[[], bool]] = None,
+        abort: Optional[Callable[[], Optional[str]]] = None,
+    ):
         self.watch, self.policy, self.start, self.last_move = watch, policy, start, time.monotonic()
         self.on_poll, self.should_stop, self.abort = on_poll, should_stop, abort
         self.timeout_reason: Optional[str] = None
@@ -247,8 +250,9 @@ def run_trial(
     clock = TrialClock(watch, policy, start, on_poll, should_stop, abort=job.failure if job else None)
     from probes.telemetry import TelemetrySampler
 
-    sampler = TelemetrySampler(trial_dir / TELEMETRY_FILE, interval_s=telemetry_interval_s,
-                               gpus=spec.gpus if spec.device == "cuda" else [])  # fmt: skip
+    sampler = TelemetrySampler(
+        trial_dir / TELEMETRY_FILE, interval_s=telemetry_interval_s, gpus=spec.gpus if spec.device == "cuda" else []
+    )
     from probes.gpu_release import ReleaseWatch
 
     release = ReleaseWatch(spec.gpus if spec.device == "cuda" else [])  # the GPUs' memory before the trial
@@ -267,9 +271,14 @@ def run_trial(
             kill_group(proc)
     wall_s = time.monotonic() - start
     watch.poll()
-    outcome = LaunchOutcome(returncode=proc.returncode, timed_out=clock.timeout_reason is not None,
-                            interrupted=clock.interrupted, wall_s=wall_s, timeout_reason=clock.timeout_reason,
-                            node_failure=clock.node_failure)  # fmt: skip
+    outcome = LaunchOutcome(
+        returncode=proc.returncode,
+        timed_out=clock.timeout_reason is not None,
+        interrupted=clock.interrupted,
+        wall_s=wall_s,
+        timeout_reason=clock.timeout_reason,
+        node_failure=clock.node_failure,
+    )
     if job is not None:  # the other nodes' records, whatever happened here
         from yoloprof.scan import cluster
 

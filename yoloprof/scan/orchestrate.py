@@ -20,15 +20,35 @@ from yoloprof.data.dataset import images_for
 from yoloprof.search import baselines, plan, space, usercfg
 from yoloprof.analysis import dataset_fit, doctor, optimizer as optim
 from yoloprof.scan import cluster, launch, preflight, request, runner
+from yoloprof.scan.ceiling_runs import disk_too, run_ceilings  # noqa: F401 - disk_too: re-exported for tests
 from yoloprof.errors import ScanFailed, UsageError
 from yoloprof.records import (
-    DatasetInfo, Environment, Knobs, MemoryBudget, OptimizerPlan, RecordError, RunPlan, ScanMeta, read_json, write_json,
-)  # fmt: skip
+    DatasetInfo,
+    Environment,
+    Knobs,
+    MemoryBudget,
+    OptimizerPlan,
+    RecordError,
+    RunPlan,
+    ScanMeta,
+    read_json,
+    write_json,
+)
 
 from yoloprof.scan.request import (  # noqa: F401 - the scan's input checks, re-exported for the CLI and tests
-    DEFAULT_MODEL, MAX_STEPS_FACTOR, ScanRequest,
-    check_numbers, parse_axes, parse_budget, parse_precision, prepare_out, resolve_data, resolve_hardware,
-    resolve_memory, resolve_run_plan, resolve_strategy,
+    DEFAULT_MODEL,
+    MAX_STEPS_FACTOR,
+    ScanRequest,
+    check_numbers,
+    parse_axes,
+    parse_budget,
+    parse_precision,
+    prepare_out,
+    resolve_data,
+    resolve_hardware,
+    resolve_memory,
+    resolve_run_plan,
+    resolve_strategy,
 )
 
 NO_TRIAL_OK = 1  # exit code of a scan that ran to the end without one trial finishing
@@ -37,15 +57,27 @@ NO_TRIAL_OK = 1  # exit code of a scan that ran to the end without one trial fin
 def nodes_line(hw: plan.Hardware) -> str:
     if hw.nnodes == 1:
         return "Single node: trials cannot span nodes; a multi-node run adds inter-node links that were not measured."
-    return (f"{hw.nnodes} nodes: each trial of {hw.world_size} ranks ran one torchrun per node ({hw.per_node} ranks each), "
-            "joined by torchrun's c10d rendezvous; the GPU and CPU telemetry shown is node 0's (the other nodes' "
-            "samples are kept under trials/<id>/nodes/).")  # fmt: skip
+    return (
+        f"{hw.nnodes} nodes: each trial of {hw.world_size} ranks ran one torchrun per node ({hw.per_node} ranks each), "
+        "joined by torchrun's c10d rendezvous; the GPU and CPU telemetry shown is node 0's (the other nodes' "
+        "samples are kept under trials/<id>/nodes/)."
+    )
 
 
-def trial_deviations(hw: plan.Hardware, req: ScanRequest, steps: int, warmup: int,
-                     precision: Optional[float] = None, max_steps: Optional[int] = None) -> list[str]:  # fmt: skip
-    measured = (f"{steps} to {max_steps} measured iterations (until the 95% interval of its images/s is within "
-                f"+-{100 * precision:.0f}%)" if precision and max_steps and max_steps > steps else f"{steps} measured iterations")
+def trial_deviations(
+    hw: plan.Hardware,
+    req: ScanRequest,
+    steps: int,
+    warmup: int,
+    precision: Optional[float] = None,
+    max_steps: Optional[int] = None,
+) -> list[str]:
+    measured = (
+        f"{steps} to {max_steps} measured iterations (until the 95% interval of its images/s is within "
+        f"+-{100 * precision:.0f}%)"
+        if precision and max_steps and max_steps > steps
+        else f"{steps} measured iterations"
+    )
     out = [
         f"Each trial trains {warmup} warm-up + {measured}, then stops on the same step on every "
         "rank, without validation or checkpoints. Validation, checkpoint saving and the epoch end were timed "
@@ -128,8 +160,11 @@ def prepare(req: ScanRequest, console: Console) -> Context:
         hw_why += f" on each of {nodes.nnodes} nodes: {hw.world_size} ranks"
     world_sizes = plan.parse_world_sizes(req.ranks, hw) if req.ranks else None
     the_plan = plan.make_plan(hw, given)
-    mine = baselines.from_cfg(cfg_args, hw, req.cfg) if req.cfg else (
-        baselines.parse_baseline(req.baseline, hw) if req.baseline else None)  # fmt: skip
+    mine = (
+        baselines.from_cfg(cfg_args, hw, req.cfg)
+        if req.cfg
+        else (baselines.parse_baseline(req.baseline, hw) if req.baseline else None)
+    )
     strategy = resolve_strategy(req, given)
     imgsz = req.imgsz or (640 if hw.device == "cuda" else 128)
     # the built-in dataset holds enough images for the largest batch the scan may run (dataset.images_for)
@@ -146,8 +181,9 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     usercfg.check_task(cfg_args, dataset.task, model, req.cfg)
     run_plan = resolve_run_plan(req, cfg_args)
     # --optimizer, the config's, else Ultralytics' auto: picked per trial for the planned run, not a trial's few steps
-    optimizer = usercfg.optimizer_plan(usercfg.optimizer_flag(req), cfg_args, images=dataset.train_images,
-                                       epochs=run_plan.epochs, nbs=run_plan.nbs)  # fmt: skip
+    optimizer = usercfg.optimizer_plan(
+        usercfg.optimizer_flag(req), cfg_args, images=dataset.train_images, epochs=run_plan.epochs, nbs=run_plan.nbs
+    )
     req.optimizer = optimizer.asked
     preflight.before_scan(checks, local_hw, max(the_plan.axes.workers), console)  # on 2+ GPUs: a first NCCL AllReduce
     precision = parse_precision(req.precision)
@@ -155,13 +191,35 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     if strategy == "auto" and req.ranks:
         raise UsageError("--ranks compares world sizes over a grid; add --strategy grid")
     budget_s = parse_budget(req.budget, hw.device) if strategy == "auto" else None
-    return Context(env, hw, hw_why, the_plan, imgsz, dataset, model, roles, world_sizes, strategy, budget_s,
-                   precision, max_steps, given, mine, run_plan, train_cfg, cfg_args, nodes, optimizer,
-                   batches=sorted(set(batches)), memory=memory)  # fmt: skip
+    return Context(
+        env,
+        hw,
+        hw_why,
+        the_plan,
+        imgsz,
+        dataset,
+        model,
+        roles,
+        world_sizes,
+        strategy,
+        budget_s,
+        precision,
+        max_steps,
+        given,
+        mine,
+        run_plan,
+        train_cfg,
+        cfg_args,
+        nodes,
+        optimizer,
+        batches=sorted(set(batches)),
+        memory=memory,
+    )
 
 
-def planned_batches(hw: plan.Hardware, given: dict, strategy: str, the_plan: plan.Plan, mine: Optional[Knobs],
-                    with_defaults: bool) -> list[int]:  # fmt: skip
+def planned_batches(
+    hw: plan.Hardware, given: dict, strategy: str, the_plan: plan.Plan, mine: Optional[Knobs], with_defaults: bool
+) -> list[int]:
     """Every global batch the scan may run, known before its data: the grid's list or the auto space's values,
     the user's settings and Ultralytics' defaults. The compute probe runs the same batches per rank."""
     out = list(space.batch_values(hw, given) if strategy == "auto" else the_plan.axes.batch)
@@ -176,10 +234,24 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
     hw, the_plan, dataset, model, imgsz = ctx.hw, ctx.plan, ctx.dataset, ctx.model, ctx.imgsz
     out = prepare_out(req)
     leader = _lead(ctx.nodes, out, cluster.hello(hw, dataset, model, imgsz), console) if ctx.nodes.multi else None
-    specs = [] if ctx.strategy == "auto" else plan.specs(
-        the_plan, hw, model=model, data=dataset.data, imgsz=imgsz, optimizer=ctx.optimizer, warmup=req.warmup,
-        steps=req.steps, world_sizes=ctx.world_sizes, precision=ctx.precision, max_steps=ctx.max_steps,
-        overrides=usercfg.held(ctx.train_cfg_args))  # fmt: skip
+    specs = (
+        []
+        if ctx.strategy == "auto"
+        else plan.specs(
+            the_plan,
+            hw,
+            model=model,
+            data=dataset.data,
+            imgsz=imgsz,
+            optimizer=ctx.optimizer,
+            warmup=req.warmup,
+            steps=req.steps,
+            world_sizes=ctx.world_sizes,
+            precision=ctx.precision,
+            max_steps=ctx.max_steps,
+            overrides=usercfg.held(ctx.train_cfg_args),
+        )
+    )
     meta = ScanMeta(
         yoloprof_version=__version__,
         created_s=time.time(),
@@ -197,8 +269,12 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
         dropped=the_plan.dropped,
         trial_ids=[s.trial_id for s in specs],
         specs=specs,
-        baselines={role: next(s.trial_id for s in specs if s.knobs == k and s.world_size == hw.world_size)
-                   for role, k in ctx.roles.items()} if specs else {},  # auto: set when the search runs its start
+        baselines={
+            role: next(s.trial_id for s in specs if s.knobs == k and s.world_size == hw.world_size)
+            for role, k in ctx.roles.items()
+        }
+        if specs
+        else {},  # auto: set when the search runs its start
         environment=ctx.env,
         trial_deviations=trial_deviations(hw, req, req.steps, req.warmup, ctx.precision, ctx.max_steps),
         strategy=ctx.strategy,
@@ -218,14 +294,25 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
         meta.trial_deviations.append(usercfg.deviation(ctx.train_cfg_args))
     write_json(out / paths.SCAN_MARKER, meta)
     console.print(f"[bold]yoloprof scan[/] -> {out}")
-    console.print(f"  ranks: {ctx.hw_why}" + (f"; scaling over {ctx.world_sizes} ranks, same batch per rank"
-                                               if ctx.world_sizes and len(ctx.world_sizes) > 1 else ""))
-    measured = (f"{req.steps}-{ctx.max_steps} measured, until img/s is known within +-{100 * ctx.precision:.0f}%"
-                if ctx.precision and ctx.max_steps and ctx.max_steps > req.steps else f"{req.steps} measured")
+    console.print(
+        f"  ranks: {ctx.hw_why}"
+        + (
+            f"; scaling over {ctx.world_sizes} ranks, same batch per rank"
+            if ctx.world_sizes and len(ctx.world_sizes) > 1
+            else ""
+        )
+    )
+    measured = (
+        f"{req.steps}-{ctx.max_steps} measured, until img/s is known within +-{100 * ctx.precision:.0f}%"
+        if ctx.precision and ctx.max_steps and ctx.max_steps > req.steps
+        else f"{req.steps} measured"
+    )
     console.print(f"  model: {model} ({dataset.task})   imgsz: {imgsz}   steps: {req.warmup} warm-up + {measured}")
     batches = sorted({s.knobs.batch for s in specs}) if specs else ctx.batches
     console.print(f"  optimizer: {optim.describe(ctx.optimizer, batches)}", markup=False, highlight=False)
-    console.print(f"  data: {dataset.data} ({dataset.train_images} images{', synthetic: speed only' if dataset.synthetic else ''})")
+    console.print(
+        f"  data: {dataset.data} ({dataset.train_images} images{', synthetic: speed only' if dataset.synthetic else ''})"
+    )
     console.print(f"  memory: {dataset_fit.summary(ctx.fit())}", markup=False, highlight=False)
     if ctx.train_cfg:
         for line in usercfg.summary(ctx.train_cfg, ctx.train_cfg_args, ctx.baseline):
@@ -235,11 +322,17 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
     for role, tid in meta.baselines.items():
         console.print(f"  baseline: {role} = {tid}")
     if ctx.strategy == "auto":
-        console.print(f"  plan: auto, within {ctx.budget_s / 60:.1f} min: " + ("" if req.no_ceilings else
-                      "the input, compute and link ceilings, then ") + "a search from Ultralytics' defaults"
-                      + ("" if ctx.baseline is None else " and your settings") + ", then repeats of the contenders")
+        console.print(
+            f"  plan: auto, within {ctx.budget_s / 60:.1f} min: "
+            + ("" if req.no_ceilings else "the input, compute and link ceilings, then ")
+            + "a search from Ultralytics' defaults"
+            + ("" if ctx.baseline is None else " and your settings")
+            + ", then repeats of the contenders"
+        )
     else:
-        console.print(f"  plan: {len(specs)} trials" + ("" if req.no_ceilings else ", then the input, compute and link ceilings"))
+        console.print(
+            f"  plan: {len(specs)} trials" + ("" if req.no_ceilings else ", then the input, compute and link ceilings")
+        )
     with cluster.leading(leader):
         return finish(out, meta, ctx, req, console, started)
 
@@ -261,8 +354,9 @@ def follow(req: ScanRequest, console: Console) -> int:
     return follower.run(prepare(req, console), req, console)
 
 
-def finish(out: Path, meta: ScanMeta, ctx: Context, req: ScanRequest, console: Console,
-           started: Optional[float] = None):  # fmt: skip
+def finish(
+    out: Path, meta: ScanMeta, ctx: Context, req: ScanRequest, console: Console, started: Optional[float] = None
+):
     """Trials (those without a result), then ceilings, then every output; used by scan and --resume.
     The auto strategy measures its ceilings first (they prune its space)."""
     started = time.monotonic() if started is None else started
@@ -282,7 +376,9 @@ def finish(out: Path, meta: ScanMeta, ctx: Context, req: ScanRequest, console: C
             console.print("Ceilings: not run, since no trial finished (fix the trials' errors first).")
         else:
             run_ceilings(out / "ceilings", ctx, req, console, bucket_sizes=_measured_buckets(out, meta))
-    if code == 0 and not req.no_epoch_job:  # validation, saving, epoch end: once per world size, none when no trial finished
+    if (
+        code == 0 and not req.no_epoch_job
+    ):  # validation, saving, epoch end: once per world size, none when no trial finished
         from yoloprof.scan import epoch_job
 
         epoch_job.run(out, meta, ctx, req, console)
@@ -316,9 +412,16 @@ def resume(folder: str, req: ScanRequest, console: Console):
         missing = [g for g in meta.gpus if g not in {x.index for x in env.gpus}]
         if missing:
             raise UsageError(f"--resume {out}: the scan ran on GPUs {meta.gpus}; GPU {missing[0]} is not visible now")
-    hw = plan.Hardware(meta.device, meta.world_size, meta.gpus, env.cpu_count, len(env.gpus),
-                       bf16=request.bf16(env, meta.gpus), compile_blocker=request.compile_blocker(env, meta.device),
-                       nnodes=meta.nnodes)  # fmt: skip
+    hw = plan.Hardware(
+        meta.device,
+        meta.world_size,
+        meta.gpus,
+        env.cpu_count,
+        len(env.gpus),
+        bf16=request.bf16(env, meta.gpus),
+        compile_blocker=request.compile_blocker(env, meta.device),
+        nnodes=meta.nnodes,
+    )
     nodes = nodes_mod.SINGLE
     if meta.nnodes > 1:  # node 0 leads again; the other nodes run their first command again
         if req.node_rank not in (None, 0):
@@ -326,24 +429,50 @@ def resume(folder: str, req: ScanRequest, console: Console):
         nodes = nodes_mod.parse(meta.nnodes, 0, req.rdzv_endpoint or meta.rdzv_endpoint)
     axes = plan.Axes(**meta.axes)
     yours = meta.baselines.get(baselines.YOURS)
-    ctx = Context(env, hw, "as the scan planned", plan.Plan(axes, [s.knobs for s in meta.specs]), meta.imgsz,
-                  meta.dataset, meta.model, strategy=meta.strategy, budget_s=meta.budget_s, precision=meta.precision,
-                  max_steps=meta.max_steps, given=_saved_space(meta) if meta.strategy == "auto" else {},
-                  baseline=next((s.knobs for s in meta.specs if s.trial_id == yours), None),
-                  train_cfg=meta.train_cfg, train_cfg_args=meta.train_cfg_args, nodes=nodes,
-                  optimizer=meta.optimizer_plan or meta.optimizer,  # the choice the scan made, resolved alike
-                  memory=meta.memory)  # the fit the scan decided  # fmt: skip
-    req = ScanRequest(optimizer=meta.optimizer, warmup=meta.warmup_steps, steps=meta.measured_steps,
-                      trial_timeout=req.trial_timeout, no_ceilings=req.no_ceilings, command=req.command,
-                      no_epoch_job=req.no_epoch_job,
-                      no_reuse=req.no_reuse, no_defaults=baselines.DEFAULTS not in meta.baselines)  # fmt: skip
+    ctx = Context(
+        env,
+        hw,
+        "as the scan planned",
+        plan.Plan(axes, [s.knobs for s in meta.specs]),
+        meta.imgsz,
+        meta.dataset,
+        meta.model,
+        strategy=meta.strategy,
+        budget_s=meta.budget_s,
+        precision=meta.precision,
+        max_steps=meta.max_steps,
+        given=_saved_space(meta) if meta.strategy == "auto" else {},
+        baseline=next((s.knobs for s in meta.specs if s.trial_id == yours), None),
+        train_cfg=meta.train_cfg,
+        train_cfg_args=meta.train_cfg_args,
+        nodes=nodes,
+        optimizer=meta.optimizer_plan or meta.optimizer,  # the choice the scan made, resolved alike
+        memory=meta.memory,
+    )  # the fit the scan decided
+    req = ScanRequest(
+        optimizer=meta.optimizer,
+        warmup=meta.warmup_steps,
+        steps=meta.measured_steps,
+        trial_timeout=req.trial_timeout,
+        no_ceilings=req.no_ceilings,
+        command=req.command,
+        no_epoch_job=req.no_epoch_job,
+        no_reuse=req.no_reuse,
+        no_defaults=baselines.DEFAULTS not in meta.baselines,
+    )
     todo = [s.trial_id for s in meta.specs if not _has_result(out, s.trial_id)]
-    console.print(f"[bold]yoloprof scan --resume[/] {out}: {len(meta.specs) - len(todo)} of {len(meta.specs)} trials "
-                  f"have results; running {len(todo)}")  # fmt: skip
+    console.print(
+        f"[bold]yoloprof scan --resume[/] {out}: {len(meta.specs) - len(todo)} of {len(meta.specs)} trials "
+        f"have results; running {len(todo)}"
+    )
     leader = None
     if nodes.multi:
-        leader = cluster.lead(nodes, f"{out.name}-{os.getpid()}-{int(time.time())}",
-                              cluster.hello(hw, meta.dataset, meta.model, meta.imgsz), console)  # fmt: skip
+        leader = cluster.lead(
+            nodes,
+            f"{out.name}-{os.getpid()}-{int(time.time())}",
+            cluster.hello(hw, meta.dataset, meta.model, meta.imgsz),
+            console,
+        )
     with cluster.leading(leader):
         return finish(out, meta, ctx, req, console)
 
@@ -362,57 +491,6 @@ def _measured_buckets(out: Path, meta: ScanMeta) -> list[int]:
         if r is not None and r.bucket_sizes_bytes:
             return r.bucket_sizes_bytes
     return []
-
-
-def run_ceilings(folder: Path, ctx: Context, req: ScanRequest, console: Console, *, bucket_sizes: list[int],
-                 which: tuple[str, ...] = ("loader", "compute", "allreduce")) -> None:  # fmt: skip
-    """The three ceilings for this scan's knobs: workers for input, batch x AMP for compute, presets for link."""
-    from reports import terminal
-    from yoloprof.scan import ceilings
-
-    hw, axes, n = ctx.hw, ctx.plan.axes, max(ctx.hw.world_size, 1)
-    if "loader" in which:
-        console.print("Input ceiling: the dataloader alone, one loader per rank at once, warm then cold...")
-        c = ceilings.loader(folder, data=ctx.dataset.data, model=ctx.model, imgsz=ctx.imgsz,
-                            batch_per_rank=max(min(axes.batch) // n, 1), workers=axes.workers, ranks=hw.per_node,
-                            device=hw.device, cache=axes.cache[0], cache_dir=paths.cache_dir(), batches=req.steps,
-                            pin_memory=axes.pin_memory, gpus=hw.gpus, caches=disk_too(ctx),
-                            cold=dataset_fit.cold_skip(ctx.fit()) or True)  # fmt: skip
-        console.print(terminal.loader_table(c))
-    if "compute" in which:
-        console.print("Compute ceiling: the training step on one device, batch already there...")
-        specs = ceilings.compute_specs(hw, axes.batch, axes.amp, model=ctx.model, data=ctx.dataset.data,
-                                       imgsz=ctx.imgsz, optimizer=ctx.optimizer, warmup=req.warmup, steps=req.steps)  # fmt: skip
-        specs = usercfg.for_compute(specs, ctx.train_cfg_args, n)  # --cfg: its arguments hold here too
-        gpu = next((g for g in ctx.env.gpus if hw.gpus and g.index == hw.gpus[0]), None)
-        c = ceilings.compute(folder, specs, cache_dir=paths.cache_dir(), device_name=gpu.name if gpu else "cpu",
-                             device_mem_total_mib=gpu.mem_total_mib if gpu else None)  # fmt: skip
-        console.print(terminal.compute_table(c))
-    if "allreduce" in which:
-        if n < 2:
-            console.print("Link ceiling: not measured (one rank runs no AllReduce).")
-            return
-        biggest = req.allreduce_max_bytes or (256 if hw.device == "cuda" else 32) * 2**20  # gloo: memcpy speed by then
-        console.print("Link ceiling: AllReduce sweep on the scan's ranks" + (f", across {hw.nnodes} nodes, then "
-                      "within node 0" if hw.nnodes > 1 else "") + "...")  # fmt: skip
-        for preset in axes.nccl:
-            c = ceilings.allreduce(folder, hw=hw, preset=preset, bucket_sizes=bucket_sizes, cache_dir=paths.cache_dir(),
-                                   sizes_max=biggest)  # fmt: skip
-            console.print(terminal.allreduce_table(c))
-            if hw.nnodes > 1 and hw.per_node > 1:
-                c = ceilings.allreduce(folder, hw=hw, preset=preset, bucket_sizes=bucket_sizes,
-                                       cache_dir=paths.cache_dir(), sizes_max=biggest, one_node=True)  # fmt: skip
-                console.print(terminal.allreduce_table(c))
-            elif hw.nnodes > 1:
-                console.print("  within one node: not measured (one rank per node runs no intra-node AllReduce)")
-
-
-def disk_too(ctx: Context) -> list[str]:
-    """cache=disk for the input ceiling as well, where the dataset does not fit and the scan may try it: its
-    cold rate is what a cache=disk trial's epochs read at."""
-    cache = ctx.plan.axes.cache
-    may = "disk" in cache or (ctx.strategy == "auto" and "disk" in (ctx.given.get("cache") or ["disk"]))
-    return ["disk"] if ctx.fit().fits is False and cache[0] != "disk" and may else []
 
 
 def run_probe(kind: str, req: ScanRequest, console: Console) -> Path:

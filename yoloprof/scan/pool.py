@@ -63,14 +63,20 @@ class RankPool:
         self.trials: list[Path] = []  # the trial folders it ran, for their ranks' PIDs at close
         self._log = open(self.dir / "launcher.log", "wb")
         env = {**os.environ, **launch.offline_env(cache_dir), **first.env}
-        cmd = launch.torchrun_prefix(first.world_size, launch.free_port()) + ["-m", "yoloprof.worker", "--pool", str(self.dir)]
+        cmd = launch.torchrun_prefix(first.world_size, launch.free_port()) + [
+            "-m",
+            "yoloprof.worker",
+            "--pool",
+            str(self.dir),
+        ]
         (self.dir / "cmd.txt").write_text(" ".join(cmd) + "\n")
         from probes.gpu_release import ReleaseWatch
 
         self._release = ReleaseWatch(self.gpus if self.device == "cuda" else [])  # memory before the pool
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
         self.closed = False
 
     @property
@@ -80,16 +86,24 @@ class RankPool:
     def accepts(self, spec: TrialSpec) -> bool:
         return self.alive and spec.env_key == self.key
 
-    def run(self, spec: TrialSpec, trial_dir: Path, *, policy: launch.HangPolicy = launch.HangPolicy(),
-            on_poll: Optional[Callable] = None, should_stop: Optional[Callable[[], bool]] = None) -> LaunchOutcome:  # fmt: skip
+    def run(
+        self,
+        spec: TrialSpec,
+        trial_dir: Path,
+        *,
+        policy: launch.HangPolicy = launch.HangPolicy(),
+        on_poll: Optional[Callable] = None,
+        should_stop: Optional[Callable[[], bool]] = None,
+    ) -> LaunchOutcome:
         """One trial in the pool. Its wall time runs from the job (or the launch, for the pool's first
         trial) to the last rank's end record, so a pool's trials add up to its wall time."""
         trial_dir = Path(trial_dir)
         trial_dir.mkdir(parents=True, exist_ok=True)
         spec_path = trial_dir / "spec.json"
         write_json(spec_path, spec)
-        (trial_dir / "cmd.txt").write_text(f"rank pool {self.dir} (job {self.jobs + 1}): "
-                                           + (self.dir / "cmd.txt").read_text())  # fmt: skip
+        (trial_dir / "cmd.txt").write_text(
+            f"rank pool {self.dir} (job {self.jobs + 1}): " + (self.dir / "cmd.txt").read_text()
+        )
         log_from = self._log.tell()
         start = self.started if not self.trials else time.monotonic()
         self.jobs += 1
@@ -100,9 +114,12 @@ class RankPool:
         ends = [None] * spec.world_size
         from probes.telemetry import TelemetrySampler
 
-        sampler = TelemetrySampler(trial_dir / launch.TELEMETRY_FILE, interval_s=self.telemetry_interval_s,
-                                   gpus=self.gpus if self.device == "cuda" else [],
-                                   mem_used_before_launch_mib=self._release.baseline_mib or None)  # fmt: skip
+        sampler = TelemetrySampler(
+            trial_dir / launch.TELEMETRY_FILE,
+            interval_s=self.telemetry_interval_s,
+            gpus=self.gpus if self.device == "cuda" else [],
+            mem_used_before_launch_mib=self._release.baseline_mib or None,
+        )
         with sampler:
             sampler.attach(self.proc.pid)
             while True:
@@ -126,8 +143,13 @@ class RankPool:
         watch.poll()
         (trial_dir / "launcher.log").write_bytes(_read_from(self.dir / "launcher.log", log_from))
         returncode = 0 if ok else self.proc.returncode
-        outcome = LaunchOutcome(returncode=returncode, timed_out=timeout_reason is not None, interrupted=interrupted,
-                                wall_s=wall_s, timeout_reason=timeout_reason)  # fmt: skip
+        outcome = LaunchOutcome(
+            returncode=returncode,
+            timed_out=timeout_reason is not None,
+            interrupted=interrupted,
+            wall_s=wall_s,
+            timeout_reason=timeout_reason,
+        )
         if not ok:
             outcome.release_s, outcome.release_note = self.release_s, self.release_note
         return outcome

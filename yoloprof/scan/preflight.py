@@ -44,8 +44,9 @@ def first_collective(report: DoctorReport, hw: plan.Hardware, timeout_s: float, 
     return dataclasses.replace(report, collectives=checks)
 
 
-def before_scan(report: DoctorReport, hw: plan.Hardware, workers: int, console: Console,
-                timeout_s: float = COLLECTIVE_TIMEOUT_S) -> DoctorReport:  # fmt: skip
+def before_scan(
+    report: DoctorReport, hw: plan.Hardware, workers: int, console: Console, timeout_s: float = COLLECTIVE_TIMEOUT_S
+) -> DoctorReport:
     """Warnings printed, an error raised as a UsageError: all before the first trial."""
     report = planned(report, hw, workers)
     if hw.device == "cuda" and hw.world_size >= 2:
@@ -61,14 +62,14 @@ def before_scan(report: DoctorReport, hw: plan.Hardware, workers: int, console: 
 def examine(req, timeout_s: float, console: Console) -> tuple[DoctorReport, list[Finding], str]:
     """`yoloprof doctor`: every reading and the collective check on the ranks a scan would use."""
     from probes import environment
-    from yoloprof.scan import orchestrate as scan
+    from yoloprof.scan.request import resolve_hardware
 
     os.environ.update(launch.offline_env(paths.cache_dir()))  # before anything imports ultralytics
     os.environ["YOLO_VERBOSE"] = "False"
     env = environment.collect()
     report = readings(env, req.device)
     try:
-        hw, why = scan.resolve_hardware(req, env)
+        hw, why = resolve_hardware(req, env)
     except UsageError:
         doctor.gate(report)  # a torch blind to the GPUs explains "no GPU visible" better
         raise

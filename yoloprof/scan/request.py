@@ -112,15 +112,19 @@ def parse_axes(req: ScanRequest) -> dict[str, Optional[list]]:
         "batch": plan.parse_ints("--batch", req.batch, 1) if req.batch is not None else None,
         "workers": plan.parse_ints("--workers", req.workers, 0) if req.workers is not None else None,
         "amp": plan.parse_amp(req.amp) if req.amp is not None else None,
-        "pin_memory": plan.parse_choices("--pin-memory", req.pin_memory, plan._BOOL) if req.pin_memory is not None else None,
+        "pin_memory": plan.parse_choices("--pin-memory", req.pin_memory, plan._BOOL)
+        if req.pin_memory is not None
+        else None,
         "cache": plan.parse_choices("--cache", req.cache, plan._CACHE) if req.cache is not None else None,
         "nccl": plan.parse_nccl(req.nccl) if req.nccl is not None else None,
         "deterministic": plan.parse_choices("--deterministic", req.deterministic, plan._BOOL)
-                         if req.deterministic is not None else None,
+        if req.deterministic is not None
+        else None,
         "compile": plan.parse_compile(req.compile) if req.compile is not None else None,
         "channels_last": plan.parse_choices("--channels-last", req.channels_last, plan._BOOL)
-                         if req.channels_last is not None else None,
-    }  # fmt: skip
+        if req.channels_last is not None
+        else None,
+    }
 
 
 def resolve_run_plan(req: ScanRequest, cfg_args: Optional[dict] = None) -> RunPlan:
@@ -157,9 +161,13 @@ def resolve_hardware(req: ScanRequest, env: Environment) -> tuple[plan.Hardware,
         gpus = plan.parse_ints("--gpus", req.gpus, 0)
         missing = [g for g in gpus if g not in visible]
         if missing:
-            raise UsageError(f"--gpus {req.gpus}: GPU {missing[0]} is not there; visible GPUs are {','.join(map(str, visible))}")
+            raise UsageError(
+                f"--gpus {req.gpus}: GPU {missing[0]} is not there; visible GPUs are {','.join(map(str, visible))}"
+            )
         if req.nproc is not None and req.nproc != len(gpus):
-            raise UsageError(f"--nproc {req.nproc} with --gpus {req.gpus}: on GPUs there is one rank per GPU; drop --nproc")
+            raise UsageError(
+                f"--nproc {req.nproc} with --gpus {req.gpus}: on GPUs there is one rank per GPU; drop --nproc"
+            )
         why = f"GPUs {','.join(map(str, gpus))} as asked"
     elif req.device != "cpu" and visible:
         if req.nproc is not None:
@@ -171,8 +179,15 @@ def resolve_hardware(req: ScanRequest, env: Environment) -> tuple[plan.Hardware,
         n = req.nproc or DEFAULT_CPU_RANKS
         hw = plan.Hardware("cpu", n, [], env.cpu_count, 0, compile_blocker=compile_blocker(env, "cpu"))
         return hw, f"{n} CPU ranks with gloo" + ("" if req.device == "cpu" else " (no GPU visible)")
-    return plan.Hardware("cuda", len(gpus), gpus, env.cpu_count, len(visible), bf16=bf16(env, gpus),
-                         compile_blocker=compile_blocker(env, "cuda")), f"{why}, NCCL"  # fmt: skip
+    return plan.Hardware(
+        "cuda",
+        len(gpus),
+        gpus,
+        env.cpu_count,
+        len(visible),
+        bf16=bf16(env, gpus),
+        compile_blocker=compile_blocker(env, "cuda"),
+    ), f"{why}, NCCL"
 
 
 def bf16(env, gpus: list[int]) -> Optional[bool]:
@@ -206,9 +221,13 @@ def _model_task(model: Optional[str]) -> Optional[str]:
     return task if task in model_check.TASKS else None
 
 
-WANT = {"classify": "a classify folder (train/<class>/, val/<class>/)", "pose": "a pose data yaml (with kpt_shape)",
-        "segment": "a data yaml with segment polygons", "obb": "a data yaml with oriented boxes (class x1 y1 ... x4 y4)",
-        "detect": "a detect data yaml (class x y w h)"}  # fmt: skip
+WANT = {
+    "classify": "a classify folder (train/<class>/, val/<class>/)",
+    "pose": "a pose data yaml (with kpt_shape)",
+    "segment": "a data yaml with segment polygons",
+    "obb": "a data yaml with oriented boxes (class x1 y1 ... x4 y4)",
+    "detect": "a detect data yaml (class x y w h)",
+}
 
 
 def check_task(model: str, task: str, data: DatasetInfo) -> None:
@@ -218,8 +237,10 @@ def check_task(model: str, task: str, data: DatasetInfo) -> None:
     from probes.model_check import DEFAULT_MODELS
 
     other = DEFAULT_MODELS.get(data.task, DEFAULT_MODEL)
-    raise UsageError(f"--model {model} is {_a(task)} model, but --data {data.data} holds {datainfo.FORMATS[data.task]}; "
-                     f"give {WANT[task]}, or {_a(data.task)} model (e.g. --model {other})")  # fmt: skip
+    raise UsageError(
+        f"--model {model} is {_a(task)} model, but --data {data.data} holds {datainfo.FORMATS[data.task]}; "
+        f"give {WANT[task]}, or {_a(data.task)} model (e.g. --model {other})"
+    )
 
 
 def _a(word: str) -> str:
@@ -246,14 +267,21 @@ def resolve_data(req: ScanRequest, console: Console, images: Optional[int] = Non
         target = paths.cache_dir() / "datasets" / spec.key
         if not target.is_dir():
             kind = "" if spec.task == "detect" else f"{spec.task} "
-            sizing = (f", {MIN_STEPS_PER_EPOCH} steps an epoch at the largest batch the scan may run, at most "
-                      f"{MAX_IMAGES} images" if spec.images > DEFAULT_IMAGES else "")  # fmt: skip
-            console.print(f"Generating the built-in synthetic {kind}dataset ({spec.images} images, "
-                          f"{spec.width}x{spec.height}{sizing}) into {target} (once)...")  # fmt: skip
+            sizing = (
+                f", {MIN_STEPS_PER_EPOCH} steps an epoch at the largest batch the scan may run, at most "
+                f"{MAX_IMAGES} images"
+                if spec.images > DEFAULT_IMAGES
+                else ""
+            )
+            console.print(
+                f"Generating the built-in synthetic {kind}dataset ({spec.images} images, "
+                f"{spec.width}x{spec.height}{sizing}) into {target} (once)..."
+            )
         info = datainfo.inspect(ensure(paths.cache_dir(), spec))
     if info.task != "detect" and (task or not given):  # a model that cannot be read gets its own line next
-        console.print(f"task: {info.task} (" + (f"the model's, {req.model}" if task else f"the data's: --model "
-                      f"{req.model}") + ")")  # fmt: skip
+        console.print(
+            f"task: {info.task} (" + (f"the model's, {req.model}" if task else f"the data's: --model {req.model}") + ")"
+        )
     return info
 
 
@@ -265,7 +293,9 @@ def resolve_memory(req: ScanRequest) -> MemoryBudget:
     (psutil's available memory, or less where the cgroup's limit leaves less)."""
     from probes import host_memory
 
-    text, flag = (req.mem_limit, "--mem-limit") if req.mem_limit is not None else (os.environ.get(MEM_LIMIT_ENV), MEM_LIMIT_ENV)
+    text, flag = (
+        (req.mem_limit, "--mem-limit") if req.mem_limit is not None else (os.environ.get(MEM_LIMIT_ENV), MEM_LIMIT_ENV)
+    )
     mib = dataset_fit.parse_mem_limit(text, flag) if text is not None else None
     return host_memory.budget(mib, text)
 

@@ -61,18 +61,27 @@ def _not_run(spec: TrialSpec, status: str, why: str) -> TrialResult:
     return TrialResult(spec.trial_id, status, spec.knobs, spec.world_size, spec.device, error=why)
 
 
-def run_one(spec: TrialSpec, tdir: Path, policy: launch.HangPolicy, progress: ScanProgress, stop: StopFlag,
-            note: Optional[str], pools: Optional["Pools"] = None) -> tuple[TrialResult, list]:  # fmt: skip
+def run_one(
+    spec: TrialSpec,
+    tdir: Path,
+    policy: launch.HangPolicy,
+    progress: ScanProgress,
+    stop: StopFlag,
+    note: Optional[str],
+    pools: Optional["Pools"] = None,
+) -> tuple[TrialResult, list]:
     if tdir.exists():
         shutil.rmtree(tdir)  # a trial cut short by an earlier, interrupted run starts over
     should_stop = lambda: stop.signum is not None  # noqa: E731
     if pools is None:
-        outcome = launch.run_trial(spec, tdir, cache_dir=paths.cache_dir(), policy=policy, on_poll=progress.poll,
-                                   should_stop=should_stop)  # fmt: skip
+        outcome = launch.run_trial(
+            spec, tdir, cache_dir=paths.cache_dir(), policy=policy, on_poll=progress.poll, should_stop=should_stop
+        )
     else:
         outcome = pools.get(spec).run(spec, tdir, policy=policy, on_poll=progress.poll, should_stop=should_stop)
     outcome.rank_exitcodes = aggregate.torchrun_exitcodes(
-        (tdir / "launcher.log").read_text(errors="replace") if (tdir / "launcher.log").exists() else "")
+        (tdir / "launcher.log").read_text(errors="replace") if (tdir / "launcher.log").exists() else ""
+    )
     write_json(tdir / outputs.LAUNCH_FILE, outcome)
     shutil.rmtree(tdir / paths.COMPILE_CACHE, ignore_errors=True)  # hundreds of MB of kernels, measured cold once
     ranks = aggregate.read_ranks(tdir)
@@ -121,8 +130,15 @@ class TrialRunner:
     """Runs trials one at a time and keeps every result: resume, skips, OOM chains, fatal errors.
     Used by the grid (a list known up front) and the auto search (one proposal at a time)."""
 
-    def __init__(self, out: Path, meta: ScanMeta, policy: launch.HangPolicy, console: Console,
-                 total: Optional[int], reuse: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        out: Path,
+        meta: ScanMeta,
+        policy: launch.HangPolicy,
+        console: Console,
+        total: Optional[int],
+        reuse: bool = True,
+    ):
         self.out, self.meta, self.policy = out, meta, policy
         self.ooms, self.done = OomTracker(), []
         self.stop, self.progress = StopFlag(), ScanProgress(console, total)
@@ -163,8 +179,9 @@ class TrialRunner:
         note = None
         skip = self.ooms.skip_reason(spec)
         if skip is None and spec.knobs.cache == "ram":
-            risky, note = plan.cache_ram_risk(self.meta.dataset.train_images, spec.imgsz, spec.world_size,
-                                              spare_mib(self.meta))  # fmt: skip
+            risky, note = plan.cache_ram_risk(
+                self.meta.dataset.train_images, spec.imgsz, spec.world_size, spare_mib(self.meta)
+            )
             skip = note if risky else None
         if skip is not None:
             if tdir.exists():
@@ -182,11 +199,14 @@ class TrialRunner:
         self.done.append(result)
         gone = cluster.lost()
         if gone is not None:
-            raise ScanStopped(f"{gone} during trial {spec.trial_id}. What finished is written; start that node's "
-                              f"command again and resume on node 0 with: yoloprof scan --resume {out}")  # fmt: skip
+            raise ScanStopped(
+                f"{gone} during trial {spec.trial_id}. What finished is written; start that node's "
+                f"command again and resume on node 0 with: yoloprof scan --resume {out}"
+            )
         if reason is not None:
-            raise ScanStopped(f"trial {spec.trial_id} failed before its first step with an error every trial "
-                              f"would hit: {reason}")  # fmt: skip
+            raise ScanStopped(
+                f"trial {spec.trial_id} failed before its first step with an error every trial would hit: {reason}"
+            )
         return result
 
 
@@ -200,8 +220,9 @@ def spare_mib(meta: ScanMeta) -> float:
     return host_memory.budget().available_mib
 
 
-def execute(out: Path, specs: list[TrialSpec], meta: ScanMeta, policy: launch.HangPolicy, console: Console,
-            reuse: bool = True) -> int:  # fmt: skip
+def execute(
+    out: Path, specs: list[TrialSpec], meta: ScanMeta, policy: launch.HangPolicy, console: Console, reuse: bool = True
+) -> int:
     """Run every trial without a result; 0, or 128 + the signal that interrupted the scan."""
     with TrialRunner(out, meta, policy, console, len(specs), reuse) as runner:
         for spec in specs:

@@ -55,9 +55,11 @@ def parse_baseline(text: str, hw: Hardware) -> Knobs:
             else:
                 raise KeyError
         except (ValueError, KeyError):
-            raise UsageError(f"--baseline '{item}': not a setting yoloprof varies "
-                             "(batch, workers, amp, pin_memory, cache, nccl, deterministic, compile, channels_last) "
-                             "with a valid value") from None  # fmt: skip
+            raise UsageError(
+                f"--baseline '{item}': not a setting yoloprof varies "
+                "(batch, workers, amp, pin_memory, cache, nccl, deterministic, compile, channels_last) "
+                "with a valid value"
+            ) from None
     return _fit(k, hw, "--baseline batch=")
 
 
@@ -71,8 +73,10 @@ def from_cfg(args: dict, hw: Hardware, name: str) -> Knobs:
     if isinstance(batch, float) and batch.is_integer() and batch >= 1:
         batch = int(batch)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise UsageError(f"{where}: batch: {batch} lets AutoBatch pick a size (single GPU only); give the batch "
-                         "you train with, e.g. batch: 64")  # fmt: skip
+        raise UsageError(
+            f"{where}: batch: {batch} lets AutoBatch pick a size (single GPU only); give the batch "
+            "you train with, e.g. batch: 64"
+        )
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise UsageError(f"{where}: workers: {workers}; give a whole number >= 0")
     amp = _AMP.get(str(amp).lower())
@@ -86,13 +90,24 @@ def from_cfg(args: dict, hw: Hardware, name: str) -> Knobs:
         raise UsageError(f"{where}: deterministic: {deterministic}; give true or false")
     mode = _COMPILE.get(str(args.get("compile", False)).lower())
     if mode is None:
-        raise UsageError(f"{where}: compile: {args['compile']}; give false, true or a mode (default, reduce-overhead, "
-                         "max-autotune-no-cudagraphs)")  # fmt: skip
+        raise UsageError(
+            f"{where}: compile: {args['compile']}; give false, true or a mode (default, reduce-overhead, "
+            "max-autotune-no-cudagraphs)"
+        )
     channels_last = args.get("channels_last")
     if channels_last not in (None, True, False):
         raise UsageError(f"{where}: channels_last: {channels_last}; give true, false or leave it out (auto)")
-    knobs = Knobs(batch, workers, amp, k.pin_memory, cache, k.nccl, deterministic=deterministic, compile=mode,
-                  channels_last=channels_last is not False)  # fmt: skip
+    knobs = Knobs(
+        batch,
+        workers,
+        amp,
+        k.pin_memory,
+        cache,
+        k.nccl,
+        deterministic=deterministic,
+        compile=mode,
+        channels_last=channels_last is not False,
+    )
     return _fit(knobs, hw, f"{where}: batch: ")
 
 
@@ -115,7 +130,8 @@ def add(plan: Plan, hw: Hardware, baseline: Optional[Knobs], with_defaults: bool
     """Put the baselines into the plan (first, so an interrupted scan still has them); role -> knobs."""
     roles: dict[str, Knobs] = {}
     wanted = ([(DEFAULTS, ultralytics_defaults(hw))] if with_defaults else []) + (
-        [(YOURS, baseline)] if baseline is not None else [])  # fmt: skip
+        [(YOURS, baseline)] if baseline is not None else []
+    )
     front = []
     for role, knobs in wanted:
         hit = next((k for k in front + plan.knobs if _same_run(k, knobs, hw)), None)

@@ -31,7 +31,12 @@ NCCL_PRESETS: dict[str, dict[str, str]] = {
 _CUSTOM_NCCL = re.compile(r"^NCCL_[A-Z0-9_]+=[^+=\s]+(\+NCCL_[A-Z0-9_]+=[^+=\s]+)*$")
 
 _BOOL = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
-_AMP = {**_BOOL, "fp16": True, "fp32": False, "bf16": "bf16"}  # Ultralytics' amp takes True/'fp16', 'bf16', False/'fp32'
+_AMP = {
+    **_BOOL,
+    "fp16": True,
+    "fp32": False,
+    "bf16": "bf16",
+}  # Ultralytics' amp takes True/'fp16', 'bf16', False/'fp32'
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 _COMPILE = {**{m: m for m in COMPILE_MODES}, "on": "default", "true": "default", "false": "off"}
 _CACHE = {"off": "off", "false": "off", "none": "off", "ram": "ram", "true": "ram", "disk": "disk"}
@@ -45,7 +50,9 @@ class Hardware:
     cpu_count: int
     gpus_on_machine: int  # Ultralytics divides the cores by this, not by the world size
     bf16: Optional[bool] = None  # every GPU of the scan has native bf16 (compute capability 8.0+); None: unknown
-    compile_blocker: Optional[str] = None  # why torch.compile cannot run here (no C++ compiler, no Triton); None: it can
+    compile_blocker: Optional[str] = (
+        None  # why torch.compile cannot run here (no C++ compiler, no Triton); None: it can
+    )
     nnodes: int = 1  # world_size counts the ranks of every node; gpus and cpu_count are one node's
 
     @property
@@ -96,7 +103,9 @@ def parse_ints(flag: str, text: str, minimum: int) -> list[int]:
     out = []
     for item in _items(flag, text):
         if not re.fullmatch(r"[+-]?\d+", item) or int(item) < minimum:
-            raise UsageError(f"{flag} '{item}' is not a whole number >= {minimum}; e.g. {flag} {max(minimum, 1)},{max(minimum, 1) * 2}")
+            raise UsageError(
+                f"{flag} '{item}' is not a whole number >= {minimum}; e.g. {flag} {max(minimum, 1)},{max(minimum, 1) * 2}"
+            )
         out.append(int(item))
     return out
 
@@ -126,8 +135,7 @@ def parse_nccl(text: str) -> list[str]:
     for item in _items("--nccl", text):
         if item not in NCCL_PRESETS and not _CUSTOM_NCCL.match(item):
             raise UsageError(
-                f"--nccl '{item}' is not a preset ({', '.join(NCCL_PRESETS)}) "
-                "nor NCCL_NAME=value[+NCCL_NAME=value]"
+                f"--nccl '{item}' is not a preset ({', '.join(NCCL_PRESETS)}) nor NCCL_NAME=value[+NCCL_NAME=value]"
             )
         out.append(item)
     return out
@@ -156,7 +164,9 @@ def _fit_to_hardware(axes: Axes, hw: Hardware, dropped: list[str]) -> Axes:
     axes.compile = axes.compile or ["off"]
     for b in axes.batch:
         if b < hw.world_size:
-            raise UsageError(f"--batch {b} is smaller than the {hw.world_size} ranks; each rank needs at least one image")
+            raise UsageError(
+                f"--batch {b} is smaller than the {hw.world_size} ranks; each rank needs at least one image"
+            )
         if b % max(hw.world_size, 1):
             raise UsageError(
                 f"--batch {b} is not a multiple of the {hw.world_size} ranks; the global batch is split evenly, "
@@ -183,22 +193,37 @@ def cannot_run(hw: Hardware, values: dict[str, list]) -> list[tuple[str, object,
     out = []
     amp = [v for v in values.get("amp", []) if v]
     if hw.device != "cuda":
-        out += [("amp", v, f"amp {'bf16' if v == 'bf16' else 'on'}: AMP needs a GPU; CPU trials train in FP32")
-                for v in amp]  # fmt: skip
+        out += [
+            ("amp", v, f"amp {'bf16' if v == 'bf16' else 'on'}: AMP needs a GPU; CPU trials train in FP32") for v in amp
+        ]
         if True in values.get("pin_memory", []):
             out.append(("pin_memory", True, "pin_memory on: pinned memory only speeds copies to a GPU"))
         extra = [n for n in values.get("nccl", []) if n != "default"]
         out += [("nccl", n, f"nccl {n}: NCCL runs on GPUs only; CPU ranks use gloo") for n in extra]
         if False in values.get("channels_last", []):
-            out.append(("channels_last", False, "channels_last off: Ultralytics applies NHWC on CUDA only, so CPU "
-                                                "trials train NCHW either way"))  # fmt: skip
+            out.append(
+                (
+                    "channels_last",
+                    False,
+                    "channels_last off: Ultralytics applies NHWC on CUDA only, so CPU trials train NCHW either way",
+                )
+            )
     else:
         if hw.world_size <= 1:
-            out += [("nccl", n, f"nccl {n}: one GPU runs no AllReduce, so NCCL settings cannot matter")
-                    for n in values.get("nccl", []) if n != "default"]  # fmt: skip
+            out += [
+                ("nccl", n, f"nccl {n}: one GPU runs no AllReduce, so NCCL settings cannot matter")
+                for n in values.get("nccl", [])
+                if n != "default"
+            ]
         if "bf16" in amp and hw.bf16 is False:
-            out.append(("amp", "bf16", "amp bf16: these GPUs have no native bfloat16 (compute capability below 8.0); "
-                                       "Ultralytics refuses it"))  # fmt: skip
+            out.append(
+                (
+                    "amp",
+                    "bf16",
+                    "amp bf16: these GPUs have no native bfloat16 (compute capability below 8.0); "
+                    "Ultralytics refuses it",
+                )
+            )
     if hw.compile_blocker:
         out += [("compile", m, f"compile {m}: {hw.compile_blocker}") for m in values.get("compile", []) if m != "off"]
     return out
@@ -214,11 +239,15 @@ def over_the_data(batches: list[int], world_size: int, train_images: int) -> lis
         if ran >= max(b // n, 1):
             continue
         if n == 1:
-            why = (f"batch {b}: the dataset has {train_images} training images and Ultralytics caps the batch at "
-                   f"the dataset's size, so it would run as batch {ran}")  # fmt: skip
+            why = (
+                f"batch {b}: the dataset has {train_images} training images and Ultralytics caps the batch at "
+                f"the dataset's size, so it would run as batch {ran}"
+            )
         else:
-            why = (f"batch {b} ({b // n} per rank): each of the {n} ranks loads {ran} of the dataset's {train_images} "
-                   f"training images an epoch, so it would run as batch {ran} per rank ({ran * n} in all)")  # fmt: skip
+            why = (
+                f"batch {b} ({b // n} per rank): each of the {n} ranks loads {ran} of the dataset's {train_images} "
+                f"training images an epoch, so it would run as batch {ran} per rank ({ran * n} in all)"
+            )
         out.append((b, why))
     return out
 
@@ -240,10 +269,12 @@ def drop_over_the_data(the_plan: Plan, hw: Hardware, train_images: int, flag: bo
     if gone >= set(the_plan.axes.batch):
         most = largest_runnable(hw.world_size, train_images)
         what = "--batch " + ",".join(map(str, the_plan.axes.batch)) if flag else "every planned batch"
-        raise UsageError(f"{what}: larger than the dataset's {train_images} training images can run"
-                         + (f" on {hw.world_size} ranks" if hw.world_size > 1 else "")
-                         + f" (Ultralytics caps the batch at the dataset, DDP at a rank's shard); give --batch {most}"
-                         " or smaller, or a larger dataset")  # fmt: skip
+        raise UsageError(
+            f"{what}: larger than the dataset's {train_images} training images can run"
+            + (f" on {hw.world_size} ranks" if hw.world_size > 1 else "")
+            + f" (Ultralytics caps the batch at the dataset, DDP at a rank's shard); give --batch {most}"
+            " or smaller, or a larger dataset"
+        )
     the_plan.axes.batch = [b for b in the_plan.axes.batch if b not in gone]
     the_plan.knobs = [k for k in the_plan.knobs if k.batch not in gone]
     the_plan.dropped += [why for _, why in over]
@@ -283,9 +314,21 @@ def omp_threads(cpu_count: int, world_size: int) -> int:
     return max(cpu_count // max(world_size, 1), 1)
 
 
-def specs(plan: Plan, hw: Hardware, *, model: str, data: str, imgsz: int, optimizer: Union[str, OptimizerPlan],
-          warmup: int, steps: int, world_sizes: Optional[list[int]] = None, precision: Optional[float] = None,
-          max_steps: Optional[int] = None, overrides: Optional[dict] = None) -> list[TrialSpec]:  # fmt: skip
+def specs(
+    plan: Plan,
+    hw: Hardware,
+    *,
+    model: str,
+    data: str,
+    imgsz: int,
+    optimizer: Union[str, OptimizerPlan],
+    warmup: int,
+    steps: int,
+    world_sizes: Optional[list[int]] = None,
+    precision: Optional[float] = None,
+    max_steps: Optional[int] = None,
+    overrides: Optional[dict] = None,
+) -> list[TrialSpec]:
     """Trials in plan order. With several world sizes (scaling), each runs at every size with the same
     batch per rank, as when GPUs are added: the batch lists are global at the largest size.
     `optimizer`: a name for every trial, or the scan's OptimizerPlan, resolved per trial for its global batch
@@ -301,40 +344,85 @@ def specs(plan: Plan, hw: Hardware, *, model: str, data: str, imgsz: int, optimi
             env = {"OMP_NUM_THREADS": str(omp_threads(hw.cpu_count, r // nn)), **nccl_env(k.nccl)}
             tid = trial_id(len(out) + 1, knobs) + (f"-r{r}" if len(sizes) > 1 else "")
             name, iterations = for_batch(optimizer, knobs.batch)
-            out.append(TrialSpec(
-                trial_id=tid, knobs=knobs, world_size=r, device=hw.device,
-                gpus=list(hw.gpus[:r // nn]) if hw.device == "cuda" else [], model=model, data=data, imgsz=imgsz,
-                optimizer=name, warmup_steps=warmup, measured_steps=steps, env=env,
-                precision=precision, max_steps=max_steps, overrides=dict(overrides or {}), nnodes=nn,
-                optimizer_iterations=iterations,
-            ))  # fmt: skip
+            out.append(
+                TrialSpec(
+                    trial_id=tid,
+                    knobs=knobs,
+                    world_size=r,
+                    device=hw.device,
+                    gpus=list(hw.gpus[: r // nn]) if hw.device == "cuda" else [],
+                    model=model,
+                    data=data,
+                    imgsz=imgsz,
+                    optimizer=name,
+                    warmup_steps=warmup,
+                    measured_steps=steps,
+                    env=env,
+                    precision=precision,
+                    max_steps=max_steps,
+                    overrides=dict(overrides or {}),
+                    nnodes=nn,
+                    optimizer_iterations=iterations,
+                )
+            )
     return out
 
 
-def spec_for(knobs: Knobs, index: int, hw: Hardware, *, model: str, data: str, imgsz: int,
-             optimizer: Union[str, OptimizerPlan], warmup: int, steps: int, precision: Optional[float] = None,
-             max_steps: Optional[int] = None, repeat_of: Optional[str] = None,
-             overrides: Optional[dict] = None) -> TrialSpec:  # fmt: skip
+def spec_for(
+    knobs: Knobs,
+    index: int,
+    hw: Hardware,
+    *,
+    model: str,
+    data: str,
+    imgsz: int,
+    optimizer: Union[str, OptimizerPlan],
+    warmup: int,
+    steps: int,
+    precision: Optional[float] = None,
+    max_steps: Optional[int] = None,
+    repeat_of: Optional[str] = None,
+    overrides: Optional[dict] = None,
+) -> TrialSpec:
     """One trial at the scan's full world size: what the auto search runs, proposal by proposal."""
     tid = trial_id(index, knobs) + ("-rep" if repeat_of else "")
     env = {"OMP_NUM_THREADS": str(omp_threads(hw.cpu_count, hw.per_node)), **nccl_env(knobs.nccl)}
     name, iterations = for_batch(optimizer, knobs.batch)
-    return TrialSpec(trial_id=tid, knobs=knobs, world_size=hw.world_size, device=hw.device,
-                     gpus=list(hw.gpus) if hw.device == "cuda" else [], model=model, data=data, imgsz=imgsz,
-                     optimizer=name, warmup_steps=warmup, measured_steps=steps, env=env, precision=precision,
-                     max_steps=max_steps, repeat_of=repeat_of, overrides=dict(overrides or {}), nnodes=hw.nnodes,
-                     optimizer_iterations=iterations)  # fmt: skip
+    return TrialSpec(
+        trial_id=tid,
+        knobs=knobs,
+        world_size=hw.world_size,
+        device=hw.device,
+        gpus=list(hw.gpus) if hw.device == "cuda" else [],
+        model=model,
+        data=data,
+        imgsz=imgsz,
+        optimizer=name,
+        warmup_steps=warmup,
+        measured_steps=steps,
+        env=env,
+        precision=precision,
+        max_steps=max_steps,
+        repeat_of=repeat_of,
+        overrides=dict(overrides or {}),
+        nnodes=hw.nnodes,
+        optimizer_iterations=iterations,
+    )
 
 
 def parse_world_sizes(text: str, hw: Hardware) -> list[int]:
     sizes = parse_ints("--ranks", text, 1)
     if hw.nnodes > 1 and sorted(set(sizes)) != [hw.per_node, hw.world_size]:
-        raise UsageError(f"--ranks {text}: on {hw.nnodes} nodes, --ranks compares one node against all of them: "
-                         f"give --ranks {hw.per_node},{hw.world_size}")  # fmt: skip
+        raise UsageError(
+            f"--ranks {text}: on {hw.nnodes} nodes, --ranks compares one node against all of them: "
+            f"give --ranks {hw.per_node},{hw.world_size}"
+        )
     too_many = [r for r in sizes if r > hw.world_size]
     if too_many:
-        raise UsageError(f"--ranks {too_many[0]}: the scan has {hw.world_size} ranks "
-                         f"({'--gpus' if hw.device == 'cuda' else '--nproc'} sets them)")  # fmt: skip
+        raise UsageError(
+            f"--ranks {too_many[0]}: the scan has {hw.world_size} ranks "
+            f"({'--gpus' if hw.device == 'cuda' else '--nproc'} sets them)"
+        )
     return sorted(sizes)
 
 
@@ -353,4 +441,7 @@ def cache_ram_risk(train_images: int, imgsz: int, ranks: int, available_mib: flo
             f"cache=ram skipped: every rank caches its own copy of the dataset ({copies}) and only "
             f"{available_mib / 1024:.1f} GiB RAM is free; the machine would run out of memory. Use cache=disk"
         )
-    return False, f"cache=ram under DDP holds one copy of the dataset per rank ({copies}; {available_mib / 1024:.1f} GiB free)"
+    return (
+        False,
+        f"cache=ram under DDP holds one copy of the dataset per rank ({copies}; {available_mib / 1024:.1f} GiB free)",
+    )

@@ -38,8 +38,13 @@ def prune(space: Space, ceilings: Ceilings, hw: Hardware, cold: bool = False) ->
     _batches(out, ceilings.compute, hw)
     _workers(out, ceilings.loader, ceilings.compute, hw, cold)
     if cold and "disk" in out.space.values["cache"]:
-        _note(out, "cache", "cache disk: kept, the dataset does not fit in memory and epochs read it from storage "
-                            "(the input ceiling's cold rate at cache disk says what it reads at)", "disk")  # fmt: skip
+        _note(
+            out,
+            "cache",
+            "cache disk: kept, the dataset does not fit in memory and epochs read it from storage "
+            "(the input ceiling's cold rate at cache disk says what it reads at)",
+            "disk",
+        )
     _nccl(out, ceilings.allreduce, hw)
     return out
 
@@ -90,28 +95,40 @@ def _rates(loader: LoaderCeiling, cold: bool = False) -> dict[int, float]:
     return rate
 
 
-def _workers(out: Pruned, loader: Optional[LoaderCeiling], compute: Optional[ComputeCeiling], hw: Hardware,
-             cold: bool = False) -> None:  # fmt: skip
+def _workers(
+    out: Pruned, loader: Optional[LoaderCeiling], compute: Optional[ComputeCeiling], hw: Hardware, cold: bool = False
+) -> None:
     """workers 0 loads in the training process, between steps, so the loader alone cannot show its cost:
     it is never the value that rules out larger ones."""
     if loader is None:
         return _note(out, "workers", "no loader ceiling was measured: no workers value is pruned")
     rate = _rates(loader, cold)
     if cold and not rate:
-        return _note(out, "workers", "the dataset does not fit in memory and the loaders' cold rates are n/a: "
-                                     "no workers value is pruned")  # fmt: skip
+        return _note(
+            out,
+            "workers",
+            "the dataset does not fit in memory and the loaders' cold rates are n/a: no workers value is pruned",
+        )
     if cold:
-        _note(out, "workers", "the dataset does not fit in memory: workers are judged by the loaders' cold rates "
-                              "(files evicted from the page cache), what every epoch reads at")  # fmt: skip
+        _note(
+            out,
+            "workers",
+            "the dataset does not fit in memory: workers are judged by the loaders' cold rates "
+            "(files evicted from the page cache), what every epoch reads at",
+        )
     input_word = "cold input ceiling" if cold else "input ceiling"
     measured = [w for w in out.space.values["workers"] if w > 0 and w in rate]
     prev = None
     for w in measured:
         if prev is not None and rate[w] < PLATEAU_GAIN * rate[prev]:
             for v in [v for v in out.space.values["workers"] if v > prev]:
-                _cut(out, "workers", v,
-                     f"workers {v}: the {input_word} stops growing at workers {prev} ({rate[prev]:.0f} img/s; "
-                     f"workers {w} loads {rate[w]:.0f} img/s, under +{100 * (PLATEAU_GAIN - 1):.0f}%)")  # fmt: skip
+                _cut(
+                    out,
+                    "workers",
+                    v,
+                    f"workers {v}: the {input_word} stops growing at workers {prev} ({rate[prev]:.0f} img/s; "
+                    f"workers {w} loads {rate[w]:.0f} img/s, under +{100 * (PLATEAU_GAIN - 1):.0f}%)",
+                )
             break
         prev = w
     if compute is None:
@@ -127,11 +144,15 @@ def _workers(out: Pruned, loader: Optional[LoaderCeiling], compute: Optional[Com
     if enough is None:
         return
     for v in [v for v in out.space.values["workers"] if v > enough]:
-        _cut(out, "workers", v,
-             f"workers {v}: workers {enough} already loads {rate[enough]:.0f} img/s{' cold' if cold else ''}, "
-             f"over {INPUT_HEADROOM:g}x the "
-             f"{need:.0f} img/s the fastest training step measured can use (compute ceiling, {top.batch_ran} per rank "
-             f"{'amp' if top.amp else 'fp32'} x {n} ranks); more workers cannot help")  # fmt: skip
+        _cut(
+            out,
+            "workers",
+            v,
+            f"workers {v}: workers {enough} already loads {rate[enough]:.0f} img/s{' cold' if cold else ''}, "
+            f"over {INPUT_HEADROOM:g}x the "
+            f"{need:.0f} img/s the fastest training step measured can use (compute ceiling, {top.batch_ran} per rank "
+            f"{'amp' if top.amp else 'fp32'} x {n} ranks); more workers cannot help",
+        )
 
 
 def _nccl(out: Pruned, allreduce: list[AllReduceCeiling], hw: Hardware) -> None:
@@ -152,12 +173,19 @@ def _nccl(out: Pruned, allreduce: list[AllReduceCeiling], hw: Hardware) -> None:
             continue
         mine, ref = sum(times.values()), sum(buckets[s] for s in times)
         sizes = ", ".join(f"{s / 2**20:.1f}" for s in sorted(times))
-        figures = (f"AllReduce at the model's {len(times)} bucket sizes ({sizes} MiB) takes {mine:.0f} us "
-                   f"against default's {ref:.0f} us ({100 * (mine / ref - 1):+.0f}%)")  # fmt: skip
+        figures = (
+            f"AllReduce at the model's {len(times)} bucket sizes ({sizes} MiB) takes {mine:.0f} us "
+            f"against default's {ref:.0f} us ({100 * (mine / ref - 1):+.0f}%)"
+        )
         if mine > NCCL_SLOWER * ref:
             out.promote.append(preset)
-            _cut(out, "nccl", preset, f"nccl {preset}: {figures}, over +{100 * (NCCL_SLOWER - 1):.0f}%; "
-                                      "promote if communication bounds the best trial")  # fmt: skip
+            _cut(
+                out,
+                "nccl",
+                preset,
+                f"nccl {preset}: {figures}, over +{100 * (NCCL_SLOWER - 1):.0f}%; "
+                "promote if communication bounds the best trial",
+            )
         else:
             tie = "ties default within" if mine >= ref / NCCL_SLOWER else "beats default by more than"
             _note(out, "nccl", f"nccl {preset}: {figures}, {tie} {100 * (NCCL_SLOWER - 1):.0f}%; kept", preset)

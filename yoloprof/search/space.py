@@ -60,8 +60,17 @@ def show(value: Any) -> str:
 
 
 def knobs_text(k: Knobs) -> str:
-    return ", ".join([f"batch {k.batch}", f"workers {k.workers}", f"amp {show(k.amp)}",
-                      f"pin_memory {show(k.pin_memory)}", f"cache {k.cache}", f"nccl {k.nccl}", *k.extras()])
+    return ", ".join(
+        [
+            f"batch {k.batch}",
+            f"workers {k.workers}",
+            f"amp {show(k.amp)}",
+            f"pin_memory {show(k.pin_memory)}",
+            f"cache {k.cache}",
+            f"nccl {k.nccl}",
+            *k.extras(),
+        ]
+    )
 
 
 def _drop(space: Space, knob: str, value: Any, reason: str) -> None:
@@ -72,13 +81,20 @@ def _drop(space: Space, knob: str, value: Any, reason: str) -> None:
 def batch_values(hw: Hardware, given: Optional[dict[str, Optional[list]]] = None) -> list[int]:
     """The global batches the auto space starts from: the user's --batch, else its per-rank sizes x ranks."""
     n = max(hw.world_size, 1)
-    return sorted((given or {}).get("batch") or [b * n for b in (GPU_BATCH_PER_RANK if hw.device == "cuda"
-                                                                 else CPU_BATCH_PER_RANK)])  # fmt: skip
+    return sorted(
+        (given or {}).get("batch")
+        or [b * n for b in (GPU_BATCH_PER_RANK if hw.device == "cuda" else CPU_BATCH_PER_RANK)]
+    )
 
 
-def auto_space(hw: Hardware, given: Optional[dict[str, Optional[list]]] = None, *,
-               dataset_fits_ram: bool = False, ram_reason: Optional[str] = None,
-               train_images: Optional[int] = None) -> Space:  # fmt: skip
+def auto_space(
+    hw: Hardware,
+    given: Optional[dict[str, Optional[list]]] = None,
+    *,
+    dataset_fits_ram: bool = False,
+    ram_reason: Optional[str] = None,
+    train_images: Optional[int] = None,
+) -> Space:
     """The space for `--strategy auto`. `given` maps knob -> the user's explicit list (or None): a list
     replaces that knob's candidates, then the hardware drops what cannot matter, as for the grid.
     `ram_reason`: why cache=ram is left out (plan.cache_ram_risk's text) when the dataset does not fit.
@@ -102,50 +118,86 @@ def auto_space(hw: Hardware, given: Optional[dict[str, Optional[list]]] = None, 
 
     for b in space.values["batch"]:
         if b < n or b % n:
-            raise UsageError(f"--batch {b} is not a multiple of the {n} ranks; the global batch is split evenly, "
-                             f"use e.g. {n * max(b // n, 1)}")  # fmt: skip
+            raise UsageError(
+                f"--batch {b} is not a multiple of the {n} ranks; the global batch is split evenly, "
+                f"use e.g. {n * max(b // n, 1)}"
+            )
     for knob, value, reason in cannot_run(hw, space.values):
         _drop(space, knob, value, reason)
     if train_images is not None:
         over = over_the_data(space.values["batch"], hw.world_size, train_images)
         if given.get("batch") and len(over) == len(space.values["batch"]):
-            raise UsageError(f"--batch {','.join(map(str, space.values['batch']))}: larger than the dataset's "
-                             f"{train_images} training images can run" + (f" on {n} ranks" if n > 1 else "") +
-                             f"; give --batch {largest_runnable(n, train_images)} or smaller, or a larger dataset")  # fmt: skip
+            raise UsageError(
+                f"--batch {','.join(map(str, space.values['batch']))}: larger than the dataset's "
+                f"{train_images} training images can run"
+                + (f" on {n} ranks" if n > 1 else "")
+                + f"; give --batch {largest_runnable(n, train_images)} or smaller, or a larger dataset"
+            )
         for b, why in over:
             _drop(space, "batch", b, why)
     if not gpu and not given.get("compile"):
         for mode in [m for m in space.values["compile"] if m != "off"]:
-            _drop(space, "compile", mode, f"compile {mode}: on CPU its first steps compile for minutes, beyond an auto "
-                                          "budget; ask for it with --compile off,default")  # fmt: skip
+            _drop(
+                space,
+                "compile",
+                mode,
+                f"compile {mode}: on CPU its first steps compile for minutes, beyond an auto "
+                "budget; ask for it with --compile off,default",
+            )
     if gpu and not given.get("compile"):
-        space.dropped.append(Decision(
-            stage="space", kind="pruned", knob="compile", value="reduce-overhead, max-autotune-no-cudagraphs",
-            reason="compile reduce-overhead, max-autotune-no-cudagraphs: they autotune for many minutes, beyond an "
-                   "auto budget; ask for them with --compile",
-        ))  # fmt: skip
-    for k, fallback in (("amp", False), ("pin_memory", False), ("nccl", "default"), ("compile", "off"),
-                        ("channels_last", True)):  # fmt: skip
+        space.dropped.append(
+            Decision(
+                stage="space",
+                kind="pruned",
+                knob="compile",
+                value="reduce-overhead, max-autotune-no-cudagraphs",
+                reason="compile reduce-overhead, max-autotune-no-cudagraphs: they autotune for many minutes, beyond an "
+                "auto budget; ask for them with --compile",
+            )
+        )
+    for k, fallback in (
+        ("amp", False),
+        ("pin_memory", False),
+        ("nccl", "default"),
+        ("compile", "off"),
+        ("channels_last", True),
+    ):
         space.values[k] = space.values[k] or [fallback]
     if not given.get("nccl") and gpu and hw.world_size > 1:
-        space.dropped.append(Decision(
-            stage="space", kind="pruned", knob="nccl", value="no-p2p",
-            reason="nccl no-p2p: a debugging switch (the fix for hangs on some consumer GPUs), slower wherever "
-                   "P2P works; auto never tries it, ask for it with --nccl no-p2p",
-        ))  # fmt: skip
+        space.dropped.append(
+            Decision(
+                stage="space",
+                kind="pruned",
+                knob="nccl",
+                value="no-p2p",
+                reason="nccl no-p2p: a debugging switch (the fix for hangs on some consumer GPUs), slower wherever "
+                "P2P works; auto never tries it, ask for it with --nccl no-p2p",
+            )
+        )
     if "ram" in space.values["cache"] and not dataset_fits_ram:
-        _drop(space, "cache", "ram", ram_reason or (
-            "cache ram: the dataset was not shown to fit in RAM once per rank (every DDP rank caches its own copy); "
-            "cache disk is tried instead"))  # fmt: skip
+        _drop(
+            space,
+            "cache",
+            "ram",
+            ram_reason
+            or (
+                "cache ram: the dataset was not shown to fit in RAM once per rank (every DDP rank caches its own copy); "
+                "cache disk is tried instead"
+            ),
+        )
 
     cap, seen = workers_cap(hw), {}
     for w in list(space.values["workers"]):
         eff = min(w, cap)
         if eff in seen:
-            _drop(space, "workers", w,
-                  f"workers {w}: Ultralytics caps workers per rank at {cap} (os.cpu_count() {hw.cpu_count} // "
-                  f"{max(hw.gpus_on_machine, 1)} GPUs on the machine), "
-                  f"so it would run the same as workers {seen[eff]}")  # fmt: skip
+            _drop(
+                space,
+                "workers",
+                w,
+                f"workers {w}: Ultralytics caps workers per rank at {cap} (os.cpu_count() {hw.cpu_count} // "
+                f"{max(hw.gpus_on_machine, 1)} GPUs on the machine), "
+                f"so it would run the same as workers {seen[eff]}",
+            )
         else:
             seen[eff] = w
     return space

@@ -24,13 +24,31 @@ from yoloprof.search.space import ORDINAL, Space, knobs_text, neighbours, show
 # Which knob to walk first, by what bounds the incumbent (analysis.ranking.classify's names).
 ORDER: dict[str, tuple[str, ...]] = {
     "input": ("workers", "cache", "batch", "pin_memory", "amp", "nccl", "deterministic", "compile", "channels_last"),
-    "communication": ("nccl", "batch", "workers", "amp", "pin_memory", "cache", "deterministic", "compile",
-                      "channels_last"),
+    "communication": (
+        "nccl",
+        "batch",
+        "workers",
+        "amp",
+        "pin_memory",
+        "cache",
+        "deterministic",
+        "compile",
+        "channels_last",
+    ),
     # compute-bound: what makes the same math faster (precision, compile, determinism, memory format) first
     "compute": ("amp", "compile", "deterministic", "channels_last", "batch", "workers", "pin_memory", "cache", "nccl"),
     "memory": ("batch", "amp", "channels_last", "workers", "pin_memory", "cache", "nccl", "deterministic", "compile"),
-    "straggler": ("workers", "nccl", "batch", "amp", "pin_memory", "cache", "deterministic", "compile",
-                  "channels_last"),
+    "straggler": (
+        "workers",
+        "nccl",
+        "batch",
+        "amp",
+        "pin_memory",
+        "cache",
+        "deterministic",
+        "compile",
+        "channels_last",
+    ),
     "unknown": ("batch", "workers", "amp", "pin_memory", "cache", "nccl", "deterministic", "compile", "channels_last"),
 }
 
@@ -54,13 +72,25 @@ class _OutOfBudget(Exception):
 class AutoSearch:
     """Propose one trial at a time; None when done. `decisions` grows as it goes."""
 
-    def __init__(self, space: Space, start: Knobs, budget_s: float, *, beats: Beats,
-                 contenders: Callable[[list[TrialResult]], list[str]],
-                 bottleneck: Callable[[TrialResult], Optional[str]],
-                 promote: Iterable[str] = (), max_fit: Optional[dict[bool, int]] = None,
-                 references: Iterable[Knobs] = (), repeats: int = 1, first_guess_s: float = 60.0,
-                 max_passes: int = 2, after_trials: float = 0.0,
-                 noise_df: Optional[Callable[[list[TrialResult]], int]] = None, target_df: int = 3):  # fmt: skip
+    def __init__(
+        self,
+        space: Space,
+        start: Knobs,
+        budget_s: float,
+        *,
+        beats: Beats,
+        contenders: Callable[[list[TrialResult]], list[str]],
+        bottleneck: Callable[[TrialResult], Optional[str]],
+        promote: Iterable[str] = (),
+        max_fit: Optional[dict[bool, int]] = None,
+        references: Iterable[Knobs] = (),
+        repeats: int = 1,
+        first_guess_s: float = 60.0,
+        max_passes: int = 2,
+        after_trials: float = 0.0,
+        noise_df: Optional[Callable[[list[TrialResult]], int]] = None,
+        target_df: int = 3,
+    ):
         """`start`: Ultralytics' defaults or the user's baseline, run even where pruned (it is the reference);
         `references`: other must-run configurations (the defaults when the start is the baseline);
         `promote`: NCCL presets pruned as slower, tried when communication bounds the incumbent;
@@ -106,8 +136,15 @@ class AutoSearch:
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
-    def _log(self, stage: str, kind: str, reason: str, knob: Optional[str] = None, value: Any = None,
-             trial_id: Optional[str] = None) -> None:  # fmt: skip
+    def _log(
+        self,
+        stage: str,
+        kind: str,
+        reason: str,
+        knob: Optional[str] = None,
+        value: Any = None,
+        trial_id: Optional[str] = None,
+    ) -> None:
         shown = None if value is None else show(value)
         self.decisions.append(Decision(stage, kind, reason, knob, shown, trial_id, round(self._spent, 1)))
 
@@ -174,8 +211,10 @@ class AutoSearch:
         if k.amp in self._oom and k.batch >= self._oom[k.amp]:
             return f"batch {self._oom[k.amp]} ran out of memory with amp {show(k.amp)}, so batch {k.batch} would too"
         if k.amp in self.max_fit and k.batch > self.max_fit[k.amp]:
-            return (f"the compute ceiling fits at most batch {self.max_fit[k.amp]} with amp {show(k.amp)}; "
-                    f"batch {k.batch} would run out of memory")  # fmt: skip
+            return (
+                f"the compute ceiling fits at most batch {self.max_fit[k.amp]} with amp {show(k.amp)}; "
+                f"batch {k.batch} would run out of memory"
+            )
         return None
 
     def _run(self, k: Knobs, why: str, stage: str, knob: Optional[str] = None, check_budget: bool = True):
@@ -190,19 +229,36 @@ class AutoSearch:
         hit = self._first(k)
         if hit is not None and hit.status == "oom":  # at the batch that ran (a small dataset caps the one asked)
             self._oom[k.amp] = min(self._oom.get(k.amp, hit.batch_ran), hit.batch_ran)
-        self._log(stage, "tried", f"{why}: {self._said(hit)}", knob, getattr(k, knob) if knob else None,
-                  hit.trial_id if hit else None)  # fmt: skip
+        self._log(
+            stage,
+            "tried",
+            f"{why}: {self._said(hit)}",
+            knob,
+            getattr(k, knob) if knob else None,
+            hit.trial_id if hit else None,
+        )
         return hit
 
     def _wins(self, r: Optional[TrialResult]) -> bool:
         inc = self.incumbent
-        return bool(r is not None and r.status == "ok" and r.img_per_s and inc is not None
-                    and self.beats(self._results, r.trial_id, inc.trial_id))  # fmt: skip
+        return bool(
+            r is not None
+            and r.status == "ok"
+            and r.img_per_s
+            and inc is not None
+            and self.beats(self._results, r.trial_id, inc.trial_id)
+        )
 
     def _adopt(self, r: TrialResult, knob: str) -> None:
         v = getattr(r.knobs, knob)
-        self._log("descent", "adopted", f"{knob} {show(v)}: {self._said(r)} beats the incumbent "
-                                        f"{self._said(self.incumbent)} beyond noise", knob, v, r.trial_id)  # fmt: skip
+        self._log(
+            "descent",
+            "adopted",
+            f"{knob} {show(v)}: {self._said(r)} beats the incumbent {self._said(self.incumbent)} beyond noise",
+            knob,
+            v,
+            r.trial_id,
+        )
         self.incumbent = r
 
     # -- the search -------------------------------------------------------------------------------
@@ -215,18 +271,26 @@ class AutoSearch:
             yield from self._descent()
         except _OutOfBudget as stop:
             what = f"{stop.knob} {show(stop.value)}" if stop.knob else "the next trial"
-            reason = (f"the next trial (~{stop.estimate_s:.0f} s, median of the finished ones) would pass the budget: "
-                      f"{self._spent:.0f} s spent of {self.budget_s:.0f} s, {self._reserve_s():.0f} s kept for "
-                      "confirmation repeats" + (" and the epoch job" if self.after_trials else ""))  # fmt: skip
+            reason = (
+                f"the next trial (~{stop.estimate_s:.0f} s, median of the finished ones) would pass the budget: "
+                f"{self._spent:.0f} s spent of {self.budget_s:.0f} s, {self._reserve_s():.0f} s kept for "
+                "confirmation repeats" + (" and the epoch job" if self.after_trials else "")
+            )
             self._log("budget", "skipped-budget", f"{what} not tried: {reason}", stop.knob or None, stop.value)
             for knob in self._pending:
-                self._log("budget", "skipped-budget", f"{knob} not walked from {self.incumbent.trial_id}: {reason}",
-                          knob)  # fmt: skip
+                self._log(
+                    "budget", "skipped-budget", f"{knob} not walked from {self.incumbent.trial_id}: {reason}", knob
+                )
         yield from self._confirm()
         n, inc = len({self.space.effective(r.knobs) for r in self._results}), self.incumbent
-        self._log("confirm", "done", f"{n} configurations in {len(self._results)} trials, {self._spent:.0f} s of the "
-                                     f"{self.budget_s:.0f} s budget; incumbent {self._said(inc)} "
-                                     f"({knobs_text(inc.knobs)})", trial_id=inc.trial_id)  # fmt: skip
+        self._log(
+            "confirm",
+            "done",
+            f"{n} configurations in {len(self._results)} trials, {self._spent:.0f} s of the "
+            f"{self.budget_s:.0f} s budget; incumbent {self._said(inc)} "
+            f"({knobs_text(inc.knobs)})",
+            trial_id=inc.trial_id,
+        )
 
     def _begin(self) -> Iterator[Proposal]:
         k = self.start
@@ -236,16 +300,21 @@ class AutoSearch:
             if down is None:
                 break
             k, was = replace(k, batch=down), k.batch
-            r = yield from self._run(k, f"start at batch {down}: batch {was} ran out of memory", "start", "batch",
-                                     check_budget=False)  # fmt: skip
+            r = yield from self._run(
+                k, f"start at batch {down}: batch {was} ran out of memory", "start", "batch", check_budget=False
+            )
         if r is None or r.status != "ok" or not r.img_per_s:
             return
         self.incumbent = r
         for ref in self.references:
             rr = yield from self._run(ref, f"reference: {knobs_text(ref)}", "start", check_budget=False)
             if self._wins(rr):
-                self._log("start", "adopted", f"{self._said(rr)} beats the start {self._said(r)} beyond noise",
-                          trial_id=rr.trial_id)  # fmt: skip
+                self._log(
+                    "start",
+                    "adopted",
+                    f"{self._said(rr)} beats the start {self._said(r)} beyond noise",
+                    trial_id=rr.trial_id,
+                )
                 self.incumbent = rr
 
     def _current(self, knob: str) -> Any:
@@ -310,8 +379,14 @@ class AutoSearch:
             if self.incumbent is not start:
                 return True
         tried, v = ", ".join(self._said(r) for r in seen) or "no neighbour could run", getattr(start.knobs, knob)
-        self._log("descent", "kept", f"{knob} {show(v)}: nothing beat {start.trial_id} beyond noise ({tried})",
-                  knob, v, start.trial_id)  # fmt: skip
+        self._log(
+            "descent",
+            "kept",
+            f"{knob} {show(v)}: nothing beat {start.trial_id} beyond noise ({tried})",
+            knob,
+            v,
+            start.trial_id,
+        )
         return False
 
     def _try(self, knob: str, v: Any, bn: str, seen: list) -> Iterator[Proposal]:
@@ -330,15 +405,19 @@ class AutoSearch:
     def _confirm(self) -> Iterator[Proposal]:
         firsts = self._contender_firsts()
         for rnd in range(self.repeats):
-            for first in (firsts[::-1] if rnd % 2 == 0 else firsts):
+            for first in firsts[::-1] if rnd % 2 == 0 else firsts:
                 if len(self._runs(first.knobs)) >= 2 + rnd:
                     continue
                 what, est = f"run {rnd + 2} of {first.trial_id}", self._cost_s(first)
                 if self._spent + est + self._after_s() > self.budget_s:
                     after = f" with ~{self._after_s():.0f} s kept for the epoch job" if self.after_trials else ""
-                    self._log("budget", "skipped-budget", f"{what} not run: {self._spent:.0f} s + ~{est:.0f} s "
-                                                          f"passes the {self.budget_s:.0f} s budget{after}",
-                              trial_id=first.trial_id)  # fmt: skip
+                    self._log(
+                        "budget",
+                        "skipped-budget",
+                        f"{what} not run: {self._spent:.0f} s + ~{est:.0f} s "
+                        f"passes the {self.budget_s:.0f} s budget{after}",
+                        trial_id=first.trial_id,
+                    )
                     continue
                 yield from self._repeat(first, what)
         yield from self._noise_floor()
@@ -366,10 +445,13 @@ class AutoSearch:
             est = self._cost_s(first)
             what = f"run {len(self._runs(first.knobs)) + 1} of {first.trial_id}"
             if self._spent + est + self._after_s() > self.budget_s:
-                self._log("budget", "skipped-budget", f"{what} not run: the run-to-run noise rests on {df} df (of "
-                          f"{self.target_df} wanted) but {self._spent:.0f} s + ~{est:.0f} s passes the "
-                          f"{self.budget_s:.0f} s budget", trial_id=first.trial_id)  # fmt: skip
+                self._log(
+                    "budget",
+                    "skipped-budget",
+                    f"{what} not run: the run-to-run noise rests on {df} df (of "
+                    f"{self.target_df} wanted) but {self._spent:.0f} s + ~{est:.0f} s passes the "
+                    f"{self.budget_s:.0f} s budget",
+                    trial_id=first.trial_id,
+                )
                 return
             yield from self._repeat(first, what, f" (the run-to-run noise rests on {df} df; {self.target_df} wanted)")
-
-

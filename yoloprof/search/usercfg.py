@@ -65,8 +65,9 @@ def read(path: str) -> tuple[str, dict[str, Any]]:
     from probes import cfg_check
 
     where = f"--cfg {path}"
-    p, args = cfg_check.read_yaml(path, where, "give your training config (a YAML file of Ultralytics arguments, "
-                                               "what `yolo train cfg=` takes)")  # fmt: skip
+    p, args = cfg_check.read_yaml(
+        path, where, "give your training config (a YAML file of Ultralytics arguments, what `yolo train cfg=` takes)"
+    )
     cfg_check.check(args, where)
     if args.get("task") not in _TASKS:
         raise UsageError(f"{where}: task: {args['task']}; give one of {', '.join(t for t in _TASKS if t)}")
@@ -76,8 +77,10 @@ def read(path: str) -> tuple[str, dict[str, Any]]:
 def check_task(args: dict[str, Any], task: str, model: str, path: str) -> None:
     """The config's task is the model's: the model picks the trainer a trial runs."""
     if args.get("task") not in (None, task):
-        raise UsageError(f"--cfg {path}: task: {args['task']}, but the model {model} is a {task} model; give a "
-                         f"{args['task']} model (model: in the config, or --model) or drop task:")  # fmt: skip
+        raise UsageError(
+            f"--cfg {path}: task: {args['task']}, but the model {model} is a {task} model; give a "
+            f"{args['task']} model (model: in the config, or --model) or drop task:"
+        )
 
 
 def held(args: dict[str, Any]) -> dict[str, Any]:
@@ -101,11 +104,14 @@ def apply(req, args: dict[str, Any], name: str, optimizer_given: Optional[str]) 
     flags = {"model": req.model, "data": req.data, "imgsz": req.imgsz, "optimizer": optimizer_given}
     for key, flag in flags.items():
         if key in args and flag is not None and not _same(key, flag, args[key]):
-            raise UsageError(f"--{key} {flag} contradicts --cfg {name} ({key}: {args[key]}); drop --{key} or "
-                             "change the config")  # fmt: skip
+            raise UsageError(
+                f"--{key} {flag} contradicts --cfg {name} ({key}: {args[key]}); drop --{key} or change the config"
+            )
     if args.get("imgsz") is not None and (isinstance(args["imgsz"], bool) or not isinstance(args["imgsz"], int)):
-        raise UsageError(f"--cfg {name}: imgsz: {args['imgsz']}; yoloprof scans one square training size, "
-                         "give one number (e.g. imgsz: 640)")  # fmt: skip
+        raise UsageError(
+            f"--cfg {name}: imgsz: {args['imgsz']}; yoloprof scans one square training size, "
+            "give one number (e.g. imgsz: 640)"
+        )
     for key in ("model", "data", "imgsz"):
         if args.get(key) is not None and getattr(req, key) is None:
             setattr(req, key, args[key])
@@ -129,15 +135,17 @@ def optimizer_asked(flag: Optional[str], args: dict[str, Any]) -> tuple[str, str
     return optim.AUTO, optim.DEFAULT_SOURCE
 
 
-def optimizer_plan(flag: Optional[str], args: dict[str, Any], *, images: int, epochs: int,
-                   nbs: Optional[int] = None) -> OptimizerPlan:  # fmt: skip
+def optimizer_plan(
+    flag: Optional[str], args: dict[str, Any], *, images: int, epochs: int, nbs: Optional[int] = None
+) -> OptimizerPlan:
     """What the trials run (optimizer_asked), with the planned run that resolves auto per trial
     (yoloprof.analysis.optimizer): `images` the train split (cut here by the config's fraction, as Ultralytics
     cuts it), `epochs` and `nbs` the run plan's. A trial would otherwise get auto's pick for its own few steps,
     always AdamW."""
     asked, source = optimizer_asked(flag, args)
-    return optim.plan(asked, images=optim.trained_images(images, args.get("fraction")), epochs=epochs, nbs=nbs,
-                      source=source)  # fmt: skip
+    return optim.plan(
+        asked, images=optim.trained_images(images, args.get("fraction")), epochs=epochs, nbs=nbs, source=source
+    )
 
 
 def for_compute(specs: list, args: dict[str, Any], ranks: int) -> list:
@@ -159,8 +167,15 @@ def for_compute(specs: list, args: dict[str, Any], ranks: int) -> list:
 def summary(path: str, args: dict[str, Any], yours) -> list[str]:
     """What the scan took from the config, for the terminal: one fact a line."""
     took = [k for k in SCAN_SETS if k in args]
-    knobs = ", ".join([f"batch {yours.batch}", f"workers {yours.workers}", f"amp {show(yours.amp)}",
-                       f"cache {yours.cache}", *yours.extras()])
+    knobs = ", ".join(
+        [
+            f"batch {yours.batch}",
+            f"workers {yours.workers}",
+            f"amp {show(yours.amp)}",
+            f"cache {yours.cache}",
+            *yours.extras(),
+        ]
+    )
     lines = [f"config: {path}" + (f": {', '.join(took)} from it" if took else "") + f"; your settings: {knobs}"]
     kept = held(args)
     if kept:

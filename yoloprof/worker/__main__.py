@@ -106,11 +106,13 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
     clock = start_device(spec)
     steady: list[tuple[int, float]] = []  # (images, step_ms) of measured steady steps: the stopping rule's input
 
-    mosaic_off, steady_off, _ = epoch_plan(spec) if spec.mode == "epoch" else (None, None, None)
+    plan = epoch_plan(spec) if spec.mode == "epoch" else None
 
     def sink(s) -> None:
-        if mosaic_off is not None and s.step >= mosaic_off:  # "epoch" mode: the steps after close_mosaic,
-            s.mosaic, s.warmup = False, s.warmup or s.step < steady_off  # the loader's restart as warm-up
+        if plan is not None and plan.off <= s.step < plan.back:  # "epoch" mode: the steps after close_mosaic,
+            s.mosaic, s.warmup = False, s.warmup or s.step < plan.steady_off  # the loader's restart as warm-up
+        elif plan is not None and plan.back <= s.step < plan.steady_back:  # mosaic reopened: restarted again
+            s.warmup = True
         writer.write("step", s)
         if not s.warmup and not s.epoch_boundary:
             steady.append((s.images, s.step_ms))
@@ -240,8 +242,9 @@ def run_spec(spec_path: Path, rank: int, pooled: bool = False) -> RankEnd:
         end = run(spec, trial_dir, writer, rank, pooled=pooled)
     except BaseException as exc:  # noqa: BLE001 - the last line of defence for the end record
         traceback.print_exc()
-        end = RankEnd(rank=rank, status="error", peak_mem_mib=None, mem_source="n/a", error=error_line(exc),
-                      t_end_s=time.time())  # fmt: skip
+        end = RankEnd(
+            rank=rank, status="error", peak_mem_mib=None, mem_source="n/a", error=error_line(exc), t_end_s=time.time()
+        )
     writer.write("end", end)
     writer.close()
     return end

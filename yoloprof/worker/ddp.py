@@ -43,8 +43,12 @@ class World:
     def from_env(cls) -> "World":
         env = os.environ
         size = int(env.get("WORLD_SIZE", "1"))
-        return cls(rank=int(env.get("RANK", "0")), local_rank=int(env.get("LOCAL_RANK", "0")), size=size,
-                   local_size=int(env.get("LOCAL_WORLD_SIZE", str(size))))  # fmt: skip
+        return cls(
+            rank=int(env.get("RANK", "0")),
+            local_rank=int(env.get("LOCAL_RANK", "0")),
+            size=size,
+            local_size=int(env.get("LOCAL_WORLD_SIZE", str(size))),
+        )
 
     @property
     def distributed(self) -> bool:
@@ -88,8 +92,10 @@ def claim_rank(rank: int, env=os.environ, timeout: timedelta = timedelta(seconds
     store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timeout)
     key = f"yoloprof/{env.get('TORCHELASTIC_RUN_ID', '')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}/rank{rank}"
     if store.add(key, 1) > 1:
-        raise RuntimeError(f"two nodes were started with --node-rank {env.get(NODE_RANK_ENV)} (global rank {rank} "
-                           "twice): give each node its own --node-rank 0..N-1")  # fmt: skip
+        raise RuntimeError(
+            f"two nodes were started with --node-rank {env.get(NODE_RANK_ENV)} (global rank {rank} "
+            "twice): give each node its own --node-rank 0..N-1"
+        )
 
 
 def device_for(device: str, local_rank: int) -> torch.device:
@@ -110,8 +116,10 @@ def device_for(device: str, local_rank: int) -> torch.device:
     if not indices:
         return torch.device(kind, local_rank)
     if local_rank >= len(indices):
-        raise ValueError(f"local rank {local_rank} has no device in device={device!r} ({len(indices)} listed): "
-                         "start as many ranks per node as the list names")  # fmt: skip
+        raise ValueError(
+            f"local rank {local_rank} has no device in device={device!r} ({len(indices)} listed): "
+            "start as many ranks per node as the list names"
+        )
     return torch.device(kind, int(indices[local_rank]))
 
 

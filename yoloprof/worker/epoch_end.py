@@ -1,7 +1,7 @@
 """The trial's "epoch" mode: what an epoch adds to its steps, timed with Ultralytics' own code.
 
 After its steps with mosaic the trainer closes mosaic as `_do_train` does entering the close_mosaic
-epochs and trains on, then runs the epoch end part by part in `_do_train`'s order, EPOCH_PASSES times,
+epochs and trains on, reopens it and trains on again (see EpochPlan), then runs the epoch end part by part in `_do_train`'s order, EPOCH_PASSES times,
 each part between barriers so every rank measures the same span (yoloprof.scan.epoch_job).
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from typing import Callable
+from copy import copy
+from typing import Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -25,13 +26,25 @@ EPOCH_PASSES = 2
 VAL_MIN_IMAGES = {"cpu": 64, "cuda": 512}
 
 
-def epoch_plan(spec: TrialSpec) -> tuple[int, int, int]:
-    """(first step without mosaic, first steady step without mosaic, total steps) of an "epoch" trial:
-    warm-up + measured steps with mosaic, then the loader restarts without it (re-warmed for as many
-    steps as the first warm-up, at least one), then measured steps again."""
+class EpochPlan(NamedTuple):
+    """Step indices of an "epoch" trial: warm-up + measured steps with mosaic; close_mosaic, the loader
+    restarted (re-warmed for as many steps as the first warm-up, at least one), measured steps without it;
+    mosaic reopened, re-warmed, measured again. The mosaic phases on both sides of the other cancel a drift
+    of the machine's speed that is linear over the job, which one phase after the other would read as
+    mosaic's effect (seen: 14% within a minute on a shared 2-core VM)."""
+
+    off: int  # the first step without mosaic
+    steady_off: int  # the first measured step without mosaic
+    back: int  # the first step with mosaic again
+    steady_back: int  # the first measured step of it
+    total: int
+
+
+def epoch_plan(spec: TrialSpec) -> EpochPlan:
+    rewarm = max(spec.warmup_steps, 1)
     off = spec.warmup_steps + spec.measured_steps
-    steady = off + max(spec.warmup_steps, 1)
-    return off, steady, steady + spec.measured_steps
+    back = off + rewarm + spec.measured_steps
+    return EpochPlan(off, off + rewarm, back, back + rewarm, back + rewarm + spec.measured_steps)
 
 
 class _CappedLoader:
@@ -69,11 +82,27 @@ class EpochEndMixin:
         """What `_do_train` does entering the close_mosaic epochs, here mid-epoch: the epoch's batch
         generator is already running and reads `iterator` per batch, so the fresh iterator (new workers,
         the same epoch's sampler order) is made at once instead of lazily."""
+        dataset = self.train_loader.dataset
+        self._mosaic_was = getattr(dataset, "mosaic", None)
         self._close_dataloader_mosaic()
+        self._restart_loader()
+        self.epoch_parts.mosaic_off_step = self.probe.steps_started
+
+    def _reopen_mosaic_now(self):
+        """Mosaic back as the trial had it (the dataset's transforms rebuilt from the trainer's own arguments),
+        for the job's last mosaic phase; the loader restarts as on closing."""
+        dataset = self.train_loader.dataset
+        if self._mosaic_was is not None:
+            dataset.mosaic = self._mosaic_was
+        if hasattr(dataset, "close_mosaic") and hasattr(dataset, "build_transforms"):
+            dataset.transforms = dataset.build_transforms(hyp=copy(self.args))
+        self._restart_loader()
+        self.epoch_parts.mosaic_back_step = self.probe.steps_started
+
+    def _restart_loader(self):
         self.train_loader.reset()
         if hasattr(self.train_loader, "_get_iterator"):
             self.train_loader.iterator = self.train_loader._get_iterator()
-        self.epoch_parts.mosaic_off_step = self.probe.steps_started
 
     def _span(self, fn: Callable[[], None]) -> float:
         """Seconds of fn between two barriers: every rank measures the same span, the slowest rank's."""

@@ -65,8 +65,11 @@ def attach_model_faults(model, rank: int, trial_id: str) -> None:
     """`oomabove@N`: the model's forward raises the CUDA OOM message for a batch above N images, as a
     convolution that runs out of device memory would, inside the try block where Ultralytics catches it."""
     for fault in parse(os.environ.get(ENV)):
-        if fault.kind != "oomabove" or not (fault.rank is None or fault.rank == rank) or (
-                fault.trial is not None and fault.trial not in trial_id):  # fmt: skip
+        if (
+            fault.kind != "oomabove"
+            or not (fault.rank is None or fault.rank == rank)
+            or (fault.trial is not None and fault.trial not in trial_id)
+        ):
             continue
         limit = fault.step
 
@@ -76,7 +79,9 @@ def attach_model_faults(model, rank: int, trial_id: str) -> None:
             if n > limit:
                 import torch
 
-                raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 20.00 MiB (injected: batch {n} > {limit})")
+                raise torch.OutOfMemoryError(
+                    f"CUDA out of memory. Tried to allocate 20.00 MiB (injected: batch {n} > {limit})"
+                )
 
         model.register_forward_pre_hook(too_big)
 

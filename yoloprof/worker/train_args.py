@@ -19,8 +19,12 @@ def train_args(cfg: str, pairs: list[str]) -> dict[str, Any]:
     (one line) for input Ultralytics would reject."""
     from probes import cfg_check
 
-    _, loaded = cfg_check.read_yaml(cfg, f"CFG {cfg}", "give a training config (what `yolo train cfg=` takes, e.g. a "
-                                                      "scan's best.yaml)", empty_ok=True)  # fmt: skip
+    _, loaded = cfg_check.read_yaml(
+        cfg,
+        f"CFG {cfg}",
+        "give a training config (what `yolo train cfg=` takes, e.g. a scan's best.yaml)",
+        empty_ok=True,
+    )
     from ultralytics.cfg import DEFAULT_CFG_DICT, TASKS, merge_equals_args, parse_key_value_pair
 
     args = {k: v for k, v in loaded.items() if k != "cfg"}
@@ -39,8 +43,10 @@ def train_args(cfg: str, pairs: list[str]) -> dict[str, Any]:
         elif a in DEFAULT_CFG_DICT and isinstance(DEFAULT_CFG_DICT[a], bool):
             args[a] = True  # as `yolo train resume` takes a bare boolean argument
         else:
-            raise UsageError(f"{a}: give Ultralytics arguments as key=value (e.g. epochs=100), or a flag of "
-                             "`yoloprof train` (see --help)")  # fmt: skip
+            raise UsageError(
+                f"{a}: give Ultralytics arguments as key=value (e.g. epochs=100), or a flag of "
+                "`yoloprof train` (see --help)"
+            )
     args.pop("mode", None)  # always train
     cfg_check.check(args, f"yoloprof train {cfg}")
     if not isinstance(args.get("resume"), str):  # resume=path/last.pt: the checkpoint names model and data
@@ -55,12 +61,18 @@ def _check_local(args: dict[str, Any]) -> None:
 
     model = args.get("model")
     if not model:
-        raise UsageError("no model: give model= in CFG or as model=... (a model YAML such as yolo26n.yaml, or a local "
-                         ".pt); `yolo train` would download yolo26n.pt, and nothing is downloaded here")  # fmt: skip
+        raise UsageError(
+            "no model: give model= in CFG or as model=... (a model YAML such as yolo26n.yaml, or a local "
+            ".pt); `yolo train` would download yolo26n.pt, and nothing is downloaded here"
+        )
     m = Path(str(model)).expanduser()
     if m.suffix == ".pt" and not m.is_file() and not (Path(SETTINGS["weights_dir"]) / m.name).is_file():
-        raise UsageError(f"model={model}: no such file, and nothing is downloaded; give a local .pt or a model YAML "
-                         "(e.g. yolo26n.yaml, built without weights)")  # fmt: skip
+        raise UsageError(
+            f"model={model}: no such file, and nothing is downloaded; give a local .pt or a model YAML "
+            "(e.g. yolo26n.yaml, built without weights)"
+        )
     if args.get("data") is None and not args.get("resume"):
-        raise UsageError("no data: give data= in CFG or as data=... (your dataset's yaml); `yolo train` would "
-                         "download a sample dataset, and nothing is downloaded here")  # fmt: skip
+        raise UsageError(
+            "no data: give data= in CFG or as data=... (your dataset's yaml); `yolo train` would "
+            "download a sample dataset, and nothing is downloaded here"
+        )

@@ -29,7 +29,9 @@ def _local_font(font="Arial.ttf"):
     name = Path(font).name
     if (USER_CONFIG_DIR / name).exists():
         return USER_CONFIG_DIR / name
-    return next((f.fname for f in font_manager.fontManager.ttflist if font in f.fname and os.path.exists(f.fname)), None)
+    return next(
+        (f.fname for f in font_manager.fontManager.ttflist if font in f.fname and os.path.exists(f.fname)), None
+    )
 
 
 def keep_offline() -> None:
@@ -80,8 +82,11 @@ class NodeTrainerMixin(ddp.DDPFixMixin):
         ddp.init(device)
         if world.writer:
             nodes = os.environ.get(ddp.NNODES_ENV, "1")
-            print(f"yoloprof train: a world of {world.size} ranks on {nodes} node(s), {world.local_size} per node, "
-                  f"{ddp.backend(device)}; global rank 0 (this one, {device}) writes the run folder", flush=True)  # fmt: skip
+            print(
+                f"yoloprof train: a world of {world.size} ranks on {nodes} node(s), {world.local_size} per node, "
+                f"{ddp.backend(device)}; global rank 0 (this one, {device}) writes the run folder",
+                flush=True,
+            )
         if not args.resume:  # a resumed run's folder comes from its checkpoint, the same on every rank
             save_dir = ddp.broadcast_object(str(get_save_dir(args)) if world.writer else None)
             cfg, overrides = {**cfg2dict(cfg), "save_dir": ""}, {**(overrides or {}), "save_dir": save_dir}

@@ -166,8 +166,15 @@ class ScanMixin(EpochEndMixin):
     """What a trial adds to the task's Ultralytics trainer (mixed in before it: `class X(ScanMixin, Trainer)`):
     the probes, pin_memory, CPU DDP over gloo, the compute probe's static batch, stopping on a step."""
 
-    def __init__(self, spec: TrialSpec, probe: StepProbe, project: str, on_ready: Callable, on_step: Callable,
-                 precise: Optional[Callable[[], bool]] = None):  # fmt: skip
+    def __init__(
+        self,
+        spec: TrialSpec,
+        probe: StepProbe,
+        project: str,
+        on_ready: Callable,
+        on_step: Callable,
+        precise: Optional[Callable[[], bool]] = None,
+    ):
         self._constructed = time.perf_counter()  # set-up is timed from here to the first step
         self.startup_s = process_age_s()  # a run pays its process's start once: epoch mode's fresh process reports it
         self.setup_s: Optional[float] = None
@@ -209,13 +216,16 @@ class ScanMixin(EpochEndMixin):
         with cpu_capable_ddp():
             super()._setup_train()
         if self.spec.knobs.compile != "off" and not is_compiled(self.model):
-            raise RuntimeError(f"compile={self.spec.knobs.compile} was asked, but Ultralytics went on uncompiled: the "
-                               "inductor backend is unavailable here (a C++ compiler on CPU, Triton on CUDA); its "
-                               "warning above says why")  # fmt: skip
+            raise RuntimeError(
+                f"compile={self.spec.knobs.compile} was asked, but Ultralytics went on uncompiled: the "
+                "inductor backend is unavailable here (a C++ compiler on CPU, Triton on CUDA); its "
+                "warning above says why"
+            )
         built = type(self.optimizer).__name__
         if built.lower() != self.spec.optimizer.lower():
-            raise RuntimeError(f"the trial was planned with optimizer {self.spec.optimizer}, but Ultralytics built "
-                               f"{built}")  # fmt: skip
+            raise RuntimeError(
+                f"the trial was planned with optimizer {self.spec.optimizer}, but Ultralytics built {built}"
+            )
         if self.spec.mode == "compute":
             self.train_loader = StaticBatchLoader(self.train_loader, self.device)
         self._attach_probes()
@@ -273,10 +283,12 @@ class ScanMixin(EpochEndMixin):
         self.probe.batch_end()
         self._on_step(self)
         if self.spec.mode == "epoch":
-            off, _, total = epoch_plan(self.spec)
-            if self.probe.steps_started == off:
+            plan = epoch_plan(self.spec)
+            if self.probe.steps_started == plan.off:
                 self._close_mosaic_now()
-            if self.probe.steps_started >= total:
+            elif self.probe.steps_started == plan.back:
+                self._reopen_mosaic_now()
+            if self.probe.steps_started >= plan.total:
                 self.probe.flush(block=True)
                 self._time_epoch_end()
                 raise TrialComplete()
