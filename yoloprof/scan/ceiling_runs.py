@@ -7,23 +7,17 @@ takes the scan's prepared context (orchestrate.Context) and imports nothing abov
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from rich.console import Console
 
 from yoloprof import paths
 from yoloprof.analysis import dataset_fit
 from yoloprof.search import usercfg
 
-if TYPE_CHECKING:  # annotations only
-    from yoloprof.scan.orchestrate import Context
-    from yoloprof.scan.request import ScanRequest
-
 
 def run_ceilings(
     folder: Path,
-    ctx: Context,
-    req: ScanRequest,
+    ctx,  # orchestrate.Context: not imported, orchestrate sits above this module
+    req,  # request.ScanRequest
     console: Console,
     *,
     bucket_sizes: list[int],
@@ -107,7 +101,7 @@ def run_ceilings(
                 console.print("  within one node: not measured (one rank per node runs no intra-node AllReduce)")
 
 
-def disk_too(ctx: Context) -> list[str]:
+def disk_too(ctx) -> list[str]:
     """cache=disk for the input ceiling as well, where the dataset does not fit and the scan may try it: its
     cold rate is what a cache=disk trial's epochs read at."""
     cache = ctx.plan.axes.cache
