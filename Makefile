@@ -12,7 +12,7 @@ endif
 
 .PHONY: install scan test test-fast lint format docs gpu-prepare clean FORCE
 
-$(VENV)/.installed: pyproject.toml $(if $(REPLACE_TORCH),FORCE)
+$(VENV)/.installed: pyproject.toml setup.py $(if $(REPLACE_TORCH),FORCE)
 	test -x $(PY) || python3 -m venv $(VENV)
 ifdef REPLACE_TORCH
 	$(PY) -m pip uninstall -q -y torch torchvision || true

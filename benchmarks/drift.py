@@ -1,7 +1,7 @@
 """Is a training process's speed its own, or the machine's at the time? Processes taking turns.
 
     .venv/bin/python benchmarks/drift.py [--processes 3] [--window 9] [--rotations 8] [--cfg best.yaml]
-                                         [--kinds plain,trial,plain,trial] [--head-start 64]
+                                         [--kinds plain,trial,plain,trial] [--head-start 64] [--pair trial/plain]
                                          [--out runs/yoloprof/bench-drift]
 
 Starts `--processes` plain `yolo train` processes of the same configuration (Ultralytics only, the
@@ -22,6 +22,10 @@ configuration measuring one trial for as many steps as the benchmark lasts (its 
 epoch-boundary steps left out, as the plain processes' are). Each turn stops and resumes the trial's
 whole process tree (the scan, torchrun, the rank). So the trial's rate and plain training's are read in
 the same minutes, under the same drift: the side-by-side comparison a scan-then-train pair cannot make.
+`closed` is a plain process whose mosaic Ultralytics closes from its first epoch (close_mosaic=100 of 100
+epochs: the path `_do_train` takes into a run's last close_mosaic epochs), so `--kinds plain,closed,plain,closed`
+measures plain training's own no-mosaic / mosaic step ratio side by side, the figure the epoch job's
+`no_mosaic` ratio predicts. `--pair A/B` names the two kinds whose ratio is printed (default trial/plain).
 `--head-start` lets each plain process train that many steps before the turns begin, so its turns time
 later epochs while the trial times its first steps, as in the fidelity benchmark's comparison.
 
@@ -195,11 +199,17 @@ def main() -> int:
         help="steps each plain process trains before the turns begin (e.g. 64: two epochs of the "
         "synthetic data, so its turns time later epochs, as the fidelity benchmark's plain run does)",
     )
+    ap.add_argument("--pair", default="trial/plain", help="the kinds whose step ratio is printed, A/B")
     ap.add_argument("--out", default="runs/yoloprof/bench-drift")
     args = ap.parse_args()
     kinds = args.kinds.split(",") if args.kinds else ["plain"] * args.processes
-    if len(kinds) < 2 or args.rotations < 2 or args.window <= 2 or set(kinds) - {"plain", "trial"}:
-        raise SystemExit("drift: give >= 2 processes (--kinds of plain and trial), --rotations >= 2, --window > 2 s")
+    pair = args.pair.split("/")
+    if len(kinds) < 2 or args.rotations < 2 or args.window <= 2 or set(kinds) - {"plain", "trial", "closed"}:
+        raise SystemExit(
+            "drift: give >= 2 processes (--kinds of plain, closed and trial), --rotations >= 2, --window > 2 s"
+        )
+    if len(pair) != 2 or set(pair) - set(kinds):
+        raise SystemExit(f"drift: --pair {args.pair}: give two of the kinds run, e.g. closed/plain")
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -219,7 +229,7 @@ def main() -> int:
             YOLO_CONFIG_DIR=str(out / "ultralytics"),
             MPLCONFIGDIR=str(out / "matplotlib"),
         )
-        if kind == "plain":
+        if kind in ("plain", "closed"):
             argv = [
                 sys.executable,
                 "-c",
@@ -227,7 +237,7 @@ def main() -> int:
                 "train",
                 f"cfg={cfg}",
                 "epochs=100",
-                "close_mosaic=0",
+                "close_mosaic=100" if kind == "closed" else "close_mosaic=0",
                 "warmup_epochs=0",
                 "val=False",
                 "plots=False",
@@ -245,7 +255,7 @@ def main() -> int:
             signal_tree(procs[i], signal.SIGSTOP)
 
     def records(i: int) -> list[dict]:
-        if kinds[i] == "plain":
+        if kinds[i] != "trial":
             path = logs[i]
         else:
             found = sorted((out / f"p{i}" / "scan" / "trials").glob("*/rank0.jsonl"))
@@ -262,7 +272,7 @@ def main() -> int:
 
     def started(i: int) -> bool:
         rows = records(i)
-        if kinds[i] == "plain":
+        if kinds[i] != "trial":
             return sum(1 for r in rows if "event" not in r and "batches" not in r) >= args.head_start
         return sum(1 for r in rows if r.get("kind") == "step" and not r.get("warmup")) >= 3
 
@@ -294,7 +304,7 @@ def main() -> int:
                     pass
             p.wait()
     means = [
-        window_means(records(i), windows[i]) if k == "plain" else trial_window_means(records(i), walls[i])
+        window_means(records(i), windows[i]) if k != "trial" else trial_window_means(records(i), walls[i])
         for i, k in enumerate(kinds)
     ]
     table = [[means[i][r] for i in range(len(procs))] for r in range(args.rotations)]
@@ -310,15 +320,17 @@ def main() -> int:
         f"spread of the rotations' means {100 * rot:.1f}%, of the processes' means {100 * proc:.1f}% "
         f"({'the machine drifts; the processes agree' if rot > 2 * proc else 'no clear drift beyond the processes'})"
     )
-    pr = paired(table, kinds)
+    pr = paired(table, kinds, *pair)
     if pr is not None:
         m, lo, hi, n = pr
         verdict = (
             "no measurable difference"
             if lo <= 1 <= hi
-            else ("the trial is slower" if lo > 1 else "the trial is faster")
+            else (f"{pair[0]} is slower" if lo > 1 else f"{pair[0]} is faster")
         )
-        print(f"trial / plain step, paired by rotation: {m:.3f} (95% {lo:.3f}-{hi:.3f}, {n} rotations): {verdict}")
+        print(
+            f"{pair[0]} / {pair[1]} step, paired by rotation: {m:.3f} (95% {lo:.3f}-{hi:.3f}, {n} rotations): {verdict}"
+        )
     return 0
 
 

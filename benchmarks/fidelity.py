@@ -230,11 +230,10 @@ def env_file(text: str) -> dict[str, str]:
 
 
 # -- the run ---------------------------------------------------------------------------------------
-def scan(out: Path, args) -> Path:
-    if out.exists():
-        shutil.rmtree(out)
+def scan_cmd(out: Path, args) -> list[str]:
+    """The scan plain training can follow (the module docstring's step 1)."""
     where = ["--gpus", args.gpus] if args.gpus else ["--device", "cpu", "--nproc", "1"]
-    cmd = [
+    return [
         str(Path(sys.executable).parent / "yoloprof"),
         "scan",
         *where,
@@ -252,6 +251,12 @@ def scan(out: Path, args) -> Path:
         str(out),
         *args.scan_arg,
     ]
+
+
+def scan(out: Path, args) -> Path:
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = scan_cmd(out, args)
     print("$", " ".join(cmd), flush=True)
     if subprocess.run(cmd).returncode != 0:
         raise SystemExit(f"fidelity: the scan into {out} failed")
@@ -261,11 +266,11 @@ def scan(out: Path, args) -> Path:
 EPOCH_ARGS = ("close_mosaic=0", "warmup_epochs=0")  # the epoch level: steady mosaic epochs only
 
 
-def plain(
+def plain_launch(
     scan_dir: Path, epochs: int, work: Path, extra: Sequence[str] = EPOCH_ARGS
-) -> tuple[str, list[dict], float, float]:
-    """`yolo train cfg=best.yaml epochs=N *extra` in a fresh process: (results.csv, the callback's log, launch
-    and exit on the monotonic clock, which is the log's: perf_counter and monotonic are one clock on Linux)."""
+) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of `yolo train cfg=best.yaml epochs=N *extra` in a fresh process that loads no yoloprof
+    code; prints the command as a user would type it."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "YOLOPROF_CACHE")}
     env.update(
         YOLO_OFFLINE="1",
@@ -293,11 +298,18 @@ def plain(
         f"  (cwd {work})",
         flush=True,
     )
+    return [sys.executable, "-c", PLAIN, *argv], env
+
+
+def plain(
+    scan_dir: Path, epochs: int, work: Path, extra: Sequence[str] = EPOCH_ARGS
+) -> tuple[str, list[dict], float, float]:
+    """`yolo train cfg=best.yaml epochs=N *extra` in a fresh process: (results.csv, the callback's log, launch
+    and exit on the monotonic clock, which is the log's: perf_counter and monotonic are one clock on Linux)."""
+    argv, env = plain_launch(scan_dir, epochs, work, extra)
     launched = time.monotonic()
     with open(work / "train.log", "w") as log:
-        proc = subprocess.run(
-            [sys.executable, "-c", PLAIN, *argv], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.run(argv, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     exited = time.monotonic()
     if proc.returncode != 0:
         raise SystemExit(f"fidelity: plain training exited {proc.returncode}; see {work / 'train.log'}")

@@ -18,7 +18,7 @@ out = {}
 try:
     t0 = time.perf_counter()
     import torch
-    from probes import memory
+    from yoloprof.probes import memory
     out["torch"] = torch.__version__
     dev = torch.device("cuda", 0)
     start = getattr(memory, "start", None)
@@ -64,9 +64,11 @@ def stage_cuda_start(ctx: Ctx) -> list[Check]:
     old_ran, old = ctx.python(OLD_ORDER_CODE, "old-order", only, timeout_s=90)
     checks = []
     if got.get("start") == "missing":
-        checks.append(Check("probes.memory.start", False, "missing: probes.memory has no start(device) yet", got))
+        checks.append(
+            Check("yoloprof.probes.memory.start", False, "missing: probes.memory has no start(device) yet", got)
+        )
     elif got.get("start") != "ok":
-        checks.append(Check("probes.memory.start", False, got.get("error") or ran.line("the start-up"), got))
+        checks.append(Check("yoloprof.probes.memory.start", False, got.get("error") or ran.line("the start-up"), got))
     else:
         problems = []
         if got.get("current_device") != 0 or not got.get("initialized"):
@@ -84,7 +86,7 @@ def stage_cuda_start(ctx: Ctx) -> list[Check]:
             problems.append(ran.line("the start-up"))
         checks.append(
             Check(
-                "probes.memory.start",
+                "yoloprof.probes.memory.start",
                 not problems,
                 "; ".join(problems)
                 or f"set_device + init + reset in {got.get('start_s')} s; peaks {big:.0f} MiB with a 64 MiB "
@@ -215,7 +217,7 @@ def stage_nccl(ctx: Ctx) -> list[Check]:
         torchrun(1)
         + [
             "-m",
-            "probes.allreduce_bench",
+            "yoloprof.probes.allreduce_bench",
             "--out",
             str(ar_json),
             "--sizes-max",
@@ -231,7 +233,7 @@ def stage_nccl(ctx: Ctx) -> list[Check]:
     ceiling = read_json(ar_json, AllReduceCeiling) if ar_json.is_file() else None
     want = "cuda_event" if ctx.cuda else "host"
     if ceiling is None:
-        checks.append(Check("AllReduce sweep, one rank", False, ran.line("probes.allreduce_bench")))
+        checks.append(Check("AllReduce sweep, one rank", False, ran.line("yoloprof.probes.allreduce_bench")))
     else:
         bad = [f"{p.size_bytes} B: {p.time_us} us" for p in ceiling.points if not p.time_us or p.time_us <= 0]
         ok = ceiling.status == "ok" and ceiling.timing == want and ceiling.points and not bad and ran.returncode == 0

@@ -44,12 +44,12 @@ def scan_command(ctx: Ctx, out: Path, *flags: str) -> list[str]:
 
 def scan_records(scan: Path):
     """(outputs, {trial id: (knobs, device, rank records)}) of a finished scan folder."""
-    from yoloprof import outputs
+    from yoloprof import pipeline
     from yoloprof.analysis import aggregate
     from yoloprof.paths import trial_dir
     from yoloprof.records import TrialSpec, read_json
 
-    res = outputs.collect(scan)
+    res = pipeline.collect(scan)
     trials = {}
     for r in res.results:
         tdir = trial_dir(scan, r.trial_id)
@@ -176,13 +176,13 @@ def default_phase_spec(ctx: Ctx):
 
 
 def stage_phases(ctx: Ctx) -> list[Check]:
-    from yoloprof import outputs, paths
+    from yoloprof import pipeline, paths
     from yoloprof.records import TrialSpec, read_json
 
     scan = ctx.out / "grid" / "scan"
     spec, source = None, "the grid's settings (no grid scan here)"
     if (scan / "scan.json").is_file():
-        best = outputs.collect(scan).best
+        best = pipeline.collect(scan).best
         if best is not None:
             spec, source = (
                 read_json(scan / "trials" / best.trial_id / "spec.json", TrialSpec),

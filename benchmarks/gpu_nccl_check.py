@@ -39,8 +39,8 @@ def main(argv=None) -> int:
         import torch.nn.functional as F
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        from probes import comm
-        from probes.clock import Clock
+        from yoloprof.probes import comm
+        from yoloprof.probes.clock import Clock
 
         cuda = not args.cpu
         got["torch"] = torch.__version__

@@ -61,7 +61,7 @@ WARMUP_STEPS = 5  # before the first window: first steps pay for lazy allocation
 
 SAMPLER = """
 import pathlib, sys
-from probes.telemetry import TelemetrySampler
+from yoloprof.probes.telemetry import TelemetrySampler
 pid, interval, folder = int(sys.argv[1]), float(sys.argv[2]), pathlib.Path(sys.argv[3])
 gpus = [int(g) for g in sys.argv[4].split(",") if g]
 sampler, n = None, 0
@@ -259,9 +259,9 @@ def run(args) -> tuple[Switch, int, str]:
     from yoloprof.scan.launch import offline_env
 
     os.environ.update({**offline_env(paths.cache_dir()), "YOLO_VERBOSE": "False"})
-    from probes import offline
-    from probes.clock import Clock
-    from probes.steps import StepProbe
+    from yoloprof.probes import offline
+    from yoloprof.probes.clock import Clock
+    from yoloprof.probes.steps import StepProbe
     from ultralytics.models.yolo.detect import DetectionTrainer
     from yoloprof.data.dataset import SyntheticSpec, ensure
     from yoloprof.worker.__main__ import RankWriter

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from yoloprof import outputs  # noqa: E402
+from yoloprof import pipeline  # noqa: E402
 
 BIN = Path(sys.executable).parent / "yoloprof"
 
@@ -54,13 +54,13 @@ def main() -> int:
     root = Path(args.out)
     auto_dir, grid_dir = root / "auto", root / "grid"
     auto_s = _scan(auto_dir, *(["--budget", args.budget] if args.budget else []), *args.scan_args)
-    auto = outputs.collect(auto_dir)
+    auto = pipeline.collect(auto_dir)
     space = json.loads((auto_dir / "scan.json").read_text())["axes"]  # the space auto searched
     lists = []
     for knob, flag in (("batch", "--batch"), ("workers", "--workers"), ("cache", "--cache")):
         lists += [flag, _show(space[knob])]
     grid_s = _scan(grid_dir, "--strategy", "grid", "--no-ceilings", "--no-defaults", *lists)
-    grid = outputs.collect(grid_dir)
+    grid = pipeline.collect(grid_dir)
     pick = next(r for r in auto.results if r.trial_id == auto.ranking.best_trial_id)
     by_knobs = {(r.knobs, r.world_size): r for r in grid.results if r.status == "ok"}
     fastest = next(r for r in grid.results if r.trial_id == grid.ranking.fastest_trial_id)

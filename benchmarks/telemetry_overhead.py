@@ -25,9 +25,9 @@ from pathlib import Path
 
 import psutil
 
-from probes.cpu_telemetry import CpuReader
-from probes.gpu_telemetry import open_gpus
-from probes.telemetry import TelemetrySampler
+from yoloprof.probes.cpu_telemetry import CpuReader
+from yoloprof.probes.gpu_telemetry import open_gpus
+from yoloprof.probes.telemetry import TelemetrySampler
 
 STEP_S = 0.3
 RANK = """

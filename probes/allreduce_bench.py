@@ -29,7 +29,7 @@ import time
 from datetime import timedelta
 from typing import Optional
 
-from probes import known_costs
+from yoloprof.probes import injected_costs
 from yoloprof.records import AllReduceCeiling, AllReducePoint, write_json
 from yoloprof.text import error_line
 
@@ -183,7 +183,7 @@ def sweep(args, cuda: bool) -> AllReduceCeiling:
     big = torch.zeros(plan[-1][0] // DTYPE_BYTES, dtype=torch.float32, device=device)
     dist.all_reduce(big[:1])  # connect (NCCL creates its communicator lazily) outside any estimate
     points = []
-    timed = known_costs.LateCalls(dist, "all_reduce", known_costs.sleeper("allreduce", rank))  # tests only
+    timed = injected_costs.LateCalls(dist, "all_reduce", injected_costs.sleeper("allreduce", rank))  # tests only
     for size, is_bucket in plan:
         buf = big[: size // DTYPE_BYTES]
         t_s, enqueue_s, iters = measure(timed, torch, buf, args, cuda, device)
@@ -211,7 +211,7 @@ def _ints(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="probes.allreduce_bench", description="nccl-tests style AllReduce sweep")
+    p = argparse.ArgumentParser(prog="yoloprof.probes.allreduce_bench", description="nccl-tests style AllReduce sweep")
     p.add_argument("--out", required=True, help="AllReduceCeiling JSON, written by rank 0")
     p.add_argument("--sizes-min", type=int, default=64 * 1024, help="bytes")
     p.add_argument("--sizes-max", type=int, default=256 * 2**20, help="bytes")

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-from probes.clock import Clock, Mark
+from yoloprof.probes.clock import Clock, Mark
 
 
 @dataclass
@@ -32,7 +32,7 @@ class CommState:
     process_group: Optional[dist.ProcessGroup] = None
     sink: Optional[Callable[[BucketTiming], None]] = None  # receives each bucket as it launches
     buckets_seen: list[int] = field(default_factory=list)
-    late: Optional[Callable[[], None]] = None  # tests only: completes each AllReduce this late (known_costs)
+    late: Optional[Callable[[], None]] = None  # tests only: completes each AllReduce this late (injected_costs)
 
 
 def timed_allreduce_hook(state: CommState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -53,8 +53,8 @@ def timed_allreduce_hook(state: CommState, bucket: dist.GradBucket) -> torch.fut
 
 
 def attach(ddp_model: torch.nn.Module, clock: Clock, sink: Callable[[BucketTiming], None], rank: int = 0) -> CommState:
-    from probes import known_costs
+    from yoloprof.probes import injected_costs
 
-    state = CommState(clock=clock, sink=sink, late=known_costs.sleeper("comm", rank))
+    state = CommState(clock=clock, sink=sink, late=injected_costs.sleeper("comm", rank))
     ddp_model.register_comm_hook(state, timed_allreduce_hook)
     return state

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Mapping, Optional
 
-from probes.gpu_telemetry import open_gpus
+from yoloprof.probes.gpu_telemetry import open_gpus
 
 RELEASE_TIMEOUT_S = 60.0  # longer than any context teardown seen reported; a note says when it ran out
 RELEASE_TOLERANCE_MIB = 256.0  # NVML's used memory moves this much with nothing of ours on the GPU

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from probes import environment
+from yoloprof.probes import environment
 from yoloprof.records import MemoryBudget
 
 MIB = 2**20

@@ -106,7 +106,7 @@ def build_loader(
     from ultralytics.utils import RANK
     from ultralytics.utils.torch_utils import init_seeds, torch_distributed_zero_first
 
-    from probes import model_check, offline
+    from yoloprof.probes import model_check, offline
 
     offline.patch_ultralytics()
     task = model_check.model_task(model)
@@ -184,7 +184,7 @@ def _broadcast(obj, grouped: bool):
 
 def cold_window(it, loader, cache: str, batches: int, consumed: int, rank: int, grouped: bool) -> dict:
     """The cold fields of the result: the loaders' rate after the page cache lost the dataset's files."""
-    from probes import page_cache
+    from yoloprof.probes import page_cache
 
     if cache == "ram":
         return dict(cold_error="cache=ram: the images were decoded into RAM at set-up; an epoch reads no image file")
@@ -255,7 +255,7 @@ def run(args) -> dict:
         next(it)
     resident = None
     if args.cold == "on" and args.rank == 0:
-        from probes import page_cache
+        from yoloprof.probes import page_cache
 
         resident = page_cache.resident_frac(dataset_files(loader.dataset))
     if grouped:
@@ -307,7 +307,7 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="probes.loader_bench")
+    p = argparse.ArgumentParser(prog="yoloprof.probes.loader_bench")
     p.add_argument("--data", required=True)
     p.add_argument(
         "--model", default="yolo26n.yaml", help="its task picks the dataset (detect, segment, pose, obb, classify)"

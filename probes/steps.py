@@ -24,8 +24,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from probes.clock import Clock, Mark
-from probes.comm import BucketTiming
+from yoloprof.probes.clock import Clock, Mark
+from yoloprof.probes.comm import BucketTiming
 from yoloprof.records import BucketSample, StepSample
 
 PHASE_MARKS = ("batch", "h2d_end", "fwd_end", "grad_end", "bwd_end", "opt_start", "opt_end", "end")

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import psutil
 
-from probes.gpu_telemetry import MIB, MappingError, resolve_nvml_indices, visible_physical
+from yoloprof.probes.gpu_telemetry import MIB, MappingError, resolve_nvml_indices, visible_physical
 from yoloprof.records import DoctorReport, Environment, GpuLink, NvmlGpu
 
 SHM_PATH = "/dev/shm"

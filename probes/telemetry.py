@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from probes.cpu_telemetry import CpuReader
-from probes.gpu_telemetry import GpuReader, open_gpus
+from yoloprof.probes.cpu_telemetry import CpuReader
+from yoloprof.probes.gpu_telemetry import GpuReader, open_gpus
 from yoloprof.records import TelemetryHeader, to_dict
 
 

@@ -182,7 +182,7 @@ def compute_memory(points: list, total_mib: Optional[float]) -> Optional[str]:
 
 
 def over_time(timelines: list) -> Optional[str]:
-    """Data wait per step and utilisation over the measured steps, one panel per trial (outputs.Timeline)."""
+    """Data wait per step and utilisation over the measured steps, one panel per trial (pipeline.Timeline)."""
     tls = [t for t in timelines if t is not None and t.step_t_s]
     if not tls:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from yoloprof.analysis import epoch_costs
 from yoloprof.analysis.epoch import amount, duration, duration_band
 from yoloprof.analysis.ranking import settings_tail
 from yoloprof.records import EpochCosts, EpochPart, EpochPrediction, RunPlan
@@ -34,8 +35,7 @@ def measured_rows(costs: dict[int, EpochCosts]) -> list[dict]:
         )
         ratio = "n/a"
         if c.no_mosaic_ratio:
-            ci = c.no_mosaic_ratio_ci
-            ratio = f"x{c.no_mosaic_ratio:.2f}" + (f" (95% {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+            ratio = epoch_costs.ratio_text(c.no_mosaic_ratio, c.no_mosaic_ratio_ci).replace(" img/s (", " img/s (95% ")
         rows.append(
             dict(
                 ranks=ws,

@@ -8,12 +8,12 @@ from typing import Optional
 
 import jinja2
 
-from reports import charts, epoch_view
+from yoloprof.reports import charts, epoch_view
 from yoloprof.analysis.epoch import amount as epoch_amount
-from reports.config_files import BestConfig, render_env, render_yaml
-from reports.csv_table import ordered
-from reports.csv_table import rows as table_rows
-from yoloprof.analysis import advice, against, memory_fit, noise, scaling, tradeoffs
+from yoloprof.reports.config_files import BestConfig, render_env, render_yaml
+from yoloprof.reports.csv_table import ordered
+from yoloprof.reports.csv_table import rows as table_rows
+from yoloprof.analysis import advice, headroom, memory_fit, noise, scaling, tradeoffs
 from yoloprof.analysis import optimizer as optim
 from yoloprof.search import baselines, plan
 from yoloprof.analysis import ranking as ranking_mod
@@ -101,14 +101,14 @@ def env_rows(meta: ScanMeta, results: Optional[list] = None) -> list[tuple[str, 
 
 def _ceiling_context(out) -> dict:
     c = out.ceilings
-    views = [against.against(r, c) for r in ordered(out.results, out.ranking)] if c.any else []
-    best_bw = against.achieved_bucket_busbw(out.best) if out.best else []
+    views = [headroom.against(r, c) for r in ordered(out.results, out.ranking)] if c.any else []
+    best_bw = headroom.achieved_bucket_busbw(out.best) if out.best else []
     probe_bw = {
         size: bw
         for a in c.allreduce
         if a.nccl == (out.best.knobs.nccl if out.best else "default")
         and (out.best is None or a.world_size == out.best.world_size)
-        for size, bw in against.bucket_busbw(a).items()
+        for size, bw in headroom.bucket_busbw(a).items()
     }
     link = [
         dict(size=s, achieved=bw, probe=probe_bw.get(s), frac=bw / probe_bw[s] if probe_bw.get(s) else None)

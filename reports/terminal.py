@@ -7,7 +7,7 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
-from reports.csv_table import ordered
+from yoloprof.reports.csv_table import ordered
 from yoloprof.analysis import noise
 from yoloprof.analysis.epoch import amount, duration_band
 from yoloprof.records import (

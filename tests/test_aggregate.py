@@ -211,10 +211,10 @@ def test_colour_codes_never_reach_the_result():
 
 
 def test_colour_codes_are_stripped_from_every_output(cpu_scan_copy):
-    from reports.terminal import ranked_table
+    from yoloprof.reports.terminal import ranked_table
     from rich.console import Console
 
-    from yoloprof import outputs
+    from yoloprof import pipeline
     from yoloprof.text import error_line
 
     assert error_line(RuntimeError("\x1b[31mboom\x1b[0m\nsecond line")) == "RuntimeError: boom"
@@ -223,7 +223,7 @@ def test_colour_codes_are_stripped_from_every_output(cpu_scan_copy):
     end = json.loads(lines[-1])
     end.update(status="error", error="\x1b[34m\x1b[1mtrain: \x1b[0mNo labels found in /d/labels.cache")
     rank1.write_text("\n".join(lines[:-1] + [json.dumps(end)]) + "\n")
-    out = outputs.write_all(cpu_scan_copy)
+    out = pipeline.write_all(cpu_scan_copy)
     bad = next(r for r in out.results if r.trial_id == "t02-b8-w2-fp32")
     assert bad.status == "error" and bad.error == "train: No labels found in /d/labels.cache"
     console = Console(record=True, width=200, color_system=None)

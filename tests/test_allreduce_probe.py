@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from probes import allreduce_bench
-from probes.allreduce_bench import MIN_OPS_PER_WINDOW, bus_bandwidth, iterations, ops_per_window, point, sizes
+from yoloprof.probes import allreduce_bench
+from yoloprof.probes.allreduce_bench import MIN_OPS_PER_WINDOW, bus_bandwidth, iterations, ops_per_window, point, sizes
 from yoloprof.scan import ceilings
 from yoloprof.search import plan
 from yoloprof.records import AllReduceCeiling, read_json
@@ -149,7 +149,7 @@ def _torchrun(nproc: int, *probe_args: str) -> subprocess.CompletedProcess:
         "--master-addr=127.0.0.1",
         f"--master-port={_free_port()}",
         "-m",
-        "probes.allreduce_bench",
+        "yoloprof.probes.allreduce_bench",
         *probe_args,
     ]
     env = {"OMP_NUM_THREADS": "1", **os.environ}  # torchrun's default, without its warning
@@ -235,7 +235,7 @@ def test_scan_side_runner_writes_the_link_ceiling(tmp_path, _private_cache):
 def test_the_link_table_flags_a_window_the_host_may_have_timed():
     from rich.console import Console
 
-    from reports import terminal
+    from yoloprof.reports import terminal
     from yoloprof.records import AllReducePoint
 
     pts = [

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from test_failures import BIN, leftovers, results, run_scan
+from scans import BIN, leftovers, results, run_scan
 from test_pool import _pids
 from yoloprof.records import ScanMeta, read_json
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from probes import environment, model_check
+from yoloprof.probes import environment, model_check
 from yoloprof import cli
 from yoloprof.data import datainfo
 from yoloprof.errors import UsageError

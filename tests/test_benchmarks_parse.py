@@ -275,3 +275,53 @@ def test_drift_reads_a_trial_ranks_own_steps_and_pairs_them_with_plain_by_rotati
 def test_drift_leaves_a_plain_step_that_holds_an_epoch_end_out():
     log = [{"t": 0.0}, {"t": 1.0}, {"epoch": 1, "t": 1.1, "batches": 32}, {"t": 3.0}, {"t": 4.0}]
     assert drift.window_means(log, [(0.0, 5.0)]) == [1000.0]  # 0-1 and 3-4; 1-3 held the epoch's end
+
+
+def test_drift_pairs_any_two_kinds_it_ran():
+    table = [[1000.0, 900.0], [1100.0, 990.0]]
+    m, lo, hi, n = drift.paired(table, ["plain", "closed"], "closed", "plain")
+    assert (round(m, 6), n) == (0.9, 2) and lo == pytest.approx(0.9)
+
+
+# -- fidelity_side -------------------------------------------------------------------------------
+side = _load("fidelity_side")
+
+
+def test_side_takes_a_processs_stopped_seconds_off_its_own_clock():
+    stops = [(10.0, 14.0), (20.0, 21.0)]
+    assert side.stopped_within(9.0, 12.0, stops) == pytest.approx(2.0)
+    assert side.stopped_within(0.0, 30.0, stops) == pytest.approx(5.0)
+    assert [side.own_clock(t, stops) for t in (5.0, 12.0, 15.0, 25.0)] == pytest.approx([5.0, 10.0, 11.0, 20.0])
+    log = [{"event": "pretrain", "t": 2.0}, {"epoch": 0, "t": 15.0, "batches": 2}, {"epoch": 0, "t": 22.0}]
+    moved, launched, exited = side.unstop_log(log, 1.0, 30.0, stops)
+    assert [e["t"] for e in moved] == pytest.approx([2.0, 11.0, 17.0]) and (launched, exited) == (1.0, 25.0)
+    assert moved[0]["event"] == "pretrain" and log[1]["t"] == 15.0  # the input is left as it was
+
+
+def test_side_takes_the_stop_out_of_the_step_it_fell_in_and_its_data_wait():
+    """A step spans [t_end_s - step_ms, t_end_s]; a stop that fell inside it (just after the previous step's
+    end, in its data wait) is taken out of both; a step the stop missed is left alone."""
+    rows = [
+        {"kind": "info"},
+        {"kind": "step", "step": 0, "t_end_s": 100.0, "step_ms": 1000.0, "data_wait_ms": 100.0},
+        {
+            "kind": "step",
+            "step": 1,
+            "t_end_s": 104.0,
+            "step_ms": 4000.0,
+            "data_wait_ms": 3100.0,
+            "host_data_wait_ms": 3100.0,
+        },
+        {"kind": "step", "step": 2, "t_end_s": 105.0, "step_ms": 1000.0, "data_wait_ms": 100.0},
+    ]
+    out, fixed = side.unstop_steps(rows, [(100.01, 103.01)])
+    assert fixed == 1 and out[1] == rows[1] and out[3] == rows[3]
+    assert (out[2]["step_ms"], out[2]["data_wait_ms"], out[2]["host_data_wait_ms"]) == pytest.approx((1000, 100, 100))
+    assert rows[2]["step_ms"] == 4000.0
+
+
+def test_side_stops_a_scan_only_after_a_step_that_is_not_its_last():
+    step = '{"kind": "step", "step": %d}'
+    assert side.safe_step(step % 3, 74) and not side.safe_step(step % 74, 74)
+    assert not side.safe_step('{"kind": "end"}', 74) and not side.safe_step('{"kind": "st', 74)
+    assert side.safe_step(step % 80, None)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from yoloprof.analysis import aggregate, against
+from yoloprof.analysis import aggregate, headroom
 from yoloprof.scan import ceilings, launch
 from yoloprof.search import plan
 from yoloprof.analysis.memory_fit import fit_line, max_batch_fit
@@ -38,7 +38,7 @@ def test_memory_line_and_largest_batch_with_margin():
 
 
 def test_trials_are_set_against_the_ceilings_at_their_own_settings():
-    c = against.Ceilings(
+    c = headroom.Ceilings(
         loader=LoaderCeiling(
             "/d",
             640,
@@ -48,13 +48,13 @@ def test_trials_are_set_against_the_ceilings_at_their_own_settings():
         compute=ComputeCeiling("cuda", "H100", 81559.0, [cp(8, 3000, amp=True), cp(16, 5000, amp=True)]),
     )
     r = TrialResult("t", "ok", Knobs(16, 2, True, True, "off", "default"), 2, "cuda", img_per_s=90.0)
-    v = against.against(r, c)
+    v = headroom.against(r, c)
     assert v.compute_img_s == 200.0  # 100 img/s per device at batch 8 per rank, 2 ranks
     assert (
         v.input_img_s == 100.0 and v.pipeline_eff == pytest.approx(0.45) and v.input_headroom == pytest.approx(100 / 90)
     )
     r2 = TrialResult("t2", "error", Knobs(64, 4, False, True, "off", "default"), 2, "cuda")
-    v2 = against.against(r2, c)
+    v2 = headroom.against(r2, c)
     assert v2.compute_img_s is None and v2.input_img_s is None and v2.pipeline_eff is None
 
 
@@ -184,7 +184,7 @@ def test_probe_hands_the_trials_pin_memory_device_and_rank_to_ultralytics(tiny_d
     import ultralytics.data
     import ultralytics.utils.torch_utils
 
-    from probes import loader_bench
+    from yoloprof.probes import loader_bench
 
     calls = []
     monkeypatch.setattr(ultralytics.data, "build_dataloader", lambda dataset, **kw: calls.append(kw) or kw)
@@ -261,11 +261,11 @@ def test_a_trial_meets_the_loader_point_with_its_own_pin_memory(cpu_scan_copy):
         LoaderPoint(2, 2, 2, 8, 20, 50.0, 100.0, 190.0, pin_memory=False),
         LoaderPoint(2, 2, 2, 8, 20, 80.0, 160.0, 190.0, pin_memory=True),
     ]
-    c = against.Ceilings(loader=LoaderCeiling("/d", 640, "off", pts))
+    c = headroom.Ceilings(loader=LoaderCeiling("/d", 640, "off", pts))
     for pin, want in ((True, 160.0), (False, 100.0)):
         r = TrialResult("t", "ok", Knobs(16, 2, True, pin, "off", "default"), 2, "cuda", img_per_s=90.0)
-        assert against.against(r, c).input_img_s == want
-    old = against.load(cpu_scan_copy / "ceilings").loader  # recorded before pin_memory was: it still loads
+        assert headroom.against(r, c).input_img_s == want
+    old = headroom.load(cpu_scan_copy / "ceilings").loader  # recorded before pin_memory was: it still loads
     assert old is not None and all(p.pin_memory is None and p.devices == [] for p in old.points)
     r = TrialResult("t", "ok", Knobs(8, 2, False, False, "off", "default"), 2, "cpu", img_per_s=90.0)
-    assert against.against(r, against.Ceilings(loader=old)).input_img_s == old.points[1].img_per_s_machine
+    assert headroom.against(r, headroom.Ceilings(loader=old)).input_img_s == old.points[1].img_per_s_machine

@@ -84,21 +84,7 @@ def test_resume_of_a_scan_where_no_trial_finished_exits_1(cpu_scan_copy):
 def test_scan_where_every_trial_fails_exits_1_and_writes_everything(tiny_data, tmp_path):
     out = tmp_path / "s"
     small = [
-        "--device",
-        "cpu",
-        "--nproc",
-        "2",
-        "--imgsz",
-        "64",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--no-defaults",
-        "--batch",
-        "2",
-        "--workers",
-        "0,1",
+        *"--device cpu --nproc 2 --imgsz 64 --steps 2 --warmup 1 --no-defaults --batch 2 --workers 0,1".split(),
     ]
     proc = subprocess.run(
         [str(BIN / "yoloprof"), "scan", *small, "--data", str(tiny_data), "--out", str(out)],

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from probes import environment, host_memory, loader_bench, page_cache
-from yoloprof import cli, outputs
+from yoloprof.probes import environment, host_memory, loader_bench, page_cache
+from yoloprof import cli, pipeline
 from yoloprof.analysis import dataset_fit, epoch, intervals
-from yoloprof.analysis.against import Ceilings
+from yoloprof.analysis.headroom import Ceilings
 from yoloprof.errors import UsageError
 from yoloprof.records import (
     Breakdown,
@@ -189,13 +189,13 @@ def test_the_dataset_fits_in_80_percent_of_the_spare_memory():
 def test_a_scan_folder_keeps_the_memory_the_decision_used(cpu_scan_copy):
     meta = read_json(cpu_scan_copy / "scan.json", ScanMeta)
     assert meta.memory is None and meta.dataset.train_bytes is None  # recorded before the fit test: it still loads
-    out = outputs.collect(cpu_scan_copy)
+    out = pipeline.collect(cpu_scan_copy)
     assert out.dataset_fit.fits is None and out.memory_line.startswith("Whether the dataset fits in memory is n/a")
     meta.memory, meta.dataset.train_bytes, meta.dataset.val_bytes = budget(1.0), 2 * MIB, MIB // 2
     assert from_dict(ScanMeta, json.loads(json.dumps(to_dict(meta)))) == meta  # round-trips through JSON
     write_json(cpu_scan_copy / "scan.json", meta)
-    first = outputs.write_all(cpu_scan_copy)
-    again = outputs.collect(cpu_scan_copy)  # what `yoloprof report DIR` rebuilds from: the same verdict
+    first = pipeline.write_all(cpu_scan_copy)
+    again = pipeline.collect(cpu_scan_copy)  # what `yoloprof report DIR` rebuilds from: the same verdict
     assert first.memory_line == again.memory_line and first.dataset_fit.fits is False
     assert first.memory_line.startswith(
         "The dataset's 2.5 MiB of images (train and val) do not fit in the 1.0 MiB "

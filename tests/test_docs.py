@@ -56,9 +56,9 @@ def _options(p: argparse.ArgumentParser) -> set[str]:
 
 
 def known_flags() -> set[str]:
-    from yoloprof import cli, slurm, train
+    from yoloprof import flags as cli_flags, slurm, train
 
-    flags = _options(cli._parser()) | _options(train.parser()) | _options(slurm.parser())
+    flags = _options(cli_flags.parser()) | _options(train.parser()) | _options(slurm.parser())
     for script in (ROOT / "benchmarks").glob("*.py"):  # the benchmarks' own argparse flags, as written
         flags |= set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9-]*)\"", script.read_text()))
     return flags | OTHERS

@@ -13,7 +13,7 @@ import pynvml
 import pytest
 
 from fake_nvml import UUIDS, patched
-from probes import collective_check, environment, system_check
+from yoloprof.probes import collective_check, environment, system_check
 from yoloprof import cli
 from yoloprof.scan import collective, preflight
 from yoloprof.analysis import doctor

@@ -42,7 +42,7 @@ from yoloprof.search import plan
 from yoloprof.search.plan import Hardware
 from yoloprof.search.prune import prune
 from yoloprof.search.space import auto_space
-from yoloprof.analysis.against import Ceilings
+from yoloprof.analysis.headroom import Ceilings
 
 TINY_MODEL = Path(__file__).parent / "fixtures" / "tiny-detect.yaml"
 H200x8 = Hardware("cuda", 8, list(range(8)), cpu_count=128, gpus_on_machine=8, bf16=True)
@@ -178,7 +178,7 @@ def test_the_new_field_round_trips_and_old_records_read_as_not_recorded():
 
 
 def test_results_csv_carries_the_batch_that_ran_and_the_note():
-    from reports import csv_table
+    from yoloprof.reports import csv_table
 
     capped = trial(world=1, batch=1024, loader_batch=512, images=512, ran=512)
     text = csv_table.render([capped], rank_trials([capped]))
@@ -190,10 +190,10 @@ def test_results_csv_carries_the_batch_that_ran_and_the_note():
 def test_the_report_shows_the_batch_that_ran_beside_the_one_asked_and_the_note(cpu_scan_copy):
     import dataclasses
 
-    from reports import config_files, html
-    from yoloprof import outputs
+    from yoloprof.reports import config_files, html
+    from yoloprof import pipeline
 
-    out = outputs.collect(cpu_scan_copy)
+    out = pipeline.collect(cpu_scan_copy)
     first = out.results[0]
     note = f"ran at batch 2 per rank (4 in all), not {first.knobs.batch // 2} ({first.knobs.batch}): a test note."
     capped = dataclasses.replace(first, batch_per_rank_effective=2, notes=[note])
@@ -204,11 +204,11 @@ def test_the_report_shows_the_batch_that_ran_beside_the_one_asked_and_the_note(c
 
 
 def test_the_fixtures_read_without_the_field_and_re_aggregate_it_from_their_rank_records(cpu_scan_copy):
-    from yoloprof import outputs
+    from yoloprof import pipeline
 
     saved = json.loads(next((cpu_scan_copy / "trials").glob("*/result.json")).read_text())
     assert "batch_per_rank_effective" not in saved  # recorded before the field
-    out = outputs.collect(cpu_scan_copy)
+    out = pipeline.collect(cpu_scan_copy)
     assert all(r.batch_effective == r.knobs.batch and not r.batch_capped for r in out.results if r.status == "ok")
 
 
@@ -408,7 +408,7 @@ def test_the_auto_space_drops_them_too_and_the_built_in_dataset_drops_none():
 def test_a_batch_list_the_users_dataset_cannot_run_is_one_line_and_exit_2(
     strategy, tiny_data, tmp_path, monkeypatch, capsys
 ):
-    from probes import environment
+    from yoloprof.probes import environment
     from test_bad_input import fake_env
     from yoloprof import cli
 

@@ -7,8 +7,8 @@ import csv
 
 import pytest
 
-from yoloprof import outputs
-from yoloprof.analysis import epoch
+from yoloprof import pipeline
+from yoloprof.analysis import epoch, epoch_costs
 from yoloprof.errors import UsageError
 from yoloprof.records import (
     Breakdown,
@@ -115,6 +115,18 @@ def test_the_run_counts_close_mosaic_epochs_warmup_set_up_and_the_final_validati
     assert p.cost_run == pytest.approx(p.run_h * 2 * 2.5)
 
 
+def test_a_no_mosaic_ratio_inside_its_noise_prices_close_mosaic_epochs_at_the_mosaic_rate():
+    """x0.86 with 95% 0.74-1.00 is no measurable effect: the epochs without mosaic cost what mosaic epochs do,
+    and the band still spans what the interval allows."""
+    p = epoch.predict(trial(), costs(no_mosaic_ratio=0.86, no_mosaic_ratio_ci=[0.74, 1.001]), None, RP)
+    assert p.no_mosaic_epoch_s == pytest.approx(p.epoch_s)
+    assert p.run_h * 3600 == pytest.approx(10 * p.epoch_s + p.once_s)
+    assert epoch_costs.priced_ratio(0.86, [0.74, 1.001]) == 1.0 and epoch_costs.priced_ratio(1.25, [1.1, 1.4]) == 1.25
+    assert epoch_costs.priced_ratio(0.9, None) == 0.9 and epoch_costs.priced_ratio(None, None) is None
+    assert epoch_costs.ratio_text(0.86, [0.74, 1.001]) == "x0.86 img/s (0.74-1.00, no measurable effect)"
+    assert epoch_costs.ratio_text(1.25, [1.1, 1.4]) == "x1.25 img/s (1.10-1.40)"
+
+
 def test_what_was_not_measured_is_left_out_and_named_never_guessed():
     p = epoch.predict(trial(img_per_s_ci_low=None, img_per_s_ci_high=None), None, None, RP)
     assert p.epoch_s == pytest.approx(5.12) and p.val_s is None
@@ -204,9 +216,9 @@ def test_the_run_plan_takes_flags_over_the_config_over_ultralytics():
 
 def test_outputs_carry_epoch_run_and_cost_and_report_re_prices(cpu_scan_copy):
     write_json(cpu_scan_copy / "epoch" / "w2.json", costs())
-    assert outputs.replan(cpu_scan_copy, epochs=50, price=3.0, currency="EUR").epochs == 50
+    assert pipeline.replan(cpu_scan_copy, epochs=50, price=3.0, currency="EUR").epochs == 50
     assert read_json(cpu_scan_copy / "scan.json")["run_plan"]["gpu_hour_price"] == 3.0  # kept for later rebuilds
-    out = outputs.write_all(cpu_scan_copy)
+    out = pipeline.write_all(cpu_scan_copy)
     rows = list(csv.DictReader((cpu_scan_copy / "results.csv").open()))
     for row in rows:
         assert float(row["epoch_s_low"]) <= float(row["epoch_s"]) <= float(row["epoch_s_high"])
@@ -219,8 +231,8 @@ def test_outputs_carry_epoch_run_and_cost_and_report_re_prices(cpu_scan_copy):
     page = (cpu_scan_copy / "report.html").read_text()
     assert "What the training will take" in page and "EUR" in page and "64 images" in page
     before = p.run_h
-    outputs.replan(cpu_scan_copy, epochs=100)
-    assert outputs.collect(cpu_scan_copy).predictions[best["trial_id"]].run_h == pytest.approx(
+    pipeline.replan(cpu_scan_copy, epochs=100)
+    assert pipeline.collect(cpu_scan_copy).predictions[best["trial_id"]].run_h == pytest.approx(
         before + 50 * p.epoch_s / 3600, rel=1e-6
     )  # 50 more mosaic epochs, the rest unchanged
 
@@ -230,13 +242,13 @@ def test_the_scaling_table_reads_ranks_epoch_run_cost_and_efficiency(tmp_path):
 
     from rich.console import Console
 
-    from reports.terminal import scaling_table
+    from yoloprof.reports.terminal import scaling_table
     from tests.conftest import FIXTURES
 
     d = tmp_path / "s"
     shutil.copytree(FIXTURES / "cpu-scan-scaling", d)
-    outputs.replan(d, epochs=50, price=2.5, currency="EUR")
-    out = outputs.collect(d)
+    pipeline.replan(d, epochs=50, price=2.5, currency="EUR")
+    out = pipeline.collect(d)
     console = Console(width=200, record=True)
     console.print(scaling_table(out.results, out.predictions, out.meta.run_plan))
     text = console.export_text()

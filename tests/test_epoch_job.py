@@ -167,9 +167,9 @@ def test_the_job_keeps_a_record_it_has_and_picks_the_recommended_trial(cpu_scan_
     out = io.StringIO()
     done = epoch_job.run(cpu_scan_copy, None, None, ScanRequest(), Console(file=out, width=200))
     assert [c.world_size for c in done] == [2] and out.getvalue() == ""
-    from yoloprof import outputs
+    from yoloprof import pipeline
 
-    scan = outputs.collect(cpu_scan_copy)
+    scan = pipeline.collect(cpu_scan_copy)
     chosen = epoch_job.pick(scan.results, scan.ranking.best_trial_id, [])
     assert chosen[2].trial_id == scan.ranking.best_trial_id
     assert done[0].knobs == chosen[2].knobs  # the fixture was measured with the recommended settings
@@ -239,9 +239,9 @@ def test_an_injected_failure_is_a_record_not_an_exception(tiny_data, tmp_path, m
 
 @pytest.mark.slow
 def test_a_hung_job_times_out_and_the_scan_goes_on(tiny_data, cpu_scan_copy, monkeypatch):
-    from yoloprof import outputs
+    from yoloprof import pipeline
 
-    best = outputs.collect(cpu_scan_copy).ranking.best_trial_id
+    best = pipeline.collect(cpu_scan_copy).ranking.best_trial_id
     (cpu_scan_copy / "epoch").rename(cpu_scan_copy / "epoch-recorded")
     spec_path = cpu_scan_copy / "trials" / best / "spec.json"
     spec = read_json(spec_path, TrialSpec)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES
-from yoloprof import outputs
+from yoloprof import pipeline
 from yoloprof.analysis import aggregate, ranking
 from yoloprof.analysis.aggregate import LaunchOutcome
 from yoloprof.records import Knobs, TelemetrySummary, TrialResult, TrialSpec, read_json
@@ -121,7 +121,7 @@ def test_recorded_scan_winner_is_pinned_by_the_raw_throughput(scan, tmp_path):
     winner, runner_up, margin = WINNERS[scan]
     copy = tmp_path / scan
     shutil.copytree(FIXTURES / scan, copy)
-    out = outputs.write_all(copy)
+    out = pipeline.write_all(copy)
     assert out.ranking.best_trial_id == winner
     assert out.headline.startswith(f"Best: {winner} (")
     raw = {
@@ -143,7 +143,7 @@ def test_recorded_scan_winner_is_pinned_by_the_raw_throughput(scan, tmp_path):
 def test_recorded_winner_is_cpu_starved_and_its_worker_twin_is_not(cpu_scan_copy):
     """t03 waits 12.8% of its step for data (>= 10%) with every core busy in 76% of samples;
     t04 (2 workers) waits 1.7%: compute."""
-    out = outputs.write_all(cpu_scan_copy)
+    out = pipeline.write_all(cpu_scan_copy)
     v = {x.trial_id: x for x in out.ranking.verdicts}
     t03 = expected_from_raw(cpu_scan_copy / "trials" / "t03-b16-w0-fp32")["data_wait_frac"]
     t04 = expected_from_raw(cpu_scan_copy / "trials" / "t04-b16-w2-fp32")["data_wait_frac"]

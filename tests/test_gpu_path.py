@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 
 from fake_cuda import FakeCuda, installed
-from probes import memory
-from probes.clock import Clock
+from yoloprof.probes import memory
+from yoloprof.probes.clock import Clock
 from yoloprof.records import Knobs, TrialSpec
 
 
@@ -200,7 +200,7 @@ def test_cuda_memory_errors_are_oom_as_ultralytics_counts_them(message):
 
 
 def test_the_comm_hook_times_each_bucket_with_events_on_the_device(rt, gloo_group):
-    from probes import comm
+    from yoloprof.probes import comm
 
     torch.cuda.set_device(0)
     model = torch.nn.parallel.DistributedDataParallel(
@@ -218,7 +218,7 @@ def test_the_comm_hook_times_each_bucket_with_events_on_the_device(rt, gloo_grou
 
 
 def test_the_link_probe_times_a_window_with_events(rt, gloo_group):
-    from probes import allreduce_bench
+    from yoloprof.probes import allreduce_bench
 
     torch.cuda.set_device(0)
     args = types.SimpleNamespace(warmup=2, target_s=0.01, min_iters=3, max_iters=5)
@@ -237,7 +237,7 @@ def test_the_epoch_end_span_waits_for_the_device_work_it_queued(rt):
 
 
 def test_the_amp_check_reads_the_device_name(rt, monkeypatch):
-    from probes import offline
+    from yoloprof.probes import offline
 
     torch.cuda.set_device(0)
     model = types.SimpleNamespace(parameters=lambda: iter([types.SimpleNamespace(device=torch.device("cuda", 0))]))
@@ -247,7 +247,7 @@ def test_the_amp_check_reads_the_device_name(rt, monkeypatch):
 
 
 def test_the_environment_lists_each_gpu_with_its_capability(rt):
-    from probes import environment
+    from yoloprof.probes import environment
 
     found = environment.gpus()
     assert [g.index for g in found] == [0, 1, 2, 3]
@@ -256,7 +256,7 @@ def test_the_environment_lists_each_gpu_with_its_capability(rt):
 
 
 def test_the_loader_probe_makes_its_gpu_current_before_building_the_loader(rt, tiny_data):
-    from probes import loader_bench
+    from yoloprof.probes import loader_bench
 
     loader = loader_bench.build_loader(str(Path(tiny_data)), 64, 4, 0, "off", "cuda:2", "yolo26n.yaml", pin_memory=True)
     assert rt.calls[0] == "set_device(2)" and rt.current == 2
@@ -295,7 +295,7 @@ def test_yoloprof_trains_rank_makes_its_gpu_current_before_the_process_group(rt,
 
 
 def test_the_doctor_reports_no_cuda_error_where_torch_sees_gpus(rt):
-    from probes import system_check
+    from yoloprof.probes import system_check
 
     assert system_check.torch_cuda_error() is None
     assert "init" not in rt.calls  # asking must not start CUDA in the scan process

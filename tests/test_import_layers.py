@@ -9,7 +9,11 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"yoloprof": "yoloprof", "probes": "probes", "reports": "reports"}  # folder -> the name it installs as
+FOLDERS = {
+    "yoloprof": "yoloprof",
+    "probes": "yoloprof.probes",
+    "reports": "yoloprof.reports",
+}  # folder -> the name it installs as
 
 
 def modules() -> dict[str, Path]:
@@ -108,5 +112,19 @@ def test_the_finder_sees_a_circle_and_a_deferred_import():
 
 def test_no_import_circle_between_the_projects_modules():
     g = graph()
-    assert len(g) > 100 and "yoloprof.cli" in g and "probes.page_cache" in g
+    assert len(g) > 100 and "yoloprof.cli" in g and "yoloprof.probes.page_cache" in g
     assert circles(g) == []
+
+
+def test_no_module_imports_the_folders_by_their_repository_names():
+    """probes/ and reports/ install as yoloprof.probes and yoloprof.reports: `import probes...` would work
+    only from the repository's root, and would load a user's own `probes/` from theirs."""
+    bad = []
+    extra = {str(p.relative_to(ROOT)): p for d in ("tests", "benchmarks") for p in (ROOT / d).glob("*.py")}
+    for name, path in {**modules(), **extra}.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                mods = [node.module or ""]
+            bad += [f"{name}: {m}" for m in mods if m.split(".")[0] in ("probes", "reports")]
+    assert bad == []

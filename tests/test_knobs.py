@@ -315,11 +315,11 @@ def test_recorded_scan_measures_compile_start_up_apart_and_recommends_what_gives
     from ultralytics.cfg import get_cfg
 
     from conftest import FIXTURES
-    from yoloprof import outputs
+    from yoloprof import pipeline
 
     scan = tmp_path / "s"
     shutil.copytree(FIXTURES / "cpu-scan-knobs", scan)
-    out = outputs.write_all(scan)
+    out = pipeline.write_all(scan)
     r = {x.trial_id: x for x in out.results}
     compiled = ["t02-b16-w0-fp32-compile", "t04-b16-w0-fp32-nondet-compile"]
     assert all(r[t].warmup_extra_s > 100 for t in compiled)  # yolo11n compiled cold on 2 cores: minutes

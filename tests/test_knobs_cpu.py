@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import FIXTURES
-from test_failures import leftovers, results, scan_cmd
+from scans import leftovers, results, scan_cmd
 
 pytestmark = pytest.mark.slow
 TINY_MODEL = FIXTURES / "tiny-detect.yaml"

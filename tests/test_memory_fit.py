@@ -53,7 +53,7 @@ def test_the_ddp_fit_is_smaller_than_the_world_size_1_fit_by_the_overhead():
 
 
 def test_the_report_states_the_ddp_fit_and_the_overhead_behind_it():
-    from reports.html import _fit_text
+    from yoloprof.reports.html import _fit_text
 
     pts = [ComputePoint(8, True, "ok", peak_mem_mib=10000.0), ComputePoint(16, True, "ok", peak_mem_mib=18000.0)]
     compute = ComputeCeiling("cuda", "H100", 81559.0, pts, max_batch_fit={"amp": 71})

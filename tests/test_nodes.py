@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from probes import node_store
+from yoloprof.probes import node_store
 from yoloprof import nodes
 from yoloprof.analysis.aggregate import LaunchOutcome, _status
 from yoloprof.cli import main
@@ -27,18 +27,7 @@ from yoloprof.search import plan
 BIN = Path(sys.executable).parent
 TINY_MODEL = Path(__file__).parent / "fixtures" / "tiny-detect.yaml"
 SMALL = [
-    "--device",
-    "cpu",
-    "--imgsz",
-    "64",
-    "--steps",
-    "3",
-    "--warmup",
-    "1",
-    "--no-defaults",
-    "--precision",
-    "off",
-    "--model",
+    *"--device cpu --imgsz 64 --steps 3 --warmup 1 --no-defaults --precision off --model".split(),
     str(TINY_MODEL),
     "--workers",
     "0",
@@ -301,7 +290,7 @@ def test_a_node_that_never_joins_stops_the_scan_and_leaves_no_folder(tmp_path, m
         ScanFailed,
         match="node 1 did not join at 127.0.0.1:.* within 1 s: run the same command there with --node-rank 1",
     ):
-        orchestrate._lead(nodes.parse(2, 0, f"127.0.0.1:{free_port()}"), out, {}, Console(quiet=True))
+        orchestrate.lead(nodes.parse(2, 0, f"127.0.0.1:{free_port()}"), out, {}, Console(quiet=True))
     assert not out.exists()  # nothing half-written
 
 

@@ -12,12 +12,12 @@ import pytest
 import yaml
 from rich.console import Console
 
-from probes import environment
-from yoloprof import outputs
+from yoloprof.probes import environment
+from yoloprof import pipeline
 from yoloprof.analysis import optimizer as optim
 from yoloprof.errors import UsageError
 from yoloprof.records import Knobs, OptimizerPlan, ScanMeta, read_json, write_json
-from yoloprof.scan import ceilings, orchestrate
+from yoloprof.scan import ceilings, orchestrate, resume
 from yoloprof.search import plan, usercfg
 
 CPU_2 = plan.Hardware("cpu", 2, [], 16, 0)
@@ -172,7 +172,7 @@ def test_the_trainer_hands_auto_the_planned_runs_iterations(iterations, built):
 
 def _auto_scan(folder, asked="auto", source=optim.DEFAULT_SOURCE, epochs=100):
     """The recorded CPU scan (512 images, batches 8 and 16) as if it had resolved `asked` for its run."""
-    meta = outputs.load_meta(folder)
+    meta = pipeline.load_meta(folder)
     meta.optimizer = asked
     meta.optimizer_plan = optim.plan(asked, images=meta.dataset.train_images, epochs=epochs, source=source)
     meta.run_plan.epochs = epochs
@@ -184,7 +184,7 @@ def test_best_yaml_leaves_auto_to_ultralytics_and_says_what_it_picks(cpu_scan_co
     from ultralytics.cfg import get_cfg
 
     _auto_scan(cpu_scan_copy)
-    out = outputs.write_all(cpu_scan_copy)
+    out = pipeline.write_all(cpu_scan_copy)
     text = (cpu_scan_copy / "best.yaml").read_text()
     best = yaml.safe_load(text)
     assert "optimizer" not in best  # plain `yolo train` picks auto itself: the pick the trials were given
@@ -203,23 +203,23 @@ def test_best_yaml_leaves_auto_to_ultralytics_and_says_what_it_picks(cpu_scan_co
 
 def best_yaml(folder) -> str:
     """best.yaml as the scan writes it (without rendering the whole report)."""
-    from reports import config_files
+    from yoloprof.reports import config_files
 
-    out = outputs.collect(folder)
+    out = pipeline.collect(folder)
     config_files.write(folder, out.meta, out.best, out.results)
     return (folder / "best.yaml").read_text()
 
 
 def test_best_yaml_writes_the_optimizer_the_user_named(cpu_scan_copy):
     from ultralytics.cfg import get_cfg
-    from reports.html import optimizer_text
+    from yoloprof.reports.html import optimizer_text
 
     meta = _auto_scan(cpu_scan_copy, "AdamW", "--optimizer")
     text = best_yaml(cpu_scan_copy)
     best = yaml.safe_load(text)
     assert best["optimizer"] == "AdamW" and "not set" not in text
     get_cfg(overrides=best)
-    assert optimizer_text(meta, outputs.collect(cpu_scan_copy).results) == "AdamW (--optimizer); the trials ran SGD"
+    assert optimizer_text(meta, pipeline.collect(cpu_scan_copy).results) == "AdamW (--optimizer); the trials ran SGD"
 
 
 def test_best_yaml_of_an_earlier_scan_keeps_the_optimizer_it_pinned(cpu_scan_copy):
@@ -250,8 +250,8 @@ def test_best_yaml_from_a_config_keeps_the_users_optimizer(cpu_scan_copy):
 
 def test_re_priced_epochs_that_change_autos_pick_are_said(cpu_scan_copy):
     _auto_scan(cpu_scan_copy, epochs=20000)  # 8 x 20,000 iterations: the trials would have run MuSGD
-    outputs.replan(cpu_scan_copy, epochs=100)
-    meta = outputs.load_meta(cpu_scan_copy)
+    pipeline.replan(cpu_scan_copy, epochs=100)
+    meta = pipeline.load_meta(cpu_scan_copy)
     assert meta.optimizer_plan.epochs == 20000  # what the trials were resolved for stays
     text = best_yaml(cpu_scan_copy)
     assert "picks it: AdamW for this run (100 epochs" in text and "scan again with --epochs 100" in text
@@ -328,7 +328,7 @@ def test_the_scan_resolves_says_and_keeps_its_choice(extra, said, picks, tmp_pat
     assert meta.optimizer == ("SGD" if "--optimizer" in extra else "auto")  # what was asked, not what it resolved to
     assert meta.optimizer_plan == seen["ctx"].optimizer
     # --resume resolves the saved choice again, the same way, for the trials it still runs
-    orchestrate.resume(
+    resume.resume(
         str(tmp_path / "s"),
         orchestrate.ScanRequest(command=["yoloprof", "scan", "--resume"]),
         Console(file=io.StringIO()),
@@ -348,7 +348,7 @@ def test_resume_of_an_earlier_scan_keeps_its_pinned_optimizer(cpu_scan_copy, mon
     monkeypatch.setattr(environment, "collect", lambda env_vars=None: fake_env())
     seen = {}
     monkeypatch.setattr(orchestrate, "finish", lambda out, meta, ctx, req, console, started=None: seen.update(ctx=ctx))
-    orchestrate.resume(
+    resume.resume(
         str(cpu_scan_copy),
         orchestrate.ScanRequest(command=["yoloprof", "scan", "--resume"]),
         Console(file=open(os.devnull, "w")),

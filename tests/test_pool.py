@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_failures import leftovers, results, run_scan
+from scans import leftovers, results, run_scan
 from yoloprof.records import RankInfo, from_dict
 
 pytestmark = pytest.mark.slow

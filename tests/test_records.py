@@ -181,7 +181,7 @@ def test_the_plots_font_check_never_downloads(monkeypatch):
     import ultralytics.utils.downloads as downloads
     import ultralytics.utils.plotting as plotting
 
-    from probes import offline
+    from yoloprof.probes import offline
 
     import ultralytics.data.utils as data_utils
     import ultralytics.engine.trainer as trainer_mod
@@ -198,3 +198,23 @@ def test_the_plots_font_check_never_downloads(monkeypatch):
     offline.patch_ultralytics()
     assert plotting.check_font is offline.font_on_this_machine
     assert offline.font_on_this_machine("NoSuchFont-yoloprof.ttf") is None  # PIL's default font then
+
+
+def test_a_value_outside_its_literal_set_is_refused_naming_the_field():
+    """Literal fields (status, cache, device, backend, timing, ...) read back only the strings they may hold."""
+    r = to_dict(TrialResult("t1", "ok", KNOBS, 2, "cpu"))
+    with pytest.raises(RecordError, match=r"TrialResult.status: 'finished' is not one of 'ok', 'error'"):
+        from_dict(TrialResult, {**r, "status": "finished"})
+    with pytest.raises(RecordError, match=r"TrialResult.knobs: Knobs.cache: 'tmpfs' is not one of"):
+        from_dict(TrialResult, {**r, "knobs": {**r["knobs"], "cache": "tmpfs"}})
+    assert from_dict(TrialResult, {**r, "status": "interrupted"}).status == "interrupted"
+    with pytest.raises(RecordError, match="RankInfo.backend: 'mpi'"):
+        from_dict(
+            RankInfo,
+            {
+                **to_dict(
+                    RankInfo(0, 0, 2, 10, "h", "cpu", "cpu", "gloo", 8, 8, 2, 2, False, False, 512, 64, 25.0, 1, 0.0)
+                ),
+                "backend": "mpi",
+            },
+        )

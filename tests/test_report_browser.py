@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from yoloprof import outputs
+from yoloprof import pipeline
 from yoloprof.analysis.compare import compare
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -50,7 +50,7 @@ def open_page(browser, path: Path, **kw):
 
 
 def test_report_renders_offline_and_sorts(browser, cpu_scan_copy):
-    outputs.write_all(cpu_scan_copy)
+    pipeline.write_all(cpu_scan_copy)
     page, errors, requests = open_page(browser, cpu_scan_copy / "report.html")
     assert errors == []
     assert requests == [(cpu_scan_copy / "report.html").as_uri()]  # the page itself, nothing else
@@ -79,7 +79,7 @@ def test_report_renders_offline_and_sorts(browser, cpu_scan_copy):
 
 
 def test_report_fits_a_phone(browser, cpu_scan_copy):
-    outputs.write_all(cpu_scan_copy)
+    pipeline.write_all(cpu_scan_copy)
     page, errors, _ = open_page(browser, cpu_scan_copy / "report.html", viewport={"width": 390, "height": 844})
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert errors == [] and overflow <= 1  # wide tables scroll inside their own box
@@ -87,9 +87,9 @@ def test_report_fits_a_phone(browser, cpu_scan_copy):
 
 
 def test_compare_page(browser, cpu_scan_copy, tmp_path):
-    from reports import html
+    from yoloprof.reports import html
 
-    a = outputs.collect(cpu_scan_copy)
+    a = pipeline.collect(cpu_scan_copy)
     path = tmp_path / "compare.html"
     path.write_text(html.render_compare(compare(a, a), "A <i>x</i>", "B"))
     page, errors, requests = open_page(browser, path)

@@ -10,10 +10,10 @@ import re
 import pytest
 import yaml
 
-from yoloprof import outputs
+from yoloprof import pipeline
 from yoloprof.errors import UsageError
 from yoloprof.records import write_json
-from reports import config_files, csv_table, html
+from yoloprof.reports import config_files, csv_table, html
 
 REQUIRED = [
     "trial_id",
@@ -43,7 +43,7 @@ REQUIRED = [
 def test_report_dir_rebuilds_every_output(cpu_scan_copy):
     for name in ("results.csv", "report.html", "best.yaml", "best.env", "best.sh", "ranking.json"):
         (cpu_scan_copy / name).unlink(missing_ok=True)
-    out = outputs.write_all(cpu_scan_copy)
+    out = pipeline.write_all(cpu_scan_copy)
     for name in ("results.csv", "report.html", "best.yaml", "best.env", "best.sh", "ranking.json"):
         assert (cpu_scan_copy / name).is_file(), name
     rows = list(csv.DictReader((cpu_scan_copy / "results.csv").open()))
@@ -77,7 +77,7 @@ def test_report_dir_rebuilds_every_output(cpu_scan_copy):
 def test_best_yaml_is_accepted_by_ultralytics_get_cfg(cpu_scan_copy):
     from ultralytics.cfg import get_cfg
 
-    out = outputs.write_all(cpu_scan_copy)
+    out = pipeline.write_all(cpu_scan_copy)
     cfg = yaml.safe_load((cpu_scan_copy / "best.yaml").read_text())
     args = get_cfg(overrides=cfg)  # raises SyntaxError on any key Ultralytics does not accept
     k = out.best.knobs
@@ -89,7 +89,7 @@ def test_best_yaml_is_accepted_by_ultralytics_get_cfg(cpu_scan_copy):
 
 
 def test_unknown_cfg_keys_never_reach_best_yaml(cpu_scan_copy):
-    out = outputs.collect(cpu_scan_copy)
+    out = pipeline.collect(cpu_scan_copy)
     meta = dataclasses.replace(
         out.meta,
         environment=dataclasses.replace(
@@ -102,7 +102,7 @@ def test_unknown_cfg_keys_never_reach_best_yaml(cpu_scan_copy):
 
 
 def test_nccl_preset_and_pin_memory_go_to_env_and_findings(cpu_scan_copy):
-    out = outputs.collect(cpu_scan_copy)
+    out = pipeline.collect(cpu_scan_copy)
     meta = dataclasses.replace(out.meta, device="cuda", gpus=[0, 1])
     best = dataclasses.replace(out.best, knobs=dataclasses.replace(out.best.knobs, nccl="ring", pin_memory=False))
     cfg = config_files.best_config(meta, best)
@@ -114,7 +114,7 @@ def test_nccl_preset_and_pin_memory_go_to_env_and_findings(cpu_scan_copy):
 
 
 def test_html_is_self_contained_and_escapes_user_strings(cpu_scan_copy):
-    out = outputs.collect(cpu_scan_copy)
+    out = pipeline.collect(cpu_scan_copy)
     evil = '<script>alert("x")</script>'
     meta = dataclasses.replace(
         out.meta, model=f"{evil}.yaml", dataset=dataclasses.replace(out.meta.dataset, classes=[evil, "<b>car</b>"])
@@ -129,17 +129,17 @@ def test_html_is_self_contained_and_escapes_user_strings(cpu_scan_copy):
 
 def test_report_on_a_folder_that_is_not_a_scan(tmp_path):
     with pytest.raises(UsageError, match="not a yoloprof scan folder"):
-        outputs.collect(tmp_path)
+        pipeline.collect(tmp_path)
     (tmp_path / "scan.json").write_text('{"schema": 1, "yoloprof_version"')
     with pytest.raises(UsageError, match="corrupt or truncated"):
-        outputs.collect(tmp_path)
+        pipeline.collect(tmp_path)
     write_json(tmp_path / "scan.json", {"schema": 99})
     with pytest.raises(UsageError, match="schema 99"):
-        outputs.collect(tmp_path)
+        pipeline.collect(tmp_path)
 
 
 def test_csv_cells_are_empty_for_unmeasured_values(cpu_scan_copy):
-    out = outputs.collect(cpu_scan_copy)
+    out = pipeline.collect(cpu_scan_copy)
     failed = dataclasses.replace(out.results[0], trial_id="tx", status="error", img_per_s=None, error="boom")
     from yoloprof.analysis.ranking import rank_trials
 
@@ -163,7 +163,7 @@ def _scaled(r, k: float, **kw):
 def test_compare_finds_where_the_time_moved(cpu_scan_copy):
     from yoloprof.analysis.compare import compare
 
-    a = outputs.collect(cpu_scan_copy)
+    a = pipeline.collect(cpu_scan_copy)
     faster = _scaled(a.best, 1.5, trial_id="tb", breakdown=dataclasses.replace(a.best.breakdown, data_wait_ms=1.0))
     b = dataclasses.replace(a, results=[faster], best=faster)
     c = compare(a, b)
@@ -189,7 +189,7 @@ def test_compare_of_identical_scans_is_no_measurable_change(cpu_scan_copy, tmp_p
 
     other = tmp_path / "again"
     shutil.copytree(cpu_scan_copy, other)
-    a, b = outputs.collect(cpu_scan_copy), outputs.collect(other)
+    a, b = pipeline.collect(cpu_scan_copy), pipeline.collect(other)
     c = compare(a, b)
     assert c.best_ratio == pytest.approx(1.0) and not c.beyond_noise
     assert c.best_ratio_low == pytest.approx(0.90, abs=0.01) and c.best_ratio_high == pytest.approx(1.11, abs=0.01)
@@ -215,7 +215,7 @@ def test_recorded_scan_with_failed_trials(tmp_path):
 
     scan = tmp_path / "fail"
     shutil.copytree(FIXTURES / "cpu-scan-failures", scan)
-    out = outputs.write_all(scan)
+    out = pipeline.write_all(scan)
     status = {r.trial_id: r.status for r in out.results}
     assert status == {
         "t01-b2-w0-fp32": "oom",
@@ -241,21 +241,21 @@ def test_recorded_scan_with_failed_trials(tmp_path):
 
 
 def test_recorded_scan_against_its_ceilings(cpu_scan_copy):
-    from yoloprof.analysis import against
+    from yoloprof.analysis import headroom
 
-    out = outputs.collect(cpu_scan_copy)
+    out = pipeline.collect(cpu_scan_copy)
     c = out.ceilings
     assert c.loader and c.compute and c.allreduce and c.allreduce[0].status == "ok"
     assert [p.workers for p in c.loader.points] == [0, 2] and [p.batch for p in c.compute.points] == [4, 8]
     for r in out.results:
-        v = against.against(r, c)
+        v = headroom.against(r, c)
         point = next(p for p in c.compute.points if p.batch == r.knobs.batch // 2)
         assert v.compute_img_s == pytest.approx(point.img_per_s * 2)  # two ranks
         assert 0.2 < v.pipeline_eff < 1.0  # training reaches part of what the device alone can do, never more
         assert v.input_headroom > 1.0
-    bw = against.achieved_bucket_busbw(out.best)
+    bw = headroom.achieved_bucket_busbw(out.best)
     assert [s for s, _ in bw] == out.best.bucket_sizes_bytes == [9306532, 1055104]
-    probe = against.bucket_busbw(c.allreduce[0])
+    probe = headroom.bucket_busbw(c.allreduce[0])
     assert set(probe) == {9306532, 1055104} and all(b < probe[s] for s, b in bw)  # contention in training
     tel = out.best.telemetry
     assert tel.gpu_status == "not measured: no GPU in this run" and tel.gpu_util_mean_pct is None
@@ -270,7 +270,7 @@ def test_recorded_scaling_scan(tmp_path):
 
     scan = tmp_path / "scale"
     shutil.copytree(FIXTURES / "cpu-scan-scaling", scan)
-    out = outputs.write_all(scan)
+    out = pipeline.write_all(scan)
     (g,) = scaling.groups(out.results)
     assert [p.world_size for p in g.points] == [1, 2] and g.settings.startswith("batch 4/rank")
     one, two = g.points

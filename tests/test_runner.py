@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from conftest import CPU_SCAN
-from yoloprof import outputs
+from yoloprof import pipeline
 from yoloprof.scan import launch, runner
 from yoloprof.analysis.aggregate import LaunchOutcome
 from yoloprof.records import TrialResult, TrialSpec, read_json
@@ -19,7 +19,7 @@ RECORDED = CPU_SCAN / "trials" / "t01-b8-w0-fp32"  # a real 2-rank trial: what t
 
 
 def _plan(tmp_path, train_images):
-    meta = outputs.load_meta(CPU_SCAN)
+    meta = pipeline.load_meta(CPU_SCAN)
     meta.dataset = replace(meta.dataset, train_images=train_images)
     base = read_json(RECORDED / "spec.json", TrialSpec)
     ram = replace(base, trial_id="t01-ram", knobs=replace(base.knobs, cache="ram"))
@@ -53,9 +53,9 @@ def fake_launch(monkeypatch):
 def test_cache_ram_trial_is_skipped_when_the_copies_would_not_fit(
     tmp_path, monkeypatch, fake_launch, free_mib, skipped
 ):
-    import probes.environment
+    import yoloprof.probes.environment
 
-    monkeypatch.setattr(probes.environment, "available_ram_mib", lambda: free_mib)
+    monkeypatch.setattr(yoloprof.probes.environment, "available_ram_mib", lambda: free_mib)
     out, meta, specs = _plan(tmp_path, train_images=65536)
     assert specs[0].imgsz == 128 and specs[0].world_size == 2
     code = runner.execute(out, specs, meta, launch.HangPolicy(), Console(file=io.StringIO()), reuse=False)
@@ -82,9 +82,9 @@ def test_cache_ram_trial_is_skipped_when_the_copies_would_not_fit(
 
 def test_the_cache_ram_check_counts_every_rank(tmp_path, monkeypatch, fake_launch):
     """One copy (3 GiB) would fit in 5 GiB free; two ranks' copies (6 GiB) do not."""
-    import probes.environment
+    import yoloprof.probes.environment
 
-    monkeypatch.setattr(probes.environment, "available_ram_mib", lambda: 5120.0)
+    monkeypatch.setattr(yoloprof.probes.environment, "available_ram_mib", lambda: 5120.0)
     out, meta, specs = _plan(tmp_path, train_images=65536)
     runner.execute(out, specs, meta, launch.HangPolicy(), Console(file=io.StringIO()), reuse=False)
     assert read_json(out / "trials" / "t01-ram" / "result.json", TrialResult).status == "skipped"

@@ -241,7 +241,7 @@ def test_the_scan_times_the_epoch_and_predicts_every_ok_trials_epoch_and_run(sca
         assert epoch_s >= steps_s + costs.val.s[-1] + costs.save.s[-1] - 1e-6
         assert float(r["run_h"]) * 3600 > 100 * epoch_s * 0.9  # Ultralytics' default 100 epochs
     assert " an epoch, " in proc.stdout and "for 100 epochs" in proc.stdout
-    from yoloprof import outputs
+    from yoloprof import pipeline
 
-    ok = [r for r in outputs.collect(out).results if r.status == "ok"]
+    ok = [r for r in pipeline.collect(out).results if r.status == "ok"]
     assert ok and all(r.setup_s is not None and 0 < r.setup_s < 120 for r in ok)  # each trial's own set-up

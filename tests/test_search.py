@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from yoloprof.analysis.against import Ceilings, load
+from yoloprof.analysis.headroom import Ceilings, load
 from yoloprof.records import (
     AllReduceCeiling,
     AllReducePoint,

@@ -6,9 +6,9 @@ import dataclasses
 import html as html_lib
 import re
 
-from yoloprof import outputs
+from yoloprof import pipeline
 from yoloprof.records import Decision, write_json
-from reports import config_files, html, terminal
+from yoloprof.reports import config_files, html, terminal
 
 T = ["t01-b8-w0-fp32", "t02-b8-w2-fp32", "t03-b16-w0-fp32", "t04-b16-w2-fp32"]  # the recorded fixture's trials
 
@@ -85,7 +85,7 @@ def _section(page: str) -> str:
 
 
 def test_auto_report_shows_every_decision_by_stage(cpu_scan_copy):
-    page = _page(_auto(outputs.collect(cpu_scan_copy)))
+    page = _page(_auto(pipeline.collect(cpu_scan_copy)))
     sec = _section(page)
     assert "<h2>How the scan searched</h2>" in sec and "auto: ceilings first" in sec and "(4 trials)" in sec
     assert "4.6 of 5.0 min used" in sec  # the last decision's 276 s of the 300 s budget
@@ -127,20 +127,20 @@ def test_auto_report_shows_every_decision_by_stage(cpu_scan_copy):
 
 
 def test_decisions_in_scan_json_reach_the_written_report(cpu_scan_copy):
-    out = _auto(outputs.collect(cpu_scan_copy))
+    out = _auto(pipeline.collect(cpu_scan_copy))
     write_json(cpu_scan_copy / "scan.json", out.meta)
-    again = outputs.write_all(cpu_scan_copy)
+    again = pipeline.write_all(cpu_scan_copy)
     assert again.meta.decisions == DECISIONS and again.meta.strategy == "auto"
     sec = _section((cpu_scan_copy / "report.html").read_text())
     assert "4.6 of 5.0 min used" in sec and html_lib.escape(DECISIONS[8].reason) in sec
 
 
 def test_grid_and_old_records_have_no_search_section(cpu_scan_copy):
-    out = outputs.collect(cpu_scan_copy)
+    out = pipeline.collect(cpu_scan_copy)
     assert out.meta.strategy == "grid" and out.meta.decisions == []
     page = _page(out)
     assert "How the scan searched" not in page and 'id="steps-note"' not in page  # fixed steps: nothing to say
-    outputs.write_all(cpu_scan_copy)
+    pipeline.write_all(cpu_scan_copy)
     assert "How the scan searched" not in (cpu_scan_copy / "report.html").read_text()
     # an auto record with no decisions (written before they were recorded): no section either
     old = dataclasses.replace(out, meta=dataclasses.replace(out.meta, strategy="auto", budget_s=300.0))
@@ -157,7 +157,7 @@ def test_grid_and_old_records_have_no_search_section(cpu_scan_copy):
 
 
 def test_search_summary_counts(cpu_scan_copy):
-    out = outputs.collect(cpu_scan_copy)
+    out = pipeline.collect(cpu_scan_copy)
     assert terminal.search_summary(out.meta) is None  # grid
     meta = _auto(out).meta
     text = terminal.search_summary(meta)

@@ -8,11 +8,11 @@ import pytest
 
 import torch
 
-import probes.clock as clock_mod
-import probes.steps as steps_mod
-from probes.clock import Clock
-from probes.comm import BucketTiming
-from probes.steps import StepProbe
+import yoloprof.probes.clock as clock_mod
+import yoloprof.probes.steps as steps_mod
+from yoloprof.probes.clock import Clock
+from yoloprof.probes.comm import BucketTiming
+from yoloprof.probes.steps import StepProbe
 from fake_cuda import FakeCuda, installed
 
 

@@ -118,7 +118,7 @@ def test_a_model_names_its_task_and_its_trainer():
     from ultralytics.models.yolo.pose import PoseTrainer
     from ultralytics.models.yolo.segment import SegmentationTrainer
 
-    from probes import model_check
+    from yoloprof.probes import model_check
     from yoloprof.worker import tasks
     from yoloprof.worker.trainer import ScanMixin
 
@@ -151,7 +151,7 @@ def test_a_checkpoint_carries_its_task(tmp_path):
     import torch
     from ultralytics.nn.tasks import PoseModel
 
-    from probes import model_check
+    from yoloprof.probes import model_check
 
     for family in ("yolo11n", "yolo26n"):  # YOLO26's Pose26 head, with its one-to-one branch and RealNVP flow
         pt = tmp_path / f"{family}-pose.pt"
@@ -211,7 +211,7 @@ MISMATCH = [
 def test_a_model_and_data_of_different_tasks_is_one_line_and_exit_2(
     model, data, first, second, task_data, tiny_data, monkeypatch, capsys, tmp_path
 ):
-    from probes import environment
+    from yoloprof.probes import environment
     from test_bad_input import fake_env
 
     monkeypatch.setattr(environment, "collect", lambda env_vars=None: fake_env([]))
@@ -255,7 +255,7 @@ def test_a_real_scan_trains_and_validates_each_task(task, task_data, tiny_data, 
     scans in tests/test_knobs_cpu.py and tests/test_failures.py."""
     from ultralytics.cfg import get_cfg
 
-    from test_failures import results, scan_cmd
+    from scans import results, scan_cmd
 
     out = tmp_path / "s"
     data = tiny_data if task == "detect" else task_data[task]

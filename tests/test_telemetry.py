@@ -13,7 +13,7 @@ import psutil
 import pynvml
 import pytest
 
-from probes import cpu_telemetry, gpu_telemetry, telemetry
+from yoloprof.probes import cpu_telemetry, gpu_telemetry, telemetry
 from yoloprof.records import CpuSample, GpuSample, TelemetryHeader
 from yoloprof.analysis.telemetry import read_telemetry, summarize
 

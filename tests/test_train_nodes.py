@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import FIXTURES
-from yoloprof import outputs
+from yoloprof import pipeline
 from yoloprof.cli import main
 from yoloprof.scan.launch import free_port
 
@@ -222,9 +222,9 @@ def _fake_yoloprof(tmp_path: Path) -> dict:
 
 
 def test_best_sh_on_one_node_stays_plain_yolo_train(cpu_scan_copy):
-    from reports import config_files
+    from yoloprof.reports import config_files
 
-    out = outputs.collect(cpu_scan_copy)
+    out = pipeline.collect(cpu_scan_copy)
     assert out.meta.nnodes == 1  # a scan recorded before nodes existed reads as one node
     config_files.write(cpu_scan_copy, out.meta, out.best, out.results)
     sh = (cpu_scan_copy / "best.sh").read_text()
@@ -233,9 +233,9 @@ def test_best_sh_on_one_node_stays_plain_yolo_train(cpu_scan_copy):
 
 
 def test_best_sh_after_a_scan_across_nodes_runs_yoloprof_train(cpu_scan_copy, tmp_path):
-    from reports import config_files
+    from yoloprof.reports import config_files
 
-    out = outputs.collect(cpu_scan_copy)
+    out = pipeline.collect(cpu_scan_copy)
     meta = dataclasses.replace(out.meta, nnodes=2, rdzv_endpoint="node0.cluster:29400", world_size=4)
     config_files.write(cpu_scan_copy, meta, out.best, out.results)
     sh = cpu_scan_copy / "best.sh"

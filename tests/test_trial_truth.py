@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_failures import leftovers, results, run_scan
+from scans import leftovers, results, run_scan
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from rich.console import Console
 
-from probes import environment
-from yoloprof import cli, outputs
+from yoloprof.probes import environment
+from yoloprof import cli, pipeline
 from yoloprof.records import Environment, Knobs, OptimizerPlan, write_json
 from yoloprof.scan import ceilings, orchestrate
 from yoloprof.search import baselines, plan, usercfg
@@ -113,17 +113,7 @@ def test_held_arguments_are_the_users_less_the_measurement_and_the_knobs():
     held = usercfg.held(USER)
     assert held == {"lr0": 0.02, "mosaic": 0.5, "nbs": 32}
     assert set(usercfg.left_out(USER)) == {
-        "epochs",
-        "val",
-        "save",
-        "close_mosaic",
-        "warmup_epochs",
-        "plots",
-        "device",
-        "project",
-        "name",
-        "exist_ok",
-        "resume",
+        *"epochs val save close_mosaic warmup_epochs plots device project name exist_ok resume".split(),
     }
     assert all(why for why in usercfg.NOT_IN_TRIALS.values())
     assert "close_mosaic (a trial measures the steady state" in usercfg.deviation(USER)
@@ -225,7 +215,7 @@ def test_prepare_takes_model_data_imgsz_baseline_and_run_from_the_config(tmp_pat
 @pytest.fixture
 def cfg_scan(cpu_scan_copy):
     """The recorded CPU scan as if it had been run with --cfg; your settings were t01 (batch 8, workers 0)."""
-    meta = outputs.load_meta(cpu_scan_copy)
+    meta = pipeline.load_meta(cpu_scan_copy)
     meta.train_cfg = "/home/me/my_train.yaml"
     meta.train_cfg_args = dict(USER)
     meta.baselines[baselines.YOURS] = "t01-b8-w0-fp32"
@@ -240,7 +230,7 @@ def _body(text: str) -> dict:
 def test_best_yaml_is_the_users_config_with_only_the_measured_settings_changed(cfg_scan):
     from ultralytics.cfg import get_cfg
 
-    out = outputs.write_all(cfg_scan)
+    out = pipeline.write_all(cfg_scan)
     assert out.best.trial_id == "t03-b16-w0-fp32"
     text = (cfg_scan / "best.yaml").read_text()
     best = _body(text)
@@ -255,11 +245,11 @@ def test_best_yaml_is_the_users_config_with_only_the_measured_settings_changed(c
 
 
 def test_best_yaml_changes_several_settings_together(cfg_scan):
-    meta = outputs.load_meta(cfg_scan)
+    meta = pipeline.load_meta(cfg_scan)
     meta.baselines[baselines.YOURS] = "t02-b8-w2-fp32"  # batch 8, workers 2 against t03's 16, 0
     meta.train_cfg_args = {k: v for k, v in USER.items() if k != "workers"}  # workers left at its default
     write_json(cfg_scan / "scan.json", meta)
-    outputs.write_all(cfg_scan)
+    pipeline.write_all(cfg_scan)
     text = (cfg_scan / "best.yaml").read_text()
     assert _body(text) == {**meta.train_cfg_args, "batch": 16, "workers": 0}
     assert "batch: 16  # was 8: " in text and ", together with workers, yoloprof t03" in text
@@ -267,47 +257,37 @@ def test_best_yaml_changes_several_settings_together(cfg_scan):
 
 
 def test_a_change_within_the_noise_is_written_and_says_so(cfg_scan):
-    meta = outputs.load_meta(cfg_scan)
+    meta = pipeline.load_meta(cfg_scan)
     meta.baselines[baselines.YOURS] = "t04-b16-w2-fp32"  # tied with t03 (workers 2 against 0)
     meta.train_cfg_args = {**USER, "batch": 16, "workers": 2}
     write_json(cfg_scan / "scan.json", meta)
-    outputs.write_all(cfg_scan)
+    pipeline.write_all(cfg_scan)
     text = (cfg_scan / "best.yaml").read_text()
     assert _body(text) == {**meta.train_cfg_args, "workers": 0}
     assert "workers: 0  # was 2: no measurable effect on img/s (95% -6% to +17%), yoloprof t03-b16-w0-fp32" in text
 
 
 def test_best_yaml_unchanged_when_your_settings_were_recommended(cfg_scan):
-    meta = outputs.load_meta(cfg_scan)
+    meta = pipeline.load_meta(cfg_scan)
     meta.baselines[baselines.YOURS] = "t03-b16-w0-fp32"
     write_json(cfg_scan / "scan.json", meta)
-    outputs.write_all(cfg_scan)
+    pipeline.write_all(cfg_scan)
     text = (cfg_scan / "best.yaml").read_text()
     assert _body(text) == USER and "Nothing to change" in text
 
 
 def test_best_yaml_when_your_settings_did_not_finish(cfg_scan):
     shutil.rmtree(cfg_scan / "trials" / "t01-b8-w0-fp32")
-    outputs.write_all(cfg_scan)
+    pipeline.write_all(cfg_scan)
     text = (cfg_scan / "best.yaml").read_text()
     assert "batch: 16  # was 8: your settings' trial t01-b8-w0-fp32 did not finish (no result)" in text
 
 
 def test_best_yaml_without_cfg_is_unchanged(cpu_scan_copy):
-    outputs.write_all(cpu_scan_copy)
+    pipeline.write_all(cpu_scan_copy)
     best = _body((cpu_scan_copy / "best.yaml").read_text())
     assert list(best) == [
-        "model",
-        "data",
-        "imgsz",
-        "batch",
-        "workers",
-        "amp",
-        "cache",
-        "deterministic",
-        "compile",
-        "device",
-        "optimizer",
+        *"model data imgsz batch workers amp cache deterministic compile device optimizer".split(),
     ]
     assert best["deterministic"] is True and best["compile"] is False  # the recorded scan varied neither
 
@@ -334,26 +314,9 @@ def test_real_scan_from_a_config(tmp_path, tiny_data):
     proc = subprocess.run(
         [
             str(Path(sys.executable).parent / "yoloprof"),
-            "scan",
-            "--device",
-            "cpu",
-            "--nproc",
-            "2",
-            "--cfg",
+            *"scan --device cpu --nproc 2 --cfg".split(),
             str(cfg),
-            "--strategy",
-            "grid",
-            "--batch",
-            "4",
-            "--steps",
-            "3",
-            "--warmup",
-            "1",
-            "--no-ceilings",
-            "--no-defaults",
-            "--precision",
-            "off",
-            "--out",
+            *"--strategy grid --batch 4 --steps 3 --warmup 1 --no-ceilings --no-defaults --precision off --out".split(),
             str(out),
         ],
         capture_output=True,

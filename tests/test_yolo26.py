@@ -58,7 +58,7 @@ def train_model(model: str, task: str, nc: int, **args):
     """The task's model as its trainer builds it, with the args its loss reads, in training mode."""
     from ultralytics.cfg import get_cfg
 
-    from probes import model_check
+    from yoloprof.probes import model_check
 
     m = model_check._model_class(task)[0](model, nc=nc, verbose=False)
     m.args = get_cfg(overrides=dict(task=task, **args))
@@ -69,7 +69,7 @@ def train_model(model: str, task: str, nc: int, **args):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_a_yolo26_step_trains_every_parameter_and_the_first_layer_last(task, data):
-    from probes import model_check
+    from yoloprof.probes import model_check
 
     model = str(FIXTURES / f"tiny26-{task}.yaml")
     assert model_check.model_task(model) == task
@@ -113,7 +113,7 @@ def test_the_link_probe_sends_the_buckets_ddp_reduces(model, data):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from probes import model_check
+    from yoloprof.probes import model_check
 
     task = model_check.model_task(model)
     nc = 3  # the synthetic data's three shapes, every task

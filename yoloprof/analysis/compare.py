@@ -14,7 +14,7 @@ from typing import Optional
 
 from yoloprof.analysis import noise
 from yoloprof.analysis.aggregate import PHASES
-from yoloprof.outputs import ScanOutputs
+from yoloprof.pipeline import ScanOutputs
 from yoloprof.records import TrialResult
 
 

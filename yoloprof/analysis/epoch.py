@@ -15,6 +15,7 @@ import math
 import re
 from typing import Optional, Union
 
+from yoloprof.analysis import epoch_costs
 from yoloprof.errors import UsageError
 from yoloprof.records import DatasetInfo, EpochCosts, EpochPrediction, Ranking, RunPlan, TrialResult
 
@@ -169,7 +170,8 @@ def predict(
     ratio_ci = costs.no_mosaic_ratio_ci if ok and costs.no_mosaic_ratio_ci else [ratio, ratio]
     if closed and ratio:
         rest = tuple(a - b for a, b in zip(out_band(out), steps, strict=True))
-        nm = (steps[0] / ratio, steps[1] / ratio_ci[1], steps[2] / ratio_ci[0])
+        point = epoch_costs.priced_ratio(ratio, ratio_ci)  # 1 where the interval holds 1: no measurable effect
+        nm = (steps[0] / point, steps[1] / ratio_ci[1], steps[2] / ratio_ci[0])
         no_mosaic = tuple(a + b for a, b in zip(nm, rest, strict=True))
         out.no_mosaic_epoch_s = no_mosaic[0]
     else:

@@ -119,6 +119,24 @@ def no_mosaic_ratio(ranks: list[RankRecords]) -> tuple[Optional[float], Optional
     return ratio, [off.low / on.high, off.high / on.low], None
 
 
+def priced_ratio(ratio: Optional[float], ci: Optional[list[float]]) -> Optional[float]:
+    """The no-mosaic ratio a prediction prices with: 1 where its interval holds 1 (a difference inside the noise
+    is no measurable effect: 20 steps a phase on a noisy machine read anywhere from x0.86 to x1.15 while plain
+    training's own no-mosaic steps ran at its mosaic steps' speed, benchmarks/drift.py --kinds plain,closed),
+    else the measured ratio."""
+    if ratio is None:
+        return None
+    return 1.0 if ci and ci[0] <= 1.0 <= ci[1] else ratio
+
+
+def ratio_text(ratio: float, ci: Optional[list[float]]) -> str:
+    """ "x0.86 img/s (0.74-1.00, no measurable effect)" as the terminal and the report say it."""
+    inside = priced_ratio(ratio, ci) == 1.0 and ratio != 1.0
+    bounds = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else ""
+    note = ", no measurable effect" if inside else ""
+    return f"x{ratio:.2f} img/s" + (f" ({bounds}{note})" if bounds else "")
+
+
 def boundary_ms(ranks: list[RankRecords]) -> tuple[Optional[float], int]:
     """(ms, epochs crossed): what the first step of an epoch costs beyond a steady step of the same phase,
     median over the epochs crossed. Its epoch_end_ms (the previous epoch's end, timed as `end` here) is left
@@ -201,6 +219,5 @@ def summary_line(c: EpochCosts) -> str:
     if c.boundary_ms is not None:
         parts.append(f"first step of an epoch +{c.boundary_ms:.0f} ms")
     if c.no_mosaic_ratio is not None:
-        ci = c.no_mosaic_ratio_ci
-        parts.append(f"without mosaic x{c.no_mosaic_ratio:.2f} img/s" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else ""))
+        parts.append("without mosaic " + ratio_text(c.no_mosaic_ratio, c.no_mosaic_ratio_ci))
     return f"{head}: " + ", ".join(parts)

@@ -31,6 +31,11 @@ def _decode(tp: Any, value: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _decode(args[0], value) if len(args) == 1 else value
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            allowed = ", ".join(map(repr, typing.get_args(tp)))
+            raise RecordError(f"{value!r} is not one of {allowed}")
+        return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value)
     if origin is list:
@@ -52,7 +57,10 @@ def from_dict(cls: type[T], data: dict) -> T:
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
-            kwargs[f.name] = _decode(hints[f.name], data[f.name])
+            try:
+                kwargs[f.name] = _decode(hints[f.name], data[f.name])
+            except RecordError as exc:
+                raise RecordError(f"{cls.__name__}.{f.name}: {exc}") from None
     try:
         return cls(**kwargs)
     except TypeError as exc:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
+from yoloprof.records.kinds import Backend, Device, Timing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -27,12 +28,12 @@ class AllReducePoint:
 
 @dataclass
 class AllReduceCeiling:
-    backend: str  # "nccl" | "gloo"
+    backend: Backend
     world_size: int
     nccl: str  # preset name ("default" on gloo)
-    device: str  # "cuda" | "cpu"
+    device: Device
     dtype: str
-    timing: str  # "cuda_event" | "host"
+    timing: Timing
     points: list[AllReducePoint]
     status: str = "ok"
     error: Optional[str] = None
@@ -89,7 +90,7 @@ class LoaderCeiling:
 class ComputePoint:
     batch: int  # per rank (one device)
     amp: Union[bool, str]  # as Knobs.amp: True (fp16), "bf16", False
-    status: str  # ok | oom | error | timeout
+    status: Literal["ok", "oom", "error", "timeout"]
     img_per_s: Optional[float] = None  # one device, no data loading
     step_ms_p50: Optional[float] = None
     peak_mem_mib: Optional[float] = None

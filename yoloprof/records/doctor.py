@@ -7,8 +7,9 @@ A value that could not be read is None ("n/a"), never a guess.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
+from yoloprof.records.kinds import Backend, Device
 from yoloprof.records.scan import GpuInfo
 
 
@@ -35,10 +36,10 @@ class GpuLink:
 class CollectiveCheck:
     """One run of a few small AllReduces across every rank, with one set of extra variables."""
 
-    backend: str  # nccl | gloo
+    backend: Backend
     world_size: int
     env: dict[str, str]  # added to the inherited environment, e.g. {"NCCL_P2P_DISABLE": "1"}
-    status: str  # ok | hang (killed at timeout_s) | error (exited, or a wrong sum)
+    status: Literal["ok", "hang", "error"]  # hang: killed at timeout_s; error: exited, or a wrong sum
     timeout_s: float
     wall_s: Optional[float]
     phases: list[str] = field(default_factory=list)  # where each rank was last: start, init, all_reduce, done
@@ -47,7 +48,7 @@ class CollectiveCheck:
 
 @dataclass
 class DoctorReport:
-    device: str  # what a scan would run on: cuda | cpu
+    device: Device  # what a scan would run on
     device_asked: Optional[str]  # --device as given; "cpu": the user chose CPU
     ranks: int
     workers_per_rank: Optional[int]  # the most DataLoader workers a rank would start
@@ -76,7 +77,7 @@ class DoctorReport:
 
 @dataclass
 class Finding:
-    severity: str  # error (a scan would break) | warn (a scan would be slow or misleading) | ok
+    severity: Literal["error", "warn", "ok"]  # error: a scan would break; warn: it would be slow or misleading
     topic: str  # torch, gpus, nccl, collective, shm, nofile, cores, ram, topology
     what: str
     fix: Optional[str] = None

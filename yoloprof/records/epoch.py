@@ -9,7 +9,7 @@ EpochPrediction is computed from a TrialResult, the EpochCosts of its world size
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
 from yoloprof.records.trial import Knobs
@@ -43,7 +43,7 @@ class EpochCosts:
     world_size: int
     device: str
     knobs: Knobs
-    status: str  # ok | error | timeout | skipped
+    status: Literal["ok", "error", "timeout", "skipped"]
     error: Optional[str] = None
     # validation as `yolo train` runs it at each epoch end (every rank validates its shard), over a subset of
     # the val split where it is large: each pass's time is scaled by val_images_total / val_images_timed

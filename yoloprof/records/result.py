@@ -8,6 +8,7 @@ from typing import Optional
 from yoloprof.records.telemetry import TelemetrySummary
 from yoloprof.records.trial import Knobs
 from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
+from yoloprof.records.kinds import TrialStatus
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,7 +43,7 @@ class RankStat:
 @dataclass
 class TrialResult:
     trial_id: str
-    status: str  # ok | error | timeout | oom | skipped | interrupted
+    status: TrialStatus
     knobs: Knobs
     world_size: int
     device: str

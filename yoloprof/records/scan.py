@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from yoloprof.records.epoch import RunPlan
 from yoloprof.records.search import Decision
@@ -65,7 +65,7 @@ class MemoryBudget:
     Kept in scan.json, so `yoloprof report` decides whether the dataset fits as the scan did."""
 
     available_mib: float  # what the fit test used
-    source: str  # "psutil" | "cgroup" | "override"
+    source: Literal["psutil", "cgroup", "override"]
     psutil_available_mib: Optional[float] = None
     cgroup_limit_mib: Optional[float] = None  # the scan's cgroup memory limit; None: no limit applies
     cgroup_spare_mib: Optional[float] = None  # that limit - the cgroup's usage + its reclaimable file pages
@@ -106,7 +106,9 @@ class ScanMeta:
     trial_deviations: list[str]  # how a trial differs from plain `yolo train` with the same config
     specs: list[TrialSpec] = field(default_factory=list)  # the plan, in order: what --resume runs
     baselines: dict[str, str] = field(default_factory=dict)  # "Ultralytics defaults" / "your settings" -> trial id
-    strategy: str = "grid"  # "grid": the product of the knob lists; "auto": ceilings, then coordinate descent
+    strategy: Literal["grid", "auto"] = (
+        "grid"  # grid: the product of the knob lists; "auto": ceilings, then coordinate descent
+    )
     budget_s: Optional[float] = None  # auto: the wall time the scan may spend, ceilings included
     precision: Optional[float] = None  # a trial measures until its images/s interval is within +-precision
     max_steps: Optional[int] = None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from yoloprof.records.base import SCHEMA_VERSION  # noqa: F401
+from yoloprof.records.kinds import Backend, Cache, Device, Timing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -28,7 +29,7 @@ class Knobs:
     workers: int
     amp: Union[bool, str]  # True: fp16 mixed precision (Ultralytics' default), "bf16", False: fp32
     pin_memory: bool
-    cache: str  # "off" | "ram" | "disk"
+    cache: Cache
     nccl: str  # an NCCL preset name from yoloprof.search.plan.NCCL_PRESETS
     # Beyond the five (defaults = Ultralytics' own, so records written before them read as what ran):
     deterministic: bool = True  # torch.use_deterministic_algorithms + cudnn.deterministic
@@ -56,7 +57,7 @@ class TrialSpec:
     trial_id: str
     knobs: Knobs
     world_size: int
-    device: str  # "cpu" or "cuda"
+    device: Device
     gpus: list[int]  # CUDA indices as the scan process sees them; empty on CPU
     model: str
     data: str  # absolute path of the data yaml
@@ -174,7 +175,7 @@ class StepSample:
     optimizer_stepped: bool
     comm_ms: Optional[float] = None  # first bucket launch to last bucket done; None without DDP
     buckets: list[BucketSample] = field(default_factory=list)
-    timing: str = "host"  # "host", "cuda_event", "cuda_sync" (the GPU check's reference), "host_after_device_error"
+    timing: Timing = "host"  # cuda_sync: the GPU check's reference
     host_data_wait_ms: Optional[float] = None  # the host blocked on the loader (on a GPU, not the stall)
     epoch_boundary: bool = False  # the first step of an epoch: not steady state
     epoch_end_ms: Optional[float] = None  # the previous epoch's end-of-epoch work, carried by this step
@@ -192,7 +193,7 @@ class RankInfo:
     hostname: str
     device: str  # e.g. "cpu", "cuda:1"
     device_name: str
-    backend: Optional[str]  # "gloo", "nccl", or None without a process group
+    backend: Optional[Backend]  # None without a process group
     batch_per_rank: int
     accumulate: int
     workers_requested: int
@@ -215,9 +216,9 @@ class RankInfo:
 @dataclass
 class RankEnd:
     rank: int
-    status: str  # "ok" | "error" | "oom"
+    status: Literal["ok", "error", "oom"]
     peak_mem_mib: Optional[float]
-    mem_source: str  # "cuda_reserved" | "rss"
+    mem_source: Literal["cuda_reserved", "rss"]
     peak_mem_allocated_mib: Optional[float] = None
     device_mem_total_mib: Optional[float] = None
     last_step: Optional[int] = None

@@ -14,7 +14,7 @@ from typing import Optional
 from rich.console import Console
 
 from yoloprof import paths
-from yoloprof.analysis import against, dataset_fit, noise
+from yoloprof.analysis import headroom, dataset_fit, noise
 from yoloprof.analysis.ranking import classify
 from yoloprof.records import Decision, ScanMeta, TrialResult, write_json
 from yoloprof.scan import ceiling_runs, launch, runner
@@ -78,11 +78,11 @@ def run(out: Path, meta: ScanMeta, ctx, req, console: Console, started: float) -
     ctx.plan = plan.Plan(axes_of(space), [], ctx.plan.dropped)
     meta.axes = {k: list(v) for k, v in space.values.items()}  # the whole space: --resume rebuilds it from here
     if not req.no_ceilings and not _ceilings_measured(out):
-        from probes import model_check
+        from yoloprof.probes import model_check
 
         buckets = model_check.ddp_bucket_sizes(ctx.model, len(ctx.dataset.classes)) if hw.world_size > 1 else []
         ceiling_runs.run_ceilings(out / "ceilings", ctx, req, console, bucket_sizes=buckets)
-    found = against.load(out / "ceilings")
+    found = headroom.load(out / "ceilings")
     cold = ctx.fit().fits is False  # epochs read the dataset from storage: the loaders' cold rates bound them
     pruned = prune(space, found, hw, cold=cold)
     defaults = baselines.ultralytics_defaults(hw)

@@ -24,7 +24,7 @@ def run_ceilings(
     which: tuple[str, ...] = ("loader", "compute", "allreduce"),
 ) -> None:
     """The three ceilings for this scan's knobs: workers for input, batch x AMP for compute, presets for link."""
-    from reports import terminal
+    from yoloprof.reports import terminal
     from yoloprof.scan import ceilings
 
     hw, axes, n = ctx.hw, ctx.plan.axes, max(ctx.hw.world_size, 1)

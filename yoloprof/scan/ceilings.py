@@ -112,7 +112,7 @@ def loader_commands(
         [
             sys.executable,
             "-m",
-            "probes.loader_bench",
+            "yoloprof.probes.loader_bench",
             "--data",
             data,
             "--model",
@@ -432,14 +432,18 @@ def allreduce(
         job = lead.job(
             "command",
             {
-                "module": "probes.allreduce_bench",
+                "module": "yoloprof.probes.allreduce_bench",
                 "nproc": per_node,
                 "env": extra,
                 "args": [a if a != str(result) else "{dir}/result.json" for a in args],
             },
         )
         rendezvous = launch.Rendezvous(lead.nodes, job.rdzv_endpoint, job.rdzv_id)
-    cmd = launch.torchrun_prefix(per_node, launch.free_port(), rendezvous) + ["-m", "probes.allreduce_bench", *args]
+    cmd = launch.torchrun_prefix(per_node, launch.free_port(), rendezvous) + [
+        "-m",
+        "yoloprof.probes.allreduce_bench",
+        *args,
+    ]
     with open(raw / "launcher.log", "wb") as log:
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True

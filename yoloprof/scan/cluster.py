@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from probes.node_store import Heart, Pulse, connect, get_json, has, store_key
+from yoloprof.probes.node_store import Heart, Pulse, connect, get_json, has, store_key
 from yoloprof import __version__, nodes as nodes_mod
 from yoloprof.errors import ScanFailed
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from probes.collective_check import P2P_OFF, RESULT
+from yoloprof.probes.collective_check import P2P_OFF, RESULT
 from yoloprof.scan import launch
 from yoloprof.analysis.aggregate import log_tail
 from yoloprof.records import CollectiveCheck
@@ -26,7 +26,7 @@ def _once(
     folder.mkdir(parents=True, exist_ok=True)
     cmd = launch.torchrun_prefix(world_size, launch.free_port()) + [
         "-m",
-        "probes.collective_check",
+        "yoloprof.probes.collective_check",
         "--dir",
         str(folder),
         "--backend",

@@ -17,7 +17,7 @@ from typing import Optional
 
 from rich.console import Console
 
-from yoloprof import outputs, paths
+from yoloprof import pipeline, paths
 from yoloprof.analysis import aggregate, epoch_costs
 from yoloprof.records import EpochCosts, RecordError, TrialResult, TrialSpec, read_json, write_json
 from yoloprof.scan import launch
@@ -58,7 +58,7 @@ def measure(spec: TrialSpec, tdir: Path, policy: launch.HangPolicy = launch.Hang
         outcome = launch.run_trial(spec, tdir, cache_dir=paths.cache_dir(), policy=policy)
         log = tdir / "launcher.log"
         outcome.rank_exitcodes = aggregate.torchrun_exitcodes(log.read_text(errors="replace") if log.exists() else "")
-        write_json(tdir / outputs.LAUNCH_FILE, outcome)
+        write_json(tdir / pipeline.LAUNCH_FILE, outcome)
         ranks = aggregate.read_ranks(tdir)
         result = aggregate.aggregate(spec, ranks, outcome)
         return epoch_costs.build(spec, ranks, epoch_costs.read_parts(tdir), result.status, result.error)
@@ -70,7 +70,7 @@ def run(out: Path, meta, ctx, req, console: Console) -> list[EpochCosts]:
     """Measure every world size the scan finished a trial at and has no record for; print a line each."""
     out = Path(out)
     try:
-        scan = outputs.collect(out)
+        scan = pipeline.collect(out)
     except Exception as exc:  # noqa: BLE001
         console.print(f"Epoch costs: not measured ({error_line(exc)})")
         return []

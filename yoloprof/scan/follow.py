@@ -22,7 +22,7 @@ from yoloprof.errors import ScanFailed
 from yoloprof.nodes import JOIN_TIMEOUT_S, SCAN_NODE_ENV, Nodes
 from yoloprof.records import TrialSpec, from_dict
 from yoloprof.scan import cluster, launch
-from probes.node_store import Heart, Pulse, connect, get_json, has, store_key
+from yoloprof.probes.node_store import Heart, Pulse, connect, get_json, has, store_key
 
 NEVER = launch.HangPolicy(startup_s=float("inf"), min_stall_s=float("inf"))  # node 0 judges hangs
 

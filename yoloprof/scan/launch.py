@@ -248,12 +248,12 @@ def run_trial(
     watch = TrialWatch(trial_dir, spec.world_size)
     start = time.monotonic()
     clock = TrialClock(watch, policy, start, on_poll, should_stop, abort=job.failure if job else None)
-    from probes.telemetry import TelemetrySampler
+    from yoloprof.probes.telemetry import TelemetrySampler
 
     sampler = TelemetrySampler(
         trial_dir / TELEMETRY_FILE, interval_s=telemetry_interval_s, gpus=spec.gpus if spec.device == "cuda" else []
     )
-    from probes.gpu_release import ReleaseWatch
+    from yoloprof.probes.gpu_release import ReleaseWatch
 
     release = ReleaseWatch(spec.gpus if spec.device == "cuda" else [])  # the GPUs' memory before the trial
     with open(trial_dir / "launcher.log", "wb") as log, sampler:

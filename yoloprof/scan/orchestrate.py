@@ -15,11 +15,11 @@ from typing import Optional, Union
 
 from rich.console import Console
 
-from yoloprof import __version__, nodes as nodes_mod, outputs, paths
+from yoloprof import __version__, nodes as nodes_mod, pipeline, paths
 from yoloprof.data.dataset import images_for
 from yoloprof.search import baselines, plan, space, usercfg
 from yoloprof.analysis import dataset_fit, doctor, optimizer as optim
-from yoloprof.scan import cluster, launch, preflight, request, runner
+from yoloprof.scan import cluster, launch, preflight, runner
 from yoloprof.scan.ceiling_runs import disk_too, run_ceilings  # noqa: F401 - disk_too: re-exported for tests
 from yoloprof.errors import ScanFailed, UsageError
 from yoloprof.records import (
@@ -28,10 +28,8 @@ from yoloprof.records import (
     Knobs,
     MemoryBudget,
     OptimizerPlan,
-    RecordError,
     RunPlan,
     ScanMeta,
-    read_json,
     write_json,
 )
 
@@ -92,7 +90,7 @@ def trial_deviations(
             "gloo ranks with the workers shown, so the CPU figures show the measurement, not CPU training advice."
         )
     else:
-        from probes.offline import AMP_CHECK_NOTE
+        from yoloprof.probes.offline import AMP_CHECK_NOTE
 
         out.append(AMP_CHECK_NOTE + ".")
     return out
@@ -134,12 +132,12 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     check_numbers(req)
     given = parse_axes(req)
     memory = resolve_memory(req)  # a bad --mem-limit: one line now
-    from probes import environment
+    from yoloprof.probes import environment
 
     user_env = environment.safe_env()  # as the user set it, before we add ours
     os.environ.update(launch.offline_env(paths.cache_dir()))  # before anything imports ultralytics
     os.environ["YOLO_VERBOSE"] = "False"  # this process only: trials get YOLO_VERBOSE=True for their logs
-    from probes import model_check
+    from yoloprof.probes import model_check
 
     if req.cfg and req.baseline:
         raise UsageError(f"--cfg {req.cfg} sets your settings from its batch, workers, amp and cache; drop --baseline")
@@ -227,13 +225,13 @@ def planned_batches(
     return out + ([baselines.ultralytics_defaults(hw).batch] if with_defaults else [])
 
 
-def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, int]:
+def run(req: ScanRequest, console: Console) -> tuple[pipeline.ScanOutputs, Path, int]:
     """Returns the outputs, the scan folder and the exit code (0, NO_TRIAL_OK, or 128 + signal when interrupted)."""
     started = time.monotonic()
     ctx = prepare(req, console)
     hw, the_plan, dataset, model, imgsz = ctx.hw, ctx.plan, ctx.dataset, ctx.model, ctx.imgsz
     out = prepare_out(req)
-    leader = _lead(ctx.nodes, out, cluster.hello(hw, dataset, model, imgsz), console) if ctx.nodes.multi else None
+    leader = lead(ctx.nodes, out, cluster.hello(hw, dataset, model, imgsz), console) if ctx.nodes.multi else None
     specs = (
         []
         if ctx.strategy == "auto"
@@ -337,7 +335,7 @@ def run(req: ScanRequest, console: Console) -> tuple[outputs.ScanOutputs, Path, 
         return finish(out, meta, ctx, req, console, started)
 
 
-def _lead(nodes: nodes_mod.Nodes, out: Path, me: dict, console: Console):
+def lead(nodes: nodes_mod.Nodes, out: Path, me: dict, console: Console):
     """Node 0 of several: wait for the others; a scan that cannot start leaves no folder behind."""
     try:
         return cluster.lead(nodes, f"{out.name}-{os.getpid()}-{int(time.time())}", me, console)
@@ -369,10 +367,10 @@ def finish(
         else:
             code = runner.execute(out, meta.specs, meta, policy, console, reuse=not req.no_reuse)
     except runner.ScanStopped as exc:
-        outputs.write_all(out)
+        pipeline.write_all(out)
         raise ScanFailed(str(exc)) from None
     if code == 0 and not req.no_ceilings and not (out / "ceilings" / "compute.json").is_file():
-        if outputs.collect(out).ranking.best_trial_id is None:  # ceilings explain trials; none finished
+        if pipeline.collect(out).ranking.best_trial_id is None:  # ceilings explain trials; none finished
             console.print("Ceilings: not run, since no trial finished (fix the trials' errors first).")
         else:
             run_ceilings(out / "ceilings", ctx, req, console, bucket_sizes=_measured_buckets(out, meta))
@@ -382,7 +380,7 @@ def finish(
         from yoloprof.scan import epoch_job
 
         epoch_job.run(out, meta, ctx, req, console)
-    result = outputs.write_all(out)
+    result = pipeline.write_all(out)
     if code:
         console.print(f"[yellow]Interrupted[/]: what finished is written; resume with: yoloprof scan --resume {out}")
     elif result.ranking.best_trial_id is None:
@@ -390,126 +388,9 @@ def finish(
     return result, out, code
 
 
-def _saved_space(meta: ScanMeta) -> dict[str, list]:
-    """The space an auto scan searched; knobs its version did not have keep Ultralytics' default."""
-    defaults = {f.name: [f.default] for f in dataclasses.fields(Knobs) if f.default is not dataclasses.MISSING}
-    return {**defaults, **meta.axes}
-
-
-def resume(folder: str, req: ScanRequest, console: Console):
-    """`yoloprof scan --resume DIR`: the saved plan, only the trials without a result."""
-    out = Path(folder).expanduser()
-    meta = outputs.load_meta(out)
-    if not meta.specs:
-        raise UsageError(f"--resume {out}: scan.json holds no plan to resume")
-    os.environ.update(launch.offline_env(paths.cache_dir()))
-    os.environ["YOLO_VERBOSE"] = "False"
-    from probes import environment
-
-    env = environment.collect()
-    if meta.device == "cuda":
-        doctor.gate(preflight.readings(env, "cuda"))
-        missing = [g for g in meta.gpus if g not in {x.index for x in env.gpus}]
-        if missing:
-            raise UsageError(f"--resume {out}: the scan ran on GPUs {meta.gpus}; GPU {missing[0]} is not visible now")
-    hw = plan.Hardware(
-        meta.device,
-        meta.world_size,
-        meta.gpus,
-        env.cpu_count,
-        len(env.gpus),
-        bf16=request.bf16(env, meta.gpus),
-        compile_blocker=request.compile_blocker(env, meta.device),
-        nnodes=meta.nnodes,
-    )
-    nodes = nodes_mod.SINGLE
-    if meta.nnodes > 1:  # node 0 leads again; the other nodes run their first command again
-        if req.node_rank not in (None, 0):
-            raise UsageError(f"--resume runs on node 0; on node {req.node_rank} run its first command again")
-        nodes = nodes_mod.parse(meta.nnodes, 0, req.rdzv_endpoint or meta.rdzv_endpoint)
-    axes = plan.Axes(**meta.axes)
-    yours = meta.baselines.get(baselines.YOURS)
-    ctx = Context(
-        env,
-        hw,
-        "as the scan planned",
-        plan.Plan(axes, [s.knobs for s in meta.specs]),
-        meta.imgsz,
-        meta.dataset,
-        meta.model,
-        strategy=meta.strategy,
-        budget_s=meta.budget_s,
-        precision=meta.precision,
-        max_steps=meta.max_steps,
-        given=_saved_space(meta) if meta.strategy == "auto" else {},
-        baseline=next((s.knobs for s in meta.specs if s.trial_id == yours), None),
-        train_cfg=meta.train_cfg,
-        train_cfg_args=meta.train_cfg_args,
-        nodes=nodes,
-        optimizer=meta.optimizer_plan or meta.optimizer,  # the choice the scan made, resolved alike
-        memory=meta.memory,
-    )  # the fit the scan decided
-    req = ScanRequest(
-        optimizer=meta.optimizer,
-        warmup=meta.warmup_steps,
-        steps=meta.measured_steps,
-        trial_timeout=req.trial_timeout,
-        no_ceilings=req.no_ceilings,
-        command=req.command,
-        no_epoch_job=req.no_epoch_job,
-        no_reuse=req.no_reuse,
-        no_defaults=baselines.DEFAULTS not in meta.baselines,
-    )
-    todo = [s.trial_id for s in meta.specs if not _has_result(out, s.trial_id)]
-    console.print(
-        f"[bold]yoloprof scan --resume[/] {out}: {len(meta.specs) - len(todo)} of {len(meta.specs)} trials "
-        f"have results; running {len(todo)}"
-    )
-    leader = None
-    if nodes.multi:
-        leader = cluster.lead(
-            nodes,
-            f"{out.name}-{os.getpid()}-{int(time.time())}",
-            cluster.hello(hw, meta.dataset, meta.model, meta.imgsz),
-            console,
-        )
-    with cluster.leading(leader):
-        return finish(out, meta, ctx, req, console)
-
-
-def _has_result(out: Path, trial_id: str) -> bool:
-    path = paths.trial_dir(out, trial_id) / outputs.RESULT_FILE
-    try:
-        return path.is_file() and read_json(path).get("status") not in runner.RESUMABLE
-    except RecordError:
-        return False
-
-
 def _measured_buckets(out: Path, meta: ScanMeta) -> list[int]:
     for tid in meta.trial_ids:
-        r = outputs.trial_result(out, tid)
+        r = pipeline.trial_result(out, tid)
         if r is not None and r.bucket_sizes_bytes:
             return r.bucket_sizes_bytes
     return []
-
-
-def run_probe(kind: str, req: ScanRequest, console: Console) -> Path:
-    """`yoloprof probe loader|compute|allreduce`: one ceiling, standalone, into runs/yoloprof/probe-N."""
-    ctx = prepare(req, console)
-    out = prepare_out(req, kind="probe")
-    console.print(f"[bold]yoloprof probe {kind}[/] -> {out}   ({ctx.hw_why}; model {ctx.model}, imgsz {ctx.imgsz})")
-    if kind == "loader":
-        console.print(f"  memory: {dataset_fit.summary(ctx.fit())}", markup=False, highlight=False)
-    buckets = []
-    if kind == "allreduce":
-        from probes import model_check
-
-        buckets = model_check.ddp_bucket_sizes(ctx.model, len(ctx.dataset.classes))
-    leader = None
-    if ctx.nodes.multi:
-        if kind != "allreduce":
-            raise UsageError(f"probe {kind} measures one node; --nnodes is for the allreduce probe")
-        leader = _lead(ctx.nodes, out, cluster.hello(ctx.hw, ctx.dataset, ctx.model, ctx.imgsz), console)
-    with cluster.leading(leader):
-        run_ceilings(out, ctx, req, console, bucket_sizes=buckets, which=(kind,))
-    return out

@@ -70,7 +70,7 @@ class RankPool:
             str(self.dir),
         ]
         (self.dir / "cmd.txt").write_text(" ".join(cmd) + "\n")
-        from probes.gpu_release import ReleaseWatch
+        from yoloprof.probes.gpu_release import ReleaseWatch
 
         self._release = ReleaseWatch(self.gpus if self.device == "cuda" else [])  # memory before the pool
         self.started = time.monotonic()
@@ -112,7 +112,7 @@ class RankPool:
         watch = launch.TrialWatch(trial_dir, spec.world_size)
         clock = launch.TrialClock(watch, policy, start, on_poll, should_stop)
         ends = [None] * spec.world_size
-        from probes.telemetry import TelemetrySampler
+        from yoloprof.probes.telemetry import TelemetrySampler
 
         sampler = TelemetrySampler(
             trial_dir / launch.TELEMETRY_FILE,

@@ -24,7 +24,7 @@ COLLECTIVE_TIMEOUT_S = 60.0  # torchrun, CUDA and NCCL start-up on 8 GPUs take 1
 
 def readings(env: Environment, device_asked) -> DoctorReport:
     """The cheap readings (NVML, /dev/shm, open files); the plan's ranks and workers come later."""
-    from probes import system_check
+    from yoloprof.probes import system_check
 
     return system_check.collect(env, device_asked=device_asked)
 
@@ -61,7 +61,7 @@ def before_scan(
 
 def examine(req, timeout_s: float, console: Console) -> tuple[DoctorReport, list[Finding], str]:
     """`yoloprof doctor`: every reading and the collective check on the ranks a scan would use."""
-    from probes import environment
+    from yoloprof.probes import environment
     from yoloprof.scan.request import resolve_hardware
 
     os.environ.update(launch.offline_env(paths.cache_dir()))  # before anything imports ultralytics

@@ -212,7 +212,7 @@ def _model_task(model: Optional[str]) -> Optional[str]:
     (model_check.resolve then says why in one line)."""
     if model is None:
         return None
-    from probes import model_check
+    from yoloprof.probes import model_check
 
     try:
         task = model_check.model_task(model)
@@ -234,7 +234,7 @@ def check_task(model: str, task: str, data: DatasetInfo) -> None:
     """A model trains on data of its task's format only (detect also reads polygons and corners)."""
     if task in datainfo.COMPATIBLE.get(data.task, (data.task,)):
         return
-    from probes.model_check import DEFAULT_MODELS
+    from yoloprof.probes.model_check import DEFAULT_MODELS
 
     other = DEFAULT_MODELS.get(data.task, DEFAULT_MODEL)
     raise UsageError(
@@ -251,7 +251,7 @@ def resolve_data(req: ScanRequest, console: Console, images: Optional[int] = Non
     """The dataset, read for the model's task; without --data, the synthetic dataset of the model's task,
     with `images` training images (dataset.images_for the scan's largest batch; None: its default 512);
     without --model, the data's task's default model (sets req.model: a pose yaml -> yolo26n-pose.yaml)."""
-    from probes.model_check import DEFAULT_MODELS
+    from yoloprof.probes.model_check import DEFAULT_MODELS
 
     task, given = _model_task(req.model), req.model
     if req.data is not None:
@@ -291,7 +291,7 @@ MEM_LIMIT_ENV = "YOLOPROF_MEM_LIMIT"
 def resolve_memory(req: ScanRequest) -> MemoryBudget:
     """The memory the dataset-fit test uses: --mem-limit, else $YOLOPROF_MEM_LIMIT, else what the machine reports
     (psutil's available memory, or less where the cgroup's limit leaves less)."""
-    from probes import host_memory
+    from yoloprof.probes import host_memory
 
     text, flag = (
         (req.mem_limit, "--mem-limit") if req.mem_limit is not None else (os.environ.get(MEM_LIMIT_ENV), MEM_LIMIT_ENV)

@@ -14,7 +14,7 @@ from typing import Optional
 
 from rich.console import Console
 
-from yoloprof import outputs, paths
+from yoloprof import pipeline, paths
 from yoloprof.analysis import aggregate
 from yoloprof.scan import cluster, launch
 from yoloprof.scan.pool import RankPool
@@ -82,15 +82,15 @@ def run_one(
     outcome.rank_exitcodes = aggregate.torchrun_exitcodes(
         (tdir / "launcher.log").read_text(errors="replace") if (tdir / "launcher.log").exists() else ""
     )
-    write_json(tdir / outputs.LAUNCH_FILE, outcome)
+    write_json(tdir / pipeline.LAUNCH_FILE, outcome)
     shutil.rmtree(tdir / paths.COMPILE_CACHE, ignore_errors=True)  # hundreds of MB of kernels, measured cold once
     ranks = aggregate.read_ranks(tdir)
-    result = outputs.trial_result(tdir.parent.parent, spec.trial_id)
+    result = pipeline.trial_result(tdir.parent.parent, spec.trial_id)
     if result.status != "ok":
         result.stderr_tail = _tail_logs(tdir)
     if note:
         result.notes.append(note)
-    write_json(tdir / outputs.RESULT_FILE, result)
+    write_json(tdir / pipeline.RESULT_FILE, result)
     return result, ranks
 
 
@@ -169,7 +169,7 @@ class TrialRunner:
         self.k += 1
         out, i = self.out, self.k
         tdir = paths.trial_dir(out, spec.trial_id)
-        previous = outputs.trial_result(out, spec.trial_id) if (tdir / outputs.RESULT_FILE).is_file() else None
+        previous = pipeline.trial_result(out, spec.trial_id) if (tdir / pipeline.RESULT_FILE).is_file() else None
         self.last_kept = previous is not None and previous.status not in RESUMABLE
         if self.last_kept:
             self.progress.kept(i, previous)
@@ -187,7 +187,7 @@ class TrialRunner:
             if tdir.exists():
                 shutil.rmtree(tdir)
             result = _not_run(spec, "skipped", skip)
-            write_json(tdir / outputs.RESULT_FILE, result)
+            write_json(tdir / pipeline.RESULT_FILE, result)
             self.progress.skip(i, result)
             self.done.append(result)
             return result
@@ -215,7 +215,7 @@ def spare_mib(meta: ScanMeta) -> float:
     has available now (psutil, or less where the cgroup's limit leaves less)."""
     if meta.memory is not None and meta.memory.source == "override":
         return meta.memory.available_mib
-    from probes import host_memory
+    from yoloprof.probes import host_memory
 
     return host_memory.budget().available_mib
 

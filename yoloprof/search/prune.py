@@ -12,13 +12,13 @@ import copy
 from dataclasses import dataclass, field
 from typing import Optional
 
-from yoloprof.analysis.against import Ceilings
+from yoloprof.analysis.headroom import Ceilings
 from yoloprof.records import AllReduceCeiling, ComputeCeiling, Decision, LoaderCeiling, precision_name
 from yoloprof.search.plan import Hardware
 from yoloprof.search.space import Space, show
 
 PLATEAU_GAIN = 1.05  # a workers step that adds < 5% to the loader's img/s: the input ceiling has flattened
-INPUT_HEADROOM = 1.2  # loaders >= 1.2x the fastest training step: more workers cannot help (against.py's ~1.2)
+INPUT_HEADROOM = 1.2  # loaders >= 1.2x the fastest training step: more workers cannot help (headroom.py's ~1.2)
 NCCL_SLOWER = 1.10  # a preset > 10% slower than default at the model's bucket sizes; within 10% is a tie
 
 

@@ -62,7 +62,7 @@ _TASKS = (None, "detect", "segment", "pose", "obb", "classify")  # the worker tr
 
 def read(path: str) -> tuple[str, dict[str, Any]]:
     """(absolute path, its arguments in the user's order), every key checked by Ultralytics' get_cfg."""
-    from probes import cfg_check
+    from yoloprof.probes import cfg_check
 
     where = f"--cfg {path}"
     p, args = cfg_check.read_yaml(

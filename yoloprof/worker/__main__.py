@@ -83,8 +83,8 @@ def start_device(spec: TrialSpec):
     (probes.memory.start), the trial's memory peaks reset, and the clock that times its steps."""
     import torch
 
-    from probes import memory
-    from probes.clock import Clock
+    from yoloprof.probes import memory
+    from yoloprof.probes.clock import Clock
 
     local = int(os.environ.get("LOCAL_RANK", "0"))
     memory.start(torch.device("cuda", spec.gpus[local]) if spec.device == "cuda" and spec.gpus else None)
@@ -95,9 +95,9 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
     import torch
     import torch.distributed as dist
 
-    from probes import memory
-    from probes.steps import StepProbe
-    from probes import offline
+    from yoloprof.probes import memory
+    from yoloprof.probes.steps import StepProbe
+    from yoloprof.probes import offline
     from yoloprof.worker import faults
     from yoloprof.worker.tasks import trainer_for
     from yoloprof.worker.trainer import ScanTrainer, TrialComplete, epoch_plan, is_channels_last, is_compiled

@@ -14,7 +14,7 @@ from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.models.yolo.pose import PoseTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 
-from probes.model_check import TASKS, model_task  # noqa: F401 - the worker's way to a model's task
+from yoloprof.probes.model_check import TASKS, model_task  # noqa: F401 - the worker's way to a model's task
 from yoloprof.worker.trainer import ScanMixin, ScanTrainer
 
 

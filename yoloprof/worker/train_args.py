@@ -17,7 +17,7 @@ def train_args(cfg: str, pairs: list[str]) -> dict[str, Any]:
     """The arguments `yolo train cfg=CFG k=v ...` hands `Model.train`: the YAML's, then each k=v (the
     command line wins), parsed by Ultralytics' own functions and checked by its get_cfg. UsageError
     (one line) for input Ultralytics would reject."""
-    from probes import cfg_check
+    from yoloprof.probes import cfg_check
 
     _, loaded = cfg_check.read_yaml(
         cfg,

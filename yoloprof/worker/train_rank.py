@@ -41,7 +41,7 @@ def keep_offline() -> None:
     import ultralytics.engine.trainer as trainer_mod
     import ultralytics.utils.plotting as plotting
 
-    from probes.offline import check_amp_offline
+    from yoloprof.probes.offline import check_amp_offline
 
     data_utils.check_font = plotting.check_font = _local_font
     trainer_mod.check_amp = check_amp_offline

@@ -23,8 +23,8 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
-from probes import comm, known_costs
-from probes.steps import StepProbe
+from yoloprof.probes import comm, injected_costs
+from yoloprof.probes.steps import StepProbe
 from yoloprof.records import TrialSpec
 from yoloprof.records.epoch import RankEpochParts
 from yoloprof.worker import faults
@@ -231,8 +231,8 @@ class ScanMixin(EpochEndMixin):
         self._attach_probes()
         rank = RANK if RANK >= 0 else 0
         faults.attach_model_faults(self.model, rank, self.spec.trial_id)
-        known_costs.attach(self, rank)  # tests only: YOLOPROF_TEST_COST
-        self._optimizer_cost = known_costs.sleeper("optimizer", rank)
+        injected_costs.attach(self, rank)  # tests only: YOLOPROF_TEST_COST
+        self._optimizer_cost = injected_costs.sleeper("optimizer", rank)
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """Ultralytics' own; auto decides for the planned run's iterations (the spec's), not for this trial's
@@ -277,7 +277,7 @@ class ScanMixin(EpochEndMixin):
             if self.spec.mode == "epoch":
                 self.epoch_parts = RankEpochParts(rank=max(RANK, 0), setup_s=self.setup_s, startup_s=self.startup_s)
         self.probe.batch_start(self.epoch)
-        known_costs.set_step(self.probe.steps_started - 1)  # tests only: costs on odd steps
+        injected_costs.set_step(self.probe.steps_started - 1)  # tests only: costs on odd steps
 
     def _batch_end(self):
         self.probe.batch_end()

@@ -14,7 +14,7 @@ import psutil
 import pynvml
 import pytest
 
-from probes.gpu_release import ReleaseWatch
+from yoloprof.probes.gpu_release import ReleaseWatch
 from yoloprof.scan import launch
 from yoloprof.analysis.aggregate import LaunchOutcome, aggregate
 from yoloprof.records import Knobs, TrialSpec
@@ -117,7 +117,7 @@ def test_run_trial_waits_for_the_group_and_the_gpus_before_returning(tmp_path, m
         def close(self):
             calls.append(("close",))
 
-    monkeypatch.setattr("probes.gpu_release.ReleaseWatch", Watch)
+    monkeypatch.setattr("yoloprof.probes.gpu_release.ReleaseWatch", Watch)
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "rank0.jsonl").write_text(
         '{"kind": "info", "rank": 0, "local_rank": 0, "world_size": 1, "pid": 77, "hostname": "h", "device": "cuda:0", '

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from yoloprof.analysis import aggregate, against, dataset_fit, epoch, epoch_costs, tradeoffs
+from yoloprof.analysis import aggregate, headroom, dataset_fit, epoch, epoch_costs, tradeoffs
 from yoloprof.errors import UsageError
 from yoloprof.paths import SCAN_MARKER, trial_dir
 from yoloprof.analysis.telemetry import read_telemetry
@@ -44,7 +44,7 @@ class ScanOutputs:
     headline: str
     best: Optional[TrialResult]
     missing: list[str]  # planned trials with no result yet
-    ceilings: against.Ceilings
+    ceilings: headroom.Ceilings
     epoch_costs: dict[int, EpochCosts] = dataclasses.field(default_factory=dict)  # by world size
     predictions: dict[str, EpochPrediction] = dataclasses.field(default_factory=dict)  # by trial id
     dataset_fit: Optional[dataset_fit.DatasetFit] = None  # whether an epoch's files fit in the memory the scan recorded
@@ -105,7 +105,7 @@ def collect(scan_dir: Path) -> ScanOutputs:
         (results.append(r) if r is not None else missing.append(tid))
     ranking = rank_trials(results)
     best = next((r for r in results if r.trial_id == ranking.best_trial_id), None)
-    ceilings = against.load(Path(scan_dir) / "ceilings")
+    ceilings = headroom.load(Path(scan_dir) / "ceilings")
     costs = epoch_costs.load(scan_dir)
     fit = dataset_fit.decide(meta.dataset, meta.memory, meta.imgsz, meta.world_size)
     cold = dataset_fit.caps(results, fit, ceilings.loader)
@@ -142,7 +142,7 @@ def replan(
 
 
 def write_all(scan_dir: Path) -> ScanOutputs:
-    from reports import config_files, csv_table, html
+    from yoloprof.reports import config_files, csv_table, html
 
     scan_dir = Path(scan_dir)
     out = collect(scan_dir)
