@@ -125,6 +125,10 @@ def test_a_no_mosaic_ratio_inside_its_noise_prices_close_mosaic_epochs_at_the_mo
     assert epoch_costs.priced_ratio(0.9, None) == 0.9 and epoch_costs.priced_ratio(None, None) is None
     assert epoch_costs.ratio_text(0.86, [0.74, 1.001]) == "x0.86 img/s (0.74-1.00, no measurable effect)"
     assert epoch_costs.ratio_text(1.25, [1.1, 1.4]) == "x1.25 img/s (1.10-1.40)"
+    for ci in (None, [0.0, 2.0]):  # no interval, or one that reaches 0 (a step many times its neighbours)
+        q = epoch.predict(trial(), costs(no_mosaic_ratio=0.7, no_mosaic_ratio_ci=ci), None, RP)
+        assert q.no_mosaic_epoch_s is None and q.run_h * 3600 == pytest.approx(10 * q.epoch_s + q.once_s)
+        assert "x0.70 measured without an interval" in " ".join(q.parts_missing)
 
 
 def test_what_was_not_measured_is_left_out_and_named_never_guessed():

@@ -331,16 +331,10 @@ def _batch_that_ran(result: TrialResult, spec: TrialSpec, infos: list[RankInfo])
 def aggregate(
     spec: TrialSpec, ranks: list[RankRecords], outcome: LaunchOutcome, telemetry: Optional[tuple] = None
 ) -> TrialResult:
-    """telemetry: what yoloprof.analysis.telemetry.read_telemetry returned for the trial, if anything."""
-    status, error = _status(spec, ranks, outcome)
-    if status == "error" and "SIGKILL" in (error or "") and telemetry is not None:
-        free = [c.mem_available_mib for c in telemetry[2]]
-        if free and min(free) < OOM_KILL_FREE_FRAC * max(free):
-            status = "oom"
-            error = (
-                f"{error.split(' (')[0]} while free RAM fell from {max(free):.0f} to {min(free):.0f} MiB: "
-                "the kernel's OOM killer"
-            )
+    """telemetry: what yoloprof.analysis.telemetry.read_telemetry returned for the trial, if anything.
+    The outcome and what the ranks said of themselves, then the steps every rank measured (rates, phases,
+    AllReduce, skew), then the telemetry over the measured window."""
+    status, error = _oom_killed(*_status(spec, ranks, outcome), telemetry)
     result = TrialResult(
         repeat_of=getattr(spec, "repeat_of", None),
         trial_id=spec.trial_id,
@@ -354,6 +348,54 @@ def aggregate(
     )
     if outcome.release_note:
         result.notes.append(f"{outcome.release_note}; the next trial may have started with less memory.")
+    _from_the_ranks(result, spec, ranks)
+    steady, boundary = _common_measured(ranks) if len(ranks) == spec.world_size else ({}, {})
+    by_step = steady or boundary
+    result.measured_steps = len(by_step)
+    if status != "ok" or not by_step:
+        if status == "ok":
+            result.status, result.error = "error", "no measured step was recorded on every rank"
+        return result
+    _boundary_cost(result, steady, boundary)
+    if not steady:
+        result.notes.append(
+            f"Every measured step started an epoch ({result.batches_per_epoch} batch(es) per epoch), so these figures "
+            "include end-of-epoch work: give a larger dataset or a smaller batch for steady-state figures."
+        )
+    per_rank = [[steps[i] for steps in by_step.values()] for i in range(len(ranks))]
+    images = _rates(result, by_step, per_rank)
+    if spec.world_size > 1:
+        _allreduce(result, per_rank)
+    means = {p: [mean(getattr(s, p) for s in steps) for steps in per_rank] for p in PHASES + ("step_ms",)}
+    result.breakdown = Breakdown(**{p: median(v) for p, v in means.items()})
+    if spec.world_size <= 1:
+        result.breakdown.comm_wait_ms = None
+    result.ranks = [_rank_stat(r, steps) for r, steps in zip(ranks, per_rank)]
+    skew, slow, fast = rank_skew(per_rank)
+    result.rank_skew = skew
+    if skew is not None:
+        result.slow_rank, result.fast_rank = ranks[slow].rank, ranks[fast].rank
+    window = measured_window(ranks)
+    if telemetry is not None and window is not None:
+        _telemetry(result, spec, ranks, telemetry, window, images)
+    return result
+
+
+def _oom_killed(status: str, error: Optional[str], telemetry: Optional[tuple]) -> tuple[str, Optional[str]]:
+    """A rank SIGKILLed while free RAM collapsed: the kernel's OOM killer, an oom rather than an error."""
+    if status == "error" and "SIGKILL" in (error or "") and telemetry is not None:
+        free = [c.mem_available_mib for c in telemetry[2]]
+        if free and min(free) < OOM_KILL_FREE_FRAC * max(free):
+            return "oom", (
+                f"{error.split(' (')[0]} while free RAM fell from {max(free):.0f} to {min(free):.0f} MiB: "
+                "the kernel's OOM killer"
+            )
+    return status, error
+
+
+def _from_the_ranks(result: TrialResult, spec: TrialSpec, ranks: list[RankRecords]) -> None:
+    """What the ranks recorded of themselves: loader, AMP, accumulate, optimizer, the batch that ran, set-up,
+    the first steps' extra time, memory."""
     infos = [r.info for r in ranks if r.info is not None]
     if infos:
         result.batches_per_epoch = infos[0].batches_per_epoch
@@ -370,26 +412,14 @@ def aggregate(
     totals = [r.end.device_mem_total_mib for r in ranks if r.end and r.end.device_mem_total_mib]
     result.device_mem_total_mib = min(totals) if totals else None
 
-    steady, boundary = _common_measured(ranks) if len(ranks) == spec.world_size else ({}, {})
-    by_step = steady or boundary
-    result.measured_steps = len(by_step)
-    if status != "ok" or not by_step:
-        if status == "ok":
-            result.status, result.error = "error", "no measured step was recorded on every rank"
-        return result
-    _boundary_cost(result, steady, boundary)
-    if not steady:
-        result.notes.append(
-            f"Every measured step started an epoch ({result.batches_per_epoch} batch(es) per epoch), so these figures "
-            "include end-of-epoch work: give a larger dataset or a smaller batch for steady-state figures."
-        )
 
-    per_rank = [[steps[i] for steps in by_step.values()] for i in range(len(ranks))]
+def _rates(result: TrialResult, by_step: dict, per_rank: list) -> list[int]:
+    """img/s (all ranks' images over the slowest rank's time) with its interval, step quantiles, data wait.
+    Returns the images of each measured step."""
     step_ms = [max(s.step_ms for s in group) for group in by_step.values()]
     images = [sum(s.images for s in group) for group in by_step.values()]
     span_s = max(sum(s.step_ms for s in steps) for steps in per_rank) / 1e3
     rates = [n / (ms / 1e3) for n, ms in zip(images, step_ms) if ms > 0]
-
     result.img_per_s = sum(images) / span_s if span_s > 0 else None
     _throughput_interval(result, images, step_ms)
     result.img_per_s_p10 = quantile(rates, 0.1)
@@ -398,45 +428,30 @@ def aggregate(
     result.step_ms_p90 = quantile(step_ms, 0.9)
     result.data_wait_frac = median(_frac(steps, "data_wait_ms") for steps in per_rank)
     result.data_wait_frac_ci = _frac_interval(per_rank, "data_wait_ms")
-    if spec.world_size > 1:
-        result.comm_ms_p50 = median(median(s.comm_ms for s in steps) for steps in per_rank)
-        result.comm_wait_ms_p50 = median(median(s.comm_wait_ms for s in steps) for steps in per_rank)
-        result.comm_frac = median(_frac(steps, "comm_wait_ms") for steps in per_rank)
-        result.comm_frac_ci = _frac_interval(per_rank, "comm_wait_ms")
-        first = next((s for s in per_rank[0] if s.buckets), None)
-        result.bucket_sizes_bytes = [b.size_bytes for b in first.buckets] if first else []
-        result.bucket_allreduce_ms_p50 = (
-            [
-                median(
-                    b.allreduce_ms
-                    for steps in per_rank
-                    for s in steps
-                    for b in s.buckets
-                    if b.index == first.buckets[i].index
-                )
-                for i in range(len(result.bucket_sizes_bytes))
-            ]
-            if first
-            else []
-        )
+    return images
 
-    means = {p: [mean(getattr(s, p) for s in steps) for steps in per_rank] for p in PHASES + ("step_ms",)}
-    result.breakdown = Breakdown(**{p: median(v) for p, v in means.items()})
-    if spec.world_size <= 1:
-        result.breakdown.comm_wait_ms = None
-    result.ranks = [_rank_stat(r, steps) for r, steps in zip(ranks, per_rank)]
-    skew, slow, fast = rank_skew(per_rank)
-    result.rank_skew = skew
-    if skew is not None:
-        result.slow_rank, result.fast_rank = ranks[slow].rank, ranks[fast].rank
-    window = measured_window(ranks)
-    if telemetry is not None and window is not None:
-        header, gpu, cpu, notes = telemetry
-        result.telemetry = summarize(header, gpu, cpu, window[0], window[1], sum(images))
-        before = None
-        if header is not None and header.mem_used_before_launch_mib is not None:
-            before = {g: u for g, u in zip(header.gpus, header.mem_used_before_launch_mib) if u is not None}
-        result.mem_overhead_mib = mem_overhead(spec, ranks, gpu, result.bucket_sizes_bytes, before)
-        result.gpu_util_pct = result.telemetry.gpu_util_mean_pct
-        result.notes += [n for n in notes if n not in result.notes]
-    return result
+
+def _allreduce(result: TrialResult, per_rank: list) -> None:
+    """AllReduce and its wait, the buckets' sizes and their AllReduce times, median over ranks and steps."""
+    result.comm_ms_p50 = median(median(s.comm_ms for s in steps) for steps in per_rank)
+    result.comm_wait_ms_p50 = median(median(s.comm_wait_ms for s in steps) for steps in per_rank)
+    result.comm_frac = median(_frac(steps, "comm_wait_ms") for steps in per_rank)
+    result.comm_frac_ci = _frac_interval(per_rank, "comm_wait_ms")
+    first = next((s for s in per_rank[0] if s.buckets), None)
+    result.bucket_sizes_bytes = [b.size_bytes for b in first.buckets] if first else []
+    result.bucket_allreduce_ms_p50 = [
+        median(b.allreduce_ms for steps in per_rank for s in steps for b in s.buckets if b.index == fb.index)
+        for fb in (first.buckets if first else [])
+    ]
+
+
+def _telemetry(result: TrialResult, spec: TrialSpec, ranks, telemetry: tuple, window: tuple, images: list) -> None:
+    """GPU and CPU samples over the measured window; the DDP memory overhead against the memory before launch."""
+    header, gpu, cpu, notes = telemetry
+    result.telemetry = summarize(header, gpu, cpu, window[0], window[1], sum(images))
+    before = None
+    if header is not None and header.mem_used_before_launch_mib is not None:
+        before = {g: u for g, u in zip(header.gpus, header.mem_used_before_launch_mib) if u is not None}
+    result.mem_overhead_mib = mem_overhead(spec, ranks, gpu, result.bucket_sizes_bytes, before)
+    result.gpu_util_pct = result.telemetry.gpu_util_mean_pct
+    result.notes += [n for n in notes if n not in result.notes]

@@ -98,7 +98,8 @@ def predict(
 ) -> EpochPrediction:
     """`rate`: (img/s, low, high) to use instead of the trial's own: its configuration's mean over repeats.
     `cold`: the dataset does not fit in memory (analysis.dataset_fit.caps): the loaders' cold (img/s, low,
-    high), which caps the steps' rate, or why it is unknown (the steps then stay at the warm rate, named missing)."""
+    high), which caps the steps' rate, or why it is unknown (the steps then stay at the warm rate, named missing).
+    An epoch = its steps + the measured parts; a run = the epochs by kind + what happens once; then cost and energy."""
     out = EpochPrediction(r.trial_id)
     if r.status != "ok" or not r.img_per_s:
         return out
@@ -106,6 +107,33 @@ def predict(
     if nb is None:
         out.parts_missing.append("the number of steps in an epoch (the dataset's size is unknown)")
         return out
+    steps, known, warm_rate = _steps(out, r, nb, rate, cold)
+    ok = costs is not None and costs.status == "ok"
+    if costs is None:
+        out.parts_missing.append("validation, checkpoint saving and epoch-end work (not measured in this scan)")
+    elif not ok:
+        out.parts_missing.append(
+            f"validation, saving and epoch end: their measurement failed ({costs.error or costs.status})"
+        )
+    val, save = _epoch(out, r, costs if ok else None, rp, steps)
+    if out.cold_img_per_s is not None:
+        out.epoch_s_warm = out.epoch_s - out.steps_s + nb * r.batch_ran / warm_rate
+    closed = min(rp.close_mosaic, rp.epochs) if rp.close_mosaic > 0 else 0
+    no_mosaic = _no_mosaic(out, costs if ok else None, steps, closed)
+    once = _once(out, r, costs if ok else None, rp, nb, val, save)
+    runs = [(b[0] * n, b[1] * n, b[2] * n) for b, n in ((out_band(out), rp.epochs - closed), (no_mosaic, closed)) if n]
+    run_s = _band(runs + once)
+    out.once_s = _band(once)[0] if once else None
+    out.run_h, out.run_h_low, out.run_h_high = (x / 3600 for x in run_s)
+    if not known:  # a band of the other parts alone would look tighter than what is known
+        out.epoch_s_low = out.epoch_s_high = out.run_h_low = out.run_h_high = None
+    _cost_and_energy(out, r, rp, nb)
+    return out
+
+
+def _steps(out: EpochPrediction, r: TrialResult, nb: int, rate, cold) -> tuple[tuple, bool, float]:
+    """An epoch's steps (time, low, high) at the trial's rate (capped by the cold loaders where the data do not
+    fit); whether the rate's interval is known; the warm rate."""
     rate, lo_rate, hi_rate = rate or (r.img_per_s, r.img_per_s_ci_low, r.img_per_s_ci_high)
     warm_rate = rate
     if isinstance(cold, str):
@@ -115,24 +143,21 @@ def predict(
     elif cold is not None:
         out.cold_img_per_s = cold[0]
         rate, lo_rate, hi_rate = _capped((rate, lo_rate, hi_rate), cold)
-    known = lo_rate and hi_rate and math.isfinite(hi_rate) and hi_rate >= rate >= lo_rate > 0
+    known = bool(lo_rate and hi_rate and math.isfinite(hi_rate) and hi_rate >= rate >= lo_rate > 0)
     batch = r.batch_ran  # an epoch's images: its batches as they ran (a dataset smaller than a batch caps it)
     out.steps_s = nb * batch / rate
-    steps = (out.steps_s, nb * batch / hi_rate if known else None, nb * batch / lo_rate if known else None)
     if not known:
         out.parts_missing.append(
             "the throughput interval (too few steps, or too wide to bound the time): the band "
             "holds the other parts only"
         )
-        steps = (out.steps_s, out.steps_s, out.steps_s)
-    ok = costs is not None and costs.status == "ok"
-    if costs is None:
-        out.parts_missing.append("validation, checkpoint saving and epoch-end work (not measured in this scan)")
-    elif not ok:
-        out.parts_missing.append(
-            f"validation, saving and epoch end: their measurement failed ({costs.error or costs.status})"
-        )
+        return (out.steps_s,) * 3, known, warm_rate
+    return (out.steps_s, nb * batch / hi_rate, nb * batch / lo_rate), known, warm_rate
 
+
+def _epoch(out: EpochPrediction, r: TrialResult, costs: Optional[EpochCosts], rp: RunPlan, steps: tuple):
+    """The epoch's band: steps, an epoch's first step, its end, validation and saving as the run has them.
+    Returns the (val, save) bands, which the run's end may count again."""
     # An epoch's first step: the trial's own where it crossed an epoch (its settings; its span carries the
     # previous epoch's end work, as val and save were off), else the epoch job's, which leaves the end work to
     # its own timed part.
@@ -141,18 +166,19 @@ def predict(
         out.boundary_s = max(r.epoch_boundary_ms_p50, 0.0) / 1e3
         parts.append((out.boundary_s,) * 3)
     else:
-        if ok and costs.boundary_ms is not None:
+        if costs is not None and costs.boundary_ms is not None:
             out.boundary_s = max(costs.boundary_ms, 0.0) / 1e3
             parts.append((out.boundary_s,) * 3)
-        elif ok:
+        elif costs is not None:
             out.parts_missing.append(
                 "the loader's restart at an epoch's first step (no measured step crossed an epoch)"
             )
-        if ok and costs.end.s:
+        if costs is not None and costs.end.s:
             out.end_s = costs.end.estimate
             parts.append((out.end_s, costs.end.low, costs.end.high))
-    val = (costs.val.estimate, costs.val.low, costs.val.high) if ok and costs.val.s else (None, None, None)
-    save = (costs.save.estimate, costs.save.low, costs.save.high) if ok and costs.save.s else (None, None, None)
+    none = (None, None, None)
+    val = (costs.val.estimate, costs.val.low, costs.val.high) if costs is not None and costs.val.s else none
+    save = (costs.save.estimate, costs.save.low, costs.save.high) if costs is not None and costs.save.s else none
     if rp.val:
         out.val_s = val[0]
         parts.append(val)
@@ -160,31 +186,43 @@ def predict(
         out.save_s = save[0]
         parts.append(save)
     out.epoch_s, out.epoch_s_low, out.epoch_s_high = _band(parts)
-    if out.cold_img_per_s is not None:
-        out.epoch_s_warm = out.epoch_s - out.steps_s + nb * batch / warm_rate
+    return val, save
 
-    # The run: epochs with mosaic, the last close_mosaic without, and what happens once.
-    epochs = rp.epochs
-    closed = min(rp.close_mosaic, epochs) if rp.close_mosaic > 0 else 0
-    ratio = costs.no_mosaic_ratio if ok and costs.no_mosaic_ratio else None
-    ratio_ci = costs.no_mosaic_ratio_ci if ok and costs.no_mosaic_ratio_ci else [ratio, ratio]
-    if closed and ratio:
+
+def _no_mosaic(out: EpochPrediction, costs: Optional[EpochCosts], steps: tuple, closed: int) -> tuple:
+    """The band of a close_mosaic epoch: the steps at the no-mosaic ratio (1 where its interval holds 1: no
+    measurable effect), the other parts as a mosaic epoch's."""
+    ratio = costs.no_mosaic_ratio if costs is not None and costs.no_mosaic_ratio else None
+    ratio_ci = costs.no_mosaic_ratio_ci if costs is not None else None
+    if closed and ratio and ratio_ci and ratio_ci[0] > 0:
         rest = tuple(a - b for a, b in zip(out_band(out), steps, strict=True))
-        point = epoch_costs.priced_ratio(ratio, ratio_ci)  # 1 where the interval holds 1: no measurable effect
+        point = epoch_costs.priced_ratio(ratio, ratio_ci)
         nm = (steps[0] / point, steps[1] / ratio_ci[1], steps[2] / ratio_ci[0])
         no_mosaic = tuple(a + b for a, b in zip(nm, rest, strict=True))
         out.no_mosaic_epoch_s = no_mosaic[0]
-    else:
-        no_mosaic = out_band(out)
-        if closed:
-            out.parts_missing.append(
-                f"the last {closed} epochs' step cost without mosaic: not measured, counted at the mosaic rate"
-            )
-    setup = r.setup_s if r.setup_s is not None else (costs.setup_s if ok else None)  # the trial's own: its cache
+        return no_mosaic
+    if closed and ratio:  # a ratio without an interval cannot tell its effect from the noise
+        out.parts_missing.append(
+            f"the last {closed} epochs' step cost without mosaic: x{ratio:.2f} measured without an interval (too few "
+            "or too noisy steps), counted at the mosaic rate"
+        )
+    elif closed:
+        out.parts_missing.append(
+            f"the last {closed} epochs' step cost without mosaic: not measured, counted at the mosaic rate"
+        )
+    return out_band(out)
+
+
+def _once(
+    out: EpochPrediction, r: TrialResult, costs: Optional[EpochCosts], rp: RunPlan, nb: int, val: tuple, save: tuple
+) -> list[tuple]:
+    """What a run pays once: set-up, the process's start-up, compile, the warm-up's extra optimizer steps, the
+    run's end, and the final epoch's validation and saving where the run turned them off."""
+    setup = r.setup_s if r.setup_s is not None else (costs.setup_s if costs is not None else None)  # the trial's own
     once = [(setup,) * 3] if setup is not None else []
     if not once:
         out.parts_missing.append("set-up (dataset scan, caching, model build): not measured")
-    if ok and costs.startup_s is not None:  # a fresh process of the epoch job: the interpreter and its imports
+    if costs is not None and costs.startup_s is not None:  # a fresh process of the epoch job: its imports
         out.startup_s = costs.startup_s
         once.append((out.startup_s,) * 3)
     else:
@@ -199,25 +237,22 @@ def predict(
     extra = warmup_extra_steps(nb, rp, r.knobs.batch)  # the batch asked: Ultralytics' accumulate comes from args.batch
     if extra and opt_ms is not None:
         once.append((extra * opt_ms / 1e3,) * 3)
-    if ok and costs.final_s is not None:  # final_eval (best.pt validated once more) and the plots, as timed
+    if costs is not None and costs.final_s is not None:  # final_eval (best.pt validated once more), plots, as timed
         out.final_s = costs.final_s
         once.append((out.final_s,) * 3)
-    elif ok and costs.val.s:
+    elif costs is not None and costs.val.s:
         once.append(val)  # final_eval validates best.pt once more; its plots were not timed
         out.parts_missing.append(
             "the run's end beyond the final validation (stripping checkpoints, plots): not measured"
         )
-    if ok and costs.val.s and not rp.val:  # the final epoch validates even with val=False
+    if costs is not None and costs.val.s and not rp.val:  # the final epoch validates even with val=False
         once.append(val)
-    if ok and costs.save.s and not rp.save:  # and saves even with save=False
+    if costs is not None and costs.save.s and not rp.save:  # and saves even with save=False
         once.append(save)
-    runs = [(b[0] * n, b[1] * n, b[2] * n) for b, n in ((out_band(out), epochs - closed), (no_mosaic, closed)) if n]
-    run_s = _band(runs + once)
-    out.once_s = _band(once)[0] if once else None
-    out.run_h, out.run_h_low, out.run_h_high = (x / 3600 for x in run_s)
-    if not known:  # a band of the other parts alone would look tighter than what is known
-        out.epoch_s_low = out.epoch_s_high = out.run_h_low = out.run_h_high = None
+    return once
 
+
+def _cost_and_energy(out: EpochPrediction, r: TrialResult, rp: RunPlan, nb: int) -> None:
     ranks = max(r.world_size, 1)
     if rp.gpu_hour_price is not None:
         out.cost_epoch = out.epoch_s / 3600 * ranks * rp.gpu_hour_price
@@ -225,9 +260,8 @@ def predict(
     tel = r.telemetry
     if tel is not None and tel.energy_j_per_img is not None:
         out.energy_epoch_kwh = tel.energy_j_per_img * nb * r.batch_ran / J_PER_KWH
-        out.energy_run_kwh = out.energy_epoch_kwh * epochs
+        out.energy_run_kwh = out.energy_epoch_kwh * rp.epochs
         out.parts_missing.append("energy of validation, saving and epoch end: not metered (the figure is the steps')")
-    return out
 
 
 def out_band(p: EpochPrediction) -> tuple[float, float, float]:

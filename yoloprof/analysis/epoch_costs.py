@@ -114,7 +114,7 @@ def no_mosaic_ratio(ranks: list[RankRecords]) -> tuple[Optional[float], Optional
     if on is None or off is None or not on.estimate:
         return None, None, "the steps with and without mosaic were not both measured on every rank"
     ratio = off.estimate / on.estimate
-    if not (math.isfinite(on.high) and math.isfinite(off.high)) or on.low <= 0:
+    if not (math.isfinite(on.high) and math.isfinite(off.high)) or on.low <= 0 or off.low <= 0:
         return ratio, None, f"too few steady steps for an interval of the mosaic ratio ({on.method}; {off.method})"
     return ratio, [off.low / on.high, off.high / on.low], None
 

@@ -234,14 +234,7 @@ def run_trial(
     trial_dir.mkdir(parents=True, exist_ok=True)
     spec_path = trial_dir / "spec.json"
     write_json(spec_path, spec)
-    job = None
-    if spec.nnodes > 1 and rendezvous is None:
-        from yoloprof.scan import cluster
-        from yoloprof.records import to_dict
-
-        lead = cluster.active()
-        job = lead.job("trial", {"spec": to_dict(spec)})
-        rendezvous = Rendezvous(lead.nodes, job.rdzv_endpoint, job.rdzv_id)
+    job, rendezvous = _published(spec, rendezvous)
     env = {**os.environ, **offline_env(cache_dir), **spec.env, **(extra_env or {})}
     cmd = torchrun_command(spec, spec_path, free_port(), rendezvous)
     (trial_dir / "cmd.txt").write_text(" ".join(cmd) + "\n")
@@ -284,7 +277,25 @@ def run_trial(
 
         outcome.node_failure = outcome.node_failure or job.finish(trial_dir)
         outcome.node_lost = cluster.lost() is not None
-    release_s = wait_gone(proc.pid)  # the next trial must never meet this one's processes or memory
+    _wait_released(proc, trial_dir, release, outcome)
+    return outcome
+
+
+def _published(spec: TrialSpec, rendezvous: Optional[Rendezvous]):
+    """(the job, the rendezvous): a trial over several nodes is published to the other nodes first, by node 0."""
+    if spec.nnodes <= 1 or rendezvous is not None:
+        return None, rendezvous
+    from yoloprof.records import to_dict
+    from yoloprof.scan import cluster
+
+    lead = cluster.active()
+    job = lead.job("trial", {"spec": to_dict(spec)})
+    return job, Rendezvous(lead.nodes, job.rdzv_endpoint, job.rdzv_id)
+
+
+def _wait_released(proc: subprocess.Popen, trial_dir: Path, release, outcome: LaunchOutcome) -> None:
+    """The next trial must never meet this one's processes or GPU memory: wait for both, noting what outlived it."""
+    release_s = wait_gone(proc.pid)
     if release_s is None:
         outcome.release_note = f"processes of this trial outlived {GONE_TIMEOUT_S:.0f} s after being killed"
     try:
@@ -294,7 +305,6 @@ def run_trial(
     outcome.release_s = (release_s or 0.0) + waited_s
     if held is not None:
         outcome.release_note = f"GPU memory not released {waited_s:.0f} s after the trial ended: {held}"
-    return outcome
 
 
 def _rank_pids(trial_dir: Path) -> set[int]:

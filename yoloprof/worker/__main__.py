@@ -22,6 +22,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Optional
 
 from yoloprof.records import RankEnd, RankInfo, TrialSpec, read_json, to_dict
 from yoloprof.paths import COMPILE_CACHE
@@ -92,19 +93,61 @@ def start_device(spec: TrialSpec):
 
 
 def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled: bool = False) -> RankEnd:
-    import torch
-    import torch.distributed as dist
-
-    from yoloprof.probes import memory
-    from yoloprof.probes.steps import StepProbe
+    """One trial in this rank: the device first, then Ultralytics' trainer with the probes attached, until the
+    trial's steps are done or it fails; every failure becomes the end record's status and error."""
     from yoloprof.probes import offline
+    from yoloprof.probes.steps import StepProbe
     from yoloprof.worker import faults
     from yoloprof.worker.tasks import trainer_for
-    from yoloprof.worker.trainer import ScanTrainer, TrialComplete, epoch_plan, is_channels_last, is_compiled
+    from yoloprof.worker.trainer import TrialComplete
 
     offline.patch_ultralytics()
     clock = start_device(spec)
     steady: list[tuple[int, float]] = []  # (images, step_ms) of measured steady steps: the stopping rule's input
+    probe = StepProbe(rank, spec.warmup_steps, clock, _sink(spec, writer, steady))
+    trainer = None
+    status, error = "ok", None
+    try:
+        faults.maybe_fail(0, rank, spec.trial_id, setup=True)
+        if spec.knobs.compile != "off":  # compiled cold, as on a machine's first run (the scan removes it after)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(trial_dir / COMPILE_CACHE)
+            os.environ["TRITON_CACHE_DIR"] = str(trial_dir / COMPILE_CACHE / "triton")
+        trainer_cls = trainer_for(spec.model)  # the model's task's trainer: detect, segment, pose, obb, classify
+        trainer = trainer_cls(
+            spec,
+            probe,
+            str(trial_dir),
+            lambda t: writer.write("info", rank_info(t, spec, rank)),
+            lambda t: faults.maybe_fail(probe.steps_started - 1, rank, spec.trial_id, clock=clock),
+            precise=lambda: _precise(spec, steady),
+        )
+        trainer.train()
+        status, error = "error", "training ended before the planned steps"
+    except TrialComplete:
+        if trainer.epoch_parts is not None:
+            writer.write("epoch_parts", trainer.epoch_parts)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a record
+        traceback.print_exc()
+        status, error = ("oom" if _is_oom(exc) else "error"), error_line(exc)
+        # After a sticky CUDA error every device query raises again: nothing below may raise, or the
+        # rank would end without its end record and the report would not know why.
+        probe.flush_after_failure()
+    end = _end(trainer, probe, rank, status, error, pooled)
+    if pooled:  # the next trial must not inherit this one's model, optimizer or cached blocks
+        device = trainer.device if trainer is not None else None
+        del trainer
+        gc.collect()
+        if device is not None and device.type == "cuda":
+            import torch
+
+            _quietly(torch.cuda.empty_cache)
+    return end
+
+
+def _sink(spec: TrialSpec, writer: RankWriter, steady: list):
+    """Where the probe's step samples go: the rank's records, and the stopping rule's steady steps. In "epoch"
+    mode the steps after close_mosaic are marked without mosaic, and each loader restart's first steps as warm-up."""
+    from yoloprof.worker.trainer import epoch_plan
 
     plan = epoch_plan(spec) if spec.mode == "epoch" else None
 
@@ -117,64 +160,55 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
         if not s.warmup and not s.epoch_boundary:
             steady.append((s.images, s.step_ms))
 
-    probe = StepProbe(rank, spec.warmup_steps, clock, sink)
+    return sink
 
-    def on_ready(t: ScanTrainer) -> None:
-        loader = t.train_loader
-        ddp = t.model if isinstance(t.model, torch.nn.parallel.DistributedDataParallel) else None
-        writer.write(
-            "info",
-            RankInfo(
-                rank=rank,
-                local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-                world_size=spec.world_size,
-                pid=os.getpid(),
-                hostname=socket.gethostname(),
-                device=str(t.device),
-                device_name=torch.cuda.get_device_name(t.device) if t.device.type == "cuda" else "cpu",
-                backend=dist.get_backend() if dist.is_initialized() else None,
-                batch_per_rank=loader.batch_size,
-                accumulate=t.accumulate,
-                workers_requested=spec.knobs.workers,
-                workers_effective=loader.num_workers,
-                pin_memory_effective=bool(loader.pin_memory),
-                amp_effective=bool(t.amp),
-                dataset_images=len(loader.dataset),
-                batches_per_epoch=len(loader),
-                ddp_bucket_cap_mb=(ddp.bucket_bytes_cap / 2**20) if ddp is not None else None,
-                torch_threads=torch.get_num_threads(),
-                t_start_s=time.time(),
-                compiled=is_compiled(t.model),
-                deterministic_effective=torch.are_deterministic_algorithms_enabled(),
-                channels_last_effective=is_channels_last(t.model),
-                node=int(os.environ.get(SCAN_NODE_ENV, "0")),
-                optimizer_effective=type(t.optimizer).__name__,
-            ),
-        )
 
-    def on_step(t: ScanTrainer) -> None:
-        faults.maybe_fail(probe.steps_started - 1, rank, spec.trial_id, clock=clock)
+def rank_info(t, spec: TrialSpec, rank: int) -> RankInfo:
+    """What the rank runs, as Ultralytics built it (the trainer's on_ready): loader, AMP, accumulate, threads,
+    compile, determinism, memory format, optimizer."""
+    import torch
+    import torch.distributed as dist
 
-    trainer = None
-    status, error = "ok", None
-    try:
-        faults.maybe_fail(0, rank, spec.trial_id, setup=True)
-        if spec.knobs.compile != "off":  # compiled cold, as on a machine's first run (the scan removes it after)
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(trial_dir / COMPILE_CACHE)
-            os.environ["TRITON_CACHE_DIR"] = str(trial_dir / COMPILE_CACHE / "triton")
-        trainer_cls = trainer_for(spec.model)  # the model's task's trainer: detect, segment, pose, obb, classify
-        trainer = trainer_cls(spec, probe, str(trial_dir), on_ready, on_step, precise=lambda: _precise(spec, steady))
-        trainer.train()
-        status, error = "error", "training ended before the planned steps"
-    except TrialComplete:
-        if trainer.epoch_parts is not None:
-            writer.write("epoch_parts", trainer.epoch_parts)
-    except BaseException as exc:  # noqa: BLE001 - every failure becomes a record
-        traceback.print_exc()
-        status, error = ("oom" if _is_oom(exc) else "error"), error_line(exc)
-        # After a sticky CUDA error every device query raises again: nothing below may raise, or the
-        # rank would end without its end record and the report would not know why.
-        probe.flush_after_failure()
+    from yoloprof.worker.trainer import is_channels_last, is_compiled
+
+    loader = t.train_loader
+    ddp = t.model if isinstance(t.model, torch.nn.parallel.DistributedDataParallel) else None
+    return RankInfo(
+        rank=rank,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        world_size=spec.world_size,
+        pid=os.getpid(),
+        hostname=socket.gethostname(),
+        device=str(t.device),
+        device_name=torch.cuda.get_device_name(t.device) if t.device.type == "cuda" else "cpu",
+        backend=dist.get_backend() if dist.is_initialized() else None,
+        batch_per_rank=loader.batch_size,
+        accumulate=t.accumulate,
+        workers_requested=spec.knobs.workers,
+        workers_effective=loader.num_workers,
+        pin_memory_effective=bool(loader.pin_memory),
+        amp_effective=bool(t.amp),
+        dataset_images=len(loader.dataset),
+        batches_per_epoch=len(loader),
+        ddp_bucket_cap_mb=(ddp.bucket_bytes_cap / 2**20) if ddp is not None else None,
+        torch_threads=torch.get_num_threads(),
+        t_start_s=time.time(),
+        compiled=is_compiled(t.model),
+        deterministic_effective=torch.are_deterministic_algorithms_enabled(),
+        channels_last_effective=is_channels_last(t.model),
+        node=int(os.environ.get(SCAN_NODE_ENV, "0")),
+        optimizer_effective=type(t.optimizer).__name__,
+    )
+
+
+def _end(trainer, probe, rank: int, status: str, error: Optional[str], pooled: bool) -> RankEnd:
+    """The rank's end record: status, memory peaks (read without raising after a sticky CUDA error), the last
+    step and set-up; the loaders closed and, outside a pool, the process group destroyed."""
+    import torch
+    import torch.distributed as dist
+
+    from yoloprof.probes import memory
+
     device = trainer.device if trainer is not None else torch.device("cpu")
     peak = _quietly(lambda: memory.peak(device)) or memory.MemoryPeak(None, None, None, "n/a")
     for loader in (getattr(trainer, "train_loader", None), getattr(trainer, "test_loader", None)):
@@ -182,7 +216,7 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
             _quietly(loader.close)
     if dist.is_initialized() and status == "ok" and not pooled:
         dist.destroy_process_group()
-    end = RankEnd(
+    return RankEnd(
         rank=rank,
         status=status,
         peak_mem_mib=peak.peak_mib,
@@ -194,12 +228,6 @@ def run(spec: TrialSpec, trial_dir: Path, writer: RankWriter, rank: int, pooled:
         t_end_s=time.time(),
         setup_s=getattr(trainer, "setup_s", None),
     )
-    if pooled:  # the next trial must not inherit this one's model, optimizer or cached blocks
-        del trainer
-        gc.collect()
-        if device.type == "cuda":
-            _quietly(torch.cuda.empty_cache)
-    return end
 
 
 def _precise(spec: TrialSpec, steady: list[tuple[int, float]]) -> bool:
