@@ -100,11 +100,14 @@ def table(parts: RunParts, pred: dict, kinds: dict[str, list[int]]) -> list[str]
     for kind, eps in kinds.items():
         if not eps:
             continue
-        p = pred.get("no_mosaic_epoch_s") if kind == "close_mosaic" else pred.get("epoch_s")
+        p, how = pred.get("epoch_s"), ""
+        if kind == "close_mosaic":  # no no-mosaic figure: those epochs are priced at the mosaic rate
+            p, how = (pred["no_mosaic_epoch_s"], "") if pred.get("no_mosaic_epoch_s") else (p, " (the mosaic rate)")
         shown = ", ".join(f"{parts.epoch_s[e]:.1f}" for e in eps if e in parts.epoch_s)
         lines.append(
             f"    {kind} epochs {eps[0] + 1}-{eps[-1] + 1}: plain {shown} s (mean {f(parts.mean(eps))}), "
-            f"predicted {f(p)} each" + (" + the warm-up's extra optimizer steps (in once)" if kind == "warm-up" else "")
+            f"predicted {f(p)} each{how}"
+            + (" + the warm-up's extra optimizer steps (in once)" if kind == "warm-up" else "")
         )
     if pred.get("final_s") is not None:  # the epoch job timed the run's end (final_eval, plots)
         lines.append(

@@ -229,6 +229,8 @@ def test_a_runs_table_names_each_part_and_says_na_where_nothing_is_predicted():
     assert lines[0] == "    start-up (launch to trainer): plain 3.0 s, predicted n/a"
     assert "close_mosaic epochs 3-3: plain 3.0 s (mean 3.0 s), predicted 3.1 s each" in lines[4]
     assert lines[-1].endswith("plain 2.5 s, predicted validation 0.5 s")
+    closed = fidelity_run.table(parts, {"epoch_s": 4.2}, {"close_mosaic": [2]})  # priced at the mosaic rate
+    assert "predicted 4.2 s each (the mosaic rate)" in closed[2]
 
 
 # -- drift -------------------------------------------------------------------------------------------------

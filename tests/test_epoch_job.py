@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from yoloprof.analysis import aggregate, epoch_costs
-from yoloprof.records import EpochCosts, Knobs, StepSample, TrialSpec, read_json, to_dict, write_json
+from yoloprof.records import EpochCosts, Knobs, RankEnd, StepSample, TrialSpec, read_json, to_dict, write_json
 from yoloprof.records.epoch import RankEpochParts
 from yoloprof.scan import epoch_job, launch
 from yoloprof.scan.orchestrate import ScanRequest
@@ -127,6 +129,27 @@ def test_aggregation_takes_the_slowest_rank_and_scales_the_val_loop(tmp_path):
     line = epoch_costs.summary_line(costs)
     assert line.startswith("Epoch costs (2 ranks): validation 1.80 s (16 of 64 images), saving 0.20 s, epoch end")
     assert "without mosaic x1.25 img/s" in line
+
+    # `yoloprof report` rebuilds the record from the rank records, as a trial's result: a corrected rank file
+    # (benchmarks/fidelity_side.py takes stopped seconds out) changes what the scan's folder loads
+    out = tmp_path / "scan"
+    job = out / epoch_costs.EPOCH_DIR / "w2"
+    shutil.copytree(tmp_path, job, ignore=shutil.ignore_patterns("scan"))
+    write_json(epoch_costs.record_path(out, 2), costs)
+    assert epoch_costs.load(out)[2] == costs  # no spec or launch outcome beside the records: the saved record
+    write_json(job / "spec.json", dataclasses.replace(spec, world_size=2))
+    write_json(job / "launch.json", aggregate.LaunchOutcome(returncode=0, wall_s=60.0))
+    for r in (0, 1):  # each rank's end record, as a rank writes it last
+        end = RankEnd(r, "ok", None, "rss", None, None, 26, None, 100.0, 3.0 + r)
+        with open(job / f"rank{r}.jsonl", "a") as f:
+            f.write(json.dumps({"kind": "end", **to_dict(end)}) + "\n")
+    assert epoch_costs.load(out)[2].no_mosaic_ratio == pytest.approx(110.0 / 88.0)
+    rows = [json.loads(x) for x in (job / "rank1.jsonl").read_text().splitlines()]
+    for r in rows:
+        if r.get("kind") == "step" and not r["mosaic"] and not r["warmup"]:
+            r["step_ms"] = 110.0  # rank 1 now as slow without mosaic as with it
+    (job / "rank1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert epoch_costs.load(out)[2].no_mosaic_ratio == pytest.approx(1.0)
 
 
 def test_the_runs_end_is_the_slowest_ranks_with_its_validation_scaled_to_the_split():

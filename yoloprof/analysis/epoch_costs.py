@@ -27,17 +27,35 @@ def record_path(out: Path, world_size: int) -> Path:
 
 
 def load(out: Path) -> dict[int, EpochCosts]:
-    """{world size: EpochCosts} of a scan folder; an unreadable record counts as not measured."""
+    """{world size: EpochCosts} of a scan folder, rebuilt from the epoch job's rank records where they are there
+    (as a trial's result is: `yoloprof report` recomputes from records), else as saved; an unreadable record
+    counts as not measured."""
     found = {}
     for path in sorted((Path(out) / EPOCH_DIR).glob("w*.json")):
         m = re.fullmatch(r"w(\d+)\.json", path.name)
         if not m:
             continue
         try:
-            found[int(m.group(1))] = read_json(path, EpochCosts)
+            found[int(m.group(1))] = rebuild(path.with_suffix("")) or read_json(path, EpochCosts)
         except (RecordError, OSError):
             continue
     return found
+
+
+def rebuild(tdir: Path) -> Optional[EpochCosts]:
+    """The epoch job's EpochCosts from its folder's spec, launch outcome and rank records; None without them."""
+    from yoloprof.analysis import aggregate
+
+    if not ((tdir / "spec.json").is_file() and (tdir / "launch.json").is_file()):
+        return None
+    try:
+        spec = read_json(tdir / "spec.json", TrialSpec)
+        outcome = read_json(tdir / "launch.json", aggregate.LaunchOutcome)
+        ranks = aggregate.read_ranks(tdir)
+    except (RecordError, OSError):
+        return None
+    result = aggregate.aggregate(spec, ranks, outcome)
+    return build(spec, ranks, read_parts(tdir), result.status, result.error)
 
 
 def read_parts(trial_dir: Path) -> list[RankEpochParts]:
