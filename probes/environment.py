@@ -6,6 +6,7 @@ whose name suggests a credential, whatever its prefix.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import re
@@ -78,6 +79,8 @@ def available_ram_mib() -> float:
 
 
 def collect(env_vars: Optional[dict[str, str]] = None) -> Environment:
+    """The machine's facts, less the C++ compiler: finding it imports torch._inductor (4-6 s on a small CPU),
+    so a CPU scan that asks for compile adds it (`with_compiler`)."""
     import torch
 
     nccl = None
@@ -101,9 +104,12 @@ def collect(env_vars: Optional[dict[str, str]] = None) -> Environment:
         gpus=found,
         ultralytics_cfg_keys=ultralytics_cfg_keys(),
         env_vars=safe_env() if env_vars is None else env_vars,
-        cxx_compiler=cxx_compiler(),
         triton=None if _version("triton") == "not installed" else _version("triton"),
     )
+
+
+def with_compiler(env: Environment) -> Environment:
+    return dataclasses.replace(env, cxx_compiler=cxx_compiler())
 
 
 def cxx_compiler() -> Optional[str]:

@@ -66,3 +66,11 @@ def cpu_scan_copy(tmp_path) -> Path:
     dst = tmp_path / "scan"
     shutil.copytree(CPU_SCAN, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def real_scan(tiny_data, tmp_path_factory):
+    """One real 2-rank CPU scan with its ceilings, shared by test_scan_cpu.py and test_scan_ceilings.py."""
+    from scans import shared_scan
+
+    return shared_scan(tiny_data, tmp_path_factory.mktemp("scan"))

@@ -19,6 +19,48 @@ SMALL = [
 ]
 
 
+NETBLOCK = Path(__file__).parent / "netblock"
+SECRETS = {
+    "MY_API_TOKEN": "tok-5e5e5e",
+    "NCCL_TEST_KEY": "key-6f6f6f",
+    "AWS_SECRET_ACCESS_KEY": "sec-7a7a7a",
+    "CUDA_DB_PASSWORD": "pw-8b8b8b",
+}
+
+
+def shared_scan(data, root: Path):
+    """The real scan test_scan_cpu.py and test_scan_ceilings.py both read (one launch of each kind, not two): two
+    trials (workers 0 and 1), the three ceilings and the epoch job, with the network blocked for every process, a
+    fresh HOME and secrets in the environment. Returns the scan folder, the finished process and `root`."""
+    out, home, netlog = root / "s", root / "home", root / "net.log"
+    home.mkdir()
+    path = os.pathsep.join([str(NETBLOCK)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    env = {
+        **os.environ,
+        **SECRETS,
+        "PYTHONPATH": path,
+        "YOLOPROF_TEST_NETLOG": str(netlog),
+        "HOME": str(home),
+        "NCCL_DEBUG": "WARN",
+        "OMP_PROC_BIND": "false",
+    }
+    probe = "import socket\ntry: socket.create_connection(('203.0.113.7', 80), timeout=1)\nexcept OSError: pass"
+    subprocess.run([sys.executable, "-c", probe], env=env, timeout=30)
+    assert "203.0.113.7" in netlog.read_text()  # the blocker is live in child processes
+    netlog.unlink()
+    flags = "--device cpu --nproc 2 --imgsz 64 --batch 4 --workers 0,1 --steps 3 --warmup 1 --no-defaults"
+    proc = subprocess.run(
+        [str(BIN / "yoloprof"), "scan", *flags.split(), "--precision", "off", "--data", str(data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc, root
+
+
 def scan_cmd(data, out, *extra, epoch_job: bool = False):
     """A small real scan; without the epoch job unless a test is about it (it adds a launch per world size)."""
     return [

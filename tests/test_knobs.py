@@ -112,6 +112,44 @@ def test_environment_facts_decide_bf16_and_compile():
     assert "C++ compiler" in request.compile_blocker(fake, "cpu") and request.compile_blocker(fake, "cuda") is None
 
 
+@pytest.mark.parametrize(
+    "flags, cfg, looked",
+    [
+        ({}, {}, False),  # no trial compiles: inductor's import (seconds) is skipped
+        ({"compile": "off"}, {}, False),
+        ({"compile": "off,default"}, {}, True),
+        ({"baseline": "batch=8,compile=default"}, {}, True),
+        ({}, {"compile": True}, True),  # your config compiles
+    ],
+)
+def test_a_cpu_scan_looks_for_the_cpp_compiler_only_when_a_trial_may_compile(
+    flags, cfg, looked, tmp_path, tiny_data, monkeypatch
+):
+    import os
+
+    import yaml
+    from rich.console import Console
+
+    from yoloprof.probes import environment
+    from yoloprof.scan import orchestrate
+
+    calls = []
+    env = environment.Environment("h", "linux", "3.11", 2, 24000.0, "2.14.1", "8.4", None, None, None, [], [], {})
+    monkeypatch.setattr(environment, "collect", lambda env_vars=None: env)
+    monkeypatch.setattr(environment, "cxx_compiler", lambda: calls.append(1) or "g++")
+    extra = {}
+    if cfg:
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump({"data": str(tiny_data), **cfg}))
+        extra["cfg"] = str(tmp_path / "c.yaml")
+    else:
+        extra["data"] = str(tiny_data)
+    req = orchestrate.ScanRequest(device="cpu", strategy="grid", batch="4", **flags, **extra, command=["yoloprof"])
+    ctx = orchestrate.prepare(req, Console(file=open(os.devnull, "w")))
+    assert (len(calls) == 1, ctx.env.cxx_compiler) == (looked, "g++" if looked else None)
+    if looked:
+        assert ctx.hw.compile_blocker is None  # g++ found: the compile trials are planned
+
+
 def test_auto_space_adds_the_knobs_where_they_can_matter():
     cpu = auto_space(CPU2)
     assert cpu.values["deterministic"] == [True, False] and cpu.values["compile"] == ["off"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,40 +12,10 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="module")
-def scan(tiny_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ceil")
-    out = root / "s"
-    proc = subprocess.run(
-        [
-            str(BIN / "yoloprof"),
-            "scan",
-            "--device",
-            "cpu",
-            "--nproc",
-            "2",
-            "--data",
-            str(tiny_data),
-            "--imgsz",
-            "64",
-            "--batch",
-            "4",
-            "--workers",
-            "0",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--no-defaults",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+@pytest.fixture
+def scan(real_scan):
+    """The real scan test_scan_cpu.py reads too (tests/scans.py: shared_scan): its ceilings were measured."""
+    out, proc, _ = real_scan
     return out, proc
 
 
@@ -56,9 +25,10 @@ def test_scan_writes_the_three_ceilings_with_measured_points(scan):
     loader = json.loads((c / "loader.json").read_text())
     compute = json.loads((c / "compute.json").read_text())
     link = json.loads((c / "allreduce-default.json").read_text())
-    # input: one loader per rank at the scan's workers (0) and batch per rank (4 / 2 ranks)
-    assert [(p["workers"], p["ranks"], p["batch_per_rank"], p["status"]) for p in loader["points"]] == [(0, 2, 2, "ok")]
-    (lp,) = loader["points"]
+    # input: one loader per rank at each of the scan's workers (0, 1) and its batch per rank (4 / 2 ranks)
+    points = [(p["workers"], p["ranks"], p["batch_per_rank"], p["status"]) for p in loader["points"]]
+    assert points == [(0, 2, 2, "ok"), (1, 2, 2, "ok")]
+    lp = loader["points"][0]
     assert lp["img_per_s_machine"] == pytest.approx(lp["img_per_s_rank"] * 2) and lp["img_per_s_rank"] > 0
     assert loader["imgsz"] == 64
     # compute: the batch per rank, fp32 on CPU; its img/s is the probe's own measured images over measured time

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scans import SECRETS
 from yoloprof.records import ScanMeta
 
 from yoloprof.analysis import aggregate
@@ -21,70 +22,16 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-NETBLOCK = Path(__file__).parent / "netblock"
-SECRETS = {
-    "MY_API_TOKEN": "tok-5e5e5e",
-    "NCCL_TEST_KEY": "key-6f6f6f",
-    "AWS_SECRET_ACCESS_KEY": "sec-7a7a7a",
-    "CUDA_DB_PASSWORD": "pw-8b8b8b",
-}
-
-
 def run_cli(*args, cwd=None, timeout=600, env=None):
     return subprocess.run(
         [str(BIN / "yoloprof"), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env
     )
 
 
-@pytest.fixture(scope="module")
-def scan(tiny_data, tmp_path_factory):
-    """One real scan with the network blocked for every process, a fresh HOME and secrets in the environment."""
-    root = tmp_path_factory.mktemp("scan")
-    out, home, netlog = root / "s", root / "home", root / "net.log"
-    home.mkdir()
-    path = os.pathsep.join([str(NETBLOCK)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
-    env = {
-        **os.environ,
-        **SECRETS,
-        "PYTHONPATH": path,
-        "YOLOPROF_TEST_NETLOG": str(netlog),
-        "HOME": str(home),
-        "NCCL_DEBUG": "WARN",
-        "OMP_PROC_BIND": "false",
-    }
-    probe = "import socket\ntry: socket.create_connection(('203.0.113.7', 80), timeout=1)\nexcept OSError: pass"
-    subprocess.run([sys.executable, "-c", probe], env=env, timeout=30)
-    assert "203.0.113.7" in netlog.read_text()  # the blocker is live in child processes
-    netlog.unlink()
-    proc = run_cli(
-        "scan",
-        "--device",
-        "cpu",
-        "--nproc",
-        "2",
-        "--data",
-        str(tiny_data),
-        "--imgsz",
-        "64",
-        "--batch",
-        "4",
-        "--workers",
-        "0,1",
-        "--steps",
-        "3",
-        "--warmup",
-        "1",
-        "--out",
-        str(out),
-        "--no-ceilings",
-        "--no-defaults",
-        "--precision",
-        "off",
-        cwd=root,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc, root
+@pytest.fixture
+def scan(real_scan):
+    """The shared real scan (tests/scans.py: shared_scan); test_scan_ceilings.py reads its ceilings."""
+    return real_scan
 
 
 def test_no_network_no_home_folders_no_secrets(scan):

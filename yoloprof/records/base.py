@@ -8,6 +8,7 @@ field names. A value that could not be measured is None ("n/a"), never a made-up
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import types
@@ -49,18 +50,25 @@ def _decode(tp: Any, value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[tuple[str, Any], ...]:
+    """Each field's name and resolved type, once per class: get_type_hints evaluates every annotation anew, and
+    a scan's report decodes thousands of step records."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls))
+
+
 def from_dict(cls: type[T], data: dict) -> T:
     """Build a record from its dict, ignoring unknown keys so older readers survive newer fields."""
     if not isinstance(data, dict):
         raise RecordError(f"expected an object for {cls.__name__}, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
+    for name, hint in _fields(cls):
+        if name in data:
             try:
-                kwargs[f.name] = _decode(hints[f.name], data[f.name])
+                kwargs[name] = _decode(hint, data[name])
             except RecordError as exc:
-                raise RecordError(f"{cls.__name__}.{f.name}: {exc}") from None
+                raise RecordError(f"{cls.__name__}.{name}: {exc}") from None
     try:
         return cls(**kwargs)
     except TypeError as exc:

@@ -39,7 +39,8 @@ class Environment:
     ultralytics_cfg_keys: list[str]  # what `ultralytics.cfg.get_cfg` accepts in this install
     env_vars: dict[str, str]  # allow-listed variables only (see yoloprof.environment)
     # What torch.compile's inductor backend needs (Ultralytics checks the same, then trains uncompiled):
-    cxx_compiler: Optional[str] = None  # the host C++ compiler (CPU kernels); None: none found
+    cxx_compiler: Optional[str] = None  # the host C++ compiler (CPU kernels); None: none found, or not looked for
+    # (looked for only by a CPU scan that asks for compile: finding it imports inductor, seconds)
     triton: Optional[str] = None  # Triton's version (CUDA kernels); None: not installed
 
 

@@ -148,6 +148,8 @@ def prepare(req: ScanRequest, console: Console) -> Context:
     checks = preflight.readings(env, req.device)  # the doctor's cheap checks: no subprocess
     doctor.gate(checks)  # NVML sees GPUs that torch does not: stop, unless --device cpu
     on_cpu = req.device == "cpu" or (not env.gpus and req.gpus is None)
+    if on_cpu and compile_asked(given, cfg_args, req.baseline):  # else no trial compiles: skip inductor's import
+        env = environment.with_compiler(env)
     nodes = nodes_mod.parse(req.nnodes, req.node_rank, req.rdzv_endpoint)
     if req.ranks is not None and req.nproc is None and on_cpu:  # CPU scaling: as many ranks as the largest size
         req.nproc = max(max(plan.parse_ints("--ranks", req.ranks, 1)) // nodes.nnodes, 1)
@@ -213,6 +215,13 @@ def prepare(req: ScanRequest, console: Console) -> Context:
         batches=sorted(set(batches)),
         memory=memory,
     )
+
+
+def compile_asked(given: dict, cfg_args: dict, baseline: Optional[str]) -> bool:
+    """A trial may compile: --compile names a mode, or your settings (--cfg, --baseline) compile. An auto scan on
+    CPU never tries compile unasked (space.auto_space), so the C++ compiler is looked for only then."""
+    modes = given.get("compile") or []
+    return any(m != "off" for m in modes) or bool(cfg_args.get("compile")) or "compile" in (baseline or "")
 
 
 def planned_batches(

@@ -36,6 +36,8 @@ def resume(folder: str, req: ScanRequest, console: Console):
     from yoloprof.probes import environment
 
     env = environment.collect()
+    if meta.device == "cpu" and any(s.knobs.compile != "off" for s in meta.specs):
+        env = environment.with_compiler(env)
     if meta.device == "cuda":
         doctor.gate(preflight.readings(env, "cuda"))
         missing = [g for g in meta.gpus if g not in {x.index for x in env.gpus}]
