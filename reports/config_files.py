@@ -20,6 +20,7 @@ import yaml
 
 from yoloprof.analysis import noise, tradeoffs
 from yoloprof.analysis import optimizer as optim
+from yoloprof.search import knob_table
 from yoloprof.search.baselines import YOURS
 from yoloprof.search.plan import nccl_env, omp_threads
 from yoloprof.search.usercfg import MEASURED
@@ -48,15 +49,8 @@ def _scalar(v) -> str:
 
 
 def _cfg_value(knobs: Knobs, key: str):
-    """A knob as Ultralytics takes it in a config."""
-    v = getattr(knobs, key)
-    if key == "cache":
-        return {"off": False, "ram": "ram", "disk": "disk"}[v]
-    if key == "compile":
-        return False if v == "off" else v
-    if key == "channels_last":
-        return None if v else False  # None: Ultralytics' auto
-    return v
+    """A knob as Ultralytics takes it in a config (None: its auto)."""
+    return knob_table.BY_NAME[key].to_cfg(getattr(knobs, key))
 
 
 def best_config(
@@ -68,13 +62,7 @@ def best_config(
         "model": meta.model,
         "data": meta.dataset.data,
         "imgsz": meta.imgsz,
-        "batch": k.batch,
-        "workers": k.workers,
-        "amp": k.amp,
-        "cache": _cfg_value(k, "cache"),
-        "deterministic": k.deterministic,
-        "compile": _cfg_value(k, "compile"),
-        **({} if k.channels_last else {"channels_last": False}),  # left out: Ultralytics' auto (NHWC on CUDA)
+        **knob_table.in_config(k),  # channels_last on is left out: Ultralytics' auto (NHWC on CUDA)
         "device": ",".join(map(str, meta.gpus)) if meta.device == "cuda" else "cpu",
         **optimizer_key(meta),
     }

@@ -18,6 +18,7 @@ from typing import Optional
 
 from yoloprof.analysis import noise
 from yoloprof.records import EpochPrediction, Ranking, RunPlan, TrialResult
+from yoloprof.search import knob_table
 
 PREDICTED = (
     "epoch_s",
@@ -149,15 +150,7 @@ def rows(
                 "trial_id": r.trial_id,
                 "status": r.status,
                 "world_size": r.world_size,
-                "batch": k.batch,
-                "workers": k.workers,
-                "amp": k.amp,
-                "pin_memory": k.pin_memory,
-                "cache": k.cache,
-                "nccl": k.nccl,
-                "deterministic": k.deterministic,
-                "compile": k.compile,
-                "channels_last": k.channels_last,
+                **{name: getattr(k, name) for name in knob_table.NAMES},  # placed by COLUMNS
                 "setup_s": r.setup_s,
                 "warmup_extra_s": r.warmup_extra_s,
                 "img_per_s": r.img_per_s,

@@ -1,4 +1,5 @@
-"""A real small CPU scan without --no-ceilings: the three ceilings are measured, saved and reported."""
+"""The shared real scan (tests/scans.py: shared_scan) runs without --no-ceilings: its three ceilings are measured,
+saved and reported."""
 
 from __future__ import annotations
 

@@ -16,51 +16,7 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
     from yoloprof.reports.terminal import ranked_table
     from yoloprof.scan import orchestrate as scan
 
-    keys = (
-        "gpus",
-        "device",
-        "nproc",
-        "model",
-        "data",
-        "imgsz",
-        "optimizer",
-        "steps",
-        "warmup",
-        "out",
-        "batch",
-        "workers",
-        "amp",
-        "pin_memory",
-        "cache",
-        "nccl",
-        "deterministic",
-        "compile",
-        "channels_last",
-        "trial_timeout",
-        "no_ceilings",
-        "no_epoch_job",
-        "baseline",
-        "no_defaults",
-        "ranks",
-        "strategy",
-        "budget",
-        "precision",
-        "max_steps",
-        "no_reuse",
-        "cfg",
-        "epochs",
-        "gpu_hour_price",
-        "currency",
-        "nnodes",
-        "node_rank",
-        "rdzv_endpoint",
-        "mem_limit",
-    )
-    req = scan.ScanRequest(
-        **{k: getattr(args, k) for k in keys if k != "optimizer"},
-        command=["yoloprof", *argv],
-        optimizer=args.optimizer or "auto",
-    )
+    req = scan.ScanRequest.from_flags(args, ["yoloprof", *argv])
     if args.resume:  # the saved plan's optimizer: --optimizer is refused below, as every setting of the plan is
         kept = (
             "trial_timeout",
@@ -73,7 +29,7 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
             "node_rank",
             "rdzv_endpoint",
         )
-        others = [k for k in keys if k not in kept and getattr(args, k) not in (None, False)]
+        others = [k for k in scan.ScanRequest.flag_names() if k not in kept and getattr(args, k) not in (None, False)]
         if others:
             raise UsageError(f"--resume runs the saved plan as it was; drop --{others[0].replace('_', '-')}")
         from yoloprof.scan import resume
@@ -96,32 +52,7 @@ def _cmd_scan(args, argv: list[str], console: Console) -> int:
 def _cmd_probe(args, argv: list[str], console: Console) -> int:
     from yoloprof.scan import orchestrate as scan
 
-    keys = (
-        "gpus",
-        "device",
-        "nproc",
-        "model",
-        "data",
-        "imgsz",
-        "optimizer",
-        "steps",
-        "warmup",
-        "out",
-        "batch",
-        "workers",
-        "amp",
-        "cache",
-        "nccl",
-        "nnodes",
-        "node_rank",
-        "rdzv_endpoint",
-        "mem_limit",
-    )
-    req = scan.ScanRequest(
-        **{k: getattr(args, k) for k in keys if k != "optimizer"},
-        command=["yoloprof", *argv],
-        optimizer=args.optimizer or "auto",
-    )
+    req = scan.ScanRequest.from_flags(args, ["yoloprof", *argv])
     if args.max_mib is not None:
         if args.max_mib < 0.0625:
             raise UsageError(

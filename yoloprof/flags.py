@@ -7,6 +7,8 @@ import argparse
 
 from yoloprof import __version__
 from yoloprof.errors import UsageError
+from yoloprof.scan.request import ScanRequest
+from yoloprof.search.knob_table import KNOBS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,14 +108,14 @@ def _scan(sub) -> None:
     se.add_argument(
         "--budget", help="auto: wall time for the whole scan, e.g. 5m, 300s, 1h (default 5m on CPU, 10m on GPUs)"
     )
-    se.add_argument("--steps", type=int, default=20, help="measured steps per trial, at least (default 20)")
+    se.add_argument("--steps", type=int, help=f"measured steps per trial, at least (default {ScanRequest.steps})")
     se.add_argument("--max-steps", type=int, help="measured steps per trial, at most (default 3 x --steps)")
     se.add_argument(
         "--precision",
         help="measure each trial until its images/s is known within this, 95%% "
         "interval half-width (default 3%%; 'off': exactly --steps)",
     )
-    se.add_argument("--warmup", type=int, default=5, help="warm-up steps per trial, not measured (default 5)")
+    se.add_argument("--warmup", type=int, help=f"warm-up steps per trial, not measured (default {ScanRequest.warmup})")
     se.add_argument(
         "--baseline",
         metavar="K=V,...",
@@ -144,18 +146,8 @@ def _scan(sub) -> None:
     se.add_argument("--out", help="scan folder (default runs/yoloprof/scan-N, never overwriting)")
 
     k = s.add_argument_group("the knobs", "the values to try; without any, --strategy auto searches them all")
-    for flag, example in (
-        ("batch", "16,32 (global, all ranks)"),
-        ("workers", "2,8 (per rank)"),
-        ("amp", "on,off,bf16"),
-        ("pin-memory", "on,off"),
-        ("cache", "off,ram,disk"),
-        ("nccl", "default,ring,tree"),
-        ("deterministic", "on,off (off gives up bit-reproducible runs)"),
-        ("compile", "off,default,reduce-overhead,max-autotune-no-cudagraphs"),
-        ("channels-last", "on,off (NHWC on CUDA)"),
-    ):
-        k.add_argument(f"--{flag}", help=f"comma list, e.g. {example}")
+    for knob in KNOBS:
+        k.add_argument(knob.flag, help=f"comma list, e.g. {knob.example}")
 
     pred = s.add_argument_group("the prediction and its price", "the run the epoch, run and cost figures predict")
     _run_flags(pred)
@@ -189,8 +181,8 @@ def _probe(sub) -> None:
     pr.add_argument("--cache", help="loader: comma list, e.g. off,ram,disk")
     pr.add_argument("--nccl", help="allreduce: comma list, e.g. default,ring,tree (GPU)")
     pr.add_argument("--optimizer", help="compute: the optimizer (default auto, picked for 100 epochs of the data)")
-    pr.add_argument("--steps", type=int, default=20, help="timed steps or batches (default 20)")
-    pr.add_argument("--warmup", type=int, default=5, help="steps or batches run before timing (default 5)")
+    pr.add_argument("--steps", type=int, help=f"timed steps or batches (default {ScanRequest.steps})")
+    pr.add_argument("--warmup", type=int, help=f"steps or batches run before timing (default {ScanRequest.warmup})")
     pr.add_argument("--mem-limit", metavar="SIZE", help=MEM_LIMIT_HELP)
     pr.add_argument(
         "--max-mib",

@@ -30,7 +30,7 @@ class Knobs:
     amp: Union[bool, str]  # True: fp16 mixed precision (Ultralytics' default), "bf16", False: fp32
     pin_memory: bool
     cache: Cache
-    nccl: str  # an NCCL preset name from yoloprof.search.plan.NCCL_PRESETS
+    nccl: str  # an NCCL preset name from yoloprof.search.knob_table.NCCL_PRESETS
     # Beyond the five (defaults = Ultralytics' own, so records written before them read as what ran):
     deterministic: bool = True  # torch.use_deterministic_algorithms + cudnn.deterministic
     compile: str = "off"  # "off" or a torch.compile mode: default, reduce-overhead, max-autotune-no-cudagraphs

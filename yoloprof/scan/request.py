@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -19,7 +20,7 @@ from yoloprof.data import datainfo
 from yoloprof.data.dataset import DEFAULT_IMAGES, MAX_IMAGES, MIN_STEPS_PER_EPOCH, SyntheticSpec, ensure
 from yoloprof.errors import UsageError
 from yoloprof.records import DatasetInfo, Environment, MemoryBudget, RunPlan
-from yoloprof.search import plan
+from yoloprof.search import knob_table, plan
 
 DEFAULT_MODEL = "yolo26n.yaml"  # what `yolo train` uses (yolo26n.pt), built from its YAML
 DEFAULT_CPU_RANKS = 2
@@ -68,6 +69,17 @@ class ScanRequest:
     mem_limit: Optional[str] = None  # the memory the dataset may use ("2GiB"), instead of what the machine reports
     command: list[str] = field(default_factory=list)
 
+    @classmethod
+    def flag_names(cls) -> list[str]:
+        """The fields a command-line flag sets (the rest are the scan's own: the command, the link's sweep)."""
+        return [f.name for f in dataclasses.fields(cls) if f.name not in ("command", "allreduce_max_bytes")]
+
+    @classmethod
+    def from_flags(cls, args, command: list[str]) -> "ScanRequest":
+        """The request from parsed flags: a flag left out (None) keeps the default written above, the one place."""
+        given = {k: getattr(args, k) for k in cls.flag_names() if getattr(args, k, None) is not None}
+        return cls(**given, command=command)
+
 
 DEFAULT_PRECISION = 0.03
 MAX_STEPS_FACTOR = 3  # a trial measures at most 3x its minimum steps unless --max-steps says otherwise
@@ -108,23 +120,8 @@ def resolve_strategy(req: ScanRequest, given: dict) -> str:
 
 
 def parse_axes(req: ScanRequest) -> dict[str, Optional[list]]:
-    return {
-        "batch": plan.parse_ints("--batch", req.batch, 1) if req.batch is not None else None,
-        "workers": plan.parse_ints("--workers", req.workers, 0) if req.workers is not None else None,
-        "amp": plan.parse_amp(req.amp) if req.amp is not None else None,
-        "pin_memory": plan.parse_choices("--pin-memory", req.pin_memory, plan._BOOL)
-        if req.pin_memory is not None
-        else None,
-        "cache": plan.parse_choices("--cache", req.cache, plan._CACHE) if req.cache is not None else None,
-        "nccl": plan.parse_nccl(req.nccl) if req.nccl is not None else None,
-        "deterministic": plan.parse_choices("--deterministic", req.deterministic, plan._BOOL)
-        if req.deterministic is not None
-        else None,
-        "compile": plan.parse_compile(req.compile) if req.compile is not None else None,
-        "channels_last": plan.parse_choices("--channels-last", req.channels_last, plan._BOOL)
-        if req.channels_last is not None
-        else None,
-    }
+    """Each knob's flag as given -> its values (None: not given), as the knob table parses them."""
+    return knob_table.parse_flags({name: getattr(req, name) for name in knob_table.NAMES})
 
 
 def resolve_run_plan(req: ScanRequest, cfg_args: Optional[dict] = None) -> RunPlan:

@@ -12,7 +12,9 @@ from dataclasses import replace
 from typing import Optional
 
 from yoloprof.errors import UsageError
-from yoloprof.search.plan import _AMP, _BOOL, _CACHE, _COMPILE, NCCL_PRESETS, Hardware, Plan, workers_cap
+from yoloprof.search import knob_table
+from yoloprof.search.knob_table import _AMP, _CACHE, _COMPILE
+from yoloprof.search.plan import Hardware, Plan, workers_cap
 from yoloprof.records import Knobs
 
 DEFAULTS = "Ultralytics defaults"
@@ -33,33 +35,10 @@ def parse_baseline(text: str, hw: Hardware) -> Knobs:
     k = ultralytics_defaults(hw)
     for item in (t.strip() for t in text.split(",")):
         key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
         if not sep or not value:
             raise UsageError(f"--baseline '{item}': give key=value pairs, e.g. --baseline batch=32,workers=4,amp=off")
-        try:
-            if key in ("batch", "workers"):
-                v = int(value)
-                if v < (1 if key == "batch" else 0):
-                    raise ValueError
-                k = replace(k, **{key: v})
-            elif key == "amp":
-                k = replace(k, amp=_AMP[value.lower()])
-            elif key in ("pin_memory", "deterministic", "channels_last"):
-                k = replace(k, **{key: _BOOL[value.lower()]})
-            elif key == "compile":
-                k = replace(k, compile=_COMPILE[value.lower()])
-            elif key == "cache":
-                k = replace(k, cache=_CACHE[value.lower()])
-            elif key == "nccl" and value in NCCL_PRESETS:
-                k = replace(k, nccl=value)
-            else:
-                raise KeyError
-        except (ValueError, KeyError):
-            raise UsageError(
-                f"--baseline '{item}': not a setting yoloprof varies "
-                "(batch, workers, amp, pin_memory, cache, nccl, deterministic, compile, channels_last) "
-                "with a valid value"
-            ) from None
+        name, v = knob_table.parse_setting(key, value, f"--baseline '{item}'")
+        k = replace(k, **{name: v})
     return _fit(k, hw, "--baseline batch=")
 
 

@@ -15,31 +15,21 @@ from typing import Optional, Union
 from yoloprof.analysis.optimizer import for_batch
 from yoloprof.errors import UsageError
 from yoloprof.records import Knobs, OptimizerPlan, TrialSpec, batch_that_runs
-
-# Named NCCL settings. NCCL files most of these under debugging variables: a recommendation that
-# sets one says so and shows the gain it measured. LL128 is left out on purpose (it can corrupt
-# data where unsupported).
-NCCL_PRESETS: dict[str, dict[str, str]] = {
-    "default": {},
-    "ring": {"NCCL_ALGO": "Ring"},
-    "tree": {"NCCL_ALGO": "Tree"},
-    "simple": {"NCCL_PROTO": "Simple"},
-    "no-p2p": {"NCCL_P2P_DISABLE": "1"},
-    "no-shm": {"NCCL_SHM_DISABLE": "1"},
-    "buff8m": {"NCCL_BUFFSIZE": str(8 * 2**20)},
-}
-_CUSTOM_NCCL = re.compile(r"^NCCL_[A-Z0-9_]+=[^+=\s]+(\+NCCL_[A-Z0-9_]+=[^+=\s]+)*$")
-
-_BOOL = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
-_AMP = {
-    **_BOOL,
-    "fp16": True,
-    "fp32": False,
-    "bf16": "bf16",
-}  # Ultralytics' amp takes True/'fp16', 'bf16', False/'fp32'
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
-_COMPILE = {**{m: m for m in COMPILE_MODES}, "on": "default", "true": "default", "false": "off"}
-_CACHE = {"off": "off", "false": "off", "none": "off", "ram": "ram", "true": "ram", "disk": "disk"}
+from yoloprof.search.knob_table import (  # noqa: F401 - the values' parsers, re-exported where the plan is read
+    _AMP,
+    _BOOL,
+    _CACHE,
+    _COMPILE,
+    COMPILE_MODES,
+    NCCL_PRESETS,
+    KNOBS,
+    fill_empty,
+    parse_amp,
+    parse_choices,
+    parse_compile,
+    parse_ints,
+    parse_nccl,
+)
 
 
 @dataclass
@@ -90,57 +80,6 @@ def nccl_env(preset: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in preset.split("+"))
 
 
-def _items(flag: str, text: str) -> list[str]:
-    items = [t.strip() for t in str(text).split(",")]
-    if not text or any(not t for t in items):
-        raise UsageError(f"{flag} '{text}' has an empty value; give a comma list such as {flag} 8,16")
-    if len(set(items)) != len(items):
-        raise UsageError(f"{flag} '{text}' repeats a value; list each value once")
-    return items
-
-
-def parse_ints(flag: str, text: str, minimum: int) -> list[int]:
-    out = []
-    for item in _items(flag, text):
-        if not re.fullmatch(r"[+-]?\d+", item) or int(item) < minimum:
-            raise UsageError(
-                f"{flag} '{item}' is not a whole number >= {minimum}; e.g. {flag} {max(minimum, 1)},{max(minimum, 1) * 2}"
-            )
-        out.append(int(item))
-    return out
-
-
-def parse_choices(flag: str, text: str, table: dict) -> list:
-    out = []
-    for item in _items(flag, text):
-        if item.lower() not in table:
-            raise UsageError(f"{flag} '{item}' is not one of {', '.join(sorted(set(table)))}")
-        value = table[item.lower()]
-        if value in out:
-            raise UsageError(f"{flag} '{text}' names the same setting twice")
-        out.append(value)
-    return out
-
-
-def parse_amp(text: str) -> list:
-    return parse_choices("--amp", text, _AMP)
-
-
-def parse_compile(text: str) -> list[str]:
-    return parse_choices("--compile", text, _COMPILE)
-
-
-def parse_nccl(text: str) -> list[str]:
-    out = []
-    for item in _items("--nccl", text):
-        if item not in NCCL_PRESETS and not _CUSTOM_NCCL.match(item):
-            raise UsageError(
-                f"--nccl '{item}' is not a preset ({', '.join(NCCL_PRESETS)}) nor NCCL_NAME=value[+NCCL_NAME=value]"
-            )
-        out.append(item)
-    return out
-
-
 def default_axes(hw: Hardware) -> Axes:
     n = max(hw.world_size, 1)
     if hw.device == "cuda":
@@ -158,10 +97,8 @@ def _fit_to_hardware(axes: Axes, hw: Hardware, dropped: list[str]) -> Axes:
     for knob, value, reason in cannot_run(hw, {k: getattr(axes, k) for k in vars(axes)}):
         setattr(axes, knob, [v for v in getattr(axes, knob) if v != value])
         dropped.append(reason)
-    axes.amp, axes.pin_memory = axes.amp or [False], axes.pin_memory or [False]
-    axes.nccl = axes.nccl or ["default"]
-    axes.channels_last = axes.channels_last or [True]
-    axes.compile = axes.compile or ["off"]
+    values = vars(axes)
+    fill_empty(values)  # a knob the hardware ruled out entirely runs its fallback (AMP off on CPU)
     for b in axes.batch:
         if b < hw.world_size:
             raise UsageError(

@@ -13,17 +13,15 @@ from typing import Any, Optional
 
 from yoloprof.errors import UsageError
 from yoloprof.records import Decision, Knobs
+from yoloprof.search import knob_table
+from yoloprof.search.knob_table import AUTO_COMPILE, AUTO_NCCL, WORKERS  # noqa: F401 - read by tests and benchmarks
 from yoloprof.search.plan import Hardware, cannot_run, largest_runnable, over_the_data, workers_cap
 
-KNOBS = ("batch", "workers", "amp", "pin_memory", "cache", "nccl", "deterministic", "compile", "channels_last")
+KNOBS = knob_table.NAMES
 ORDINAL = ("batch", "workers")  # walked one step up or down; the others are categories, every value tried
 
 GPU_BATCH_PER_RANK = (8, 16, 32, 64, 128)
 CPU_BATCH_PER_RANK = (4, 8, 16)
-WORKERS = (0, 1, 2, 4, 8, 16)
-AUTO_NCCL = ("default", "ring", "tree", "simple", "no-shm", "buff8m")  # no-p2p: debug-only, never auto
-# compile's other modes autotune for many minutes; auto tries the default mode (GPUs only), a user asks for more
-AUTO_COMPILE = ("off", "default")
 
 
 @dataclass
@@ -101,17 +99,7 @@ def auto_space(
     `train_images`: the dataset's; batches it cannot run as asked are dropped (plan.over_the_data)."""
     given = given or {}
     n, gpu = max(hw.world_size, 1), hw.device == "cuda"
-    auto: dict[str, list] = {
-        "batch": batch_values(hw),
-        "workers": list(WORKERS),
-        "amp": [True, False, "bf16"],
-        "pin_memory": [True, False],
-        "cache": ["off", "disk", "ram"],
-        "nccl": list(AUTO_NCCL),
-        "deterministic": [True, False],
-        "compile": list(AUTO_COMPILE),
-        "channels_last": [True, False],
-    }
+    auto = {k.name: list(k.auto) if k.auto is not None else batch_values(hw) for k in knob_table.KNOBS}
     space = Space({k: list(given.get(k) or auto[k]) for k in KNOBS}, workers_cap=workers_cap(hw))
     for k in ORDINAL:
         space.values[k] = sorted(space.values[k])
@@ -155,14 +143,7 @@ def auto_space(
                 "auto budget; ask for them with --compile",
             )
         )
-    for k, fallback in (
-        ("amp", False),
-        ("pin_memory", False),
-        ("nccl", "default"),
-        ("compile", "off"),
-        ("channels_last", True),
-    ):
-        space.values[k] = space.values[k] or [fallback]
+    knob_table.fill_empty(space.values)
     if not given.get("nccl") and gpu and hw.world_size > 1:
         space.dropped.append(
             Decision(

@@ -25,11 +25,13 @@ from typing import Any, Optional
 from yoloprof.analysis import optimizer as optim
 from yoloprof.errors import UsageError
 from yoloprof.records import OptimizerPlan
+from yoloprof.search import knob_table
 from yoloprof.search.space import show
 
 SCAN_SETS = ("model", "data", "imgsz", "optimizer")
-# a trial's knobs; Ultralytics 8.4 has no pin_memory argument, and NCCL settings are environment variables
-MEASURED = ("batch", "workers", "amp", "cache", "deterministic", "compile", "channels_last")
+# a trial's knobs that a config holds (knob_table: carried by best.yaml); Ultralytics 8.4 has no pin_memory
+# argument, and NCCL settings are environment variables
+MEASURED = knob_table.IN_CONFIG
 
 _PREDICTED = "; the epoch and cost predictions use it"
 # Keys a throughput trial must not take from the user's config: the measurement sets them, or they
