@@ -14,7 +14,8 @@ YOLOPROF_TEST_COST="<where>=<ms>[:rank<r>][:odd][;...]", where is one of:
   allreduce  each AllReduce of the link probe takes this much longer -> the link probe's time per op
 A rank qualifier limits a cost to one rank (`forward=150:rank1` makes rank 1 a straggler); `odd`
 limits it to odd-numbered steps, so a test compares the odd steps with the even ones of the same
-trial: interleaved, the machine's drift and neighbours hit both sides alike.
+trial: interleaved, the machine's drift and neighbours hit both sides alike; `from<e>` starts it at
+epoch e (0-based, `data=40:from2`), a drift for the watched run (`yoloprof train`) to find.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Callable, Optional
 
 ENV = "YOLOPROF_TEST_COST"
 KINDS = ("data", "forward", "loss", "backward", "comm", "optimizer", "allreduce")
-_now = {"step": 0}  # the step the trainer is in (set_step), for `odd` costs
+_now = {"step": 0, "epoch": 0}  # the step and epoch the trainer is in (set_step, set_epoch)
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Cost:
     ms: float
     rank: Optional[int] = None
     odd: bool = False
+    from_epoch: int = 0
 
 
 def parse(text: Optional[str]) -> list[Cost]:
@@ -52,6 +54,8 @@ def parse(text: Optional[str]) -> list[Cost]:
                 cost.rank = int(q[4:])
             elif q == "odd":
                 cost.odd = True
+            elif q.startswith("from"):
+                cost.from_epoch = int(q[4:])
             else:
                 raise ValueError(f"{ENV}: unknown qualifier {q!r} in {item!r}")
         out.append(cost)
@@ -60,6 +64,10 @@ def parse(text: Optional[str]) -> list[Cost]:
 
 def set_step(step: int) -> None:
     _now["step"] = step
+
+
+def set_epoch(epoch: int) -> None:
+    _now["epoch"] = epoch
 
 
 def sleeper(kind: str, rank: int) -> Optional[Callable[..., None]]:
@@ -71,7 +79,8 @@ def sleeper(kind: str, rank: int) -> Optional[Callable[..., None]]:
 
     def spend(*args, step: Optional[int] = None, **kwargs) -> None:
         i = _now["step"] if step is None else step
-        s = sum(c.ms for c in mine if not c.odd or i % 2 == 1) / 1e3
+        due = [c for c in mine if (not c.odd or i % 2 == 1) and _now["epoch"] >= c.from_epoch]
+        s = sum(c.ms for c in due) / 1e3
         if s > 0:
             time.sleep(s)
 

@@ -254,3 +254,22 @@ def scaling(groups: list) -> Optional[str]:
     ax.set_ylabel("images/s, all ranks")
     ax.legend(fontsize=7, frameon=False, title="dashed: linear scaling", title_fontsize=7)
     return _svg(fig)
+
+
+def run_epochs(summary) -> Optional[str]:
+    """A watched run's epoch times, with the scan's predicted band where there is one."""
+    pts = [(v.epoch + 1, v.epoch_s) for v in summary.epochs if v.epoch_s is not None]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    if summary.predicted_low_s is not None and summary.predicted_high_s is not None:
+        ax.axhspan(
+            summary.predicted_low_s, summary.predicted_high_s, color="#1f77b4", alpha=0.15, label="predicted (95%)"
+        )
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color="#111", label="measured")
+    for d in summary.drifts:
+        ax.axvline(d.epoch + 1, color="#d62728", lw=1, ls="--")
+    ax.set_xlabel("epoch (dashed: a drift begins)")
+    ax.set_ylabel("s")
+    ax.legend(fontsize=8, frameon=False)
+    return _svg(fig)

@@ -453,3 +453,10 @@ def render_compare(comparison, a_title: str, b_title: str) -> str:
     return _ENV.get_template("compare.html.j2").render(
         c=comparison, a_title=a_title, b_title=b_title, fmt=_num, pct=_pct, sign=sign, pm=pm
     )
+
+
+def render_run(summary) -> str:
+    """A watched run's page (`yoloprof train`, `yoloprof report RUN_DIR`), self-contained like the scan's."""
+    from yoloprof.reports import charts
+
+    return _ENV.get_template("run.html.j2").render(s=summary, chart=charts.run_epochs(summary), fmt=_num, pct=_pct)

@@ -248,33 +248,55 @@ def test_the_dataset_command_writes_each_task(tmp_path, capsys):
 VALIDATOR = {"detect": "Box(P", "segment": "Mask(P", "pose": "Pose(P", "obb": "mAP50-95)", "classify": "top1_acc"}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("task", ["detect", "segment", "pose", "obb", "classify"])
-def test_a_real_scan_trains_and_validates_each_task(task, task_data, tiny_data, tmp_path):
-    """With the tiny YOLO26 model of each task (end-to-end heads, E2ELoss); tiny-detect.yaml's YOLO11 head
-    scans in tests/test_knobs_cpu.py and tests/test_failures.py."""
+def check_task_scan(task: str, out, stdout: str) -> None:
+    """A real scan of `task` trained and validated with the task's own trainer, loss and validator."""
     from ultralytics.cfg import get_cfg
 
-    from scans import results, scan_cmd
+    from scans import results
 
-    out = tmp_path / "s"
-    data = tiny_data if task == "detect" else task_data[task]
-    cmd = scan_cmd(
-        data, out, "--model", str(FIXTURES / f"tiny26-{task}.yaml"), "--batch", "4", "--workers", "0", epoch_job=True
-    )
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    (r,) = results(out).values()
-    assert r.status == "ok" and r.img_per_s > 0, r.error
-    assert (f"task: {task} (the model's" in proc.stdout) == (task != "detect")  # detect, the default, goes unsaid
+    found = results(out)
+    assert found and all(r.status == "ok" and r.img_per_s > 0 for r in found.values()), found
+    assert (f"task: {task} (the model's" in stdout) == (task != "detect")  # detect, the default, goes unsaid
     meta = read_json(out / "scan.json", ScanMeta)
     assert meta.task == task and meta.dataset.task == task
     costs = read_json(out / "epoch" / "w2.json", EpochCosts)  # validation with the task's validator, timed
     assert costs.status == "ok" and len(costs.val.s) == 2 and all(s > 0 for s in costs.val.s + costs.save.s)
     assert VALIDATOR[task] in (out / "epoch" / "w2" / "rank0.log").read_text(errors="replace")
-    log = (out / "trials" / r.trial_id / "rank0.log").read_text(errors="replace")
-    assert ("l1_loss" in log) == (task != "classify")  # E2ELoss's names for YOLO26's heads (reg_max 1: no DFL)
+    for r in found.values():
+        log = (out / "trials" / r.trial_id / "rank0.log").read_text(errors="replace")
+        assert ("l1_loss" in log) == (task != "classify")  # E2ELoss's names for YOLO26's heads (reg_max 1: no DFL)
     assert f'id="scan-title">{task} &middot;' in (out / "report.html").read_text()
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert "task" not in best
     get_cfg(overrides=best)  # Ultralytics takes it as it is
+
+
+@pytest.mark.slow
+def test_the_shared_scan_trains_and_validates_detect(real_scan):
+    """detect, on the scan test_scan_cpu.py reads (yolo26n.yaml: YOLO26's end-to-end head, E2ELoss)."""
+    out, proc, _ = real_scan
+    check_task_scan("detect", out, proc.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["segment", "pose", "obb", "classify"])
+def test_a_real_scan_trains_and_validates_each_task(task, task_data, tmp_path):
+    """With the tiny YOLO26 model of each task (end-to-end heads, E2ELoss); detect is the shared scan's (above);
+    tiny-detect.yaml's YOLO11 head scans in tests/test_knobs_cpu.py and tests/test_failures.py."""
+    from scans import scan_cmd
+
+    out = tmp_path / "s"
+    cmd = scan_cmd(
+        task_data[task],
+        out,
+        "--model",
+        str(FIXTURES / f"tiny26-{task}.yaml"),
+        "--batch",
+        "4",
+        "--workers",
+        "0",
+        epoch_job=True,
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    check_task_scan(task, out, proc.stdout)

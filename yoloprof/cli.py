@@ -116,8 +116,11 @@ def trade_off_lines(out) -> list[str]:
 
 def _cmd_report(args, console: Console) -> int:
     from yoloprof.reports.terminal import ranked_table
-    from yoloprof import pipeline
+    from yoloprof import pipeline, run_outputs
 
+    if run_outputs.is_run(Path(args.dir)):  # a watched run's folder (yoloprof train): its summary and run.html
+        print("\n".join(run_outputs.lines(run_outputs.write(Path(args.dir)))))
+        return 0
     pipeline.load_meta(Path(args.dir))  # a folder that is no scan: one line, before anything is changed
     pipeline.replan(Path(args.dir), args.epochs, args.gpu_hour_price, args.currency)
     out = pipeline.write_all(Path(args.dir))

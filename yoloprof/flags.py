@@ -195,8 +195,10 @@ def _probe(sub) -> None:
 
 def _reports(sub) -> None:
     """`report`, `compare`, `doctor`, `train` and `slurm` (the last two parse their own flags)."""
-    r = sub.add_parser("report", help="rebuild report.html, results.csv and best.* from a scan folder")
-    r.add_argument("dir", help="a scan folder")
+    r = sub.add_parser(
+        "report", help="rebuild report.html, results.csv and best.* from a scan folder, or a run's run.html"
+    )
+    r.add_argument("dir", help="a scan folder, or a run folder of yoloprof train (its run.html and summary.json)")
     _run_flags(r, again=True)
 
     c = sub.add_parser("compare", help="a side-by-side report of two scans (before/after a change)")

@@ -54,6 +54,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--env", metavar="FILE", help=f"environment file, lines `export K=V` (default: {ENV_FILE} beside CFG, if any)"
     )
+    p.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="train without the run's records (by default every rank writes a line per epoch to RUN_DIR/yoloprof/, "
+        "and the end compares the epochs with the scan's prediction)",
+    )
     return p
 
 
@@ -195,4 +201,33 @@ def main(argv: list[str]) -> int:
         file=sys.stderr,
         flush=True,
     )
-    return run(command(opts, nproc, device, nodes), env)
+    if opts.no_watch:
+        return run(command(opts, nproc, device, nodes), env)
+    return watched(opts, nproc * nodes.nnodes, nodes, command(opts, nproc, device, nodes), env)
+
+
+def watched(opts, world_size: int, nodes: nodes_mod.Nodes, cmd: list[str], env: dict[str, str]) -> int:
+    """The run with its records (yoloprof.worker.run_watch); node 0 then writes the summary and run.html."""
+    import json
+    import tempfile
+
+    from yoloprof import run_outputs
+    from yoloprof.worker import run_watch
+
+    predicted, why = run_outputs.prediction(Path(opts.cfg), world_size) if nodes.leader else ({}, None)
+    if why:
+        print(f"yoloprof train: no prediction to compare: {why}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="yoloprof-train-") as tmp:
+        pointer = Path(tmp) / "run_dir"
+        env = {
+            **env,
+            run_watch.ENV: "1",
+            run_watch.PREDICTION_ENV: json.dumps(predicted),
+            run_watch.POINTER_ENV: str(pointer),
+        }
+        code = run(cmd, env)
+        run_dir = Path(pointer.read_text().strip()) if pointer.exists() else None
+    if nodes.leader and run_dir is not None and run_outputs.is_run(run_dir):
+        summary = run_outputs.write(run_dir)
+        print("\n".join(run_outputs.lines(summary)), file=sys.stderr, flush=True)
+    return code

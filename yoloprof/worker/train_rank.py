@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from yoloprof.errors import UsageError
-from yoloprof.worker import ddp
+from yoloprof.worker import ddp, run_watch
 from yoloprof.worker.train_args import train_args
 
 
@@ -160,6 +160,8 @@ def train(cfg: str, pairs: list[str]) -> None:
 
         model = YOLO(model_name, task=task)
     args["model"] = model_name
+    if os.environ.get(run_watch.ENV) == "1":  # yoloprof train: the run's records, a line per epoch and rank
+        run_watch.watch(model)
     model.train(trainer=trainer_for(model._smart_load("trainer")), **args)
 
 
