@@ -7,7 +7,7 @@ import argparse
 
 from yoloprof import __version__
 from yoloprof.errors import UsageError
-from yoloprof.scan.request import ScanRequest
+from yoloprof.scan import STEPS, WARMUP
 from yoloprof.search.knob_table import KNOBS
 
 
@@ -108,14 +108,14 @@ def _scan(sub) -> None:
     se.add_argument(
         "--budget", help="auto: wall time for the whole scan, e.g. 5m, 300s, 1h (default 5m on CPU, 10m on GPUs)"
     )
-    se.add_argument("--steps", type=int, help=f"measured steps per trial, at least (default {ScanRequest.steps})")
+    se.add_argument("--steps", type=int, help=f"measured steps per trial, at least (default {STEPS})")
     se.add_argument("--max-steps", type=int, help="measured steps per trial, at most (default 3 x --steps)")
     se.add_argument(
         "--precision",
         help="measure each trial until its images/s is known within this, 95%% "
         "interval half-width (default 3%%; 'off': exactly --steps)",
     )
-    se.add_argument("--warmup", type=int, help=f"warm-up steps per trial, not measured (default {ScanRequest.warmup})")
+    se.add_argument("--warmup", type=int, help=f"warm-up steps per trial, not measured (default {WARMUP})")
     se.add_argument(
         "--baseline",
         metavar="K=V,...",
@@ -181,8 +181,8 @@ def _probe(sub) -> None:
     pr.add_argument("--cache", help="loader: comma list, e.g. off,ram,disk")
     pr.add_argument("--nccl", help="allreduce: comma list, e.g. default,ring,tree (GPU)")
     pr.add_argument("--optimizer", help="compute: the optimizer (default auto, picked for 100 epochs of the data)")
-    pr.add_argument("--steps", type=int, help=f"timed steps or batches (default {ScanRequest.steps})")
-    pr.add_argument("--warmup", type=int, help=f"steps or batches run before timing (default {ScanRequest.warmup})")
+    pr.add_argument("--steps", type=int, help=f"timed steps or batches (default {STEPS})")
+    pr.add_argument("--warmup", type=int, help=f"steps or batches run before timing (default {WARMUP})")
     pr.add_argument("--mem-limit", metavar="SIZE", help=MEM_LIMIT_HELP)
     pr.add_argument(
         "--max-mib",

@@ -75,7 +75,8 @@ def views(epochs: dict[int, list[RunEpoch]], start: Optional[RunStart] = None) -
         step = slow.step_ms_mean or 0.0
         wait = (slow.data_wait_ms_mean or 0.0) / step if step else 0.0
         comm = (slow.comm_wait_ms_mean or 0.0) / step if step else 0.0
-        skew = skew_of(list(ranks.values()))
+        excess = [x for x in (_excess(ranks, r) for r in ranks) if x is not None]
+        skew = max(excess) if excess else None  # the straggler measure the drifts use
         bound = "compute"
         if skew is not None and skew > STRAGGLER_SKEW:
             bound = "straggler"
@@ -97,14 +98,6 @@ def views(epochs: dict[int, list[RunEpoch]], start: Optional[RunStart] = None) -
             )
         )
     return out
-
-
-def skew_of(rows: list[RunEpoch]) -> Optional[float]:
-    """How much more the busiest rank works than the least busy (own work: step minus waits)."""
-    busy = [e.busy_ms_p50 for e in rows if e.busy_ms_p50]
-    if len(busy) < 2 or min(busy) <= 0:
-        return None
-    return max(busy) / min(busy) - 1
 
 
 def _excess(ranks: dict[int, RunEpoch], rank: int) -> Optional[float]:

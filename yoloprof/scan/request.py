@@ -20,6 +20,7 @@ from yoloprof.data import datainfo
 from yoloprof.data.dataset import DEFAULT_IMAGES, MAX_IMAGES, MIN_STEPS_PER_EPOCH, SyntheticSpec, ensure
 from yoloprof.errors import UsageError
 from yoloprof.records import DatasetInfo, Environment, MemoryBudget, RunPlan
+from yoloprof.scan import STEPS, WARMUP
 from yoloprof.search import knob_table, plan
 
 DEFAULT_MODEL = "yolo26n.yaml"  # what `yolo train` uses (yolo26n.pt), built from its YAML
@@ -35,8 +36,8 @@ class ScanRequest:
     data: Optional[str] = None
     imgsz: Optional[int] = None
     optimizer: str = "auto"  # Ultralytics' default, resolved per trial for the planned run (analysis.optimizer)
-    warmup: int = 5
-    steps: int = 20
+    warmup: int = WARMUP
+    steps: int = STEPS
     out: Optional[str] = None
     batch: Optional[str] = None
     workers: Optional[str] = None
