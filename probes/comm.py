@@ -32,7 +32,7 @@ class CommState:
     process_group: Optional[dist.ProcessGroup] = None
     sink: Optional[Callable[[BucketTiming], None]] = None  # receives each bucket as it launches
     buckets_seen: list[int] = field(default_factory=list)
-    late: Optional[Callable[[], None]] = None  # tests only: completes each AllReduce this late (injected_costs)
+    late: Optional[Callable[[], None]] = None  # tests only: completes the step's last AllReduce late (injected_costs)
 
 
 def timed_allreduce_hook(state: CommState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -41,7 +41,9 @@ def timed_allreduce_hook(state: CommState, bucket: dist.GradBucket) -> torch.fut
     if state.sink is not None:
         state.sink(timing)
     fut = allreduce_hook(state.process_group, bucket)
-    if state.late is not None:
+    if state.late is not None and bucket.is_last():
+        # Once a step, on the bucket DDP waits for last: gloo runs `then` callbacks on its own threads, so a
+        # sleep in every bucket's would add up or overlap depending on what else the cores run.
         late = state.late
         fut = fut.then(lambda f: (late(), f.value())[1])
 

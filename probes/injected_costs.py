@@ -9,7 +9,7 @@ YOLOPROF_TEST_COST="<where>=<ms>[:rank<r>][:odd][;...]", where is one of:
   forward    the model's forward takes this much longer              -> forward
   loss       the loss takes this much longer (also where compile computes it apart)  -> forward
   backward   the last layer's backward takes this much longer        -> backward
-  comm       each DDP bucket's AllReduce completes this late         -> bucket AllReduce, exposed AllReduce
+  comm       a step's last DDP bucket's AllReduce completes this late -> bucket AllReduce, exposed AllReduce
   optimizer  each optimizer step takes this much longer              -> optimizer (stepping iterations only)
   allreduce  each AllReduce of the link probe takes this much longer -> the link probe's time per op
 A rank qualifier limits a cost to one rank (`forward=150:rank1` makes rank 1 a straggler); `odd`

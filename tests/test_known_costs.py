@@ -107,18 +107,21 @@ def test_each_phase_grows_by_its_own_cost_and_the_verdict_is_input(tiny_data, tm
 def test_a_late_allreduce_is_bucket_time_and_exposed_comm(tiny_data, tmp_path):
     ranks, result = run(tmp_path, spec(tiny_data, "comm"), "comm=100:odd")
     for r, growth in enumerate(grown(ranks)):
-        # The late completion cannot come before the last bucket launched (at the end of the gradients),
-        # so the odd steps wait at least the cost. It replaces part of the wait for the other rank that
-        # the even steps show (seen: 16-41 ms there, and growth of 84-96 ms), hence the base in the band.
+        # The late completion (once a step, on the last bucket, launched at the end of the gradients) makes the
+        # odd steps wait at least the cost. It replaces part of the wait for the other rank that the even steps
+        # show (seen: 16-41 ms there, and growth of 84-96 ms), hence the base in the band.
         base = growth["comm_wait_ms@base"]
         assert growth["comm_wait_ms"] + base >= 100.0 - tolerance(100.0), (r, growth)
         assert abs(growth["comm_wait_ms"] - 100.0) <= tolerance(100.0, base), (r, growth)
         for phase in ("data_wait_ms", "forward_ms", "optimizer_ms"):
             assert growth[phase] <= OTHERS_MS, (r, phase, growth)
         steady = [s for s in ranks[r].steps if not s.warmup and not s.epoch_boundary]
+        assert all(len(s.buckets) >= 2 for s in steady)  # DDP's small first bucket, then the rest
+        last = {p: statistics.median(s.buckets[-1].allreduce_ms for s in steady if s.step % 2 == p) for p in (0, 1)}
+        assert last[1] >= 100.0 - tolerance(100.0), last  # the bucket's own span holds the late completion
+        assert abs(last[1] - last[0] - 100.0) <= tolerance(100.0, last[0]), last
         first = {p: statistics.median(s.buckets[0].allreduce_ms for s in steady if s.step % 2 == p) for p in (0, 1)}
-        assert first[1] >= 100.0 - tolerance(100.0), first  # the bucket's own span holds the late completion
-        assert abs(first[1] - first[0] - 100.0) <= tolerance(100.0, first[0]), first
+        assert abs(first[1] - first[0]) <= OTHERS_MS, first  # the other buckets complete on time
     # Both ranks wait in AllReduce, the slower one too: communication, and on two busy cores sometimes a
     # straggler beside it (seen: rank 1 working 25% more than rank 0 without any injected cost)
     names, evidence = ranking.bounds(result)

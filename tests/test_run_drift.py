@@ -146,3 +146,14 @@ def test_a_noisy_steady_epoch_of_another_rank_does_not_hide_a_straggler(tmp_path
     rows = [epoch(0, 1, busy=135.0) if (x.rank, x.epoch) == (0, 1) else x for x in rows]  # rank 0, one epoch
     found = run_drift.drifts(run_drift.read(write(tmp_path, [start()], rows))[1])
     assert [(d.kind, d.epoch, d.rank) for d in found] == [("straggler", 3, 1)]
+
+
+def test_a_blip_just_before_a_change_does_not_move_the_change_earlier(tmp_path):
+    # rank 1: 25% over the limit in epoch 2 (a 4-step epoch on a busy machine), slowed by 100% from epoch 3
+    rows = steady({(1, 2): {"busy": 115.0}, (1, 3): {"busy": 180.0}})
+    found = run_drift.drifts(run_drift.read(write(tmp_path / "a", [start()], rows))[1])
+    assert [(d.kind, d.epoch, d.rank) for d in found] == [("straggler", 3, 1)]
+    # a creep has no blip: 1100, 1200, 1300 MiB from epoch 2 is called where it first lasts
+    rows = steady({(0, 2): {"mem": 1150.0}, (0, 3): {"mem": 1300.0}, (0, 4): {"mem": 1450.0}})
+    found = run_drift.drifts(run_drift.read(write(tmp_path / "b", [start()], rows))[1])
+    assert [(d.kind, d.epoch, d.rank) for d in found] == [("memory", 2, 0)]
