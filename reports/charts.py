@@ -267,6 +267,10 @@ def run_epochs(summary) -> Optional[str]:
             summary.predicted_low_s, summary.predicted_high_s, color="#1f77b4", alpha=0.15, label="predicted (95%)"
         )
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color="#111", label="measured")
+    pred = [(v.epoch + 1, v.predicted_s) for v in summary.epochs if v.predicted_s is not None]
+    if pred:  # the scan's figure per epoch (the no-mosaic one for the last close_mosaic epochs)
+        ax.plot([p[0] for p in pred], [p[1] for p in pred], color="#1f77b4", lw=1.5, label="predicted")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     for d in summary.drifts:
         ax.axvline(d.epoch + 1, color="#d62728", lw=1, ls="--")
     ax.set_xlabel("epoch (dashed: a drift begins)")

@@ -459,4 +459,7 @@ def render_run(summary) -> str:
     """A watched run's page (`yoloprof train`, `yoloprof report RUN_DIR`), self-contained like the scan's."""
     from yoloprof.reports import charts
 
-    return _ENV.get_template("run.html.j2").render(s=summary, chart=charts.run_epochs(summary), fmt=_num, pct=_pct)
+    tele = any(v.telemetry_samples for v in summary.epochs)
+    return _ENV.get_template("run.html.j2").render(
+        s=summary, chart=charts.run_epochs(summary), fmt=_num, pct=_pct, tele=tele
+    )

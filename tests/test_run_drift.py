@@ -157,3 +157,80 @@ def test_a_blip_just_before_a_change_does_not_move_the_change_earlier(tmp_path):
     rows = steady({(0, 2): {"mem": 1150.0}, (0, 3): {"mem": 1300.0}, (0, 4): {"mem": 1450.0}})
     found = run_drift.drifts(run_drift.read(write(tmp_path / "b", [start()], rows))[1])
     assert [(d.kind, d.epoch, d.rank) for d in found] == [("memory", 2, 0)]
+
+
+def telemetry(folder, clocks: dict[int, float], reasons_from: int, node: int = 0):
+    """node's telemetry file: 2 GPUs sampled every second through epochs 0-5 (epoch e's steps: 100 + 10 e to
+    108 + 10 e); GPU 1 at clocks[e] MHz with sw_thermal from epoch reasons_from, GPU 0 steady."""
+    lines = [{"kind": "header", "interval_s": 1.0, "gpus": [0, 1], "nvml_indices": [0, 1], "gpu_status": "ok"}]
+    for e in range(6):
+        for t in range(101 + 10 * e, 108 + 10 * e):
+            for gpu in (0, 1):
+                hot = gpu == 1 and e >= reasons_from
+                lines.append(
+                    {
+                        "kind": "gpu",
+                        "t_s": float(t),
+                        "gpu": gpu,
+                        "sm_util_pct": 90.0,
+                        "sm_clock_mhz": clocks[e] if gpu == 1 else 1980.0,
+                        "temp_c": 88.0 if hot else 70.0,
+                        "power_w": 650.0,
+                        "throttle_reasons": ["sw_thermal"] if hot else [],
+                    }
+                )
+            lines.append(
+                {
+                    "kind": "cpu",
+                    "t_s": float(t),
+                    "cpu_pct_per_core": [50.0, 70.0],
+                    "loader_workers": 2,
+                    "loader_cpu_pct": 80.0,
+                    "loader_rss_mib": 500.0,
+                    "ranks_cpu_pct": 100.0,
+                    "ranks_rss_mib": 2000.0,
+                    "mem_available_mib": 9000.0,
+                }
+            )
+    (folder / "yoloprof" / f"telemetry-node{node}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+
+
+def timed(rows):
+    """Epoch e's steps from 100 + 10 e for 8 s; its line written 1.5 s later (validation and saving)."""
+    return [dataclasses.replace(x, t_end_s=100.0 + 10 * x.epoch + 8.0 + 1.5) for x in rows]
+
+
+def test_gpu_clocks_falling_with_a_thermal_slowdown_are_a_drift_of_that_gpus_rank(tmp_path):
+    clocks = {0: 1980.0, 1: 1980.0, 2: 1970.0, 3: 1985.0, 4: 1600.0, 5: 1590.0}
+    run = write(tmp_path, [start(), start(1)], timed(steady({(1, 4): {"busy": 120.0}})))
+    telemetry(run, clocks, reasons_from=4)
+    s = run_drift.summarize(run)
+    clock = [d for d in s.drifts if d.kind == "clocks"]
+    assert [(d.epoch, d.rank) for d in clock] == [(4, 1)]
+    assert clock[0].evidence.startswith(
+        "GPU 1 of node 0 (rank 1): its SM clock fell from 1980 to 1600 MHz (-19%) from epoch 5, NVML naming "
+        "sw_thermal in 100% of its samples, 88 C at most, 650 W"
+    )
+    # the straggler it makes is named too, and the clocks explain the epoch first
+    assert [(d.kind, d.epoch) for d in s.drifts][:2] == [("clocks", 4), ("straggler", 4)]
+    v = s.epochs[4]
+    assert (v.sm_clock_mhz_min, v.gpu_temp_c_max, v.throttle_reasons) == (1600.0, 88.0, ["sw_thermal"])
+    assert (v.gpu_util_pct, v.cpu_util_pct, v.loader_cpu_pct, v.telemetry_samples) == (90.0, 60.0, 80.0, 21)
+    assert s.telemetry == ["node 0: 2 GPU(s), 84 samples; CPU 42 samples"]
+    assert "sw_thermal" in html.render_run(s)
+
+
+def test_clocks_that_fall_without_a_slowdown_reason_or_for_one_epoch_are_no_drift(tmp_path):
+    low = {0: 1980.0, 1: 1980.0, 2: 1980.0, 3: 1980.0, 4: 1500.0, 5: 1500.0}
+    run = write(tmp_path / "a", [start()], timed(steady()))
+    telemetry(run, low, reasons_from=99)  # a light load lowers the clocks: NVML names no slowdown
+    assert [d for d in run_drift.summarize(run).drifts if d.kind == "clocks"] == []
+    blip = {0: 1980.0, 1: 1980.0, 2: 1500.0, 3: 1980.0, 4: 1980.0, 5: 1980.0}
+    run = write(tmp_path / "b", [start()], timed(steady()))
+    telemetry(run, blip, reasons_from=2)  # hot in epoch 3 only... and on: the clocks came back
+    assert [d for d in run_drift.summarize(run).drifts if d.kind == "clocks"] == []
+
+
+def test_a_run_without_telemetry_says_so(tmp_path):
+    s = run_drift.summarize(write(tmp_path, [start()], steady()))
+    assert s.telemetry[0].startswith("not measured: no telemetry file") and s.epochs[1].gpu_util_pct is None

@@ -71,6 +71,22 @@ def test_the_injected_drifts_are_named_at_their_epochs(watched):
     # the live line: one per epoch on rank 0, with the scan's prediction
     lines = [line for line in text.splitlines() if line.startswith("yoloprof: epoch ")]
     assert len(lines) == EPOCHS and all("(predicted " in line for line in lines)
+    # rank 0 reads the other ranks' lines of the epoch: the straggler is on the live line from epoch 4
+    assert all("bound: straggler (rank 1, its own work +" in line for line in lines[3:]), lines
+
+
+def test_the_node_is_sampled_while_the_steps_run(watched):
+    run, text, _ = watched
+    tele = (run / "yoloprof" / "telemetry-node0.jsonl").read_text().splitlines()
+    header = json.loads(tele[0])
+    assert header["kind"] == "header" and header["interval_s"] == 1.0 and header["gpus"] == []
+    assert header["gpu_status"].startswith("not measured")  # no GPU on this machine: said, never zero
+    s = read_json(run / "yoloprof" / "summary.json", RunSummary)
+    # an epoch of 4 steps takes 1-4 s here: a sample a second lands in most epochs' steps
+    sampled = [v for v in s.epochs if v.telemetry_samples]
+    assert len(sampled) >= EPOCHS - 2 and all(0 < v.cpu_util_pct <= 100 for v in sampled)
+    assert all(v.gpu_util_pct is None and v.sm_clock_mhz_min is None for v in s.epochs)
+    assert s.telemetry[0].startswith("node 0: GPU not measured") and "telemetry: node 0: GPU not measured" in text
 
 
 def test_the_report_is_rebuilt_from_the_records_alone(watched):

@@ -191,6 +191,49 @@ def test_ranks_per_node_from_gpus_device_list_or_nproc():
         train.ranks_per_node({"device": "0,1"}, 2, None)
 
 
+def test_the_run_telemetry_samples_the_gpus_the_ranks_train_on(monkeypatch):
+    from yoloprof import train
+
+    monkeypatch.setattr(train, "_cuda", lambda: True)
+    assert train.node_gpus({"device": "cpu"}, None) == []
+    assert train.node_gpus({"device": "cpu"}, "2,3") == [2, 3]  # --gpus wins over the config
+    assert train.node_gpus({"device": [0, 1, 2]}, None) == [0, 1, 2]
+    assert train.node_gpus({"device": None}, None) == [0]  # Ultralytics' default on a GPU machine
+    monkeypatch.setattr(train, "_cuda", lambda: False)
+    assert train.node_gpus({"device": None}, None) == []
+
+
+def test_the_run_telemetry_starts_when_the_run_folder_is_named_and_stops_with_the_run(tmp_path):
+    """The sampler waits for the node's first rank to name the run folder, samples into it as the run goes,
+    and gives up without a sample when the run ends before naming it."""
+    from yoloprof import train
+
+    pointer = tmp_path / "run_dir"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    sampler = train.RunSampler(pointer, [], 0, dict(os.environ))
+    try:
+        sampler.follow(proc)
+        (tmp_path / "run").mkdir()
+        pointer.write_text(str(tmp_path / "run"))
+        out = tmp_path / "run" / "yoloprof" / "telemetry-node0.jsonl"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (out.exists() and out.read_text().count('"kind": "cpu"') >= 2):
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+        sampler.stop()
+    text = out.read_text()
+    assert text.startswith('{"kind": "header", "interval_s": 1.0') and text.count('"kind": "cpu"') >= 2
+    quick = subprocess.Popen([sys.executable, "-c", "pass"])
+    nothing = train.RunSampler(tmp_path / "never", [], 0, dict(os.environ))
+    nothing.follow(quick)
+    quick.wait()
+    t0 = time.monotonic()
+    nothing.stop()
+    assert nothing.sampler is None and time.monotonic() - t0 < 5
+
+
 def test_node_rank_decides_the_global_rank():
     from yoloprof.worker import ddp
 

@@ -56,8 +56,9 @@ def write(run_dir: Path) -> RunSummary:
 
 
 def lines(summary: RunSummary) -> list[str]:
-    """What the terminal shows at the end: the verdict, each drift, where the report is."""
+    """What the terminal shows at the end: the verdict, each drift, what telemetry was sampled, where the report is."""
     out = [f"yoloprof: {summary.verdict}"]
     out += [f"  drift at epoch {d.epoch + 1} ({d.kind.replace('_', ' ')}): {d.evidence}" for d in summary.drifts]
+    out += [f"  telemetry: {line}" for line in summary.telemetry]
     out.append(f"  report: {Path(summary.run_dir) / 'yoloprof' / 'run.html'}")
     return out

@@ -10,13 +10,14 @@ several nodes (or of CPU ranks) needs (`yoloprof.worker.train_rank`). Bad input:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from yoloprof import nodes as nodes_mod
 from yoloprof.errors import UsageError
@@ -27,6 +28,9 @@ JOIN_TIMEOUT_S = 600.0  # nodes of a job may start minutes apart; torchrun's own
 # The offline variables of a scan's launch, minus the folders: a training run keeps the user's
 # Ultralytics settings (runs_dir among them), as `yolo train` does.
 KEEP_USERS = ("YOLO_CONFIG_DIR", "MPLCONFIGDIR", "YOLO_VERBOSE")
+# The watched run's telemetry (NVML, CPU), sampled by this process, not the ranks: slow enough to cost nothing
+# measurable (benchmarks/overhead.py --watch), fast enough for a few samples in a short epoch.
+TELEMETRY_S = 1.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,6 +121,7 @@ def ranks_per_node(args: dict, nproc: Optional[int], gpus: Optional[str]) -> tup
     return max(len(ids), 1), None
 
 
+@functools.lru_cache(maxsize=1)
 def _cuda() -> bool:
     import torch
 
@@ -161,11 +166,14 @@ def environment(opts: argparse.Namespace, nodes: nodes_mod.Nodes) -> tuple[dict[
     return env, env_file if env_file.is_file() else None
 
 
-def run(cmd: list[str], env: dict[str, str]) -> int:
-    """torchrun in a session of its own; SIGINT/SIGTERM go to it (a second one kills it); its exit code."""
+def run(cmd: list[str], env: dict[str, str], started: Optional[Callable[[subprocess.Popen], None]] = None) -> int:
+    """torchrun in a session of its own; SIGINT/SIGTERM go to it (a second one kills it); its exit code.
+    started: called with the process once it runs (the run's telemetry follows it)."""
     from yoloprof.scan.launch import kill_group
 
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    if started is not None:
+        started(proc)
     signals: list[int] = []
 
     def forward(sig, _frame):
@@ -194,6 +202,7 @@ def main(argv: list[str]) -> int:
 
     args = train_args(opts.cfg, opts.overrides)
     nproc, device = ranks_per_node(args, opts.nproc, opts.gpus)
+    gpus = node_gpus(args, device)
     env, env_file = environment(opts, nodes)
     where = f"node {nodes.node_rank} of {nodes.nnodes}, " if nodes.multi else ""
     print(
@@ -203,10 +212,60 @@ def main(argv: list[str]) -> int:
     )
     if opts.no_watch:
         return run(command(opts, nproc, device, nodes), env)
-    return watched(opts, nproc * nodes.nnodes, nodes, command(opts, nproc, device, nodes), env)
+    return watched(opts, nproc * nodes.nnodes, nodes, command(opts, nproc, device, nodes), env, gpus)
 
 
-def watched(opts, world_size: int, nodes: nodes_mod.Nodes, cmd: list[str], env: dict[str, str]) -> int:
+def node_gpus(args: dict, device: Optional[str]) -> list[int]:
+    """The CUDA indices this node's ranks train on, as this process sees them ([] on CPU): what the run's
+    telemetry samples."""
+    d = device or _device_list(args)
+    if d in ("cpu", "mps") or (not d and not _cuda()):
+        return []
+    ids = [x.strip() for x in (d or "").removeprefix("cuda:").split(",") if x.strip()]
+    return [int(x) for x in ids if x.isdigit()] or [0]
+
+
+class RunSampler:
+    """The node's telemetry while the run trains: started once the node's first rank names the run folder
+    (at the trainer's set-up), sampled by this process every TELEMETRY_S into
+    RUN_DIR/yoloprof/telemetry-node<n>.jsonl (flushed line by line: a killed run keeps it), stopped with the run."""
+
+    def __init__(self, pointer: Path, gpus: list[int], node: int, environ: dict[str, str]):
+        import threading
+
+        self.pointer, self.gpus, self.node, self.environ = pointer, gpus, node, environ
+        self.sampler = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._wait, name="yoloprof-run-telemetry", daemon=True)
+
+    def follow(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self._thread.start()
+
+    def _wait(self) -> None:
+        from yoloprof.probes.telemetry import TelemetrySampler
+        from yoloprof.worker.run_watch import FOLDER
+
+        while not self._done.wait(0.5):
+            if self.proc.poll() is not None:
+                return
+            if self.pointer.exists() and self.pointer.read_text().strip():
+                run_dir = Path(self.pointer.read_text().strip())
+                path = run_dir / FOLDER / f"telemetry-node{self.node}.jsonl"
+                self.sampler = TelemetrySampler(
+                    path, TELEMETRY_S, self.gpus, root_pid=self.proc.pid, environ=self.environ
+                ).start()
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+        if self.sampler is not None:
+            self.sampler.stop()
+
+
+def watched(opts, world_size: int, nodes: nodes_mod.Nodes, cmd: list[str], env: dict[str, str], gpus: list[int]) -> int:
     """The run with its records (yoloprof.worker.run_watch); node 0 then writes the summary and run.html."""
     import json
     import tempfile
@@ -225,7 +284,11 @@ def watched(opts, world_size: int, nodes: nodes_mod.Nodes, cmd: list[str], env: 
             run_watch.PREDICTION_ENV: json.dumps(predicted),
             run_watch.POINTER_ENV: str(pointer),
         }
-        code = run(cmd, env)
+        sampler = RunSampler(pointer, gpus, nodes.node_rank, env)
+        try:
+            code = run(cmd, env, started=sampler.follow)
+        finally:
+            sampler.stop()
         run_dir = Path(pointer.read_text().strip()) if pointer.exists() else None
     if nodes.leader and run_dir is not None and run_outputs.is_run(run_dir):
         summary = run_outputs.write(run_dir)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
+from yoloprof.analysis import run_telemetry
 from yoloprof.analysis.ranking import INPUT_FRAC, STRAGGLER_SKEW
+from yoloprof.analysis.change import first_lasting, onset, reference
 from yoloprof.analysis.stats import median
 from yoloprof.records import RecordError, from_dict
 from yoloprof.records.run import Drift, RunEpoch, RunEpochView, RunStart, RunSummary
@@ -109,49 +111,22 @@ def _excess(ranks: dict[int, RunEpoch], rank: int) -> Optional[float]:
     return mine / others - 1 if mine and others else None
 
 
-def first_lasting(keys: list[int], holds: Callable[[int, int], bool]) -> Optional[int]:
-    """The first epoch k where `holds(k, k)` and, at the next epoch, `holds(next, k)`: the change against the
-    epochs before k, still there one epoch later (or k is the last)."""
-    for i, k in enumerate(keys):
-        if holds(k, k) and (i + 1 == len(keys) or holds(keys[i + 1], k)):
-            return k
-    return None
-
-
-def onset(keys: list[int], holds: Callable[[int, int], bool], values: dict[int, Optional[float]]) -> Optional[int]:
-    """first_lasting, moved past an epoch that sits nearer the level before it than the level after it (seen in CI: a
-    straggler called one 4-step epoch before its injected slow-down), while the next epoch is a
-    change of its own. A gradual creep would be moved to where it is nearer its later level: memory does not use it."""
-    k = first_lasting(keys, holds)
-    while k is not None and values.get(k) is not None:
-        i = keys.index(k)
-        before = _ref(values, k)
-        after = median(values[j] for j in keys[i + 1 :] if values.get(j) is not None)
-        if before is None or after is None or abs(values[k] - before) >= abs(values[k] - after):
-            break
-        nxt = keys[i + 1]
-        if not holds(nxt, nxt) or (i + 2 < len(keys) and not holds(keys[i + 2], nxt)):
-            break
-        k = nxt
-    return k
-
-
-def _ref(values: dict[int, Optional[float]], before: int) -> Optional[float]:
-    """The steady reference: the median of the epochs after the first and before `before`."""
-    return median(v for k, v in values.items() if 0 < k < before)
-
-
-def drifts(epochs: dict[int, list[RunEpoch]], start: Optional[RunStart] = None) -> list[Drift]:
-    """Each kind of change, per rank where it is a rank's, at the first epoch that shows it for good."""
+def drifts(
+    epochs: dict[int, list[RunEpoch]],
+    start: Optional[RunStart] = None,
+    nodes: Optional[list[run_telemetry.NodeTelemetry]] = None,
+) -> list[Drift]:
+    """Each kind of change, per rank where it is a rank's, at the first epoch that shows it for good; nodes: the
+    run's telemetry (GPU clocks falling)."""
     done = finished(epochs)
     keys = [k for k in done if k > 0]
-    found: list[Drift] = []
+    found: list[Drift] = run_telemetry.clock_drifts(keys, epochs, nodes or [])
     for rank in sorted(epochs):
         rows = {k: done[k][rank] for k in done}
         wait = {k: (e.data_wait_ms_mean or 0.0) / e.step_ms_mean if e.step_ms_mean else None for k, e in rows.items()}
 
         def rose(k: int, since: int) -> bool:
-            ref = _ref(wait, since)
+            ref = reference(wait, since)
             return ref is not None and wait[k] is not None and wait[k] - ref >= DATA_WAIT_RISE
 
         k = onset(keys, rose, wait)
@@ -162,7 +137,7 @@ def drifts(epochs: dict[int, list[RunEpoch]], start: Optional[RunStart] = None) 
                     "data_wait",
                     k,
                     rank,
-                    f"rank {rank}'s data wait rose from {100 * _ref(wait, k):.0f}% to {100 * wait[k]:.0f}% of its "
+                    f"rank {rank}'s data wait rose from {100 * reference(wait, k):.0f}% to {100 * wait[k]:.0f}% of its "
                     f"step ({e.data_wait_ms_mean:.0f} ms a step) from epoch {k + 1}: the input pipeline fell behind "
                     "(a cold page cache, a slow disk, busy CPUs)",
                 )
@@ -170,12 +145,12 @@ def drifts(epochs: dict[int, list[RunEpoch]], start: Optional[RunStart] = None) 
         mem = {k: e.peak_mem_mib for k, e in rows.items()}
 
         def crept(k: int, since: int) -> bool:
-            ref = _ref(mem, since)
+            ref = reference(mem, since)
             return bool(ref) and mem[k] is not None and mem[k] > ref * (1 + MEMORY_CREEP)
 
         k = first_lasting(keys, crept)  # memory creeps: called where it first lasts, not where it lands
         if k is not None:
-            ref = _ref(mem, k)
+            ref = reference(mem, k)
             found.append(
                 Drift(
                     "memory",
@@ -191,7 +166,7 @@ def drifts(epochs: dict[int, list[RunEpoch]], start: Optional[RunStart] = None) 
         excess = {k: _excess(done[k], rank) for k in done}
 
         def straggles(k: int, since: int, excess=excess) -> bool:
-            ref = _ref(excess, since)
+            ref = reference(excess, since)
             return excess[k] is not None and excess[k] > STRAGGLER_SKEW and ref is not None and ref <= STRAGGLER_SKEW
 
         k = onset(keys, straggles, excess)
@@ -218,12 +193,12 @@ def _slower_and_band(vs: list[RunEpochView], keys: list[int], found: list[Drift]
     by = {v.epoch: v for v in vs}
 
     def slower(k: int, since: int) -> bool:
-        ref = _ref(train, since)
+        ref = reference(train, since)
         return bool(ref) and train[k] > ref * (1 + SLOWER)
 
     k = onset(keys, slower, train)
     if k is not None and not any(d.epoch <= k for d in found):  # no cause above: every rank slowed
-        ref = _ref(train, k)
+        ref = reference(train, k)
         out.append(
             Drift(
                 "slower",
@@ -257,19 +232,22 @@ def _slower_and_band(vs: list[RunEpochView], keys: list[int], found: list[Drift]
 def summarize(run_dir: Path) -> RunSummary:
     starts, epochs = read(run_dir)
     start = starts.get(0) or next(iter(starts.values()), None)
+    nodes = run_telemetry.read(run_dir)
     vs = views(epochs, start)
+    run_telemetry.fill(vs, epochs, nodes)
     steady = [v.epoch_s for v in vs if v.epoch > 0 and v.epoch_s is not None]
     out = RunSummary(
         run_dir=str(run_dir),
         world_size=start.world_size if start else len(epochs),
         epochs=vs,
-        drifts=drifts(epochs, start),
+        drifts=drifts(epochs, start, nodes),
         predicted_epoch_s=start.predicted_epoch_s if start else None,
         predicted_low_s=start.predicted_low_s if start else None,
         predicted_high_s=start.predicted_high_s if start else None,
         prediction_from=start.prediction_from if start else None,
         prediction_missing=list(start.prediction_missing) if start else [],
         measured_epoch_s=median(steady),
+        telemetry=run_telemetry.notes(nodes),
     )
     out.verdict = verdict(out)
     return out

@@ -67,7 +67,7 @@ class RunEpoch:
 class Drift:
     """A change in the run, called at the epoch it began with the figures that show it."""
 
-    kind: Literal["data_wait", "straggler", "memory", "slower", "outside_band"]
+    kind: Literal["data_wait", "straggler", "memory", "clocks", "slower", "outside_band"]
     epoch: int  # 0-based, the first epoch that shows it
     rank: Optional[int]  # the rank it concerns; None: the whole run
     evidence: str  # one sentence with the numbers
@@ -86,6 +86,14 @@ class RunEpochView:
     data_wait_frac: float  # of the slowest rank's step time
     bound: str  # "input", "compute", "straggler"
     rank_train_s: list[float] = field(default_factory=list)
+    # telemetry over the epoch's steps (yoloprof train samples it every second, NVML and /proc); None: not measured
+    gpu_util_pct: Optional[float] = None  # SM busy, mean over the samples and GPUs
+    sm_clock_mhz_min: Optional[float] = None  # the slowest GPU's mean SM clock
+    gpu_temp_c_max: Optional[float] = None
+    throttle_reasons: list[str] = field(default_factory=list)  # NVML's slowdown reasons seen in the epoch
+    cpu_util_pct: Optional[float] = None  # every core, 100 = all busy
+    loader_cpu_pct: Optional[float] = None  # the DataLoader workers' CPU, summed (100 = one core)
+    telemetry_samples: int = 0
 
 
 @dataclass
@@ -103,3 +111,4 @@ class RunSummary:
     prediction_missing: list[str] = field(default_factory=list)  # what the scan's epoch figure leaves out
     measured_epoch_s: Optional[float] = None  # the median steady epoch (the first left out)
     verdict: str = ""
+    telemetry: list[str] = field(default_factory=list)  # per node: what was sampled, or why not

@@ -26,7 +26,7 @@ from yoloprof.records.run import RunEpoch, RunStart
 
 ENV = "YOLOPROF_WATCH"  # "1": yoloprof train's ranks attach the watch
 PREDICTION_ENV = "YOLOPROF_PREDICTION"  # JSON of the scan's prediction (yoloprof train puts it there)
-POINTER_ENV = "YOLOPROF_RUN_POINTER"  # a file where rank 0 writes the run folder for yoloprof train
+POINTER_ENV = "YOLOPROF_RUN_POINTER"  # a file where a node's first rank writes the run folder for yoloprof train
 FOLDER = "yoloprof"  # in Ultralytics' run folder
 
 
@@ -91,8 +91,10 @@ class RunWatch:
         )
         self._write(self.start)
         pointer = os.environ.get(POINTER_ENV)
-        if pointer and self.rank == 0:
-            Path(pointer).write_text(str(Path(trainer.save_dir).resolve()))
+        if pointer and int(os.environ.get("LOCAL_RANK", "0")) == 0:  # each node's yoloprof train samples its run
+            tmp = Path(pointer).with_suffix(".tmp")
+            tmp.write_text(str(Path(trainer.save_dir).resolve()))
+            tmp.replace(pointer)  # read whole or not at all
 
     # -- each epoch --------------------------------------------------------------------------------
     def on_epoch_start(self, trainer) -> None:
@@ -119,8 +121,9 @@ class RunWatch:
             record.epoch_s = t[-1] - (t[-2] if len(t) > 1 else 0.0)
         record.peak_mem_mib = _peak(self.device)
         self._write(record)
-        if self.rank == 0:
-            print(live_line(record, self.start), file=sys.stderr, flush=True)
+        if self.rank == 0:  # the other ranks wrote their epoch as their steps ended, before this validation
+            others = other_ranks(self.file.parent, self.rank, record.epoch)
+            print(live_line(record, self.start, others), file=sys.stderr, flush=True)
 
     def _write(self, record) -> None:
         with open(self.file, "a") as f:
@@ -164,8 +167,35 @@ def summarize(rank: int, epoch: int, steps: list[StepSample], t0: float, t1: flo
     )
 
 
-def live_line(e: RunEpoch, start: RunStart) -> str:
-    """Rank 0's line beside Ultralytics' progress: the epoch, its rate, where its steps went, the prediction."""
+def other_ranks(folder: Path, rank: int, epoch: int) -> list[RunEpoch]:
+    """The other ranks' lines for this epoch in this node's folder (the tail of each file: a few KiB, however
+    long the run); a rank not there yet, or on another node without a shared folder, is left out."""
+    out = []
+    for f in folder.glob("rank*.jsonl"):
+        if f == folder / f"rank{rank}.jsonl":
+            continue
+        try:
+            with open(f, "rb") as fh:
+                fh.seek(max(fh.seek(0, os.SEEK_END) - 8192, 0))
+                lines = fh.read().decode(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in reversed(lines):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if data.get("kind") == "epoch" and data.get("epoch") == epoch:
+                out.append(RunEpoch(**data))
+                break
+    return out
+
+
+def live_line(e: RunEpoch, start: RunStart, others: Optional[list[RunEpoch]] = None) -> str:
+    """Rank 0's line beside Ultralytics' progress: the epoch, its rate, where its steps went, the bound, the
+    prediction. others: the other ranks' lines for the epoch, for the straggler (rank 0 alone cannot see one)."""
+    from yoloprof.analysis.ranking import INPUT_FRAC, STRAGGLER_SKEW
+
     parts = [f"yoloprof: epoch {e.epoch + 1}/{start.epochs}"]
     if e.epoch_s is not None:
         parts.append(f"{e.epoch_s:.1f} s")
@@ -183,18 +213,33 @@ def live_line(e: RunEpoch, start: RunStart) -> str:
         parts.append(f"data wait {100 * wait:.0f}%")
         if e.comm_wait_ms_mean is not None:
             parts.append(f"exposed AllReduce {100 * comm:.0f}%")
-        # rank 0 sees its own phases: a wait in AllReduce is the link's, or another rank's that is slower
-        parts.append(
-            "bound: input"
-            if wait >= 0.10
-            else "bound: communication or a slower rank"
-            if comm >= 0.10
-            else "bound: compute"
-        )
+        slow = straggler([e, *(others or [])])
+        if slow is not None and slow[1] > STRAGGLER_SKEW:
+            parts.append(f"bound: straggler (rank {slow[0]}, its own work +{100 * slow[1]:.0f}%)")
+        elif wait >= INPUT_FRAC:
+            parts.append("bound: input")
+        elif comm >= 0.10:  # a wait in AllReduce with no slower rank seen: the link (or a rank not seen)
+            parts.append("bound: communication" if others else "bound: communication or a slower rank")
+        else:
+            parts.append("bound: compute")
     left = start.epochs - e.epoch - 1
     if e.epoch_s is not None and left > 0:
         parts.append(f"ETA {left * e.epoch_s / 60:.1f} min")
     return ", ".join(parts)
+
+
+def straggler(rows: list[RunEpoch]) -> Optional[tuple[int, float]]:
+    """(the rank whose own work most exceeds the others' median, by how much), as run_drift measures it."""
+    from statistics import median
+
+    best = None
+    for r in rows:
+        rest = [x.busy_ms_p50 for x in rows if x is not r and x.busy_ms_p50]
+        if r.busy_ms_p50 and rest:
+            excess = r.busy_ms_p50 / median(rest) - 1
+            if best is None or excess > best[1]:
+                best = (r.rank, excess)
+    return best
 
 
 def _attach(trainer, probe, rank: int) -> None:
