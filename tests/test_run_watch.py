@@ -122,3 +122,39 @@ def test_a_run_killed_mid_epoch_keeps_its_finished_epochs(real_scan, tmp_path):
     assert report.returncode == 0, report.stderr
     s = read_json(tmp_path / "run" / "yoloprof" / "summary.json", RunSummary)
     assert [v.epoch for v in s.epochs][:2] == [0, 1]
+
+
+PYTHON_RUN = """
+import sys
+from ultralytics import YOLO
+from yoloprof.probes import offline
+from yoloprof.worker.run_watch import watch
+
+offline.patch_ultralytics()
+model = YOLO(sys.argv[1])
+watch(model)
+model.train(data=sys.argv[2], epochs=3, imgsz=64, batch=4, workers=0, device="cpu", project=sys.argv[3],
+            name="run", plots=False, close_mosaic=0, warmup_epochs=0)
+"""
+
+
+def test_a_python_users_run_is_watched_with_its_own_telemetry(tiny_data, tmp_path):
+    """`watch(model)` before `model.train(...)`, one process, no yoloprof train: the same records, and the
+    process samples its own node (yoloprof train is not there to)."""
+    from conftest import FIXTURES
+    from yoloprof.scan.launch import offline_env
+
+    env = {**os.environ, **offline_env(tmp_path / "cache")}
+    args = [str(FIXTURES / "tiny-detect.yaml"), str(tiny_data), str(tmp_path)]
+    proc = subprocess.run([sys.executable, "-c", PYTHON_RUN, *args], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    starts, epochs = run_drift.read(run)
+    assert list(epochs) == [0] and [e.epoch for e in epochs[0]] == [0, 1, 2] and starts[0].world_size == 1
+    assert all(e.steps == 4 and e.comm_wait_ms_mean is None for e in epochs[0])  # 16 images, batch 4, one rank
+    assert "yoloprof: epoch 3/3" in proc.stderr
+    tele = (run / "yoloprof" / "telemetry-node0.jsonl").read_text()
+    assert tele.startswith('{"kind": "header", "interval_s": 1.0') and '"kind": "cpu"' in tele
+    report = subprocess.run([str(BIN / "yoloprof"), "report", str(run)], capture_output=True, text=True)
+    assert report.returncode == 0 and (run / "yoloprof" / "run.html").exists(), report.stderr
+    assert "no prediction to hold it against" in read_json(run / "yoloprof" / "summary.json", RunSummary).verdict

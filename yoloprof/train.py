@@ -28,9 +28,6 @@ JOIN_TIMEOUT_S = 600.0  # nodes of a job may start minutes apart; torchrun's own
 # The offline variables of a scan's launch, minus the folders: a training run keeps the user's
 # Ultralytics settings (runs_dir among them), as `yolo train` does.
 KEEP_USERS = ("YOLO_CONFIG_DIR", "MPLCONFIGDIR", "YOLO_VERBOSE")
-# The watched run's telemetry (NVML, CPU), sampled by this process, not the ranks: slow enough to cost nothing
-# measurable (benchmarks/overhead.py --watch), fast enough for a few samples in a short epoch.
-TELEMETRY_S = 1.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -227,7 +224,7 @@ def node_gpus(args: dict, device: Optional[str]) -> list[int]:
 
 class RunSampler:
     """The node's telemetry while the run trains: started once the node's first rank names the run folder
-    (at the trainer's set-up), sampled by this process every TELEMETRY_S into
+    (at the trainer's set-up), sampled by this process (not the ranks) every run_watch.TELEMETRY_S into
     RUN_DIR/yoloprof/telemetry-node<n>.jsonl (flushed line by line: a killed run keeps it), stopped with the run."""
 
     def __init__(self, pointer: Path, gpus: list[int], node: int, environ: dict[str, str]):
@@ -244,7 +241,7 @@ class RunSampler:
 
     def _wait(self) -> None:
         from yoloprof.probes.telemetry import TelemetrySampler
-        from yoloprof.worker.run_watch import FOLDER
+        from yoloprof.worker.run_watch import FOLDER, TELEMETRY_S
 
         while not self._done.wait(0.5):
             if self.proc.poll() is not None:

@@ -30,16 +30,24 @@ POINTER_ENV = "YOLOPROF_RUN_POINTER"  # a file where a node's first rank writes 
 FOLDER = "yoloprof"  # in Ultralytics' run folder
 
 
+# The run's telemetry (NVML, CPU) every second: slow enough to cost nothing measurable (0.2-0.3% of one core,
+# benchmarks/overhead.py --watch), fast enough for a few samples in a short epoch.
+TELEMETRY_S = 1.0
+
+
 def watch(model) -> "RunWatch":
-    """Attach to a YOLO model before `model.train(...)`: its trainer's ranks write the run's records."""
-    w = RunWatch()
+    """Attach to a YOLO model before `model.train(...)`: its trainer's ranks write the run's records. Without
+    yoloprof train to sample the node, this process samples its own GPU and CPU (a thread, every second)."""
+    w = RunWatch(sample=True)
     for event, fn in w.callbacks().items():
         model.add_callback(event, fn)
     return w
 
 
 class RunWatch:
-    def __init__(self):
+    def __init__(self, sample: bool = False):
+        self.sample = sample  # watch(model): no yoloprof train process samples the node, this one does
+        self.sampler = None
         self.probe = None
         self.file = None
         self.rank = max(int(os.environ.get("RANK", "-1")), 0)
@@ -55,6 +63,7 @@ class RunWatch:
             "on_train_batch_end": lambda t: self.probe.batch_end(),
             "on_train_epoch_end": self.on_train_epoch_end,
             "on_fit_epoch_end": self.on_fit_epoch_end,
+            "on_train_end": self.on_train_end,
         }
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -90,6 +99,12 @@ class RunWatch:
             **predicted,
         )
         self._write(self.start)
+        if self.sample and self.rank == 0 and not os.environ.get(POINTER_ENV):
+            from yoloprof.probes.telemetry import TelemetrySampler
+
+            gpus = [trainer.device.index or 0] if cuda else []
+            path = folder / "telemetry-node0.jsonl"
+            self.sampler = TelemetrySampler(path, TELEMETRY_S, gpus, root_pid=os.getpid()).start()
         pointer = os.environ.get(POINTER_ENV)
         if pointer and int(os.environ.get("LOCAL_RANK", "0")) == 0:  # each node's yoloprof train samples its run
             tmp = Path(pointer).with_suffix(".tmp")
@@ -115,7 +130,9 @@ class RunWatch:
         if not self._open:
             return  # Ultralytics' final validation also calls this, after the last epoch
         self._open = False
-        record = summarize(self.rank, trainer.epoch, self._steps, self._t_epoch, self._t_train_end, trainer)
+        record = summarize(
+            self.rank, trainer.epoch, self._steps, self._t_epoch, self._t_train_end, trainer, self.start.world_size
+        )
         if len(self._metrics_t) >= 1:  # rank 0: the epoch as results.csv times it (between its rows)
             t = self._metrics_t
             record.epoch_s = t[-1] - (t[-2] if len(t) > 1 else 0.0)
@@ -125,6 +142,11 @@ class RunWatch:
             others = other_ranks(self.file.parent, self.rank, record.epoch)
             print(live_line(record, self.start, others), file=sys.stderr, flush=True)
 
+    def on_train_end(self, trainer) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+            self.sampler = None
+
     def _write(self, record) -> None:
         with open(self.file, "a") as f:
             f.write(json.dumps(asdict(record)) + "\n")
@@ -132,17 +154,20 @@ class RunWatch:
             os.fsync(f.fileno())
 
 
-def summarize(rank: int, epoch: int, steps: list[StepSample], t0: float, t1: float, trainer) -> RunEpoch:
+def summarize(
+    rank: int, epoch: int, steps: list[StepSample], t0: float, t1: float, trainer, world_size: int = 2
+) -> RunEpoch:
     """An epoch's steps -> its line: the steady steps' means (each epoch's first step carries the loader's
-    start and is kept apart)."""
+    start and is kept apart). One rank has no AllReduce: what follows its last gradient is backward's tail."""
     steady = steps[1:]
+    ddp = world_size > 1
 
     def avg(name: str) -> Optional[float]:
         vals = [getattr(s, name) for s in steady if getattr(s, name) is not None]
         return mean(vals) if vals else None
 
     step_ms = [s.step_ms for s in steady]
-    busy = [s.step_ms - s.data_wait_ms - (s.comm_wait_ms or 0.0) for s in steady]
+    busy = [s.step_ms - s.data_wait_ms - ((s.comm_wait_ms or 0.0) if ddp else 0.0) for s in steady]
     return RunEpoch(
         rank=rank,
         epoch=int(epoch),
@@ -154,7 +179,7 @@ def summarize(rank: int, epoch: int, steps: list[StepSample], t0: float, t1: flo
         step_ms_p90=quantile(step_ms, 0.9) if step_ms else None,
         busy_ms_p50=quantile(busy, 0.5) if busy else None,
         data_wait_ms_mean=avg("data_wait_ms"),
-        comm_wait_ms_mean=avg("comm_wait_ms"),
+        comm_wait_ms_mean=avg("comm_wait_ms") if ddp else None,
         forward_ms_mean=avg("forward_ms"),
         backward_ms_mean=avg("backward_ms"),
         optimizer_ms_mean=avg("optimizer_ms"),
