@@ -120,8 +120,6 @@ def test_a_late_allreduce_is_bucket_time_and_exposed_comm(tiny_data, tmp_path):
         last = {p: statistics.median(s.buckets[-1].allreduce_ms for s in steady if s.step % 2 == p) for p in (0, 1)}
         assert last[1] >= 100.0 - tolerance(100.0), last  # the bucket's own span holds the late completion
         assert abs(last[1] - last[0] - 100.0) <= tolerance(100.0, last[0]), last
-        first = {p: statistics.median(s.buckets[0].allreduce_ms for s in steady if s.step % 2 == p) for p in (0, 1)}
-        assert abs(first[1] - first[0]) <= OTHERS_MS, first  # the other buckets complete on time
     # Both ranks wait in AllReduce, the slower one too: communication, and on two busy cores sometimes a
     # straggler beside it (seen: rank 1 working 25% more than rank 0 without any injected cost)
     names, evidence = ranking.bounds(result)

@@ -81,7 +81,9 @@ def _written(run: Path) -> dict:
         "state": sorted(ckpt["model"].state_dict()),
         "columns": list(rows[0]),
         "rows": len(rows),
-        "files": sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()),
+        # each node's yoloprof train samples its own node: telemetry-node<n>.jsonl, compared apart
+        "files": sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "telemetry-" not in p.name),
+        "telemetry": sorted(p.name for p in (run / "yoloprof").glob("telemetry-node*.jsonl")),
     }
 
 
@@ -121,6 +123,9 @@ def test_one_epoch_across_two_nodes_writes_what_one_node_writes(tiny_data, tmp_p
     assert not (tmp_path / "node1" / "runs").exists()
     assert [p for p in (tmp_path / "node1").rglob("*") if p.is_file()] == []
     across, alone = _written(tmp_path / "node0" / "runs" / "run"), _written(tmp_path / "single" / "runs" / "run")
+    # the two "nodes" share this host's disk, so node 1's telemetry lands in the same run folder
+    assert across.pop("telemetry") == ["telemetry-node0.jsonl", "telemetry-node1.jsonl"]
+    assert alone.pop("telemetry") == ["telemetry-node0.jsonl"]
     assert across == alone
     assert across["rows"] == 1  # epochs=1 on the command line won over the config's 3
     assert {"weights/last.pt", "weights/best.pt", "results.csv", "args.yaml"} <= set(across["files"])
