@@ -234,3 +234,15 @@ def test_clocks_that_fall_without_a_slowdown_reason_or_for_one_epoch_are_no_drif
 def test_a_run_without_telemetry_says_so(tmp_path):
     s = run_drift.summarize(write(tmp_path, [start()], steady()))
     assert s.telemetry[0].startswith("not measured: no telemetry file") and s.epochs[1].gpu_util_pct is None
+
+
+def test_a_miss_with_only_epochs_outside_the_band_says_nothing_in_the_run_explains_it(tmp_path):
+    # every epoch 30% slower than the band from the start (seen: a real run while the machine was slower)
+    rows = steady({(None, 0): {"epoch_s": 13.0}})
+    run = write(tmp_path, [start(predicted_epoch_s=10.0, predicted_low_s=9.0, predicted_high_s=11.0), start(1)], rows)
+    s = run_drift.summarize(run)
+    assert [d.kind for d in s.drifts] == ["outside_band"]
+    assert s.verdict == (
+        "the prediction missed by +30%: a steady epoch took 13.0 s (median of 5), predicted 10.0 s, "
+        "with no drift in the run to explain it"
+    )

@@ -271,10 +271,11 @@ def verdict(s: RunSummary) -> str:
             f"({s.predicted_low_s:.1f}-{s.predicted_high_s:.1f}){missing}"
         )
     miss = median(m / p for m, p in pairs) - 1
-    why = f", because {s.drifts[0].evidence}" if s.drifts else ", with no drift in the run to explain it"
+    causes = [d for d in s.drifts if d.kind != "outside_band"]  # an epoch outside the band restates the miss
+    why = f", because {causes[0].evidence}" if causes else ", with no drift in the run to explain it"
     if not band:  # no interval: nothing to say it held or missed beyond the figures
         return (
             f"{measured}, predicted {predicted:.1f} s ({100 * miss:+.0f}%), with no band to hold it against "
-            f"(the scan measured no interval for it){missing}" + (why if s.drifts else "")
+            f"(the scan measured no interval for it){missing}" + (why if causes else "")
         )
     return f"the prediction missed by {100 * miss:+.0f}%: {measured}, predicted {predicted:.1f} s{missing}{why}"
