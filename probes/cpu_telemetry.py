@@ -29,9 +29,21 @@ def is_rank_cmdline(cmdline: list[str]) -> bool:
     return not launcher and any(RANK_MARK in a for a in cmdline)
 
 
+def busy_pct(before, after) -> float:
+    """A core's busy % between two psutil.cpu_times readings, as psutil.cpu_percent computes it: all time
+    less idle and iowait, guest time left out of the total (Linux counts it in user and nice too)."""
+    delta = {f: max(getattr(after, f) - getattr(before, f), 0.0) for f in after._fields}
+    total = sum(delta.values()) - delta.get("guest", 0.0) - delta.get("guest_nice", 0.0)
+    busy = total - delta.get("idle", 0.0) - delta.get("iowait", 0.0)
+    return round(100.0 * busy / total, 1) if total > 0 else 0.0
+
+
 class CpuReader:
     WALK_S = 1.0  # walk the tree at most this often...
     WALK_SHARE = 0.01  # ...and less often if a walk would take more than this share of the time
+    # The kernel counts CPU time in clock ticks (10 ms): a per-core reading over less than this many seconds is
+    # all zeros or one tick's noise, so it is left empty (not measured) rather than written as idle cores.
+    CORES_MIN_S = 0.05
 
     def __init__(self, root_pid: Optional[int] = None):
         self.root_pid = root_pid  # torchrun or a wrapper of it; may be set later (the sampler starts first)
@@ -41,7 +53,9 @@ class CpuReader:
         self._workers: list[psutil.Process] = []
         self._root: Optional[psutil.Process] = None
         self._next_walk = 0.0  # time.monotonic() of the next walk
-        psutil.cpu_percent(percpu=True)  # start the per-core interval
+        # The per-core baseline is the reader's own: psutil.cpu_percent keeps one per thread, so a reader made
+        # in one thread and read in another (the sampler's) read [0.0, 0.0] first, a second after its start.
+        self._cores, self._cores_t = psutil.cpu_times(percpu=True), time.monotonic()
 
     def _walk(self) -> None:
         """Find the ranks (a rank's command line, a parent without one: a forked DataLoader worker
@@ -97,7 +111,13 @@ class CpuReader:
 
     def read(self, t_s: Optional[float] = None) -> CpuSample:
         t_s = time.time() if t_s is None else t_s
-        per_core = [float(x) for x in psutil.cpu_percent(percpu=True)]
+        now = time.monotonic()
+        if now - self._cores_t >= self.CORES_MIN_S:
+            cores = psutil.cpu_times(percpu=True)
+            per_core = [busy_pct(a, b) for a, b in zip(self._cores, cores)]
+            self._cores, self._cores_t = cores, now
+        else:
+            per_core = []  # too short an interval to mean anything; the baseline stays for the next read
         if self.root_pid is not None and (
             time.monotonic() >= self._next_walk or self._root is None or self._root.pid != self.root_pid
         ):

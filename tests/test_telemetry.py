@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
+import threading
 import time
 import types
 from unittest import mock
@@ -309,6 +311,37 @@ elif role == "busy":
 elif role == "sleeper":
     time.sleep(2.9)
 """
+
+
+def test_the_cores_are_read_over_the_interval_since_the_reader_began_in_any_thread():
+    """The sampler makes its reader in one thread and reads it in another. psutil.cpu_percent keeps its
+    baseline per thread, so that first read said every core was idle ([0.0, 0.0], seen as an epoch's only
+    sample); the reader keeps its own. A read too soon after the last (under a 10 ms tick's worth) is
+    empty, not idle."""
+    reader = cpu_telemetry.CpuReader(None)
+    assert reader.read().cpu_pct_per_core == []  # at once: no interval yet
+
+    def busy_then_read(box):
+        t = time.monotonic()
+        while time.monotonic() - t < 0.3:  # keep this core busy
+            pass
+        box.append(reader.read().cpu_pct_per_core)
+
+    box = []
+    th = threading.Thread(target=busy_then_read, args=(box,))
+    th.start()
+    th.join()
+    (cores,) = box
+    assert len(cores) == psutil.cpu_count() and sum(cores) > 50, cores  # one core's worth, at least
+    assert reader.read().cpu_pct_per_core == []  # again too soon after that one
+
+
+def test_busy_pct_is_psutils_formula():
+    T = collections.namedtuple("T", "user nice system idle iowait irq softirq steal guest guest_nice")
+    a = T(100, 0, 50, 800, 50, 0, 0, 0, 10, 0)
+    b = T(160, 0, 70, 880, 70, 0, 0, 0, 30, 0)  # +60 user (20 of it guest), +20 system, +80 idle, +20 iowait
+    assert cpu_telemetry.busy_pct(a, b) == round(100 * 80 / 180, 1)  # total 200 - 20 guest; busy 180 - 100
+    assert cpu_telemetry.busy_pct(a, a) == 0.0
 
 
 def test_cpu_reader_on_a_real_process_tree(tmp_path):
