@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 # replaces it (what `yoloprof doctor` prints when the driver is older than torch's CUDA).
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 SCAN_ARGS ?=
+# The suite on pytest-xdist workers; tests marked `exclusive` still run alone (tests/machine_share.py), and
+# those reading the one shared real scan on one worker. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 ifeq ($(origin TORCH),command line)
 REPLACE_TORCH := 1
 endif
@@ -32,11 +36,11 @@ scan: install
 
 # CI (.ci/run) runs `make test`: the linter first, then the whole suite.
 test: install lint
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q $(PARALLEL) --durations=15
 
 # For development: the tests that start no torchrun and train nothing (the `slow` marker's complement).
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(PARALLEL) -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

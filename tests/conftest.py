@@ -1,10 +1,12 @@
-"""Shared fixtures: the recorded CPU scan, a private cache folder, and a tiny dataset."""
+"""Shared fixtures: the recorded CPU scan, a private cache folder, and a tiny dataset; and how the suite
+shares the machine between its xdist workers (machine_share.py)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +15,16 @@ import pytest
 FIXTURES = Path(__file__).parent / "fixtures"
 CPU_SCAN = FIXTURES / "cpu-scan"
 BENCH = Path(__file__).parent.parent / "benchmarks"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Each test holds the machine, shared or (marked `exclusive`) whole, through its set-up, call and
+    tear-down (module and session fixtures are built inside the first test that needs them)."""
+    from machine_share import folder, hold
+
+    with hold(folder(), exclusive=item.get_closest_marker("exclusive") is not None):
+        yield
 
 
 def load_benchmark(name: str, module: str = ""):
@@ -70,7 +82,15 @@ def cpu_scan_copy(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def real_scan(tiny_data, tmp_path_factory):
-    """One real 2-rank CPU scan with its ceilings, shared by test_scan_cpu.py and test_scan_ceilings.py."""
+    """One real 2-rank CPU scan with its ceilings, read by test_scan_cpu.py, test_scan_ceilings.py, test_tasks.py
+    and test_run_watch.py: built once for the whole run, by whichever xdist worker asks first."""
+    from machine_share import once
     from scans import shared_scan
 
-    return shared_scan(tiny_data, tmp_path_factory.mktemp("scan"))
+    def build(root: Path) -> dict:
+        out, proc, root = shared_scan(tiny_data, root)
+        return {"out": str(out), "root": str(root), "stdout": proc.stdout, "stderr": proc.stderr, "args": proc.args}
+
+    got = once("real_scan", build, lambda: tmp_path_factory.mktemp("scan"))
+    proc = subprocess.CompletedProcess(got["args"], 0, got["stdout"], got["stderr"])
+    return Path(got["out"]), proc, Path(got["root"])

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").glob("*.md"))
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-# Flags of the other tools the pages show: torchrun, pip, pytest, sbatch/srun, docker, mkdocs, ruff.
+# Flags of the other tools the pages show: torchrun, pip, pytest (and pytest-xdist), sbatch/srun, docker, mkdocs, ruff.
 OTHERS = {
     "--nproc-per-node",
     "--nnodes",
@@ -26,6 +26,7 @@ OTHERS = {
     "--no-deps",
     "--target",
     "--durations",
+    "--dist",
     "--cpus-per-task",
     "--ntasks-per-node",
     "--gpus-per-node",

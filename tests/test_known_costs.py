@@ -16,7 +16,8 @@ from yoloprof.scan import ceilings, launch
 from yoloprof.search import plan
 from yoloprof.records import Knobs, TrialSpec
 
-pytestmark = pytest.mark.slow
+# Alone on the machine (tests/machine_share.py): each test times injected sleeps against the phases around them.
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]
 PHASES = ("data_wait_ms", "h2d_ms", "forward_ms", "backward_ms", "comm_wait_ms", "optimizer_ms")
 COSTS = {"data_wait_ms": 150.0, "forward_ms": 100.0, "backward_ms": 80.0, "optimizer_ms": 60.0}
 # A phase without a cost may grow this much (a third of the smallest cost, 60 ms). It may shrink more: on two

@@ -20,6 +20,9 @@ from yoloprof.records import read_json
 from yoloprof.records.run import RunSummary
 
 pytestmark = pytest.mark.slow
+# The watched run's drifts are injected costs found against its own epochs: the tests that read it (and so may
+# be the one that runs it) have the machine to themselves (tests/machine_share.py).
+ALONE = pytest.mark.exclusive
 BIN = Path(sys.executable).parent
 EPOCHS = 5
 
@@ -40,6 +43,7 @@ def watched(real_scan, tmp_path_factory):
     return project / "run", text, out
 
 
+@ALONE
 def test_every_rank_writes_a_line_per_epoch_as_ultralytics_times_it(watched):
     run, _, _ = watched
     starts, epochs = run_drift.read(run)
@@ -59,6 +63,7 @@ def test_every_rank_writes_a_line_per_epoch_as_ultralytics_times_it(watched):
     assert starts[1].prediction_from is None  # rank 0 carries it
 
 
+@ALONE
 def test_the_injected_drifts_are_named_at_their_epochs(watched):
     run, text, _ = watched
     s = read_json(run / "yoloprof" / "summary.json", RunSummary)
@@ -75,6 +80,7 @@ def test_the_injected_drifts_are_named_at_their_epochs(watched):
     assert all("bound: straggler (rank 1, its own work +" in line for line in lines[3:]), lines
 
 
+@ALONE
 def test_the_node_is_sampled_while_the_steps_run(watched):
     run, text, _ = watched
     tele = (run / "yoloprof" / "telemetry-node0.jsonl").read_text().splitlines()
@@ -90,6 +96,7 @@ def test_the_node_is_sampled_while_the_steps_run(watched):
     assert s.telemetry[0].startswith("node 0: GPU not measured") and "telemetry: node 0: GPU not measured" in text
 
 
+@ALONE
 def test_the_report_is_rebuilt_from_the_records_alone(watched):
     run, _, _ = watched
     page = run / "yoloprof" / "run.html"
