@@ -287,11 +287,12 @@ def _search_context(meta: ScanMeta, anchors: dict[str, str]) -> dict:
     )
 
 
-def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[list] = None) -> str:
-    meta, results, ranking, best = out.meta, out.results, out.ranking, out.best
+def _trial_rows(out) -> list[dict]:
+    """The trials table: one row per trial, in ranking order, with its verdict, role and epoch cells."""
+    results, ranking = out.results, out.ranking
     verdicts = {v.trial_id: v for v in ranking.verdicts}
     rows = table_rows(results, ranking)
-    roles = {tid: role for role, tid in meta.baselines.items()}
+    roles = {tid: role for role, tid in out.meta.baselines.items()}
     by_id = {r.trial_id: r for r in results}
     for row in rows:
         v = verdicts[row["trial_id"]]
@@ -304,8 +305,12 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
         row.update(epoch_view.table_cells(out.predictions.get(row["trial_id"])))
         k = by_id[row["trial_id"]].knobs
         row["precision"], row["more"] = k.precision, ", ".join(k.extras())
-    more = any(row["more"] for row in rows)  # a column for the knobs beyond the five where a trial set one
-    opt_col = len({row["optimizer"] for row in rows}) > 1  # auto picked differently per batch: say which ran where
+    return rows
+
+
+def _figures(out, timelines: Optional[list]) -> list[dict]:
+    """The report's charts of the trials: throughput with its intervals, the step's phases, and over time."""
+    results, ranking = out.results, out.ranking
     figures = []
     ranked = ordered(results, ranking)
     svg = charts.throughput(ranked, {r.trial_id: noise.trial_interval(r, noise.run_to_run(results)) for r in ranked})
@@ -345,7 +350,15 @@ def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[
                 ),
             )
         )
-    figures += _knob_figures(out)
+    return figures
+
+
+def render(out, best_cfg: Optional[BestConfig], title: str, timelines: Optional[list] = None) -> str:
+    meta, results, ranking, best = out.meta, out.results, out.ranking, out.best
+    rows = _trial_rows(out)
+    more = any(row["more"] for row in rows)  # a column for the knobs beyond the five where a trial set one
+    opt_col = len({row["optimizer"] for row in rows}) > 1  # auto picked differently per batch: say which ran where
+    figures = _figures(out, timelines) + _knob_figures(out)
     scale_groups = scaling.groups(results)
     command = "source best.env && yolo train cfg=best.yaml"
     return _ENV.get_template("report.html.j2").render(

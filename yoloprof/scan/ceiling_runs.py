@@ -50,17 +50,7 @@ def run_ceilings(
         console.print(terminal.loader_table(c))
     if "compute" in which:
         console.print("Compute ceiling: the training step on one device, batch already there...")
-        specs = ceilings.compute_specs(
-            hw,
-            axes.batch,
-            axes.amp,
-            model=ctx.model,
-            data=ctx.dataset.data,
-            imgsz=ctx.imgsz,
-            optimizer=ctx.optimizer,
-            warmup=req.warmup,
-            steps=req.steps,
-        )
+        specs = ceilings.compute_specs(hw, axes.batch, axes.amp, **ctx.trial_args(req))
         specs = usercfg.for_compute(specs, ctx.train_cfg_args, n)  # --cfg: its arguments hold here too
         gpu = next((g for g in ctx.env.gpus if hw.gpus and g.index == hw.gpus[0]), None)
         c = ceilings.compute(

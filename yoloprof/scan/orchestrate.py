@@ -30,6 +30,7 @@ from yoloprof.records import (
     OptimizerPlan,
     RunPlan,
     ScanMeta,
+    TrialSpec,
     write_json,
 )
 
@@ -126,6 +127,17 @@ class Context:
 
     def fit(self) -> dataset_fit.DatasetFit:
         return dataset_fit.decide(self.dataset, self.memory, self.imgsz, self.hw.world_size)
+
+    def trial_args(self, req: ScanRequest) -> dict:
+        """What every trial and probe of this scan trains: the model, data, image size, optimizer and steps."""
+        return dict(
+            model=self.model,
+            data=self.dataset.data,
+            imgsz=self.imgsz,
+            optimizer=self.optimizer,
+            warmup=req.warmup,
+            steps=req.steps,
+        )
 
 
 def prepare(req: ScanRequest, console: Console) -> Context:
@@ -238,27 +250,33 @@ def run(req: ScanRequest, console: Console) -> tuple[pipeline.ScanOutputs, Path,
     """Returns the outputs, the scan folder and the exit code (0, NO_TRIAL_OK, or 128 + signal when interrupted)."""
     started = time.monotonic()
     ctx = prepare(req, console)
-    hw, the_plan, dataset, model, imgsz = ctx.hw, ctx.plan, ctx.dataset, ctx.model, ctx.imgsz
     out = prepare_out(req)
-    leader = lead(ctx.nodes, out, cluster.hello(hw, dataset, model, imgsz), console) if ctx.nodes.multi else None
-    specs = (
-        []
-        if ctx.strategy == "auto"
-        else plan.specs(
-            the_plan,
-            hw,
-            model=model,
-            data=dataset.data,
-            imgsz=imgsz,
-            optimizer=ctx.optimizer,
-            warmup=req.warmup,
-            steps=req.steps,
-            world_sizes=ctx.world_sizes,
-            precision=ctx.precision,
-            max_steps=ctx.max_steps,
-            overrides=usercfg.held(ctx.train_cfg_args),
-        )
+    hello = cluster.hello(ctx.hw, ctx.dataset, ctx.model, ctx.imgsz)
+    leader = lead(ctx.nodes, out, hello, console) if ctx.nodes.multi else None
+    specs = [] if ctx.strategy == "auto" else _grid_specs(req, ctx)  # auto proposes its trials as it searches
+    meta = _meta(req, ctx, specs)
+    write_json(out / paths.SCAN_MARKER, meta)
+    _announce(console, req, ctx, meta, out)
+    with cluster.leading(leader):
+        return finish(out, meta, ctx, req, console, started)
+
+
+def _grid_specs(req: ScanRequest, ctx: Context) -> list[TrialSpec]:
+    """The grid's trials: the plan's knob product at each world size."""
+    return plan.specs(
+        ctx.plan,
+        ctx.hw,
+        **ctx.trial_args(req),
+        world_sizes=ctx.world_sizes,
+        precision=ctx.precision,
+        max_steps=ctx.max_steps,
+        overrides=usercfg.held(ctx.train_cfg_args),
     )
+
+
+def _meta(req: ScanRequest, ctx: Context, specs: list[TrialSpec]) -> ScanMeta:
+    """scan.json as the scan starts: what was asked, the machine, the plan and (grid) every trial."""
+    hw, dataset = ctx.hw, ctx.dataset
     meta = ScanMeta(
         yoloprof_version=__version__,
         created_s=time.time(),
@@ -266,14 +284,14 @@ def run(req: ScanRequest, console: Console) -> tuple[pipeline.ScanOutputs, Path,
         device=hw.device,
         world_size=hw.world_size,
         gpus=hw.gpus,
-        model=model,
-        imgsz=imgsz,
+        model=ctx.model,
+        imgsz=ctx.imgsz,
         optimizer=req.optimizer,  # what was asked ("auto" by default); each spec names its trial's optimizer
         warmup_steps=req.warmup,
         measured_steps=req.steps,
         dataset=dataset,
-        axes={k: list(v) for k, v in vars(the_plan.axes).items()},
-        dropped=the_plan.dropped,
+        axes={k: list(v) for k, v in vars(ctx.plan.axes).items()},
+        dropped=ctx.plan.dropped,
         trial_ids=[s.trial_id for s in specs],
         specs=specs,
         baselines={
@@ -299,7 +317,12 @@ def run(req: ScanRequest, console: Console) -> tuple[pipeline.ScanOutputs, Path,
     )
     if usercfg.deviation(ctx.train_cfg_args):
         meta.trial_deviations.append(usercfg.deviation(ctx.train_cfg_args))
-    write_json(out / paths.SCAN_MARKER, meta)
+    return meta
+
+
+def _announce(console: Console, req: ScanRequest, ctx: Context, meta: ScanMeta, out: Path) -> None:
+    """The scan's opening lines: where it writes, the ranks, the model, the data, the memory and the plan."""
+    specs, dataset, model = meta.specs, ctx.dataset, ctx.model
     console.print(f"[bold]yoloprof scan[/] -> {out}")
     console.print(
         f"  ranks: {ctx.hw_why}"
@@ -314,7 +337,7 @@ def run(req: ScanRequest, console: Console) -> tuple[pipeline.ScanOutputs, Path,
         if ctx.precision and ctx.max_steps and ctx.max_steps > req.steps
         else f"{req.steps} measured"
     )
-    console.print(f"  model: {model} ({dataset.task})   imgsz: {imgsz}   steps: {req.warmup} warm-up + {measured}")
+    console.print(f"  model: {model} ({dataset.task})   imgsz: {ctx.imgsz}   steps: {req.warmup} warm-up + {measured}")
     batches = sorted({s.knobs.batch for s in specs}) if specs else ctx.batches
     console.print(f"  optimizer: {optim.describe(ctx.optimizer, batches)}", markup=False, highlight=False)
     console.print(
@@ -324,7 +347,7 @@ def run(req: ScanRequest, console: Console) -> tuple[pipeline.ScanOutputs, Path,
     if ctx.train_cfg:
         for line in usercfg.summary(ctx.train_cfg, ctx.train_cfg_args, ctx.baseline):
             console.print(f"  {line}", markup=False, highlight=False)
-    for d in the_plan.dropped:
+    for d in ctx.plan.dropped:
         console.print(f"  [yellow]not tried[/]: {d}")
     for role, tid in meta.baselines.items():
         console.print(f"  baseline: {role} = {tid}")
@@ -340,8 +363,6 @@ def run(req: ScanRequest, console: Console) -> tuple[pipeline.ScanOutputs, Path,
         console.print(
             f"  plan: {len(specs)} trials" + ("" if req.no_ceilings else ", then the input, compute and link ceilings")
         )
-    with cluster.leading(leader):
-        return finish(out, meta, ctx, req, console, started)
 
 
 def lead(nodes: nodes_mod.Nodes, out: Path, me: dict, console: Console):
