@@ -30,7 +30,7 @@ if str(HERE) not in sys.path:  # the gpu_check_* modules beside this file, howev
 
 from gpu_check_device_stages import nvml_info, stage_cuda_start, stage_doctor, stage_nccl  # noqa: E402
 from gpu_check_run import BUDGET_S, CPU_SMOKE, GRACE_S, SUMMARY, Ctx, Params, Ran, Runner, Stage, pack_records  # noqa: E402
-from gpu_check_trial_stages import stage_grid, stage_knobs, stage_oom_fit, stage_phases  # noqa: E402
+from gpu_check_trial_stages import stage_grid, stage_knobs, stage_oom_fit, stage_phases, stage_watch  # noqa: E402
 from gpu_check_travel import (  # noqa: E402
     check_travel,
     missing_requirements,
@@ -48,6 +48,7 @@ from gpu_check_verdicts import (  # noqa: E402
     steps_check,
     telemetry_plausible,
     trials_check,
+    watch_check,
 )
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "steps_check",
     "telemetry_plausible",
     "travel_files",
+    "watch_check",
     "trials_check",
     "wheel_requirements",
 ]
@@ -129,6 +131,13 @@ STAGES = [
         "compile, deterministic off and channels_last off against Ultralytics' "
         "defaults on the tiny model, with the epoch job",
     ),
+    Stage(
+        "watch",
+        45,
+        stage_watch,
+        "yoloprof train watching 3 epochs on the GPU from the grid's best.yaml: a line per epoch timed with "
+        "CUDA events and the allocator's peak, the node's NVML telemetry, the run's summary",
+    ),
 ]
 
 
@@ -150,6 +159,15 @@ def plan_text(stages: list[Stage], budget_s: float) -> str:
     for i, s in enumerate(stages, 1):
         lines.append(f"  {i}. {s.name:<11} {s.estimate_s:>4.0f} s  {s.what}")
     lines.append(f"  total          {total:>4.0f} s ({total / 60:.1f} min)")
+    spent, past = 0.0, []
+    for s in stages:
+        spent += s.estimate_s
+        if spent > budget_s:
+            past.append(s.name)
+    if past:
+        lines.append(
+            f"  past the budget at these estimates, run only if earlier stages finish sooner: {', '.join(past)}"
+        )
     return "\n".join(lines)
 
 

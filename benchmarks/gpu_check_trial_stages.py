@@ -1,9 +1,10 @@
 """The GPU check's stages that run yoloprof trials: the grid scan, the phases against a synchronized run,
-the memory fit against a real OOM, and the knobs; each judged by gpu_check_verdicts."""
+the memory fit against a real OOM, the knobs, and `yoloprof train`'s watch; each judged by gpu_check_verdicts."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from gpu_check_verdicts import (
     steps_check,
     telemetry_plausible,
     trials_check,
+    watch_check,
 )
 from yoloprof.records import ComputePoint, Knobs
 
@@ -302,3 +304,38 @@ def stage_oom_fit(ctx: Ctx) -> list[Check]:
         dict(batch=x.batch, status=x.status, peak_mem_mib=x.peak_mem_mib, error=x.error) for x in search
     ]
     return [probe, verdict]
+
+
+def stage_watch(ctx: Ctx) -> list[Check]:
+    """`yoloprof train` watching a real run on the GPU (issue 23's CUDA branch): from the grid's best.yaml when
+    the grid ran (so the run is compared with its prediction), else from the grid's settings; a few epochs."""
+    import yaml
+
+    p = ctx.params
+    epochs = 3
+    best = ctx.out / "grid" / "scan" / "best.yaml"
+    if best.is_file():
+        cfg = best
+    else:
+        data = ctx.stage_dir / "data"
+        size = "640x480" if ctx.cuda else "160x120"
+        images = str(4 * p.batch)
+        ran = ctx.run(
+            [sys.executable, "-m", "yoloprof", "dataset", "--out", str(data), "--images", images, "--size", size],
+            "dataset",
+        )
+        if ran.returncode != 0:
+            return [Check("dataset", False, ran.line("yoloprof dataset"))]
+        cfg = ctx.stage_dir / "cfg.yaml"
+        settings = dict(model=p.model, data=str(data / "data.yaml"), imgsz=p.imgsz, batch=p.batch, workers=p.workers)
+        cfg.write_text(yaml.safe_dump(settings))
+    where = ["--gpus", str(ctx.gpu)] if ctx.cuda else ["--nproc", "1", "device=cpu"]
+    run_dir = ctx.stage_dir / "run"
+    args = [f"epochs={epochs}", f"project={ctx.stage_dir}", "name=run", "exist_ok=True", "plots=False"]
+    ran = ctx.run([sys.executable, "-m", "yoloprof", "train", str(cfg), *where, *args], "train")
+    checks = [Check("train", ran.returncode == 0 and not ran.timed_out, ran.line("yoloprof train"))]
+    checks += watch_check(run_dir, epochs, "cuda_event" if ctx.cuda else "host", [ctx.gpu] if ctx.cuda else [])
+    summary = run_dir / "yoloprof" / "summary.json"
+    verdict = json.loads(summary.read_text()).get("verdict") if summary.is_file() else None
+    checks.append(Check("run summary", summary.is_file(), f"verdict: {verdict}" if verdict else "no summary.json"))
+    return checks

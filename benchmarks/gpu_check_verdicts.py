@@ -207,3 +207,39 @@ def verdict_of(checks: list[Check]) -> str:
     if checks and all(c.ok is True for c in checks):
         return "pass"
     return "n/a"
+
+
+def watch_check(run_dir, epochs: int, timing: str, gpus: list[int]) -> list[Check]:
+    """`yoloprof train`'s watch of a real run (issue 23): a line per epoch on rank 0, timed as asked (CUDA
+    events on a GPU) with the allocator's peak, and the node's telemetry with readings of the GPUs it trained on."""
+    import json
+    from pathlib import Path
+
+    folder = Path(run_dir) / "yoloprof"
+    try:
+        lines = [json.loads(x) for x in (folder / "rank0.jsonl").read_text().splitlines() if x.strip()]
+    except (OSError, ValueError) as exc:
+        return [Check("watch records", False, f"rank0.jsonl unreadable: {exc}")]
+    rows = [x for x in lines if x.get("kind") == "epoch"]
+    bad = [f"{len(rows)} epoch lines, {epochs} expected"] if len(rows) != epochs else []
+    for e in rows:
+        if e.get("timing") != timing:
+            bad.append(f"epoch {e.get('epoch')} timed {e.get('timing')!r}, not {timing!r}")
+        if not (e.get("steps") or 0) > 0 or not (e.get("train_s") or 0) > 0 or not (e.get("peak_mem_mib") or 0) > 0:
+            bad.append(f"epoch {e.get('epoch')}: steps, train_s or peak_mem_mib missing or zero")
+    figures = {"epochs": [{k: e.get(k) for k in ("epoch", "steps", "train_s", "peak_mem_mib")} for e in rows]}
+    checks = [Check("watch records", not bad, "; ".join(bad) or f"{len(rows)} epochs, {timing}", figures)]
+    try:
+        tele = [json.loads(x) for x in (folder / "telemetry-node0.jsonl").read_text().splitlines() if x.strip()]
+    except (OSError, ValueError) as exc:
+        return checks + [Check("run telemetry", False, f"telemetry-node0.jsonl unreadable: {exc}")]
+    header = next((x for x in tele if x.get("kind") == "header"), {})
+    gpu = [x for x in tele if x.get("kind") == "gpu"]
+    cpu = [x for x in tele if x.get("kind") == "cpu" and x.get("cpu_pct_per_core")]
+    if not gpus:  # a CPU run: said so, never zeros
+        ok = str(header.get("gpu_status", "")).startswith("not measured") and bool(cpu) and not gpu
+        return checks + [Check("run telemetry", ok, f"{len(cpu)} CPU readings; GPU: {header.get('gpu_status')}")]
+    clocks = [x.get("sm_clock_mhz") for x in gpu if x.get("sm_clock_mhz")]
+    ok = header.get("gpus") == gpus and bool(clocks) and bool(cpu)
+    detail = f"{len(gpu)} GPU samples of {header.get('gpus')} (SM clock {min(clocks, default=0)}-{max(clocks, default=0)} MHz), {len(cpu)} CPU"
+    return checks + [Check("run telemetry", ok, detail, {"gpu_samples": len(gpu), "cpu_samples": len(cpu)})]

@@ -92,10 +92,12 @@ def test_the_dry_run_prints_every_stage_with_its_estimate_and_touches_no_cuda():
     for i, stage in enumerate(gpu_check.STAGES, 1):
         assert re.search(rf"^ +{i}\. {re.escape(stage.name)} +{stage.estimate_s:.0f} s  \S", r.stdout, re.M), stage.name
     names = [s.name for s in gpu_check.STAGES]
-    assert names == ["cuda-start", "doctor", "grid", "phases", "nccl", "oom-fit", "knobs"]
+    assert names == ["cuda-start", "doctor", "grid", "phases", "nccl", "oom-fit", "knobs", "watch"]
     total = sum(s.estimate_s for s in gpu_check.STAGES)
-    assert 480 <= total <= 510 and total <= gpu_check.BUDGET_S + 30  # about 8 minutes, under 8.5
+    before_watch = total - gpu_check.STAGES[-1].estimate_s
+    assert 480 <= before_watch <= gpu_check.BUDGET_S  # about 8 minutes; the watch runs where the others left time
     assert re.search(rf"^  total +{total:.0f} s \(8\.\d min\)$", r.stdout, re.M)
+    assert "run only if earlier stages finish sooner: watch" in r.stdout
     assert not list((ROOT / "runs").glob("gpu-check-dry*"))  # nothing written
 
 
@@ -430,3 +432,33 @@ def test_the_oom_search_doubles_from_the_fit_until_a_batch_runs_out(tmp_path, mo
     assert probe.ok is True and probe.detail.endswith("device 143771 MiB; fit 25")
     assert verdict.ok is True and verdict.figures["fit"] == 25 and verdict.figures["first_oom"] == 50
     assert made == [512]  # the search stops at the dataset's size: no batch it tries is capped
+
+
+# -- the watch stage: yoloprof train on the GPU ---------------------------------------------------------------
+
+
+def _watched_run(root: Path, timing: str, gpu_lines: list[dict]) -> Path:
+    folder = root / "run" / "yoloprof"
+    folder.mkdir(parents=True)
+    epochs = [
+        {"kind": "epoch", "rank": 0, "epoch": e, "steps": 8, "train_s": 1.5, "peak_mem_mib": 2100.0, "timing": timing}
+        for e in range(3)
+    ]
+    (folder / "rank0.jsonl").write_text("\n".join(json.dumps(x) for x in [{"kind": "start"}, *epochs]) + "\n")
+    tele = [{"kind": "header", "gpus": [0], "gpu_status": "ok"}, *gpu_lines]
+    tele += [{"kind": "cpu", "cpu_pct_per_core": []}, {"kind": "cpu", "cpu_pct_per_core": [40.0, 60.0]}]
+    (folder / "telemetry-node0.jsonl").write_text("\n".join(json.dumps(x) for x in tele) + "\n")
+    return root / "run"
+
+
+def test_the_watch_must_time_every_epoch_with_cuda_events_and_read_the_gpu(tmp_path):
+    gpu = [{"kind": "gpu", "index": 0, "sm_clock_mhz": c} for c in (1980.0, 1755.0)]
+    good = gpu_check.watch_check(_watched_run(tmp_path / "a", "cuda_event", gpu), 3, "cuda_event", [0])
+    assert [(c.name, c.ok) for c in good] == [("watch records", True), ("run telemetry", True)]
+    assert good[0].detail == "3 epochs, cuda_event" and "SM clock 1755.0-1980.0 MHz" in good[1].detail
+    host = gpu_check.watch_check(_watched_run(tmp_path / "b", "host", []), 3, "cuda_event", [0])
+    assert host[0].ok is False and "epoch 0 timed 'host', not 'cuda_event'" in host[0].detail
+    assert host[1].ok is False  # no GPU reading at all
+    short = gpu_check.watch_check(_watched_run(tmp_path / "c", "cuda_event", gpu), 4, "cuda_event", [0])
+    assert short[0].ok is False and "3 epoch lines, 4 expected" in short[0].detail
+    assert gpu_check.watch_check(tmp_path / "none", 3, "cuda_event", [0])[0].ok is False
