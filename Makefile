@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 # replaces it (what `yoloprof doctor` prints when the driver is older than torch's CUDA).
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 SCAN_ARGS ?=
-# The suite on pytest-xdist workers; tests marked `exclusive` still run alone (tests/machine_share.py), and
-# those reading the one shared real scan on one worker. TEST_WORKERS=0 runs it in one process.
+# The suite on pytest-xdist workers, a test file to a worker; tests marked `exclusive` still run alone
+# (tests/machine_share.py). TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 ifeq ($(origin TORCH),command line)

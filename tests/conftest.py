@@ -17,6 +17,21 @@ CPU_SCAN = FIXTURES / "cpu-scan"
 BENCH = Path(__file__).parent.parent / "benchmarks"
 
 
+def pytest_configure(config):
+    """The xdist controller (it has workers, it is not one) makes the lock folder its workers share."""
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        from machine_share import start
+
+        start()
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        from machine_share import end
+
+        end()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """Each test holds the machine, shared or (marked `exclusive`) whole, through its set-up, call and

@@ -17,19 +17,31 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 
+ENV = "YOLOPROF_TEST_LOCKS"  # the run's lock folder: made by the controller before its workers start (conftest)
+
+
 def folder() -> Optional[Path]:
     """The run's lock folder, the same for all of its workers; None outside xdist."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if not os.environ.get("PYTEST_XDIST_WORKER") or not run:
-        return None
-    path = Path(tempfile.gettempdir()) / f"yoloprof-tests-{run}"
-    path.mkdir(exist_ok=True)
-    return path
+    path = os.environ.get(ENV)
+    return Path(path) if path and os.environ.get("PYTEST_XDIST_WORKER") else None
+
+
+def start() -> None:
+    """In the controller, before any worker starts: a fresh lock folder its workers inherit."""
+    os.environ[ENV] = tempfile.mkdtemp(prefix="yoloprof-tests-")
+
+
+def end() -> None:
+    """In the controller, once the workers are gone: the folder goes with the run."""
+    path = os.environ.pop(ENV, None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

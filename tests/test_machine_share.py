@@ -4,10 +4,10 @@ it waits goes after it, not ahead of it."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
+import machine_share
 from machine_share import folder, hold, once
 
 
@@ -72,7 +72,8 @@ def test_one_process_locks_nothing(monkeypatch):
 
 def test_once_builds_for_the_first_worker_and_the_others_read_it_back(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
-    monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", f"once-{tmp_path.name}")
+    (tmp_path / "locks").mkdir()
+    monkeypatch.setenv(machine_share.ENV, str(tmp_path / "locks"))
     builds, fresh = [], iter(tmp_path / f"f{i}" for i in range(9))
 
     def build(root):
@@ -87,7 +88,7 @@ def test_once_builds_for_the_first_worker_and_the_others_read_it_back(tmp_path, 
     for t in ts:
         t.join(10)
     assert len(builds) == 1 and got == [{"root": str(builds[0])}] * 2
-    shutil.rmtree(folder())
+    assert folder() == tmp_path / "locks"
 
 
 def test_once_outside_xdist_builds_in_a_fresh_folder(tmp_path, monkeypatch):
